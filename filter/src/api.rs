@@ -1,0 +1,90 @@
+//! The client-facing endpoints and what each one is.
+
+/// An endpoint the gateway serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Models,
+}
+
+/// What a request path is, for the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    Endpoint(Endpoint),
+    /// Under `/v1/` but not served: answered with 404.
+    UnknownV1,
+    /// Outside `/v1/`: not the gateway's business, passed through.
+    Other,
+}
+
+impl Endpoint {
+    pub fn classify(path: &str) -> PathKind {
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+        match path {
+            "/v1/chat/completions" => PathKind::Endpoint(Endpoint::ChatCompletions),
+            "/v1/completions" => PathKind::Endpoint(Endpoint::Completions),
+            "/v1/embeddings" => PathKind::Endpoint(Endpoint::Embeddings),
+            "/v1/models" => PathKind::Endpoint(Endpoint::Models),
+            p if p == "/v1" || p.starts_with("/v1/") => PathKind::UnknownV1,
+            _ => PathKind::Other,
+        }
+    }
+
+    pub fn method(self) -> &'static str {
+        match self {
+            Endpoint::Models => "GET",
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => "POST",
+        }
+    }
+
+    /// The path below the API version prefix, e.g. `/chat/completions`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+            Endpoint::Models => "/models",
+        }
+    }
+
+    /// `gen_ai.operation.name` of the OpenTelemetry GenAI conventions.
+    pub fn operation(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat",
+            Endpoint::Completions => "text_completion",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Models => "models",
+        }
+    }
+
+    /// Whether the endpoint can stream its answer.
+    pub fn can_stream(self) -> bool {
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
+    }
+}
+
+/// The query string of a path, with its `?`, or "".
+pub fn query_of(path: &str) -> &str {
+    path.find('?').and_then(|i| path.get(i..)).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_paths() {
+        assert_eq!(Endpoint::classify("/v1/chat/completions"), PathKind::Endpoint(Endpoint::ChatCompletions));
+        assert_eq!(Endpoint::classify("/v1/chat/completions/?x=1"), PathKind::Endpoint(Endpoint::ChatCompletions));
+        assert_eq!(Endpoint::classify("/v1/models?limit=2"), PathKind::Endpoint(Endpoint::Models));
+        assert_eq!(Endpoint::classify("/v1/files"), PathKind::UnknownV1);
+        assert_eq!(Endpoint::classify("/v1"), PathKind::UnknownV1);
+        assert_eq!(Endpoint::classify("/v10/x"), PathKind::Other);
+        assert_eq!(Endpoint::classify("/healthz"), PathKind::Other);
+        assert_eq!(query_of("/v1/x?a=b"), "?a=b");
+        assert_eq!(query_of("/v1/x"), "");
+    }
+}

@@ -1,0 +1,638 @@
+//! Plugin configuration: the user-facing wire form (`raw`), and the validated, immutable form every
+//! request shares (`Compiled`). Errors name the field at fault; nothing here panics.
+
+use std::fmt;
+
+use crate::routing::{Balancer, HeaderMatcher, ModelMatcher, Rule, WeightedBackend};
+
+pub const BACKEND_HEADER: &str = "x-llmgw-backend";
+pub const MODEL_HEADER: &str = "x-ai-eg-model";
+const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
+const DEFAULT_MAX_LABEL_SETS: usize = 2048;
+
+/// A configuration problem, with the dotted path of the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() || self.field == "." {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.field, self.reason)
+        }
+    }
+}
+
+mod raw {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Config {
+        pub backends: Vec<Backend>,
+        #[serde(default)]
+        pub rules: Vec<Rule>,
+        #[serde(default)]
+        pub models: Vec<String>,
+        pub max_request_body_bytes: Option<usize>,
+        pub stream_include_usage: Option<bool>,
+        pub max_metric_label_sets: Option<usize>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Backend {
+        pub name: String,
+        pub schema: String,
+        pub prefix: Option<String>,
+        pub model_override: Option<String>,
+        #[serde(default)]
+        pub headers: HeaderMutations,
+        pub auth: Option<Auth>,
+        #[serde(default)]
+        pub pass_through_authorization: bool,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct HeaderMutations {
+        #[serde(default)]
+        pub set: BTreeMap<String, String>,
+        #[serde(default)]
+        pub remove: Vec<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Auth {
+        pub bearer: Option<String>,
+        pub bearer_env: Option<String>,
+        pub api_key: Option<String>,
+        pub api_key_env: Option<String>,
+        pub x_api_key: Option<String>,
+        pub x_api_key_env: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Rule {
+        pub name: Option<String>,
+        #[serde(rename = "match", default)]
+        pub matches: Match,
+        pub backends: Vec<BackendRef>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Match {
+        pub model: Option<StringMatch>,
+        #[serde(default)]
+        pub headers: Vec<HeaderMatch>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct StringMatch {
+        pub exact: Option<String>,
+        pub prefix: Option<String>,
+        pub glob: Option<String>,
+        pub regex: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct HeaderMatch {
+        pub name: String,
+        pub exact: Option<String>,
+        pub prefix: Option<String>,
+        pub regex: Option<String>,
+        pub present: Option<bool>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct BackendRef {
+        pub name: String,
+        pub weight: Option<u32>,
+    }
+}
+
+/// Upstream API families. Parsed from a string so an unknown value is reported by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    OpenAI,
+}
+
+impl Schema {
+    fn parse(value: &str) -> Option<Schema> {
+        match value {
+            "OpenAI" => Some(Schema::OpenAI),
+            _ => None,
+        }
+    }
+
+    pub const SUPPORTED: &'static [&'static str] = &["OpenAI"];
+
+    pub fn default_prefix(self) -> &'static str {
+        match self {
+            Schema::OpenAI => "/v1",
+        }
+    }
+}
+
+/// A header value that must never reach a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub header: &'static str,
+    /// The full header value, e.g. `Bearer sk-...`.
+    pub value: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub name: String,
+    pub schema: Schema,
+    pub prefix: String,
+    pub model_override: Option<String>,
+    pub set_headers: Vec<(String, String)>,
+    pub remove_headers: Vec<String>,
+    pub credential: Option<Credential>,
+    pub pass_through_authorization: bool,
+}
+
+/// The validated configuration, built once per `on_configure` and shared read-only by every request.
+#[derive(Debug)]
+pub struct Compiled {
+    pub backends: Vec<Backend>,
+    pub rules: Vec<Rule>,
+    /// Request header names some rule matches on, so a request fetches only those.
+    pub matched_header_names: Vec<String>,
+    /// The `GET /v1/models` response, rendered once.
+    pub models_body: Vec<u8>,
+    pub max_request_body_bytes: usize,
+    pub stream_include_usage: bool,
+    pub max_metric_label_sets: usize,
+}
+
+/// Reads an environment variable; injected so tests need not touch the process environment.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process (or Wasm VM) environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+/// Parses JSON or YAML configuration text and compiles it.
+/// `created` is the unix time reported for models by `GET /v1/models`.
+pub fn parse(text: &[u8], env: &dyn Env, created: u64) -> Result<Compiled, ConfigError> {
+    let raw = deserialize(text)?;
+    compile(raw, env, created)
+}
+
+fn deserialize(text: &[u8]) -> Result<raw::Config, ConfigError> {
+    let trimmed = text.iter().position(|b| !b.is_ascii_whitespace()).map(|i| &text[i..]);
+    match trimmed {
+        None => Err(ConfigError::new("", "configuration is empty; at least `backends` is required")),
+        Some(body) if body.first() == Some(&b'{') => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            serde_path_to_error::deserialize(&mut de).map_err(|e| path_error(e.path(), e.inner()))
+        }
+        Some(body) => {
+            let de = serde_yaml::Deserializer::from_slice(body);
+            serde_path_to_error::deserialize(de).map_err(|e| path_error(e.path(), e.inner()))
+        }
+    }
+}
+
+fn path_error(path: &serde_path_to_error::Path, inner: &dyn fmt::Display) -> ConfigError {
+    ConfigError::new(path.to_string(), inner.to_string())
+}
+
+fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, ConfigError> {
+    if raw.backends.is_empty() {
+        return Err(ConfigError::new("backends", "at least one backend is required"));
+    }
+    let mut backends = Vec::with_capacity(raw.backends.len());
+    for (i, b) in raw.backends.into_iter().enumerate() {
+        let field = format!("backends[{i}]");
+        let backend = compile_backend(b, &field, env)?;
+        if backends.iter().any(|existing: &Backend| existing.name == backend.name) {
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                format!("duplicate backend name {:?}", backend.name),
+            ));
+        }
+        backends.push(backend);
+    }
+
+    let mut rules = Vec::with_capacity(raw.rules.len());
+    for (i, r) in raw.rules.into_iter().enumerate() {
+        rules.push(compile_rule(r, &format!("rules[{i}]"), &backends)?);
+    }
+    if rules.is_empty() {
+        if backends.len() > 1 {
+            return Err(ConfigError::new(
+                "rules",
+                "with more than one backend, rules are required to say which model goes where \
+                 (a rule without `match` is the default)",
+            ));
+        }
+        // One backend and no rules: every model goes there; no selector header, ever.
+        rules.push(Rule::default_to(0));
+    }
+
+    let mut matched_header_names: Vec<String> = Vec::new();
+    for rule in &rules {
+        for h in &rule.headers {
+            if !matched_header_names.contains(&h.name) {
+                matched_header_names.push(h.name.clone());
+            }
+        }
+    }
+
+    for (i, m) in raw.models.iter().enumerate() {
+        if m.is_empty() {
+            return Err(ConfigError::new(format!("models[{i}]"), "model id must not be empty"));
+        }
+    }
+    let models_body = render_models(&rules, &backends, &raw.models, created);
+
+    let max_request_body_bytes = raw.max_request_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
+    if max_request_body_bytes == 0 {
+        return Err(ConfigError::new("max_request_body_bytes", "must be greater than 0"));
+    }
+    let max_metric_label_sets = raw.max_metric_label_sets.unwrap_or(DEFAULT_MAX_LABEL_SETS);
+
+    Ok(Compiled {
+        backends,
+        rules,
+        matched_header_names,
+        models_body,
+        max_request_body_bytes,
+        stream_include_usage: raw.stream_include_usage.unwrap_or(true),
+        max_metric_label_sets,
+    })
+}
+
+fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backend, ConfigError> {
+    if b.name.is_empty() || !is_header_value(&b.name) {
+        return Err(ConfigError::new(
+            format!("{field}.name"),
+            "must be a non-empty Envoy cluster name without control characters",
+        ));
+    }
+    let schema = Schema::parse(&b.schema).ok_or_else(|| {
+        ConfigError::new(
+            format!("{field}.schema"),
+            format!("unknown schema {:?}; supported: {}", b.schema, Schema::SUPPORTED.join(", ")),
+        )
+    })?;
+    let prefix = match b.prefix {
+        None => schema.default_prefix().to_string(),
+        Some(p) if p.starts_with('/') && is_header_value(&p) && !p.contains('?') => {
+            p.trim_end_matches('/').to_string()
+        }
+        Some(p) => {
+            return Err(ConfigError::new(
+                format!("{field}.prefix"),
+                format!("{p:?} must be a path starting with '/' and without a query"),
+            ))
+        }
+    };
+    if let Some(m) = &b.model_override {
+        if m.is_empty() || !is_header_value(m) {
+            return Err(ConfigError::new(
+                format!("{field}.model_override"),
+                "must be a non-empty model name without control characters",
+            ));
+        }
+    }
+    let mut set_headers = Vec::with_capacity(b.headers.set.len());
+    for (name, value) in b.headers.set {
+        let name = header_name(&name, &format!("{field}.headers.set"))?;
+        if !is_header_value(&value) {
+            return Err(ConfigError::new(
+                format!("{field}.headers.set.{name}"),
+                "value must not contain control characters",
+            ));
+        }
+        set_headers.push((name, value));
+    }
+    let mut remove_headers = Vec::with_capacity(b.headers.remove.len());
+    for (i, name) in b.headers.remove.iter().enumerate() {
+        remove_headers.push(header_name(name, &format!("{field}.headers.remove[{i}]"))?);
+    }
+    let credential = match b.auth {
+        None => None,
+        Some(auth) => Some(compile_auth(auth, &format!("{field}.auth"), env)?),
+    };
+    Ok(Backend {
+        name: b.name,
+        schema,
+        prefix,
+        model_override: b.model_override,
+        set_headers,
+        remove_headers,
+        credential,
+        pass_through_authorization: b.pass_through_authorization,
+    })
+}
+
+fn compile_auth(a: raw::Auth, field: &str, env: &dyn Env) -> Result<Credential, ConfigError> {
+    let options: [(&str, Option<String>, &'static str, &str); 6] = [
+        ("bearer", a.bearer, "authorization", "Bearer "),
+        ("bearer_env", a.bearer_env, "authorization", "Bearer "),
+        ("api_key", a.api_key, "api-key", ""),
+        ("api_key_env", a.api_key_env, "api-key", ""),
+        ("x_api_key", a.x_api_key, "x-api-key", ""),
+        ("x_api_key_env", a.x_api_key_env, "x-api-key", ""),
+    ];
+    let mut chosen = None;
+    for (key, value, header, value_prefix) in options {
+        let Some(value) = value else { continue };
+        if chosen.is_some() {
+            return Err(ConfigError::new(field, "set exactly one of bearer, api_key, x_api_key (or their _env forms)"));
+        }
+        chosen = Some((key, value, header, value_prefix));
+    }
+    let Some((key, value, header, value_prefix)) = chosen else {
+        return Err(ConfigError::new(field, "set one of bearer, api_key, x_api_key (or their _env forms)"));
+    };
+    let secret = if key.ends_with("_env") {
+        env.var(&value).ok_or_else(|| {
+            ConfigError::new(format!("{field}.{key}"), format!("environment variable {value:?} is not set in the Wasm VM"))
+        })?
+    } else {
+        value
+    };
+    let secret = secret.trim().to_string();
+    if secret.is_empty() || !is_header_value(&secret) {
+        return Err(ConfigError::new(
+            format!("{field}.{key}"),
+            "credential must be non-empty and free of control characters",
+        ));
+    }
+    Ok(Credential { header, value: Secret(format!("{value_prefix}{secret}")) })
+}
+
+fn compile_rule(r: raw::Rule, field: &str, backends: &[Backend]) -> Result<Rule, ConfigError> {
+    let model = match r.matches.model {
+        None => None,
+        Some(m) => Some(compile_model_match(m, &format!("{field}.match.model"))?),
+    };
+    let mut headers = Vec::with_capacity(r.matches.headers.len());
+    for (i, h) in r.matches.headers.into_iter().enumerate() {
+        headers.push(compile_header_match(h, &format!("{field}.match.headers[{i}]"))?);
+    }
+    if r.backends.is_empty() {
+        return Err(ConfigError::new(format!("{field}.backends"), "at least one backend is required"));
+    }
+    let mut weighted = Vec::with_capacity(r.backends.len());
+    for (i, br) in r.backends.iter().enumerate() {
+        let index = backends.iter().position(|b| b.name == br.name).ok_or_else(|| {
+            ConfigError::new(format!("{field}.backends[{i}].name"), format!("unknown backend {:?}", br.name))
+        })?;
+        weighted.push(WeightedBackend { index, weight: br.weight.unwrap_or(1) });
+    }
+    let balancer = Balancer::new(weighted).ok_or_else(|| {
+        ConfigError::new(format!("{field}.backends"), "at least one backend needs a positive weight")
+    })?;
+    Ok(Rule { name: r.name, model, headers, balancer })
+}
+
+fn exactly_one<T>(field: &str, options: Vec<(&'static str, Option<T>)>) -> Result<(&'static str, T), ConfigError> {
+    let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+    let mut set = options.into_iter().filter_map(|(n, v)| v.map(|v| (n, v)));
+    match (set.next(), set.next()) {
+        (Some(one), None) => Ok(one),
+        _ => Err(ConfigError::new(field, format!("set exactly one of {}", names.join(", ")))),
+    }
+}
+
+fn compile_model_match(m: raw::StringMatch, field: &str) -> Result<ModelMatcher, ConfigError> {
+    let (kind, value) = exactly_one(
+        field,
+        vec![("exact", m.exact), ("prefix", m.prefix), ("glob", m.glob), ("regex", m.regex)],
+    )?;
+    match kind {
+        "exact" => Ok(ModelMatcher::Exact(value)),
+        "prefix" => Ok(ModelMatcher::Prefix(value)),
+        "glob" => Ok(ModelMatcher::Glob(value)),
+        _ => anchored_regex(&value, &format!("{field}.regex")).map(ModelMatcher::Regex),
+    }
+}
+
+fn compile_header_match(h: raw::HeaderMatch, field: &str) -> Result<HeaderMatcher, ConfigError> {
+    let name = header_name(&h.name, &format!("{field}.name"))?;
+    let present = h.present.map(|p| p.to_string());
+    let (kind, value) = exactly_one(
+        field,
+        vec![("exact", h.exact), ("prefix", h.prefix), ("regex", h.regex), ("present", present)],
+    )?;
+    let matcher = match kind {
+        "exact" => crate::routing::ValueMatcher::Exact(value),
+        "prefix" => crate::routing::ValueMatcher::Prefix(value),
+        "regex" => crate::routing::ValueMatcher::Regex(anchored_regex(&value, &format!("{field}.regex"))?),
+        _ => crate::routing::ValueMatcher::Present(value == "true"),
+    };
+    Ok(HeaderMatcher { name, matcher })
+}
+
+fn anchored_regex(pattern: &str, field: &str) -> Result<regex_lite::Regex, ConfigError> {
+    regex_lite::Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| ConfigError::new(field, format!("invalid regex {pattern:?}: {e}")))
+}
+
+fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
+    let valid = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid {
+        return Err(ConfigError::new(field, format!("{name:?} is not a valid header name")));
+    }
+    let lower = name.to_ascii_lowercase();
+    if lower == BACKEND_HEADER || lower == MODEL_HEADER {
+        return Err(ConfigError::new(field, format!("{lower} is set by the gateway itself")));
+    }
+    Ok(lower)
+}
+
+/// True when `value` can travel in an HTTP header (no control characters).
+pub fn is_header_value(value: &str) -> bool {
+    !value.chars().any(|c| c.is_control())
+}
+
+fn render_models(rules: &[Rule], backends: &[Backend], extra: &[String], created: u64) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Model<'a> {
+        id: &'a str,
+        object: &'static str,
+        created: u64,
+        owned_by: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct List<'a> {
+        object: &'static str,
+        data: Vec<Model<'a>>,
+    }
+    let mut data: Vec<Model> = Vec::new();
+    for rule in rules {
+        if let Some(ModelMatcher::Exact(id)) = &rule.model {
+            if data.iter().all(|m| m.id != id) {
+                let owner = rule.balancer.first_backend().and_then(|i| backends.get(i));
+                data.push(Model { id, object: "model", created, owned_by: owner.map_or("llmgw", |b| &b.name) });
+            }
+        }
+    }
+    for id in extra {
+        if data.iter().all(|m| m.id != id) {
+            data.push(Model { id, object: "model", created, owned_by: "llmgw" });
+        }
+    }
+    serde_json::to_vec(&List { object: "list", data }).unwrap_or_else(|_| br#"{"object":"list","data":[]}"#.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapEnv(HashMap<&'static str, &'static str>);
+    impl Env for MapEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|v| v.to_string())
+        }
+    }
+    fn no_env() -> MapEnv {
+        MapEnv(HashMap::new())
+    }
+    fn err(text: &str) -> ConfigError {
+        parse(text.as_bytes(), &no_env(), 0).unwrap_err()
+    }
+
+    #[test]
+    fn single_backend_needs_no_rules() {
+        let c = parse(b"backends: [{name: ollama, schema: OpenAI}]", &no_env(), 0).unwrap();
+        assert_eq!(c.rules.len(), 1);
+        assert!(c.rules[0].model.is_none());
+        assert_eq!(c.backends[0].prefix, "/v1");
+    }
+
+    #[test]
+    fn json_and_yaml_are_equivalent() {
+        let y = parse(b"backends:\n  - name: a\n    schema: OpenAI\n    prefix: /v1beta/openai/\n", &no_env(), 0).unwrap();
+        let j = parse(br#" {"backends":[{"name":"a","schema":"OpenAI","prefix":"/v1beta/openai/"}]}"#, &no_env(), 0).unwrap();
+        assert_eq!(y.backends[0].prefix, "/v1beta/openai");
+        assert_eq!(j.backends[0].prefix, "/v1beta/openai");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = err("backends: [{name: a, schema: OpenAI}, {name: b, schema: OpenAI}]\nrules: [{backends: [{name: c}]}]");
+        assert_eq!(e.field, "rules[0].backends[0].name");
+        assert!(e.reason.contains("unknown backend \"c\""), "{e}");
+
+        let e = err("backends: [{name: a, schema: Nope}]");
+        assert_eq!(e.field, "backends[0].schema");
+        assert!(e.reason.contains("\"Nope\""));
+
+        let e = err("backends: [{name: a, schema: OpenAI, wieght: 2}]");
+        assert!(e.to_string().contains("backends[0]"), "{e}");
+        assert!(e.reason.contains("wieght"), "{e}");
+
+        let e = err("backends: [{name: a, schema: OpenAI}]\nrules: [{match: {model: {exact: x, prefix: y}}, backends: [{name: a}]}]");
+        assert_eq!(e.field, "rules[0].match.model");
+
+        let e = err("backends: [{name: a, schema: OpenAI}]\nrules: [{match: {model: {regex: '('}}, backends: [{name: a}]}]");
+        assert_eq!(e.field, "rules[0].match.model.regex");
+
+        let e = err("backends: [{name: a, schema: OpenAI}]\nrules: [{backends: [{name: a, weight: 0}]}]");
+        assert_eq!(e.field, "rules[0].backends");
+
+        let e = err("backends: [{name: a, schema: OpenAI, auth: {bearer: x, api_key: y}}]");
+        assert_eq!(e.field, "backends[0].auth");
+
+        let e = err("backends: [{name: a, schema: OpenAI, auth: {bearer_env: NOPE}}]");
+        assert_eq!(e.field, "backends[0].auth.bearer_env");
+        assert!(e.reason.contains("NOPE"));
+
+        let e = err("backends: [{name: a, schema: OpenAI, headers: {set: {x-llmgw-backend: evil}}}]");
+        assert!(e.field.starts_with("backends[0].headers.set"), "{e}");
+
+        let e = err("backends: [{name: a, schema: OpenAI}, {name: a, schema: OpenAI}]\nrules: [{backends: [{name: a}]}]");
+        assert_eq!(e.field, "backends[1].name");
+
+        let e = err("backends: [{name: a, schema: OpenAI}, {name: b, schema: OpenAI}]");
+        assert_eq!(e.field, "rules");
+
+        assert_eq!(err("  ").reason, "configuration is empty; at least `backends` is required");
+        assert!(!err("{not json").to_string().is_empty());
+        assert!(!err("- just\n- a list").to_string().is_empty());
+        assert_eq!(err("backends: []").field, "backends");
+    }
+
+    #[test]
+    fn credentials_compile_to_header_values_and_stay_redacted() {
+        let env = MapEnv(HashMap::from([("KEY", " sk-env \n")]));
+        let c = parse(
+            b"backends:\n - {name: a, schema: OpenAI, auth: {bearer_env: KEY}}\n - {name: b, schema: OpenAI, auth: {api_key: az}}\n - {name: c, schema: OpenAI, auth: {x_api_key: an}}\nrules: [{backends: [{name: a}]}]",
+            &env,
+            0,
+        )
+        .unwrap();
+        let creds: Vec<_> = c.backends.iter().map(|b| b.credential.clone().unwrap()).collect();
+        assert_eq!((creds[0].header, creds[0].value.expose()), ("authorization", "Bearer sk-env"));
+        assert_eq!((creds[1].header, creds[1].value.expose()), ("api-key", "az"));
+        assert_eq!((creds[2].header, creds[2].value.expose()), ("x-api-key", "an"));
+        assert!(!format!("{:?}", c).contains("sk-env"));
+    }
+
+    #[test]
+    fn models_list_has_exact_models_and_extras() {
+        let c = parse(
+            b"backends: [{name: a, schema: OpenAI}, {name: b, schema: OpenAI}]\nrules:\n - {match: {model: {exact: m1}}, backends: [{name: b}]}\n - {match: {model: {prefix: p}}, backends: [{name: a}]}\n - {match: {model: {exact: m1}}, backends: [{name: a}]}\nmodels: [extra]",
+            &no_env(),
+            1700000000,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&c.models_body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"object":"list","data":[
+                {"id":"m1","object":"model","created":1700000000u64,"owned_by":"b"},
+                {"id":"extra","object":"model","created":1700000000u64,"owned_by":"llmgw"}]})
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! One client request and its response, as a state machine over the `Host` trait: routing, edits,
+//! errors, usage and metrics. No proxy-wasm here.
+
+use std::rc::Rc;
+
+use crate::api::{query_of, Endpoint, PathKind};
+use crate::config::{Compiled, BACKEND_HEADER, MODEL_HEADER};
+use crate::error::{ApiError, ErrorKind};
+use crate::host::{Flow, Host};
+use crate::metrics::{self, LabelLimiter, Labels};
+use crate::request::{self, RequestInfo};
+use crate::routing::find_rule;
+use crate::translate::{self, BodyMode, RequestContext, Translator};
+use crate::usage::TokenUsage;
+
+/// Client credential headers, removed unless a backend passes them through.
+const CLIENT_CREDENTIAL_HEADERS: &[&str] = &["authorization", "api-key", "x-api-key"];
+const NANOS_PER_MS: u64 = 1_000_000;
+
+/// Everything requests share in one VM: the compiled configuration and per-VM counters.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Compiled,
+    pub limiter: LabelLimiter,
+}
+
+impl Shared {
+    pub fn new(config: Compiled) -> Self {
+        let limiter = LabelLimiter::new(config.max_metric_label_sets);
+        Shared { config, limiter }
+    }
+}
+
+enum Phase {
+    /// Not a gateway request (or not yet seen): pass everything through.
+    Ignored,
+    AwaitingBody { endpoint: Endpoint, query: String },
+    Forwarded(Box<Routed>),
+    /// The filter answered; nothing more to do.
+    Answered,
+}
+
+struct Routed {
+    endpoint: Endpoint,
+    backend: usize,
+    info: RequestInfo,
+    translator: Box<dyn Translator>,
+    status: u16,
+    error: bool,
+    mode: BodyMode,
+    first_content_at: Option<u64>,
+    ended_at: Option<u64>,
+    usage: Option<TokenUsage>,
+}
+
+pub struct Exchange {
+    shared: Option<Rc<Shared>>,
+    started_at: u64,
+    phase: Phase,
+}
+
+impl Exchange {
+    /// `shared` is `None` when the plugin has no valid configuration: requests then get a 500.
+    pub fn new(shared: Option<Rc<Shared>>) -> Self {
+        Exchange { shared, started_at: 0, phase: Phase::Ignored }
+    }
+
+    pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
+        self.started_at = host.now_nanos();
+        // Whatever happens next, a client never chooses internal headers.
+        host.remove_request_header(MODEL_HEADER);
+        host.remove_request_header(BACKEND_HEADER);
+        let path = host.request_header(":path").unwrap_or_default();
+        let endpoint = match Endpoint::classify(&path) {
+            PathKind::Other => return Flow::Continue,
+            PathKind::UnknownV1 => {
+                let message = format!("unknown endpoint {:?}; served: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models", path_only(&path));
+                return self.reply(host, ApiError::new(404, ErrorKind::NotFound, "unknown_endpoint", message));
+            }
+            PathKind::Endpoint(e) => e,
+        };
+        let Some(shared) = self.shared.clone() else {
+            let e = ApiError::new(500, ErrorKind::Server, "gateway_not_configured", "the gateway has no valid configuration; see the Envoy log");
+            return self.reply(host, e);
+        };
+        let method = host.request_header(":method").unwrap_or_default();
+        if method != endpoint.method() {
+            let e = ApiError::new(
+                405,
+                ErrorKind::InvalidRequest,
+                "method_not_allowed",
+                format!("{} {} is not supported; use {}", method, path_only(&path), endpoint.method()),
+            )
+            .with_header("allow", endpoint.method());
+            return self.reply(host, e);
+        }
+        if endpoint == Endpoint::Models {
+            self.phase = Phase::Answered;
+            let headers = [("content-type", "application/json")];
+            host.send_reply(200, &headers, &shared.config.models_body);
+            return Flow::Pause;
+        }
+        if end_of_stream {
+            return self.reply(host, ApiError::bad_request("invalid_request", "request body is empty; expected a JSON object"));
+        }
+        let declared = host.request_header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > shared.config.max_request_body_bytes as u64) {
+            return self.reply(host, too_large(shared.config.max_request_body_bytes));
+        }
+        self.phase = Phase::AwaitingBody { endpoint, query: query_of(&path).to_string() };
+        Flow::Pause
+    }
+
+    pub fn on_request_body(&mut self, host: &mut dyn Host, size: usize, end_of_stream: bool) -> Flow {
+        let Phase::AwaitingBody { endpoint, query } = &self.phase else {
+            return if matches!(self.phase, Phase::Answered) { Flow::Pause } else { Flow::Continue };
+        };
+        let (endpoint, query) = (*endpoint, query.clone());
+        let Some(shared) = self.shared.clone() else { return Flow::Continue };
+        if size > shared.config.max_request_body_bytes {
+            return self.reply(host, too_large(shared.config.max_request_body_bytes));
+        }
+        if !end_of_stream {
+            return Flow::Pause;
+        }
+        let body = host.request_body(size).unwrap_or_default();
+        match route(host, &shared, endpoint, &query, &body, size) {
+            Ok(routed) => {
+                self.phase = Phase::Forwarded(Box::new(routed));
+                Flow::Continue
+            }
+            Err(e) => self.reply(host, e),
+        }
+    }
+
+    pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
+        let Phase::Forwarded(routed) = &mut self.phase else { return Flow::Continue };
+        routed.status = host.response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        routed.error = !(200..300).contains(&routed.status);
+        let plan = if routed.error {
+            translate::error_plan()
+        } else {
+            let content_type = host.response_header("content-type").unwrap_or_default();
+            routed.translator.response_headers(routed.status, &content_type)
+        };
+        for name in &plan.remove_headers {
+            host.remove_response_header(name);
+        }
+        for (name, value) in &plan.set_headers {
+            host.set_response_header(name, value);
+        }
+        routed.mode = plan.mode;
+        if end_of_stream {
+            self.finish(host);
+            return Flow::Continue;
+        }
+        match routed.mode {
+            BodyMode::Stream => Flow::Continue,
+            BodyMode::Buffer => Flow::Pause,
+        }
+    }
+
+    pub fn on_response_body(&mut self, host: &mut dyn Host, size: usize, end_of_stream: bool) -> Flow {
+        let Phase::Forwarded(routed) = &mut self.phase else { return Flow::Continue };
+        if routed.ended_at.is_some() {
+            return Flow::Continue;
+        }
+        if routed.mode == BodyMode::Buffer && !end_of_stream {
+            return Flow::Pause;
+        }
+        let chunk = if size > 0 { host.response_body(size).unwrap_or_default() } else { Vec::new() };
+        if routed.error {
+            if let Some(body) = routed.translator.error_body(routed.status, &chunk) {
+                host.set_response_body(size, &body);
+                host.set_response_header("content-length", &body.len().to_string());
+            } else if routed.mode == BodyMode::Buffer {
+                host.set_response_header("content-length", &chunk.len().to_string());
+            }
+        } else {
+            let edits = routed.translator.response_body(&chunk, end_of_stream);
+            if edits.first_content && routed.first_content_at.is_none() {
+                routed.first_content_at = Some(host.now_nanos());
+            }
+            if let Some(replacement) = edits.replace {
+                if replacement != chunk {
+                    host.set_response_body(size, &replacement);
+                }
+                if routed.mode == BodyMode::Buffer {
+                    host.set_response_header("content-length", &replacement.len().to_string());
+                }
+            }
+            routed.usage = edits.usage.or(routed.usage);
+        }
+        if end_of_stream {
+            self.finish(host);
+        }
+        Flow::Continue
+    }
+
+    /// Trailers end the response too (an HTTP/2 upstream may end with them).
+    pub fn on_response_trailers(&mut self, host: &mut dyn Host) -> Flow {
+        if let Phase::Forwarded(routed) = &mut self.phase {
+            if routed.ended_at.is_none() && !routed.error {
+                let edits = routed.translator.response_body(&[], true);
+                routed.usage = edits.usage.or(routed.usage);
+            }
+        }
+        self.finish(host);
+        Flow::Continue
+    }
+
+    /// End of the stream (also on client aborts): records the request's metrics.
+    pub fn on_log(&mut self, host: &mut dyn Host) {
+        let (Phase::Forwarded(routed), Some(shared)) = (&self.phase, &self.shared) else { return };
+        let Some(backend) = shared.config.backends.get(routed.backend) else { return };
+        let now = host.now_nanos();
+        let ended_at = routed.ended_at.unwrap_or(now);
+        let labels = Labels {
+            model: shared.limiter.model_label(&backend.name, &routed.info.model),
+            backend: backend.name.clone(),
+            operation: routed.endpoint.operation(),
+        };
+        let success = !routed.error && routed.ended_at.is_some();
+        let mut samples = vec![
+            labels.counter(metrics::REQUESTS, &[("outcome", if success { "success" } else { "failure" })], 1),
+            labels.histogram(metrics::REQUEST_DURATION, &[], ended_at.saturating_sub(self.started_at) / NANOS_PER_MS),
+        ];
+        if let Some(usage) = routed.usage {
+            samples.push(labels.histogram(metrics::TOKEN_USAGE, &[("gen_ai_token_type", "input")], usage.input));
+            samples.push(labels.histogram(metrics::TOKEN_USAGE, &[("gen_ai_token_type", "output")], usage.output));
+        }
+        if let (true, Some(first)) = (routed.info.stream, routed.first_content_at) {
+            samples.push(labels.histogram(metrics::TIME_TO_FIRST_TOKEN, &[], first.saturating_sub(self.started_at) / NANOS_PER_MS));
+            if let Some(output) = routed.usage.map(|u| u.output).filter(|&n| n > 1) {
+                let per_token = ended_at.saturating_sub(first) / (output - 1) / NANOS_PER_MS;
+                samples.push(labels.histogram(metrics::TIME_PER_OUTPUT_TOKEN, &[], per_token));
+            }
+        }
+        for sample in &samples {
+            host.record(sample);
+        }
+    }
+
+    fn finish(&mut self, host: &mut dyn Host) {
+        let Phase::Forwarded(routed) = &mut self.phase else { return };
+        if routed.ended_at.is_some() {
+            return;
+        }
+        routed.ended_at = Some(host.now_nanos());
+        if let Some(usage) = routed.usage {
+            host.set_filter_state("llm_input_token", usage.input.to_string().as_bytes());
+            host.set_filter_state("llm_output_token", usage.output.to_string().as_bytes());
+            host.set_filter_state("llm_total_token", usage.total.to_string().as_bytes());
+        }
+    }
+
+    fn reply(&mut self, host: &mut dyn Host, error: ApiError) -> Flow {
+        self.phase = Phase::Answered;
+        let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+        headers.extend(error.headers.iter().map(|(n, v)| (*n, v.as_str())));
+        host.send_reply(error.status, &headers, &error.body());
+        Flow::Pause
+    }
+}
+
+/// Reads the body, picks the backend and applies every request edit.
+fn route(host: &mut dyn Host, shared: &Shared, endpoint: Endpoint, query: &str, body: &[u8], size: usize) -> Result<Routed, ApiError> {
+    let config = &shared.config;
+    let info = request::read(body)?;
+    if info.stream && !endpoint.can_stream() {
+        return Err(ApiError::bad_request("invalid_request", format!("{} does not support `stream`", endpoint.suffix())));
+    }
+    let header_values: Vec<(&str, Option<String>)> =
+        config.matched_header_names.iter().map(|n| (n.as_str(), host.request_header(n))).collect();
+    let lookup = |name: &str| header_values.iter().find(|(n, _)| *n == name).and_then(|(_, v)| v.as_deref());
+    let rule = find_rule(&config.rules, &info.model, &lookup).ok_or_else(|| {
+        ApiError::new(
+            404,
+            ErrorKind::InvalidRequest,
+            "model_not_found",
+            format!(
+                "The model `{}` does not exist or is not served by this gateway: no rule matches it. \
+                 Add a rule whose match.model (exact, prefix, glob or regex) covers it, or a rule \
+                 without `match` as the default.",
+                info.model
+            ),
+        )
+    })?;
+    let backend_index = rule.balancer.pick();
+    let backend = config.backends.get(backend_index).ok_or_else(|| {
+        ApiError::new(500, ErrorKind::Server, "internal", "routing chose a backend that does not exist")
+    })?;
+    let mut translator = translate::for_backend(endpoint, backend.schema, config.stream_include_usage);
+    let edits = translator.request_body(&RequestContext { info: &info, body, backend, query })?;
+
+    host.set_request_header(MODEL_HEADER, &info.model);
+    host.set_request_header(BACKEND_HEADER, &backend.name);
+    if let Some(path) = &edits.path {
+        host.set_request_header(":path", path);
+    }
+    for (name, value) in &edits.set_headers {
+        host.set_request_header(name, value);
+    }
+    if !backend.pass_through_authorization {
+        for name in CLIENT_CREDENTIAL_HEADERS {
+            host.remove_request_header(name);
+        }
+    }
+    for name in &backend.remove_headers {
+        host.remove_request_header(name);
+    }
+    for (name, value) in &backend.set_headers {
+        host.set_request_header(name, value);
+    }
+    if let Some(credential) = &backend.credential {
+        host.set_request_header(credential.header, credential.value.expose());
+    }
+    if let Some(new_body) = &edits.body {
+        host.set_request_body(size, new_body);
+        if host.request_header("content-length").is_some() {
+            host.set_request_header("content-length", &new_body.len().to_string());
+        }
+    }
+    host.clear_route_cache();
+    Ok(Routed {
+        endpoint,
+        backend: backend_index,
+        info,
+        translator,
+        status: 0,
+        error: false,
+        mode: BodyMode::Stream,
+        first_content_at: None,
+        ended_at: None,
+        usage: None,
+    })
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(413, ErrorKind::InvalidRequest, "request_too_large", format!("request body exceeds the gateway's limit of {limit} bytes"))
+}
+
+fn path_only(path: &str) -> &str {
+    path.split('?').next().unwrap_or(path)
+}

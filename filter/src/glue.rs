@@ -1,0 +1,207 @@
+//! The only module that touches proxy-wasm: it implements `Host` on the proxy-wasm host calls and
+//! hands every callback to the plain-Rust `Exchange`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+
+use crate::config::{self, ProcessEnv};
+use crate::exchange::{Exchange, Shared};
+use crate::host::{Flow, Host};
+use crate::metrics::{Kind, Sample};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// Envoy metric ids by stat name, defined on first use; one map per VM.
+#[derive(Default)]
+struct MetricIds(RefCell<HashMap<String, u32>>);
+
+impl MetricIds {
+    fn id(&self, sample: &Sample) -> Option<u32> {
+        let mut ids = self.0.try_borrow_mut().ok()?;
+        if let Some(id) = ids.get(&sample.name) {
+            return Some(*id);
+        }
+        let kind = match sample.kind {
+            Kind::Counter => MetricType::Counter,
+            Kind::Histogram => MetricType::Histogram,
+        };
+        let id = hostcalls::define_metric(kind, &sample.name).ok()?;
+        ids.insert(sample.name.clone(), id);
+        Some(id)
+    }
+}
+
+#[derive(Default)]
+struct Root {
+    shared: Option<Rc<Shared>>,
+    metrics: Rc<MetricIds>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let text = self.get_plugin_configuration().unwrap_or_default();
+        let created = self
+            .get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        match config::parse(&text, &ProcessEnv, created) {
+            Ok(compiled) => {
+                log::info!(
+                    "llmgw: configured {} backend(s), {} rule(s)",
+                    compiled.backends.len(),
+                    compiled.rules.len()
+                );
+                self.shared = Some(Rc::new(Shared::new(compiled)));
+                true
+            }
+            Err(e) => {
+                log::error!("llmgw: invalid plugin config: {e}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http {
+            exchange: Exchange::new(self.shared.clone()),
+            metrics: self.metrics.clone(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http {
+    exchange: Exchange,
+    metrics: Rc<MetricIds>,
+}
+
+impl Context for Http {}
+
+fn action(flow: Flow) -> Action {
+    match flow {
+        Flow::Continue => Action::Continue,
+        Flow::Pause => Action::Pause,
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let mut host = WasmHost { metrics: &self.metrics };
+        action(self.exchange.on_request_headers(&mut host, end_of_stream))
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let mut host = WasmHost { metrics: &self.metrics };
+        action(self.exchange.on_request_body(&mut host, body_size, end_of_stream))
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let mut host = WasmHost { metrics: &self.metrics };
+        action(self.exchange.on_response_headers(&mut host, end_of_stream))
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let mut host = WasmHost { metrics: &self.metrics };
+        action(self.exchange.on_response_body(&mut host, body_size, end_of_stream))
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        let mut host = WasmHost { metrics: &self.metrics };
+        action(self.exchange.on_response_trailers(&mut host))
+    }
+
+    fn on_log(&mut self) {
+        let mut host = WasmHost { metrics: &self.metrics };
+        self.exchange.on_log(&mut host);
+    }
+}
+
+/// `Host` over proxy-wasm host calls. Failures are logged at debug level and otherwise ignored:
+/// a host call failing must not take the VM down.
+struct WasmHost<'a> {
+    metrics: &'a MetricIds,
+}
+
+fn checked<T: Default>(what: &str, result: Result<T, proxy_wasm::types::Status>) -> T {
+    result.unwrap_or_else(|status| {
+        log::debug!("llmgw: host call {what} failed: {status:?}");
+        T::default()
+    })
+}
+
+impl Host for WasmHost<'_> {
+    fn request_header(&self, name: &str) -> Option<String> {
+        checked("get request header", hostcalls::get_map_value(MapType::HttpRequestHeaders, name))
+    }
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        checked("set request header", hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)))
+    }
+    fn remove_request_header(&mut self, name: &str) {
+        checked("remove request header", hostcalls::remove_map_value(MapType::HttpRequestHeaders, name))
+    }
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        checked("get request body", hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size))
+    }
+    fn set_request_body(&mut self, size: usize, body: &[u8]) {
+        checked("set request body", hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, body))
+    }
+    fn response_header(&self, name: &str) -> Option<String> {
+        checked("get response header", hostcalls::get_map_value(MapType::HttpResponseHeaders, name))
+    }
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        checked("set response header", hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)))
+    }
+    fn remove_response_header(&mut self, name: &str) {
+        checked("remove response header", hostcalls::remove_map_value(MapType::HttpResponseHeaders, name))
+    }
+    fn response_body(&self, size: usize) -> Option<Vec<u8>> {
+        checked("get response body", hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size))
+    }
+    fn set_response_body(&mut self, size: usize, body: &[u8]) {
+        checked("set response body", hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, body))
+    }
+    fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        checked(
+            "send local reply",
+            hostcalls::send_http_response(u32::from(status), headers.to_vec(), Some(body)),
+        )
+    }
+    fn set_filter_state(&mut self, name: &str, value: &[u8]) {
+        checked("set property", hostcalls::set_property(vec![name], Some(value)))
+    }
+    fn clear_route_cache(&mut self) {
+        // Header changes already clear it in Envoy; the explicit call covers hosts that don't.
+        if let Err(status) = hostcalls::call_foreign_function("clear_route_cache", None) {
+            log::debug!("llmgw: clear_route_cache unavailable: {status:?}");
+        }
+    }
+    fn now_nanos(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+    fn record(&mut self, sample: &Sample) {
+        let Some(id) = self.metrics.id(sample) else { return };
+        let result = match sample.kind {
+            Kind::Counter => hostcalls::increment_metric(id, i64::try_from(sample.value).unwrap_or(i64::MAX)),
+            Kind::Histogram => hostcalls::record_metric(id, sample.value),
+        };
+        checked("record metric", result)
+    }
+}

@@ -1,0 +1,37 @@
+//! The small set of host operations the gateway logic needs. `glue` implements it on proxy-wasm;
+//! tests implement it in memory. Keeping the logic behind this trait keeps it plain, testable Rust.
+
+use crate::metrics::Sample;
+
+pub trait Host {
+    fn request_header(&self, name: &str) -> Option<String>;
+    fn set_request_header(&mut self, name: &str, value: &str);
+    fn remove_request_header(&mut self, name: &str);
+    /// The buffered request body (its first `size` bytes).
+    fn request_body(&self, size: usize) -> Option<Vec<u8>>;
+    /// Replaces the first `size` bytes of the request body.
+    fn set_request_body(&mut self, size: usize, body: &[u8]);
+
+    fn response_header(&self, name: &str) -> Option<String>;
+    fn set_response_header(&mut self, name: &str, value: &str);
+    fn remove_response_header(&mut self, name: &str);
+    fn response_body(&self, size: usize) -> Option<Vec<u8>>;
+    fn set_response_body(&mut self, size: usize, body: &[u8]);
+
+    /// Answers the client directly; the request goes no further.
+    fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
+    /// Writes filter state `wasm.<name>` (access log, ratelimit `hits_addend`).
+    fn set_filter_state(&mut self, name: &str, value: &[u8]);
+    /// Makes Envoy choose the route again, after headers it routes on changed.
+    fn clear_route_cache(&mut self);
+    fn now_nanos(&self) -> u64;
+    fn record(&mut self, sample: &Sample);
+}
+
+/// What the filter chain should do after a callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Headers: stop iteration; bodies: stop and buffer.
+    Pause,
+}

@@ -1,0 +1,19 @@
+//! llmgw: an AI gateway inside Envoy, as a proxy-wasm filter.
+//!
+//! Everything but `glue` is plain Rust: `glue` is the one module that talks to proxy-wasm, and
+//! implements the small `host::Host` trait the rest of the logic is written against.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod exchange;
+pub mod host;
+pub mod metrics;
+pub mod request;
+pub mod routing;
+pub mod sse;
+pub mod translate;
+pub mod usage;
+
+#[cfg(target_arch = "wasm32")]
+mod glue;

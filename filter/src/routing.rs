@@ -1,0 +1,229 @@
+//! Rule matching (model and request headers) and weighted backend choice.
+
+use std::cell::Cell;
+
+#[derive(Debug)]
+pub enum ModelMatcher {
+    Exact(String),
+    Prefix(String),
+    Glob(String),
+    Regex(regex_lite::Regex),
+}
+
+impl ModelMatcher {
+    pub fn matches(&self, model: &str) -> bool {
+        match self {
+            ModelMatcher::Exact(m) => model == m,
+            ModelMatcher::Prefix(p) => model.starts_with(p.as_str()),
+            ModelMatcher::Glob(g) => glob_matches(g, model),
+            ModelMatcher::Regex(r) => r.is_match(model),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ValueMatcher {
+    Exact(String),
+    Prefix(String),
+    Regex(regex_lite::Regex),
+    Present(bool),
+}
+
+#[derive(Debug)]
+pub struct HeaderMatcher {
+    /// Lower-case header name.
+    pub name: String,
+    pub matcher: ValueMatcher,
+}
+
+impl HeaderMatcher {
+    pub fn matches(&self, value: Option<&str>) -> bool {
+        match (&self.matcher, value) {
+            (ValueMatcher::Present(want), v) => *want == v.is_some(),
+            (_, None) => false,
+            (ValueMatcher::Exact(e), Some(v)) => v == e,
+            (ValueMatcher::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
+            (ValueMatcher::Regex(r), Some(v)) => r.is_match(v),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightedBackend {
+    /// Index into `Compiled::backends`.
+    pub index: usize,
+    pub weight: u32,
+}
+
+/// Smooth weighted round-robin (as in nginx): over every window of `sum(weights)` picks each backend
+/// is chosen exactly `weight` times, interleaved rather than in runs. State is per rule and per VM.
+pub struct Balancer {
+    backends: Vec<WeightedBackend>,
+    total: i64,
+    current: Cell<Vec<i64>>,
+}
+
+impl std::fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balancer").field("backends", &self.backends).finish_non_exhaustive()
+    }
+}
+
+impl Balancer {
+    /// `None` when no backend has a positive weight.
+    pub fn new(all: Vec<WeightedBackend>) -> Option<Balancer> {
+        let backends: Vec<WeightedBackend> = all.into_iter().filter(|b| b.weight > 0).collect();
+        let total: i64 = backends.iter().map(|b| i64::from(b.weight)).sum();
+        if total == 0 {
+            return None;
+        }
+        let current = Cell::new(vec![0; backends.len()]);
+        Some(Balancer { backends, total, current })
+    }
+
+    pub fn first_backend(&self) -> Option<usize> {
+        self.backends.first().map(|b| b.index)
+    }
+
+    /// The backend index for the next request.
+    pub fn pick(&self) -> usize {
+        if let [only] = self.backends.as_slice() {
+            return only.index;
+        }
+        let mut current = self.current.take();
+        current.resize(self.backends.len(), 0);
+        for (c, b) in current.iter_mut().zip(&self.backends) {
+            *c += i64::from(b.weight);
+        }
+        // Highest current weight wins; ties go to the earlier backend.
+        let best = current
+            .iter()
+            .enumerate()
+            .max_by(|(ia, a), (ib, b)| a.cmp(b).then(ib.cmp(ia)))
+            .map_or(0, |(i, _)| i);
+        if let Some(c) = current.get_mut(best) {
+            *c -= self.total;
+        }
+        self.current.set(current);
+        self.backends.get(best).map_or(0, |b| b.index)
+    }
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: Option<String>,
+    pub model: Option<ModelMatcher>,
+    pub headers: Vec<HeaderMatcher>,
+    pub balancer: Balancer,
+}
+
+impl Rule {
+    /// A rule that matches everything and sends it to one backend.
+    pub fn default_to(index: usize) -> Rule {
+        let balancer = Balancer {
+            backends: vec![WeightedBackend { index, weight: 1 }],
+            total: 1,
+            current: Cell::new(vec![0]),
+        };
+        Rule { name: None, model: None, headers: Vec::new(), balancer }
+    }
+
+    pub fn matches<'h>(&self, model: &str, header: &dyn Fn(&str) -> Option<&'h str>) -> bool {
+        self.model.as_ref().is_none_or(|m| m.matches(model))
+            && self.headers.iter().all(|h| h.matches(header(&h.name)))
+    }
+}
+
+/// The first rule matching the request, in configuration order.
+pub fn find_rule<'r, 'h>(rules: &'r [Rule], model: &str, header: &dyn Fn(&str) -> Option<&'h str>) -> Option<&'r Rule> {
+    rules.iter().find(|r| r.matches(model, header))
+}
+
+/// Glob with `*` (any run, possibly empty) and `?` (one character), iterative with one backtrack
+/// point so no pattern can blow up.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                backtrack = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || Some(&c) == t.get(ti) => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match backtrack {
+                Some((star, matched)) => {
+                    pi = star + 1;
+                    ti = matched + 1;
+                    backtrack = Some((star, matched + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p.get(pi..).is_some_and(|rest| rest.iter().all(|&c| c == '*'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_matches("gpt-*", "gpt-4o"));
+        assert!(glob_matches("gpt-*", "gpt-"));
+        assert!(!glob_matches("gpt-*", "gpt"));
+        assert!(glob_matches("*", ""));
+        assert!(glob_matches("*mini", "gpt-4o-mini"));
+        assert!(glob_matches("a*b*c", "aXXbYYbZc"));
+        assert!(!glob_matches("a*b*c", "aXXbYYbZ"));
+        assert!(glob_matches("qwen?.5:*", "qwen2.5:0.5b"));
+        assert!(!glob_matches("qwen?.5", "qwen22.5"));
+        assert!(glob_matches("ü*", "über"));
+        let long = "a".repeat(5000);
+        assert!(!glob_matches("*a*a*a*a*a*b", &long));
+    }
+
+    fn balancer(weights: &[u32]) -> Balancer {
+        Balancer::new(weights.iter().enumerate().map(|(index, &weight)| WeightedBackend { index, weight }).collect())
+            .unwrap()
+    }
+
+    #[test]
+    fn weights_are_exact_over_each_window() {
+        let b = balancer(&[3, 1]);
+        for _ in 0..100 {
+            let mut counts = [0; 2];
+            for _ in 0..4 {
+                counts[b.pick()] += 1;
+            }
+            assert_eq!(counts, [3, 1]);
+        }
+    }
+
+    #[test]
+    fn weights_interleave_and_skip_zero() {
+        let b = balancer(&[1, 0, 1]);
+        let picks: Vec<usize> = (0..6).map(|_| b.pick()).collect();
+        assert_eq!(picks, vec![0, 2, 0, 2, 0, 2]);
+        let b = balancer(&[5, 1, 1]);
+        let picks: Vec<usize> = (0..7).map(|_| b.pick()).collect();
+        assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
+        assert!(Balancer::new(vec![WeightedBackend { index: 0, weight: 0 }]).is_none());
+    }
+
+    #[test]
+    fn header_matchers() {
+        let h = HeaderMatcher { name: "x".into(), matcher: ValueMatcher::Present(false) };
+        assert!(h.matches(None));
+        assert!(!h.matches(Some("")));
+        let h = HeaderMatcher { name: "x".into(), matcher: ValueMatcher::Prefix("ab".into()) };
+        assert!(h.matches(Some("abc")));
+        assert!(!h.matches(None));
+    }
+}

@@ -1,0 +1,143 @@
+//! Translators: one per (client schema, backend schema) pair, behind one phase-shaped trait.
+//! A translator turns each phase's input into edits and usage; it never calls the host. The
+//! exchange applies the edits.
+
+mod openai;
+
+use crate::api::Endpoint;
+use crate::config::{Backend, Schema};
+use crate::error::{error_json, ErrorKind};
+use crate::request::RequestInfo;
+use crate::usage::TokenUsage;
+
+/// Changes to the upstream request.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RequestEdits {
+    /// New `:path`, query included.
+    pub path: Option<String>,
+    /// New body; `content-length` is fixed by the exchange.
+    pub body: Option<Vec<u8>>,
+    pub set_headers: Vec<(String, String)>,
+}
+
+/// How the response body flows through the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyMode {
+    /// Chunks go to the client as they arrive (possibly edited); the translator sees each one.
+    Stream,
+    /// The whole body is held and handed to the translator at the end (errors, bodies it rewrites).
+    Buffer,
+}
+
+/// The translator's decision on the response headers.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ResponsePlan {
+    pub mode: BodyMode,
+    pub set_headers: Vec<(&'static str, String)>,
+    pub remove_headers: Vec<&'static str>,
+}
+
+/// What one response body chunk becomes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ChunkEdits {
+    /// Bytes to send instead of the chunk; `None` forwards it unchanged.
+    pub replace: Option<Vec<u8>>,
+    /// Usage, once known (usually with the last event or at the end).
+    pub usage: Option<TokenUsage>,
+    /// The chunk carried the first generated content (for time to first token).
+    pub first_content: bool,
+}
+
+/// Everything the request phase may look at.
+pub struct RequestContext<'a> {
+    pub info: &'a RequestInfo,
+    pub body: &'a [u8],
+    pub backend: &'a Backend,
+    /// The client's query string, with its `?`, or "".
+    pub query: &'a str,
+}
+
+pub trait Translator {
+    /// The client's request body → edits of the upstream request.
+    fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, crate::error::ApiError>;
+    /// Upstream response headers (success statuses only; errors go to `error_body`).
+    fn response_headers(&mut self, status: u16, content_type: &str) -> ResponsePlan;
+    /// One upstream body chunk (in `Stream` mode), or the whole body at the end (in `Buffer` mode).
+    fn response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkEdits;
+    /// An upstream error body → the error the client sees (`None` keeps it as is).
+    fn error_body(&mut self, status: u16, body: &[u8]) -> Option<Vec<u8>>;
+}
+
+/// Picks the translator for a client endpoint and a backend. One exhaustive match, so a new schema
+/// cannot be forgotten here.
+/// `include_usage`: ask streaming upstreams for usage when the client did not.
+pub fn for_backend(endpoint: Endpoint, schema: Schema, include_usage: bool) -> Box<dyn Translator> {
+    match schema {
+        Schema::OpenAI => Box::new(openai::Passthrough::new(endpoint, include_usage)),
+    }
+}
+
+/// The error plan shared by every translator whose client speaks OpenAI: hold the body, fix the type.
+pub fn error_plan() -> ResponsePlan {
+    ResponsePlan {
+        mode: BodyMode::Buffer,
+        set_headers: vec![("content-type", "application/json".to_string())],
+        remove_headers: vec!["content-length"],
+    }
+}
+
+/// Keeps an upstream error that is already OpenAI-shaped; wraps anything else, keeping its text.
+pub fn openai_error_body(status: u16, body: &[u8]) -> Option<Vec<u8>> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        #[allow(dead_code)]
+        error: Inner,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        #[allow(dead_code)]
+        message: String,
+    }
+    if serde_json::from_slice::<Envelope>(body).is_ok() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    let message = if text.is_empty() {
+        format!("upstream returned HTTP {status} with an empty body")
+    } else {
+        truncate(text, 2048).to_string()
+    };
+    Some(error_json(&message, ErrorKind::for_status(status).as_str(), "upstream_error"))
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_errors_are_kept_and_others_wrapped() {
+        assert_eq!(openai_error_body(429, br#"{"error":{"message":"slow down","type":"requests"}}"#), None);
+        let wrapped = openai_error_body(503, b"upstream connect error or disconnect/reset before headers").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&wrapped).unwrap();
+        assert_eq!(v["error"]["message"], "upstream connect error or disconnect/reset before headers");
+        assert_eq!(v["error"]["type"], "server_error");
+        assert_eq!(v["error"]["code"], "upstream_error");
+        let v: serde_json::Value = serde_json::from_slice(&openai_error_body(401, b"").unwrap()).unwrap();
+        assert_eq!(v["error"]["type"], "authentication_error");
+        let long = "é".repeat(3000);
+        let v: serde_json::Value = serde_json::from_slice(&openai_error_body(500, long.as_bytes()).unwrap()).unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().len() <= 2048);
+    }
+}

@@ -1,0 +1,269 @@
+//! OpenAI client → OpenAI-compatible backend: the body passes through, with the model override and
+//! usage-in-streams applied; usage is read from the response.
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
+use crate::api::Endpoint;
+use crate::error::ApiError;
+use crate::sse::{parse_event, Splitter};
+use crate::usage::{self, OpenAIUsage, TokenUsage};
+
+/// Non-streaming bodies past this are forwarded without reading usage, to bound memory.
+const MAX_USAGE_BODY: usize = 32 * 1024 * 1024;
+
+pub struct Passthrough {
+    endpoint: Endpoint,
+    include_usage: bool,
+    /// We added `stream_options.include_usage`, so the usage-only chunk is ours to remove.
+    strip_usage_chunk: bool,
+    streaming: bool,
+    splitter: Splitter,
+    body: Vec<u8>,
+    body_too_large: bool,
+    usage: Option<TokenUsage>,
+    seen_content: bool,
+}
+
+impl Passthrough {
+    pub fn new(endpoint: Endpoint, include_usage: bool) -> Self {
+        Passthrough {
+            endpoint,
+            include_usage,
+            strip_usage_chunk: false,
+            streaming: false,
+            splitter: Splitter::default(),
+            body: Vec::new(),
+            body_too_large: false,
+            usage: None,
+            seen_content: false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ChunkProbe {
+    #[serde(default)]
+    choices: Option<Vec<IgnoredAny>>,
+    #[serde(default)]
+    usage: Option<OpenAIUsage>,
+}
+
+impl Translator for Passthrough {
+    fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
+        let RequestContext { info, body, backend, query } = request;
+        let inject_usage =
+            self.include_usage && info.stream && self.endpoint.can_stream() && !info.client_wants_usage;
+        let model_override = backend.model_override.as_deref().filter(|m| *m != info.model);
+        let new_body = if inject_usage || model_override.is_some() {
+            Some(crate::request::rewrite(body, |object| {
+                if let Some(model) = model_override {
+                    object.insert("model".into(), Value::String(model.to_string()));
+                }
+                if inject_usage {
+                    match object.get_mut("stream_options") {
+                        Some(Value::Object(options)) => {
+                            options.insert("include_usage".into(), Value::Bool(true));
+                        }
+                        _ => {
+                            let mut options = serde_json::Map::new();
+                            options.insert("include_usage".into(), Value::Bool(true));
+                            object.insert("stream_options".into(), Value::Object(options));
+                        }
+                    }
+                }
+            })?)
+        } else {
+            None
+        };
+        self.strip_usage_chunk = inject_usage;
+        Ok(RequestEdits {
+            path: Some(format!("{}{}{}", backend.prefix, self.endpoint.suffix(), query)),
+            body: new_body,
+            set_headers: Vec::new(),
+        })
+    }
+
+    fn response_headers(&mut self, _status: u16, content_type: &str) -> ResponsePlan {
+        self.streaming = content_type.trim_start().to_ascii_lowercase().starts_with("text/event-stream");
+        // Removing the usage chunk changes the length; streams rarely carry one anyway.
+        let remove_headers = if self.streaming && self.strip_usage_chunk { vec!["content-length"] } else { vec![] };
+        ResponsePlan { mode: BodyMode::Stream, set_headers: Vec::new(), remove_headers }
+    }
+
+    fn response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkEdits {
+        if !self.streaming {
+            return self.json_body(chunk, end_of_stream);
+        }
+        let mut edits = ChunkEdits::default();
+        let mut kept: Option<Vec<u8>> = self.strip_usage_chunk.then(|| Vec::with_capacity(chunk.len()));
+        let (strip, seen_content, usage) = (self.strip_usage_chunk, &mut self.seen_content, &mut self.usage);
+        let mut on_event = |block: &[u8], edits: &mut ChunkEdits| {
+            let mut keep = true;
+            let event = parse_event(block);
+            if event.has_data && event.data != "[DONE]" {
+                if !*seen_content {
+                    *seen_content = true;
+                    edits.first_content = true;
+                }
+                if event.data.contains("\"usage\"") {
+                    if let Ok(probe) = serde_json::from_str::<ChunkProbe>(&event.data) {
+                        if let Some(u) = probe.usage.as_ref() {
+                            *usage = Some(TokenUsage::from(u));
+                            keep = !(strip && probe.choices.as_ref().is_none_or(|c| c.is_empty()));
+                        }
+                    }
+                }
+            }
+            if keep {
+                if let Some(out) = kept.as_mut() {
+                    out.extend_from_slice(block);
+                }
+            }
+        };
+        let within_limit = self.splitter.push(chunk, |block| on_event(block, &mut edits));
+        if !within_limit {
+            log::warn!("llmgw: an SSE event exceeded {} bytes; usage for this stream may be missing", crate::sse::MAX_EVENT_BYTES);
+        }
+        if end_of_stream {
+            // An upstream that ends without the final blank line still ended its last event.
+            let tail = self.splitter.take_pending();
+            if !tail.is_empty() {
+                on_event(&tail, &mut edits);
+            }
+            edits.usage = self.usage;
+        }
+        // In strip mode the bytes of an unfinished event wait in the splitter until it completes.
+        edits.replace = kept;
+        edits
+    }
+
+    fn error_body(&mut self, status: u16, body: &[u8]) -> Option<Vec<u8>> {
+        super::openai_error_body(status, body)
+    }
+}
+
+impl Passthrough {
+    fn json_body(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkEdits {
+        if !self.body_too_large {
+            if self.body.len() + chunk.len() > MAX_USAGE_BODY {
+                self.body_too_large = true;
+                self.body = Vec::new();
+            } else {
+                self.body.extend_from_slice(chunk);
+            }
+        }
+        let mut edits = ChunkEdits::default();
+        if end_of_stream {
+            edits.usage = usage::from_openai_json(&self.body);
+            self.body = Vec::new();
+        }
+        edits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Backend, Schema};
+    use crate::request::read;
+
+    fn backend(model_override: Option<&str>) -> Backend {
+        Backend {
+            name: "b".into(),
+            schema: Schema::OpenAI,
+            prefix: "/api/v1".into(),
+            model_override: model_override.map(String::from),
+            set_headers: vec![],
+            remove_headers: vec![],
+            credential: None,
+            pass_through_authorization: false,
+        }
+    }
+
+    fn request(t: &mut Passthrough, body: &[u8], b: &Backend) -> RequestEdits {
+        let info = read(body).unwrap();
+        t.request_body(&RequestContext { info: &info, body, backend: b, query: "?q=1" }).unwrap()
+    }
+
+    #[test]
+    fn plain_request_is_untouched_but_for_the_path() {
+        let mut t = Passthrough::new(Endpoint::ChatCompletions, true);
+        let edits = request(&mut t, br#"{"model":"m","messages":[]}"#, &backend(None));
+        assert_eq!(edits, RequestEdits { path: Some("/api/v1/chat/completions?q=1".into()), body: None, set_headers: vec![] });
+    }
+
+    #[test]
+    fn override_and_usage_injection_rewrite_the_body() {
+        let mut t = Passthrough::new(Endpoint::ChatCompletions, true);
+        let edits = request(&mut t, br#"{"model":"m","stream":true,"stream_options":{"x":1}}"#, &backend(Some("real")));
+        assert_eq!(
+            edits.body.unwrap(),
+            br#"{"model":"real","stream":true,"stream_options":{"x":1,"include_usage":true}}"#
+        );
+        let mut t = Passthrough::new(Endpoint::ChatCompletions, false);
+        assert_eq!(request(&mut t, br#"{"model":"m","stream":true}"#, &backend(None)).body, None);
+        let mut t = Passthrough::new(Endpoint::Embeddings, true);
+        assert_eq!(request(&mut t, br#"{"model":"m","stream":true}"#, &backend(None)).body, None);
+    }
+
+    const STREAM: &[u8] = b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n\
+data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n\
+data: [DONE]\n\n";
+
+    fn run_stream(t: &mut Passthrough, chunks: &[&[u8]]) -> (Vec<u8>, Option<TokenUsage>, usize) {
+        t.response_headers(200, "text/event-stream; charset=utf-8");
+        let mut out = Vec::new();
+        let (mut usage, mut firsts) = (None, 0);
+        for (i, c) in chunks.iter().enumerate() {
+            let e = t.response_body(c, i + 1 == chunks.len());
+            out.extend_from_slice(e.replace.as_deref().unwrap_or(c));
+            usage = usage.or(e.usage);
+            firsts += usize::from(e.first_content);
+        }
+        (out, usage, firsts)
+    }
+
+    #[test]
+    fn stream_usage_found_at_every_split_and_bytes_untouched_when_client_asked() {
+        for cut in 0..=STREAM.len() {
+            let mut t = Passthrough::new(Endpoint::ChatCompletions, true);
+            request(&mut t, br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#, &backend(None));
+            let (a, b) = STREAM.split_at(cut);
+            let (out, usage, firsts) = run_stream(&mut t, &[a, b, b""]);
+            assert_eq!(out, STREAM, "cut {cut}");
+            assert_eq!(usage.map(|u| u.total), Some(7), "cut {cut}");
+            assert_eq!(firsts, 1);
+        }
+    }
+
+    #[test]
+    fn injected_usage_chunk_is_removed_at_every_split() {
+        let want = String::from_utf8(STREAM.to_vec()).unwrap().replace(
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n",
+            "",
+        );
+        for cut in 0..=STREAM.len() {
+            let mut t = Passthrough::new(Endpoint::ChatCompletions, true);
+            request(&mut t, br#"{"model":"m","stream":true}"#, &backend(None));
+            let (a, b) = STREAM.split_at(cut);
+            let (out, usage, _) = run_stream(&mut t, &[a, b, b""]);
+            assert_eq!(String::from_utf8(out).unwrap(), want, "cut {cut}");
+            assert_eq!(usage.map(|u| u.input), Some(5));
+        }
+    }
+
+    #[test]
+    fn json_usage_read_at_end() {
+        let mut t = Passthrough::new(Endpoint::ChatCompletions, true);
+        request(&mut t, br#"{"model":"m"}"#, &backend(None));
+        t.response_headers(200, "application/json");
+        let body = br#"{"id":"c","usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        let (a, b) = body.split_at(10);
+        assert_eq!(t.response_body(a, false), ChunkEdits::default());
+        assert_eq!(t.response_body(b, true).usage.map(|u| u.output), Some(4));
+    }
+}
