@@ -223,7 +223,7 @@ pub fn parse(text: &[u8], env: &dyn Env, created: u64) -> Result<Compiled, Confi
 }
 
 fn deserialize(text: &[u8]) -> Result<raw::Config, ConfigError> {
-    let trimmed = text.iter().position(|b| !b.is_ascii_whitespace()).map(|i| &text[i..]);
+    let trimmed = text.iter().position(|b| !b.is_ascii_whitespace()).and_then(|i| text.get(i..));
     match trimmed {
         None => Err(ConfigError::new("", "configuration is empty; at least `backends` is required")),
         Some(body) if body.first() == Some(&b'{') => {
@@ -322,9 +322,7 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
     })?;
     let prefix = match b.prefix {
         None => schema.default_prefix().to_string(),
-        Some(p) if p.starts_with('/') && is_header_value(&p) && !p.contains('?') => {
-            p.trim_end_matches('/').to_string()
-        }
+        Some(p) if p.starts_with('/') && is_header_value(&p) && !p.contains('?') => p.trim_end_matches('/').to_string(),
         Some(p) => {
             return Err(ConfigError::new(
                 format!("{field}.prefix"),
@@ -393,7 +391,10 @@ fn compile_auth(a: raw::Auth, field: &str, env: &dyn Env) -> Result<Credential, 
     };
     let secret = if key.ends_with("_env") {
         env.var(&value).ok_or_else(|| {
-            ConfigError::new(format!("{field}.{key}"), format!("environment variable {value:?} is not set in the Wasm VM"))
+            ConfigError::new(
+                format!("{field}.{key}"),
+                format!("environment variable {value:?} is not set in the Wasm VM"),
+            )
         })?
     } else {
         value
@@ -427,9 +428,8 @@ fn compile_rule(r: raw::Rule, field: &str, backends: &[Backend]) -> Result<Rule,
         })?;
         weighted.push(WeightedBackend { index, weight: br.weight.unwrap_or(1) });
     }
-    let balancer = Balancer::new(weighted).ok_or_else(|| {
-        ConfigError::new(format!("{field}.backends"), "at least one backend needs a positive weight")
-    })?;
+    let balancer = Balancer::new(weighted)
+        .ok_or_else(|| ConfigError::new(format!("{field}.backends"), "at least one backend needs a positive weight"))?;
     Ok(Rule { name: r.name, model, headers, balancer })
 }
 
@@ -443,10 +443,8 @@ fn exactly_one<T>(field: &str, options: Vec<(&'static str, Option<T>)>) -> Resul
 }
 
 fn compile_model_match(m: raw::StringMatch, field: &str) -> Result<ModelMatcher, ConfigError> {
-    let (kind, value) = exactly_one(
-        field,
-        vec![("exact", m.exact), ("prefix", m.prefix), ("glob", m.glob), ("regex", m.regex)],
-    )?;
+    let (kind, value) =
+        exactly_one(field, vec![("exact", m.exact), ("prefix", m.prefix), ("glob", m.glob), ("regex", m.regex)])?;
     match kind {
         "exact" => Ok(ModelMatcher::Exact(value)),
         "prefix" => Ok(ModelMatcher::Prefix(value)),
@@ -458,10 +456,8 @@ fn compile_model_match(m: raw::StringMatch, field: &str) -> Result<ModelMatcher,
 fn compile_header_match(h: raw::HeaderMatch, field: &str) -> Result<HeaderMatcher, ConfigError> {
     let name = header_name(&h.name, &format!("{field}.name"))?;
     let present = h.present.map(|p| p.to_string());
-    let (kind, value) = exactly_one(
-        field,
-        vec![("exact", h.exact), ("prefix", h.prefix), ("regex", h.regex), ("present", present)],
-    )?;
+    let (kind, value) =
+        exactly_one(field, vec![("exact", h.exact), ("prefix", h.prefix), ("regex", h.regex), ("present", present)])?;
     let matcher = match kind {
         "exact" => crate::routing::ValueMatcher::Exact(value),
         "prefix" => crate::routing::ValueMatcher::Prefix(value),
@@ -477,8 +473,7 @@ fn anchored_regex(pattern: &str, field: &str) -> Result<regex_lite::Regex, Confi
 }
 
 fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
-    let valid = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if !valid {
         return Err(ConfigError::new(field, format!("{name:?} is not a valid header name")));
     }
@@ -552,15 +547,18 @@ mod tests {
 
     #[test]
     fn json_and_yaml_are_equivalent() {
-        let y = parse(b"backends:\n  - name: a\n    schema: OpenAI\n    prefix: /v1beta/openai/\n", &no_env(), 0).unwrap();
-        let j = parse(br#" {"backends":[{"name":"a","schema":"OpenAI","prefix":"/v1beta/openai/"}]}"#, &no_env(), 0).unwrap();
+        let y =
+            parse(b"backends:\n  - name: a\n    schema: OpenAI\n    prefix: /v1beta/openai/\n", &no_env(), 0).unwrap();
+        let j = parse(br#" {"backends":[{"name":"a","schema":"OpenAI","prefix":"/v1beta/openai/"}]}"#, &no_env(), 0)
+            .unwrap();
         assert_eq!(y.backends[0].prefix, "/v1beta/openai");
         assert_eq!(j.backends[0].prefix, "/v1beta/openai");
     }
 
     #[test]
     fn errors_name_the_field() {
-        let e = err("backends: [{name: a, schema: OpenAI}, {name: b, schema: OpenAI}]\nrules: [{backends: [{name: c}]}]");
+        let e =
+            err("backends: [{name: a, schema: OpenAI}, {name: b, schema: OpenAI}]\nrules: [{backends: [{name: c}]}]");
         assert_eq!(e.field, "rules[0].backends[0].name");
         assert!(e.reason.contains("unknown backend \"c\""), "{e}");
 
@@ -575,7 +573,9 @@ mod tests {
         let e = err("backends: [{name: a, schema: OpenAI}]\nrules: [{match: {model: {exact: x, prefix: y}}, backends: [{name: a}]}]");
         assert_eq!(e.field, "rules[0].match.model");
 
-        let e = err("backends: [{name: a, schema: OpenAI}]\nrules: [{match: {model: {regex: '('}}, backends: [{name: a}]}]");
+        let e = err(
+            "backends: [{name: a, schema: OpenAI}]\nrules: [{match: {model: {regex: '('}}, backends: [{name: a}]}]",
+        );
         assert_eq!(e.field, "rules[0].match.model.regex");
 
         let e = err("backends: [{name: a, schema: OpenAI}]\nrules: [{backends: [{name: a, weight: 0}]}]");
@@ -591,7 +591,8 @@ mod tests {
         let e = err("backends: [{name: a, schema: OpenAI, headers: {set: {x-llmgw-backend: evil}}}]");
         assert!(e.field.starts_with("backends[0].headers.set"), "{e}");
 
-        let e = err("backends: [{name: a, schema: OpenAI}, {name: a, schema: OpenAI}]\nrules: [{backends: [{name: a}]}]");
+        let e =
+            err("backends: [{name: a, schema: OpenAI}, {name: a, schema: OpenAI}]\nrules: [{backends: [{name: a}]}]");
         assert_eq!(e.field, "backends[1].name");
 
         let e = err("backends: [{name: a, schema: OpenAI}, {name: b, schema: OpenAI}]");

@@ -34,7 +34,10 @@ impl Shared {
 enum Phase {
     /// Not a gateway request (or not yet seen): pass everything through.
     Ignored,
-    AwaitingBody { endpoint: Endpoint, query: String },
+    AwaitingBody {
+        endpoint: Endpoint,
+        query: String,
+    },
     Forwarded(Box<Routed>),
     /// The filter answered; nothing more to do.
     Answered,
@@ -74,13 +77,21 @@ impl Exchange {
         let endpoint = match Endpoint::classify(&path) {
             PathKind::Other => return Flow::Continue,
             PathKind::UnknownV1 => {
-                let message = format!("unknown endpoint {:?}; served: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models", path_only(&path));
+                let message = format!(
+                    "unknown endpoint {:?}; served: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models",
+                    path_only(&path)
+                );
                 return self.reply(host, ApiError::new(404, ErrorKind::NotFound, "unknown_endpoint", message));
             }
             PathKind::Endpoint(e) => e,
         };
         let Some(shared) = self.shared.clone() else {
-            let e = ApiError::new(500, ErrorKind::Server, "gateway_not_configured", "the gateway has no valid configuration; see the Envoy log");
+            let e = ApiError::new(
+                500,
+                ErrorKind::Server,
+                "gateway_not_configured",
+                "the gateway has no valid configuration; see the Envoy log",
+            );
             return self.reply(host, e);
         };
         let method = host.request_header(":method").unwrap_or_default();
@@ -101,7 +112,10 @@ impl Exchange {
             return Flow::Pause;
         }
         if end_of_stream {
-            return self.reply(host, ApiError::bad_request("invalid_request", "request body is empty; expected a JSON object"));
+            return self.reply(
+                host,
+                ApiError::bad_request("invalid_request", "request body is empty; expected a JSON object"),
+            );
         }
         let declared = host.request_header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|len| len > shared.config.max_request_body_bytes as u64) {
@@ -230,7 +244,11 @@ impl Exchange {
             samples.push(labels.histogram(metrics::TOKEN_USAGE, &[("gen_ai_token_type", "output")], usage.output));
         }
         if let (true, Some(first)) = (routed.info.stream, routed.first_content_at) {
-            samples.push(labels.histogram(metrics::TIME_TO_FIRST_TOKEN, &[], first.saturating_sub(self.started_at) / NANOS_PER_MS));
+            samples.push(labels.histogram(
+                metrics::TIME_TO_FIRST_TOKEN,
+                &[],
+                first.saturating_sub(self.started_at) / NANOS_PER_MS,
+            ));
             if let Some(output) = routed.usage.map(|u| u.output).filter(|&n| n > 1) {
                 let per_token = ended_at.saturating_sub(first) / (output - 1) / NANOS_PER_MS;
                 samples.push(labels.histogram(metrics::TIME_PER_OUTPUT_TOKEN, &[], per_token));
@@ -264,11 +282,21 @@ impl Exchange {
 }
 
 /// Reads the body, picks the backend and applies every request edit.
-fn route(host: &mut dyn Host, shared: &Shared, endpoint: Endpoint, query: &str, body: &[u8], size: usize) -> Result<Routed, ApiError> {
+fn route(
+    host: &mut dyn Host,
+    shared: &Shared,
+    endpoint: Endpoint,
+    query: &str,
+    body: &[u8],
+    size: usize,
+) -> Result<Routed, ApiError> {
     let config = &shared.config;
     let info = request::read(body)?;
     if info.stream && !endpoint.can_stream() {
-        return Err(ApiError::bad_request("invalid_request", format!("{} does not support `stream`", endpoint.suffix())));
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("{} does not support `stream`", endpoint.suffix()),
+        ));
     }
     let header_values: Vec<(&str, Option<String>)> =
         config.matched_header_names.iter().map(|n| (n.as_str(), host.request_header(n))).collect();
@@ -337,9 +365,212 @@ fn route(host: &mut dyn Host, shared: &Shared, endpoint: Endpoint, query: &str, 
 }
 
 fn too_large(limit: usize) -> ApiError {
-    ApiError::new(413, ErrorKind::InvalidRequest, "request_too_large", format!("request body exceeds the gateway's limit of {limit} bytes"))
+    ApiError::new(
+        413,
+        ErrorKind::InvalidRequest,
+        "request_too_large",
+        format!("request body exceeds the gateway's limit of {limit} bytes"),
+    )
 }
 
 fn path_only(path: &str) -> &str {
     path.split('?').next().unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, Env};
+    use crate::testing::FakeHost;
+
+    struct NoEnv;
+    impl Env for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    const CONFIG: &str = "
+backends:
+  - {name: openai, schema: OpenAI, auth: {bearer: sk-upstream}, headers: {set: {openai-organization: org-1}, remove: [x-debug]}}
+  - {name: vllm, schema: OpenAI, prefix: /serve/v1, model_override: real-llama, pass_through_authorization: true}
+rules:
+  - {match: {model: {exact: gpt-4o}}, backends: [{name: openai}]}
+  - {match: {model: {glob: 'llama-*'}, headers: [{name: x-team, exact: research}]}, backends: [{name: vllm}]}
+max_request_body_bytes: 1000
+";
+
+    fn exchange() -> Exchange {
+        Exchange::new(Some(Rc::new(Shared::new(parse(CONFIG.as_bytes(), &NoEnv, 0).unwrap()))))
+    }
+
+    fn send(x: &mut Exchange, host: &mut FakeHost, body: &[u8]) -> Flow {
+        host.request_body = body.to_vec();
+        if let Flow::Pause = x.on_request_headers(host, false) {
+            if host.reply.is_some() {
+                return Flow::Pause;
+            }
+        }
+        x.on_request_body(host, body.len(), true)
+    }
+
+    #[test]
+    fn routes_by_model_and_applies_backend_edits() {
+        let mut x = exchange();
+        let mut host = FakeHost::request(
+            "POST",
+            "/v1/chat/completions?trace=1",
+            &[
+                ("authorization", "Bearer client-key"),
+                ("x-llmgw-backend", "vllm"),
+                ("x-ai-eg-model", "spoof"),
+                ("x-debug", "1"),
+            ],
+        );
+        assert_eq!(send(&mut x, &mut host, br#"{"model":"gpt-4o","messages":[]}"#), Flow::Continue);
+        assert_eq!(host.header("x-llmgw-backend").as_deref(), Some("openai"));
+        assert_eq!(host.header("x-ai-eg-model").as_deref(), Some("gpt-4o"));
+        assert_eq!(host.header(":path").as_deref(), Some("/v1/chat/completions?trace=1"));
+        assert_eq!(host.header("authorization").as_deref(), Some("Bearer sk-upstream"));
+        assert_eq!(host.header("openai-organization").as_deref(), Some("org-1"));
+        assert_eq!(host.header("x-debug"), None);
+        assert_eq!(host.route_cache_clears, 1);
+        assert_eq!(host.request_body, br#"{"model":"gpt-4o","messages":[]}"#);
+    }
+
+    #[test]
+    fn header_match_override_prefix_and_passthrough_auth() {
+        let mut x = exchange();
+        let body = br#"{"model":"llama-3","messages":[]}"#;
+        let len = body.len().to_string();
+        let mut host = FakeHost::request(
+            "POST",
+            "/v1/chat/completions",
+            &[("x-team", "research"), ("authorization", "Bearer client"), ("content-length", &len)],
+        );
+        assert_eq!(send(&mut x, &mut host, body), Flow::Continue);
+        assert_eq!(host.header("x-llmgw-backend").as_deref(), Some("vllm"));
+        assert_eq!(host.header("x-ai-eg-model").as_deref(), Some("llama-3"));
+        assert_eq!(host.header(":path").as_deref(), Some("/serve/v1/chat/completions"));
+        assert_eq!(host.header("authorization").as_deref(), Some("Bearer client"));
+        assert_eq!(host.request_body, br#"{"model":"real-llama","messages":[]}"#);
+        assert_eq!(host.header("content-length"), Some(host.request_body.len().to_string()));
+
+        // Without the header the rule does not match, and there is no default.
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        assert_eq!(send(&mut x, &mut host, body), Flow::Pause);
+        let (status, v) = host.reply_json();
+        assert_eq!(status, 404);
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert!(v["error"]["message"].as_str().unwrap().contains("llama-3"));
+        assert_eq!(host.header("x-llmgw-backend"), None);
+    }
+
+    #[test]
+    fn local_errors() {
+        let cases: &[(&str, &str, &[u8], u16, &str)] = &[
+            ("GET", "/v1/chat/completions", b"", 405, "method_not_allowed"),
+            ("POST", "/v1/models", b"", 405, "method_not_allowed"),
+            ("POST", "/v1/files", b"{}", 404, "unknown_endpoint"),
+            ("POST", "/v1/chat/completions", b"nope", 400, "invalid_request"),
+            ("POST", "/v1/chat/completions", br#"{"model":7}"#, 400, "invalid_model"),
+            ("POST", "/v1/embeddings", br#"{"model":"gpt-4o","stream":true}"#, 400, "invalid_request"),
+            ("POST", "/v1/chat/completions", &[b' '; 1001], 413, "request_too_large"),
+        ];
+        for (method, path, body, status, code) in cases {
+            let mut x = exchange();
+            let mut host = FakeHost::request(method, path, &[]);
+            assert_eq!(send(&mut x, &mut host, body), Flow::Pause, "{method} {path}");
+            let (got, v) = host.reply_json();
+            assert_eq!((got, v["error"]["code"].as_str().unwrap()), (*status, *code), "{method} {path}");
+        }
+        let mut x = exchange();
+        let mut host = FakeHost::request("GET", "/v1/chat/completions", &[]);
+        x.on_request_headers(&mut host, true);
+        let (_, headers, _) = host.reply.clone().unwrap();
+        assert!(headers.contains(&("allow".to_string(), "POST".to_string())));
+        // A declared length over the limit is refused before buffering.
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[("content-length", "5000")]);
+        assert_eq!(x.on_request_headers(&mut host, false), Flow::Pause);
+        assert_eq!(host.reply_json().0, 413);
+    }
+
+    #[test]
+    fn models_and_other_paths() {
+        let mut x = exchange();
+        let mut host = FakeHost::request("GET", "/v1/models", &[]);
+        assert_eq!(x.on_request_headers(&mut host, true), Flow::Pause);
+        let (status, v) = host.reply_json();
+        assert_eq!((status, v["data"][0]["id"].as_str()), (200, Some("gpt-4o")));
+
+        let mut x = exchange();
+        let mut host = FakeHost::request("GET", "/healthz", &[("x-llmgw-backend", "openai")]);
+        assert_eq!(x.on_request_headers(&mut host, true), Flow::Continue);
+        assert_eq!(host.header("x-llmgw-backend"), None);
+        assert!(host.reply.is_none());
+    }
+
+    #[test]
+    fn unconfigured_gateway_answers_500() {
+        let mut x = Exchange::new(None);
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        x.on_request_headers(&mut host, false);
+        assert_eq!(host.reply_json().0, 500);
+    }
+
+    #[test]
+    fn usage_becomes_filter_state_and_metrics() {
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        host.now = 1_000_000_000;
+        send(&mut x, &mut host, br#"{"model":"gpt-4o","stream":true}"#);
+        host.response_headers =
+            vec![(":status".into(), "200".into()), ("content-type".into(), "text/event-stream".into())];
+        assert_eq!(x.on_response_headers(&mut host, false), Flow::Continue);
+        host.now += 50_000_000;
+        host.response_body = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n".to_vec();
+        let n = host.response_body.len();
+        x.on_response_body(&mut host, n, false);
+        host.now += 100_000_000;
+        host.response_body = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":11,\"total_tokens\":15}}\n\ndata: [DONE]\n\n".to_vec();
+        let n = host.response_body.len();
+        x.on_response_body(&mut host, n, true);
+        // The usage chunk was injected by us, so the client does not see it.
+        assert_eq!(host.response_body, b"data: [DONE]\n\n");
+        assert_eq!(host.filter_state.get("llm_total_token").map(String::as_str), Some("15"));
+        assert_eq!(host.filter_state.get("llm_input_token").map(String::as_str), Some("4"));
+        x.on_log(&mut host);
+        let find = |prefix: &str| {
+            host.samples.iter().filter(|s| s.name.starts_with(prefix)).map(|s| s.value).collect::<Vec<_>>()
+        };
+        assert_eq!(find("gen_ai.client.token.usage"), vec![4, 11]);
+        assert_eq!(find("gen_ai.server.request.duration"), vec![150]);
+        assert_eq!(find("gen_ai.server.time_to_first_token"), vec![50]);
+        assert_eq!(find("gen_ai.server.time_per_output_token"), vec![10]);
+        assert_eq!(find("llmgw.requests_total.llmgw_backend=.=openai;.;gen_ai_request_model=.=gpt-4o;.;gen_ai_operation_name=.=chat;.;outcome=.=success;.;"), vec![1]);
+    }
+
+    #[test]
+    fn upstream_errors_are_wrapped() {
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        send(&mut x, &mut host, br#"{"model":"gpt-4o"}"#);
+        host.response_headers = vec![
+            (":status".into(), "503".into()),
+            ("content-type".into(), "text/plain".into()),
+            ("content-length".into(), "19".into()),
+        ];
+        assert_eq!(x.on_response_headers(&mut host, false), Flow::Pause);
+        host.response_body = b"no healthy upstream".to_vec();
+        assert_eq!(x.on_response_body(&mut host, 19, true), Flow::Continue);
+        let v: serde_json::Value = serde_json::from_slice(&host.response_body).unwrap();
+        assert_eq!(v["error"]["message"], "no healthy upstream");
+        assert_eq!(v["error"]["type"], "server_error");
+        assert_eq!(host.response_header("content-length"), Some(host.response_body.len().to_string()));
+        assert_eq!(host.response_header("content-type").as_deref(), Some("application/json"));
+        x.on_log(&mut host);
+        assert!(host.samples.iter().any(|s| s.name.contains("outcome=.=failure")));
+    }
 }

@@ -51,11 +51,7 @@ impl Context for Root {}
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let text = self.get_plugin_configuration().unwrap_or_default();
-        let created = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let created = self.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         match config::parse(&text, &ProcessEnv, created) {
             Ok(compiled) => {
                 log::info!(
@@ -74,10 +70,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http {
-            exchange: Exchange::new(self.shared.clone()),
-            metrics: self.metrics.clone(),
-        }))
+        Some(Box::new(Http { exchange: Exchange::new(self.shared.clone()), metrics: self.metrics.clone() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -176,10 +169,7 @@ impl Host for WasmHost<'_> {
         checked("set response body", hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, body))
     }
     fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
-        checked(
-            "send local reply",
-            hostcalls::send_http_response(u32::from(status), headers.to_vec(), Some(body)),
-        )
+        checked("send local reply", hostcalls::send_http_response(u32::from(status), headers.to_vec(), Some(body)))
     }
     fn set_filter_state(&mut self, name: &str, value: &[u8]) {
         checked("set property", hostcalls::set_property(vec![name], Some(value)))

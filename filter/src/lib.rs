@@ -17,3 +17,6 @@ pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;
+
+#[cfg(test)]
+mod testing;

@@ -41,7 +41,11 @@ impl Labels {
         let mut name = String::with_capacity(metric.len() + 96);
         name.push_str(metric);
         name.push('.');
-        let common = [("llmgw_backend", self.backend.as_str()), ("gen_ai_request_model", self.model.as_str()), ("gen_ai_operation_name", self.operation)];
+        let common = [
+            ("llmgw_backend", self.backend.as_str()),
+            ("gen_ai_request_model", self.model.as_str()),
+            ("gen_ai_operation_name", self.operation),
+        ];
         for (label, value) in common.iter().chain(extra) {
             name.push_str(label);
             name.push_str("=.=");

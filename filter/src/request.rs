@@ -46,7 +46,11 @@ pub fn read(body: &[u8]) -> Result<RequestInfo, ApiError> {
     if first != Some(&b'{') {
         return Err(ApiError::bad_request(
             "invalid_request",
-            if first.is_none() { "request body is empty; expected a JSON object" } else { "request body must be a JSON object" },
+            if first.is_none() {
+                "request body is empty; expected a JSON object"
+            } else {
+                "request body must be a JSON object"
+            },
         ));
     }
     let fields: Fields = serde_json::from_slice(body)
@@ -84,8 +88,9 @@ pub fn rewrite(body: &[u8], edit: impl FnOnce(&mut serde_json::Map<String, Value
     let mut object: serde_json::Map<String, Value> = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid_request", format!("request body is not valid JSON: {e}")))?;
     edit(&mut object);
-    serde_json::to_vec(&object)
-        .map_err(|e| ApiError::new(500, crate::error::ErrorKind::Server, "internal", format!("re-encoding the body failed: {e}")))
+    serde_json::to_vec(&object).map_err(|e| {
+        ApiError::new(500, crate::error::ErrorKind::Server, "internal", format!("re-encoding the body failed: {e}"))
+    })
 }
 
 #[cfg(test)]
@@ -98,7 +103,8 @@ mod tests {
 
     #[test]
     fn reads_model_and_stream() {
-        let r = read(br#" {"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"x":[1,{"y":2}]}"#).unwrap();
+        let r = read(br#" {"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"x":[1,{"y":2}]}"#)
+            .unwrap();
         assert_eq!(r, RequestInfo { model: "gpt-4o".into(), stream: true, client_wants_usage: true });
         let r = read(br#"{"messages":[],"model":"m","stream":null}"#).unwrap();
         assert!(!r.stream && !r.client_wants_usage);

@@ -96,11 +96,8 @@ impl Balancer {
             *c += i64::from(b.weight);
         }
         // Highest current weight wins; ties go to the earlier backend.
-        let best = current
-            .iter()
-            .enumerate()
-            .max_by(|(ia, a), (ib, b)| a.cmp(b).then(ib.cmp(ia)))
-            .map_or(0, |(i, _)| i);
+        let best =
+            current.iter().enumerate().max_by(|(ia, a), (ib, b)| a.cmp(b).then(ib.cmp(ia))).map_or(0, |(i, _)| i);
         if let Some(c) = current.get_mut(best) {
             *c -= self.total;
         }
@@ -120,17 +117,13 @@ pub struct Rule {
 impl Rule {
     /// A rule that matches everything and sends it to one backend.
     pub fn default_to(index: usize) -> Rule {
-        let balancer = Balancer {
-            backends: vec![WeightedBackend { index, weight: 1 }],
-            total: 1,
-            current: Cell::new(vec![0]),
-        };
+        let balancer =
+            Balancer { backends: vec![WeightedBackend { index, weight: 1 }], total: 1, current: Cell::new(vec![0]) };
         Rule { name: None, model: None, headers: Vec::new(), balancer }
     }
 
     pub fn matches<'h>(&self, model: &str, header: &dyn Fn(&str) -> Option<&'h str>) -> bool {
-        self.model.as_ref().is_none_or(|m| m.matches(model))
-            && self.headers.iter().all(|h| h.matches(header(&h.name)))
+        self.model.as_ref().is_none_or(|m| m.matches(model)) && self.headers.iter().all(|h| h.matches(header(&h.name)))
     }
 }
 

@@ -54,8 +54,7 @@ struct ChunkProbe {
 impl Translator for Passthrough {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
         let RequestContext { info, body, backend, query } = request;
-        let inject_usage =
-            self.include_usage && info.stream && self.endpoint.can_stream() && !info.client_wants_usage;
+        let inject_usage = self.include_usage && info.stream && self.endpoint.can_stream() && !info.client_wants_usage;
         let model_override = backend.model_override.as_deref().filter(|m| *m != info.model);
         let new_body = if inject_usage || model_override.is_some() {
             Some(crate::request::rewrite(body, |object| {
@@ -125,7 +124,10 @@ impl Translator for Passthrough {
         };
         let within_limit = self.splitter.push(chunk, |block| on_event(block, &mut edits));
         if !within_limit {
-            log::warn!("llmgw: an SSE event exceeded {} bytes; usage for this stream may be missing", crate::sse::MAX_EVENT_BYTES);
+            log::warn!(
+                "llmgw: an SSE event exceeded {} bytes; usage for this stream may be missing",
+                crate::sse::MAX_EVENT_BYTES
+            );
         }
         if end_of_stream {
             // An upstream that ends without the final blank line still ended its last event.
@@ -192,7 +194,10 @@ mod tests {
     fn plain_request_is_untouched_but_for_the_path() {
         let mut t = Passthrough::new(Endpoint::ChatCompletions, true);
         let edits = request(&mut t, br#"{"model":"m","messages":[]}"#, &backend(None));
-        assert_eq!(edits, RequestEdits { path: Some("/api/v1/chat/completions?q=1".into()), body: None, set_headers: vec![] });
+        assert_eq!(
+            edits,
+            RequestEdits { path: Some("/api/v1/chat/completions?q=1".into()), body: None, set_headers: vec![] }
+        );
     }
 
     #[test]

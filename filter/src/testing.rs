@@ -1,0 +1,101 @@
+//! An in-memory `Host` for unit tests of the exchange.
+
+use std::collections::BTreeMap;
+
+use crate::host::Host;
+use crate::metrics::Sample;
+
+/// A local reply: status, headers, body.
+pub type Reply = (u16, Vec<(String, String)>, Vec<u8>);
+
+#[derive(Debug, Default)]
+pub struct FakeHost {
+    pub request_headers: Vec<(String, String)>,
+    pub request_body: Vec<u8>,
+    pub response_headers: Vec<(String, String)>,
+    pub response_body: Vec<u8>,
+    pub reply: Option<Reply>,
+    pub filter_state: BTreeMap<String, String>,
+    pub route_cache_clears: usize,
+    pub now: u64,
+    pub samples: Vec<Sample>,
+}
+
+fn get(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+}
+
+fn set(headers: &mut Vec<(String, String)>, name: &str, value: &str) {
+    headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    headers.push((name.to_string(), value.to_string()));
+}
+
+impl FakeHost {
+    pub fn request(method: &str, path: &str, extra: &[(&str, &str)]) -> Self {
+        let mut h = FakeHost::default();
+        h.request_headers.push((":method".into(), method.into()));
+        h.request_headers.push((":path".into(), path.into()));
+        for (n, v) in extra {
+            h.request_headers.push((n.to_string(), v.to_string()));
+        }
+        h
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        get(&self.request_headers, name)
+    }
+
+    pub fn reply_json(&self) -> (u16, serde_json::Value) {
+        let (status, _, body) = self.reply.as_ref().expect("no local reply");
+        (*status, serde_json::from_slice(body).expect("reply is JSON"))
+    }
+}
+
+impl Host for FakeHost {
+    fn request_header(&self, name: &str) -> Option<String> {
+        get(&self.request_headers, name)
+    }
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        set(&mut self.request_headers, name, value)
+    }
+    fn remove_request_header(&mut self, name: &str) {
+        self.request_headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        self.request_body.get(..size).map(<[u8]>::to_vec)
+    }
+    fn set_request_body(&mut self, size: usize, body: &[u8]) {
+        self.request_body.splice(..size.min(self.request_body.len()), body.iter().copied());
+    }
+    fn response_header(&self, name: &str) -> Option<String> {
+        get(&self.response_headers, name)
+    }
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        set(&mut self.response_headers, name, value)
+    }
+    fn remove_response_header(&mut self, name: &str) {
+        self.response_headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+    fn response_body(&self, size: usize) -> Option<Vec<u8>> {
+        self.response_body.get(..size).map(<[u8]>::to_vec)
+    }
+    fn set_response_body(&mut self, size: usize, body: &[u8]) {
+        self.response_body.splice(..size.min(self.response_body.len()), body.iter().copied());
+    }
+    fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        let headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        self.reply = Some((status, headers, body.to_vec()));
+    }
+    fn set_filter_state(&mut self, name: &str, value: &[u8]) {
+        self.filter_state.insert(name.to_string(), String::from_utf8_lossy(value).into_owned());
+    }
+    fn clear_route_cache(&mut self) {
+        self.route_cache_clears += 1;
+    }
+    fn now_nanos(&self) -> u64 {
+        self.now
+    }
+    fn record(&mut self, sample: &Sample) {
+        self.samples.push(sample.clone());
+    }
+}
