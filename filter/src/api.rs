@@ -7,6 +7,15 @@ pub enum Endpoint {
     Completions,
     Embeddings,
     Models,
+    /// Anthropic Messages API, for Anthropic SDK clients.
+    Messages,
+}
+
+/// The API family a client speaks: decides the shape of errors and responses it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientApi {
+    OpenAI,
+    Anthropic,
 }
 
 /// What a request path is, for the gateway.
@@ -28,6 +37,7 @@ impl Endpoint {
             "/v1/completions" => PathKind::Endpoint(Endpoint::Completions),
             "/v1/embeddings" => PathKind::Endpoint(Endpoint::Embeddings),
             "/v1/models" => PathKind::Endpoint(Endpoint::Models),
+            "/v1/messages" => PathKind::Endpoint(Endpoint::Messages),
             p if p == "/v1" || p.starts_with("/v1/") => PathKind::UnknownV1,
             _ => PathKind::Other,
         }
@@ -36,7 +46,7 @@ impl Endpoint {
     pub fn method(self) -> &'static str {
         match self {
             Endpoint::Models => "GET",
-            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => "POST",
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings | Endpoint::Messages => "POST",
         }
     }
 
@@ -47,6 +57,7 @@ impl Endpoint {
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
             Endpoint::Models => "/models",
+            Endpoint::Messages => "/messages",
         }
     }
 
@@ -57,12 +68,22 @@ impl Endpoint {
             Endpoint::Completions => "text_completion",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Models => "models",
+            Endpoint::Messages => "chat",
         }
     }
 
     /// Whether the endpoint can stream its answer.
     pub fn can_stream(self) -> bool {
-        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Messages)
+    }
+
+    pub fn client_api(self) -> ClientApi {
+        match self {
+            Endpoint::Messages => ClientApi::Anthropic,
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings | Endpoint::Models => {
+                ClientApi::OpenAI
+            }
+        }
     }
 }
 

@@ -63,6 +63,12 @@ mod raw {
         pub auth: Option<Auth>,
         #[serde(default)]
         pub pass_through_authorization: bool,
+        pub host: Option<String>,
+        pub api_version: Option<String>,
+        pub anthropic_version: Option<String>,
+        pub region: Option<String>,
+        pub project: Option<String>,
+        pub default_max_tokens: Option<u32>,
     }
 
     #[derive(Deserialize, Default)]
@@ -83,6 +89,18 @@ mod raw {
         pub api_key_env: Option<String>,
         pub x_api_key: Option<String>,
         pub x_api_key_env: Option<String>,
+        pub aws: Option<AwsAuth>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct AwsAuth {
+        pub access_key_id: Option<String>,
+        pub access_key_id_env: Option<String>,
+        pub secret_access_key: Option<String>,
+        pub secret_access_key_env: Option<String>,
+        pub session_token: Option<String>,
+        pub session_token_env: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -132,23 +150,64 @@ mod raw {
 /// Upstream API families. Parsed from a string so an unknown value is reported by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
+    /// Any OpenAI-compatible server (OpenAI, vLLM, Ollama, ...).
     OpenAI,
+    /// `/openai/deployments/{deployment}/...?api-version=...`.
+    AzureOpenAI,
+    /// Anthropic Messages API.
+    Anthropic,
+    /// AWS Bedrock Converse API, SigV4-signed.
+    AWSBedrock,
+    /// Anthropic Messages body on Bedrock `invoke`, SigV4-signed.
+    AWSAnthropic,
+    /// Gemini on Vertex AI.
+    GCPVertexAI,
+    /// Anthropic Messages body on Vertex AI `rawPredict`.
+    GCPAnthropic,
 }
 
 impl Schema {
+    pub const SUPPORTED: &'static [&'static str] =
+        &["OpenAI", "AzureOpenAI", "Anthropic", "AWSBedrock", "AWSAnthropic", "GCPVertexAI", "GCPAnthropic"];
+
     fn parse(value: &str) -> Option<Schema> {
-        match value {
-            "OpenAI" => Some(Schema::OpenAI),
-            _ => None,
+        Some(match value {
+            "OpenAI" => Schema::OpenAI,
+            "AzureOpenAI" => Schema::AzureOpenAI,
+            "Anthropic" => Schema::Anthropic,
+            "AWSBedrock" => Schema::AWSBedrock,
+            "AWSAnthropic" => Schema::AWSAnthropic,
+            "GCPVertexAI" => Schema::GCPVertexAI,
+            "GCPAnthropic" => Schema::GCPAnthropic,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Schema::OpenAI => "OpenAI",
+            Schema::AzureOpenAI => "AzureOpenAI",
+            Schema::Anthropic => "Anthropic",
+            Schema::AWSBedrock => "AWSBedrock",
+            Schema::AWSAnthropic => "AWSAnthropic",
+            Schema::GCPVertexAI => "GCPVertexAI",
+            Schema::GCPAnthropic => "GCPAnthropic",
         }
     }
 
-    pub const SUPPORTED: &'static [&'static str] = &["OpenAI"];
-
     pub fn default_prefix(self) -> &'static str {
         match self {
-            Schema::OpenAI => "/v1",
+            Schema::OpenAI | Schema::Anthropic | Schema::GCPVertexAI | Schema::GCPAnthropic => "/v1",
+            Schema::AzureOpenAI | Schema::AWSBedrock | Schema::AWSAnthropic => "",
         }
+    }
+
+    fn is_aws(self) -> bool {
+        matches!(self, Schema::AWSBedrock | Schema::AWSAnthropic)
+    }
+
+    fn is_gcp(self) -> bool {
+        matches!(self, Schema::GCPVertexAI | Schema::GCPAnthropic)
     }
 }
 
@@ -168,11 +227,20 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// How the gateway authenticates to a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credential {
-    pub header: &'static str,
-    /// The full header value, e.g. `Bearer sk-...`.
-    pub value: Secret,
+pub enum Credential {
+    /// A header with a fixed value, e.g. `authorization: Bearer sk-...`.
+    Header { header: &'static str, value: Secret },
+    /// AWS SigV4 signing of each request.
+    Aws(AwsCredential),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsCredential {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +253,18 @@ pub struct Backend {
     pub remove_headers: Vec<String>,
     pub credential: Option<Credential>,
     pub pass_through_authorization: bool,
+    /// `:authority` sent upstream (needed where it is signed, as with SigV4).
+    pub authority: Option<String>,
+    /// Azure OpenAI `api-version`.
+    pub api_version: Option<String>,
+    /// `anthropic-version` header (Anthropic) or body field (AWS/GCP Anthropic).
+    pub anthropic_version: String,
+    /// AWS or GCP region.
+    pub region: String,
+    /// GCP project.
+    pub project: String,
+    /// `max_tokens` sent to APIs that require one when the client gave none.
+    pub default_max_tokens: u32,
 }
 
 /// The validated configuration, built once per `on_configure` and shared read-only by every request.
@@ -307,6 +387,9 @@ fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, Co
     })
 }
 
+const DEFAULT_MAX_TOKENS: u32 = 4096;
+const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+
 fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backend, ConfigError> {
     if b.name.is_empty() || !is_header_value(&b.name) {
         return Err(ConfigError::new(
@@ -334,8 +417,16 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
         if m.is_empty() || !is_header_value(m) {
             return Err(ConfigError::new(
                 format!("{field}.model_override"),
-                "must be a non-empty model name without control characters",
+                "must be a model name without control characters",
             ));
+        }
+    }
+    for (name, value) in [("host", &b.host), ("api_version", &b.api_version)] {
+        if value
+            .as_deref()
+            .is_some_and(|v| v.is_empty() || !is_header_value(v) || v.contains(['/', '?', '#', ' ', '&']))
+        {
+            return Err(ConfigError::new(format!("{field}.{name}"), format!("{value:?} is not a valid {name}")));
         }
     }
     let mut set_headers = Vec::with_capacity(b.headers.set.len());
@@ -357,6 +448,55 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
         None => None,
         Some(auth) => Some(compile_auth(auth, &format!("{field}.auth"), env)?),
     };
+
+    // What each schema needs beyond the common fields.
+    let required = |value: Option<String>, name: &str, why: &str| {
+        value
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| ConfigError::new(format!("{field}.{name}"), why.to_string()))
+    };
+    let region = if schema.is_aws() || schema.is_gcp() {
+        required(b.region, "region", "is required for this schema (e.g. us-east-1 or us-central1)")?
+    } else {
+        b.region.unwrap_or_default()
+    };
+    let project =
+        if schema.is_gcp() { required(b.project, "project", "is required for GCP schemas")? } else { String::new() };
+    let api_version = if schema == Schema::AzureOpenAI {
+        Some(required(b.api_version, "api_version", "is required for AzureOpenAI (e.g. 2024-10-21)")?)
+    } else {
+        b.api_version
+    };
+    let is_aws_credential = matches!(credential, Some(Credential::Aws(_)));
+    if schema.is_aws() != is_aws_credential && credential.is_some() || schema.is_aws() && credential.is_none() {
+        let reason = if schema.is_aws() {
+            "AWS schemas need `auth: {aws: {...}}` (SigV4)"
+        } else {
+            "`aws` credentials only apply to AWSBedrock and AWSAnthropic"
+        };
+        return Err(ConfigError::new(format!("{field}.auth"), reason));
+    }
+    let authority = b.host.or_else(|| match schema {
+        Schema::AWSBedrock | Schema::AWSAnthropic => Some(format!("bedrock-runtime.{region}.amazonaws.com")),
+        Schema::GCPVertexAI | Schema::GCPAnthropic if region == "global" => Some("aiplatform.googleapis.com".into()),
+        Schema::GCPVertexAI | Schema::GCPAnthropic => Some(format!("{region}-aiplatform.googleapis.com")),
+        Schema::OpenAI | Schema::AzureOpenAI | Schema::Anthropic => None,
+    });
+    let anthropic_version = b.anthropic_version.unwrap_or_else(|| {
+        match schema {
+            Schema::AWSAnthropic => "bedrock-2023-05-31",
+            Schema::GCPAnthropic => "vertex-2023-10-16",
+            _ => DEFAULT_ANTHROPIC_VERSION,
+        }
+        .to_string()
+    });
+    if !is_header_value(&anthropic_version) || [&region, &project].iter().any(|v| !is_path_segment(v)) {
+        return Err(ConfigError::new(field, "anthropic_version, region and project must be plain names"));
+    }
+    let default_max_tokens = b.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+    if default_max_tokens == 0 {
+        return Err(ConfigError::new(format!("{field}.default_max_tokens"), "must be greater than 0"));
+    }
     Ok(Backend {
         name: b.name,
         schema,
@@ -366,7 +506,17 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
         remove_headers,
         credential,
         pass_through_authorization: b.pass_through_authorization,
+        authority,
+        api_version,
+        anthropic_version,
+        region,
+        project,
+        default_max_tokens,
     })
+}
+
+fn is_path_segment(v: &str) -> bool {
+    v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 fn compile_auth(a: raw::Auth, field: &str, env: &dyn Env) -> Result<Credential, ConfigError> {
@@ -378,35 +528,65 @@ fn compile_auth(a: raw::Auth, field: &str, env: &dyn Env) -> Result<Credential, 
         ("x_api_key", a.x_api_key, "x-api-key", ""),
         ("x_api_key_env", a.x_api_key_env, "x-api-key", ""),
     ];
+    const ONE_OF: &str = "set exactly one of bearer, api_key, x_api_key (or their _env forms), or aws";
     let mut chosen = None;
     for (key, value, header, value_prefix) in options {
         let Some(value) = value else { continue };
         if chosen.is_some() {
-            return Err(ConfigError::new(field, "set exactly one of bearer, api_key, x_api_key (or their _env forms)"));
+            return Err(ConfigError::new(field, ONE_OF));
         }
         chosen = Some((key, value, header, value_prefix));
     }
+    if let Some(aws) = a.aws {
+        if chosen.is_some() {
+            return Err(ConfigError::new(field, ONE_OF));
+        }
+        return compile_aws(aws, &format!("{field}.aws"), env).map(Credential::Aws);
+    }
     let Some((key, value, header, value_prefix)) = chosen else {
-        return Err(ConfigError::new(field, "set one of bearer, api_key, x_api_key (or their _env forms)"));
+        return Err(ConfigError::new(field, ONE_OF));
     };
-    let secret = if key.ends_with("_env") {
+    let secret = secret_value(Some(value), key.ends_with("_env"), &format!("{field}.{key}"), env)?;
+    Ok(Credential::Header { header, value: Secret(format!("{value_prefix}{secret}")) })
+}
+
+/// A literal value, or the value of the environment variable it names.
+fn secret_value(value: Option<String>, from_env: bool, field: &str, env: &dyn Env) -> Result<String, ConfigError> {
+    let Some(value) = value else { return Err(ConfigError::new(field, "is required")) };
+    let secret = if from_env {
         env.var(&value).ok_or_else(|| {
-            ConfigError::new(
-                format!("{field}.{key}"),
-                format!("environment variable {value:?} is not set in the Wasm VM"),
-            )
+            ConfigError::new(field, format!("environment variable {value:?} is not set in the Wasm VM"))
         })?
     } else {
         value
     };
     let secret = secret.trim().to_string();
     if secret.is_empty() || !is_header_value(&secret) {
-        return Err(ConfigError::new(
-            format!("{field}.{key}"),
-            "credential must be non-empty and free of control characters",
-        ));
+        return Err(ConfigError::new(field, "credential must be non-empty and free of control characters"));
     }
-    Ok(Credential { header, value: Secret(format!("{value_prefix}{secret}")) })
+    Ok(secret)
+}
+
+/// AWS keys: literal, from named variables, or by default from the standard AWS variables.
+fn compile_aws(a: raw::AwsAuth, field: &str, env: &dyn Env) -> Result<AwsCredential, ConfigError> {
+    let pick = |literal: Option<String>, var: Option<String>, default_var: &str, name: &str| match (literal, var) {
+        (Some(_), Some(_)) => {
+            Err(ConfigError::new(format!("{field}.{name}"), "set the value or its _env form, not both"))
+        }
+        (Some(v), None) => secret_value(Some(v), false, &format!("{field}.{name}"), env).map(Some),
+        (None, Some(var)) => secret_value(Some(var), true, &format!("{field}.{name}_env"), env).map(Some),
+        (None, None) => Ok(env.var(default_var).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())),
+    };
+    let access_key_id =
+        pick(a.access_key_id, a.access_key_id_env, "AWS_ACCESS_KEY_ID", "access_key_id")?.ok_or_else(|| {
+            ConfigError::new(format!("{field}.access_key_id"), "no access key (set it, or AWS_ACCESS_KEY_ID)")
+        })?;
+    let secret = pick(a.secret_access_key, a.secret_access_key_env, "AWS_SECRET_ACCESS_KEY", "secret_access_key")?
+        .ok_or_else(|| {
+            ConfigError::new(format!("{field}.secret_access_key"), "no secret key (set it, or AWS_SECRET_ACCESS_KEY)")
+        })?;
+    let session_token = pick(a.session_token, a.session_token_env, "AWS_SESSION_TOKEN", "session_token")?;
+    Ok(AwsCredential { access_key_id, secret_access_key: Secret(secret), session_token: session_token.map(Secret) })
 }
 
 fn compile_rule(r: raw::Rule, field: &str, backends: &[Backend]) -> Result<Rule, ConfigError> {
@@ -613,10 +793,17 @@ mod tests {
             0,
         )
         .unwrap();
-        let creds: Vec<_> = c.backends.iter().map(|b| b.credential.clone().unwrap()).collect();
-        assert_eq!((creds[0].header, creds[0].value.expose()), ("authorization", "Bearer sk-env"));
-        assert_eq!((creds[1].header, creds[1].value.expose()), ("api-key", "az"));
-        assert_eq!((creds[2].header, creds[2].value.expose()), ("x-api-key", "an"));
+        let creds: Vec<_> = c
+            .backends
+            .iter()
+            .map(|b| match b.credential.clone().unwrap() {
+                Credential::Header { header, value } => (header, value.expose().to_string()),
+                Credential::Aws(_) => panic!("not a header credential"),
+            })
+            .collect();
+        assert_eq!(creds[0], ("authorization", "Bearer sk-env".to_string()));
+        assert_eq!(creds[1], ("api-key", "az".to_string()));
+        assert_eq!(creds[2], ("x-api-key", "an".to_string()));
         assert!(!format!("{:?}", c).contains("sk-env"));
     }
 

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::api::ClientApi;
+
 /// An error the gateway answers itself, in the shape the OpenAI SDKs parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -33,6 +35,20 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found_error",
             ErrorKind::RateLimit => "rate_limit_error",
             ErrorKind::Server => "server_error",
+        }
+    }
+
+    /// The `error.type` Anthropic uses for this kind and status.
+    pub fn anthropic_type(self, status: u16) -> &'static str {
+        match (self, status) {
+            (_, 413) => "request_too_large",
+            (_, 529) => "overloaded_error",
+            (ErrorKind::InvalidRequest, _) => "invalid_request_error",
+            (ErrorKind::Authentication, _) => "authentication_error",
+            (ErrorKind::Permission, _) => "permission_error",
+            (ErrorKind::NotFound, _) => "not_found_error",
+            (ErrorKind::RateLimit, _) => "rate_limit_error",
+            (ErrorKind::Server, _) => "api_error",
         }
     }
 
@@ -77,9 +93,19 @@ impl ApiError {
         self
     }
 
-    pub fn body(&self) -> Vec<u8> {
-        error_json(&self.message, self.kind.as_str(), self.code)
+    /// The error body in the client's own API shape.
+    pub fn body(&self, api: ClientApi) -> Vec<u8> {
+        match api {
+            ClientApi::OpenAI => error_json(&self.message, self.kind.as_str(), self.code),
+            ClientApi::Anthropic => anthropic_error_json(&self.message, self.kind.anthropic_type(self.status)),
+        }
     }
+}
+
+/// Anthropic's error envelope: `{"type":"error","error":{"type","message"}}`.
+pub fn anthropic_error_json(message: &str, kind: &str) -> Vec<u8> {
+    let body = serde_json::json!({"type": "error", "error": {"type": kind, "message": message}});
+    serde_json::to_vec(&body).unwrap_or_default()
 }
 
 /// Serializes an OpenAI error envelope; also used to wrap upstream errors.
@@ -98,11 +124,16 @@ mod tests {
     #[test]
     fn body_is_openai_shaped() {
         let e = ApiError::bad_request("missing_model", "you must provide a model parameter");
-        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&e.body(ClientApi::OpenAI)).unwrap();
         assert_eq!(v["error"]["message"], "you must provide a model parameter");
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["code"], "missing_model");
         assert_eq!(e.status, 400);
+        let v: serde_json::Value = serde_json::from_slice(&e.body(ClientApi::Anthropic)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"error","error":{"type":"invalid_request_error","message":"you must provide a model parameter"}})
+        );
     }
 
     #[test]

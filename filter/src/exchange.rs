@@ -3,7 +3,8 @@
 
 use std::rc::Rc;
 
-use crate::api::{query_of, Endpoint, PathKind};
+use crate::api::{query_of, ClientApi, Endpoint, PathKind};
+use crate::auth;
 use crate::config::{Compiled, BACKEND_HEADER, MODEL_HEADER};
 use crate::error::{ApiError, ErrorKind};
 use crate::host::{Flow, Host};
@@ -103,7 +104,7 @@ impl Exchange {
                 format!("{} {} is not supported; use {}", method, path_only(&path), endpoint.method()),
             )
             .with_header("allow", endpoint.method());
-            return self.reply(host, e);
+            return self.reply_as(host, e, endpoint.client_api());
         }
         if endpoint == Endpoint::Models {
             self.phase = Phase::Answered;
@@ -131,8 +132,9 @@ impl Exchange {
         };
         let (endpoint, query) = (*endpoint, query.clone());
         let Some(shared) = self.shared.clone() else { return Flow::Continue };
+        let api = endpoint.client_api();
         if size > shared.config.max_request_body_bytes {
-            return self.reply(host, too_large(shared.config.max_request_body_bytes));
+            return self.reply_as(host, too_large(shared.config.max_request_body_bytes), api);
         }
         if !end_of_stream {
             return Flow::Pause;
@@ -143,7 +145,7 @@ impl Exchange {
                 self.phase = Phase::Forwarded(Box::new(routed));
                 Flow::Continue
             }
-            Err(e) => self.reply(host, e),
+            Err(e) => self.reply_as(host, e, api),
         }
     }
 
@@ -273,10 +275,14 @@ impl Exchange {
     }
 
     fn reply(&mut self, host: &mut dyn Host, error: ApiError) -> Flow {
+        self.reply_as(host, error, ClientApi::OpenAI)
+    }
+
+    fn reply_as(&mut self, host: &mut dyn Host, error: ApiError, api: ClientApi) -> Flow {
         self.phase = Phase::Answered;
         let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         headers.extend(error.headers.iter().map(|(n, v)| (*n, v.as_str())));
-        host.send_reply(error.status, &headers, &error.body());
+        host.send_reply(error.status, &headers, &error.body(api));
         Flow::Pause
     }
 }
@@ -318,8 +324,10 @@ fn route(
     let backend = config.backends.get(backend_index).ok_or_else(|| {
         ApiError::new(500, ErrorKind::Server, "internal", "routing chose a backend that does not exist")
     })?;
-    let mut translator = translate::for_backend(endpoint, backend.schema, config.stream_include_usage);
-    let edits = translator.request_body(&RequestContext { info: &info, body, backend, query })?;
+    let mut translator = translate::for_backend(endpoint, backend.schema, config.stream_include_usage)?;
+    let now = host.now_nanos();
+    let now_unix = now / 1_000_000_000;
+    let edits = translator.request_body(&RequestContext { info: &info, body, backend, query, now_unix })?;
 
     host.set_request_header(MODEL_HEADER, &info.model);
     host.set_request_header(BACKEND_HEADER, &backend.name);
@@ -340,13 +348,31 @@ fn route(
     for (name, value) in &backend.set_headers {
         host.set_request_header(name, value);
     }
-    if let Some(credential) = &backend.credential {
-        host.set_request_header(credential.header, credential.value.expose());
+    if let Some(authority) = &backend.authority {
+        host.set_request_header(":authority", authority);
     }
     if let Some(new_body) = &edits.body {
         host.set_request_body(size, new_body);
         if host.request_header("content-length").is_some() {
             host.set_request_header("content-length", &new_body.len().to_string());
+        }
+    }
+    if let Some(credential) = &backend.credential {
+        // Signed last: the signature covers the final path, authority and body.
+        let path = host.request_header(":path").unwrap_or_default();
+        let authority = host.request_header(":authority").unwrap_or_default();
+        let content_type = host.request_header("content-type").unwrap_or_else(|| "application/json".into());
+        let signed_headers = [("content-type", content_type.as_str())];
+        let outgoing = auth::Outgoing {
+            method: "POST",
+            authority: &authority,
+            path: &path,
+            headers: &signed_headers,
+            body: edits.body.as_deref().unwrap_or(body),
+            time: std::time::UNIX_EPOCH + std::time::Duration::from_nanos(now),
+        };
+        for (name, value) in auth::headers(credential, &backend.region, &outgoing)? {
+            host.set_request_header(&name, &value);
         }
     }
     host.clear_route_cache();

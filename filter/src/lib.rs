@@ -4,6 +4,7 @@
 //! implements the small `host::Host` trait the rest of the logic is written against.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod exchange;

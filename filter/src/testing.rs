@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::{Backend, Schema};
 use crate::host::Host;
 use crate::metrics::Sample;
 
@@ -97,5 +98,25 @@ impl Host for FakeHost {
     }
     fn record(&mut self, sample: &Sample) {
         self.samples.push(sample.clone());
+    }
+}
+
+/// A backend with every optional setting at its default.
+pub fn backend(schema: Schema) -> Backend {
+    Backend {
+        name: "b".into(),
+        schema,
+        prefix: schema.default_prefix().into(),
+        model_override: None,
+        set_headers: vec![],
+        remove_headers: vec![],
+        credential: None,
+        pass_through_authorization: false,
+        authority: None,
+        api_version: None,
+        anthropic_version: "2023-06-01".into(),
+        region: String::new(),
+        project: String::new(),
+        default_max_tokens: 4096,
     }
 }

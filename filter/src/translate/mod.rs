@@ -6,7 +6,7 @@ mod openai;
 
 use crate::api::Endpoint;
 use crate::config::{Backend, Schema};
-use crate::error::{error_json, ErrorKind};
+use crate::error::{error_json, ApiError, ErrorKind};
 use crate::request::RequestInfo;
 use crate::usage::TokenUsage;
 
@@ -55,11 +55,13 @@ pub struct RequestContext<'a> {
     pub backend: &'a Backend,
     /// The client's query string, with its `?`, or "".
     pub query: &'a str,
+    /// Unix seconds now, for `created` fields the provider does not send.
+    pub now_unix: u64,
 }
 
 pub trait Translator {
     /// The client's request body → edits of the upstream request.
-    fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, crate::error::ApiError>;
+    fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError>;
     /// Upstream response headers (success statuses only; errors go to `error_body`).
     fn response_headers(&mut self, status: u16, content_type: &str) -> ResponsePlan;
     /// One upstream body chunk (in `Stream` mode), or the whole body at the end (in `Buffer` mode).
@@ -68,13 +70,29 @@ pub trait Translator {
     fn error_body(&mut self, status: u16, body: &[u8]) -> Option<Vec<u8>>;
 }
 
-/// Picks the translator for a client endpoint and a backend. One exhaustive match, so a new schema
-/// cannot be forgotten here.
-/// `include_usage`: ask streaming upstreams for usage when the client did not.
-pub fn for_backend(endpoint: Endpoint, schema: Schema, include_usage: bool) -> Box<dyn Translator> {
-    match schema {
-        Schema::OpenAI => Box::new(openai::Passthrough::new(endpoint, include_usage)),
-    }
+/// Picks the translator for a client endpoint and a backend schema. One exhaustive match, so a new
+/// schema or endpoint cannot be forgotten here. `include_usage`: ask streaming OpenAI-compatible
+/// upstreams for usage when the client did not.
+pub fn for_backend(endpoint: Endpoint, schema: Schema, include_usage: bool) -> Result<Box<dyn Translator>, ApiError> {
+    use Endpoint as E;
+    use Schema as S;
+    Ok(match (endpoint, schema) {
+        (E::ChatCompletions | E::Completions | E::Embeddings, S::OpenAI | S::AzureOpenAI) => {
+            Box::new(openai::Passthrough::new(endpoint, include_usage))
+        }
+        (E::ChatCompletions, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic | S::AWSBedrock | S::GCPVertexAI)
+        | (E::Messages, _)
+        | (E::Completions | E::Embeddings, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic | S::AWSBedrock)
+        | (E::Completions | E::Embeddings, S::GCPVertexAI)
+        | (E::Models, _) => return Err(unsupported(endpoint, schema)),
+    })
+}
+
+fn unsupported(endpoint: Endpoint, schema: Schema) -> ApiError {
+    ApiError::bad_request(
+        "unsupported_endpoint",
+        format!("the backend for this model speaks {} and cannot serve {}", schema.name(), endpoint.suffix()),
+    )
 }
 
 /// The error plan shared by every translator whose client speaks OpenAI: hold the body, fix the type.

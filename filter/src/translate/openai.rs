@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
 use crate::api::Endpoint;
+use crate::config::Schema;
 use crate::error::ApiError;
 use crate::sse::{parse_event, Splitter};
 use crate::usage::{self, OpenAIUsage, TokenUsage};
@@ -53,7 +54,7 @@ struct ChunkProbe {
 
 impl Translator for Passthrough {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
-        let RequestContext { info, body, backend, query } = request;
+        let RequestContext { info, body, backend, query, now_unix: _ } = request;
         let inject_usage = self.include_usage && info.stream && self.endpoint.can_stream() && !info.client_wants_usage;
         let model_override = backend.model_override.as_deref().filter(|m| *m != info.model);
         let new_body = if inject_usage || model_override.is_some() {
@@ -78,11 +79,20 @@ impl Translator for Passthrough {
             None
         };
         self.strip_usage_chunk = inject_usage;
-        Ok(RequestEdits {
-            path: Some(format!("{}{}{}", backend.prefix, self.endpoint.suffix(), query)),
-            body: new_body,
-            set_headers: Vec::new(),
-        })
+        let path = match (backend.schema, &backend.api_version) {
+            (Schema::AzureOpenAI, Some(version)) => {
+                // Azure names the deployment in the path; the body's model is ignored there.
+                let deployment = percent_encode(model_override.unwrap_or(&info.model));
+                let extra = query.strip_prefix('?').map(|q| format!("&{q}")).unwrap_or_default();
+                format!(
+                    "{}/openai/deployments/{deployment}{}?api-version={version}{extra}",
+                    backend.prefix,
+                    self.endpoint.suffix()
+                )
+            }
+            _ => format!("{}{}{}", backend.prefix, self.endpoint.suffix(), query),
+        };
+        Ok(RequestEdits { path: Some(path), body: new_body, set_headers: Vec::new() })
     }
 
     fn response_headers(&mut self, _status: u16, content_type: &str) -> ResponsePlan {
@@ -147,6 +157,19 @@ impl Translator for Passthrough {
     }
 }
 
+/// Percent-encodes a path segment (RFC 3986 unreserved characters stay).
+pub fn percent_encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 impl Passthrough {
     fn json_body(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkEdits {
         if !self.body_too_large {
@@ -173,21 +196,24 @@ mod tests {
     use crate::request::read;
 
     fn backend(model_override: Option<&str>) -> Backend {
-        Backend {
-            name: "b".into(),
-            schema: Schema::OpenAI,
-            prefix: "/api/v1".into(),
-            model_override: model_override.map(String::from),
-            set_headers: vec![],
-            remove_headers: vec![],
-            credential: None,
-            pass_through_authorization: false,
-        }
+        let mut b = crate::testing::backend(Schema::OpenAI);
+        b.prefix = "/api/v1".into();
+        b.model_override = model_override.map(String::from);
+        b
+    }
+
+    #[test]
+    fn azure_path_names_the_deployment() {
+        let mut b = crate::testing::backend(Schema::AzureOpenAI);
+        b.api_version = Some("2024-10-21".into());
+        let mut t = Passthrough::new(Endpoint::ChatCompletions, true);
+        let edits = request(&mut t, br#"{"model":"gpt 4o","messages":[]}"#, &b);
+        assert_eq!(edits.path.unwrap(), "/openai/deployments/gpt%204o/chat/completions?api-version=2024-10-21&q=1");
     }
 
     fn request(t: &mut Passthrough, body: &[u8], b: &Backend) -> RequestEdits {
         let info = read(body).unwrap();
-        t.request_body(&RequestContext { info: &info, body, backend: b, query: "?q=1" }).unwrap()
+        t.request_body(&RequestContext { info: &info, body, backend: b, query: "?q=1", now_unix: 0 }).unwrap()
     }
 
     #[test]

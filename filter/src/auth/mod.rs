@@ -1,0 +1,35 @@
+//! Upstream credentials: fixed headers, or a per-request AWS SigV4 signature.
+
+pub mod sigv4;
+
+use std::time::SystemTime;
+
+use crate::config::Credential;
+use crate::error::{ApiError, ErrorKind};
+
+/// The upstream request as it will leave Envoy, for signing.
+pub struct Outgoing<'a> {
+    pub method: &'a str,
+    pub authority: &'a str,
+    /// Path with query.
+    pub path: &'a str,
+    /// Headers to include in the signature besides `host` (lower-case names).
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: &'a [u8],
+    pub time: SystemTime,
+}
+
+/// The headers that authenticate `outgoing` with `credential`.
+pub fn headers(credential: &Credential, region: &str, outgoing: &Outgoing) -> Result<Vec<(String, String)>, ApiError> {
+    match credential {
+        Credential::Header { header, value } => Ok(vec![(header.to_string(), value.expose().to_string())]),
+        Credential::Aws(aws) => sigv4::sign(aws, region, "bedrock", outgoing).map_err(|reason| {
+            ApiError::new(
+                500,
+                ErrorKind::Server,
+                "signing_failed",
+                format!("could not sign the upstream request: {reason}"),
+            )
+        }),
+    }
+}
