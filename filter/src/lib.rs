@@ -15,6 +15,7 @@ pub mod routing;
 pub mod sse;
 pub mod translate;
 pub mod usage;
+pub mod wire;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;

@@ -1,0 +1,3 @@
+//! Provider wire types, separate from translation.
+
+pub mod openai;
