@@ -2,6 +2,7 @@
 //! A translator turns each phase's input into edits and usage; it never calls the host. The
 //! exchange applies the edits.
 
+mod anthropic;
 mod openai;
 
 use crate::api::Endpoint;
@@ -80,7 +81,10 @@ pub fn for_backend(endpoint: Endpoint, schema: Schema, include_usage: bool) -> R
         (E::ChatCompletions | E::Completions | E::Embeddings, S::OpenAI | S::AzureOpenAI) => {
             Box::new(openai::Passthrough::new(endpoint, include_usage))
         }
-        (E::ChatCompletions, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic | S::AWSBedrock | S::GCPVertexAI)
+        (E::ChatCompletions, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic) => {
+            Box::new(anthropic::OpenAIToAnthropic::new(schema))
+        }
+        (E::ChatCompletions, S::AWSBedrock | S::GCPVertexAI)
         | (E::Messages, _)
         | (E::Completions | E::Embeddings, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic | S::AWSBedrock)
         | (E::Completions | E::Embeddings, S::GCPVertexAI)

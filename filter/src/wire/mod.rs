@@ -1,3 +1,4 @@
 //! Provider wire types, separate from translation.
 
+pub mod anthropic;
 pub mod openai;
