@@ -645,7 +645,7 @@ impl Translator for OpenAIToAnthropic {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::request::read;
 

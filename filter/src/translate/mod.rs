@@ -3,6 +3,8 @@
 //! exchange applies the edits.
 
 mod anthropic;
+mod anthropic_native;
+mod anthropic_to_openai;
 mod openai;
 
 use crate::api::Endpoint;
@@ -84,8 +86,12 @@ pub fn for_backend(endpoint: Endpoint, schema: Schema, include_usage: bool) -> R
         (E::ChatCompletions, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic) => {
             Box::new(anthropic::OpenAIToAnthropic::new(schema))
         }
+        (E::Messages, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic) => {
+            Box::new(anthropic_native::AnthropicNative::new(schema))
+        }
+        (E::Messages, S::OpenAI | S::AzureOpenAI) => Box::new(anthropic_to_openai::AnthropicToOpenAI::new()),
         (E::ChatCompletions, S::AWSBedrock | S::GCPVertexAI)
-        | (E::Messages, _)
+        | (E::Messages, S::AWSBedrock | S::GCPVertexAI)
         | (E::Completions | E::Embeddings, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic | S::AWSBedrock)
         | (E::Completions | E::Embeddings, S::GCPVertexAI)
         | (E::Models, _) => return Err(unsupported(endpoint, schema)),

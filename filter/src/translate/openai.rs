@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
 use crate::api::Endpoint;
-use crate::config::Schema;
+use crate::config::{Backend, Schema};
 use crate::error::ApiError;
 use crate::sse::{parse_event, Splitter};
 use crate::usage::{self, OpenAIUsage, TokenUsage};
@@ -79,19 +79,7 @@ impl Translator for Passthrough {
             None
         };
         self.strip_usage_chunk = inject_usage;
-        let path = match (backend.schema, &backend.api_version) {
-            (Schema::AzureOpenAI, Some(version)) => {
-                // Azure names the deployment in the path; the body's model is ignored there.
-                let deployment = percent_encode(model_override.unwrap_or(&info.model));
-                let extra = query.strip_prefix('?').map(|q| format!("&{q}")).unwrap_or_default();
-                format!(
-                    "{}/openai/deployments/{deployment}{}?api-version={version}{extra}",
-                    backend.prefix,
-                    self.endpoint.suffix()
-                )
-            }
-            _ => format!("{}{}{}", backend.prefix, self.endpoint.suffix(), query),
-        };
+        let path = upstream_path(backend, self.endpoint, model_override.unwrap_or(&info.model), query);
         Ok(RequestEdits { path: Some(path), body: new_body, set_headers: Vec::new() })
     }
 
@@ -154,6 +142,23 @@ impl Translator for Passthrough {
 
     fn error_body(&mut self, status: u16, body: &[u8]) -> Option<Vec<u8>> {
         super::openai_error_body(status, body)
+    }
+}
+
+/// The upstream path of an OpenAI-style endpoint: prefix + endpoint, or Azure's deployment form.
+pub(super) fn upstream_path(backend: &Backend, endpoint: Endpoint, model: &str, query: &str) -> String {
+    match (backend.schema, &backend.api_version) {
+        (Schema::AzureOpenAI, Some(version)) => {
+            // Azure names the deployment in the path; the body's model is ignored there.
+            let deployment = percent_encode(model);
+            let extra = query.strip_prefix('?').map(|q| format!("&{q}")).unwrap_or_default();
+            format!(
+                "{}/openai/deployments/{deployment}{}?api-version={version}{extra}",
+                backend.prefix,
+                endpoint.suffix()
+            )
+        }
+        _ => format!("{}{}{}", backend.prefix, endpoint.suffix(), query),
     }
 }
 

@@ -1,0 +1,223 @@
+//! Anthropic client → Anthropic Messages backends (Anthropic, AWSAnthropic, GCPAnthropic): the body
+//! passes through with the platform's path and version; streams are re-framed where needed; usage
+//! is read on the way.
+
+use super::anthropic::{messages_path, platform_body, platform_headers, upstream_message, Framing};
+use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
+use crate::config::Schema;
+use crate::error::{anthropic_error_json, ApiError, ErrorKind};
+use crate::wire::anthropic as a;
+
+pub struct AnthropicNative {
+    schema: Schema,
+    stream: bool,
+    streaming_response: bool,
+    framing: Framing,
+    /// Events arrive in another framing (AWS eventstream) and leave as SSE.
+    reframe: bool,
+    usage: a::Usage,
+    body: Vec<u8>,
+    saw_content: bool,
+}
+
+impl AnthropicNative {
+    pub fn new(schema: Schema) -> Self {
+        AnthropicNative {
+            schema,
+            stream: false,
+            streaming_response: false,
+            framing: Framing::for_schema(schema),
+            reframe: false,
+            usage: a::Usage::default(),
+            body: Vec::new(),
+            saw_content: false,
+        }
+    }
+}
+
+/// Folds one stream event's usage into `usage`; returns whether it carried content.
+pub(super) fn track_event(json: &[u8], usage: &mut a::Usage) -> bool {
+    match serde_json::from_slice::<a::StreamEvent>(json) {
+        Ok(a::StreamEvent::MessageStart { message }) => {
+            *usage = message.usage;
+            false
+        }
+        Ok(a::StreamEvent::MessageDelta { usage: Some(u), .. }) => {
+            usage.output_tokens = u.output_tokens;
+            usage.input_tokens = u.input_tokens.unwrap_or(usage.input_tokens);
+            usage.cache_read_input_tokens = u.cache_read_input_tokens.or(usage.cache_read_input_tokens);
+            usage.cache_creation_input_tokens = u.cache_creation_input_tokens.or(usage.cache_creation_input_tokens);
+            false
+        }
+        Ok(a::StreamEvent::ContentBlockStart { .. } | a::StreamEvent::ContentBlockDelta { .. }) => true,
+        _ => false,
+    }
+}
+
+/// The `type` of an event's JSON, for its SSE `event:` line.
+fn event_type(json: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    serde_json::from_slice::<Typed>(json).map(|t| t.kind).unwrap_or_else(|_| "message".into())
+}
+
+impl Translator for AnthropicNative {
+    fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
+        let RequestContext { info, body, backend, query: _, now_unix: _ } = request;
+        let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
+        self.stream = info.stream;
+        let new_body = if backend.schema == Schema::Anthropic && backend.model_override.is_none() {
+            None // Faithful: the client's bytes go upstream unchanged.
+        } else {
+            let mut messages: a::MessagesRequest = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request("invalid_request", format!("invalid Messages request: {e}")))?;
+            platform_body(&mut messages, backend, &model, info.stream);
+            Some(serde_json::to_vec(&messages).map_err(|e| {
+                ApiError::new(500, ErrorKind::Server, "internal", format!("encoding the request failed: {e}"))
+            })?)
+        };
+        Ok(RequestEdits {
+            path: Some(messages_path(backend, &model, info.stream)),
+            body: new_body,
+            set_headers: platform_headers(backend, None),
+        })
+    }
+
+    fn response_headers(&mut self, _status: u16, content_type: &str) -> ResponsePlan {
+        let content_type = content_type.to_ascii_lowercase();
+        let sse = content_type.starts_with("text/event-stream");
+        let eventstream = content_type.starts_with("application/vnd.amazon.eventstream");
+        self.streaming_response = self.stream && (sse || eventstream);
+        self.reframe = self.streaming_response && !sse;
+        if self.reframe {
+            ResponsePlan {
+                mode: BodyMode::Stream,
+                set_headers: vec![("content-type", "text/event-stream".into())],
+                remove_headers: vec!["content-length"],
+            }
+        } else {
+            ResponsePlan { mode: BodyMode::Stream, set_headers: vec![], remove_headers: vec![] }
+        }
+    }
+
+    fn response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkEdits {
+        let mut edits = ChunkEdits::default();
+        if !self.streaming_response {
+            self.body.extend_from_slice(chunk);
+            if end_of_stream {
+                edits.usage =
+                    serde_json::from_slice::<a::MessagesResponse>(&self.body).ok().map(|r| r.usage.to_tokens());
+            }
+            return edits;
+        }
+        let had_content = self.saw_content;
+        let mut out = self.reframe.then(Vec::new);
+        let (usage, saw_content) = (&mut self.usage, &mut self.saw_content);
+        let mut on_event = |json: &[u8]| {
+            *saw_content |= track_event(json, usage);
+            if let Some(out) = out.as_mut() {
+                out.extend_from_slice(b"event: ");
+                out.extend_from_slice(event_type(json).as_bytes());
+                out.extend_from_slice(b"\ndata: ");
+                out.extend_from_slice(json);
+                out.extend_from_slice(b"\n\n");
+            }
+        };
+        if let Err(e) = self.framing.push(chunk, &mut on_event) {
+            log::warn!("llmgw: Anthropic stream ({}): {e}", self.schema.name());
+        }
+        if end_of_stream {
+            self.framing.finish(&mut on_event);
+            edits.usage = Some(self.usage.to_tokens());
+        }
+        edits.replace = out;
+        edits.first_content = !had_content && self.saw_content;
+        edits
+    }
+
+    fn error_body(&mut self, status: u16, body: &[u8]) -> Option<Vec<u8>> {
+        if serde_json::from_slice::<a::ErrorEnvelope>(body).is_ok_and(|e| !e.error.kind.is_empty()) {
+            return None;
+        }
+        Some(anthropic_error_json(&upstream_message(body), ErrorKind::for_status(status).anthropic_type(status)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::read;
+    use crate::translate::anthropic::tests::STREAM;
+
+    fn translate(schema: Schema, body: &str, model_override: Option<&str>) -> (RequestEdits, AnthropicNative) {
+        let mut backend = crate::testing::backend(schema);
+        backend.model_override = model_override.map(String::from);
+        backend.project = "p".into();
+        backend.region = "europe-west1".into();
+        backend.anthropic_version = match schema {
+            Schema::GCPAnthropic => "vertex-2023-10-16".into(),
+            _ => "2023-06-01".into(),
+        };
+        let mut t = AnthropicNative::new(schema);
+        let info = read(body.as_bytes()).unwrap();
+        let ctx = RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "", now_unix: 0 };
+        (t.request_body(&ctx).unwrap(), t)
+    }
+
+    #[test]
+    fn direct_anthropic_body_is_untouched() {
+        let body =
+            r#"{"model":"claude-x","max_tokens":10,"messages":[{"role":"user","content":"hi"}],"new_feature":{"a":1}}"#;
+        let (edits, _) = translate(Schema::Anthropic, body, None);
+        assert_eq!(edits.body, None);
+        assert_eq!(edits.path.as_deref(), Some("/v1/messages"));
+        let (edits, _) = translate(Schema::Anthropic, body, Some("claude-real"));
+        let v: serde_json::Value = serde_json::from_slice(&edits.body.unwrap()).unwrap();
+        assert_eq!(v["model"], "claude-real");
+        assert_eq!(v["new_feature"], serde_json::json!({"a":1}));
+    }
+
+    #[test]
+    fn gcp_body_moves_model_to_path() {
+        let body = r#"{"model":"claude-x","max_tokens":10,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let (edits, _) = translate(Schema::GCPAnthropic, body, None);
+        assert_eq!(
+            edits.path.as_deref(),
+            Some("/v1/projects/p/locations/europe-west1/publishers/anthropic/models/claude-x:streamRawPredict")
+        );
+        let v: serde_json::Value = serde_json::from_slice(&edits.body.unwrap()).unwrap();
+        assert_eq!(v["anthropic_version"], "vertex-2023-10-16");
+        assert_eq!(v["stream"], true);
+        assert!(v.get("model").is_none());
+    }
+
+    #[test]
+    fn sse_stream_passes_through_and_counts_usage_at_every_split() {
+        for cut in 0..=STREAM.len() {
+            let (_, mut t) = translate(Schema::Anthropic, r#"{"model":"m","stream":true,"messages":[]}"#, None);
+            t.response_headers(200, "text/event-stream");
+            let (a, b) = STREAM.as_bytes().split_at(cut);
+            let first = t.response_body(a, false);
+            let last = t.response_body(b, true);
+            assert_eq!((first.replace, last.replace.clone()), (None, None));
+            assert_eq!(last.usage.map(|u| (u.input, u.output)), Some((25, 15)), "cut {cut}");
+            assert_eq!(t.usage.to_tokens().total, 40);
+        }
+    }
+
+    #[test]
+    fn errors_become_anthropic_shaped() {
+        let (_, mut t) = translate(Schema::GCPAnthropic, r#"{"model":"m","messages":[]}"#, None);
+        let body = br#"{"error":{"code":403,"message":"Permission denied on resource project p.","status":"PERMISSION_DENIED"}}"#;
+        let v: serde_json::Value = serde_json::from_slice(&t.error_body(403, body).unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"error","error":{"type":"permission_error","message":"Permission denied on resource project p."}})
+        );
+        let native = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert_eq!(t.error_body(529, native), None);
+    }
+}
