@@ -127,10 +127,9 @@ fn user_messages(blocks: Vec<a::ContentBlock>, out: &mut Vec<Value>) {
             _ => log::debug!("llmgw: dropped a content block OpenAI-compatible backends cannot take"),
         }
     }
-    let all_text = parts.iter().all(|p| p["type"] == "text");
-    match parts.len() {
-        0 => {}
-        1 if all_text => out.push(json!({"role": "user", "content": parts[0]["text"].clone()})),
+    match parts.as_slice() {
+        [] => {}
+        [only] if only["type"] == "text" => out.push(json!({"role": "user", "content": only["text"].clone()})),
         _ => out.push(json!({"role": "user", "content": parts})),
     }
 }
