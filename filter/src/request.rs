@@ -53,7 +53,11 @@ pub fn read(body: &[u8]) -> Result<RequestInfo, ApiError> {
             },
         ));
     }
-    let fields: Fields = serde_json::from_slice(body)
+    // serde_json skips unread strings without checking their UTF-8; JSON must be UTF-8 throughout.
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::bad_request("invalid_request", format!("request body is not valid UTF-8 (at byte {})", e.valid_up_to()))
+    })?;
+    let fields: Fields = serde_json::from_str(text)
         .map_err(|e| ApiError::bad_request("invalid_request", format!("request body is not valid JSON: {e}")))?;
     let model = match fields.model {
         None | Some(Value::Null) => {
@@ -117,6 +121,8 @@ mod tests {
         assert_eq!(code(br#"["gpt",true]"#), "invalid_request");
         assert_eq!(code(b"{\"model\":\"a\""), "invalid_request");
         assert_eq!(code(b"{\"model\":\"\xff\"}"), "invalid_request");
+        assert_eq!(code(b"{\"model\":\"m\",\"x\xff\":1}"), "invalid_request");
+        assert_eq!(code(b"{\"model\":\"m\",\"messages\":[{\"content\":\"\xc3(\"}]}"), "invalid_request");
         assert_eq!(code(br#"{"messages":[]}"#), "missing_model");
         assert_eq!(code(br#"{"model":null}"#), "missing_model");
         assert_eq!(code(br#"{"model":5}"#), "invalid_model");
