@@ -44,6 +44,42 @@ impl Passthrough {
     }
 }
 
+/// Whether a chunk carries generated output (text, reasoning, tool call, or completion text),
+/// rather than only the role announcement that servers send before the first token.
+fn carries_content(data: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Chunk {
+        #[serde(default)]
+        choices: Vec<ChoiceProbe>,
+    }
+    #[derive(Deserialize)]
+    struct ChoiceProbe {
+        #[serde(default)]
+        delta: Option<DeltaProbe>,
+        /// Legacy `/v1/completions` chunks carry `text`.
+        #[serde(default)]
+        text: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct DeltaProbe {
+        #[serde(default)]
+        content: Option<String>,
+        #[serde(default)]
+        reasoning_content: Option<String>,
+        #[serde(default)]
+        tool_calls: Option<IgnoredAny>,
+    }
+    let Ok(chunk) = serde_json::from_str::<Chunk>(data) else { return false };
+    chunk.choices.iter().any(|c| {
+        c.text.as_deref().is_some_and(|t| !t.is_empty())
+            || c.delta.as_ref().is_some_and(|d| {
+                d.content.as_deref().is_some_and(|t| !t.is_empty())
+                    || d.reasoning_content.as_deref().is_some_and(|t| !t.is_empty())
+                    || d.tool_calls.is_some()
+            })
+    })
+}
+
 #[derive(Deserialize)]
 struct ChunkProbe {
     #[serde(default)]
@@ -101,7 +137,7 @@ impl Translator for Passthrough {
             let mut keep = true;
             let event = parse_event(block);
             if event.has_data && event.data != "[DONE]" {
-                if !*seen_content {
+                if !*seen_content && carries_content(&event.data) {
                     *seen_content = true;
                     edits.first_content = true;
                 }
