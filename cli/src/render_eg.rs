@@ -1,0 +1,727 @@
+//! `llmgw render --target envoy-gateway`: the Kubernetes manifests that run a gateway on Envoy
+//! Gateway with the llmgw filter from an OCI image, from the same plugin configuration and
+//! backends `llmgw run` uses. The output is one multi-document YAML file, commented, in install
+//! order; `envoy-configs/envoy-gateway/llmgw.yaml` is this for the demo configuration
+//! (`envoy-configs/envoy-gateway/README.md` explains every piece).
+//!
+//! Self-contained (serde_json only): the caller maps its own model onto [`EgBackend`].
+//!
+//! What it emits, for namespace/name `llmgw` (both from [`EgOptions`]):
+//! * Namespace, GatewayClass, Gateway (one HTTP listener), ClientTrafficPolicy (body buffer above
+//!   the filter's `max_request_body_bytes`, stream idle timeout);
+//! * a Secret + EnvoyProxy that put every `*_env` variable the plugin configuration reads into the
+//!   envoy container (the EnvoyExtensionPolicy passes them into the VM with `env.hostKeys`);
+//! * SecurityPolicy (API keys from a Secret, client id forwarded in `x-llmgw-client`);
+//! * per backend: a `Backend` (FQDN or IP endpoints, TLS with the system CAs when `tls`), or a
+//!   Service reference for `<svc>.<namespace>.svc[.cluster.local]` hosts of the gateway's namespace;
+//! * HTTPRoute: one rule per backend matching `x-llmgw-backend: <name>`, a catch-all rule answered
+//!   by an HTTPRouteFilter (the route a request first matches, which enables the filter chain);
+//! * EnvoyExtensionPolicy (the image, its digest, the plugin configuration inline);
+//! * EnvoyPatchPolicy: `allow_on_headers_stop_iteration` and `failure_policy` on the generated
+//!   Wasm filter, and the token charge read from `wasm.llm_total_token`;
+//! * BackendTrafficPolicy: upstream buffer/timeout and the token budget per client id.
+
+use serde_json::{Map, Value};
+
+/// One backend of the plugin configuration and where its traffic goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgBackend {
+    /// The plugin backend name (the value of `x-llmgw-backend`).
+    pub name: String,
+    /// `(host, port)`: all DNS names or all IP addresses (Envoy Gateway does not mix them).
+    pub endpoints: Vec<(String, u16)>,
+    /// TLS to the upstream, verified against the system CA bundle; the Host header is then
+    /// rewritten to `host_rewrite` (default: the first endpoint's host).
+    pub tls: bool,
+    pub host_rewrite: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgOptions {
+    /// Namespace of every namespaced resource.
+    pub namespace: String,
+    /// Name of the GatewayClass, the Gateway and the policies.
+    pub name: String,
+    /// The filter's OCI image (`registry/name:tag`).
+    pub image: String,
+    /// The image manifest digest, 64 hex digits (`sha256:` prefix allowed).
+    pub digest: String,
+    /// The Gateway listener's port.
+    pub port: u16,
+}
+
+impl Default for EgOptions {
+    fn default() -> Self {
+        EgOptions {
+            namespace: "llmgw".into(),
+            name: "llmgw".into(),
+            image: "ghcr.io/llmgw/llmgw-filter:0.1.0".into(),
+            digest: "0".repeat(64),
+            port: 80,
+        }
+    }
+}
+
+/// The header the filter names the backend in.
+pub const BACKEND_HEADER: &str = "x-llmgw-backend";
+/// The header the API key check forwards the client id in; the token budget is keyed on it.
+pub const CLIENT_HEADER: &str = "x-llmgw-client";
+const DEFAULT_MAX_BODY: u64 = 32 << 20;
+
+/// The manifests, or what is wrong with the input.
+pub fn render(plugin: &Value, backends: &[EgBackend], opts: &EgOptions) -> Result<String, String> {
+    let plugin_map = plugin.as_object().ok_or("the plugin configuration must be a mapping")?;
+    let names: Vec<String> = plugin_map
+        .get("backends")
+        .and_then(Value::as_array)
+        .ok_or("the plugin configuration has no backends")?
+        .iter()
+        .map(|b| b.get("name").and_then(Value::as_str).map(str::to_string).ok_or("a backend has no name"))
+        .collect::<Result<_, _>>()?;
+    check_name("namespace", &opts.namespace)?;
+    check_name("name", &opts.name)?;
+    let digest = opts.digest.strip_prefix("sha256:").unwrap_or(&opts.digest);
+    if digest.len() != 64 || !digest.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
+        return Err(format!("the image digest must be 64 lowercase hex digits, not {:?}", opts.digest));
+    }
+    if opts.image.trim().is_empty() || opts.image.contains(char::is_whitespace) {
+        return Err(format!("invalid image {:?}", opts.image));
+    }
+    let mut ordered = Vec::new();
+    for name in &names {
+        let b = backends.iter().find(|b| &b.name == name).ok_or(format!("no endpoints for backend {name:?}"))?;
+        if b.endpoints.is_empty() {
+            return Err(format!("backend {name:?} has no endpoints"));
+        }
+        ordered.push(b);
+    }
+    let mut rule_names: Vec<String> = Vec::new();
+    for b in &ordered {
+        let n = dns_label(&b.name);
+        if rule_names.contains(&n) || n == "catch-all" {
+            return Err(format!("backend names {:?} collide as Kubernetes names ({n:?})", b.name));
+        }
+        rule_names.push(n);
+    }
+
+    let (ns, name) = (opts.namespace.as_str(), opts.name.as_str());
+    let env_keys = env_keys(plugin);
+    let max_body = plugin_map.get("max_request_body_bytes").and_then(Value::as_u64).unwrap_or(DEFAULT_MAX_BODY);
+    let buffer = format!("{}Mi", max_body.div_ceil(1 << 20) + 18);
+    let wasm_filter = format!("envoy.filters.http.wasm/envoyextensionpolicy/{ns}/{name}/wasm/0");
+    let xds_name = format!("{ns}/{name}/http");
+
+    let mut out = String::new();
+    out += &format!(
+        "# llmgw on Envoy Gateway: one Gateway, the llmgw Wasm filter from an OCI image, and the
+# providers its configuration names. Rendered by `llmgw render --target envoy-gateway`; see
+# README.md next to this file for the install order, how the pieces connect and how to roll a
+# new filter version.
+#
+#   client --(API key)--> Gateway {name}, listener http (:{port})
+#     api_key_auth (SecurityPolicy)   checks the key, forwards its client id in {CLIENT_HEADER}
+#     wasm llmgw (EnvoyExtensionPolicy) reads the body's model, sets {BACKEND_HEADER}: <backend>
+#     ratelimit (BackendTrafficPolicy) checks the client's token budget, charges it at stream end
+#     router: HTTPRoute rule whose {BACKEND_HEADER} header matches -> that backend
+#
+# Namespace: {ns}. Gateway: {name}. Filter image: {image}.
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: {ns}
+---
+# The Envoy Gateway controller runs every Gateway of this class.
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata:
+  name: {name}
+spec:
+  controllerName: gateway.envoyproxy.io/gatewayclass-controller
+",
+        port = opts.port,
+        image = opts.image,
+    );
+
+    if !env_keys.is_empty() {
+        out += &format!(
+            "---
+# Upstream credentials, read by the filter from the Envoy process's environment (`*_env` keys
+# of the plugin configuration). Replace the values, or create the Secret with kubectl instead.
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {name}-upstream-keys
+  namespace: {ns}
+type: Opaque
+stringData:
+"
+        );
+        for k in &env_keys {
+            out += &format!("  {k}: REPLACE_ME\n");
+        }
+        out += &format!(
+            "---
+# The Envoy proxy pods of the Gateway: the Secret above becomes environment variables of the
+# envoy container, where the Wasm VM can read them (EnvoyExtensionPolicy env.hostKeys).
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyProxy
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  provider:
+    type: Kubernetes
+    kubernetes:
+      envoyDeployment:
+        container:
+          env:
+"
+        );
+        for k in &env_keys {
+            out += &format!(
+                "            - name: {k}
+              valueFrom:
+                secretKeyRef:
+                  name: {name}-upstream-keys
+                  key: {k}
+"
+            );
+        }
+    }
+
+    out += &format!(
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  gatewayClassName: {name}
+"
+    );
+    if !env_keys.is_empty() {
+        out += &format!(
+            "  infrastructure:
+    parametersRef:
+      group: gateway.envoyproxy.io
+      kind: EnvoyProxy
+      name: {name}
+"
+        );
+    }
+    out += &format!(
+        "  listeners:
+    # Envoy Gateway names the generated xDS listener and route configuration
+    # \"{xds_name}\" (<namespace>/<gateway>/<listener>): the EnvoyPatchPolicy below uses it.
+    - name: http
+      protocol: HTTP
+      port: {port}
+---
+# Downstream limits: LLM request bodies are large (long prompts, images). The filter answers
+# 413 itself above its max_request_body_bytes ({max_mib} MiB here), so Envoy's own buffer must
+# be larger; streams may pause for minutes between tokens.
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: ClientTrafficPolicy
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  targetRefs:
+    - group: gateway.networking.k8s.io
+      kind: Gateway
+      name: {name}
+  connection:
+    bufferLimit: {buffer}
+  timeout:
+    http:
+      streamIdleTimeout: 300s
+---
+# Client API keys: each key of the Secret is a client id, its value the key the client sends as
+# `Authorization: Bearer <key>` (OpenAI SDKs) or `x-api-key: <key>`.
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {name}-client-keys
+  namespace: {ns}
+type: Opaque
+stringData:
+  team-a: sk-{name}-team-a-REPLACE_ME
+  team-b: sk-{name}-team-b-REPLACE_ME
+---
+# Targets the Gateway, so it applies to every route, including the catch-all one the request
+# first matches (see the HTTPRoute). The client id travels on in {CLIENT_HEADER}, which the
+# token budget below is keyed on; the key itself is removed (sanitize).
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: SecurityPolicy
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  targetRefs:
+    - group: gateway.networking.k8s.io
+      kind: Gateway
+      name: {name}
+  apiKeyAuth:
+    credentialRefs:
+      - name: {name}-client-keys
+    extractFrom:
+      - headers:
+          - authorization
+          - x-api-key
+    forwardClientIDHeader: {CLIENT_HEADER}
+    sanitize: true
+",
+        port = opts.port,
+        max_mib = fmt_mib(max_body),
+    );
+
+    // Backends, and each one's HTTPRoute backendRef.
+    let mut refs = Vec::new();
+    for (b, rule) in ordered.iter().zip(&rule_names) {
+        if let Some((svc, port)) = in_cluster_service(b, ns) {
+            refs.push(format!("        - name: {svc}\n          port: {port}\n"));
+            continue;
+        }
+        let all_ip = b.endpoints.iter().all(|(h, _)| is_ipv4(h));
+        if !all_ip && b.endpoints.iter().any(|(h, _)| is_ipv4(h)) {
+            return Err(format!("backend {:?} mixes IP and DNS endpoints", b.name));
+        }
+        let hosts: Vec<String> = b.endpoints.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+        let how = if b.tls { " over TLS, verified against the system CA bundle" } else { "" };
+        out += &format!(
+            "---
+# Backend \"{bname}\": {hosts}{how}.
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata:
+  name: {rule}
+  namespace: {ns}
+spec:
+  endpoints:
+",
+            bname = b.name,
+            hosts = hosts.join(", "),
+        );
+        for (h, p) in &b.endpoints {
+            if all_ip {
+                out += &format!("    - ip:\n        address: {h}\n        port: {p}\n");
+            } else {
+                check_hostname(h)?;
+                out += &format!("    - fqdn:\n        hostname: {h}\n        port: {p}\n");
+            }
+        }
+        if b.tls {
+            let sni = &b.endpoints[0].0;
+            if all_ip {
+                out += "  tls:\n    wellKnownCACertificates: System\n";
+            } else {
+                out += &format!("  tls:\n    sni: {sni}\n    wellKnownCACertificates: System\n");
+            }
+        }
+        refs.push(format!("        - group: gateway.envoyproxy.io\n          kind: Backend\n          name: {rule}\n"));
+    }
+
+    out += &format!(
+        "---
+# What a request that no backend rule matches gets (the filter answers /v1/* itself, so this
+# is only reached by paths it passes through).
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: HTTPRouteFilter
+metadata:
+  name: {name}-no-route
+  namespace: {ns}
+spec:
+  directResponse:
+    statusCode: 404
+    contentType: application/json
+    body:
+      type: Inline
+      inline: '{{\"error\":{{\"message\":\"no route: llmgw handles /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages and /v1/models\",\"type\":\"invalid_request_error\",\"code\":\"no_route\"}}}}'
+---
+# One rule per backend of the plugin configuration, matching the {BACKEND_HEADER} header the
+# filter sets, plus a catch-all rule. A request first matches the catch-all (the header is not
+# there yet, and the filter strips a client's copy): that route enables the filter chain
+# (Envoy picks the filters of a request from its first route). The filter then sets the header
+# and clears the route cache, and the request is routed again, to the backend's rule, which
+# wins over the catch-all because it has one more header match.
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  parentRefs:
+    - name: {name}
+  rules:
+"
+    );
+    for ((b, rule), backend_ref) in ordered.iter().zip(&rule_names).zip(&refs) {
+        out += &format!(
+            "    - name: {rule}
+      matches:
+        - path:
+            type: PathPrefix
+            value: /
+          headers:
+            - type: Exact
+              name: {BACKEND_HEADER}
+              value: {value}
+",
+            value = scalar(&Value::String(b.name.clone())),
+        );
+        if b.tls && in_cluster_service(b, ns).is_none() {
+            let host = b.host_rewrite.clone().unwrap_or_else(|| b.endpoints[0].0.clone());
+            let host = strip_port(&host);
+            check_hostname(host)?;
+            out += &format!(
+                "      filters:
+        # The provider checks the Host header.
+        - type: URLRewrite
+          urlRewrite:
+            hostname: {host}
+"
+            );
+        }
+        out += "      backendRefs:\n";
+        out += backend_ref;
+    }
+    out += &format!(
+        "    - name: catch-all
+      matches:
+        - path:
+            type: PathPrefix
+            value: /
+      filters:
+        - type: ExtensionRef
+          extensionRef:
+            group: gateway.envoyproxy.io
+            kind: HTTPRouteFilter
+            name: {name}-no-route
+---
+# The llmgw filter: the OCI image that `make oci` builds, with the plugin configuration inline
+# (filter/README.md). Envoy Gateway pulls the image, checks its digest, serves plugin.wasm to
+# the proxies and adds the filter to the listener as
+#   {wasm_filter}
+# (disabled there, enabled on every route of the HTTPRoute).
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyExtensionPolicy
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  targetRefs:
+    - group: gateway.networking.k8s.io
+      kind: HTTPRoute
+      name: {name}
+  wasm:
+    - name: llmgw
+      rootID: llmgw
+      code:
+        type: Image
+        image:
+          url: {image}
+",
+        image = opts.image,
+    );
+    if digest.bytes().all(|c| c == b'0') {
+        out += "          # sha256 of the image manifest (`make oci` prints it). Placeholder: `llmgw render
+          # --digest` fills in the real one; Envoy Gateway refuses an image that does not match.
+";
+    } else {
+        out += "          # sha256 of the image manifest (`make oci` prints it); Envoy Gateway refuses an
+          # image that does not match.
+";
+    }
+    out += &format!(
+        "          sha256: \"{digest}\"
+      # A filter that cannot run must not let requests through unrouted.
+      failOpen: false
+"
+    );
+    if !env_keys.is_empty() {
+        out += "      env:\n        hostKeys:\n";
+        for k in &env_keys {
+            out += &format!("          - {k}\n");
+        }
+    }
+    out += "      config:\n";
+    yaml_block(&mut out, plugin, 8);
+    out += &format!(
+        "---
+# What Envoy Gateway does not expose, patched into the xDS it generates:
+#  1. allow_on_headers_stop_iteration: true on the llmgw filter: it routes from the body, so
+#     it sets {BACKEND_HEADER} and :path in the body callback after on_request_headers returned
+#     StopIteration; without it Envoy would pass the headers on unrouted.
+#  2. failure_policy: FAIL_CLOSED on the llmgw filter: a VM that fails answers 503 instead of
+#     letting requests through.
+#  3. The token budget's charge: the BackendTrafficPolicy below makes the rate limit entry that
+#     runs when the stream is done read its cost from dynamic metadata, which a Wasm filter
+#     cannot write; this points it at the filter state the filter does write,
+#     wasm.llm_total_token (the response's total tokens).
+# Needs EnvoyPatchPolicy enabled in Envoy Gateway (extensionApis.enableEnvoyPatchPolicy).
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyPatchPolicy
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  targetRef:
+    group: gateway.networking.k8s.io
+    kind: Gateway
+    name: {name}
+  type: JSONPatch
+  jsonPatches:
+    - type: type.googleapis.com/envoy.config.listener.v3.Listener
+      name: {xds_name}
+      operation:
+        op: add
+        jsonPath: \"..http_filters[?(@.name == '{wasm_filter}')]\"
+        path: /typed_config/config/allow_on_headers_stop_iteration
+        value: true
+    - type: type.googleapis.com/envoy.config.listener.v3.Listener
+      name: {xds_name}
+      operation:
+        op: add
+        jsonPath: \"..http_filters[?(@.name == '{wasm_filter}')]\"
+        path: /typed_config/config/failure_policy
+        value: FAIL_CLOSED
+    - type: type.googleapis.com/envoy.config.route.v3.RouteConfiguration
+      name: {xds_name}
+      operation:
+        op: replace
+        jsonPath: \"..rate_limits[?(@.apply_on_stream_done == true)].hits_addend\"
+        path: /format
+        value: \"%FILTER_STATE(wasm.llm_total_token:PLAIN)%\"
+---
+# Upstream limits and the token budget: each client id ({CLIENT_HEADER}, set by the
+# SecurityPolicy) may spend `requests` tokens per `unit`, across all backends (shared). The
+# request is checked with cost 0 before it is sent (429 once the budget is spent); when the
+# response ends, its total tokens are charged (response cost; see the EnvoyPatchPolicy). Needs
+# Envoy Gateway's global rate limit service (rateLimit in the EnvoyGateway configuration).
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  targetRefs:
+    - group: gateway.networking.k8s.io
+      kind: HTTPRoute
+      name: {name}
+  connection:
+    bufferLimit: {buffer}
+  timeout:
+    http:
+      requestTimeout: 300s
+  rateLimit:
+    type: Global
+    global:
+      rules:
+        - clientSelectors:
+            - headers:
+                - name: {CLIENT_HEADER}
+                  type: Distinct
+          limit:
+            requests: 200000
+            unit: Hour
+          shared: true
+          cost:
+            request:
+              from: Number
+              number: 0
+            response:
+              from: Metadata
+              metadata:
+                namespace: io.llmgw
+                key: llm_total_token
+"
+    );
+    Ok(out)
+}
+
+/// Every `*_env` value of the plugin configuration (environment variables the VM reads), sorted.
+pub fn env_keys(plugin: &Value) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    match v {
+                        Value::String(s) if k.ends_with("_env") => out.push(s.clone()),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(plugin, &mut out);
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn fmt_mib(bytes: u64) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{}", bytes >> 20)
+    } else {
+        format!("{:.1}", bytes as f64 / f64::from(1u32 << 20))
+    }
+}
+
+/// `<svc>.<namespace>.svc[.cluster.local]` of the gateway's namespace, one plain-HTTP endpoint.
+fn in_cluster_service(b: &EgBackend, ns: &str) -> Option<(String, u16)> {
+    let [(host, port)] = b.endpoints.as_slice() else { return None };
+    if b.tls {
+        return None;
+    }
+    let rest = host.strip_suffix(".cluster.local").unwrap_or(host);
+    let rest = rest.strip_suffix(".svc")?;
+    let (svc, svc_ns) = rest.split_once('.')?;
+    (svc_ns == ns && is_dns_label(svc)).then(|| (svc.to_string(), *port))
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn check_name(what: &str, s: &str) -> Result<(), String> {
+    if is_dns_label(s) {
+        Ok(())
+    } else {
+        Err(format!("{what} {s:?} is not a valid Kubernetes name (lowercase letters, digits, '-')"))
+    }
+}
+
+fn check_hostname(h: &str) -> Result<(), String> {
+    if !h.is_empty() && h.split('.').all(|l| is_dns_label(&l.to_ascii_lowercase())) && h == h.to_ascii_lowercase() {
+        Ok(())
+    } else {
+        Err(format!("{h:?} is not a DNS name Envoy Gateway accepts"))
+    }
+}
+
+fn is_ipv4(h: &str) -> bool {
+    h.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+fn strip_port(h: &str) -> &str {
+    match h.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|c| c.is_ascii_digit()) && !host.contains(':') => host,
+        _ => h,
+    }
+}
+
+/// A backend name as a Kubernetes object / rule name.
+fn dns_label(name: &str) -> String {
+    let mut s: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' })
+        .collect();
+    s = s.trim_matches('-').to_string();
+    s.truncate(63);
+    let s = s.trim_end_matches('-').to_string();
+    if s.is_empty() {
+        "backend".into()
+    } else {
+        s
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// YAML for the plugin configuration (block style, deterministic)
+
+fn yaml_block(out: &mut String, v: &Value, indent: usize) {
+    match v {
+        Value::Object(m) => yaml_map(out, m, indent, None),
+        Value::Array(a) => yaml_seq(out, a, indent),
+        other => {
+            out.push_str(&" ".repeat(indent));
+            out.push_str(&scalar(other));
+            out.push('\n');
+        }
+    }
+}
+
+/// A mapping at `indent`; `first` is the prefix of its first line (`- ` of a sequence item).
+fn yaml_map(out: &mut String, m: &Map<String, Value>, indent: usize, first: Option<&str>) {
+    if m.is_empty() {
+        out.push_str(&" ".repeat(indent));
+        out.push_str("{}\n");
+        return;
+    }
+    for (i, (k, v)) in m.iter().enumerate() {
+        match (i, first) {
+            (0, Some(prefix)) => out.push_str(&format!("{}{prefix}", " ".repeat(indent - prefix.len()))),
+            _ => out.push_str(&" ".repeat(indent)),
+        }
+        out.push_str(&scalar(&Value::String(k.clone())));
+        out.push(':');
+        match v {
+            Value::Object(inner) if !inner.is_empty() => {
+                out.push('\n');
+                yaml_map(out, inner, indent + 2, None);
+            }
+            Value::Array(items) if !items.is_empty() => {
+                out.push('\n');
+                yaml_seq(out, items, indent + 2);
+            }
+            Value::Object(_) => out.push_str(" {}\n"),
+            Value::Array(_) => out.push_str(" []\n"),
+            other => {
+                out.push(' ');
+                out.push_str(&scalar(other));
+                out.push('\n');
+            }
+        }
+    }
+}
+
+fn yaml_seq(out: &mut String, a: &[Value], indent: usize) {
+    for v in a {
+        match v {
+            Value::Object(m) if !m.is_empty() => yaml_map(out, m, indent + 2, Some("- ")),
+            Value::Array(items) if !items.is_empty() => {
+                out.push_str(&" ".repeat(indent));
+                out.push_str("-\n");
+                yaml_seq(out, items, indent + 2);
+            }
+            other => {
+                out.push_str(&" ".repeat(indent));
+                out.push_str("- ");
+                out.push_str(&match other {
+                    Value::Object(_) => "{}".to_string(),
+                    Value::Array(_) => "[]".to_string(),
+                    s => scalar(s),
+                });
+                out.push('\n');
+            }
+        }
+    }
+}
+
+/// A scalar: plain when unambiguous, else a JSON string (which is valid YAML).
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => {
+            const KEYWORDS: [&str; 12] = ["true", "false", "yes", "no", "on", "off", "y", "n", "null", "~", "", "-"];
+            let plain = s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '/' || c == '_')
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || "/_.-".contains(c))
+                && !KEYWORDS.contains(&s.to_ascii_lowercase().as_str());
+            if plain {
+                s.clone()
+            } else {
+                Value::String(s.clone()).to_string()
+            }
+        }
+        other => other.to_string(),
+    }
+}

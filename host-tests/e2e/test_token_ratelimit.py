@@ -1,0 +1,206 @@
+"""Token-based global rate limiting, on real Envoy, with the Envoy Gateway manifests' own config.
+
+The mechanism (envoy-configs/envoy-gateway/README.md, "Token budgets"): the BackendTrafficPolicy's
+global rate limit rule becomes two rate limit entries on each route, one checked before the
+request is sent (hits_addend 0) and one applied when the stream is done; the EnvoyPatchPolicy makes
+the latter's hits_addend read `%FILTER_STATE(wasm.llm_total_token:PLAIN)%`, the response's total
+tokens as the llmgw filter records them. The rate limit service then adds that to the client's
+counter, and the next check answers OVER_LIMIT once the budget is spent.
+
+Here Envoy 1.40 runs what Envoy Gateway generates from envoy-configs/envoy-gateway/llmgw.yaml
+(eg_xds.py: listener, filters, routes, per-route rate limits, with the manifests' EnvoyPatchPolicy
+applied), the llmgw filter, two mock providers, and a mock RateLimitService (mock_rls.py) that
+records each call's descriptors and hits_addend.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import eg_xds  # noqa: E402
+import llmgw_e2e as e2e  # noqa: E402
+from mock_rls import MockRLS  # noqa: E402
+
+DOCS = eg_xds.load()
+KEYS = eg_xds.one([d for d in DOCS if d["metadata"]["name"] == "llmgw-client-keys"], "Secret")["stringData"]
+UPSTREAM_KEY = "sk-upstream-from-envoyproxy-env"
+CHAT = "/v1/chat/completions"
+PROMPT = "count these five words please"  # 5 prompt tokens at the mock; 8 completion tokens
+
+
+def budget_key(client: str) -> tuple[tuple[str, str], ...]:
+    """The descriptor Envoy Gateway builds for the manifests' shared rule 0 (one Distinct header)."""
+    btp = eg_xds.one(DOCS, "BackendTrafficPolicy")
+    return ((btp["metadata"]["name"], btp["metadata"]["namespace"]), ("rule-0-match-0", client))
+
+
+def gateway(providers, rls, name: str, patch_types: frozenset[str] | None = None) -> e2e.Envoy:
+    listener, routes = eg_xds.translate(
+        DOCS, wasm_file=e2e.wasm_path(), rls_port=rls.port, patch_types=patch_types,
+        cluster_ports={"openai": providers["openai"].port, "vllm": providers["vllm"].port})
+    return e2e.Envoy(eg_xds.bootstrap(listener, routes), name=name, env={"OPENAI_API_KEY": UPSTREAM_KEY})
+
+
+@pytest.fixture(scope="module")
+def providers():
+    started = {}
+    try:
+        for n in ("openai", "vllm"):
+            started[n] = e2e.Mock(n)
+        yield started
+    finally:
+        for m in started.values():
+            m.stop()
+
+
+@pytest.fixture(scope="module")
+def rls():
+    r = MockRLS()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(providers, rls):
+    env = gateway(providers, rls, "eg-ratelimit")
+    try:
+        yield env
+    finally:
+        env.stop()
+
+
+def chat(gw, client: str | None, model: str = "gpt-4o-mini", stream: bool = False, key: str | None = None,
+         **extra):
+    headers = {}
+    if client is not None:
+        headers["authorization"] = "Bearer " + (key or KEYS[client])
+    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "stream": stream, **extra}
+    return e2e.http("POST", gw.url + CHAT, body, headers)
+
+
+def charges(rls, since: int, client: str, n: int = 1, timeout: float = 10.0):
+    """The stream-done calls (hits_addend > 0) for `client` after call index `since`: they are sent
+    after the response, so wait (bounded) until `n` arrived."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = [c for c in rls.calls()[since:] for d in c.descriptors
+               if d.entries == budget_key(client) and (d.hits_addend or 0) > 0]
+        if len(got) >= n or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
+
+
+def test_charge_is_the_responses_total_tokens(gw, rls, providers):
+    since = len(rls.calls())
+    status, _, body = chat(gw, "team-a")
+    assert status == 200, body
+    usage = json.loads(body)["usage"]
+    assert usage["total_tokens"] == 5 + 8
+    got = charges(rls, since, "team-a")
+    assert len(got) == 1, rls.calls()[since:]
+    (d,) = got[0].descriptors
+    assert d.hits_addend == usage["total_tokens"]
+    # Before the request went upstream, the same descriptor was checked at cost 0.
+    checks = [c for c in rls.calls()[since:] if c.descriptors[0].hits_addend == 0]
+    assert len(checks) == 1 and checks[0].descriptors[0].entries == budget_key("team-a")
+    assert checks[0].at < got[0].at
+    # The filter routed by model, used the key from the proxy's environment, and neither the
+    # client's key nor its id header reached the provider unchanged.
+    (req,) = [r for r in providers["openai"].requests() if r["path"] == CHAT][-1:]
+    assert req["headers"]["authorization"] == "Bearer " + UPSTREAM_KEY
+    assert req["headers"]["host"] == "api.openai.com"  # the HTTPRoute rule's URLRewrite
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_streamed_response_is_charged_its_usage(gw, rls, providers, include_usage):
+    """Streams are charged at their end; without include_usage the filter asks the provider for
+    usage itself (and hides that chunk), so the charge is the same."""
+    since = len(rls.calls())
+    extra = {"stream_options": {"include_usage": True}} if include_usage else {}
+    status, _, body = chat(gw, "team-a", model="llama-3.2-1b", stream=True, **extra)
+    assert status == 200, body
+    events = [json.loads(line[6:]) for line in body.decode().splitlines()
+              if line.startswith("data: ") and line != "data: [DONE]"]
+    usage = [e["usage"] for e in events if e.get("usage")]
+    if include_usage:
+        assert usage[-1]["total_tokens"] == 5 + 8
+    else:
+        assert usage == []
+    assert providers["vllm"].requests()[-1]["path"] == CHAT  # routed to the vllm rule
+    got = charges(rls, since, "team-a")
+    assert [d.hits_addend for c in got for d in c.descriptors] == [5 + 8]
+
+
+def test_budget_spent_gives_429_and_the_rejected_request_costs_nothing(gw, rls, providers):
+    per_request = 5 + 8
+    rls.set_limit(budget_key("team-b"), rls.used(budget_key("team-b")) + per_request + per_request // 2)
+    for i in range(2):  # 0 then 13 tokens spent: both below the limit when checked
+        since = len(rls.calls())
+        status, _, body = chat(gw, "team-b")
+        assert status == 200, (i, body)
+        assert len(charges(rls, since, "team-b")) == 1
+    upstream_before = len(providers["openai"].requests())
+    since = len(rls.calls())
+    status, headers, _ = chat(gw, "team-b")
+    assert status == 429
+    assert headers.get("x-envoy-ratelimited") == "true"
+    assert len(providers["openai"].requests()) == upstream_before, "a rejected request must not reach the provider"
+    time.sleep(0.5)  # a charge would come after the response: give it time to show up
+    assert [c for c in rls.calls()[since:] if (c.descriptors[0].hits_addend or 0) > 0] == []
+    # Budgets are per client: team-a is not affected.
+    assert chat(gw, "team-a")[0] == 200
+
+
+def test_api_key_required(gw):
+    assert chat(gw, None)[0] == 401
+    assert chat(gw, "team-a", key="sk-not-a-key")[0] == 401
+
+
+def test_listener_patches_reach_the_wasm_filter(gw):
+    status, _, body = e2e.http("GET", gw.admin_url + "/config_dump?resource=dynamic_listeners")
+    if status != 200 or b"llmgw" not in body:
+        status, _, body = e2e.http("GET", gw.admin_url + "/config_dump")
+    dump = json.loads(body)
+    eep = eg_xds.one(DOCS, "EnvoyExtensionPolicy")
+    name = eg_xds.wasm_filter_name(eep, 0)
+    found = []
+
+    def walk(n):
+        if isinstance(n, dict):
+            if n.get("name") == name and "typed_config" in n:
+                found.append(n["typed_config"]["config"])
+            for v in n.values():
+                walk(v)
+        elif isinstance(n, list):
+            for v in n:
+                walk(v)
+
+    walk(dump)
+    assert found, f"no filter {name} in the config dump"
+    assert found[0]["allow_on_headers_stop_iteration"] is True
+    assert found[0]["failure_policy"] == "FAIL_CLOSED"
+
+
+def test_without_the_route_patch_nothing_is_charged(providers, rls):
+    """The control: Envoy Gateway's translation alone points the charge at dynamic metadata, which
+    the Wasm filter cannot write, so the stream-done entry is dropped and tokens are never counted."""
+    env = gateway(providers, rls, "eg-ratelimit-unpatched", patch_types=frozenset({eg_xds.LISTENER_TYPE}))
+    try:
+        since = len(rls.calls())
+        status, _, body = chat(env, "team-a")
+        assert status == 200, body
+        time.sleep(0.5)  # a charge would come after the response: give it time to show up
+        calls = rls.calls()[since:]
+        assert [d.hits_addend for c in calls for d in c.descriptors] == [0], "only the check, no charge"
+        assert "Invalid hits_addend" in env.log_tail(200)
+    finally:
+        env.stop()
