@@ -1,1 +1,3 @@
-fn main() { eprintln!("llmgw: the CLI arrives with issue 4; use `make run` for now"); std::process::exit(2); }
+fn main() {
+    std::process::exit(llmgw::cli::main());
+}

@@ -1,0 +1,275 @@
+//! Command line: `llmgw run | render | check | stat`.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::bootstrap::{self, Options};
+use crate::diag::ConfigError;
+use crate::model::{AnyEnv, Ca, Env, Format, Gateway, ProcessEnv, DEFAULT_ADMIN_PORT, DEFAULT_PORT};
+use crate::render_eg::{self, EgBackend, EgOptions};
+use crate::{autoconfig, check, formats, locate, run, stat, validate};
+
+#[derive(Parser, Debug)]
+#[command(name = "llmgw", version, about = "An AI gateway in one command: Envoy + the llmgw filter")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway: render the Envoy bootstrap, start Envoy, serve admin (/metrics, /health).
+    ///
+    /// With no CONFIG, configures itself from OPENAI_API_KEY (+ OPENAI_BASE_URL), AZURE_OPENAI_API_KEY
+    /// (+ AZURE_OPENAI_ENDPOINT, OPENAI_API_VERSION) or ANTHROPIC_API_KEY (+ ANTHROPIC_BASE_URL);
+    /// with none of them, starts in demo mode with a built-in local demo backend.
+    Run(RunArgs),
+    /// Print the Envoy bootstrap `run` would use (for running Envoy yourself).
+    Render(RenderArgs),
+    /// Validate a configuration (as the filter and Envoy will); --probe asks each backend for its models.
+    Check(CheckArgs),
+    /// Per backend and model: requests, success/failed, average duration, tokens, from a running gateway.
+    Stat(StatArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// Config file: llmgw's own YAML, Envoy AI Gateway YAML (multi-document), or an AIBrix endpoints file.
+    pub config: Option<PathBuf>,
+    /// AIBrix static endpoints file (`models: [{name, endpoints: ["host:port"]}]`).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub endpoints: Option<PathBuf>,
+    /// Config format, when detection is not wanted.
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum FormatArg {
+    Llmgw,
+    Aigw,
+    Aibrix,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ListenArgs {
+    /// Listener port [default: the config's Gateway listener, else 1975].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Admin port (/metrics, /health).
+    #[arg(long, default_value_t = DEFAULT_ADMIN_PORT)]
+    pub admin_port: u16,
+    /// Address the listener and admin port bind to.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
+    /// The filter's .wasm [default: $LLMGW_WASM, else the workspace's target/wasm32-wasip1/release/].
+    #[arg(long, value_name = "FILE")]
+    pub wasm: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    /// Envoy debug logs; keep the runtime directory after exit.
+    #[arg(long)]
+    pub debug: bool,
+    /// Where to write the rendered bootstrap [default: $XDG_RUNTIME_DIR or /tmp, per process].
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Give up when Envoy is not ready after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub startup_timeout: u64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// An Envoy bootstrap (what `run` starts).
+    Envoy,
+    /// Kubernetes manifests for Envoy Gateway, the filter loaded from an OCI image.
+    EnvoyGateway,
+}
+
+#[derive(Args, Debug)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    /// What to render.
+    #[arg(long, value_enum, default_value = "envoy")]
+    pub target: Target,
+    /// envoy-gateway: the filter's OCI image.
+    #[arg(long, default_value = "ghcr.io/llmgw/llmgw-filter:0.1.0")]
+    pub image: String,
+    /// envoy-gateway: the image manifest digest (`make oci` prints it).
+    #[arg(long, default_value = "0000000000000000000000000000000000000000000000000000000000000000")]
+    pub digest: String,
+    /// envoy-gateway: namespace of the resources.
+    #[arg(long, default_value = "llmgw")]
+    pub namespace: String,
+    /// envoy-gateway: name of the GatewayClass, Gateway and policies.
+    #[arg(long, default_value = "llmgw")]
+    pub name: String,
+    /// Envoy's own admin port in the rendered file (`run` serves /metrics and /health itself).
+    #[arg(long, default_value_t = 9901)]
+    pub envoy_admin_port: u16,
+    /// Write to this file instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Ask each backend for its model list, with its own credentials.
+    #[arg(long)]
+    pub probe: bool,
+    /// Seconds to wait for each probe.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    /// The filter's .wasm (for `envoy --mode validate`).
+    #[arg(long, value_name = "FILE")]
+    pub wasm: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatArgs {
+    /// Admin port of the running gateway.
+    #[arg(long, default_value_t = DEFAULT_ADMIN_PORT)]
+    pub admin_port: u16,
+    /// Metrics URL [default: http://127.0.0.1:ADMIN_PORT/metrics].
+    #[arg(long)]
+    pub url: Option<String>,
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run::main(a),
+        Command::Render(a) => render(a),
+        Command::Check(a) => check::main(a),
+        Command::Stat(a) => stat::main(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("llmgw: error: {e:#}");
+            1
+        }
+    }
+}
+
+/// The gateway a command works on: the config file, else the environment; `None` = demo mode.
+pub fn load(args: &ConfigArgs, env: &dyn Env) -> Result<Option<Gateway>, ConfigError> {
+    let forced = args.format.map(|f| match f {
+        FormatArg::Llmgw => Format::Llmgw,
+        FormatArg::Aigw => Format::EnvoyAIGateway,
+        FormatArg::Aibrix => Format::AIBrix,
+    });
+    if let Some(p) = &args.endpoints {
+        return formats::load(p, env, Some(Format::AIBrix)).map(Some);
+    }
+    if let Some(p) = &args.config {
+        return formats::load(p, env, forced).map(Some);
+    }
+    autoconfig::from_env(env)
+}
+
+pub fn print_warnings(g: &Gateway) {
+    for w in &g.warnings {
+        eprintln!("llmgw: warning: {w}");
+    }
+}
+
+/// Render options for a gateway; the CA bundle only matters when a backend uses the system CAs.
+pub fn options(g: &Gateway, listen: &ListenArgs, wasm: &Path, admin_port: u16) -> anyhow::Result<Options> {
+    let needs_ca =
+        g.upstreams.iter().any(|u| u.tls.as_ref().is_some_and(|t| t.ca == Ca::System && !t.insecure_skip_verify));
+    let ca_bundle = match (locate::ca_bundle(), needs_ca) {
+        (Some(p), _) => p.display().to_string(),
+        (None, false) => locate::CA_BUNDLES[0].to_string(),
+        (None, true) => anyhow::bail!(
+            "no system CA bundle found (looked for $SSL_CERT_FILE and {}); install ca-certificates or set SSL_CERT_FILE",
+            locate::CA_BUNDLES.join(", ")
+        ),
+    };
+    Ok(Options {
+        address: listen.address.clone(),
+        port: listen.port.or(g.port).unwrap_or(DEFAULT_PORT),
+        admin_address: "127.0.0.1".into(),
+        admin_port,
+        wasm: wasm.display().to_string(),
+        ca_bundle,
+    })
+}
+
+fn render(a: RenderArgs) -> anyhow::Result<i32> {
+    let Some(g) = load(&a.config, &ProcessEnv)? else {
+        anyhow::bail!(
+            "nothing to render: no config file and no provider key (OPENAI_API_KEY, AZURE_OPENAI_API_KEY, \
+             ANTHROPIC_API_KEY). The demo backend exists only inside `llmgw run`."
+        );
+    };
+    print_warnings(&g);
+    // Shape only: the bootstrap may run elsewhere, where its variables are set.
+    validate::validate(&g, &AnyEnv)?;
+    if a.target == Target::EnvoyGateway {
+        return render_envoy_gateway(&g, &a);
+    }
+    let wasm = match locate::wasm(a.listen.wasm.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("llmgw: note: {e:#}; the bootstrap names {} instead", locate::WASM_NAME);
+            PathBuf::from(locate::WASM_NAME)
+        }
+    };
+    let opts = options(&g, &a.listen, &wasm, a.envoy_admin_port)?;
+    let text = bootstrap::to_yaml(&g, &bootstrap::render(&g, &opts));
+    let keys = g.env_keys();
+    if !keys.is_empty() {
+        eprintln!("llmgw: note: Envoy must run with these variables set (the filter reads them): {}", keys.join(", "));
+    }
+    match a.output {
+        Some(path) => {
+            std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            eprintln!("llmgw: wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(0)
+}
+
+fn render_envoy_gateway(g: &Gateway, a: &RenderArgs) -> anyhow::Result<i32> {
+    let backends: Vec<EgBackend> = g
+        .upstreams
+        .iter()
+        .map(|u| EgBackend {
+            name: u.name.clone(),
+            endpoints: u.endpoints.iter().map(|e| (e.host.clone(), e.port)).collect(),
+            tls: u.tls.is_some(),
+            host_rewrite: u.host_rewrite.clone(),
+        })
+        .collect();
+    let opts = EgOptions {
+        namespace: a.namespace.clone(),
+        name: a.name.clone(),
+        image: a.image.clone(),
+        digest: a.digest.clone(),
+        port: a.listen.port.or(g.port).unwrap_or(EgOptions::default().port),
+    };
+    let text = render_eg::render(&serde_json::Value::Object(g.plugin.clone()), &backends, &opts)
+        .map_err(|e| anyhow::anyhow!("cannot render for Envoy Gateway: {e}"))?;
+    match &a.output {
+        Some(path) => {
+            std::fs::write(path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            eprintln!("llmgw: wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(0)
+}

@@ -1,0 +1,107 @@
+//! AIBrix local mode's static endpoints file:
+//!
+//! ```yaml
+//! models:
+//!   - name: Qwen/Qwen2.5-1.5B-Instruct
+//!     endpoints: ["127.0.0.1:8000", "127.0.0.1:8001"]
+//! ```
+//!
+//! Each model becomes one OpenAI backend whose cluster balances over the model's endpoints, and one
+//! rule sending exactly that model name there (as in AIBrix, the request's model must match).
+//! `ROUTING_ALGORITHM` (AIBrix's variable) picks Envoy's balancer where one is equivalent.
+
+use serde_json::{json, Value as Json};
+use serde_yaml::Value;
+
+use super::node::{At, NResult};
+use super::own::endpoints;
+use crate::diag::ConfigError;
+use crate::model::{cluster_safe, Env, Format, Gateway, Source, Upstream};
+use crate::url;
+
+pub fn convert(name: &str, doc: &Value, env: &dyn Env) -> Result<Gateway, ConfigError> {
+    convert_doc(name, doc, env).map_err(|e| ConfigError::new(name, e.field, e.reason))
+}
+
+/// Envoy's balancer for AIBrix's `ROUTING_ALGORITHM`, when there is an equivalent.
+pub fn lb_policy(algorithm: &str) -> Option<&'static str> {
+    match algorithm {
+        "random" => Some("RANDOM"),
+        "least-request" => Some("LEAST_REQUEST"),
+        _ => None,
+    }
+}
+
+fn convert_doc(name: &str, doc: &Value, env: &dyn Env) -> NResult<Gateway> {
+    let root = At::root(doc);
+    let mut g = Gateway::new(Source::File { path: name.to_string(), format: Format::AIBrix });
+    for field in root.unknown_keys(&["models"]) {
+        g.warnings.push(format!("{name}: {field}: not part of an AIBrix endpoints file; ignored"));
+    }
+    let algorithm = env.var("ROUTING_ALGORITHM").filter(|a| !a.is_empty());
+    let lb = algorithm.as_deref().and_then(lb_policy);
+    if let (Some(a), None) = (&algorithm, lb) {
+        g.warnings.push(format!(
+            "ROUTING_ALGORITHM={a} is AIBrix's own algorithm; llmgw balances each model's endpoints round-robin \
+             (random and least-request are supported)"
+        ));
+    }
+    let models = root.req("models")?.items()?;
+    if models.is_empty() {
+        return Err(root.req("models")?.err("at least one model is required"));
+    }
+    let mut backends = Vec::new();
+    let mut rules = Vec::new();
+    for m in &models {
+        let model = m.req_str("name")?;
+        if model.is_empty() {
+            return Err(m.req("name")?.err("the model name must not be empty"));
+        }
+        for field in m.unknown_keys(&["name", "endpoints", "rolesets", "engine"]) {
+            g.warnings.push(format!("{name}: {field}: not understood by llmgw; ignored"));
+        }
+        let list = match (m.get("endpoints"), m.get("rolesets")) {
+            (Some(list), roles) => {
+                if roles.is_some() {
+                    g.warnings.push(format!(
+                        "{name}: {}.rolesets: prefill/decode role sets need AIBrix's disaggregated routing; \
+                         model {model:?} is served by its `endpoints` only",
+                        m.field()
+                    ));
+                }
+                list
+            }
+            (None, Some(roles)) => {
+                return Err(roles.err(format!(
+                    "model {model:?} has only prefill/decode role sets, which need AIBrix's disaggregated \
+                     routing; llmgw serves a model from plain `endpoints: [\"host:port\"]`"
+                )))
+            }
+            (None, None) => return Err(m.err(format!("model {model:?} needs `endpoints: [\"host:port\", ...]`"))),
+        };
+        let eps = endpoints(&list)?;
+        let mut backend = cluster_safe(model);
+        let mut n = 2;
+        while g.upstreams.iter().any(|u| u.name == backend) {
+            backend = format!("{}-{n}", cluster_safe(model));
+            n += 1;
+        }
+        let host_rewrite = match eps.as_slice() {
+            [one] => Some(url::authority(&one.host, one.port, false)),
+            _ => None,
+        };
+        g.upstreams.push(Upstream {
+            name: backend.clone(),
+            endpoints: eps,
+            tls: None,
+            host_rewrite,
+            timeout: None,
+            lb_policy: lb.map(str::to_string),
+        });
+        backends.push(json!({"name": backend, "schema": "OpenAI"}));
+        rules.push(json!({"name": model, "match": {"model": {"exact": model}}, "backends": [{"name": backend}]}));
+    }
+    g.plugin.insert("backends".into(), Json::Array(backends));
+    g.plugin.insert("rules".into(), Json::Array(rules));
+    Ok(g)
+}

@@ -1,0 +1,296 @@
+//! What every config source (environment, llmgw YAML, Envoy AI Gateway YAML, AIBrix endpoints)
+//! is converted into: the filter's plugin configuration plus one upstream per backend, which the
+//! bootstrap renderer turns into Envoy clusters.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+pub use llmgw_filter::config::{Env, ProcessEnv};
+
+use crate::diag::DocRef;
+use crate::url::BaseUrl;
+
+pub const DEFAULT_PORT: u16 = 1975;
+pub const DEFAULT_ADMIN_PORT: u16 = 1064;
+/// Route timeout when the config gives none: LLM calls (reasoning, long generations) are slow.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Per-connection buffer (request bodies are buffered whole by the filter): 50 MiB, as `aigw run`.
+pub const DEFAULT_BUFFER_LIMIT: u64 = 50 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    Llmgw,
+    EnvoyAIGateway,
+    AIBrix,
+}
+
+impl Format {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Format::Llmgw => "llmgw config",
+            Format::EnvoyAIGateway => "Envoy AI Gateway config",
+            Format::AIBrix => "AIBrix endpoints file",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// No key and no file: the built-in demo backend.
+    Demo,
+    /// Auto-configured from these environment variables.
+    Env {
+        provider: &'static str,
+        vars: Vec<&'static str>,
+    },
+    File {
+        path: String,
+        format: Format,
+    },
+}
+
+impl Source {
+    /// How errors name this source.
+    pub fn name(&self) -> String {
+        match self {
+            Source::Demo => "demo".into(),
+            Source::Env { .. } => "environment".into(),
+            Source::File { path, .. } => path.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+/// Which certificate authorities a backend's certificate must chain to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ca {
+    /// The system bundle (found at start; see `locate::ca_bundle`).
+    System,
+    File(String),
+    /// PEM text (from a ConfigMap or Secret of an Envoy AI Gateway config).
+    Pem(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// SNI; also the DNS name the certificate must carry unless `sans` says otherwise.
+    pub sni: String,
+    pub ca: Ca,
+    /// DNS subject alternative names accepted; empty = `sni`.
+    pub sans: Vec<String>,
+    pub insecure_skip_verify: bool,
+}
+
+impl Tls {
+    pub fn to(host: &str) -> Tls {
+        Tls { sni: host.to_string(), ca: Ca::System, sans: Vec::new(), insecure_skip_verify: false }
+    }
+}
+
+/// Where one backend's traffic goes: an Envoy cluster named like the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    pub tls: Option<Tls>,
+    /// The Host header the provider expects.
+    pub host_rewrite: Option<String>,
+    pub timeout: Option<Duration>,
+    /// Envoy `lb_policy` across several endpoints; `None` = round robin.
+    pub lb_policy: Option<String>,
+}
+
+impl Upstream {
+    pub fn from_url(name: &str, url: &BaseUrl) -> Upstream {
+        Upstream {
+            name: name.to_string(),
+            endpoints: vec![Endpoint { host: url.host.clone(), port: url.port }],
+            tls: url.tls.then(|| Tls::to(&url.host)),
+            host_rewrite: Some(url.authority()),
+            timeout: None,
+            lb_policy: None,
+        }
+    }
+
+    /// Base URL used to reach the first endpoint directly (probes).
+    pub fn base_url(&self, endpoint: &Endpoint) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", crate::url::authority(&endpoint.host, endpoint.port, self.tls.is_some()))
+    }
+}
+
+/// Where a part of the plugin configuration came from, to point errors at the user's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// A plugin config path prefix such as `backends[2]` or `rules[0]`.
+    pub plugin_path: String,
+    pub document: Option<DocRef>,
+    /// The field in the user's document.
+    pub field: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gateway {
+    pub source: Source,
+    /// Listener port from the config (a Gateway listener, llmgw's `port`); flags override it.
+    pub port: Option<u16>,
+    pub buffer_limit: Option<u64>,
+    /// The filter's plugin configuration, exactly as Envoy will hand it to the filter.
+    pub plugin: Map<String, Value>,
+    /// One per plugin backend, same order and names.
+    pub upstreams: Vec<Upstream>,
+    pub warnings: Vec<String>,
+    pub origins: Vec<Origin>,
+}
+
+impl Gateway {
+    pub fn new(source: Source) -> Gateway {
+        Gateway {
+            source,
+            port: None,
+            buffer_limit: None,
+            plugin: Map::new(),
+            upstreams: Vec::new(),
+            warnings: Vec::new(),
+            origins: Vec::new(),
+        }
+    }
+
+    pub fn plugin_backends(&self) -> impl Iterator<Item = &Map<String, Value>> {
+        self.plugin.get("backends").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_object)
+    }
+
+    pub fn plugin_backend(&self, name: &str) -> Option<&Map<String, Value>> {
+        self.plugin_backends().find(|b| b.get("name").and_then(Value::as_str) == Some(name))
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.plugin.get("rules").and_then(Value::as_array).map_or(0, Vec::len)
+    }
+
+    /// The user's document and field for a plugin config path (longest recorded prefix).
+    pub fn locate(&self, plugin_field: &str) -> (Option<DocRef>, String) {
+        let best = self
+            .origins
+            .iter()
+            .filter(|o| {
+                plugin_field == o.plugin_path
+                    || plugin_field.strip_prefix(&o.plugin_path).is_some_and(|r| r.starts_with(['.', '[']))
+            })
+            .max_by_key(|o| o.plugin_path.len());
+        match best {
+            Some(o) => {
+                let rest = &plugin_field[o.plugin_path.len()..];
+                let field =
+                    if rest.is_empty() { o.field.clone() } else { format!("{} (converted: {plugin_field})", o.field) };
+                (o.document.clone(), field)
+            }
+            None => (None, plugin_field.to_string()),
+        }
+    }
+
+    /// Variables the plugin reads with `*_env` (handed to the Wasm VM by Envoy).
+    pub fn env_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        collect_env_keys(&Value::Object(self.plugin.clone()), &mut keys);
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+}
+
+fn collect_env_keys(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match v {
+                    Value::String(s) if k.ends_with("_env") => out.push(s.clone()),
+                    other => collect_env_keys(other, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| collect_env_keys(i, out)),
+        _ => {}
+    }
+}
+
+/// An environment made of fixed pairs (tests, `render`).
+#[derive(Debug, Clone, Default)]
+pub struct MapEnv(pub BTreeMap<String, String>);
+
+impl<const N: usize> From<[(&str, &str); N]> for MapEnv {
+    fn from(pairs: [(&str, &str); N]) -> Self {
+        MapEnv(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+}
+
+impl Env for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
+
+/// Every variable is set (to a placeholder): validates a config's shape without its secrets.
+pub struct AnyEnv;
+
+impl Env for AnyEnv {
+    fn var(&self, _name: &str) -> Option<String> {
+        Some("placeholder".into())
+    }
+}
+
+/// A name usable as an Envoy cluster and metric label: `[A-Za-z0-9_-]`, others become `-`.
+/// Dots are replaced too, since Envoy's stat tag extraction splits cluster stats at dots.
+pub fn cluster_safe(name: &str) -> String {
+    let s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' }).collect();
+    if s.is_empty() {
+        "backend".into()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn env_keys_are_collected_from_any_auth_shape() {
+        let mut g = Gateway::new(Source::Demo);
+        g.plugin = json!({"backends": [
+            {"name": "a", "auth": {"bearer_env": "OPENAI_API_KEY"}},
+            {"name": "b", "auth": {"aws": {"access_key_id_env": "AWS_ACCESS_KEY_ID", "secret_access_key": "x"}}},
+            {"name": "c", "auth": {"bearer_env": "OPENAI_API_KEY"}}
+        ]})
+        .as_object()
+        .cloned()
+        .unwrap();
+        assert_eq!(g.env_keys(), vec!["AWS_ACCESS_KEY_ID", "OPENAI_API_KEY"]);
+    }
+
+    #[test]
+    fn locate_maps_plugin_paths_back() {
+        let mut g = Gateway::new(Source::Demo);
+        let doc = DocRef { index: 4, object: Some("AIServiceBackend/default/x".into()) };
+        g.origins.push(Origin { plugin_path: "backends[1]".into(), document: Some(doc.clone()), field: "spec".into() });
+        let (d, f) = g.locate("backends[1].schema");
+        assert_eq!(d, Some(doc));
+        assert_eq!(f, "spec (converted: backends[1].schema)");
+        assert_eq!(g.locate("backends[10].name"), (None, "backends[10].name".to_string()));
+    }
+
+    #[test]
+    fn cluster_names() {
+        assert_eq!(cluster_safe("Qwen/Qwen2.5-1.5B-Instruct"), "Qwen-Qwen2-5-1-5B-Instruct");
+        assert_eq!(cluster_safe(""), "backend");
+    }
+}

@@ -1,0 +1,190 @@
+//! `llmgw stat`: a running gateway's `/metrics`, summed per backend, model and operation, like
+//! `egctl ai stat`: total requests, success/failed, average duration, input/output tokens.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::cli::StatArgs;
+use crate::table;
+
+/// One Prometheus sample: metric name, labels, value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses Prometheus text exposition (comments and malformed lines are skipped).
+pub fn parse(text: &str) -> Vec<Sample> {
+    text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<Sample> {
+    let Some((name, rest)) = line.split_once('{') else {
+        let (n, v) = line.split_once(' ')?;
+        return Some(Sample { name: n.to_string(), labels: BTreeMap::new(), value: number(v)? });
+    };
+    let (labels, rest) = parse_labels(rest)?;
+    Some(Sample { name: name.to_string(), labels, value: number(rest)? })
+}
+
+/// `k="v",...}` → the labels and the text after `}`.
+fn parse_labels(s: &str) -> Option<(BTreeMap<String, String>, &str)> {
+    let mut labels = BTreeMap::new();
+    let mut rest = s;
+    loop {
+        rest = rest.trim_start_matches([',', ' ']);
+        if let Some(after) = rest.strip_prefix('}') {
+            return Some((labels, after));
+        }
+        let (key, after) = rest.split_once('=')?;
+        rest = after.strip_prefix('"')?;
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (_, '\\') => {
+                    let (_, escaped) = chars.next()?;
+                    value.push(if escaped == 'n' { '\n' } else { escaped });
+                }
+                (i, '"') => break i,
+                (_, c) => value.push(c),
+            }
+        };
+        rest = &rest[end + 1..];
+        labels.insert(key.trim().to_string(), value);
+    }
+}
+
+fn number(s: &str) -> Option<f64> {
+    s.split_whitespace().next()?.parse().ok()
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Row {
+    pub total: f64,
+    pub success: f64,
+    pub failed: f64,
+    pub duration_sum_ms: f64,
+    pub duration_count: f64,
+    pub input_tokens: f64,
+    pub output_tokens: f64,
+}
+
+/// (backend, model, operation) → totals.
+pub fn aggregate(samples: &[Sample]) -> BTreeMap<(String, String, String), Row> {
+    let mut rows: BTreeMap<(String, String, String), Row> = BTreeMap::new();
+    for s in samples {
+        let l = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
+        let key = (l("llmgw_backend"), l("gen_ai_request_model"), l("gen_ai_operation_name"));
+        let row = || Row::default();
+        match s.name.as_str() {
+            "llmgw_requests_total" => {
+                let r = rows.entry(key).or_insert_with(row);
+                r.total += s.value;
+                match l("outcome").as_str() {
+                    "success" => r.success += s.value,
+                    _ => r.failed += s.value,
+                }
+            }
+            "gen_ai_server_request_duration_sum" => rows.entry(key).or_insert_with(row).duration_sum_ms += s.value,
+            "gen_ai_server_request_duration_count" => rows.entry(key).or_insert_with(row).duration_count += s.value,
+            "gen_ai_client_token_usage_sum" => {
+                let r = rows.entry(key).or_insert_with(row);
+                match l("gen_ai_token_type").as_str() {
+                    "input" => r.input_tokens += s.value,
+                    "output" => r.output_tokens += s.value,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    rows
+}
+
+pub fn render(rows: &BTreeMap<(String, String, String), Row>) -> String {
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|((backend, model, op), r)| {
+            let avg = if r.duration_count > 0.0 {
+                format!("{:.0}", r.duration_sum_ms / r.duration_count)
+            } else {
+                "-".into()
+            };
+            vec![
+                backend.clone(),
+                model.clone(),
+                op.clone(),
+                format!("{:.0}", r.total),
+                format!("{:.0}/{:.0}", r.success, r.failed),
+                avg,
+                format!("{:.0}/{:.0}", r.input_tokens, r.output_tokens),
+            ]
+        })
+        .collect();
+    table::render(
+        &["BACKEND", "MODEL", "OPERATION", "TOTAL-REQ", "SUCCESS/FAILED", "AVG-DUR(ms)", "TOKENS(INPUT/OUTPUT)"],
+        &body,
+    )
+}
+
+pub fn main(args: StatArgs) -> Result<i32> {
+    let url = args.url.unwrap_or_else(|| format!("http://127.0.0.1:{}/metrics", args.admin_port));
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+    let text = agent
+        .get(&url)
+        .call()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .and_then(|r| r.into_string().context("reading the metrics"))
+        .with_context(|| format!("cannot read {url}: is `llmgw run` running there? (--admin-port / --url)"))?;
+    let rows = aggregate(&parse(&text));
+    if rows.is_empty() {
+        println!("no LLM requests recorded yet at {url}");
+    } else {
+        print!("{}", render(&rows));
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"# TYPE llmgw_requests_total counter
+llmgw_requests_total{gen_ai_request_model="gpt-4o",gen_ai_operation_name="chat",outcome="success",llmgw_backend="openai"} 2
+llmgw_requests_total{gen_ai_request_model="gpt-4o",gen_ai_operation_name="chat",outcome="failure",llmgw_backend="openai"} 1
+gen_ai_server_request_duration_sum{gen_ai_request_model="gpt-4o",gen_ai_operation_name="chat",llmgw_backend="openai"} 3000
+gen_ai_server_request_duration_count{gen_ai_request_model="gpt-4o",gen_ai_operation_name="chat",llmgw_backend="openai"} 3
+gen_ai_client_token_usage_sum{gen_ai_request_model="gpt-4o",gen_ai_operation_name="chat",gen_ai_token_type="input",llmgw_backend="openai"} 26
+gen_ai_client_token_usage_sum{gen_ai_request_model="gpt-4o",gen_ai_operation_name="chat",gen_ai_token_type="output",llmgw_backend="openai"} 72
+gen_ai_client_token_usage_bucket{gen_ai_request_model="gpt-4o",gen_ai_operation_name="chat",gen_ai_token_type="output",llmgw_backend="openai",le="4"} 0
+envoy_cluster_upstream_rq{envoy_cluster_name="openai"} 3
+weird{a="x\"y,z=1"} 5
+"#;
+
+    #[test]
+    fn parses_labels_with_escapes() {
+        let s = parse(TEXT);
+        let weird = s.iter().find(|s| s.name == "weird").unwrap();
+        assert_eq!(weird.labels["a"], "x\"y,z=1");
+        assert_eq!(weird.value, 5.0);
+    }
+
+    #[test]
+    fn aggregates_like_egctl_ai_stat() {
+        let rows = aggregate(&parse(TEXT));
+        let r = &rows[&("openai".to_string(), "gpt-4o".to_string(), "chat".to_string())];
+        assert_eq!((r.total, r.success, r.failed), (3.0, 2.0, 1.0));
+        assert_eq!((r.input_tokens, r.output_tokens), (26.0, 72.0));
+        let t = render(&rows);
+        assert_eq!(
+            t,
+            "BACKEND  MODEL   OPERATION  TOTAL-REQ  SUCCESS/FAILED  AVG-DUR(ms)  TOKENS(INPUT/OUTPUT)\n\
+             openai   gpt-4o  chat       3          2/1             1000         26/72\n"
+        );
+    }
+}

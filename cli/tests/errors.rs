@@ -1,0 +1,223 @@
+//! Bad configurations stop before Envoy starts, with file, document, field and reason.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use llmgw::model::{Format, MapEnv};
+use llmgw::{autoconfig, formats, validate};
+
+/// The message `llmgw run` prints for `text` (conversion, then the filter's own validation).
+fn error(file: &str, text: &str, env: &[(&str, &str)], format: Option<Format>) -> String {
+    let env = MapEnv(env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    match formats::load_text(file, text, &env, format) {
+        Err(e) => e.to_string(),
+        Ok(g) => validate::validate(&g, &env).expect_err("expected an error").to_string(),
+    }
+}
+
+const ROUTE: &str = "apiVersion: aigateway.envoyproxy.io/v1alpha1
+kind: AIGatewayRoute
+metadata: {name: r}
+spec:
+  rules:
+    - backendRefs: [{name: b}]
+";
+
+const BACKEND: &str = "apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {name: be}
+spec:
+  endpoints: [{ip: {address: 127.0.0.1, port: 8000}}]
+";
+
+fn service(schema: &str) -> String {
+    format!(
+        "apiVersion: aigateway.envoyproxy.io/v1alpha1
+kind: AIServiceBackend
+metadata: {{name: b}}
+spec:
+  schema: {{name: {schema}}}
+  backendRef: {{name: be, kind: Backend, group: gateway.envoyproxy.io}}
+"
+    )
+}
+
+fn docs(parts: &[&str]) -> String {
+    parts.join("---\n")
+}
+
+#[test]
+fn aigw_missing_references() {
+    let text = docs(&[ROUTE, BACKEND]);
+    assert_eq!(
+        error("gw.yaml", &text, &[], None),
+        "gw.yaml: document 1 (AIGatewayRoute default/r): spec.rules[0].backendRefs[0].name: no AIServiceBackend \
+         default/b in this file"
+    );
+    let text = docs(&[ROUTE, &service("OpenAI")]);
+    assert_eq!(
+        error("gw.yaml", &text, &[], None),
+        "gw.yaml: document 2 (AIServiceBackend default/b): spec.backendRef.name: no Backend default/be in this file"
+    );
+    let policy = "apiVersion: aigateway.envoyproxy.io/v1alpha1
+kind: BackendSecurityPolicy
+metadata: {name: p}
+spec:
+  targetRefs: [{group: aigateway.envoyproxy.io, kind: AIServiceBackend, name: b}]
+  type: APIKey
+  apiKey:
+    secretRef: {name: key}
+";
+    let text = docs(&[ROUTE, &service("OpenAI"), BACKEND, policy]);
+    assert_eq!(
+        error("gw.yaml", &text, &[], None),
+        "gw.yaml: document 4 (BackendSecurityPolicy default/p): spec.apiKey.secretRef: no Secret default/key in this file"
+    );
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: key}\nstringData: {other: x}\n";
+    let text = docs(&[ROUTE, &service("OpenAI"), BACKEND, policy, secret]);
+    assert_eq!(
+        error("gw.yaml", &text, &[], None),
+        "gw.yaml: document 5 (Secret default/key): stringData: has no key \"apiKey\" (expected by \
+         BackendSecurityPolicy default/p)"
+    );
+}
+
+#[test]
+fn aigw_unsupported_things_are_errors_when_they_matter() {
+    let text = docs(&[ROUTE, &service("Cohere"), BACKEND]);
+    let e = error("gw.yaml", &text, &[], None);
+    assert!(
+        e.starts_with("gw.yaml: document 2 (AIServiceBackend default/b): spec (converted: backends[0].schema): unknown schema \"Cohere\""),
+        "{e}"
+    );
+    let azure_ad = "apiVersion: aigateway.envoyproxy.io/v1alpha1
+kind: BackendSecurityPolicy
+metadata: {name: p}
+spec:
+  targetRefs: [{group: aigateway.envoyproxy.io, kind: AIServiceBackend, name: b}]
+  type: AzureCredentials
+  azureCredentials: {clientID: x, tenantID: y}
+";
+    let text = docs(&[ROUTE, &service("OpenAI"), BACKEND, azure_ad]);
+    let e = error("gw.yaml", &text, &[], None);
+    assert!(
+        e.starts_with(
+            "gw.yaml: document 4 (BackendSecurityPolicy default/p): spec.type: AzureCredentials needs an OAuth"
+        ),
+        "{e}"
+    );
+    let unix = BACKEND.replace("ip: {address: 127.0.0.1, port: 8000}", "unix: {path: /tmp/s}");
+    let e = error("gw.yaml", &docs(&[ROUTE, &service("OpenAI"), &unix]), &[], None);
+    assert_eq!(
+        e,
+        "gw.yaml: document 3 (Backend default/be): spec.endpoints[0].unix: unix socket endpoints are not supported by \
+         llmgw run; use fqdn or ip"
+    );
+    let e = error("gw.yaml", &docs(&[&service("OpenAI"), BACKEND]), &[], None);
+    assert!(e.starts_with("gw.yaml: no AIGatewayRoute"), "{e}");
+}
+
+#[test]
+fn aigw_shape_errors_name_the_field() {
+    let bad_weight = ROUTE.replace("[{name: b}]", "[{name: b, weight: heavy}]");
+    assert_eq!(
+        error("gw.yaml", &docs(&[&bad_weight]), &[], None),
+        "gw.yaml: document 1 (AIGatewayRoute default/r): spec.rules[0].backendRefs[0].weight: expected an integer, \
+         found \"heavy\""
+    );
+    let no_name = "apiVersion: v1\nkind: Secret\nmetadata: {}\n";
+    assert_eq!(
+        error("gw.yaml", &docs(&[ROUTE, no_name]), &[], None),
+        "gw.yaml: document 2: metadata.name: required field is missing"
+    );
+    let gateway = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  listeners: [{name: h, protocol: HTTP, port: 70000}]\n";
+    assert_eq!(
+        error("gw.yaml", &docs(&[gateway, ROUTE]), &[], None),
+        "gw.yaml: document 1 (Gateway default/g): spec.listeners[0].port: port 70000 is not between 1 and 65535"
+    );
+}
+
+#[test]
+fn own_format_errors() {
+    let e = error("llmgw.yaml", "backends:\n  - name: a\n    schema: OpenAI\n", &[], None);
+    assert!(e.starts_with("llmgw.yaml: backends[0]: each backend needs `url`"), "{e}");
+    let e = error("llmgw.yaml", "backends:\n  - name: a\n    url: api.openai.com\n    schema: OpenAI\n", &[], None);
+    assert_eq!(e, "llmgw.yaml: backends[0].url: \"api.openai.com\": expected a URL starting with http:// or https://");
+    let text = "backends:\n  - name: openai\n    url: http://127.0.0.1:1\n    schema: OpenAI\nrules:\n  - backends: [{name: opeanai}]\n";
+    assert_eq!(
+        error("llmgw.yaml", text, &[], None),
+        "llmgw.yaml: rules[0].backends[0].name: unknown backend \"opeanai\""
+    );
+    let text = "backends:\n  - name: a\n    url: http://127.0.0.1:1\n    shema: OpenAI\n";
+    let e = error("llmgw.yaml", text, &[], None);
+    assert!(e.starts_with("llmgw.yaml: backends[0]") && e.contains("shema"), "{e}");
+    let text = "backends:\n  - name: a\n    url: http://127.0.0.1:1\n    schema: OpenAI\n    auth: {bearer_env: NOT_SET_ANYWHERE}\n";
+    let e = error("llmgw.yaml", text, &[], None);
+    assert!(e.starts_with("llmgw.yaml: backends[0].auth.bearer_env: environment variable"), "{e}");
+    let e = error("llmgw.yaml", "port: 1975\ntimeout: soon\nbackends: []\n", &[], None);
+    assert!(e.starts_with("llmgw.yaml: timeout: \"soon\""), "{e}");
+}
+
+#[test]
+fn text_level_errors() {
+    let e = error("c.yaml", "backends:\n  - name: ${MISSING_VAR}\n", &[], None);
+    assert_eq!(
+        e,
+        "c.yaml: line 2: environment variable MISSING_VAR is not set (referenced as ${MISSING_VAR}); export it, or \
+         give a default with ${MISSING_VAR:-default}"
+    );
+    let e = error("c.yaml", "backends: [\n", &[], None);
+    assert!(e.starts_with("c.yaml: document 1: not valid YAML: "), "{e}");
+}
+
+#[test]
+fn aibrix_errors() {
+    let e = error("endpoints.yaml", "models:\n  - name: m\n    endpoints: [localhost]\n", &[], Some(Format::AIBrix));
+    assert_eq!(e, "endpoints.yaml: models[0].endpoints[0]: \"localhost\": give host:port, e.g. 127.0.0.1:8000");
+    let text =
+        "models:\n  - name: m\n    rolesets: [{name: pd, prefill: [\"127.0.0.1:1\"], decode: [\"127.0.0.1:2\"]}]\n";
+    let e = error("endpoints.yaml", text, &[], Some(Format::AIBrix));
+    assert!(e.starts_with("endpoints.yaml: models[0].rolesets: model \"m\" has only prefill/decode role sets"), "{e}");
+}
+
+#[test]
+fn environment_errors() {
+    let env = MapEnv::from([("AZURE_OPENAI_API_KEY", "k"), ("OPENAI_API_VERSION", "2024-12-01-preview")]);
+    let e = autoconfig::from_env(&env).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "environment: AZURE_OPENAI_ENDPOINT: AZURE_OPENAI_API_KEY is set, so AZURE_OPENAI_ENDPOINT is required, e.g. \
+         https://my-resource.openai.azure.com"
+    );
+}
+
+/// The same messages from the binary, non-zero exit, and Envoy never started.
+#[test]
+fn run_stops_before_envoy_on_a_bad_config() {
+    let dir = common::temp_dir("bad-config");
+    let file = dir.join("bad.yaml");
+    std::fs::write(&file, docs(&[ROUTE, BACKEND])).unwrap();
+    let mut cmd = std::process::Command::new(common::LLMGW);
+    for v in common::PROVIDER_VARS {
+        cmd.env_remove(v);
+    }
+    // Envoy must not even be looked for: a bogus ENVOY_BIN would otherwise be the error.
+    cmd.env("ENVOY_BIN", "/nonexistent/envoy").arg("run").arg(&file).args(["--port", "1", "--admin-port", "1"]);
+    let (code, _out, err) = common::output(cmd);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "bad.yaml: document 1 (AIGatewayRoute default/r): spec.rules[0].backendRefs[0].name: no AIServiceBackend"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("starting Envoy"), "{err}");
+
+    let mut cmd = std::process::Command::new(common::LLMGW);
+    cmd.arg("check").arg(&file);
+    let (code, _out, err) = common::output(cmd);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no AIServiceBackend default/b in this file"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,33 @@
+//! Every config under `examples/` converts and passes the filter's own validation.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+
+use llmgw::model::{AnyEnv, Format, MapEnv};
+use llmgw::{formats, validate};
+
+#[test]
+fn example_configs_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let cases = [
+        ("multi-provider/config.yaml", None, 3),
+        ("envoy-ai-gateway/ollama.yaml", None, 1),
+        ("aibrix/endpoints.yaml", Some(Format::AIBrix), 1),
+    ];
+    for (file, format, backends) in cases {
+        let path = root.join(file);
+        // No variables set: every ${VAR} in the examples has a default.
+        let g = formats::load(&path, &MapEnv::default(), format).unwrap_or_else(|e| panic!("{e}"));
+        assert!(g.warnings.is_empty(), "{file}: {:?}", g.warnings);
+        assert_eq!(g.upstreams.len(), backends, "{file}");
+        validate::validate(&g, &AnyEnv).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let every_folder_has_a_readme =
+        std::fs::read_dir(&root).unwrap().flatten().filter(|e| e.path().is_dir()).all(|e| {
+            let ok = e.path().join("README.md").is_file();
+            assert!(ok, "{} has no README.md", e.path().display());
+            ok
+        });
+    assert!(every_folder_has_a_readme);
+}

@@ -1,0 +1,163 @@
+//! Golden files: every config format → plugin config + Envoy bootstrap, compared byte for byte
+//! with `tests/golden/<case>/{plugin.yaml,envoy.yaml,warnings.txt}`; then the plugin config is
+//! parsed by the filter's own parser and the bootstrap checked by `envoy --mode validate`.
+//!
+//! A case directory holds one input: `config.yaml` (format detected), `endpoints.yaml` (AIBrix),
+//! `demo` (demo mode), or only `env` (auto-configuration). `env` (KEY=VALUE lines) is the
+//! environment for `${VAR}` substitution, auto-configuration and Envoy.
+//! `UPDATE_GOLDEN=1 cargo test -p llmgw --test golden` rewrites the expected files.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use llmgw::bootstrap::{self, Options};
+use llmgw::model::{Format, Gateway, MapEnv};
+use llmgw::{autoconfig, demo, formats, validate};
+
+fn cases() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    // A case has an input; other folders (e.g. `envoy-gateway`, render_eg_golden's) are not cases.
+    let is_case = |p: &PathBuf| ["config.yaml", "endpoints.yaml", "demo", "env"].iter().any(|f| p.join(f).is_file());
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir(&root).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_dir() && is_case(p)).collect();
+    dirs.sort();
+    assert!(dirs.len() >= 9, "golden cases missing under {}", root.display());
+    dirs
+}
+
+fn env_of(dir: &Path) -> MapEnv {
+    let text = std::fs::read_to_string(dir.join("env")).unwrap_or_default();
+    MapEnv(
+        text.lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect(),
+    )
+}
+
+fn gateway(dir: &Path, env: &MapEnv) -> Gateway {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    if let Some(text) = read("config.yaml") {
+        return formats::load_text("config.yaml", &text, env, None).unwrap_or_else(|e| panic!("{e}"));
+    }
+    if let Some(text) = read("endpoints.yaml") {
+        return formats::load_text("endpoints.yaml", &text, env, Some(Format::AIBrix))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    if dir.join("demo").exists() {
+        return demo::gateway(18000);
+    }
+    autoconfig::from_env(env).unwrap_or_else(|e| panic!("{e}")).expect("the case's env sets a provider key")
+}
+
+fn options(g: &Gateway, wasm: &str) -> Options {
+    Options {
+        address: "127.0.0.1".into(),
+        port: g.port.unwrap_or(1975),
+        admin_address: "127.0.0.1".into(),
+        admin_port: 9901,
+        wasm: wasm.into(),
+        ca_bundle: "/etc/ssl/certs/ca-certificates.crt".into(),
+    }
+}
+
+fn compare(dir: &Path, file: &str, actual: &str, failures: &mut Vec<String>) {
+    let path = dir.join(file);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        if actual.is_empty() {
+            let _ = std::fs::remove_file(&path);
+        } else {
+            std::fs::write(&path, actual).unwrap();
+        }
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    if expected != actual {
+        failures.push(format!(
+            "{}: differs from the golden file (UPDATE_GOLDEN=1 to accept)\n--- expected\n{expected}\n--- actual\n{actual}",
+            path.display()
+        ));
+    }
+}
+
+#[test]
+fn conversions_match_golden_files() {
+    let mut failures = Vec::new();
+    for dir in cases() {
+        let env = env_of(&dir);
+        let g = gateway(&dir, &env);
+        compare(&dir, "plugin.yaml", &validate::plugin_text(&g), &mut failures);
+        let envoy = bootstrap::to_yaml(&g, &bootstrap::render(&g, &options(&g, "/opt/llmgw/llmgw_filter.wasm")));
+        compare(&dir, "envoy.yaml", &envoy, &mut failures);
+        let warnings: String = g.warnings.iter().map(|w| format!("{w}\n")).collect();
+        compare(&dir, "warnings.txt", &warnings, &mut failures);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Schemas the filter build does not know yet are reported and skipped, so these cases turn on
+/// by themselves when the filter learns them.
+fn unsupported_schema(g: &Gateway) -> Option<String> {
+    g.plugin_backends()
+        .filter_map(|b| b.get("schema").and_then(|s| s.as_str()))
+        .find(|s| !validate::filter_knows_schema(s))
+        .map(str::to_string)
+}
+
+#[test]
+fn plugin_configs_pass_the_filters_parser() {
+    for dir in cases() {
+        let env = env_of(&dir);
+        let g = gateway(&dir, &env);
+        if let Some(schema) = unsupported_schema(&g) {
+            common::skip(&format!("{}: the filter does not know schema {schema} yet", dir.display()));
+            continue;
+        }
+        validate::validate(&g, &env).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    }
+}
+
+#[test]
+fn every_rendered_bootstrap_passes_envoy_validate() {
+    let Some((envoy, wasm)) = common::runtime("envoy --mode validate") else { return };
+    let tmp = common::temp_dir("golden-validate");
+    // Started together: each validation mostly waits for V8 to compile the filter.
+    let mut running = Vec::new();
+    for dir in cases() {
+        let env = env_of(&dir);
+        let g = gateway(&dir, &env);
+        if let Some(schema) = unsupported_schema(&g) {
+            common::skip(&format!("{}: the filter does not know schema {schema} yet", dir.display()));
+            continue;
+        }
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let file = tmp.join(format!("{name}.yaml"));
+        let text = bootstrap::to_yaml(&g, &bootstrap::render(&g, &options(&g, &wasm.display().to_string())));
+        std::fs::write(&file, text).unwrap();
+        let mut cmd = Command::new(&envoy);
+        cmd.args(["--mode", "validate", "--log-level", "error", "-c"]).arg(&file);
+        for v in common::PROVIDER_VARS {
+            cmd.env_remove(v);
+        }
+        cmd.envs(env.0.iter()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        running.push((name, cmd.spawn().unwrap()));
+    }
+    for (name, child) in running {
+        let out = child.wait_with_output().unwrap();
+        let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() && log.contains("unknown schema") {
+            common::skip(&format!(
+                "{name}: the built filter ({}) does not know this schema yet: rebuild it",
+                wasm.display()
+            ));
+            continue;
+        }
+        assert!(out.status.success(), "{name}: envoy --mode validate failed:\n{log}");
+    }
+    let _ = std::fs::remove_dir_all(tmp);
+}
