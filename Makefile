@@ -29,23 +29,27 @@ export LLMGW_WASM     := $(abspath $(WASM))
 export LLMGW_MOCK_BIN := $(abspath $(MOCK))
 export ENVOY_BIN
 
-.PHONY: help tools rust-tools py-tools build wasm host-bins cli test lint fmt-check clippy unit \
-        unit-native unit-wasm harness e2e validate run clean-venv
+.PHONY: help tools rust-tools py-tools deb-tools build wasm host-bins cli test lint fmt-check clippy unit \
+        unit-native unit-wasm harness cli-test e2e validate run run-mocks oci oci-push clean-venv
 
 help:
-	@echo "make run       build; start mock providers (openai :19751, ollama :19752) and Envoy (:1975, admin :1064)"
-	@echo "make test      lint + unit + harness + e2e (what .ci/run does)"
+	@echo "make run       llmgw run: gateway on :1975, admin :1064, configured from the environment (demo mode without keys)"
+	@echo "make run-mocks envoy-configs/local/envoy.yaml with two mock providers"
+	@echo "make test      lint + unit + harness + cli-test + e2e + bench-smoke (what .ci/run does)"
 	@echo "make build     release filter wasm, mock-provider, wasi-runner, llmgw CLI"
 	@echo "make lint      cargo fmt --check and clippy (host and wasm32)"
 	@echo "make unit      filter unit tests, native and on wasmtime (wasm32-wasip1)"
 	@echo "make harness   cargo test -p llmgw-host-tests (filter on the wasmtime proxy-wasm host)"
+	@echo "make cli-test  cargo test -p llmgw (config formats, golden bootstraps, llmgw run e2e)"
+	@echo "make oci       the filter as an OCI image layout in $(OCI_DIR); make oci-push IMAGE=reg/name:tag"
+	@echo "make bench     llmgw vs plain Envoy vs LiteLLM (not in CI); make bench-smoke is"
 	@echo "make e2e       pytest host-tests/e2e (real Envoy, openai SDK); PYTEST_ARGS=... to pass options"
 	@echo "make validate  envoy --mode validate on every bootstrap under envoy-configs/"
 	@echo "make tools     rust target/components and the Python venv ($(VENV))"
 
 # --- tools -------------------------------------------------------------------------------------
 
-tools: rust-tools py-tools
+tools: rust-tools py-tools deb-tools
 
 rust-tools:
 	@if command -v rustup >/dev/null 2>&1; then \
@@ -84,7 +88,7 @@ cli:
 
 # --- tests -------------------------------------------------------------------------------------
 
-test: lint unit harness e2e
+test: lint unit harness cli-test e2e bench-smoke
 	@echo "make test: all passed"
 
 lint: fmt-check clippy
@@ -109,7 +113,12 @@ unit-wasm: rust-tools
 harness: wasm
 	$(CARGO) test -p llmgw-host-tests
 
-e2e: wasm host-bins py-tools
+# The CLI's unit, golden (each config format -> plugin config + bootstrap, envoy --mode validate)
+# and e2e tests (`llmgw run` as a subprocess against mock providers).
+cli-test: wasm host-bins py-tools
+	$(CARGO) test -p llmgw
+
+e2e: wasm host-bins py-tools deb-tools
 	cd host-tests/e2e && "$(abspath $(VENV))/bin/python" -m pytest $(PYTEST_ARGS)
 
 validate: wasm py-tools
@@ -117,9 +126,15 @@ validate: wasm py-tools
 
 # --- run ---------------------------------------------------------------------------------------
 
-# Mock providers stand in for the two backends of envoy-configs/local/envoy.yaml; point its
-# clusters at real servers to use real providers.
-run: build py-tools
+# `make run`: the gateway configured from the environment, like `aigw run` (OPENAI_API_KEY,
+# AZURE_OPENAI_*, ANTHROPIC_API_KEY; a labelled demo mode without any key).
+# ARGS="config.yaml --port 8080" passes a config file or flags to `llmgw run`.
+run: wasm cli py-tools
+	@exec "$(TARGET)/debug/llmgw" run $(ARGS)
+
+# The hand-written bootstrap envoy-configs/local/envoy.yaml with two mock providers standing in
+# for its backends (point its clusters at real servers to use real providers).
+run-mocks: build py-tools
 	@echo "llmgw: http://127.0.0.1:1975/v1 (admin http://127.0.0.1:1064); Ctrl-C stops"
 	@cfg=envoy-configs/local/envoy.yaml; \
 	 if [ "$(abspath $(WASM))" != "$(abspath target/wasm32-wasip1/release/llmgw_filter.wasm)" ]; then \
@@ -132,6 +147,29 @@ run: build py-tools
 	 trap 'kill $$m1 $$m2 2>/dev/null || true' EXIT INT TERM; \
 	 "$(ENVOY_BIN)" -c $$cfg --disable-hot-restart --log-level warn $(ENVOY_ARGS) || status=$$?; \
 	 exit $${status:-0}
+
+# --- ship --------------------------------------------------------------------------------------
+
+OCI_DIR  := $(TARGET)/oci/llmgw-filter
+VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+IMAGE    ?=
+
+# The filter as an OCI image layout (reproducible: same .wasm and annotations, same digest).
+oci: wasm
+	$(PYTHON) scripts/oci_image.py --wasm $(WASM) --out $(OCI_DIR) --tag $(VERSION) \
+	  --version $(VERSION) --revision $(REVISION)
+
+# make oci-push IMAGE=registry.example.com/llmgw/filter:0.1.0 (skopeo; --dest-tls-verify=false for a plain-HTTP registry via SKOPEO_ARGS)
+oci-push: oci deb-tools
+	@[ -n "$(IMAGE)" ] || { echo "usage: make oci-push IMAGE=registry/name:tag" >&2; exit 2; }
+	skopeo copy --preserve-digests $(SKOPEO_ARGS) oci:$(OCI_DIR):$(VERSION) docker://$(IMAGE)
+
+# skopeo and a registry for the OCI tests, from Debian.
+deb-tools:
+	@command -v skopeo >/dev/null 2>&1 && command -v docker-registry >/dev/null 2>&1 || { \
+	  echo "installing skopeo and docker-registry (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo docker-registry >/dev/null; }
 
 clean-venv:
 	rm -rf "$(VENV)"
