@@ -298,6 +298,8 @@ fn route(
 ) -> Result<Routed, ApiError> {
     let config = &shared.config;
     let info = request::read(body)?;
+    // Set before routing, so even a request no rule matches is logged with its model.
+    host.set_request_header(MODEL_HEADER, &info.model);
     if info.stream && !endpoint.can_stream() {
         return Err(ApiError::bad_request(
             "invalid_request",
@@ -329,8 +331,9 @@ fn route(
     let now_unix = now / 1_000_000_000;
     let edits = translator.request_body(&RequestContext { info: &info, body, backend, query, now_unix })?;
 
-    host.set_request_header(MODEL_HEADER, &info.model);
     host.set_request_header(BACKEND_HEADER, &backend.name);
+    // Usage is read from every response and translators rewrite them: they must arrive uncompressed.
+    host.set_request_header("accept-encoding", "identity");
     if let Some(path) = &edits.path {
         host.set_request_header(":path", path);
     }
@@ -459,6 +462,7 @@ max_request_body_bytes: 1000
         assert_eq!(host.header(":path").as_deref(), Some("/v1/chat/completions?trace=1"));
         assert_eq!(host.header("authorization").as_deref(), Some("Bearer sk-upstream"));
         assert_eq!(host.header("openai-organization").as_deref(), Some("org-1"));
+        assert_eq!(host.header("accept-encoding").as_deref(), Some("identity"));
         assert_eq!(host.header("x-debug"), None);
         assert_eq!(host.route_cache_clears, 1);
         assert_eq!(host.request_body, br#"{"model":"gpt-4o","messages":[]}"#);
@@ -491,6 +495,7 @@ max_request_body_bytes: 1000
         assert_eq!(v["error"]["code"], "model_not_found");
         assert!(v["error"]["message"].as_str().unwrap().contains("llama-3"));
         assert_eq!(host.header("x-llmgw-backend"), None);
+        assert_eq!(host.header("x-ai-eg-model").as_deref(), Some("llama-3"), "logged with its model");
     }
 
     #[test]
