@@ -216,6 +216,10 @@ impl Schema {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -304,17 +308,16 @@ pub fn parse(text: &[u8], env: &dyn Env, created: u64) -> Result<Compiled, Confi
 
 fn deserialize(text: &[u8]) -> Result<raw::Config, ConfigError> {
     let trimmed = text.iter().position(|b| !b.is_ascii_whitespace()).and_then(|i| text.get(i..));
-    match trimmed {
-        None => Err(ConfigError::new("", "configuration is empty; at least `backends` is required")),
+    // Either syntax becomes one JSON value first, so the configuration types are deserialized (and
+    // compiled into the .wasm) once, with the path of any bad field tracked.
+    let value: serde_json::Value = match trimmed {
+        None => return Err(ConfigError::new("", "configuration is empty; at least `backends` is required")),
         Some(body) if body.first() == Some(&b'{') => {
-            let mut de = serde_json::Deserializer::from_slice(body);
-            serde_path_to_error::deserialize(&mut de).map_err(|e| path_error(e.path(), e.inner()))
+            serde_json::from_slice(body).map_err(|e| ConfigError::new("", format!("invalid JSON: {e}")))?
         }
-        Some(body) => {
-            let de = serde_yaml::Deserializer::from_slice(body);
-            serde_path_to_error::deserialize(de).map_err(|e| path_error(e.path(), e.inner()))
-        }
-    }
+        Some(body) => serde_yaml::from_slice(body).map_err(|e| ConfigError::new("", format!("invalid YAML: {e}")))?,
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| path_error(e.path(), e.inner()))
 }
 
 fn path_error(path: &serde_path_to_error::Path, inner: &dyn fmt::Display) -> ConfigError {
