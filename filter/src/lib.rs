@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod eventstream;
 pub mod exchange;
 pub mod host;
 pub mod metrics;

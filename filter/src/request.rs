@@ -55,7 +55,10 @@ pub fn read(body: &[u8]) -> Result<RequestInfo, ApiError> {
     }
     // serde_json skips unread strings without checking their UTF-8; JSON must be UTF-8 throughout.
     let text = std::str::from_utf8(body).map_err(|e| {
-        ApiError::bad_request("invalid_request", format!("request body is not valid UTF-8 (at byte {})", e.valid_up_to()))
+        ApiError::bad_request(
+            "invalid_request",
+            format!("request body is not valid UTF-8 (at byte {})", e.valid_up_to()),
+        )
     })?;
     let fields: Fields = serde_json::from_str(text)
         .map_err(|e| ApiError::bad_request("invalid_request", format!("request body is not valid JSON: {e}")))?;

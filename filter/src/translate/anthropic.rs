@@ -9,6 +9,7 @@ use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Tr
 use crate::config::{Backend, Schema};
 use crate::error::{ApiError, ErrorKind};
 use crate::sse::{parse_event, Splitter};
+use crate::translate::aws_anthropic_frames::AnthropicFrames;
 use crate::translate::openai::percent_encode;
 use crate::usage::TokenUsage;
 use crate::wire::anthropic as a;
@@ -70,17 +71,26 @@ pub(super) fn platform_headers(backend: &Backend, client_version: Option<&str>) 
     headers
 }
 
-/// How Anthropic stream events arrive: SSE, or (AWS) eventstream frames.
+/// How Anthropic stream events arrive: SSE, or (AWS `invoke-with-response-stream`) eventstream frames.
 pub(super) enum Framing {
     Sse(Splitter),
+    /// `failed`: an error was already delivered; the adapter repeats it on every later call.
+    Aws {
+        frames: AnthropicFrames,
+        failed: bool,
+    },
 }
 
 impl Framing {
-    pub(super) fn for_schema(_schema: Schema) -> Framing {
-        Framing::Sse(Splitter::default())
+    pub(super) fn for_schema(schema: Schema) -> Framing {
+        match schema {
+            Schema::AWSAnthropic => Framing::Aws { frames: AnthropicFrames::new(), failed: false },
+            _ => Framing::Sse(Splitter::default()),
+        }
     }
 
-    /// Feeds upstream bytes; calls `on_event` with each event's JSON.
+    /// Feeds upstream bytes; calls `on_event` with each event's JSON. A stream error (an AWS
+    /// exception frame, a broken frame) is delivered as an Anthropic `error` event.
     pub(super) fn push(&mut self, chunk: &[u8], mut on_event: impl FnMut(&[u8])) -> Result<(), String> {
         match self {
             Framing::Sse(splitter) => {
@@ -96,10 +106,17 @@ impl Framing {
                     Err("an SSE event exceeded the size limit".into())
                 }
             }
+            Framing::Aws { frames, failed } => frames.push(chunk, &mut on_event).map_err(|e| {
+                if !std::mem::replace(failed, true) {
+                    on_event(&e.anthropic_event());
+                }
+                e.into()
+            }),
         }
     }
 
-    /// End of the upstream stream: a last event without its blank line still counts.
+    /// End of the upstream stream: a last SSE event without its blank line still counts; an
+    /// unfinished AWS frame is an error event.
     pub(super) fn finish(&mut self, mut on_event: impl FnMut(&[u8])) {
         match self {
             Framing::Sse(splitter) => {
@@ -107,6 +124,13 @@ impl Framing {
                 let event = parse_event(&tail);
                 if event.has_data {
                     on_event(event.data.as_bytes());
+                }
+            }
+            Framing::Aws { frames, failed } => {
+                if let Err(e) = frames.finish() {
+                    if !std::mem::replace(failed, true) {
+                        on_event(&e.anthropic_event());
+                    }
                 }
             }
         }
@@ -428,8 +452,11 @@ impl ChunkWriter {
         self.usage.to_tokens()
     }
 
-    /// Translates one event's JSON, appending SSE bytes to `out`.
+    /// Translates one event's JSON, appending SSE bytes to `out`. Nothing follows `[DONE]`.
     pub(super) fn on_event(&mut self, json: &[u8], out: &mut Vec<u8>) {
+        if self.done {
+            return;
+        }
         let event: a::StreamEvent = match serde_json::from_slice(json) {
             Ok(e) => e,
             Err(e) => {

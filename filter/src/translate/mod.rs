@@ -5,6 +5,9 @@
 mod anthropic;
 mod anthropic_native;
 mod anthropic_to_openai;
+pub mod aws_anthropic_frames;
+mod bedrock;
+mod gemini;
 mod openai;
 
 use crate::api::Endpoint;
@@ -90,10 +93,12 @@ pub fn for_backend(endpoint: Endpoint, schema: Schema, include_usage: bool) -> R
             Box::new(anthropic_native::AnthropicNative::new(schema))
         }
         (E::Messages, S::OpenAI | S::AzureOpenAI) => Box::new(anthropic_to_openai::AnthropicToOpenAI::new()),
-        (E::ChatCompletions, S::AWSBedrock | S::GCPVertexAI)
-        | (E::Messages, S::AWSBedrock | S::GCPVertexAI)
+        (E::ChatCompletions, S::GCPVertexAI) => Box::new(gemini::OpenAIToGemini::new()),
+        (E::Embeddings, S::GCPVertexAI) => Box::new(gemini::OpenAIToVertexEmbeddings::new()),
+        (E::ChatCompletions, S::AWSBedrock) => Box::new(bedrock::OpenAIToBedrock::new()),
+        (E::Messages, S::AWSBedrock | S::GCPVertexAI)
         | (E::Completions | E::Embeddings, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic | S::AWSBedrock)
-        | (E::Completions | E::Embeddings, S::GCPVertexAI)
+        | (E::Completions, S::GCPVertexAI)
         | (E::Models, _) => return Err(unsupported(endpoint, schema)),
     })
 }

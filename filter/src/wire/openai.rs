@@ -405,6 +405,76 @@ pub fn sse_data(out: &mut Vec<u8>, value: &impl Serialize) {
 
 pub const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
 
+// ---- embeddings ----
+
+/// An embeddings request (`POST /v1/embeddings`). `input` stays raw JSON: each translator says
+/// which of its forms (string, strings, token arrays) it accepts. Read with
+/// `parse_embeddings_request` (through a JSON map, which costs the .wasm less than a derive).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmbeddingsRequest {
+    pub model: String,
+    pub input: Value,
+    pub dimensions: Option<u32>,
+    /// `float` (default) or `base64` (little-endian f32, as the OpenAI SDKs decode it).
+    pub encoding_format: Option<String>,
+    pub user: Option<String>,
+    /// Fields not named above.
+    pub extra: Map<String, Value>,
+}
+
+/// Parses an embeddings request body, mapping errors to a 400 that names the field.
+pub fn parse_embeddings_request(body: &[u8]) -> Result<EmbeddingsRequest, crate::error::ApiError> {
+    let bad = |m: String| crate::error::ApiError::bad_request("invalid_request", m);
+    let mut extra: Map<String, Value> =
+        serde_json::from_slice(body).map_err(|e| bad(format!("invalid embeddings request: {e}")))?;
+    let mut text = |name: &str| match extra.remove(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(bad(format!("`{name}` must be a string"))),
+    };
+    let model = text("model")?.unwrap_or_default();
+    let encoding_format = text("encoding_format")?;
+    let user = text("user")?;
+    let dimensions = match extra.remove("dimensions") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|d| u32::try_from(d).ok())
+                .ok_or_else(|| bad("`dimensions` must be a positive integer".into()))?,
+        ),
+    };
+    let input = extra.remove("input").ok_or_else(|| bad("`input` is required".into()))?;
+    Ok(EmbeddingsRequest { model, input, dimensions, encoding_format, user, extra })
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EmbeddingsResponse {
+    pub object: &'static str,
+    pub data: Vec<Embedding>,
+    pub model: String,
+    pub usage: EmbeddingsUsage,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Embedding {
+    pub object: &'static str,
+    pub index: u32,
+    pub embedding: EmbeddingVector,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f64>),
+    Base64(String),
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct EmbeddingsUsage {
+    pub prompt_tokens: u64,
+    pub total_tokens: u64,
+}
+
 /// Parses a chat request body, mapping errors to a 400 that names the problem.
 pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, crate::error::ApiError> {
     serde_json::from_slice(body).map_err(|e| {
