@@ -308,20 +308,26 @@ pub fn parse(text: &[u8], env: &dyn Env, created: u64) -> Result<Compiled, Confi
 
 fn deserialize(text: &[u8]) -> Result<raw::Config, ConfigError> {
     let trimmed = text.iter().position(|b| !b.is_ascii_whitespace()).and_then(|i| text.get(i..));
-    // Either syntax becomes one JSON value first, so the configuration types are deserialized (and
-    // compiled into the .wasm) once, with the path of any bad field tracked.
-    let value: serde_json::Value = match trimmed {
+    // The configuration types are deserialized by serde_yaml alone (compiled into the .wasm once),
+    // whose errors name the path of the bad field. JSON is checked by serde_json first and handed
+    // over as compact JSON, which is YAML.
+    let yaml: std::borrow::Cow<[u8]> = match trimmed {
         None => return Err(ConfigError::new("", "configuration is empty; at least `backends` is required")),
         Some(body) if body.first() == Some(&b'{') => {
-            serde_json::from_slice(body).map_err(|e| ConfigError::new("", format!("invalid JSON: {e}")))?
+            let value: serde_json::Value =
+                serde_json::from_slice(body).map_err(|e| ConfigError::new("", format!("invalid JSON: {e}")))?;
+            serde_json::to_vec(&value).map_err(|e| ConfigError::new("", format!("invalid JSON: {e}")))?.into()
         }
-        Some(body) => serde_yaml::from_slice(body).map_err(|e| ConfigError::new("", format!("invalid YAML: {e}")))?,
+        Some(body) => body.into(),
     };
-    serde_path_to_error::deserialize(value).map_err(|e| path_error(e.path(), e.inner()))
-}
-
-fn path_error(path: &serde_path_to_error::Path, inner: &dyn fmt::Display) -> ConfigError {
-    ConfigError::new(path.to_string(), inner.to_string())
+    serde_yaml::from_slice(&yaml).map_err(|e| {
+        // serde_yaml says "rules[0].backends[1].weight: invalid type ..."; the path becomes the field.
+        let message = e.to_string();
+        match message.split_once(": ") {
+            Some((path, reason)) if !path.contains(char::is_whitespace) => ConfigError::new(path, reason),
+            _ => ConfigError::new("", message),
+        }
+    })
 }
 
 fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, ConfigError> {
@@ -750,8 +756,12 @@ mod tests {
         assert!(e.reason.contains("\"Nope\""));
 
         let e = err("backends: [{name: a, schema: OpenAI, wieght: 2}]");
-        assert!(e.to_string().contains("backends[0]"), "{e}");
-        assert!(e.reason.contains("wieght"), "{e}");
+        assert_eq!(e.field, "backends[0]", "{e}");
+        assert!(e.reason.contains("unknown field `wieght`"), "{e}");
+        let e = err("backends:\n  - name: a\n    schema: OpenAI\nrules:\n  - backends: [{name: a, weight: -1}]");
+        assert_eq!(e.field, "rules[0].backends[0].weight", "{e}");
+        let e = err(r#"{"backends": [{"name": "a", "schema": "OpenAI", "prefix": ["x"]}]}"#);
+        assert_eq!(e.field, "backends[0].prefix", "{e}");
 
         let e = err("backends: [{name: a, schema: OpenAI}]\nrules: [{match: {model: {exact: x, prefix: y}}, backends: [{name: a}]}]");
         assert_eq!(e.field, "rules[0].match.model");

@@ -46,11 +46,6 @@ fn model_path(backend: &Backend, model: &str, method: &str) -> String {
     )
 }
 
-/// The upstream must not compress: the translator reads the body.
-fn identity_encoding() -> Vec<(String, String)> {
-    vec![("accept-encoding".into(), "identity".into())]
-}
-
 fn fnv1a(data: &[u8], seed: u64) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325 ^ seed, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
@@ -621,7 +616,9 @@ impl ChunkWriter {
                 Ids::new(&self.id)
             }
         };
-        if let Some(u) = &resp.usage_metadata {
+        // Vertex puts `usageMetadata` on every event; only the last one carries the counts.
+        if let Some(u) = resp.usage_metadata.as_ref().filter(|u| u.prompt_token_count.or(u.total_token_count).is_some())
+        {
             self.usage = Some(usage_of(u));
         }
         let blocked =
@@ -791,7 +788,7 @@ impl Translator for OpenAIToGemini {
         self.writer.created = *now_unix;
         self.writer.include_usage = info.client_wants_usage;
         self.model = model;
-        Ok(RequestEdits { path: Some(path), body: Some(new_body), set_headers: identity_encoding() })
+        Ok(RequestEdits { path: Some(path), body: Some(new_body), set_headers: Vec::new() })
     }
 
     fn response_headers(&mut self, _status: u16, content_type: &str) -> ResponsePlan {
@@ -955,7 +952,7 @@ impl Translator for OpenAIToVertexEmbeddings {
         let path = model_path(backend, &model, "predict");
         self.model = model;
         self.base64 = base64;
-        Ok(RequestEdits { path: Some(path), body: Some(new_body), set_headers: identity_encoding() })
+        Ok(RequestEdits { path: Some(path), body: Some(new_body), set_headers: Vec::new() })
     }
 
     fn response_headers(&mut self, _status: u16, _content_type: &str) -> ResponsePlan {
@@ -1216,6 +1213,21 @@ mod tests {
         let got = events(&t.response_body(sse.as_bytes(), true).replace.unwrap());
         assert_eq!(got[1]["choices"][0]["finish_reason"], "content_filter");
         assert_eq!(got.len(), 3);
+    }
+
+    #[test]
+    fn a_cut_stream_reports_no_made_up_usage() {
+        let mut t = streaming(
+            r#"{"model":"gemini-2.5-flash","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#,
+        );
+        t.response_headers(200, "text/event-stream");
+        let sse = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}]}}],\
+                   \"usageMetadata\":{\"trafficType\":\"ON_DEMAND\"}}\r\n\r\n";
+        let edits = t.response_body(sse.as_bytes(), true);
+        assert_eq!(edits.usage, None);
+        let got = events(&edits.replace.unwrap());
+        assert_eq!(got.len(), 3, "role, text, [DONE]: no finish chunk was sent upstream, and no usage is known");
+        assert_eq!(got[2], "[DONE]");
     }
 
     #[test]
