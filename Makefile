@@ -77,8 +77,28 @@ $(STAMP): $(REQS)
 
 build: wasm host-bins cli
 
+# binaryen's wasm-opt (npm package `binaryen`, run by node) shrinks the filter by about a fifth;
+# without node/npm the unoptimized .wasm is kept, with a warning.
+BINARYEN     := $(TARGET)/tools/binaryen
+WASM_OPT     := $(BINARYEN)/node_modules/binaryen/bin/wasm-opt
+WASM_OPT_ARGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
+
 wasm: rust-tools
 	$(CARGO) build --release -p llmgw-filter --target wasm32-wasip1
+	@if [ ! -f "$(WASM).opt-stamp" ] || [ "$(WASM)" -nt "$(WASM).opt-stamp" ]; then \
+	  if [ ! -x "$(WASM_OPT)" ] && command -v npm >/dev/null 2>&1; then \
+	    echo "installing binaryen (wasm-opt) from npm into $(BINARYEN)"; \
+	    mkdir -p "$(BINARYEN)" && npm install --silent --no-audit --no-fund --prefix "$(BINARYEN)" binaryen@132.0.0 >/dev/null; \
+	  fi; \
+	  if [ -x "$(WASM_OPT)" ] && command -v node >/dev/null 2>&1; then \
+	    before=$$(stat -c %s "$(WASM)"); \
+	    node "$(WASM_OPT)" $(WASM_OPT_ARGS) "$(WASM)" -o "$(WASM).tmp" && mv "$(WASM).tmp" "$(WASM)"; \
+	    echo "wasm-opt: $$before -> $$(stat -c %s "$(WASM)") bytes"; \
+	  else \
+	    echo "warning: node/npm not found; $(WASM) left unoptimized ($$(stat -c %s "$(WASM)") bytes)" >&2; \
+	  fi; \
+	  touch "$(WASM).opt-stamp"; \
+	fi
 
 host-bins:
 	$(CARGO) build -p llmgw-host-tests --bins
@@ -186,13 +206,17 @@ bench-tools:
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }
 
 # The mock is built optimized but without the workspace's LTO (sized for the .wasm, slow for wasmtime).
+# The baseline filter (a no-op proxy-wasm filter and llmgw's skeleton) gives the cost of wasm itself.
 bench: wasm py-tools bench-tools
 	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
 	  $(CARGO) build --release -p llmgw-host-tests --bin bench-mock
+	CARGO_TARGET_DIR=target/bench/baseline-target $(CARGO) build --release --target wasm32-wasip1 \
+	  --manifest-path host-tests/bench/baseline-filter/Cargo.toml
 	@[ -x $(BENCH_LITELLM)/bin/litellm ] || { $(PYTHON) -m venv $(BENCH_LITELLM) && \
 	  $(BENCH_LITELLM)/bin/pip install -q --disable-pip-version-check -r host-tests/bench/litellm-requirements.txt; } || \
 	  echo "bench: LiteLLM did not install; its configuration will be skipped" >&2
-	"$(abspath $(VENV))/bin/python" host-tests/bench/bench.py --mock-bin $(TARGET)/release/bench-mock $(BENCH_ARGS)
+	"$(abspath $(VENV))/bin/python" host-tests/bench/bench.py --mock-bin $(TARGET)/release/bench-mock \
+	  --baseline-wasm target/bench/baseline-target/wasm32-wasip1/release/llmgw_bench_baseline_filter.wasm $(BENCH_ARGS)
 
 bench-smoke: wasm host-bins py-tools bench-tools
 	"$(abspath $(VENV))/bin/python" host-tests/bench/bench.py --smoke --mock-bin $(TARGET)/debug/bench-mock $(BENCH_ARGS)

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::de::str_or_seq_enum;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct MessagesRequest {
     /// Absent in the AWS and GCP bodies, where the model is in the path.
@@ -41,12 +43,14 @@ pub struct MessagesRequest {
     pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum System {
     Text(String),
     Blocks(Vec<TextBlock>),
 }
+
+str_or_seq_enum!(System, Text, Blocks, TextBlock, "a string or an array of text blocks");
 
 impl System {
     pub fn text(&self) -> String {
@@ -79,12 +83,14 @@ pub enum Role {
     Assistant,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum MessageContent {
     Text(String),
     Blocks(Vec<ContentBlock>),
 }
+
+str_or_seq_enum!(MessageContent, Text, Blocks, ContentBlock, "a string or an array of content blocks");
 
 impl MessageContent {
     pub fn into_blocks(self) -> Vec<ContentBlock> {
@@ -144,12 +150,14 @@ pub enum ImageSource {
     Unknown,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum ToolResultContent {
     Text(String),
     Blocks(Vec<ContentBlock>),
 }
+
+str_or_seq_enum!(ToolResultContent, Text, Blocks, ContentBlock, "a string or an array of content blocks");
 
 impl ToolResultContent {
     pub fn text(&self) -> String {

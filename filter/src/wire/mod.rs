@@ -2,5 +2,6 @@
 
 pub mod anthropic;
 pub mod bedrock;
+pub(crate) mod de;
 pub mod gemini;
 pub mod openai;

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::de::str_or_seq_enum;
+
 /// A chat completion request. Translators destructure it exhaustively, so a field added here forces
 /// a decision in each of them. Fields no translator knows land in `extra`.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -68,12 +70,14 @@ impl ChatRequest {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
     Many(Vec<String>),
 }
+
+str_or_seq_enum!(Stop, One, Many, String, "a string or an array of strings");
 
 impl Stop {
     pub fn into_vec(self) -> Vec<String> {
@@ -128,12 +132,14 @@ pub enum Message {
 }
 
 /// Message content: a string, or parts.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
 }
+
+str_or_seq_enum!(Content, Text, Parts, ContentPart, "a string or an array of content parts");
 
 impl Content {
     /// The text of all text parts, joined (for APIs whose field takes only text).
@@ -235,12 +241,23 @@ pub struct FunctionDef {
     pub strict: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum ToolChoice {
     /// `none`, `auto` or `required`.
     Mode(String),
     Named(NamedToolChoice),
+}
+
+impl<'de> Deserialize<'de> for ToolChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        super::de::str_or_map(
+            d,
+            ToolChoice::Mode,
+            ToolChoice::Named,
+            "\"none\", \"auto\", \"required\" or a named tool",
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
