@@ -1,0 +1,901 @@
+#!/usr/bin/env python3
+"""`make bench` / `make bench-smoke`: llmgw side by side with plain Envoy and LiteLLM, in one run.
+
+Configurations, all against one `bench-mock serve` (host-tests/src/bin/bench_mock.rs):
+  direct           the client talks to the mock
+  envoy            plain Envoy: the local bootstrap (envoy-configs/local/envoy.yaml) without the wasm
+                   filter, route straight to the cluster
+  llmgw            the same bootstrap with llmgw (OpenAI backend, routing by model, usage, metrics)
+  llmgw-anthropic  llmgw translating OpenAI chat to Anthropic Messages (the mock answers /v1/messages)
+  litellm          LiteLLM proxy (pinned, one worker) from target/bench/litellm-venv, when installed
+and, with --baseline-wasm (host-tests/bench/baseline-filter, built by `make bench`), two reference
+points for the cost of any Rust proxy-wasm filter in Envoy's V8:
+  wasm-noop        Envoy + a wasm filter whose callbacks all return Continue
+  wasm-buffer      Envoy + llmgw's skeleton without its logic: buffer and read the body once, set two
+                   headers, clear the route cache, route on x-llmgw-backend
+
+Envoy runs with --concurrency 1. With 2+ cores, the proxy is pinned to core 1 and the load
+generator (wrk), the stream client and the mock to core 0. Every round starts fresh proxies, and
+measures in it every configuration (order rotated per round); ratios and "added" figures are
+computed within a round, then the median over rounds is reported with its spread (min-max).
+
+Outputs: a table on stdout, <out>/results.json, <out>/results.md, <out>/results.svg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO / "host-tests" / "e2e"))
+import llmgw_e2e as e2e  # noqa: E402  (render(), http(), binaries)
+
+SIZES = {"1k": 1024, "100k": 100 * 1024}
+OPENAI_MODEL, OPENAI_SLOW = "gpt-4o-mini", "gpt-4o-slow"
+ANTHROPIC_MODEL, ANTHROPIC_SLOW = "claude-3-5-haiku-latest", "claude-slow"
+
+PLUGIN = {
+    "backends": [
+        {"name": "openai", "schema": "OpenAI", "prefix": "/v1", "auth": {"bearer": "sk-bench-upstream"}},
+        {"name": "anthropic", "schema": "Anthropic", "auth": {"x_api_key": "sk-ant-bench-upstream"}},
+    ],
+    "rules": [
+        {"name": "openai-models", "match": {"model": {"glob": "gpt-*"}}, "backends": [{"name": "openai"}]},
+        {"name": "anthropic-models", "match": {"model": {"prefix": "claude-"}}, "backends": [{"name": "anthropic"}]},
+    ],
+}
+
+PROFILES = {
+    # seconds per wrk run, rounds, saturation connections, streams per round, open streams held
+    "full": dict(rounds=5, lat_s=3, thr_s=3, warm_s=1, conns=64, streams=60, hold=100, chunks=8, gap_ms=2),
+    "smoke": dict(rounds=1, lat_s=1, thr_s=1, warm_s=0, conns=8, streams=4, hold=4, chunks=4, gap_ms=1),
+}
+
+LABELS = {
+    "direct": "direct to mock",
+    "envoy": "plain Envoy",
+    "wasm-noop": "Envoy + no-op wasm",
+    "wasm-buffer": "Envoy + wasm skeleton",
+    "llmgw": "Envoy + llmgw (OpenAI)",
+    "llmgw-anthropic": "Envoy + llmgw → Anthropic",
+    "litellm": "LiteLLM proxy",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# processes and /proc
+
+
+def pinner(cpus: set[int] | None):
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+def tree(pid: int) -> list[int]:
+    """pid and its descendants."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for p in pids:
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])  # utime, stime (fields 14, 15)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / TICK
+
+
+def rss_kb(pids: list[int]) -> int:
+    total = 0
+    for p in pids:
+        try:
+            m = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text(), re.M)
+            total += int(m.group(1)) if m else 0
+        except OSError:
+            pass
+    return total
+
+
+def core_times() -> dict[str, tuple[int, int]]:
+    """per cpuN: (busy, total) jiffies."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if re.match(r"cpu\d+ ", line):
+            name, *vals = line.split()
+            v = [int(x) for x in vals]
+            idle = v[3] + v[4]
+            out[name] = (sum(v[:8]) - idle, sum(v[:8]))
+    return out
+
+
+def busy(before, after, cpu: int | None) -> float | None:
+    if cpu is None:
+        return None
+    k = f"cpu{cpu}"
+    db, dt_ = after[k][0] - before[k][0], after[k][1] - before[k][1]
+    return db / dt_ if dt_ else None
+
+
+class Server:
+    """A server process (proxy or mock): its URL for chat completions, pid tree, admin URL."""
+
+    def __init__(self, name: str, proc: subprocess.Popen, url: str, admin: str | None = None, log_path=None):
+        self.name, self.proc, self.url, self.admin, self.log_path = name, proc, url, admin, log_path
+
+    def pids(self) -> list[int]:
+        return tree(self.proc.pid)
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+    def heap_bytes(self) -> int | None:
+        if not self.admin:
+            return None
+        try:
+            _, _, body = e2e.http("GET", self.admin + "/memory", timeout=5)
+            return int(json.loads(body)["allocated"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+
+def start_mock(bin_: Path, prof: dict, cpus, out: Path) -> Server:
+    err = open(out / "logs" / "mock.log", "wb")
+    proc = subprocess.Popen(
+        [str(bin_), "serve", "--port", "0", "--chunks", str(prof["chunks"]), "--gap-ms", str(prof["gap_ms"])],
+        stdout=subprocess.PIPE, stderr=err, preexec_fn=pinner(cpus),
+    )
+    line = e2e._read_line(proc, 15.0)
+    m = re.fullmatch(r"listening (\S+):(\d+)", line.strip())
+    if not m:
+        stop(proc)
+        raise RuntimeError(f"bench-mock: unexpected first line {line!r}")
+    return Server("mock", proc, f"http://127.0.0.1:{m.group(2)}")
+
+
+def envoy_config(mock_port: int, wasm: Path, plain: bool) -> dict:
+    cfg = e2e.render({"openai": mock_port, "anthropic": mock_port}, PLUGIN, wasm=wasm, stats_flush_interval=None)
+    if plain:
+        hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+        hcm["route_config"]["virtual_hosts"][0]["routes"] = [
+            {"match": {"prefix": "/"}, "route": {"cluster": "openai", "timeout": "300s"}}
+        ]
+    return cfg
+
+
+def baseline_config(mock_port: int, baseline_wasm: Path, kind: str) -> dict:
+    cfg = envoy_config(mock_port, baseline_wasm, plain=False)
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    wasm_cfg = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm"][0]["typed_config"]["config"]
+    wasm_cfg["configuration"]["value"] = "noop" if kind == "wasm-noop" else "buffer"
+    if kind == "wasm-noop":
+        hcm["route_config"]["virtual_hosts"][0]["routes"] = [
+            {"match": {"prefix": "/"}, "route": {"cluster": "openai", "timeout": "300s"}}
+        ]
+    return cfg
+
+
+def start_envoy(name: str, cfg: dict, envoy: Path, cpus, out: Path) -> Server:
+    import yaml
+
+    path = out / "logs" / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    admin_path = out / "logs" / f"{name}.admin"
+    admin_path.unlink(missing_ok=True)
+    log_path = out / "logs" / f"{name}.log"
+    proc = subprocess.Popen(
+        [str(envoy), "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn",
+         "--admin-address-path", str(admin_path)],
+        # The access log (stdout) is formatted as configured, and discarded.
+        stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"), cwd=REPO, preexec_fn=pinner(cpus),
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name}: envoy exited {proc.returncode}: {log_path.read_text()[-2000:]}")
+        if admin_path.exists() and admin_path.read_text().strip():
+            admin = "http://" + admin_path.read_text().strip()
+            try:
+                st, _, body = e2e.http("GET", admin + "/ready", timeout=2)
+                if st == 200 and body.strip() == b"LIVE":
+                    _, _, body = e2e.http("GET", admin + "/listeners?format=json", timeout=2)
+                    port = json.loads(body)["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+                    return Server(name, proc, f"http://127.0.0.1:{port}", admin, log_path)
+            except (OSError, KeyError, IndexError, ValueError):
+                pass
+        time.sleep(0.1)
+    stop(proc)
+    raise TimeoutError(f"{name}: envoy not ready in 60s: {log_path.read_text()[-2000:]}")
+
+
+def start_litellm(venv: Path, mock_port: int, cpus, out: Path) -> Server:
+    import yaml
+
+    params = lambda m: {"model": f"openai/{m}", "api_base": f"http://127.0.0.1:{mock_port}/v1", "api_key": "sk-bench-upstream"}  # noqa: E731
+    cfg = {
+        "model_list": [{"model_name": m, "litellm_params": params(m)} for m in (OPENAI_MODEL, OPENAI_SLOW)],
+        "litellm_settings": {"telemetry": False, "drop_params": True},
+    }
+    path = out / "logs" / "litellm.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    port = free_port()
+    log_path = out / "logs" / "litellm.log"
+    env = {
+        **os.environ,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no download of the cost map at start
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "NO_DOCS": "True",
+    }
+    for k in ("DATABASE_URL", "LITELLM_MASTER_KEY", "REDIS_HOST"):
+        env.pop(k, None)
+    proc = subprocess.Popen(
+        [str(venv / "bin" / "litellm"), "--config", str(path), "--host", "127.0.0.1", "--port", str(port),
+         "--num_workers", "1", "--telemetry", "False"],
+        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env, cwd=out, preexec_fn=pinner(cpus),
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"litellm exited {proc.returncode}: {log_path.read_text(errors='replace')[-2000:]}")
+        try:
+            st, _, _ = e2e.http("GET", url + "/health/liveliness", timeout=2)
+            if st == 200:
+                return Server("litellm", proc, url, None, log_path)
+        except OSError:
+            pass
+        time.sleep(0.5)
+    stop(proc)
+    raise TimeoutError(f"litellm not ready in 180s: {log_path.read_text(errors='replace')[-2000:]}")
+
+
+# ------------------------------------------------------------------------------------------------
+# bodies and measurements
+
+
+def make_body(model: str, size: int, stream: bool = False) -> bytes:
+    doc: dict = {"model": model}
+    if stream:
+        doc["stream"] = True
+    doc["messages"] = [{"role": "system", "content": "You are a terse assistant."}, {"role": "user", "content": ""}]
+    doc["max_tokens"] = 256
+    empty = len(json.dumps(doc, separators=(",", ":")))
+    text = "The quick brown fox jumps over the lazy dog. " * (size // 45 + 2)
+    doc["messages"][1]["content"] = text[: max(0, size - empty - 1)] + "?"
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def wrk(url: str, body: Path, conns: int, seconds: int, cpus, lua: Path) -> dict:
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", str(lua), url]
+    r = subprocess.run(cmd, env={**os.environ, "BENCH_BODY": str(body)}, capture_output=True, text=True,
+                       timeout=seconds + 60, preexec_fn=pinner(cpus))
+    m = re.search(r"^BENCH_JSON (\{.*\})$", r.stdout, re.M)
+    if r.returncode != 0 or not m:
+        raise RuntimeError(f"wrk failed ({r.returncode}): {r.stdout[-1000:]} {r.stderr[-1000:]}")
+    d = json.loads(m.group(1))
+    d["errors"] = sum(d[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
+    d["rps"] = d["requests"] / (d["duration_us"] / 1e6)
+    return d
+
+
+def stream_client(mock_bin: Path, url: str, body: Path, n: int, cpus) -> dict:
+    r = subprocess.run([str(mock_bin), "streams", "--url", url, "--body", str(body), "--n", str(n)],
+                       capture_output=True, text=True, timeout=60 + n * 5, preexec_fn=pinner(cpus))
+    if r.returncode != 0:
+        raise RuntimeError(f"stream client failed: {r.stderr[-1000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def check_json_reply(srv: Server, body: bytes, anthropic: bool) -> str | None:
+    """None when a non-streaming chat request gets a proper OpenAI reply with usage."""
+    st, _, resp = e2e.http("POST", srv.url + "/v1/chat/completions", body,
+                           {"content-type": "application/json", "authorization": "Bearer sk-bench"}, timeout=30)
+    if st != 200:
+        return f"status {st}: {resp[:300]!r}"
+    try:
+        v = json.loads(resp)
+        content = v["choices"][0]["message"]["content"]
+        usage = v["usage"]
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        return f"not an OpenAI chat completion ({e}): {resp[:300]!r}"
+    if v.get("object") != "chat.completion" or not content or not content.startswith("tok0"):
+        return f"unexpected reply: {resp[:300]!r}"
+    if usage.get("prompt_tokens") != 250:
+        return f"usage not carried: {usage}"
+    if anthropic and not str(v.get("id", "")).startswith("msg_bench"):
+        return f"reply did not come from the Anthropic endpoint: id={v.get('id')}"
+    return None
+
+
+class Hold:
+    """N slow streams held open by `bench-mock hold`."""
+
+    def __init__(self, mock_bin: Path, url: str, body: Path, n: int, cpus):
+        self.n = n
+        self.proc = subprocess.Popen(
+            [str(mock_bin), "hold", "--url", url, "--body", str(body), "--streams", str(n), "--timeout-s", "60"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=pinner(cpus),
+        )
+        line = e2e._read_line(self.proc, 90.0).strip()
+        if line != f"ready {n}":
+            self.close()
+            raise RuntimeError(f"hold: {line}")
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.write(b"\n")
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# ------------------------------------------------------------------------------------------------
+# summary and reports
+
+
+def summarize(values: list[float]) -> dict | None:
+    vs = [v for v in values if v is not None and v == v]
+    if not vs:
+        return None
+    return {"median": statistics.median(vs), "min": min(vs), "max": max(vs), "n": len(vs)}
+
+
+def fmt(s: dict | None, digits: int = 0, spread: bool = True, signed: bool = False) -> str:
+    if not s:
+        return "—"
+    sign = "+" if signed else ""
+    m = f"{s['median']:{sign},.{digits}f}"
+    if spread and s["n"] > 1:
+        half = (s["max"] - s["min"]) / 2
+        m += f" ±{half:,.{digits}f}"
+    return m
+
+
+ROWS = [
+    # (section, label, metric, digits, signed)
+    ("Latency at concurrency 1 (µs), 1 KB request", "p50", "lat_1k_p50_us", 0, False),
+    (None, "p99", "lat_1k_p99_us", 0, False),
+    (None, "added p50 over direct", "lat_1k_add_p50_direct_us", 0, True),
+    (None, "added p99 over direct", "lat_1k_add_p99_direct_us", 0, True),
+    (None, "added p50 over plain Envoy", "lat_1k_add_p50_envoy_us", 0, True),
+    (None, "added p99 over plain Envoy", "lat_1k_add_p99_envoy_us", 0, True),
+    ("Latency at concurrency 1 (µs), 100 KB request", "p50", "lat_100k_p50_us", 0, False),
+    (None, "p99", "lat_100k_p99_us", 0, False),
+    (None, "added p50 over plain Envoy", "lat_100k_add_p50_envoy_us", 0, True),
+    (None, "added p99 over plain Envoy", "lat_100k_add_p99_envoy_us", 0, True),
+    ("Throughput at saturation", "1 KB: requests/s", "thr_1k_rps", 0, False),
+    (None, "1 KB: × plain Envoy", "thr_1k_ratio_envoy", 2, False),
+    (None, "1 KB: proxy CPU s per 1k requests", "thr_1k_cpu_per_1k", 3, False),
+    (None, "100 KB: requests/s", "thr_100k_rps", 0, False),
+    (None, "100 KB: × plain Envoy", "thr_100k_ratio_envoy", 2, False),
+    (None, "100 KB: proxy CPU s per 1k requests", "thr_100k_cpu_per_1k", 3, False),
+    (None, "client core busy (1 KB run)", "thr_1k_client_busy", 2, False),
+    ("Streaming (µs; 1 KB request, concurrency 1)", "time to first token p50", "ttft_p50_us", 0, False),
+    (None, "added TTFT over direct", "ttft_add_direct_us", 0, True),
+    (None, "added TTFT over plain Envoy", "ttft_add_envoy_us", 0, True),
+    (None, "inter-chunk gap p50", "gap_p50_us", 0, False),
+    (None, "added gap over direct", "gap_add_direct_us", 0, True),
+    ("Memory", "RSS idle (MB)", "rss_idle_mb", 1, False),
+    (None, "RSS under load (MB)", "rss_load_mb", 1, False),
+    (None, "RSS per open stream (KB)", "rss_per_stream_kb", 1, False),
+    (None, "heap per open stream (KB, Envoy allocator)", "heap_per_stream_kb", 1, False),
+]
+
+
+def table_rows(summary: dict, names: list[str]) -> list[tuple[str | None, str, list[str]]]:
+    out = []
+    for section, label, metric, digits, signed in ROWS:
+        cells = [fmt(summary.get(n, {}).get(metric), digits, signed=signed) for n in names]
+        if all(c == "—" for c in cells):
+            continue
+        out.append((section, label, cells))
+    return out
+
+
+def text_table(summary: dict, names: list[str]) -> str:
+    rows = table_rows(summary, names)
+    w0 = max([len(l) + 2 for _, l, _ in rows] + [len(s) for s, _, _ in rows if s])
+    ws = [max(len(n), *(len(c[i]) for _, _, c in rows)) for i, n in enumerate(names)]
+    lines = [" " * w0 + "  ".join(n.rjust(w) for n, w in zip(names, ws))]
+    for section, label, cells in rows:
+        if section:
+            lines.append(section)
+        lines.append(("  " + label).ljust(w0) + "  ".join(c.rjust(w) for c, w in zip(cells, ws)))
+    return "\n".join(lines)
+
+
+def md_table(summary: dict, names: list[str]) -> str:
+    rows = table_rows(summary, names)
+    out = ["| | " + " | ".join(LABELS.get(n, n) for n in names) + " |", "|---|" + "---:|" * len(names)]
+    for section, label, cells in rows:
+        if section:
+            out.append(f"| **{section}** |" + " |" * len(names))
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def targets(summary: dict) -> list[dict]:
+    out = []
+    for name in ("llmgw", "llmgw-anthropic"):
+        s = summary.get(name)
+        if not s:
+            continue
+        for metric, want, op, what in [
+            ("thr_1k_ratio_envoy", 0.90, ">=", "throughput ≥ 0.90× plain Envoy (1 KB)"),
+            ("lat_1k_add_p99_envoy_us", 50.0, "<=", "added p99 ≤ 50 µs over plain Envoy (1 KB, c=1)"),
+            ("ttft_add_direct_us", 500.0, "<=", "streaming adds ≤ 0.5 ms to time to first token"),
+        ]:
+            v = s.get(metric)
+            if not v:
+                continue
+            ok = v["median"] >= want if op == ">=" else v["median"] <= want
+            out.append({"config": name, "target": what, "metric": metric, "value": v["median"], "limit": want,
+                        "met": ok})
+    return out
+
+
+def svg_chart(summary: dict, names: list[str], meta: str) -> str:
+    """Throughput and p99 per configuration, for 1 KB and 100 KB requests: one label column, two
+    bar columns (throughput, linear; p99 at concurrency 1, log), whiskers for the min-max spread."""
+    import math
+
+    colors = {"direct": "#a7b0ba", "envoy": "#4a7ab7", "wasm-noop": "#8fb3de", "wasm-buffer": "#b9a3d6", "llmgw": "#e07b39", "llmgw-anthropic": "#c2553a",
+              "litellm": "#6b8e4e"}
+    esc = lambda s: s.replace("&", "&amp;").replace("<", "&lt;")  # noqa: E731
+    label_x, bw, text_w, gap_w = 215, 330, 95, 30
+    cols = [label_x + 12, label_x + 12 + bw + text_w + gap_w]
+    W = cols[1] + bw + text_w
+    row_h, bar_h = 32, 20
+    sec_h = 62 + row_h * len(names) + 24
+    H = 90 + 2 * sec_h + 30
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+             'font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="13">',
+             f'<rect width="{W}" height="{H}" fill="white"/>',
+             '<text x="20" y="32" font-size="20" font-weight="bold">llmgw: throughput and p99 latency per configuration</text>',
+             f'<text x="20" y="54" fill="#555" font-size="12">{esc(meta)}</text>']
+
+    def nice_step(raw: float) -> float:
+        e = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
+        for m in (1, 2, 2.5, 5, 10):
+            if m * e >= raw:
+                return m * e
+        return 10 * e
+
+    def axis(metric: str, log: bool):
+        have = [summary.get(n, {}).get(metric) for n in names]
+        have = [v for v in have if v]
+        if not have:
+            return None, []
+        top = max(v["max"] for v in have)
+        if log:
+            lo = math.floor(math.log10(max(1.0, min(v["min"] for v in have))))
+            hi = math.ceil(math.log10(max(top, 10 ** (lo + 1)) * 1.05))
+            return (lambda v: bw * (math.log10(max(v, 10 ** lo)) - lo) / (hi - lo)), [10 ** e for e in range(lo, hi + 1)]
+        step = nice_step(top / 4)
+        mx = step * math.ceil(top / step)
+        return (lambda v: bw * v / mx), [step * i for i in range(int(round(mx / step)) + 1)]
+
+    def us(v: float) -> str:
+        return f"{v / 1000:,.1f} ms" if v >= 1000 else f"{v:,.0f} µs"
+
+    def tick_us(v: float) -> str:
+        return f"{v / 1e6:g} s" if v >= 1e6 else f"{v / 1000:g} ms" if v >= 1000 else f"{v:g} µs"
+
+    y = 90
+    for size, size_label in (("1k", "1 KB request"), ("100k", "100 KB request")):
+        parts.append(f'<text x="20" y="{y}" font-size="16" font-weight="bold">{size_label}</text>')
+        heads = [("Throughput at saturation (req/s)", "higher is better"),
+                 ("p99 latency at concurrency 1 (log scale)", "lower is better")]
+        for (title, hint), x0 in zip(heads, cols):
+            parts.append(f'<text x="{x0}" y="{y + 24}" font-weight="bold">{title}</text>'
+                         f'<text x="{x0}" y="{y + 40}" fill="#777" font-size="11">{hint}</text>')
+        top_y = y + 50
+        bottom_y = top_y + row_h * len(names)
+        for (metric, log, fmt_v), x0 in zip(((f"thr_{size}_rps", False, lambda v: f"{v:,.0f}"),
+                                             (f"lat_{size}_p99_us", True, us)), cols):
+            X, ticks = axis(metric, log)
+            if X is None:
+                continue
+            for t in ticks:
+                tx = x0 + X(t)
+                parts.append(f'<line x1="{tx:.1f}" y1="{top_y}" x2="{tx:.1f}" y2="{bottom_y}" stroke="#e6e6e6"/>')
+                parts.append(f'<text x="{tx:.1f}" y="{bottom_y + 14}" text-anchor="middle" fill="#888" '
+                             f'font-size="10">{tick_us(t) if log else f"{t:,.0f}"}</text>')
+            for i, n in enumerate(names):
+                v = summary.get(n, {}).get(metric)
+                ry = top_y + i * row_h + (row_h - bar_h) / 2
+                if not v:
+                    parts.append(f'<text x="{x0 + 4}" y="{ry + 15}" fill="#999" font-size="12">not run</text>')
+                    continue
+                w = max(1.5, X(v["median"]))
+                parts.append(f'<rect x="{x0}" y="{ry:.1f}" width="{w:.1f}" height="{bar_h}" rx="2" '
+                             f'fill="{colors.get(n, "#888")}"/>')
+                end = w
+                if v["n"] > 1:
+                    a, b = x0 + X(v["min"]), x0 + X(v["max"])
+                    cy = ry + bar_h / 2
+                    parts.append(f'<path d="M{a:.1f} {cy:.1f}H{b:.1f}M{a:.1f} {cy - 5:.1f}V{cy + 5:.1f}'
+                                 f'M{b:.1f} {cy - 5:.1f}V{cy + 5:.1f}" stroke="#222" fill="none"/>')
+                    end = max(w, X(v["max"]))
+                parts.append(f'<text x="{x0 + end + 6:.1f}" y="{ry + 15:.1f}" font-size="12">{fmt_v(v["median"])}</text>')
+        for i, n in enumerate(names):
+            parts.append(f'<text x="{label_x}" y="{top_y + i * row_h + row_h / 2 + 5:.1f}" text-anchor="end">'
+                         f'{esc(LABELS.get(n, n))}</text>')
+        y += sec_h
+    parts.append(f'<text x="20" y="{H - 14}" fill="#777" font-size="11">Bars: median over rounds; whiskers: '
+                 'min–max over rounds. Envoy --concurrency 1 pinned to one core; wrk and the mock on the other.</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        model = m.group(1).strip() if m else ""
+    except OSError:
+        pass
+    load = os.getloadavg()
+    return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "loadavg_start": [round(x, 2) for x in load]}
+
+
+# ------------------------------------------------------------------------------------------------
+# main
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="seconds-long run: checks every configuration works")
+    ap.add_argument("--rounds", type=int)
+    ap.add_argument("--out", type=Path, help="output directory (default target/bench, smoke: target/bench/smoke)")
+    ap.add_argument("--mock-bin", type=Path, default=Path(os.environ.get("BENCH_MOCK_BIN", REPO / "target/release/bench-mock")))
+    ap.add_argument("--wasm", type=Path, default=None)
+    ap.add_argument("--litellm-venv", type=Path, default=REPO / "target/bench/litellm-venv")
+    ap.add_argument("--litellm", choices=["auto", "off"], default=None,
+                    help="auto: run LiteLLM when its venv is installed (default: auto; off with --smoke)")
+    ap.add_argument("--baseline-wasm", type=Path, default=None,
+                    help="the baseline-filter .wasm: adds the wasm-noop and wasm-buffer configurations "
+                         "(default: target/bench/baseline-target/... when built, except with --smoke)")
+    ap.add_argument("--only", help="comma-separated configurations to run (direct and envoy are always run)")
+    a = ap.parse_args(argv)
+
+    prof = dict(PROFILES["smoke" if a.smoke else "full"])
+    if a.rounds:
+        prof["rounds"] = a.rounds
+    out = a.out or (REPO / "target/bench" / ("smoke" if a.smoke else ""))
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    (out / "bodies").mkdir(parents=True, exist_ok=True)
+    lua = HERE / "post.lua"
+    wasm = (a.wasm or e2e.wasm_path()).resolve()
+    envoy = e2e.envoy_bin()
+    mock_bin = a.mock_bin
+    if not mock_bin.is_file():
+        log(f"{mock_bin} not found: build it with `cargo build -p llmgw-host-tests --bin bench-mock` (or set BENCH_MOCK_BIN)")
+        return 2
+    if not shutil.which("wrk"):
+        log("wrk not found: `apt-get install wrk` (the Makefile's bench targets do it)")
+        return 2
+    ncpu = len(os.sched_getaffinity(0))
+    cpu_list = sorted(os.sched_getaffinity(0))
+    client_cpus, proxy_cpus = ({cpu_list[0]}, {cpu_list[1]}) if ncpu >= 2 else (None, None)
+    client_cpu = cpu_list[0] if client_cpus else None
+    proxy_cpu = cpu_list[1] if proxy_cpus else None
+
+    names = ["direct", "envoy", "wasm-noop", "wasm-buffer", "llmgw", "llmgw-anthropic", "litellm"]
+    skipped: dict[str, str] = {}
+    baseline = a.baseline_wasm
+    default_baseline = REPO / "target/bench/baseline-target/wasm32-wasip1/release/llmgw_bench_baseline_filter.wasm"
+    if baseline is None and not a.smoke and default_baseline.is_file():
+        baseline = default_baseline
+    if baseline is None or not baseline.is_file():
+        for n in ("wasm-noop", "wasm-buffer"):
+            skipped[n] = (f"{n} skipped: no baseline filter (" + (f"{baseline} not found)" if baseline else
+                          "build host-tests/bench/baseline-filter, or --baseline-wasm)"))
+    else:
+        baseline = baseline.resolve()
+    litellm_mode = a.litellm or ("off" if a.smoke else "auto")
+    if litellm_mode == "off":
+        skipped["litellm"] = "LiteLLM skipped (--litellm off" + (", the default of --smoke)" if a.smoke else ")")
+    elif not (a.litellm_venv / "bin" / "litellm").exists():
+        skipped["litellm"] = (f"LiteLLM skipped: not installed in {a.litellm_venv} "
+                              "(`make bench` installs host-tests/bench/litellm-requirements.txt there)")
+    if a.only:
+        keep = set(a.only.split(",")) | {"direct", "envoy"}
+        for n in names:
+            if n not in keep:
+                skipped.setdefault(n, f"{n} skipped (--only)")
+    for msg in skipped.values():
+        log(msg)
+    active = [n for n in names if n not in skipped]
+
+    meta = machine()
+    log(f"{'smoke' if a.smoke else 'full'} run: {prof}; {meta['nproc']} cores ({meta['cpu_model']}), "
+        f"load {meta['loadavg_start']}; pinning: proxy cpu {proxy_cpu}, client+mock cpu {client_cpu}")
+    t_start = time.monotonic()
+    failures: list[str] = []
+    rounds: list[dict[str, dict]] = []
+    mock = None
+    servers: dict[str, Server] = {}
+    try:
+        mock = start_mock(mock_bin, prof, client_cpus, out)
+        mock_port = int(mock.url.rsplit(":", 1)[1])
+        bodies: dict[tuple[str, str], Path] = {}
+        for n in active:
+            model, slow = (ANTHROPIC_MODEL, ANTHROPIC_SLOW) if n == "llmgw-anthropic" else (OPENAI_MODEL, OPENAI_SLOW)
+            for size_name, size in SIZES.items():
+                p = out / "bodies" / f"{n}-{size_name}.json"
+                p.write_bytes(make_body(model, size))
+                bodies[(n, size_name)] = p
+            for kind, m in (("stream", model), ("slow", slow)):
+                p = out / "bodies" / f"{n}-{kind}.json"
+                p.write_bytes(make_body(model if kind == "stream" else m, SIZES["1k"], stream=True))
+                bodies[(n, kind)] = p
+        cfg_plain = envoy_config(mock_port, wasm, plain=True)
+        cfg_llmgw = envoy_config(mock_port, wasm, plain=False)
+
+        for r in range(prof["rounds"]):
+            log(f"round {r + 1}/{prof['rounds']}: starting proxies")
+            res: dict[str, dict] = {n: {} for n in active}
+            servers = {"direct": mock}
+            for n in active:
+                if n in ("envoy", "llmgw", "llmgw-anthropic"):
+                    servers[n] = start_envoy(f"{n}-r{r}", cfg_plain if n == "envoy" else cfg_llmgw, envoy,
+                                             proxy_cpus, out)
+                elif n in ("wasm-noop", "wasm-buffer"):
+                    servers[n] = start_envoy(f"{n}-r{r}", baseline_config(mock_port, baseline, n), envoy,
+                                             proxy_cpus, out)
+                elif n == "litellm":
+                    try:
+                        servers[n] = start_litellm(a.litellm_venv, mock_port, proxy_cpus, out)
+                    except (RuntimeError, TimeoutError, OSError) as e:
+                        skipped["litellm"] = f"LiteLLM skipped: it did not start ({str(e)[:300]})"
+                        log(skipped["litellm"])
+                        active.remove("litellm")
+                        res.pop("litellm")
+            time.sleep(1.0)
+            for n in active:
+                if n != "direct":
+                    res[n]["rss_idle_mb"] = rss_kb(servers[n].pids()) / 1024
+
+            # Correctness first: every configuration answers like a provider would.
+            for n in active:
+                err = check_json_reply(servers[n], bodies[(n, "1k")].read_bytes(), n == "llmgw-anthropic")
+                if err:
+                    failures.append(f"round {r + 1} {n}: chat completion: {err}")
+                s = stream_client(mock_bin, servers[n].url + "/v1/chat/completions", bodies[(n, "stream")], 2,
+                                  client_cpus)
+                if s["errors"] or any(c != prof["chunks"] for c in s["content_chunks"]):
+                    failures.append(f"round {r + 1} {n}: stream: {s}")
+            if failures:
+                for f in failures:
+                    log("FAIL " + f)
+                break
+
+            # Warm-up (excluded), then N open slow streams on a fresh, warmed process.
+            for n in active:
+                if prof["warm_s"]:
+                    wrk(servers[n].url + "/v1/chat/completions", bodies[(n, "1k")], prof["conns"], prof["warm_s"],
+                        client_cpus, lua)
+                stream_client(mock_bin, servers[n].url + "/v1/chat/completions", bodies[(n, "stream")],
+                              max(2, prof["streams"] // 10), client_cpus)
+            for n in active:
+                if n == "direct":
+                    continue
+                srv = servers[n]
+                time.sleep(0.3)
+                rss0, heap0 = rss_kb(srv.pids()), srv.heap_bytes()
+                h = Hold(mock_bin, srv.url + "/v1/chat/completions", bodies[(n, "slow")], prof["hold"], client_cpus)
+                try:
+                    time.sleep(0.3)
+                    rss1, heap1 = rss_kb(srv.pids()), srv.heap_bytes()
+                finally:
+                    h.close()
+                res[n]["rss_per_stream_kb"] = (rss1 - rss0) / prof["hold"]
+                if heap0 is not None and heap1 is not None:
+                    res[n]["heap_per_stream_kb"] = (heap1 - heap0) / 1024 / prof["hold"]
+
+            order = active[r % len(active):] + active[: r % len(active)]
+            for n in order:
+                srv, url = servers[n], servers[n].url + "/v1/chat/completions"
+                for size in SIZES:
+                    lat = wrk(url, bodies[(n, size)], 1, prof["lat_s"], client_cpus, lua)
+                    res[n][f"lat_{size}_p50_us"] = lat["p50_us"]
+                    res[n][f"lat_{size}_p99_us"] = lat["p99_us"]
+                    res[n][f"lat_{size}_errors"] = lat["errors"]
+                    pids = srv.pids() if n != "direct" else [mock.proc.pid]
+                    c0, m0, k0 = cpu_seconds(pids), cpu_seconds([mock.proc.pid]), core_times()
+                    peak = [0]
+                    stop_ev = threading.Event()
+
+                    def sample(pids=pids, peak=peak, stop_ev=stop_ev):
+                        while not stop_ev.wait(0.2):
+                            peak[0] = max(peak[0], rss_kb(pids))
+
+                    th = threading.Thread(target=sample, daemon=True)
+                    th.start()
+                    thr = wrk(url, bodies[(n, size)], prof["conns"], prof["thr_s"], client_cpus, lua)
+                    stop_ev.set()
+                    th.join()
+                    c1, m1, k1 = cpu_seconds(pids), cpu_seconds([mock.proc.pid]), core_times()
+                    res[n][f"thr_{size}_rps"] = thr["rps"]
+                    res[n][f"thr_{size}_errors"] = thr["errors"]
+                    res[n][f"thr_{size}_mock_cpu_per_1k"] = (m1 - m0) / thr["requests"] * 1000
+                    res[n][f"thr_{size}_client_busy"] = busy(k0, k1, client_cpu)
+                    res[n][f"thr_{size}_proxy_busy"] = busy(k0, k1, proxy_cpu)
+                    if n != "direct":
+                        res[n][f"thr_{size}_cpu_per_1k"] = (c1 - c0) / thr["requests"] * 1000
+                        res[n]["rss_load_mb"] = max(res[n].get("rss_load_mb", 0), peak[0] / 1024)
+                    for kind, d in (("lat", lat), ("thr", thr)):
+                        if d["errors"]:
+                            failures.append(f"round {r + 1} {n} {kind} {size}: {d['errors']} errors ({d})")
+                s = stream_client(mock_bin, url, bodies[(n, "stream")], prof["streams"], client_cpus)
+                if s["errors"]:
+                    failures.append(f"round {r + 1} {n}: {s['errors']} stream errors: {s['error_samples']}")
+                res[n]["ttft_p50_us"] = pct(s["ttft_us"], 50)
+                res[n]["ttft_p99_us"] = pct(s["ttft_us"], 99)
+                res[n]["gap_p50_us"] = pct(s["gap_us"], 50)
+                res[n]["gap_p99_us"] = pct(s["gap_us"], 99)
+                log(f"round {r + 1} {n}: p50 {res[n]['lat_1k_p50_us']} µs, p99 {res[n]['lat_1k_p99_us']} µs, "
+                    f"{res[n]['thr_1k_rps']:,.0f} req/s, ttft {res[n]['ttft_p50_us']:,.0f} µs")
+
+            # Ratios and added figures, within the round.
+            for n in active:
+                for base, tag in (("direct", "direct"), ("envoy", "envoy")):
+                    b = res.get(base, {})
+                    for size in SIZES:
+                        for p in ("p50", "p99"):
+                            k = f"lat_{size}_{p}_us"
+                            if k in b and k in res[n]:
+                                res[n][f"lat_{size}_add_{p}_{tag}_us"] = res[n][k] - b[k]
+                        k = f"thr_{size}_rps"
+                        if tag == "envoy" and k in b and k in res[n]:
+                            res[n][f"thr_{size}_ratio_envoy"] = res[n][k] / b[k]
+                    for k, out_k in (("ttft_p50_us", "ttft_add"), ("gap_p50_us", "gap_add")):
+                        if k in b and k in res[n]:
+                            res[n][f"{out_k}_{tag}_us"] = res[n][k] - b[k]
+            # The filter really counted: its metrics are in Envoy's stats.
+            for n in ("llmgw", "llmgw-anthropic"):
+                if n in servers:
+                    text = e2e.http("GET", servers[n].admin + "/stats/prometheus", timeout=10)[2].decode()
+                    if "llmgw_requests_total" not in text or "gen_ai_client_token_usage" not in text:
+                        failures.append(f"round {r + 1} {n}: llmgw metrics missing from /stats/prometheus")
+            rounds.append(res)
+            for n, srv in list(servers.items()):
+                if n != "direct":
+                    srv.stop()
+            servers = {}
+    finally:
+        for n, srv in servers.items():
+            if n != "direct":
+                srv.stop()
+        if mock:
+            mock.stop()
+
+    names_run = [n for n in names if any(n in rd for rd in rounds)]
+    summary: dict[str, dict] = {}
+    for n in names_run:
+        keys = sorted({k for rd in rounds for k in rd.get(n, {})})
+        summary[n] = {k: summarize([rd[n].get(k) for rd in rounds if n in rd]) for k in keys}
+    wasm_size = wasm.stat().st_size
+    meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    meta_line = (f"{len(rounds)} round(s), {meta['nproc']} cores ({meta['cpu_model']}), "
+                 f"load avg {meta['loadavg_start'][0]:.1f} → {meta['loadavg_end'][0]:.1f}; "
+                 f"llmgw_filter.wasm {wasm_size / 1024:,.0f} KiB")
+    tg = targets(summary)
+    result = {
+        "profile": "smoke" if a.smoke else "full", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": meta, "params": prof, "wasm": str(wasm), "wasm_bytes": wasm_size,
+        "baseline_wasm": str(baseline) if baseline else None,
+        "envoy_version": subprocess.run([str(envoy), "--version"], capture_output=True, text=True).stdout.strip(),
+        "pinning": {"proxy_cpu": proxy_cpu, "client_cpu": client_cpu},
+        "configs": {n: {"label": LABELS[n], "skipped": skipped.get(n)} for n in names},
+        "rounds": rounds, "summary": summary, "targets": tg, "failures": failures,
+        "duration_s": round(time.monotonic() - t_start, 1),
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    tgt_lines = [f"- {'met' if t['met'] else 'MISSED'}: {LABELS[t['config']]}: {t['target']} — "
+                 f"{t['value']:,.2f}" for t in tg]
+    md = "\n".join([
+        f"Run {result['date']}: {meta_line}.",
+        f"Each cell: median over {len(rounds)} round(s) ± half the min–max range; added figures and ratios "
+        "are computed within each round.",
+        "",
+        md_table(summary, names_run),
+        "",
+        *(["Targets (reported, not asserted):", "", *tgt_lines, ""] if tg else []),
+        *[f"- {v}" for v in skipped.values()],
+    ]) + "\n"
+    (out / "results.md").write_text(md)
+    (out / "results.svg").write_text(svg_chart(summary, names_run, meta_line))
+    print(text_table(summary, names_run))
+    print(f"\n{meta_line}; ± = half the min–max range over rounds")
+    for line in tgt_lines:
+        print(line)
+    for v in skipped.values():
+        print(v)
+    print(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'results.svg'}")
+    for f in failures:
+        print("FAIL", f)
+    if failures:
+        return 1
+    if not rounds:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
