@@ -16,6 +16,8 @@ pub struct RequestInfo {
     pub stream: bool,
     /// `stream_options.include_usage` was set to true by the client.
     pub client_wants_usage: bool,
+    /// The body has a `stream_options` key at all.
+    pub has_stream_options: bool,
 }
 
 #[derive(Deserialize)]
@@ -25,14 +27,8 @@ struct Fields {
     model: Option<Value>,
     #[serde(default, deserialize_with = "some_value")]
     stream: Option<Value>,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
-}
-
-#[derive(Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
+    #[serde(default, deserialize_with = "some_value")]
+    stream_options: Option<Value>,
 }
 
 fn some_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
@@ -86,8 +82,30 @@ pub fn read(body: &[u8]) -> Result<RequestInfo, ApiError> {
         Some(Value::Bool(b)) => b,
         Some(_) => return Err(ApiError::bad_request("invalid_request", "`stream` must be a boolean")),
     };
-    let client_wants_usage = fields.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
-    Ok(RequestInfo { model, stream, client_wants_usage })
+    let has_stream_options = fields.stream_options.is_some();
+    let client_wants_usage = fields
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok(RequestInfo { model, stream, client_wants_usage, has_stream_options })
+}
+
+/// Adds a top-level field to a JSON object body that does not have it, without parsing the body
+/// again: the field is spliced in right after the opening brace. `member` is `"key":value`.
+pub fn prepend_member(body: &[u8], member: &str) -> Option<Vec<u8>> {
+    let open = body.iter().position(|&b| b == b'{')?;
+    let rest = body.get(open + 1..)?;
+    let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+    let mut out = Vec::with_capacity(body.len() + member.len() + 1);
+    out.extend_from_slice(body.get(..=open)?);
+    out.extend_from_slice(member.as_bytes());
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Some(out)
 }
 
 /// Rewrites top-level fields of a JSON object body, keeping every other byte's meaning and the key order.
@@ -112,7 +130,10 @@ mod tests {
     fn reads_model_and_stream() {
         let r = read(br#" {"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"x":[1,{"y":2}]}"#)
             .unwrap();
-        assert_eq!(r, RequestInfo { model: "gpt-4o".into(), stream: true, client_wants_usage: true });
+        assert_eq!(
+            r,
+            RequestInfo { model: "gpt-4o".into(), stream: true, client_wants_usage: true, has_stream_options: true }
+        );
         let r = read(br#"{"messages":[],"model":"m","stream":null}"#).unwrap();
         assert!(!r.stream && !r.client_wants_usage);
     }
@@ -142,6 +163,16 @@ mod tests {
         let deep = format!("{{\"model\":\"a\",\"x\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(read(deep.as_bytes()).unwrap().model, "a");
         assert_eq!(rewrite(deep.as_bytes(), |_| {}).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn prepend_member_splices_without_reparsing() {
+        let member = r#""stream_options":{"include_usage":true}"#;
+        let out = prepend_member(br#" {"model":"m","stream":true}"#, member).unwrap();
+        assert_eq!(out, br#" {"stream_options":{"include_usage":true},"model":"m","stream":true}"#);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(prepend_member(b"{ }", member).unwrap(), br#"{"stream_options":{"include_usage":true} }"#);
     }
 
     #[test]

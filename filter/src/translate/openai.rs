@@ -93,7 +93,10 @@ impl Translator for Passthrough {
         let RequestContext { info, body, backend, query, now_unix: _ } = request;
         let inject_usage = self.include_usage && info.stream && self.endpoint.can_stream() && !info.client_wants_usage;
         let model_override = backend.model_override.as_deref().filter(|m| *m != info.model);
-        let new_body = if inject_usage || model_override.is_some() {
+        let new_body = if model_override.is_none() && inject_usage && !info.has_stream_options {
+            // The common streaming case: splice the field in rather than re-encode the whole body.
+            crate::request::prepend_member(body, r#""stream_options":{"include_usage":true}"#)
+        } else if inject_usage || model_override.is_some() {
             Some(crate::request::rewrite(body, |object| {
                 if let Some(model) = model_override {
                     object.insert("model".into(), Value::String(model.to_string()));
@@ -275,6 +278,9 @@ mod tests {
             edits.body.unwrap(),
             br#"{"model":"real","stream":true,"stream_options":{"x":1,"include_usage":true}}"#
         );
+        let mut t = Passthrough::new(Endpoint::ChatCompletions, true);
+        let spliced = request(&mut t, br#"{"model":"m","stream":true}"#, &backend(None)).body.unwrap();
+        assert_eq!(spliced, br#"{"stream_options":{"include_usage":true},"model":"m","stream":true}"#);
         let mut t = Passthrough::new(Endpoint::ChatCompletions, false);
         assert_eq!(request(&mut t, br#"{"model":"m","stream":true}"#, &backend(None)).body, None);
         let mut t = Passthrough::new(Endpoint::Embeddings, true);

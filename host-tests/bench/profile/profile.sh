@@ -19,9 +19,11 @@ for args in "openai json 1024" "anthropic json 1024" "openai stream 1024"; do
   name="${args// /-}"
   valgrind --tool=callgrind --callgrind-out-file="$out/callgrind-$name.out" "$bin" $args 500 >/dev/null 2>&1
   {
-    echo "== $args: instructions per request (inclusive; 500 requests, callgrind)"
+    echo "== $args: instructions per request, inclusive (callgrind, 500 requests)"
     callgrind_annotate --inclusive=yes "$out/callgrind-$name.out" 2>/dev/null \
       | grep -E '(Exchange::on_|request::read|usage::from|Labels::tagged|glob_matches|Translator>::(request|response)_body|format_escaped_str |upstream_path|auth::headers)' \
-      | sed "$strip_paths" | awk '{gsub(",","",$1); printf "%8.0f  %s\n", $1/500, $0}' | cut -c1-160 | head -20
+      | sed "$strip_paths" \
+      | awk 'match($0, /\)  [^ :]*:/) { fn = substr($0, RSTART + RLENGTH); if (seen[fn]++) next;
+             n = $1; gsub(",", "", n); printf "%8.0f  %s\n", n / 500, fn }' | cut -c1-150 | head -16
   } | tee -a "$out/callgrind-summary.txt"
 done

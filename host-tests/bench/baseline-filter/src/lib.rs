@@ -8,7 +8,9 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { buffer: false }) });
 }}
 
-struct Root { buffer: bool }
+struct Root {
+    buffer: bool,
+}
 impl Context for Root {}
 impl RootContext for Root {
     fn on_configure(&mut self, _: usize) -> bool {
@@ -18,20 +20,30 @@ impl RootContext for Root {
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http { buffer: self.buffer }))
     }
-    fn get_type(&self) -> Option<ContextType> { Some(ContextType::HttpContext) }
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
 }
 
-struct Http { buffer: bool }
+struct Http {
+    buffer: bool,
+}
 impl Context for Http {}
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _: usize, eos: bool) -> Action {
-        if !self.buffer || eos { return Action::Continue; }
+        if !self.buffer || eos {
+            return Action::Continue;
+        }
         let _ = self.get_http_request_header(":path");
         Action::Pause
     }
     fn on_http_request_body(&mut self, size: usize, eos: bool) -> Action {
-        if !self.buffer { return Action::Continue; }
-        if !eos { return Action::Pause; }
+        if !self.buffer {
+            return Action::Continue;
+        }
+        if !eos {
+            return Action::Pause;
+        }
         let body = self.get_http_request_body(0, size).unwrap_or_default();
         let model = if body.len() > 20 { "gpt-4o-mini" } else { "none" };
         self.set_http_request_header("x-ai-eg-model", Some(model));
@@ -40,7 +52,9 @@ impl HttpContext for Http {
         Action::Continue
     }
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        if self.buffer { let _ = self.get_http_response_header(":status"); }
+        if self.buffer {
+            let _ = self.get_http_response_header(":status");
+        }
         Action::Continue
     }
 }
