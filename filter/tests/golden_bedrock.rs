@@ -21,13 +21,16 @@
 // Test helpers outside `#[test]` functions: the crate's no-panic lints do not apply here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use aws_smithy_eventstream::frame::write_message_to;
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+use common::{check_json, check_text, read_json, usage_json};
 use llmgw_filter::api::Endpoint;
-use llmgw_filter::config::{self, Backend, Env, Schema};
+use llmgw_filter::config::{Backend, Schema};
 use llmgw_filter::translate::{for_backend, BodyMode, RequestContext, Translator};
 use llmgw_filter::usage::TokenUsage;
 use serde_json::Value;
@@ -41,54 +44,12 @@ backends:
 ";
 const GOLDEN_ID: &str = "chatcmpl-GOLDEN";
 
-struct NoEnv;
-impl Env for NoEnv {
-    fn var(&self, _: &str) -> Option<String> {
-        None
-    }
-}
-
 fn backend() -> Backend {
-    let compiled = config::parse(CONFIG.as_bytes(), &NoEnv, 0).unwrap();
-    compiled.backends.into_iter().next().unwrap()
+    common::backend(CONFIG)
 }
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openai-awsbedrock")
-}
-
-fn bless() -> bool {
-    std::env::var_os("LLMGW_BLESS").is_some()
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn check_json(got: &Value, expected: &Path) {
-    if bless() {
-        fs::write(expected, serde_json::to_string_pretty(got).unwrap() + "\n").unwrap();
-        return;
-    }
-    assert_eq!(got, &read_json(expected), "{}", expected.display());
-}
-
-fn check_text(got: &str, expected: &Path) {
-    if bless() {
-        fs::write(expected, got).unwrap();
-        return;
-    }
-    let want = fs::read_to_string(expected).unwrap_or_else(|e| panic!("{}: {e}", expected.display()));
-    assert_eq!(got, want, "{}", expected.display());
-}
-
-fn usage_json(u: Option<TokenUsage>) -> Value {
-    match u {
-        None => Value::Null,
-        Some(u) => serde_json::json!({"input": u.input, "output": u.output, "total": u.total,
-            "cached_input": u.cached_input, "reasoning": u.reasoning}),
-    }
 }
 
 /// Checks the gateway's id (`chatcmpl-` and 24 hex digits) and replaces it by `GOLDEN_ID`.
