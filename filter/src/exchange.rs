@@ -205,6 +205,11 @@ impl Exchange {
                     host.set_response_header("content-length", &replacement.len().to_string());
                 }
             }
+            if let (Some(status), BodyMode::Buffer) = (edits.status, routed.mode) {
+                host.set_response_header(":status", &status.to_string());
+                routed.status = status;
+                routed.error = true;
+            }
             routed.usage = edits.usage.or(routed.usage);
         }
         if end_of_stream {
@@ -601,6 +606,24 @@ max_request_body_bytes: 1000
         assert_eq!(v["error"]["type"], "server_error");
         assert_eq!(host.response_header("content-length"), Some(host.response_body.len().to_string()));
         assert_eq!(host.response_header("content-type").as_deref(), Some("application/json"));
+        x.on_log(&mut host);
+        assert!(host.samples.iter().any(|s| s.name.contains("outcome=.=failure")));
+    }
+
+    #[test]
+    fn unreadable_translated_success_becomes_502() {
+        let config = "backends: [{name: claude, schema: Anthropic, auth: {x_api_key: k}}]";
+        let mut x = Exchange::new(Some(Rc::new(Shared::new(parse(config.as_bytes(), &NoEnv, 0).unwrap()))));
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        send(&mut x, &mut host, br#"{"model":"claude-x","messages":[{"role":"user","content":"hi"}]}"#);
+        host.response_headers =
+            vec![(":status".into(), "200".into()), ("content-type".into(), "application/json".into())];
+        assert_eq!(x.on_response_headers(&mut host, false), Flow::Pause);
+        host.response_body = b"<html>not json</html>".to_vec();
+        x.on_response_body(&mut host, 21, true);
+        assert_eq!(host.response_header(":status").as_deref(), Some("502"));
+        let v: serde_json::Value = serde_json::from_slice(&host.response_body).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_upstream_response");
         x.on_log(&mut host);
         assert!(host.samples.iter().any(|s| s.name.contains("outcome=.=failure")));
     }

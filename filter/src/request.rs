@@ -83,12 +83,8 @@ pub fn read(body: &[u8]) -> Result<RequestInfo, ApiError> {
         Some(_) => return Err(ApiError::bad_request("invalid_request", "`stream` must be a boolean")),
     };
     let has_stream_options = fields.stream_options.is_some();
-    let client_wants_usage = fields
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let client_wants_usage =
+        fields.stream_options.as_ref().and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
     Ok(RequestInfo { model, stream, client_wants_usage, has_stream_options })
 }
 

@@ -639,12 +639,20 @@ impl Translator for OpenAIToAnthropic {
                         cached_input: u.prompt_tokens_details.map_or(0, |d| d.cached_tokens),
                         reasoning: 0,
                     });
-                    ChunkEdits { replace: serde_json::to_vec(&completion).ok(), usage, first_content: false }
+                    ChunkEdits {
+                        replace: serde_json::to_vec(&completion).ok(),
+                        usage,
+                        first_content: false,
+                        status: None,
+                    }
                 }
                 Err(e) => {
                     let message = format!("the Anthropic response could not be read: {e}");
-                    let body = crate::error::error_json(&message, "server_error", "invalid_upstream_response");
-                    ChunkEdits { replace: Some(body), usage: None, first_content: false }
+                    ChunkEdits::unreadable(crate::error::error_json(
+                        &message,
+                        "server_error",
+                        "invalid_upstream_response",
+                    ))
                 }
             };
         }
@@ -662,6 +670,7 @@ impl Translator for OpenAIToAnthropic {
             replace: Some(out),
             usage: if end_of_stream { self.usage } else { None },
             first_content: !had_content && self.writer.saw_content,
+            status: None,
         }
     }
 

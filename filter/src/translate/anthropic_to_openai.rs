@@ -409,17 +409,16 @@ impl Translator for AnthropicToOpenAI {
     fn response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkEdits {
         if !self.streaming_response {
             return match to_messages_response(chunk, &self.model) {
-                Ok((response, usage)) => {
-                    ChunkEdits { replace: Some(response.to_string().into_bytes()), usage, first_content: false }
-                }
-                Err(e) => ChunkEdits {
-                    replace: Some(anthropic_error_json(
-                        &format!("the upstream response could not be read: {e}"),
-                        "api_error",
-                    )),
-                    usage: None,
+                Ok((response, usage)) => ChunkEdits {
+                    replace: Some(response.to_string().into_bytes()),
+                    usage,
                     first_content: false,
+                    status: None,
                 },
+                Err(e) => ChunkEdits::unreadable(anthropic_error_json(
+                    &format!("the upstream response could not be read: {e}"),
+                    "api_error",
+                )),
             };
         }
         let had_content = self.writer.saw_content;
@@ -445,6 +444,7 @@ impl Translator for AnthropicToOpenAI {
             replace: Some(out),
             usage: if end_of_stream { self.writer.usage } else { None },
             first_content: !had_content && self.writer.saw_content,
+            status: None,
         }
     }
 

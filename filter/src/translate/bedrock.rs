@@ -683,12 +683,16 @@ impl Translator for OpenAIToBedrock {
                 Ok(resp) => {
                     let usage = resp.usage.map(|u| u.to_tokens());
                     let completion = to_chat_completion(resp, &self.id, &self.model, self.created);
-                    ChunkEdits { replace: serde_json::to_vec(&completion).ok(), usage, first_content: false }
+                    ChunkEdits {
+                        replace: serde_json::to_vec(&completion).ok(),
+                        usage,
+                        first_content: false,
+                        status: None,
+                    }
                 }
                 Err(e) => {
                     let message = format!("the Bedrock response could not be read: {e}");
-                    let body = error_json(&message, "server_error", "invalid_upstream_response");
-                    ChunkEdits { replace: Some(body), usage: None, first_content: false }
+                    ChunkEdits::unreadable(error_json(&message, "server_error", "invalid_upstream_response"))
                 }
             };
         }
@@ -720,6 +724,7 @@ impl Translator for OpenAIToBedrock {
             replace: Some(out),
             usage: if end_of_stream || (!had_usage && usage.is_some()) { usage } else { None },
             first_content: !had_content && writer.saw_content,
+            status: None,
         }
     }
 

@@ -720,11 +720,7 @@ fn plan(streaming: bool) -> ResponsePlan {
 
 fn unreadable(what: &str, e: serde_json::Error) -> ChunkEdits {
     let message = format!("the Gemini {what} could not be read: {e}");
-    ChunkEdits {
-        replace: Some(error_json(&message, "server_error", "invalid_upstream_response")),
-        usage: None,
-        first_content: false,
-    }
+    ChunkEdits::unreadable(error_json(&message, "server_error", "invalid_upstream_response"))
 }
 
 /// OpenAI chat completions → Gemini `generateContent` / `streamGenerateContent`.
@@ -806,7 +802,12 @@ impl Translator for OpenAIToGemini {
                 Ok(resp) => {
                     let usage = resp.usage_metadata.as_ref().map(usage_of);
                     let completion = to_chat_completion(resp, &self.fallback_id, &self.model, self.created);
-                    ChunkEdits { replace: serde_json::to_vec(&completion).ok(), usage, first_content: false }
+                    ChunkEdits {
+                        replace: serde_json::to_vec(&completion).ok(),
+                        usage,
+                        first_content: false,
+                        status: None,
+                    }
                 }
                 Err(e) => unreadable("response", e),
             };
@@ -832,7 +833,7 @@ impl Translator for OpenAIToGemini {
             self.writer.close(&mut out);
             usage = self.writer.usage;
         }
-        ChunkEdits { replace: Some(out), usage, first_content: !had_content && self.writer.saw_content }
+        ChunkEdits { replace: Some(out), usage, first_content: !had_content && self.writer.saw_content, status: None }
     }
 
     fn error_body(&mut self, status: u16, body: &[u8]) -> Option<Vec<u8>> {
@@ -968,7 +969,12 @@ impl Translator for OpenAIToVertexEmbeddings {
                 let response = to_embeddings_response(resp, &self.model, self.base64);
                 let tokens = response.usage.prompt_tokens;
                 let usage = TokenUsage { input: tokens, total: tokens, ..TokenUsage::default() };
-                ChunkEdits { replace: serde_json::to_vec(&response).ok(), usage: Some(usage), first_content: false }
+                ChunkEdits {
+                    replace: serde_json::to_vec(&response).ok(),
+                    usage: Some(usage),
+                    first_content: false,
+                    status: None,
+                }
             }
             Err(e) => unreadable("embeddings response", e),
         }

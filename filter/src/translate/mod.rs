@@ -52,6 +52,16 @@ pub struct ChunkEdits {
     pub usage: Option<TokenUsage>,
     /// The chunk carried the first generated content (for time to first token).
     pub first_content: bool,
+    /// A new response status; honoured in `Buffer` mode, where the headers are still held (an
+    /// upstream success the translator cannot read becomes a 502).
+    pub status: Option<u16>,
+}
+
+impl ChunkEdits {
+    /// An upstream success body that could not be read: the client gets `body` with a 502.
+    pub fn unreadable(body: Vec<u8>) -> Self {
+        ChunkEdits { replace: Some(body), usage: None, first_content: false, status: Some(502) }
+    }
 }
 
 /// Everything the request phase may look at.
