@@ -637,7 +637,7 @@ fn compile_model_match(m: raw::StringMatch, field: &str) -> Result<ModelMatcher,
     match kind {
         "exact" => Ok(ModelMatcher::Exact(value)),
         "prefix" => Ok(ModelMatcher::Prefix(value)),
-        "glob" => Ok(ModelMatcher::Glob(value)),
+        "glob" => Ok(ModelMatcher::Glob(crate::routing::Glob::new(&value))),
         _ => anchored_regex(&value, &format!("{field}.regex")).map(ModelMatcher::Regex),
     }
 }

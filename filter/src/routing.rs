@@ -6,7 +6,7 @@ use std::cell::Cell;
 pub enum ModelMatcher {
     Exact(String),
     Prefix(String),
-    Glob(String),
+    Glob(Glob),
     Regex(regex_lite::Regex),
 }
 
@@ -15,7 +15,7 @@ impl ModelMatcher {
         match self {
             ModelMatcher::Exact(m) => model == m,
             ModelMatcher::Prefix(p) => model.starts_with(p.as_str()),
-            ModelMatcher::Glob(g) => glob_matches(g, model),
+            ModelMatcher::Glob(g) => g.matches(model),
             ModelMatcher::Regex(r) => r.is_match(model),
         }
     }
@@ -132,39 +132,53 @@ pub fn find_rule<'r, 'h>(rules: &'r [Rule], model: &str, header: &dyn Fn(&str) -
     rules.iter().find(|r| r.matches(model, header))
 }
 
-/// Glob with `*` (any run, possibly empty) and `?` (one character), iterative with one backtrack
-/// point so no pattern can blow up.
-pub fn glob_matches(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut backtrack: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                backtrack = Some((pi, ti));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || Some(&c) == t.get(ti) => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match backtrack {
-                Some((star, matched)) => {
-                    pi = star + 1;
-                    ti = matched + 1;
-                    backtrack = Some((star, matched + 1));
-                }
-                None => return false,
-            },
-        }
+/// A glob with `*` (any run, possibly empty) and `?` (one character), split into characters once,
+/// at configure time. Matching is iterative with one backtrack point, so no pattern can blow up,
+/// and walks the model name in place.
+#[derive(Debug)]
+pub struct Glob(Vec<char>);
+
+impl Glob {
+    pub fn new(pattern: &str) -> Glob {
+        Glob(pattern.chars().collect())
     }
-    p.get(pi..).is_some_and(|rest| rest.iter().all(|&c| c == '*'))
+
+    pub fn matches(&self, text: &str) -> bool {
+        let p = &self.0;
+        // `ti` is a byte offset into `text`; `backtrack` remembers the last `*` and where it resumed.
+        let (mut pi, mut ti) = (0usize, 0usize);
+        let mut backtrack: Option<(usize, usize)> = None;
+        while let Some(c) = text.get(ti..).and_then(|rest| rest.chars().next()) {
+            match p.get(pi) {
+                Some('*') => {
+                    backtrack = Some((pi, ti));
+                    pi += 1;
+                }
+                Some(&pc) if pc == '?' || pc == c => {
+                    pi += 1;
+                    ti += c.len_utf8();
+                }
+                _ => {
+                    let Some((star, resumed)) = backtrack else { return false };
+                    // Let the `*` take one more character and try again after it.
+                    let taken = text.get(resumed..).and_then(|rest| rest.chars().next()).map_or(1, char::len_utf8);
+                    pi = star + 1;
+                    ti = resumed + taken;
+                    backtrack = Some((star, ti));
+                }
+            }
+        }
+        p.get(pi..).is_some_and(|rest| rest.iter().all(|&c| c == '*'))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn glob_matches(pattern: &str, text: &str) -> bool {
+        Glob::new(pattern).matches(text)
+    }
 
     #[test]
     fn globs() {
@@ -178,6 +192,10 @@ mod tests {
         assert!(glob_matches("qwen?.5:*", "qwen2.5:0.5b"));
         assert!(!glob_matches("qwen?.5", "qwen22.5"));
         assert!(glob_matches("ü*", "über"));
+        assert!(glob_matches("*ber", "über"));
+        assert!(glob_matches("?ber", "über"));
+        assert!(!glob_matches("?", "üb"));
+        assert!(glob_matches("a*é?", "aXXéé"));
         let long = "a".repeat(5000);
         assert!(!glob_matches("*a*a*a*a*a*b", &long));
     }
