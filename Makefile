@@ -29,6 +29,8 @@ export LLMGW_WASM     := $(abspath $(WASM))
 export LLMGW_MOCK_BIN := $(abspath $(MOCK))
 export ENVOY_BIN
 
+
+.PHONY: wasm-trap
 .PHONY: help tools rust-tools py-tools deb-tools build wasm host-bins cli test lint fmt-check clippy unit \
         unit-native unit-wasm harness cli-test e2e validate run run-mocks oci oci-push clean-venv
 
@@ -102,6 +104,12 @@ wasm: rust-tools
 
 host-bins:
 	$(CARGO) build -p llmgw-host-tests --bins
+
+# A test-only module that traps on `x-llmgw-test-trap` (FAIL_RELOAD e2e); never shipped.
+WASM_TRAP := $(TARGET)/wasm-trap/wasm32-wasip1/release/llmgw_filter.wasm
+export LLMGW_WASM_TRAP := $(abspath $(WASM_TRAP))
+wasm-trap: rust-tools
+	CARGO_TARGET_DIR=$(TARGET)/wasm-trap $(CARGO) build --release -p llmgw-filter --target wasm32-wasip1 --features test-trap
 
 cli:
 	$(CARGO) build -p llmgw

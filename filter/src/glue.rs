@@ -94,6 +94,10 @@ fn action(flow: Flow) -> Action {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "test-trap")]
+        if let Ok(Some(_)) = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-llmgw-test-trap") {
+            core::arch::wasm32::unreachable();
+        }
         let mut host = WasmHost { metrics: &self.metrics };
         action(self.exchange.on_request_headers(&mut host, end_of_stream))
     }
