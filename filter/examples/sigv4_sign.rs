@@ -38,7 +38,7 @@ fn main() -> Result<(), String> {
             authority: text(r, "authority"),
             path: text(r, "path"),
             headers: &pairs,
-            body: text(r, "body").as_bytes(),
+            body: &[text(r, "body").as_bytes()],
             time: UNIX_EPOCH + Duration::from_secs(r.get("time_unix").and_then(Value::as_u64).unwrap_or(0)),
         };
         let signed = sigv4::sign(&credential, text(r, "region"), text(r, "service"), &outgoing)?;

@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use crate::api::{query_of, ClientApi, Endpoint, PathKind};
 use crate::auth;
+use crate::body::NewBody;
 use crate::config::{Compiled, BACKEND_HEADER, MODEL_HEADER};
 use crate::error::{ApiError, ErrorKind};
 use crate::host::{Flow, Host};
@@ -360,9 +361,9 @@ fn route(
         host.set_request_header(":authority", authority);
     }
     if let Some(new_body) = &edits.body {
-        host.set_request_body(size, new_body);
+        replace_request_body(host, size, new_body);
         if host.request_header("content-length").is_some() {
-            host.set_request_header("content-length", &new_body.len().to_string());
+            host.set_request_header("content-length", &new_body.len(size).to_string());
         }
     }
     if let Some(credential) = &backend.credential {
@@ -376,7 +377,7 @@ fn route(
             authority: &authority,
             path: &path,
             headers: &signed_headers,
-            body: edits.body.as_deref().unwrap_or(body),
+            body: &edits.body.as_ref().map_or_else(|| vec![body], |b| b.parts(body)),
             time: std::time::UNIX_EPOCH + std::time::Duration::from_nanos(now),
         };
         for (name, value) in auth::headers(credential, &backend.region, &outgoing)? {
@@ -396,6 +397,22 @@ fn route(
         ended_at: None,
         usage: None,
     })
+}
+
+/// Hands a new body to the host without joining it: a head replacement is one call; a whole new
+/// body replaces the old with its last chunk, then prepends the others (Envoy only replaces from
+/// the start or appends).
+fn replace_request_body(host: &mut dyn Host, size: usize, new_body: &NewBody) {
+    match new_body {
+        NewBody::Head { replaced, head } => host.set_request_body(*replaced, head),
+        NewBody::Whole(chunks) => {
+            let mut parts = chunks.chunks().rev();
+            host.set_request_body(size, parts.next().unwrap_or_default());
+            for part in parts {
+                host.set_request_body(0, part);
+            }
+        }
+    }
 }
 
 fn too_large(limit: usize) -> ApiError {

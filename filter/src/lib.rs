@@ -5,11 +5,13 @@
 
 pub mod api;
 pub mod auth;
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod eventstream;
 pub mod exchange;
 pub mod host;
+pub mod json;
 pub mod metrics;
 pub mod request;
 pub mod routing;

@@ -1,7 +1,7 @@
 //! Reading what routing needs from a client's JSON body, strictly and without panics.
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::config::is_header_value;
 use crate::error::ApiError;
@@ -21,22 +21,30 @@ pub struct RequestInfo {
 }
 
 #[derive(Deserialize)]
-struct Fields {
-    // Present-but-null and absent are told apart so the error says which.
-    #[serde(default, deserialize_with = "some_value")]
-    model: Option<Value>,
-    #[serde(default, deserialize_with = "some_value")]
-    stream: Option<Value>,
-    #[serde(default, deserialize_with = "some_value")]
-    stream_options: Option<Value>,
+struct Fields<'a> {
+    // Raw: a hostile value (a huge array for `stream_options`) is never built; present-but-null
+    // and absent are told apart so the body is never given a second member of the same name.
+    #[serde(default, borrow, deserialize_with = "some_raw")]
+    model: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "some_raw")]
+    stream: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "some_raw")]
+    stream_options: Option<&'a RawValue>,
 }
 
-fn some_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
+fn some_raw<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct StreamOptions<'a> {
+    #[serde(default, borrow)]
+    include_usage: Option<&'a RawValue>,
 }
 
 /// Parses and validates the body. Duplicate keys among the fields read are refused, so the gateway
-/// and the provider can never disagree on which `model` a request names.
+/// and the provider can never disagree on which `model` a request names. Nothing but the model
+/// name is copied: other members are validated and skipped.
 pub fn read(body: &[u8]) -> Result<RequestInfo, ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
@@ -58,11 +66,12 @@ pub fn read(body: &[u8]) -> Result<RequestInfo, ApiError> {
     })?;
     let fields: Fields = serde_json::from_str(text)
         .map_err(|e| ApiError::bad_request("invalid_request", format!("request body is not valid JSON: {e}")))?;
-    let model = match fields.model {
-        None | Some(Value::Null) => {
+    let model = match fields.model.map(RawValue::get) {
+        None | Some("null") => {
             return Err(ApiError::bad_request("missing_model", "you must provide a model parameter"))
         }
-        Some(Value::String(m)) => m,
+        Some(raw) if raw.starts_with('"') => serde_json::from_str::<String>(raw)
+            .map_err(|_| ApiError::bad_request("invalid_model", "`model` must be a string"))?,
         Some(_) => return Err(ApiError::bad_request("invalid_model", "`model` must be a string")),
     };
     if model.trim().is_empty() {
@@ -77,41 +86,19 @@ pub fn read(body: &[u8]) -> Result<RequestInfo, ApiError> {
     if !is_header_value(&model) {
         return Err(ApiError::bad_request("invalid_model", "`model` must not contain control characters"));
     }
-    let stream = match fields.stream {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => b,
+    let stream = match fields.stream.map(RawValue::get) {
+        None | Some("null") | Some("false") => false,
+        Some("true") => true,
         Some(_) => return Err(ApiError::bad_request("invalid_request", "`stream` must be a boolean")),
     };
     let has_stream_options = fields.stream_options.is_some();
-    let client_wants_usage =
-        fields.stream_options.as_ref().and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
+    let client_wants_usage = fields
+        .stream_options
+        .filter(|raw| raw.get().starts_with('{'))
+        .and_then(|raw| serde_json::from_str::<StreamOptions>(raw.get()).ok())
+        .and_then(|o| o.include_usage)
+        .is_some_and(|v| v.get() == "true");
     Ok(RequestInfo { model, stream, client_wants_usage, has_stream_options })
-}
-
-/// Adds a top-level field to a JSON object body that does not have it, without parsing the body
-/// again: the field is spliced in right after the opening brace. `member` is `"key":value`.
-pub fn prepend_member(body: &[u8], member: &str) -> Option<Vec<u8>> {
-    let open = body.iter().position(|&b| b == b'{')?;
-    let rest = body.get(open + 1..)?;
-    let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
-    let mut out = Vec::with_capacity(body.len() + member.len() + 1);
-    out.extend_from_slice(body.get(..=open)?);
-    out.extend_from_slice(member.as_bytes());
-    if !empty {
-        out.push(b',');
-    }
-    out.extend_from_slice(rest);
-    Some(out)
-}
-
-/// Rewrites top-level fields of a JSON object body, keeping every other byte's meaning and the key order.
-pub fn rewrite(body: &[u8], edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Result<Vec<u8>, ApiError> {
-    let mut object: serde_json::Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_request", format!("request body is not valid JSON: {e}")))?;
-    edit(&mut object);
-    serde_json::to_vec(&object).map_err(|e| {
-        ApiError::new(500, crate::error::ErrorKind::Server, "internal", format!("re-encoding the body failed: {e}"))
-    })
 }
 
 #[cfg(test)]
@@ -132,6 +119,11 @@ mod tests {
         );
         let r = read(br#"{"messages":[],"model":"m","stream":null}"#).unwrap();
         assert!(!r.stream && !r.client_wants_usage);
+        let r = read(br#"{"model":"m","stream_options":null}"#).unwrap();
+        assert!(r.has_stream_options && !r.client_wants_usage);
+        let r =
+            read(br#"{"model":"m\u0041","stream":false,"stream_options":{"include_usage":false,"x":[1]}}"#).unwrap();
+        assert_eq!((r.model.as_str(), r.stream, r.client_wants_usage), ("mA", false, false));
     }
 
     #[test]
@@ -155,28 +147,10 @@ mod tests {
 
     #[test]
     fn deep_nesting_never_overflows() {
-        // Fields the gateway does not read are skipped without recursion; a rewrite refuses them.
+        // Fields the gateway does not read are skipped without recursion.
         let deep = format!("{{\"model\":\"a\",\"x\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(read(deep.as_bytes()).unwrap().model, "a");
-        assert_eq!(rewrite(deep.as_bytes(), |_| {}).unwrap_err().status, 400);
-    }
-
-    #[test]
-    fn prepend_member_splices_without_reparsing() {
-        let member = r#""stream_options":{"include_usage":true}"#;
-        let out = prepend_member(br#" {"model":"m","stream":true}"#, member).unwrap();
-        assert_eq!(out, br#" {"stream_options":{"include_usage":true},"model":"m","stream":true}"#);
-        let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["stream_options"]["include_usage"], true);
-        assert_eq!(prepend_member(b"{ }", member).unwrap(), br#"{"stream_options":{"include_usage":true} }"#);
-    }
-
-    #[test]
-    fn rewrite_keeps_key_order() {
-        let out = rewrite(br#"{"z":1,"model":"a","messages":[{"role":"user"}]}"#, |o| {
-            o.insert("model".into(), Value::String("b".into()));
-        })
-        .unwrap();
-        assert_eq!(out, br#"{"z":1,"model":"b","messages":[{"role":"user"}]}"#);
+        let deep = format!("{{\"model\":\"a\",\"stream_options\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(!read(deep.as_bytes()).unwrap().client_wants_usage);
     }
 }

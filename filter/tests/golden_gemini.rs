@@ -62,7 +62,7 @@ fn translated(dir: &Path, case: &Value, backend: &Backend) -> (Box<dyn Translato
         .request_body(&RequestContext { info: &info, body: &body, backend, query: "", now_unix })
         .unwrap_or_else(|e| panic!("{}: {e:?}", dir.display()));
     assert_eq!(edits.set_headers, Vec::<(String, String)>::new());
-    let sent: Value = serde_json::from_slice(&edits.body.unwrap()).unwrap();
+    let sent: Value = serde_json::from_slice(&edits.body.unwrap().apply_to(b"")).unwrap();
     (translator, edits.path.unwrap(), sent)
 }
 

@@ -15,7 +15,8 @@ pub struct Outgoing<'a> {
     pub path: &'a str,
     /// Headers to include in the signature besides `host` (lower-case names).
     pub headers: &'a [(&'a str, &'a str)],
-    pub body: &'a [u8],
+    /// The body, in parts (it is never joined into one buffer).
+    pub body: &'a [&'a [u8]],
     pub time: SystemTime,
 }
 

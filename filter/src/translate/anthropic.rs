@@ -602,7 +602,7 @@ impl Translator for OpenAIToAnthropic {
         self.writer = ChunkWriter { model: model.clone(), created: *now_unix, include_usage, ..Default::default() };
         Ok(RequestEdits {
             path: Some(messages_path(backend, &model, info.stream)),
-            body: Some(new_body),
+            body: Some(crate::body::NewBody::whole(new_body)),
             set_headers: platform_headers(backend, None),
         })
     }
@@ -707,7 +707,7 @@ pub(crate) mod tests {
     }
 
     fn body_json(edits: &RequestEdits) -> Value {
-        serde_json::from_slice(edits.body.as_ref().unwrap()).unwrap()
+        serde_json::from_slice(&edits.body.as_ref().unwrap().apply_to(b"")).unwrap()
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! passes through with the platform's path and version; streams are re-framed where needed; usage
 //! is read on the way.
 
-use super::anthropic::{messages_path, platform_body, platform_headers, upstream_message, Framing};
+use super::anthropic::{messages_path, platform_headers, upstream_message, Framing};
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
 use crate::config::Schema;
 use crate::error::{anthropic_error_json, ApiError, ErrorKind};
+use crate::json::{json_string, Splice};
 use crate::wire::anthropic as a;
 
 pub struct AnthropicNative {
@@ -69,16 +70,28 @@ impl Translator for AnthropicNative {
         let RequestContext { info, body, backend, query: _, now_unix: _ } = request;
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
         self.stream = info.stream;
-        let new_body = if backend.schema == Schema::Anthropic && backend.model_override.is_none() {
-            None // Faithful: the client's bytes go upstream unchanged.
-        } else {
-            let mut messages: a::MessagesRequest = serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request("invalid_request", format!("invalid Messages request: {e}")))?;
-            platform_body(&mut messages, backend, &model, info.stream);
-            Some(serde_json::to_vec(&messages).map_err(|e| {
-                ApiError::new(500, ErrorKind::Server, "internal", format!("encoding the request failed: {e}"))
-            })?)
-        };
+        // In place: documents, `cache_control`, server tools, thinking blocks and fields this
+        // gateway has never heard of reach the provider byte for byte.
+        let mut splice = Splice::new(body)
+            .ok_or_else(|| ApiError::bad_request("invalid_request", "request body must be a JSON object"))?;
+        match backend.schema {
+            Schema::AWSAnthropic | Schema::GCPAnthropic => {
+                // The model is in the path, the API version in the body; AWS also refuses `stream`
+                // (the path says it), Vertex wants it only when true.
+                splice.remove("model");
+                splice.remove("stream");
+                if backend.schema == Schema::GCPAnthropic && info.stream {
+                    splice.insert("stream", b"true");
+                }
+                splice.set("anthropic_version", &json_string(&backend.anthropic_version));
+            }
+            _ => {
+                if backend.model_override.as_deref().is_some_and(|m| m != info.model) {
+                    splice.set("model", &json_string(&model));
+                }
+            }
+        }
+        let new_body = splice.finish();
         Ok(RequestEdits {
             path: Some(messages_path(backend, &model, info.stream)),
             body: new_body,
@@ -175,7 +188,7 @@ mod tests {
         assert_eq!(edits.body, None);
         assert_eq!(edits.path.as_deref(), Some("/v1/messages"));
         let (edits, _) = translate(Schema::Anthropic, body, Some("claude-real"));
-        let v: serde_json::Value = serde_json::from_slice(&edits.body.unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&edits.body.unwrap().apply_to(body.as_bytes())).unwrap();
         assert_eq!(v["model"], "claude-real");
         assert_eq!(v["new_feature"], serde_json::json!({"a":1}));
     }
@@ -188,7 +201,7 @@ mod tests {
             edits.path.as_deref(),
             Some("/v1/projects/p/locations/europe-west1/publishers/anthropic/models/claude-x:streamRawPredict")
         );
-        let v: serde_json::Value = serde_json::from_slice(&edits.body.unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&edits.body.unwrap().apply_to(body.as_bytes())).unwrap();
         assert_eq!(v["anthropic_version"], "vertex-2023-10-16");
         assert_eq!(v["stream"], true);
         assert!(v.get("model").is_none());

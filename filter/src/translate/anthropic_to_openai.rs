@@ -387,7 +387,7 @@ impl Translator for AnthropicToOpenAI {
         })?;
         Ok(RequestEdits {
             path: Some(upstream_path(backend, Endpoint::ChatCompletions, &model, query)),
-            body: Some(new_body),
+            body: Some(crate::body::NewBody::whole(new_body)),
             set_headers: vec![("content-type".into(), "application/json".into())],
         })
     }
@@ -466,7 +466,7 @@ mod tests {
         let info = read(body.as_bytes()).unwrap();
         let ctx = RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "", now_unix: 0 };
         let edits = t.request_body(&ctx).unwrap();
-        (serde_json::from_slice(edits.body.as_ref().unwrap()).unwrap(), edits, t)
+        (serde_json::from_slice(&edits.body.as_ref().unwrap().apply_to(b"")).unwrap(), edits, t)
     }
 
     #[test]

@@ -661,7 +661,7 @@ impl Translator for OpenAIToBedrock {
         };
         Ok(RequestEdits {
             path: Some(converse_path(&backend.prefix, &model, info.stream)),
-            body: Some(new_body),
+            body: Some(crate::body::NewBody::whole(new_body)),
             set_headers: vec![("content-type".into(), "application/json".into())],
         })
     }
@@ -774,7 +774,7 @@ mod tests {
     }
 
     fn body_json(edits: &RequestEdits) -> Value {
-        serde_json::from_slice(edits.body.as_ref().unwrap()).unwrap()
+        serde_json::from_slice(&edits.body.as_ref().unwrap().apply_to(b"")).unwrap()
     }
 
     #[test]
@@ -1166,7 +1166,7 @@ mod tests {
             authority: "bedrock-runtime.eu-west-3.amazonaws.com",
             path,
             headers: &[("content-type", "application/json")],
-            body: &host.request_body,
+            body: &[&host.request_body],
             time: std::time::UNIX_EPOCH + std::time::Duration::from_nanos(host.now),
         };
         let again = sigv4::sign(&credential, "eu-west-3", "bedrock", &outgoing).unwrap();

@@ -784,7 +784,11 @@ impl Translator for OpenAIToGemini {
         self.writer.created = *now_unix;
         self.writer.include_usage = info.client_wants_usage;
         self.model = model;
-        Ok(RequestEdits { path: Some(path), body: Some(new_body), set_headers: Vec::new() })
+        Ok(RequestEdits {
+            path: Some(path),
+            body: Some(crate::body::NewBody::whole(new_body)),
+            set_headers: Vec::new(),
+        })
     }
 
     fn response_headers(&mut self, _status: u16, content_type: &str) -> ResponsePlan {
@@ -953,7 +957,11 @@ impl Translator for OpenAIToVertexEmbeddings {
         let path = model_path(backend, &model, "predict");
         self.model = model;
         self.base64 = base64;
-        Ok(RequestEdits { path: Some(path), body: Some(new_body), set_headers: Vec::new() })
+        Ok(RequestEdits {
+            path: Some(path),
+            body: Some(crate::body::NewBody::whole(new_body)),
+            set_headers: Vec::new(),
+        })
     }
 
     fn response_headers(&mut self, _status: u16, _content_type: &str) -> ResponsePlan {

@@ -21,8 +21,8 @@ use crate::usage::TokenUsage;
 pub struct RequestEdits {
     /// New `:path`, query included.
     pub path: Option<String>,
-    /// New body; `content-length` is fixed by the exchange.
-    pub body: Option<Vec<u8>>,
+    /// New body (whole, or a head replacement); `content-length` is fixed by the exchange.
+    pub body: Option<crate::body::NewBody>,
     pub set_headers: Vec<(String, String)>,
 }
 

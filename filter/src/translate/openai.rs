@@ -3,17 +3,17 @@
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
 use crate::api::Endpoint;
 use crate::config::{Backend, Schema};
 use crate::error::ApiError;
+use crate::json::{json_string, Splice, TopLevelCapture};
 use crate::sse::{parse_event, Splitter};
-use crate::usage::{self, OpenAIUsage, TokenUsage};
+use crate::usage::{OpenAIUsage, TokenUsage};
 
-/// Non-streaming bodies past this are forwarded without reading usage, to bound memory.
-const MAX_USAGE_BODY: usize = 32 * 1024 * 1024;
+/// A `usage` object larger than this is not read (real ones are a few hundred bytes).
+const MAX_USAGE_BYTES: usize = 64 * 1024;
 
 pub struct Passthrough {
     endpoint: Endpoint,
@@ -22,8 +22,8 @@ pub struct Passthrough {
     strip_usage_chunk: bool,
     streaming: bool,
     splitter: Splitter,
-    body: Vec<u8>,
-    body_too_large: bool,
+    /// Non-streaming answers: `usage` is picked out as the body passes; nothing else is kept.
+    usage_capture: TopLevelCapture,
     usage: Option<TokenUsage>,
     seen_content: bool,
 }
@@ -36,8 +36,7 @@ impl Passthrough {
             strip_usage_chunk: false,
             streaming: false,
             splitter: Splitter::default(),
-            body: Vec::new(),
-            body_too_large: false,
+            usage_capture: TopLevelCapture::new("usage", MAX_USAGE_BYTES),
             usage: None,
             seen_content: false,
         }
@@ -93,27 +92,27 @@ impl Translator for Passthrough {
         let RequestContext { info, body, backend, query, now_unix: _ } = request;
         let inject_usage = self.include_usage && info.stream && self.endpoint.can_stream() && !info.client_wants_usage;
         let model_override = backend.model_override.as_deref().filter(|m| *m != info.model);
-        let new_body = if model_override.is_none() && inject_usage && !info.has_stream_options {
-            // The common streaming case: splice the field in rather than re-encode the whole body.
-            crate::request::prepend_member(body, r#""stream_options":{"include_usage":true}"#)
-        } else if inject_usage || model_override.is_some() {
-            Some(crate::request::rewrite(body, |object| {
-                if let Some(model) = model_override {
-                    object.insert("model".into(), Value::String(model.to_string()));
-                }
-                if inject_usage {
-                    match object.get_mut("stream_options") {
-                        Some(Value::Object(options)) => {
-                            options.insert("include_usage".into(), Value::Bool(true));
-                        }
-                        _ => {
-                            let mut options = serde_json::Map::new();
-                            options.insert("include_usage".into(), Value::Bool(true));
-                            object.insert("stream_options".into(), Value::Object(options));
-                        }
+        // In place: only the edited members change; every other byte goes upstream as it came.
+        let new_body = if inject_usage || model_override.is_some() {
+            let mut splice = Splice::new(body)
+                .ok_or_else(|| ApiError::bad_request("invalid_request", "request body must be a JSON object"))?;
+            if let Some(model) = model_override {
+                splice.set("model", &json_string(model));
+            }
+            if inject_usage {
+                let options = match splice.get("stream_options") {
+                    Some(options) if options.first() == Some(&b'{') => {
+                        let mut inner = Splice::new(options).ok_or_else(|| {
+                            ApiError::bad_request("invalid_request", "`stream_options` must be an object")
+                        })?;
+                        inner.set("include_usage", b"true");
+                        inner.finish().map(|n| n.apply_to(options))
                     }
-                }
-            })?)
+                    _ => None,
+                };
+                splice.set("stream_options", options.as_deref().unwrap_or(br#"{"include_usage":true}"#));
+            }
+            splice.finish()
         } else {
             None
         };
@@ -216,18 +215,14 @@ pub fn percent_encode(segment: &str) -> String {
 
 impl Passthrough {
     fn json_body(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkEdits {
-        if !self.body_too_large {
-            if self.body.len() + chunk.len() > MAX_USAGE_BODY {
-                self.body_too_large = true;
-                self.body = Vec::new();
-            } else {
-                self.body.extend_from_slice(chunk);
-            }
-        }
+        self.usage_capture.push(chunk);
         let mut edits = ChunkEdits::default();
         if end_of_stream {
-            edits.usage = usage::from_openai_json(&self.body);
-            self.body = Vec::new();
+            edits.usage = self
+                .usage_capture
+                .value()
+                .and_then(|raw| serde_json::from_slice::<OpenAIUsage>(raw).ok())
+                .map(|u| TokenUsage::from(&u));
         }
         edits
     }
@@ -274,12 +269,14 @@ mod tests {
     fn override_and_usage_injection_rewrite_the_body() {
         let mut t = Passthrough::new(Endpoint::ChatCompletions, true);
         let edits = request(&mut t, br#"{"model":"m","stream":true,"stream_options":{"x":1}}"#, &backend(Some("real")));
+        let original = br#"{"model":"m","stream":true,"stream_options":{"x":1}}"#;
         assert_eq!(
-            edits.body.unwrap(),
-            br#"{"model":"real","stream":true,"stream_options":{"x":1,"include_usage":true}}"#
+            edits.body.unwrap().apply_to(original),
+            br#"{"model":"real","stream":true,"stream_options":{"include_usage":true,"x":1}}"#
         );
         let mut t = Passthrough::new(Endpoint::ChatCompletions, true);
-        let spliced = request(&mut t, br#"{"model":"m","stream":true}"#, &backend(None)).body.unwrap();
+        let original = br#"{"model":"m","stream":true}"#;
+        let spliced = request(&mut t, original, &backend(None)).body.unwrap().apply_to(original);
         assert_eq!(spliced, br#"{"stream_options":{"include_usage":true},"model":"m","stream":true}"#);
         let mut t = Passthrough::new(Endpoint::ChatCompletions, false);
         assert_eq!(request(&mut t, br#"{"model":"m","stream":true}"#, &backend(None)).body, None);

@@ -1,0 +1,549 @@
+//! Bodies as bytes. Nothing here builds a whole document in memory:
+//! - [`members`] finds the top-level members of a JSON object as byte ranges, so a body can be
+//!   edited in place ([`Splice`]) and every other byte travels as it came;
+//! - [`each`] walks the elements of a JSON array one at a time (translators stream large arrays
+//!   without collecting them);
+//! - [`ChunkedBody`] writes a new body in fixed-size chunks: it never reallocates or doubles;
+//! - [`TopLevelCapture`] picks one top-level member's value out of a body arriving in chunks (usage
+//!   from a response that is never held whole).
+//!
+//! The scanners assume the body was validated as JSON already (`request::read` does) but never
+//! panic on anything else: on bytes that are not JSON they return `None`.
+
+use std::borrow::Cow;
+use std::marker::PhantomData;
+use std::ops::Range;
+
+use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// One top-level member of an object: its key (decoded) and byte ranges in the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member<'a> {
+    pub key: Cow<'a, str>,
+    /// From the key's opening quote to the value's last byte.
+    pub span: Range<usize>,
+    /// The value's bytes.
+    pub value: Range<usize>,
+}
+
+fn skip_ws(body: &[u8], mut i: usize) -> usize {
+    while body.get(i).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// The end (exclusive) of the string starting at `i` (its opening quote).
+fn skip_string(body: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        match body.get(j)? {
+            b'"' => return Some(j + 1),
+            b'\\' => j += 2,
+            _ => j += 1,
+        }
+    }
+}
+
+/// The end (exclusive) of the value starting at `i`. Iterative: nesting depth costs nothing.
+fn skip_value(body: &[u8], i: usize) -> Option<usize> {
+    match body.get(i)? {
+        b'"' => skip_string(body, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match body.get(j)? {
+                    b'"' => {
+                        j = skip_string(body, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let mut j = i;
+            while body.get(j).is_some_and(|b| !matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')) {
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
+    }
+}
+
+fn decode_key(raw: &[u8]) -> Option<Cow<'_, str>> {
+    let inner = raw.get(1..raw.len().checked_sub(1)?)?;
+    if inner.contains(&b'\\') {
+        serde_json::from_slice::<String>(raw).ok().map(Cow::Owned)
+    } else {
+        std::str::from_utf8(inner).ok().map(Cow::Borrowed)
+    }
+}
+
+/// The top-level members of the object `body`, in order, and the offset of its opening brace.
+/// `None` when `body` is not an object.
+pub fn members(body: &[u8]) -> Option<(usize, Vec<Member<'_>>)> {
+    let open = skip_ws(body, 0);
+    if body.get(open) != Some(&b'{') {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut i = skip_ws(body, open + 1);
+    if body.get(i) == Some(&b'}') {
+        return Some((open, out));
+    }
+    loop {
+        if body.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = skip_string(body, i)?;
+        let key = decode_key(body.get(i..key_end)?)?;
+        let colon = skip_ws(body, key_end);
+        if body.get(colon) != Some(&b':') {
+            return None;
+        }
+        let value_start = skip_ws(body, colon + 1);
+        let value_end = skip_value(body, value_start)?;
+        out.push(Member { key, span: i..value_end, value: value_start..value_end });
+        let next = skip_ws(body, value_end);
+        match body.get(next)? {
+            b',' => i = skip_ws(body, next + 1),
+            b'}' => return Some((open, out)),
+            _ => return None,
+        }
+    }
+}
+
+/// In-place edits of a JSON object's top-level members. Applied as one replacement of the body's
+/// head (up to the last edited byte): the rest of the body is never copied.
+#[derive(Debug)]
+pub struct Splice<'a> {
+    body: &'a [u8],
+    open: usize,
+    members: Vec<Member<'a>>,
+    /// Non-overlapping (range, replacement) pairs.
+    edits: Vec<(Range<usize>, Vec<u8>)>,
+    /// Members inserted right after the opening brace.
+    inserted: Vec<u8>,
+    /// Indices of members to remove.
+    removed: Vec<usize>,
+}
+
+impl<'a> Splice<'a> {
+    /// `None` when `body` is not a JSON object.
+    pub fn new(body: &'a [u8]) -> Option<Self> {
+        let (open, members) = members(body)?;
+        Some(Splice { body, open, members, edits: Vec::new(), inserted: Vec::new(), removed: Vec::new() })
+    }
+
+    /// The value bytes of the last member named `key` (JSON keeps the last of duplicates).
+    pub fn get(&self, key: &str) -> Option<&'a [u8]> {
+        let m = self.members.iter().rev().find(|m| m.key == key)?;
+        self.body.get(m.value.clone())
+    }
+
+    /// Sets `key` to the JSON `value`: replaces every member of that name in place, or inserts it.
+    pub fn set(&mut self, key: &str, value: &[u8]) {
+        let mut found = false;
+        for m in self.members.iter().filter(|m| m.key == key) {
+            found = true;
+            self.edits.push((m.value.clone(), value.to_vec()));
+        }
+        if !found {
+            self.insert(key, value);
+        }
+    }
+
+    /// Inserts a member (the caller knows it is absent) right after the opening brace.
+    pub fn insert(&mut self, key: &str, value: &[u8]) {
+        if !self.inserted.is_empty() {
+            self.inserted.push(b',');
+        }
+        self.inserted.extend_from_slice(&json_string(key));
+        self.inserted.push(b':');
+        self.inserted.extend_from_slice(value);
+    }
+
+    /// Removes every member named `key`, with its comma.
+    pub fn remove(&mut self, key: &str) {
+        for (index, m) in self.members.iter().enumerate() {
+            if m.key == key && !self.removed.contains(&index) {
+                self.removed.push(index);
+            }
+        }
+    }
+
+    /// The byte ranges that removing members takes out, separators included: up to the next kept
+    /// member, or (for trailing members) from the end of the last kept one.
+    fn removal_ranges(&self) -> Vec<Range<usize>> {
+        let kept = |i: usize| !self.removed.contains(&i);
+        let mut ranges: Vec<Range<usize>> = Vec::new();
+        for &i in &self.removed {
+            let Some(m) = self.members.get(i) else { continue };
+            let next_kept = (i + 1..self.members.len()).find(|&j| kept(j)).and_then(|j| self.members.get(j));
+            let previous_kept = (0..i).rev().find(|&j| kept(j)).and_then(|j| self.members.get(j));
+            let range = match (next_kept, previous_kept) {
+                (Some(next), _) => m.span.start..next.span.start,
+                (None, Some(previous)) => previous.span.end..m.span.end,
+                // Nothing is kept: everything between the braces goes.
+                (None, None) => {
+                    let first = self.members.first().map_or(m.span.start, |f| f.span.start);
+                    let last = self.members.last().map_or(m.span.end, |l| l.span.end);
+                    first..last
+                }
+            };
+            ranges.push(range);
+        }
+        ranges.sort_by_key(|r| r.start);
+        let mut merged: Vec<Range<usize>> = Vec::new();
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        merged
+    }
+
+    /// True when nothing was changed.
+    pub fn is_unchanged(&self) -> bool {
+        self.edits.is_empty() && self.inserted.is_empty() && self.removed.is_empty()
+    }
+
+    /// The edits as a head replacement; `None` when nothing changed.
+    pub fn finish(mut self) -> Option<crate::body::NewBody> {
+        if self.is_unchanged() {
+            return None;
+        }
+        let all_removed = self.removed.len() == self.members.len();
+        let removals = self.removal_ranges();
+        // A value set on a removed member is dropped with it.
+        self.edits.retain(|(r, _)| !removals.iter().any(|d| d.start <= r.start && r.end <= d.end));
+        self.edits.extend(removals.into_iter().map(|r| (r, Vec::new())));
+        self.edits.sort_by_key(|(r, _)| r.start);
+        let head_end = self.edits.last().map_or(self.open + 1, |(r, _)| r.end.max(self.open + 1));
+        let mut head = Vec::with_capacity(head_end + self.inserted.len() + 1);
+        head.extend_from_slice(self.body.get(..=self.open)?);
+        if !self.inserted.is_empty() {
+            head.extend_from_slice(&self.inserted);
+            if !self.members.is_empty() && !all_removed {
+                head.push(b',');
+            }
+        }
+        let mut at = self.open + 1;
+        for (range, replacement) in &self.edits {
+            head.extend_from_slice(self.body.get(at..range.start)?);
+            head.extend_from_slice(replacement);
+            at = range.end;
+        }
+        head.extend_from_slice(self.body.get(at..head_end)?);
+        Some(crate::body::NewBody::Head { replaced: head_end, head })
+    }
+}
+
+/// `s` as a JSON string literal.
+pub fn json_string(s: &str) -> Vec<u8> {
+    serde_json::to_vec(s).unwrap_or_else(|_| b"\"\"".to_vec())
+}
+
+/// Why [`each`] stopped.
+#[derive(Debug)]
+pub enum EachError<E> {
+    /// An element did not have the expected shape (or the value is not an array).
+    Json(serde_json::Error),
+    /// The callback refused an element.
+    Stopped(E),
+}
+
+struct EachVisitor<'f, T, F, E> {
+    f: &'f mut F,
+    stopped: &'f mut Option<E>,
+    item: PhantomData<T>,
+}
+
+impl<'de, T, F, E> Visitor<'de> for EachVisitor<'_, T, F, E>
+where
+    T: Deserialize<'de>,
+    F: FnMut(T) -> Result<(), E>,
+{
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(item) = seq.next_element::<T>()? {
+            if let Err(e) = (self.f)(item) {
+                *self.stopped = Some(e);
+                return Err(de::Error::custom("stopped"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Calls `f` with each element of the JSON array `raw`, deserialized as `T` (borrowing from `raw`
+/// where `T` borrows), one at a time: memory does not grow with the number of elements.
+pub fn each<'a, T, E>(raw: &'a RawValue, mut f: impl FnMut(T) -> Result<(), E>) -> Result<(), EachError<E>>
+where
+    T: Deserialize<'a>,
+{
+    let mut stopped = None;
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let result = de.deserialize_seq(EachVisitor { f: &mut f, stopped: &mut stopped, item: PhantomData });
+    match (stopped, result) {
+        (Some(e), _) => Err(EachError::Stopped(e)),
+        (None, Err(e)) => Err(EachError::Json(e)),
+        (None, Ok(())) => Ok(()),
+    }
+}
+
+/// Picks the value of one top-level member (e.g. `usage`) out of a JSON object arriving in
+/// chunks, keeping only that value's bytes (up to `cap`). Nothing else is held.
+#[derive(Debug)]
+pub struct TopLevelCapture {
+    key: &'static [u8],
+    cap: usize,
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// At depth 1: the next string is a key (after `{` or `,`), not a value.
+    expect_key: bool,
+    /// Bytes of the key being read at depth 1 (only while it can still equal `key`).
+    key_buf: Vec<u8>,
+    key_matches: bool,
+    /// The last key read at depth 1 was `key`; its value starts after the colon.
+    awaiting_colon: bool,
+    /// The value of `key` is being captured.
+    capturing: bool,
+    value: Vec<u8>,
+    overflow: bool,
+    done: Option<Vec<u8>>,
+}
+
+impl TopLevelCapture {
+    pub fn new(key: &'static str, cap: usize) -> Self {
+        TopLevelCapture {
+            key: key.as_bytes(),
+            cap,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            expect_key: false,
+            key_buf: Vec::new(),
+            key_matches: false,
+            awaiting_colon: false,
+            capturing: false,
+            value: Vec::new(),
+            overflow: false,
+            done: None,
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) {
+        for &b in chunk {
+            self.byte(b);
+        }
+    }
+
+    fn byte(&mut self, b: u8) {
+        if self.capturing {
+            if self.depth == 1 && !self.in_string && (b == b',' || b == b'}') {
+                self.capturing = false;
+                if !self.overflow {
+                    self.done = Some(std::mem::take(&mut self.value));
+                }
+                self.value = Vec::new();
+                self.overflow = false;
+            } else if self.value.len() < self.cap {
+                self.value.push(b);
+            } else {
+                self.overflow = true;
+            }
+        }
+        if self.in_string {
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.in_string = false;
+                if self.depth == 1 && self.expect_key {
+                    self.expect_key = false;
+                    self.awaiting_colon = self.key_matches && self.key_buf == self.key;
+                    self.key_buf.clear();
+                }
+                return;
+            }
+            if self.depth == 1 && self.expect_key {
+                if self.key_matches && self.key_buf.len() < self.key.len() {
+                    self.key_buf.push(b);
+                } else {
+                    self.key_matches = false;
+                }
+            }
+            return;
+        }
+        match b {
+            b'"' => {
+                self.in_string = true;
+                if self.depth == 1 && self.expect_key {
+                    self.key_buf.clear();
+                    self.key_matches = true;
+                }
+            }
+            b'{' | b'[' => {
+                self.depth = self.depth.saturating_add(1);
+                if self.depth == 1 {
+                    self.expect_key = b == b'{';
+                }
+            }
+            b'}' | b']' => self.depth = self.depth.saturating_sub(1),
+            b',' if self.depth == 1 => self.expect_key = true,
+            b':' if self.depth == 1 && self.awaiting_colon => {
+                self.awaiting_colon = false;
+                self.capturing = true;
+            }
+            _ => {}
+        }
+    }
+
+    /// The captured value's bytes (the last occurrence), trimmed; `None` if absent or over the cap.
+    pub fn value(&self) -> Option<&[u8]> {
+        let v = self.done.as_deref()?;
+        let start = v.iter().position(|b| !b.is_ascii_whitespace())?;
+        let end = v.iter().rposition(|b| !b.is_ascii_whitespace())? + 1;
+        v.get(start..end)
+    }
+}
+
+/// Deserializes `T` from a raw value that borrows from the body.
+pub fn from_raw<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Result<T, serde_json::Error> {
+    T::deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
+}
+
+/// Borrowed view of a raw JSON value as bytes.
+pub fn raw_bytes(raw: &RawValue) -> &[u8] {
+    raw.get().as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(body: &[u8], edit: impl FnOnce(&mut Splice)) -> Vec<u8> {
+        let mut s = Splice::new(body).unwrap();
+        edit(&mut s);
+        match s.finish() {
+            None => body.to_vec(),
+            Some(new) => new.apply_to(body),
+        }
+    }
+
+    #[test]
+    fn members_are_found_with_their_ranges() {
+        let body = br#" { "model" : "a\"b", "x":[1,{"y":"}"}], "n":-1.5e3 ,"t":true}"#;
+        let (open, ms) = members(body).unwrap();
+        assert_eq!(open, 1);
+        let keys: Vec<_> = ms.iter().map(|m| m.key.to_string()).collect();
+        assert_eq!(keys, ["model", "x", "n", "t"]);
+        assert_eq!(&body[ms[0].value.clone()], br#""a\"b""#);
+        assert_eq!(&body[ms[1].value.clone()], br#"[1,{"y":"}"}]"#);
+        assert_eq!(&body[ms[2].value.clone()], b"-1.5e3");
+        assert_eq!(members(b"{}").unwrap().1, vec![]);
+        assert_eq!(members(b"[1]"), None);
+        assert_eq!(members(b"{\"a\":1"), None);
+        assert_eq!(members(br#"{"mod\u0065l":1}"#).unwrap().1[0].key, "model");
+    }
+
+    #[test]
+    fn splice_edits_only_what_it_must() {
+        let body = br#"{"a":1, "model":"m",  "z" : [1, 2]}"#;
+        assert_eq!(head(body, |s| s.set("model", br#""real""#)), br#"{"a":1, "model":"real",  "z" : [1, 2]}"#);
+        assert_eq!(head(body, |s| s.remove("model")), br#"{"a":1, "z" : [1, 2]}"#);
+        assert_eq!(head(body, |s| s.remove("z")), br#"{"a":1, "model":"m"}"#);
+        assert_eq!(head(body, |s| s.remove("a")), br#"{"model":"m",  "z" : [1, 2]}"#);
+        assert_eq!(head(body, |s| s.set("v", b"2")), br#"{"v":2,"a":1, "model":"m",  "z" : [1, 2]}"#);
+        assert_eq!(
+            head(body, |s| {
+                s.remove("model");
+                s.remove("z");
+                s.insert("anthropic_version", br#""x""#);
+            }),
+            br#"{"anthropic_version":"x","a":1}"#
+        );
+        assert_eq!(
+            head(br#"{"model":"m"}"#, |s| {
+                s.remove("model");
+                s.insert("k", b"1")
+            }),
+            br#"{"k":1}"#
+        );
+        assert_eq!(head(b"{ }", |s| s.insert("k", b"1")), b"{\"k\":1 }");
+        assert_eq!(
+            head(br#"{"a":1,"b":2}"#, |s| {
+                s.remove("a");
+                s.remove("b")
+            }),
+            b"{}"
+        );
+        // The head replacement stops at the last edit: the tail is never copied.
+        let s = {
+            let mut s = Splice::new(body).unwrap();
+            s.set("model", b"1");
+            s.finish().unwrap()
+        };
+        let crate::body::NewBody::Head { replaced, .. } = s else { panic!() };
+        assert_eq!(replaced, body.windows(3).position(|w| w == b"\"m\"").unwrap() + 3);
+    }
+
+    #[test]
+    fn each_walks_elements_without_collecting() {
+        let raw: &RawValue = serde_json::from_str(r#"[{"a":"x"},{"a":"y\n"}]"#).unwrap();
+        #[derive(serde::Deserialize)]
+        struct E<'a> {
+            #[serde(borrow)]
+            a: Cow<'a, str>,
+        }
+        let mut seen = Vec::new();
+        each(raw, |e: E| -> Result<(), ()> {
+            seen.push((e.a.to_string(), matches!(e.a, Cow::Borrowed(_))));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [("x".to_string(), true), ("y\n".to_string(), false)]);
+        let r = each(raw, |_: E| Err("no"));
+        assert!(matches!(r, Err(EachError::Stopped("no"))));
+        let not_array: &RawValue = serde_json::from_str("{}").unwrap();
+        assert!(matches!(each(not_array, |_: E| Ok::<(), ()>(())), Err(EachError::Json(_))));
+    }
+
+    #[test]
+    fn top_level_capture_at_every_split() {
+        let body =
+            br#"{"id":"x","choices":[{"usage":{"bad":1},"t":"\"usage\":"}],"usage" : {"prompt_tokens":3,"s":"},"} }"#;
+        for split in 0..body.len() {
+            let mut c = TopLevelCapture::new("usage", 1024);
+            c.push(&body[..split]);
+            c.push(&body[split..]);
+            assert_eq!(c.value(), Some(&br#"{"prompt_tokens":3,"s":"},"}"#[..]), "split {split}");
+        }
+        let mut c = TopLevelCapture::new("usage", 4);
+        c.push(br#"{"usage":{"prompt_tokens":3}}"#);
+        assert_eq!(c.value(), None);
+        let mut c = TopLevelCapture::new("usage", 64);
+        c.push(br#"{"usagex":1,"usag":2}"#);
+        assert_eq!(c.value(), None);
+    }
+}
