@@ -2,6 +2,7 @@
 
 pub mod anthropic;
 pub mod bedrock;
+pub mod chat_view;
 pub(crate) mod de;
 pub mod gemini;
 pub mod openai;

@@ -197,11 +197,16 @@ pub enum Image<'a> {
 impl ImageUrl {
     /// Splits `data:image/png;base64,AAAA` into media type and data; any other URL is remote.
     pub fn parse(&self) -> Result<Image<'_>, String> {
-        let Some(rest) = self.url.strip_prefix("data:") else { return Ok(Image::Url(&self.url)) };
-        let (meta, data) = rest.split_once(',').ok_or("data URL without ','")?;
-        let media_type = meta.strip_suffix(";base64").ok_or("only base64 data URLs are supported")?;
-        Ok(Image::Base64 { media_type, data })
+        parse_image_url(&self.url)
     }
+}
+
+/// Splits `data:image/png;base64,AAAA` into media type and data; any other URL is remote.
+pub fn parse_image_url(url: &str) -> Result<Image<'_>, String> {
+    let Some(rest) = url.strip_prefix("data:") else { return Ok(Image::Url(url)) };
+    let (meta, data) = rest.split_once(',').ok_or("data URL without ','")?;
+    let media_type = meta.strip_suffix(";base64").ok_or("only base64 data URLs are supported")?;
+    Ok(Image::Base64 { media_type, data })
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
