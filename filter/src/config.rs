@@ -8,6 +8,7 @@ use crate::routing::{Balancer, HeaderMatcher, ModelMatcher, Rule, WeightedBacken
 pub const BACKEND_HEADER: &str = "x-llmgw-backend";
 pub const MODEL_HEADER: &str = "x-ai-eg-model";
 const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
+const DEFAULT_MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
 const DEFAULT_MAX_LABEL_SETS: usize = 2048;
 
 /// A configuration problem, with the dotted path of the field at fault.
@@ -47,6 +48,7 @@ mod raw {
         #[serde(default)]
         pub models: Vec<String>,
         pub max_request_body_bytes: Option<usize>,
+        pub max_response_body_bytes: Option<usize>,
         pub stream_include_usage: Option<bool>,
         pub max_metric_label_sets: Option<usize>,
     }
@@ -69,6 +71,12 @@ mod raw {
         pub region: Option<String>,
         pub project: Option<String>,
         pub default_max_tokens: Option<u32>,
+        #[serde(default)]
+        pub forward_billing_headers: bool,
+        #[serde(default)]
+        pub forward_headers: Vec<String>,
+        #[serde(default)]
+        pub allow_gcs_uris: bool,
     }
 
     #[derive(Deserialize, Default)]
@@ -269,6 +277,14 @@ pub struct Backend {
     pub project: String,
     /// `max_tokens` sent to APIs that require one when the client gave none.
     pub default_max_tokens: u32,
+    /// Client billing/identity headers (`openai-organization`, `openai-project`,
+    /// `x-goog-user-project`) reach this backend only when set: they choose whose bill it is.
+    pub forward_billing_headers: bool,
+    /// Client request headers forwarded besides the per-schema allowlist (lower-case).
+    pub forward_headers: Vec<String>,
+    /// `gs://` URIs from clients may be sent to this (Vertex) backend: they read the operator's
+    /// buckets with the gateway's credentials, so they are refused unless allowed.
+    pub allow_gcs_uris: bool,
 }
 
 /// The validated configuration, built once per `on_configure` and shared read-only by every request.
@@ -281,6 +297,8 @@ pub struct Compiled {
     /// The `GET /v1/models` response, rendered once.
     pub models_body: Vec<u8>,
     pub max_request_body_bytes: usize,
+    /// Answers the filter must hold whole (translated, non-streaming) are refused past this (502).
+    pub max_response_body_bytes: usize,
     pub stream_include_usage: bool,
     pub max_metric_label_sets: usize,
 }
@@ -384,6 +402,10 @@ fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, Co
         return Err(ConfigError::new("max_request_body_bytes", "must be greater than 0"));
     }
     let max_metric_label_sets = raw.max_metric_label_sets.unwrap_or(DEFAULT_MAX_LABEL_SETS);
+    let max_response_body_bytes = raw.max_response_body_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BODY);
+    if max_response_body_bytes == 0 {
+        return Err(ConfigError::new("max_response_body_bytes", "must be greater than 0"));
+    }
 
     Ok(Compiled {
         backends,
@@ -391,6 +413,7 @@ fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, Co
         matched_header_names,
         models_body,
         max_request_body_bytes,
+        max_response_body_bytes,
         stream_include_usage: raw.stream_include_usage.unwrap_or(true),
         max_metric_label_sets,
     })
@@ -506,6 +529,10 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
     if default_max_tokens == 0 {
         return Err(ConfigError::new(format!("{field}.default_max_tokens"), "must be greater than 0"));
     }
+    let mut forward_headers = Vec::with_capacity(b.forward_headers.len());
+    for (i, name) in b.forward_headers.iter().enumerate() {
+        forward_headers.push(header_name(name, &format!("{field}.forward_headers[{i}]"))?);
+    }
     Ok(Backend {
         name: b.name,
         schema,
@@ -521,6 +548,9 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
         region,
         project,
         default_max_tokens,
+        forward_billing_headers: b.forward_billing_headers,
+        forward_headers,
+        allow_gcs_uris: b.allow_gcs_uris,
     })
 }
 

@@ -8,6 +8,7 @@ use crate::auth;
 use crate::body::NewBody;
 use crate::config::{Compiled, BACKEND_HEADER, MODEL_HEADER};
 use crate::error::{ApiError, ErrorKind};
+use crate::headers;
 use crate::host::{Flow, Host};
 use crate::metrics::{self, LabelLimiter, Labels};
 use crate::request::{self, RequestInfo};
@@ -15,8 +16,6 @@ use crate::routing::find_rule;
 use crate::translate::{self, BodyMode, RequestContext, Translator};
 use crate::usage::TokenUsage;
 
-/// Client credential headers, removed unless a backend passes them through.
-const CLIENT_CREDENTIAL_HEADERS: &[&str] = &["authorization", "api-key", "x-api-key"];
 const NANOS_PER_MS: u64 = 1_000_000;
 
 /// Everything requests share in one VM: the compiled configuration and per-VM counters.
@@ -56,18 +55,24 @@ struct Routed {
     first_content_at: Option<u64>,
     ended_at: Option<u64>,
     usage: Option<TokenUsage>,
+    /// The body the client gets instead of the provider's (a 502 decided on the headers).
+    refusal: Option<Vec<u8>>,
 }
 
 pub struct Exchange {
     shared: Option<Rc<Shared>>,
     started_at: u64,
     phase: Phase,
+    /// `gen_ai.operation.name` once the endpoint is known (for metrics of local replies).
+    operation: &'static str,
+    /// The body's model once read (for metrics of local replies).
+    model: Option<String>,
 }
 
 impl Exchange {
     /// `shared` is `None` when the plugin has no valid configuration: requests then get a 500.
     pub fn new(shared: Option<Rc<Shared>>) -> Self {
-        Exchange { shared, started_at: 0, phase: Phase::Ignored }
+        Exchange { shared, started_at: 0, phase: Phase::Ignored, operation: "", model: None }
     }
 
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
@@ -87,6 +92,8 @@ impl Exchange {
             }
             PathKind::Endpoint(e) => e,
         };
+        let api = endpoint.client_api();
+        self.operation = endpoint.operation();
         let Some(shared) = self.shared.clone() else {
             let e = ApiError::new(
                 500,
@@ -94,7 +101,7 @@ impl Exchange {
                 "gateway_not_configured",
                 "the gateway has no valid configuration; see the Envoy log",
             );
-            return self.reply(host, e);
+            return self.reply_as(host, e, api);
         };
         let method = host.request_header(":method").unwrap_or_default();
         if method != endpoint.method() {
@@ -114,14 +121,12 @@ impl Exchange {
             return Flow::Pause;
         }
         if end_of_stream {
-            return self.reply(
-                host,
-                ApiError::bad_request("invalid_request", "request body is empty; expected a JSON object"),
-            );
+            let e = ApiError::bad_request("invalid_request", "request body is empty; expected a JSON object");
+            return self.reply_as(host, e, api);
         }
         let declared = host.request_header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|len| len > shared.config.max_request_body_bytes as u64) {
-            return self.reply(host, too_large(shared.config.max_request_body_bytes));
+            return self.reply_as(host, too_large(shared.config.max_request_body_bytes), api);
         }
         self.phase = Phase::AwaitingBody { endpoint, query: query_of(&path).to_string() };
         Flow::Pause
@@ -141,7 +146,7 @@ impl Exchange {
             return Flow::Pause;
         }
         let body = host.request_body(size).unwrap_or_default();
-        match route(host, &shared, endpoint, &query, &body, size) {
+        match route(host, &shared, endpoint, &query, &body, size, &mut self.model) {
             Ok(routed) => {
                 self.phase = Phase::Forwarded(Box::new(routed));
                 Flow::Continue
@@ -152,8 +157,30 @@ impl Exchange {
 
     pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
         let Phase::Forwarded(routed) = &mut self.phase else { return Flow::Continue };
+        for name in headers::OPERATOR_RESPONSE_HEADERS {
+            host.remove_response_header(name);
+        }
         routed.status = host.response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         routed.error = !(200..300).contains(&routed.status);
+        let api = routed.endpoint.client_api();
+        if end_of_stream {
+            // No body will follow: an error gets one, and so does an empty success (no client API
+            // has an empty answer).
+            let refusal = if routed.error {
+                routed.translator.error_body(routed.status, b"").map(|body| (routed.status, body))
+            } else {
+                Some((502, empty_answer(routed.status).body(api)))
+            };
+            if let Some((status, body)) = refusal {
+                routed.status = status;
+                routed.error = true;
+                host.send_reply(status, &[("content-type", "application/json")], &body);
+                self.finish(host);
+                return Flow::Pause;
+            }
+            self.finish(host);
+            return Flow::Continue;
+        }
         let plan = if routed.error {
             translate::error_plan()
         } else {
@@ -167,8 +194,21 @@ impl Exchange {
             host.set_response_header(name, value);
         }
         routed.mode = plan.mode;
-        if end_of_stream {
-            self.finish(host);
+        let encoding = host.response_header("content-encoding").filter(|e| !e.trim().eq_ignore_ascii_case("identity"));
+        let declared_empty = host.response_header("content-length").is_some_and(|v| v.trim() == "0");
+        let refusal = match (&encoding, routed.error) {
+            // The gateway asked for `identity`; a compressed body it must read cannot be rewritten.
+            (Some(encoding), false) if routed.translator.rewrites_response() => Some(ApiError::new(
+                502,
+                ErrorKind::Server,
+                "invalid_upstream_response",
+                format!("the provider answered with a {encoding}-compressed body the gateway cannot translate"),
+            )),
+            (None, false) if declared_empty => Some(empty_answer(routed.status)),
+            _ => None,
+        };
+        if let Some(error) = refusal {
+            refuse_response(host, routed, &error.body(api));
             return Flow::Continue;
         }
         match routed.mode {
@@ -178,8 +218,42 @@ impl Exchange {
     }
 
     pub fn on_response_body(&mut self, host: &mut dyn Host, size: usize, end_of_stream: bool) -> Flow {
+        let max_response = self.shared.as_ref().map_or(usize::MAX, |s| s.config.max_response_body_bytes);
         let Phase::Forwarded(routed) = &mut self.phase else { return Flow::Continue };
         if routed.ended_at.is_some() {
+            return Flow::Continue;
+        }
+        if let Some(refusal) = &routed.refusal {
+            // The client gets the refusal instead of the provider's bytes, whatever they are.
+            let replacement = if end_of_stream { refusal.clone() } else { Vec::new() };
+            host.set_response_body(size, &replacement);
+            if end_of_stream {
+                self.finish(host);
+            }
+            return Flow::Continue;
+        }
+        if routed.mode == BodyMode::Buffer && size > max_response {
+            // The filter would have to hold it whole: refuse rather than grow the VM.
+            let error = ApiError::new(
+                502,
+                ErrorKind::Server,
+                "upstream_response_too_large",
+                format!("the provider's answer exceeds the gateway's limit of {max_response} bytes"),
+            );
+            let body = if routed.error {
+                routed
+                    .translator
+                    .error_body(routed.status, b"")
+                    .unwrap_or_else(|| error.body(routed.endpoint.client_api()))
+            } else {
+                error.body(routed.endpoint.client_api())
+            };
+            refuse_response(host, routed, &body);
+            let replacement = if end_of_stream { body } else { Vec::new() };
+            host.set_response_body(size, &replacement);
+            if end_of_stream {
+                self.finish(host);
+            }
             return Flow::Continue;
         }
         if routed.mode == BodyMode::Buffer && !end_of_stream {
@@ -286,6 +360,17 @@ impl Exchange {
 
     fn reply_as(&mut self, host: &mut dyn Host, error: ApiError, api: ClientApi) -> Flow {
         self.phase = Phase::Answered;
+        // Every answer the gateway gives itself is counted, with its status and code.
+        if let Some(shared) = &self.shared {
+            let model = self.model.as_deref().map_or_else(String::new, |m| shared.limiter.model_label("", m));
+            let labels = Labels { backend: String::new(), model, operation: self.operation };
+            let status = error.status.to_string();
+            host.record(&labels.counter(
+                metrics::REQUESTS,
+                &[("outcome", "rejected"), ("http_status", &status), ("error_code", error.code)],
+                1,
+            ));
+        }
         let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         headers.extend(error.headers.iter().map(|(n, v)| (*n, v.as_str())));
         host.send_reply(error.status, &headers, &error.body(api));
@@ -301,9 +386,11 @@ fn route(
     query: &str,
     body: &[u8],
     size: usize,
+    model: &mut Option<String>,
 ) -> Result<Routed, ApiError> {
     let config = &shared.config;
     let info = request::read(body)?;
+    *model = Some(info.model.clone());
     // Set before routing, so even a request no rule matches is logged with its model.
     host.set_request_header(MODEL_HEADER, &info.model);
     if info.stream && !endpoint.can_stream() {
@@ -337,6 +424,10 @@ fn route(
     let now_unix = now / 1_000_000_000;
     let edits = translator.request_body(&RequestContext { info: &info, body, backend, query, now_unix })?;
 
+    // An allowlist: what nobody decided to forward does not reach the provider.
+    for name in headers::to_remove(host.request_header_names(), backend) {
+        host.remove_request_header(&name);
+    }
     host.set_request_header(BACKEND_HEADER, &backend.name);
     // Usage is read from every response and translators rewrite them: they must arrive uncompressed.
     host.set_request_header("accept-encoding", "identity");
@@ -345,11 +436,6 @@ fn route(
     }
     for (name, value) in &edits.set_headers {
         host.set_request_header(name, value);
-    }
-    if !backend.pass_through_authorization {
-        for name in CLIENT_CREDENTIAL_HEADERS {
-            host.remove_request_header(name);
-        }
     }
     for name in &backend.remove_headers {
         host.remove_request_header(name);
@@ -396,7 +482,32 @@ fn route(
         first_content_at: None,
         ended_at: None,
         usage: None,
+        refusal: None,
     })
+}
+
+/// A 2xx without a body: no client API has an empty answer.
+fn empty_answer(status: u16) -> ApiError {
+    ApiError::new(
+        502,
+        ErrorKind::Server,
+        "invalid_upstream_response",
+        format!("the provider answered HTTP {status} with an empty body"),
+    )
+}
+
+/// Turns the response into a 502 with `body`, decided while its headers are still held: the
+/// provider's bytes that follow are dropped.
+fn refuse_response(host: &mut dyn Host, routed: &mut Routed, body: &[u8]) {
+    host.set_response_header(":status", "502");
+    host.set_response_header("content-type", "application/json");
+    host.remove_response_header("content-encoding");
+    host.remove_response_header("content-length");
+    routed.status = 502;
+    routed.error = true;
+    routed.usage = None;
+    routed.mode = BodyMode::Stream;
+    routed.refusal = Some(body.to_vec());
 }
 
 /// Hands a new body to the host without joining it: a head replacement is one call; a whole new
@@ -643,5 +754,151 @@ max_request_body_bytes: 1000
         assert_eq!(v["error"]["code"], "invalid_upstream_response");
         x.on_log(&mut host);
         assert!(host.samples.iter().any(|s| s.name.contains("outcome=.=failure")));
+    }
+
+    fn anthropic_exchange(config: &str) -> Exchange {
+        Exchange::new(Some(Rc::new(Shared::new(parse(config.as_bytes(), &NoEnv, 0).unwrap()))))
+    }
+
+    #[test]
+    fn only_allowlisted_client_headers_reach_the_provider_and_operator_headers_never_come_back() {
+        let mut x = exchange();
+        let mut host = FakeHost::request(
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("openai-organization", "org-client"),
+                ("openai-project", "proj-client"),
+                ("cookie", "session=1"),
+                ("openai-beta", "assistants=v2"),
+                ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            ],
+        );
+        assert_eq!(send(&mut x, &mut host, br#"{"model":"gpt-4o"}"#), Flow::Continue);
+        // The backend sets its own organization; the client's never goes.
+        assert_eq!(host.header("openai-organization").as_deref(), Some("org-1"));
+        assert_eq!(host.header("openai-project"), None);
+        assert_eq!(host.header("cookie"), None);
+        assert_eq!(host.header("openai-beta").as_deref(), Some("assistants=v2"));
+        assert!(host.header("traceparent").is_some());
+        host.response_headers = vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), "application/json".into()),
+            ("openai-organization".into(), "operator-org".into()),
+            ("anthropic-organization-id".into(), "operator".into()),
+        ];
+        x.on_response_headers(&mut host, false);
+        assert_eq!(host.response_header("openai-organization"), None);
+        assert_eq!(host.response_header("anthropic-organization-id"), None);
+    }
+
+    #[test]
+    fn local_replies_are_counted_with_status_and_code() {
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        send(&mut x, &mut host, br#"{"model":"nope"}"#);
+        assert_eq!(host.reply_json().0, 404);
+        let names: Vec<_> = host.samples.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["llmgw.requests_total.llmgw_backend=.=;.;gen_ai_request_model=.=nope;.;gen_ai_operation_name=.=chat;.;outcome=.=rejected;.;http_status=.=404;.;error_code=.=model_not_found;.;"]
+        );
+    }
+
+    #[test]
+    fn anthropic_endpoint_errors_are_anthropic_shaped() {
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/messages", &[("content-length", "5000")]);
+        x.on_request_headers(&mut host, false);
+        let (status, v) = host.reply_json();
+        assert_eq!((status, v["type"].as_str()), (413, Some("error")));
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/messages", &[]);
+        x.on_request_headers(&mut host, true);
+        assert_eq!(host.reply_json().1["error"]["type"], "invalid_request_error");
+        let mut x = Exchange::new(None);
+        let mut host = FakeHost::request("POST", "/v1/messages", &[]);
+        x.on_request_headers(&mut host, false);
+        assert_eq!(host.reply_json().1["type"], "error");
+    }
+
+    fn answer(x: &mut Exchange, host: &mut FakeHost, headers: &[(&str, &str)], body: &[u8]) -> Flow {
+        host.response_headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        if body.is_empty() {
+            return x.on_response_headers(host, true);
+        }
+        x.on_response_headers(host, false);
+        host.response_body = body.to_vec();
+        x.on_response_body(host, body.len(), true)
+    }
+
+    #[test]
+    fn compressed_answers_are_refused_where_they_would_be_rewritten() {
+        let config = "backends: [{name: claude, schema: Anthropic, auth: {x_api_key: k}}]";
+        let mut x = anthropic_exchange(config);
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        send(&mut x, &mut host, br#"{"model":"claude-x","messages":[{"role":"user","content":"hi"}]}"#);
+        let gz = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0];
+        let headers = [
+            (":status", "200"),
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+            ("content-length", "8"),
+        ];
+        answer(&mut x, &mut host, &headers, &gz);
+        assert_eq!(host.response_header(":status").as_deref(), Some("502"));
+        assert_eq!(host.response_header("content-encoding"), None);
+        let v: serde_json::Value = serde_json::from_slice(&host.response_body).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_upstream_response");
+
+        // Pass-through bytes are not rewritten: a compressed answer goes to the client as it came.
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        send(&mut x, &mut host, br#"{"model":"gpt-4o"}"#);
+        answer(&mut x, &mut host, &headers, &gz);
+        assert_eq!(host.response_header(":status").as_deref(), Some("200"));
+        assert_eq!(host.response_body, gz);
+    }
+
+    #[test]
+    fn empty_answers_become_errors_in_the_clients_shape() {
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        send(&mut x, &mut host, br#"{"model":"gpt-4o"}"#);
+        assert_eq!(answer(&mut x, &mut host, &[(":status", "200")], b""), Flow::Pause);
+        assert_eq!(host.reply_json().0, 502);
+        // An error without a body gets one, keeping its status.
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        send(&mut x, &mut host, br#"{"model":"gpt-4o"}"#);
+        answer(&mut x, &mut host, &[(":status", "429")], b"");
+        let (status, v) = host.reply_json();
+        assert_eq!((status, v["error"]["type"].as_str()), (429, Some("rate_limit_error")));
+        let config = "backends: [{name: claude, schema: Anthropic, auth: {x_api_key: k}}]";
+        let mut x = anthropic_exchange(config);
+        let mut host = FakeHost::request("POST", "/v1/messages", &[]);
+        send(&mut x, &mut host, br#"{"model":"claude-x","max_tokens":5,"messages":[]}"#);
+        answer(&mut x, &mut host, &[(":status", "200"), ("content-length", "0")], b"");
+        assert_eq!(host.reply_json().1["type"], "error");
+    }
+
+    #[test]
+    fn answers_held_whole_are_capped() {
+        let config =
+            "backends: [{name: claude, schema: Anthropic, auth: {x_api_key: k}}]\nmax_response_body_bytes: 100";
+        let mut x = anthropic_exchange(config);
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        send(&mut x, &mut host, br#"{"model":"claude-x","messages":[{"role":"user","content":"hi"}]}"#);
+        host.response_headers =
+            vec![(":status".into(), "200".into()), ("content-type".into(), "application/json".into())];
+        assert_eq!(x.on_response_headers(&mut host, false), Flow::Pause);
+        host.response_body = vec![b' '; 150];
+        assert_eq!(x.on_response_body(&mut host, 150, false), Flow::Continue);
+        assert_eq!(host.response_header(":status").as_deref(), Some("502"));
+        assert!(host.response_body.is_empty());
+        host.response_body = vec![b' '; 10];
+        x.on_response_body(&mut host, 10, true);
+        let v: serde_json::Value = serde_json::from_slice(&host.response_body).unwrap();
+        assert_eq!(v["error"]["code"], "upstream_response_too_large");
     }
 }

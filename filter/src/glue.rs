@@ -50,6 +50,11 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
+        // Follow Envoy's level (`--component-log-level wasm:debug` shows the debug lines), so a line
+        // nobody reads is not even formatted.
+        if let Ok(level) = hostcalls::get_log_level() {
+            proxy_wasm::set_log_level(level);
+        }
         let text = self.get_plugin_configuration().unwrap_or_default();
         let created = self.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         match config::parse(&text, &ProcessEnv, created) {
@@ -144,6 +149,12 @@ fn checked<T: Default>(what: &str, result: Result<T, proxy_wasm::types::Status>)
 impl Host for WasmHost<'_> {
     fn request_header(&self, name: &str) -> Option<String> {
         checked("get request header", hostcalls::get_map_value(MapType::HttpRequestHeaders, name))
+    }
+    fn request_header_names(&self) -> Vec<String> {
+        checked("get request headers", hostcalls::get_map(MapType::HttpRequestHeaders))
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
     }
     fn set_request_header(&mut self, name: &str, value: &str) {
         checked("set request header", hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)))

@@ -5,6 +5,8 @@ use crate::metrics::Sample;
 
 pub trait Host {
     fn request_header(&self, name: &str) -> Option<String>;
+    /// The names of all request headers (lower-case), in one host call.
+    fn request_header_names(&self) -> Vec<String>;
     fn set_request_header(&mut self, name: &str, value: &str);
     fn remove_request_header(&mut self, name: &str);
     /// The buffered request body (its first `size` bytes).

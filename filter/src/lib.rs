@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod eventstream;
 pub mod exchange;
+pub mod headers;
 pub mod host;
 pub mod json;
 pub mod metrics;

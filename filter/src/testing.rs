@@ -56,6 +56,9 @@ impl Host for FakeHost {
     fn request_header(&self, name: &str) -> Option<String> {
         get(&self.request_headers, name)
     }
+    fn request_header_names(&self) -> Vec<String> {
+        self.request_headers.iter().map(|(n, _)| n.to_ascii_lowercase()).collect()
+    }
     fn set_request_header(&mut self, name: &str, value: &str) {
         set(&mut self.request_headers, name, value)
     }
@@ -118,5 +121,8 @@ pub fn backend(schema: Schema) -> Backend {
         region: String::new(),
         project: String::new(),
         default_max_tokens: 4096,
+        forward_billing_headers: false,
+        forward_headers: vec![],
+        allow_gcs_uris: false,
     }
 }

@@ -45,7 +45,7 @@ impl From<&OpenAIUsage> for TokenUsage {
         TokenUsage {
             input,
             output,
-            total: u.total_tokens.unwrap_or(input + output),
+            total: u.total_tokens.unwrap_or(input.saturating_add(output)),
             cached_input: u.prompt_tokens_details.as_ref().and_then(|d| d.cached_tokens).unwrap_or(0),
             reasoning: u.completion_tokens_details.as_ref().and_then(|d| d.reasoning_tokens).unwrap_or(0),
         }

@@ -6,7 +6,7 @@ use super::anthropic::{messages_path, platform_headers, upstream_message, Framin
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
 use crate::config::Schema;
 use crate::error::{anthropic_error_json, ApiError, ErrorKind};
-use crate::json::{json_string, Splice};
+use crate::json::{json_string, Splice, TopLevelCapture};
 use crate::wire::anthropic as a;
 
 pub struct AnthropicNative {
@@ -17,7 +17,7 @@ pub struct AnthropicNative {
     /// Events arrive in another framing (AWS eventstream) and leave as SSE.
     reframe: bool,
     usage: a::Usage,
-    body: Vec<u8>,
+    usage_capture: TopLevelCapture,
     saw_content: bool,
 }
 
@@ -30,7 +30,7 @@ impl AnthropicNative {
             framing: Framing::for_schema(schema),
             reframe: false,
             usage: a::Usage::default(),
-            body: Vec::new(),
+            usage_capture: TopLevelCapture::new("usage", 64 * 1024),
             saw_content: false,
         }
     }
@@ -119,10 +119,14 @@ impl Translator for AnthropicNative {
     fn response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkEdits {
         let mut edits = ChunkEdits::default();
         if !self.streaming_response {
-            self.body.extend_from_slice(chunk);
+            // Only `usage` is kept from the answer as it passes.
+            self.usage_capture.push(chunk);
             if end_of_stream {
-                edits.usage =
-                    serde_json::from_slice::<a::MessagesResponse>(&self.body).ok().map(|r| r.usage.to_tokens());
+                edits.usage = self
+                    .usage_capture
+                    .value()
+                    .and_then(|raw| serde_json::from_slice::<a::Usage>(raw).ok())
+                    .map(|u| u.to_tokens());
             }
             return edits;
         }
@@ -156,6 +160,10 @@ impl Translator for AnthropicNative {
             return None;
         }
         Some(anthropic_error_json(&upstream_message(body), ErrorKind::for_status(status).anthropic_type(status)))
+    }
+
+    fn rewrites_response(&self) -> bool {
+        self.reframe
     }
 }
 

@@ -84,6 +84,11 @@ pub trait Translator {
     fn response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkEdits;
     /// An upstream error body → the error the client sees (`None` keeps it as is).
     fn error_body(&mut self, status: u16, body: &[u8]) -> Option<Vec<u8>>;
+    /// Whether the success body is rewritten (asked after `response_headers`). A compressed body
+    /// cannot be rewritten: the exchange refuses it with a 502 instead of sending garbage.
+    fn rewrites_response(&self) -> bool {
+        true
+    }
 }
 
 /// Picks the translator for a client endpoint and a backend schema. One exhaustive match, so a new

@@ -181,6 +181,10 @@ impl Translator for Passthrough {
     fn error_body(&mut self, status: u16, body: &[u8]) -> Option<Vec<u8>> {
         super::openai_error_body(status, body)
     }
+
+    fn rewrites_response(&self) -> bool {
+        self.streaming && self.strip_usage_chunk
+    }
 }
 
 /// The upstream path of an OpenAI-style endpoint: prefix + endpoint, or Azure's deployment form.
