@@ -317,7 +317,7 @@ impl Env for ProcessEnv {
     }
 }
 
-/// Parses JSON or YAML configuration text and compiles it.
+/// Parses JSON configuration text and compiles it.
 /// `created` is the unix time reported for models by `GET /v1/models`.
 pub fn parse(text: &[u8], env: &dyn Env, created: u64) -> Result<Compiled, ConfigError> {
     let raw = deserialize(text)?;
@@ -326,26 +326,36 @@ pub fn parse(text: &[u8], env: &dyn Env, created: u64) -> Result<Compiled, Confi
 
 fn deserialize(text: &[u8]) -> Result<raw::Config, ConfigError> {
     let trimmed = text.iter().position(|b| !b.is_ascii_whitespace()).and_then(|i| text.get(i..));
-    // The configuration types are deserialized by serde_yaml alone (compiled into the .wasm once),
-    // whose errors name the path of the bad field. JSON is checked by serde_json first and handed
-    // over as compact JSON, which is YAML.
-    let yaml: std::borrow::Cow<[u8]> = match trimmed {
-        None => return Err(ConfigError::new("", "configuration is empty; at least `backends` is required")),
-        Some(body) if body.first() == Some(&b'{') => {
-            let value: serde_json::Value =
-                serde_json::from_slice(body).map_err(|e| ConfigError::new("", format!("invalid JSON: {e}")))?;
-            serde_json::to_vec(&value).map_err(|e| ConfigError::new("", format!("invalid JSON: {e}")))?.into()
-        }
-        Some(body) => body.into(),
-    };
-    serde_yaml::from_slice(&yaml).map_err(|e| {
-        // serde_yaml says "rules[0].backends[1].weight: invalid type ..."; the path becomes the field.
-        let message = e.to_string();
-        match message.split_once(": ") {
-            Some((path, reason)) if !path.contains(char::is_whitespace) => ConfigError::new(path, reason),
-            _ => ConfigError::new("", message),
-        }
+    match trimmed {
+        None => Err(ConfigError::new("", "configuration is empty; at least `backends` is required")),
+        Some(body) if body.first() == Some(&b'{') => from_json(body),
+        Some(body) => not_json(body),
+    }
+}
+
+/// serde_path_to_error names the field at fault (`rules[0].backends[1].weight`).
+fn from_json(body: &[u8]) -> Result<raw::Config, ConfigError> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let reason = e.into_inner().to_string();
+        ConfigError::new(if path == "." { String::new() } else { path }, reason)
     })
+}
+
+/// The filter takes JSON only (YAML would cost the module a tenth of its size); `llmgw run` and
+/// `llmgw render` convert YAML configurations.
+#[cfg(not(test))]
+fn not_json(_: &[u8]) -> Result<raw::Config, ConfigError> {
+    Err(ConfigError::new("", "the plugin configuration must be a JSON object (llmgw run / llmgw render convert YAML)"))
+}
+
+/// Unit tests write configurations in YAML for brevity.
+#[cfg(test)]
+fn not_json(body: &[u8]) -> Result<raw::Config, ConfigError> {
+    let value: serde_json::Value =
+        serde_yaml_ng::from_slice(body).map_err(|e| ConfigError::new("", format!("test YAML: {e}")))?;
+    from_json(&serde_json::to_vec(&value).unwrap_or_default())
 }
 
 fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, ConfigError> {
@@ -786,7 +796,7 @@ mod tests {
         assert!(e.reason.contains("\"Nope\""));
 
         let e = err("backends: [{name: a, schema: OpenAI, wieght: 2}]");
-        assert_eq!(e.field, "backends[0]", "{e}");
+        assert_eq!(e.field, "backends[0].wieght", "{e}");
         assert!(e.reason.contains("unknown field `wieght`"), "{e}");
         let e = err("backends:\n  - name: a\n    schema: OpenAI\nrules:\n  - backends: [{name: a, weight: -1}]");
         assert_eq!(e.field, "rules[0].backends[0].weight", "{e}");

@@ -5,11 +5,11 @@ use crate::abi::LogLevel;
 use crate::engine::{self, Shared, EPOCH_TICK};
 use crate::error::{HostError, Result};
 use crate::state::{
-    CallResponse, Direction, ForeignCall, Headers, HostState, HttpCall, LocalReply, LogEntry, Metrics, PropertySet,
-    StreamState, VmState,
+    CallResponse, Direction, ForeignCall, Headers, HostCalls, HostState, HttpCall, LocalReply, LogEntry, MemoryWatch,
+    Metrics, PropertySet, StreamState, VmState,
 };
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::{Instance, Module, Store, Trap, Val, WasmParams, WasmResults};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::WasiCtxBuilder;
@@ -93,6 +93,7 @@ impl Harness {
             echo_logs: std::env::var_os("LLMGW_HOST_LOG").is_some(),
             properties: Vec::new(),
             reply_callbacks: true,
+            memory_limit: None,
         }
     }
 
@@ -126,9 +127,18 @@ pub struct PluginBuilder<'h> {
     echo_logs: bool,
     properties: Vec<(Vec<String>, Vec<u8>)>,
     reply_callbacks: bool,
+    memory_limit: Option<usize>,
 }
 
 impl PluginBuilder<'_> {
+    /// Refuse growth of the guest's linear memory past `bytes` (`memory.grow` then fails, and
+    /// the guest's allocator usually traps), like a VM with a memory budget. Default: none
+    /// (wasm32's 4 GiB).
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
     /// Run the filter's own local replies through its response callbacks, as Envoy does
     /// (default true): the reply sent before the response started goes through
     /// `on_response_headers`/`on_response_body` like an upstream response.
@@ -197,9 +207,11 @@ impl PluginBuilder<'_> {
         vm.log_level = self.log_level;
         vm.echo_logs = self.echo_logs;
         vm.vm_config = self.vm_config;
-        vm.plugin_config = config.as_ref().to_vec();
+        vm.plugin_config = as_json(config.as_ref());
         vm.host_properties.extend(self.properties);
-        let mut store = Store::new(&rt.engine, HostState { wasi: wasi.build_p1(), vm });
+        let memory = MemoryWatch { limit: self.memory_limit, ..MemoryWatch::default() };
+        let mut store = Store::new(&rt.engine, HostState { wasi: wasi.build_p1(), vm, memory });
+        store.limiter(|s| &mut s.memory);
         let ticks = (self.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         let instance = rt
@@ -268,7 +280,11 @@ impl Plugin {
             .map_err(|e| HostError::Load(format!("export {export}: {e:?}")))?;
         self.vm_mut().active_context = context;
         self.store.set_epoch_deadline(self.timeout_ticks);
+        let started = Instant::now();
         let result = func.call(&mut self.store, params);
+        let calls = &mut self.vm_mut().host_calls;
+        calls.guest_calls += 1;
+        calls.guest_time += started.elapsed();
         let root = self.vm().root_id;
         self.vm_mut().active_context = root;
         result.map_err(|e| self.trap(export, e))
@@ -314,6 +330,38 @@ impl Plugin {
         let config_len = self.vm().plugin_config.len() as u32;
         self.configured = self.call::<(u32, u32), u32>("proxy_on_configure", root, (root, config_len))? != 0;
         Ok(())
+    }
+
+    /// The size of the guest's linear memory in bytes (pages × 64 KiB). Linear memory never
+    /// shrinks, so this is also the peak since the VM started: the size after a request minus
+    /// the size before it is the growth that request caused (on a VM whose earlier requests did
+    /// not leave free memory behind: use a fresh plugin to measure one request).
+    pub fn memory_bytes(&mut self) -> u64 {
+        match self.instance.get_memory(&mut self.store, "memory") {
+            Some(m) => m.data_size(&self.store) as u64,
+            None => 0,
+        }
+    }
+
+    /// The largest linear memory size the guest asked for, granted or refused by the
+    /// [memory limit](PluginBuilder::memory_limit).
+    pub fn largest_memory_request(&self) -> u64 {
+        self.store.data().memory.largest_request as u64
+    }
+
+    /// How many `memory.grow` requests the memory limit refused.
+    pub fn memory_growth_refused(&self) -> u64 {
+        self.store.data().memory.refused
+    }
+
+    /// Host calls the guest made, bytes copied each way, and guest calls (since the start, or
+    /// since [`reset_host_calls`](Self::reset_host_calls)).
+    pub fn host_calls(&self) -> &HostCalls {
+        &self.vm().host_calls
+    }
+
+    pub fn reset_host_calls(&mut self) {
+        self.vm_mut().host_calls = HostCalls::default();
     }
 
     /// Whether `proxy_on_configure` accepted the configuration.
@@ -798,5 +846,18 @@ impl Stream<'_> {
     pub fn set_host_property(&mut self, path: &[&str], value: impl Into<Vec<u8>>) {
         let key = path.iter().map(|s| s.to_string()).collect();
         self.state_mut().host_properties.insert(key, value.into());
+    }
+}
+
+/// The filter takes JSON configuration (llmgw converts YAML); scenario tests write YAML for
+/// brevity, so YAML is converted here the same way. Text that is neither stays as it is.
+fn as_json(config: &[u8]) -> Vec<u8> {
+    let first = config.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'{') || config.is_empty() {
+        return config.to_vec();
+    }
+    match serde_yaml_ng::from_slice::<serde_json::Value>(config) {
+        Ok(value @ serde_json::Value::Object(_)) => serde_json::to_vec(&value).unwrap_or_else(|_| config.to_vec()),
+        _ => config.to_vec(),
     }
 }

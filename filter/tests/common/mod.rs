@@ -19,9 +19,11 @@ impl Env for NoEnv {
     }
 }
 
-/// The first backend of a plugin configuration, compiled as the filter does.
+/// The first backend of a plugin configuration (YAML or JSON; the filter takes JSON, so YAML is
+/// converted as `llmgw` does), compiled as the filter does.
 pub fn backend(config_text: &str) -> Backend {
-    let compiled = config::parse(config_text.as_bytes(), &NoEnv, 0).unwrap();
+    let value: Value = serde_yaml_ng::from_str(config_text).unwrap();
+    let compiled = config::parse(&serde_json::to_vec(&value).unwrap(), &NoEnv, 0).unwrap();
     compiled.backends.into_iter().next().unwrap()
 }
 
