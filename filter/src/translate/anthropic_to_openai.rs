@@ -840,6 +840,9 @@ fn write_input(out: &mut Vec<u8>, arguments: Option<&RawValue>) {
     }
 }
 
+/// Room beyond the upstream answer's length for the Messages envelope and synthesized ids.
+const ANSWER_SLACK: usize = 64 * 1024;
+
 /// A chat completion → a Messages response, written into one buffer sized from the answer.
 fn to_messages_response(body: &[u8], fallback_model: &str) -> Result<(Vec<u8>, Option<TokenUsage>), String> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -865,7 +868,9 @@ fn to_messages_response(body: &[u8], fallback_model: &str) -> Result<(Vec<u8>, O
     let message = choice.message.or(choice.delta).ok_or("the choice has no message")?;
     let usage = usage_of(c.usage);
 
-    let mut out = Vec::with_capacity(body.len().saturating_add(body.len() / 8).saturating_add(1024));
+    // The answer is about as long as the chat completion (strings are copied as they came; the
+    // envelope is a little shorter): one allocation, never doubled for real answers.
+    let mut out = Vec::with_capacity(body.len().saturating_add(ANSWER_SLACK));
     out.s("{\"id\":");
     out.s(str_of(c.id).map_or("\"msg_llmgw\"", |id| id.json()));
     out.s(",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
@@ -1469,5 +1474,366 @@ data: [DONE]\n\n";
         assert!(text.contains(r#""delta":{"type":"input_json_delta","partial_json":"{\"a\":1}"}"#), "{text}");
         assert!(text.contains(r#""stop_reason":"tool_use""#));
         assert!(text.contains(r#""output_tokens":4"#));
+    }
+
+    fn try_translate(body: &str) -> Result<Value, ApiError> {
+        let backend = crate::testing::backend(Schema::OpenAI);
+        let info = read(body.as_bytes()).unwrap();
+        let ctx = RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "", now_unix: 0 };
+        let edits = AnthropicToOpenAI::new().request_body(&ctx)?;
+        let bytes = edits.body.unwrap().apply_to(b"");
+        Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes))))
+    }
+
+    fn with_messages(messages: &str) -> String {
+        format!(r#"{{"model":"m","max_tokens":9,"messages":{messages}}}"#)
+    }
+
+    #[test]
+    fn content_openai_cannot_take_is_a_400_naming_it() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"model":"m","max_tokens":9,"messages":[{"role":"user","content":[{"type":"document","source":{"type":"text","media_type":"text/plain","data":"x"}}]}]}"#,
+                "`document`",
+            ),
+            (
+                &with_messages(
+                    r#"[{"role":"user","content":[{"type":"search_result","source":"https://x","title":"t","content":[]}]}]"#,
+                ),
+                "`search_result`",
+            ),
+            (
+                r#"{"model":"m","max_tokens":9,"messages":[],"tools":[{"type":"web_search_20250305","name":"web_search","max_uses":3}]}"#,
+                "web_search_20250305",
+            ),
+            (
+                r#"{"model":"m","max_tokens":9,"messages":[],"tools":[{"type":"bash_20250124","name":"bash"}]}"#,
+                "bash_20250124",
+            ),
+            (
+                r#"{"model":"m","max_tokens":9,"messages":[],"system":[{"type":"image","source":{"type":"base64","media_type":"image/png","data":"AA"}}]}"#,
+                "`image` block in `system`",
+            ),
+            (
+                &with_messages(
+                    r#"[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"image","source":{"type":"url","url":"https://x/y.png"}}]}]}]"#,
+                ),
+                "`image` block inside a tool_result",
+            ),
+            (
+                &with_messages(
+                    r#"[{"role":"user","content":[{"type":"image","source":{"type":"file","file_id":"file_1"}}]}]"#,
+                ),
+                "`file` source",
+            ),
+            (
+                &with_messages(
+                    r#"[{"role":"assistant","content":[{"type":"server_tool_use","id":"s","name":"web_search","input":{}}]}]"#,
+                ),
+                "`server_tool_use`",
+            ),
+            (
+                &with_messages(
+                    r#"[{"role":"assistant","content":[{"type":"web_search_tool_result","tool_use_id":"s","content":[]}]}]"#,
+                ),
+                "`web_search_tool_result`",
+            ),
+            (&with_messages(r#"[{"role":"user","content":[{"type":"brand_new_block"}]}]"#), "`brand_new_block`"),
+            (
+                r#"{"model":"m","max_tokens":9,"messages":[],"mcp_servers":[{"type":"url","url":"https://mcp","name":"x"}]}"#,
+                "mcp_servers",
+            ),
+            (&with_messages(r#"[{"role":"system","content":"x"}]"#), "\"system\""),
+            (r#"{"model":"m","max_tokens":9,"messages":[],"thinking":{"type":"enabled"}}"#, "budget_tokens"),
+            (r#"{"model":"m","max_tokens":9,"messages":[],"tool_choice":{"type":"sometimes"}}"#, "sometimes"),
+        ];
+        for (body, named) in cases {
+            let e = try_translate(body).unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+            assert!(e.message.contains(named), "{body}: {}", e.message);
+            let v: Value = serde_json::from_slice(&e.body(crate::api::ClientApi::Anthropic)).unwrap();
+            assert_eq!(v["type"], "error");
+            assert_eq!(v["error"]["type"], "invalid_request_error", "{body}");
+        }
+    }
+
+    #[test]
+    fn cache_control_and_thinking_blocks_are_dropped_and_strings_travel_as_they_came() {
+        let v = try_translate(
+            r#"{"model":"m","max_tokens":9,
+              "system":[{"type":"text","text":"a\"b","cache_control":{"type":"ephemeral"}},{"type":"text","text":"\u00e9\n"}],
+              "messages":[
+                {"role":"user","content":[{"type":"text","text":"q\\","cache_control":{"type":"ephemeral","ttl":"1h"}}]},
+                {"role":"assistant","content":[{"type":"thinking","thinking":"hmm","signature":"sig"},{"type":"text","text":"A"},{"type":"text","text":"B"},
+                   {"type":"tool_use","id":"t1","name":"f","input":{ "s" : "x \"y\"\n", "n" : [1, 2.5, {"k": null}] }}]},
+                {"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","is_error":true,"content":[{"type":"text","text":"boom"},{"type":"text","text":"again"}]},
+                   {"type":"tool_result","tool_use_id":"t2","content":"Error already","is_error":true},
+                   {"type":"tool_result","tool_use_id":"t3"}]}],
+              "tools":[{"name":"f","input_schema":{"type":"object", "properties":{"s":{"type":"string"}}},"cache_control":{"type":"ephemeral"},"strict":true},
+                       {"type":"custom","name":"g"}],
+              "tool_choice":{"type":"auto","disable_parallel_tool_use":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"model":"m","max_tokens":9,"messages":[
+                {"role":"system","content":"a\"b\né\n"},
+                {"role":"user","content":"q\\"},
+                {"role":"assistant","content":"AB","tool_calls":[{"id":"t1","type":"function","function":{"name":"f",
+                    "arguments":"{\"s\":\"x \\\"y\\\"\\n\",\"n\":[1,2.5,{\"k\":null}]}"}}]},
+                {"role":"tool","tool_call_id":"t1","content":"Error: boom\nagain"},
+                {"role":"tool","tool_call_id":"t2","content":"Error already"},
+                {"role":"tool","tool_call_id":"t3","content":""}],
+              "tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"s":{"type":"string"}}},"strict":true}},
+                       {"type":"function","function":{"name":"g","parameters":{"type":"object","properties":{}}}}],
+              "tool_choice":"auto","parallel_tool_calls":false})
+        );
+        let arguments = v["messages"][2]["tool_calls"][0]["function"]["arguments"].as_str().unwrap();
+        assert_eq!(serde_json::from_str::<Value>(arguments).unwrap(), json!({"s":"x \"y\"\n","n":[1,2.5,{"k":null}]}));
+    }
+
+    #[test]
+    fn thinking_becomes_reasoning_effort_and_empty_lists_are_left_out() {
+        for (budget, effort) in [(1024, "low"), (4095, "low"), (4096, "medium"), (10000, "medium"), (31999, "high")] {
+            let v = try_translate(&format!(
+                r#"{{"model":"m","max_tokens":40000,"messages":[],"thinking":{{"type":"enabled","budget_tokens":{budget}}}}}"#
+            ))
+            .unwrap();
+            assert_eq!(v, json!({"model":"m","messages":[],"max_completion_tokens":40000,"reasoning_effort":effort}));
+        }
+        let v = try_translate(
+            r#"{"model":"m","max_tokens":5,"messages":[],"thinking":{"type":"disabled"},"tools":[ ],"stop_sequences":[],
+               "tool_choice":{"type":"any"},"metadata":{"user_id":null},"top_k":3,"service_tier":"auto","x_new":{"deep":[[[]]]}}"#,
+        )
+        .unwrap();
+        assert_eq!(v, json!({"model":"m","messages":[],"max_tokens":5}));
+        let v = try_translate(
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"image","source":{"type":"url","url":"https://x/a.png"}}]},
+               {"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":{}}]},
+               {"role":"assistant","content":[{"type":"thinking","thinking":"only"}]}],
+               "tools":[{"name":"f","description":"d"}],"tool_choice":{"type":"tool","name":"f"},"temperature":0.5,"top_p":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"model":"m","messages":[
+                {"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/a.png"}}]},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{}"}}]},
+                {"role":"assistant","content":""}],
+              "max_tokens":5,"temperature":0.5,"top_p":1.0,
+              "tools":[{"type":"function","function":{"name":"f","description":"d","parameters":{"type":"object","properties":{}}}}],
+              "tool_choice":{"type":"function","function":{"name":"f"}}})
+        );
+    }
+
+    #[test]
+    fn request_writer_never_panics_on_odd_shapes() {
+        for body in [
+            r#"{"model":"m","max_tokens":1,"messages":{}}"#,
+            r#"{"model":"m","max_tokens":1,"messages":[5]}"#,
+            r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":5}]}"#,
+            r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":[{"type":"text"}]}]}"#,
+            r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":[{"type":"text","text":7}]}]}"#,
+            r#"{"model":"m","max_tokens":1,"messages":[{"role":"assistant","content":[{"type":"tool_use","id":"a","name":"f","input":[1]}]}]}"#,
+            r#"{"model":"m","max_tokens":1,"messages":[],"system":5}"#,
+            r#"{"model":"m","max_tokens":1,"messages":[],"stop_sequences":[1]}"#,
+            r#"{"model":"m","max_tokens":-1,"messages":[]}"#,
+            r#"{"model":"m","max_tokens":1,"messages":[],"tools":[{"name":"f","input_schema":"x"}]}"#,
+        ] {
+            assert_eq!(try_translate(body).unwrap_err().status, 400, "{body}");
+        }
+    }
+
+    fn message_of(body: &[u8]) -> (Value, ChunkEdits) {
+        let (_, _, mut t) = translate(r#"{"model":"asked","max_tokens":5,"messages":[]}"#);
+        t.response_headers(200, "application/json");
+        let edits = t.response_body(body, true);
+        let v = serde_json::from_slice(edits.replace.as_ref().unwrap()).unwrap();
+        (v, edits)
+    }
+
+    #[test]
+    fn responses_with_missing_and_odd_fields_are_read() {
+        let (v, edits) = message_of(
+            br#"{"choices":[{"message":{"content":null,"reasoning_content":"think","tool_calls":[
+                {"function":{"name":"a","arguments":"{\"x\":\"\\ud83d\\ude00 \\u00e9\\n\"}"}},
+                {"id":"c2","function":{"name":"b","arguments":""}},
+                {"id":"c3","function":{"name":"c","arguments":"not json"}},
+                {"id":"c4","function":{"name":"d","arguments":{"already":"object"}}}]},"finish_reason":"stop"}]}"#,
+        );
+        assert_eq!(
+            v,
+            json!({"id":"msg_llmgw","type":"message","role":"assistant","model":"asked","content":[
+                {"type":"thinking","thinking":"think","signature":""},
+                {"type":"tool_use","id":"toolu_llmgw_0","name":"a","input":{"x":"😀 é\n"}},
+                {"type":"tool_use","id":"c2","name":"b","input":{}},
+                {"type":"tool_use","id":"c3","name":"c","input":{"_raw_arguments":"not json"}},
+                {"type":"tool_use","id":"c4","name":"d","input":{"already":"object"}}],
+              "stop_reason":"tool_use","stop_sequence":null,
+              "usage":{"input_tokens":0,"output_tokens":0,"cache_read_input_tokens":0,"cache_creation_input_tokens":0}})
+        );
+        assert_eq!(edits.usage, None);
+        let (v, _) = message_of(
+            br#"{"id":"x","model":"","choices":[{"index":0,"message":{"role":"assistant","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},"finish_reason":"length"}],"usage":{"prompt_tokens":3}}"#,
+        );
+        assert_eq!(v["content"], json!([{"type":"text","text":"a"},{"type":"text","text":"b"}]));
+        assert_eq!((v["model"].as_str(), v["stop_reason"].as_str()), (Some("asked"), Some("max_tokens")));
+        assert_eq!(v["usage"]["input_tokens"], 3);
+        let (v, _) = message_of(br#"{"choices":[{"message":{"refusal":"I can't"}}]}"#);
+        assert_eq!(v["content"], json!([{"type":"text","text":"I can't"}]));
+        assert_eq!(v["stop_reason"], "refusal");
+    }
+
+    #[test]
+    fn unreadable_answers_are_502_in_anthropic_shape() {
+        for body in [
+            &b""[..],
+            b"  \n",
+            b"<html>oops</html>",
+            br#"{"choices":[]}"#,
+            br#"{"id":"x"}"#,
+            br#"{"choices":{}}"#,
+            br#"{"error":{"message":"quota"}}"#,
+            b"{\"choices\":[{\"message\":{\"content\":\"\xff\"}}]}",
+        ] {
+            let (_, _, mut t) = translate(r#"{"model":"m","max_tokens":5,"messages":[]}"#);
+            t.response_headers(200, "application/json");
+            let edits = t.response_body(body, true);
+            assert_eq!(edits.status, Some(502), "{body:?}");
+            let v: Value = serde_json::from_slice(&edits.replace.unwrap()).unwrap();
+            assert_eq!((v["type"].as_str(), v["error"]["type"].as_str()), (Some("error"), Some("api_error")));
+        }
+    }
+
+    #[test]
+    fn upstream_errors_are_anthropic_shaped_with_their_status() {
+        let mut t = AnthropicToOpenAI::new();
+        let mut error =
+            |status, body: &[u8]| -> Value { serde_json::from_slice(&t.error_body(status, body).unwrap()).unwrap() };
+        assert_eq!(
+            error(413, b""),
+            json!({"type":"error","error":{"type":"request_too_large","message":"upstream returned HTTP 413 with an empty body"}})
+        );
+        assert_eq!(
+            error(429, br#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#),
+            json!({"type":"error","error":{"type":"rate_limit_error","message":"slow down"}})
+        );
+        assert_eq!(error(404, br#"{"error":"model \"x\" not found"}"#)["error"]["message"], "model \"x\" not found");
+        assert_eq!(
+            error(400, br#"{"object":"error","message":"bad","type":"BadRequestError"}"#)["error"]["message"],
+            "bad"
+        );
+        assert_eq!(error(422, br#"{"detail":"Field required"}"#)["error"]["type"], "invalid_request_error");
+        assert_eq!(error(503, b"no healthy upstream")["error"]["message"], "no healthy upstream");
+        assert_eq!(error(500, b"\xff\xfe")["error"]["type"], "api_error");
+    }
+
+    /// Runs a stream through the translator split at every offset; all splits must agree.
+    fn stream_events(stream: &str) -> String {
+        let mut reference: Option<Vec<u8>> = None;
+        for cut in 0..=stream.len() {
+            let (_, _, mut t) = translate(r#"{"model":"asked","max_tokens":5,"stream":true,"messages":[]}"#);
+            t.response_headers(200, "text/event-stream");
+            let (a, b) = stream.as_bytes().split_at(cut);
+            let mut out = t.response_body(a, false).replace.unwrap();
+            out.extend(t.response_body(b, true).replace.unwrap());
+            // After the end nothing more is written (trailers call again).
+            assert_eq!(t.response_body(b"", true).replace.unwrap(), b"");
+            match &reference {
+                None => reference = Some(out),
+                Some(r) => assert_eq!(&out, r, "cut {cut}"),
+            }
+        }
+        let text = String::from_utf8(reference.unwrap()).unwrap();
+        // Every event's data is JSON whose type is the event's name.
+        let mut lines = text.lines().filter(|l| !l.is_empty());
+        while let Some(name) = lines.next() {
+            let data: Value = serde_json::from_str(lines.next().unwrap().strip_prefix("data: ").unwrap()).unwrap();
+            assert_eq!(Some(data["type"].as_str().unwrap()), name.strip_prefix("event: "), "{text}");
+        }
+        text
+    }
+
+    fn names(text: &str) -> Vec<&str> {
+        text.lines().filter_map(|l| l.strip_prefix("event: ")).collect()
+    }
+
+    #[test]
+    fn streams_without_optional_fields_are_translated_completely() {
+        // No role, no id, no model, no usage, no `index` on tool calls, `choices: []`, no [DONE].
+        let text = stream_events(concat!(
+            "data: {\"choices\":[]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"reasoning\":\"r\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"id\":\"a\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"x\\\"\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"arguments\":\":1}\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"id\":\"b\",\"function\":{\"name\":\"g\",\"arguments\":\"{}\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+        ));
+        assert_eq!(
+            names(&text),
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert!(text.contains(r#""model":"asked""#), "{text}");
+        assert!(text.contains(r#"{"type":"tool_use","id":"a","name":"f","input":{}}"#), "{text}");
+        assert!(text.contains(r#"{"type":"tool_use","id":"b","name":"g","input":{}}"#), "{text}");
+        assert!(text.contains(r#""partial_json":":1}""#), "{text}");
+        assert!(text.contains(r#""stop_reason":"tool_use""#), "stop after tool calls: {text}");
+        // Tool calls with an index, one index reused for a second call with a new id.
+        let text = stream_events(concat!(
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":{\"name\":\"f\"}}]}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":{\"arguments\":\"{}\"}}]}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"b\",\"function\":{\"name\":\"g\",\"arguments\":\"{}\"}}]}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}],\"usage\":null}\n\n",
+            "data: [DONE]\n\n",
+        ));
+        assert_eq!(text.matches("\"type\":\"tool_use\"").count(), 2, "{text}");
+        assert_eq!(names(&text).last(), Some(&"message_stop"));
+    }
+
+    #[test]
+    fn broken_streams_end_with_an_error_event() {
+        let error_last = |stream: &str, why: &str| {
+            let text = stream_events(stream);
+            assert_eq!(names(&text).last(), Some(&"error"), "{stream:?}: {text}");
+            assert_eq!(names(&text).iter().filter(|n| **n == "error").count(), 1, "{text}");
+            assert!(!text.contains("message_stop"), "{text}");
+            assert!(text.contains(why), "{text}");
+        };
+        // Nothing at all, only comments, or only [DONE].
+        error_last("", "without any event");
+        error_last(": keepalive\n\n", "without any event");
+        error_last("data: [DONE]\n\n", "without any event");
+        // Cut off mid-way: no finish_reason, no [DONE].
+        error_last("data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n", "before the message was finished");
+        // A truncated last event.
+        error_last("data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"del", "not JSON");
+        // A bad event mid-way: nothing after it is translated.
+        error_last(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: <html>\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\ndata: [DONE]\n\n",
+            "not JSON",
+        );
+        // An error chunk from the upstream.
+        error_last(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"error\":{\"message\":\"overloaded\"}}\n\n",
+            "overloaded",
+        );
     }
 }
