@@ -90,7 +90,7 @@ fn write_json_as_string_content(out: &mut impl Sink, raw: &str) {
                         in_string = false;
                         Some(b"\\\"")
                     }
-                    // Not valid inside a JSON string; written escaped all the same.
+                    // Cannot occur in validated JSON; never written raw all the same.
                     0..=0x1f => Some(b" "),
                     _ => None,
                 }
@@ -164,7 +164,7 @@ fn unescape_into(out: &mut Vec<u8>, inner: &[u8]) -> bool {
 
 /// `[]` with or without whitespace.
 fn is_empty_array(raw: &RawValue) -> bool {
-    raw.get().trim_start_matches('[').trim_end_matches(']').trim().is_empty() && raw.get().starts_with('[')
+    raw.get().strip_prefix('[').and_then(|r| r.strip_suffix(']')).is_some_and(|inner| inner.trim().is_empty())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -261,7 +261,8 @@ impl<'o> RequestWriter<'o> {
                 ("context_management", context_management.is_some()),
             ]
             .into_iter()
-            .filter_map(|(name, set)| set.then(|| name.to_string()))
+            .filter(|(_, set)| *set)
+            .map(|(name, _)| name.to_string())
             .collect();
             v::each_unknown_member(body, |k| {
                 if ignored.len() < 32 {
@@ -1623,6 +1624,32 @@ data: [DONE]\n\n";
               "max_tokens":5,"temperature":0.5,"top_p":1.0,
               "tools":[{"type":"function","function":{"name":"f","description":"d","parameters":{"type":"object","properties":{}}}}],
               "tool_choice":{"type":"function","function":{"name":"f"}}})
+        );
+    }
+
+    #[test]
+    fn deep_nesting_and_nested_empty_lists_are_handled() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        // Skipped members cost no recursion; nested values that are forwarded are copied raw.
+        let v = try_translate(&format!(r#"{{"model":"m","max_tokens":1,"messages":[],"x":{}}}"#, deep(100_000)));
+        assert_eq!(v.unwrap()["messages"], json!([]));
+        let body = format!(
+            r#"{{"model":"m","max_tokens":1,"messages":[{{"role":"assistant","content":[{{"type":"tool_use","id":"a","name":"f","input":{{"d":{}}}}}]}}]}}"#,
+            deep(100_000)
+        );
+        let backend = crate::testing::backend(Schema::OpenAI);
+        let info = read(body.as_bytes()).unwrap();
+        let ctx = RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "", now_unix: 0 };
+        let out = AnthropicToOpenAI::new().request_body(&ctx).unwrap().body.unwrap().apply_to(b"");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(r#""arguments":"{\"d\":[[[["#), "{}", &text[..200]);
+        let v = try_translate(
+            r#"{"model":"m","max_tokens":1,"messages":[],"stop_sequences":[ ],"tools":[{"name":"f","input_schema":{"type":"object"}}]}"#,
+        );
+        assert_eq!(v.unwrap()["tools"][0]["function"]["parameters"], json!({"type":"object"}));
+        assert_eq!(
+            try_translate(r#"{"model":"m","max_tokens":1,"messages":[],"stop_sequences":[[]]}"#).unwrap_err().status,
+            400
         );
     }
 
