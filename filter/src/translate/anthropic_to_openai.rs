@@ -235,6 +235,8 @@ impl<'o> RequestWriter<'o> {
             container,
             mcp_servers,
             context_management,
+            output_config,
+            output_format,
         } = req;
         let max_tokens = max_tokens.ok_or_else(|| invalid("max_tokens: Field required"))?;
         if mcp_servers.is_some_and(|m| !is_empty_array(m) && m.get() != "null") {
@@ -242,16 +244,47 @@ impl<'o> RequestWriter<'o> {
                 "`mcp_servers`: Anthropic's MCP connector is a server tool; OpenAI-compatible backends cannot call MCP servers",
             ));
         }
-        let effort = match thinking {
+        let (output_effort, output_format) = match output_config {
+            Some(c) => (c.effort, c.format.or(output_format)),
+            None => (None, output_format),
+        };
+        let explicit_effort = match output_effort.as_deref() {
             None => None,
-            Some(t) => match t.kind.as_ref() {
-                "disabled" => None,
-                "enabled" => {
-                    let budget = t.budget_tokens.ok_or_else(|| invalid("thinking.budget_tokens: Field required"))?;
-                    Some(reasoning_effort(budget))
-                }
-                other => return Err(invalid(format!("thinking.type {other:?} is not one of enabled, disabled"))),
+            Some("low") => Some("low"),
+            Some("medium") => Some("medium"),
+            Some("high" | "max") => Some("high"),
+            Some(other) => {
+                return Err(invalid(format!("output_config.effort {other:?} is not one of low, medium, high, max")))
+            }
+        };
+        let effort = match thinking.as_ref().map(|t| t.kind.as_ref()) {
+            None => explicit_effort,
+            Some("disabled") => None,
+            Some("enabled") => {
+                let budget = thinking
+                    .as_ref()
+                    .and_then(|t| t.budget_tokens)
+                    .ok_or_else(|| invalid("thinking.budget_tokens: Field required"))?;
+                explicit_effort.or(Some(reasoning_effort(budget)))
+            }
+            // The model decides how much to think; `effort` says how hard (Anthropic's default: high).
+            Some("adaptive") => explicit_effort.or(Some("high")),
+            Some(other) => {
+                return Err(invalid(format!("thinking.type {other:?} is not one of enabled, adaptive, disabled")))
+            }
+        };
+        let response_format = match output_format {
+            None => None,
+            Some(f) if f.kind == "json_schema" => match f.schema.filter(|s| s.get().starts_with('{')) {
+                Some(schema) => Some(schema),
+                None => return Err(invalid("output_config.format.schema must be a JSON Schema object")),
             },
+            Some(f) => {
+                return Err(unsupported(format!(
+                    "output_config.format type {:?}: OpenAI-compatible backends take json_schema only",
+                    f.kind
+                )))
+            }
         };
         if log::log_enabled!(log::Level::Debug) {
             let mut ignored: Vec<String> = [
@@ -341,6 +374,11 @@ impl<'o> RequestWriter<'o> {
             } else {
                 log::debug!("llmgw: dropped tool_choice: the request has no tools");
             }
+        }
+        if let Some(schema) = response_format {
+            self.out.s(",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"output\",\"strict\":true,\"schema\":");
+            self.out.s(schema.get());
+            self.out.s("}}");
         }
         if let Some(user) = metadata.and_then(|m| m.user_id) {
             self.out.s(",\"user\":");
@@ -1601,6 +1639,31 @@ data: [DONE]\n\n";
             ))
             .unwrap();
             assert_eq!(v, json!({"model":"m","messages":[],"max_completion_tokens":40000,"reasoning_effort":effort}));
+        }
+        let v = try_translate(
+            r#"{"model":"m","max_tokens":9,"messages":[],"thinking":{"type":"adaptive","display":"summarized"}}"#,
+        );
+        assert_eq!(v.unwrap(), json!({"model":"m","messages":[],"max_completion_tokens":9,"reasoning_effort":"high"}));
+        let v = try_translate(
+            r#"{"model":"m","max_tokens":9,"messages":[],"thinking":{"type":"adaptive"},
+               "output_config":{"effort":"low","format":{"type":"json_schema","schema":{"type":"object","properties":{"a":{"type":"string"}}}}}}"#,
+        );
+        assert_eq!(
+            v.unwrap(),
+            json!({"model":"m","messages":[],"max_completion_tokens":9,"reasoning_effort":"low",
+              "response_format":{"type":"json_schema","json_schema":{"name":"output","strict":true,
+                "schema":{"type":"object","properties":{"a":{"type":"string"}}}}}})
+        );
+        let v = try_translate(r#"{"model":"m","max_tokens":9,"messages":[],"output_config":{"effort":"max"}}"#);
+        assert_eq!(v.unwrap(), json!({"model":"m","messages":[],"max_completion_tokens":9,"reasoning_effort":"high"}));
+        for bad in [
+            r#""thinking":{"type":"sometimes"}"#,
+            r#""output_config":{"effort":"extreme"}"#,
+            r#""output_format":{"type":"regex","pattern":"a+"}"#,
+            r#""output_config":{"format":{"type":"json_schema"}}"#,
+        ] {
+            let body = format!(r#"{{"model":"m","max_tokens":9,"messages":[],{bad}}}"#);
+            assert_eq!(try_translate(&body).unwrap_err().status, 400, "{bad}");
         }
         let v = try_translate(
             r#"{"model":"m","max_tokens":5,"messages":[],"thinking":{"type":"disabled"},"tools":[ ],"stop_sequences":[],

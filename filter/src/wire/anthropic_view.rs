@@ -38,6 +38,8 @@ pub const KNOWN_MEMBERS: &[&str] = &[
     "container",
     "mcp_servers",
     "context_management",
+    "output_config",
+    "output_format",
 ];
 
 /// A JSON string literal as it appears in the body, quotes and escapes included. Writing it out
@@ -136,6 +138,31 @@ pub struct MessagesRequestView<'a> {
     /// Anthropic-side context editing.
     #[serde(default, borrow)]
     pub context_management: Option<&'a RawValue>,
+    /// `effort` (how hard to think, also with adaptive thinking) and `format` (structured output).
+    #[serde(default, borrow)]
+    pub output_config: Option<OutputConfigView<'a>>,
+    /// The structured-output beta's name for `output_config.format`.
+    #[serde(default, borrow)]
+    pub output_format: Option<OutputFormatView<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OutputConfigView<'a> {
+    /// `low`, `medium`, `high` or `max`.
+    #[serde(default, borrow, deserialize_with = "opt_text")]
+    pub effort: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub format: Option<OutputFormatView<'a>>,
+}
+
+/// `{"type":"json_schema","schema":{...}}`.
+#[derive(Debug, Deserialize)]
+pub struct OutputFormatView<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    /// JSON Schema, forwarded byte for byte.
+    #[serde(default, borrow)]
+    pub schema: Option<&'a RawValue>,
 }
 
 /// One message; `content` is a string or an array of [`BlockView`].
@@ -248,7 +275,7 @@ pub struct ToolChoiceView<'a> {
 
 #[derive(Debug, Deserialize)]
 pub struct ThinkingView<'a> {
-    /// `enabled` or `disabled`.
+    /// `enabled`, `adaptive` or `disabled`.
     #[serde(rename = "type", borrow)]
     pub kind: Cow<'a, str>,
     #[serde(default)]
