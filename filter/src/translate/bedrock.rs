@@ -504,7 +504,7 @@ impl Converse {
                 let mut check = Unescape::new(inner);
                 match serde_json::from_reader::<_, serde::de::IgnoredAny>(&mut check) {
                     Ok(_) => Some(inner),
-                    Err(_) if !check.saw_content => None,
+                    Err(_) if !check.saw_content && !check.failed => None,
                     Err(e) => {
                         return Err(invalid(format!("tool call {} has arguments that are not JSON: {e}", call.id)))
                     }
@@ -777,11 +777,20 @@ struct Unescape<'a> {
     pending_at: usize,
     /// A byte other than JSON whitespace was read.
     saw_content: bool,
+    /// An escape could not be decoded.
+    failed: bool,
 }
 
 impl<'a> Unescape<'a> {
     fn new(inner: &'a str) -> Self {
-        Unescape { rest: inner.as_bytes(), pending: [0; 4], pending_len: 0, pending_at: 0, saw_content: false }
+        Unescape {
+            rest: inner.as_bytes(),
+            pending: [0; 4],
+            pending_len: 0,
+            pending_at: 0,
+            saw_content: false,
+            failed: false,
+        }
     }
 
     fn hex4(&mut self) -> io::Result<u32> {
@@ -851,7 +860,10 @@ impl Read for Unescape<'_> {
                 None => break,
                 Some(b'\\') => {
                     self.rest = self.rest.get(1..).unwrap_or_default();
-                    self.escape()?;
+                    if let Err(e) = self.escape() {
+                        self.failed = true;
+                        return Err(e);
+                    }
                 }
                 Some(_) => {
                     let run = self.rest.iter().position(|&c| c == b'\\').unwrap_or(self.rest.len());
@@ -2086,6 +2098,210 @@ mod tests {
         let sse = String::from_utf8(host.response_body.clone()).unwrap();
         assert!(sse.contains(r#""delta":{"content":"Bonjour"}"#) && sse.ends_with("data: [DONE]\n\n"), "{sse}");
         assert_eq!(host.filter_state.get("llm_total_token").map(String::as_str), Some("7"));
+    }
+
+    #[test]
+    fn cache_control_becomes_cache_points() {
+        let (edits, _) = translate(
+            r#"{"model":"anthropic.claude-sonnet-4","messages":[
+                {"role":"system","content":[{"type":"text","text":"long rules","cache_control":{"type":"ephemeral"}}]},
+                {"role":"developer","content":"more","cache_control":{"type":"ephemeral"}},
+                {"role":"user","content":[{"type":"text","text":"doc","cache_control":{"type":"ephemeral"}},{"type":"text","text":"q"}]},
+                {"role":"assistant","content":"a","cache_control":{"type":"ephemeral"}},
+                {"role":"tool","tool_call_id":"t","content":[{"type":"text","text":"r","cache_control":{"type":"ephemeral"}}]},
+                {"role":"user","content":"","cache_control":{"type":"ephemeral"}}],
+              "tools":[{"type":"function","function":{"name":"f"},"cache_control":{"type":"ephemeral"}}]}"#,
+        )
+        .unwrap();
+        let cp = serde_json::json!({"cachePoint":{"type":"default"}});
+        let v = body_json(&edits);
+        assert_eq!(v["system"], serde_json::json!([{"text":"long rules"}, cp, {"text":"more"}, cp]));
+        assert_eq!(
+            v["messages"],
+            serde_json::json!([
+                {"role":"user","content":[{"text":"doc"}, cp, {"text":"q"}]},
+                {"role":"assistant","content":[{"text":"a"}, cp]},
+                {"role":"user","content":[{"toolResult":{"toolUseId":"t","content":[{"text":"r"}]}}, cp]}])
+        );
+        assert_eq!(
+            v["toolConfig"]["tools"],
+            serde_json::json!([{"toolSpec":{"name":"f","inputSchema":{"json":{"type":"object","properties":{}}}}}, cp])
+        );
+    }
+
+    #[test]
+    fn content_bedrock_cannot_take_is_a_400_naming_it() {
+        let cases = [
+            (
+                r#"{"role":"system","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AA"}}]}"#,
+                "\"image_url\" was sent in a system message",
+            ),
+            (
+                r#"{"role":"developer","content":[{"type":"file","file":{"file_data":"data:application/pdf;base64,AA"}}]}"#,
+                "\"file\" was sent in a system message",
+            ),
+            (
+                r#"{"role":"assistant","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AA"}}]}"#,
+                "\"image_url\" was sent in an assistant message",
+            ),
+            (r#"{"role":"user","content":[{"type":"video_url","video_url":{"url":"x"}}]}"#, "\"video_url\""),
+            (r#"{"role":"user","content":[{"type":"refusal","refusal":"no"}]}"#, "\"refusal\""),
+            (
+                r#"{"role":"tool","tool_call_id":"t","content":[{"type":"input_audio","input_audio":{}}]}"#,
+                "input_audio",
+            ),
+            (r#"{"role":"function","content":"x"}"#, "unknown message role \"function\""),
+        ];
+        for (message, want) in cases {
+            let body = format!(r#"{{"model":"m","messages":[{message}]}}"#);
+            let e = translate(&body).err().unwrap_or_else(|| panic!("{message} was accepted"));
+            assert_eq!(e.status, 400, "{message}");
+            assert!(e.message.contains(want), "{message}: {}", e.message);
+        }
+        // An assistant refusal part is dropped, as `refusal` is.
+        let (edits, _) =
+            translate(r#"{"model":"m","messages":[{"role":"assistant","content":[{"type":"refusal","refusal":"no"},{"type":"text","text":"ok"}]}]}"#)
+                .unwrap();
+        assert_eq!(body_json(&edits)["messages"], serde_json::json!([{"role":"assistant","content":[{"text":"ok"}]}]));
+    }
+
+    #[test]
+    fn texts_and_arguments_are_written_from_raw_json() {
+        let (edits, _) = translate(
+            r#"{"model":"m","messages":[{"role":"system","content":[{"type":"text","text":"a\"b"},{"type":"text","text":"\u00e9\n"}]},
+                {"role":"user","content":"line\nbreak \ud83d\ude00"},
+                {"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":" {\"k\": \"v\\\"\\u00e9\\ud83d\\ude00\", \"n\": [1, 2.5]} "}},
+                  {"id":"d","type":"function","function":{"name":"g","arguments":"  "}}]}]}"#,
+        )
+        .unwrap();
+        let v = body_json(&edits);
+        assert_eq!(v["system"], serde_json::json!([{"text":"a\"b\né\n"}]));
+        assert_eq!(v["messages"][0]["content"][0]["text"], "line\nbreak 😀");
+        assert_eq!(v["messages"][1]["content"][0]["toolUse"]["input"], serde_json::json!({"k":"v\"é😀","n":[1,2.5]}));
+        assert_eq!(v["messages"][1]["content"][1]["toolUse"]["input"], serde_json::json!({}));
+        for bad_args in [r#""{\"a\":""#, r#""\ud800""#, r#""{} {}""#, r#""[1,]""#] {
+            let body = format!(
+                r#"{{"model":"m","messages":[{{"role":"assistant","tool_calls":[{{"id":"c","type":"function","function":{{"name":"f","arguments":{bad_args}}}}}]}}]}}"#
+            );
+            let e = translate(&body).err().unwrap_or_else(|| panic!("{bad_args} was accepted"));
+            assert!(e.message.contains("not JSON"), "{bad_args}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn thinking_and_reasoning_effort_per_model_family() {
+        let fields = |body: &str| body_json(&translate(body).unwrap().0);
+        let v = fields(
+            r#"{"model":"anthropic.claude-sonnet-4","thinking":{"type":"enabled","budget_tokens":3000},"reasoning_effort":"high","max_tokens":100,"messages":[]}"#,
+        );
+        assert_eq!(
+            v["additionalModelRequestFields"],
+            serde_json::json!({"thinking":{"type":"enabled","budget_tokens":3000}})
+        );
+        assert_eq!(v["inferenceConfig"]["maxTokens"], 3100);
+        let v = fields(r#"{"model":"us.amazon.nova-2-lite-v1:0","reasoning_effort":"medium","messages":[]}"#);
+        assert_eq!(
+            v["additionalModelRequestFields"],
+            serde_json::json!({"reasoningConfig":{"type":"enabled","maxReasoningEffort":"medium"}})
+        );
+        assert_eq!(v.get("inferenceConfig"), None);
+        let v = fields(r#"{"model":"meta.llama3","thinking":{"type":"enabled","budget_tokens":3000},"messages":[]}"#);
+        assert_eq!(v.get("additionalModelRequestFields"), None);
+        let e = translate(r#"{"model":"anthropic.claude","thinking":"yes","messages":[]}"#).err().unwrap();
+        assert!(e.message.contains("`thinking` must be an object"), "{}", e.message);
+    }
+
+    #[test]
+    fn streams_without_optional_headers_and_fields_translate_fully() {
+        let bare = |payload: &str| encode_for_test(&[], payload.as_bytes());
+        let typed = |event: &str, payload: &str| encode_for_test(&[(":event-type", event)], payload.as_bytes());
+        let frames = [
+            bare(r#"{"role":"assistant"}"#),
+            typed("contentBlockStart", r#"{"start":{"toolUse":{"toolUseId":"t1","name":"get"}}}"#),
+            typed("contentBlockDelta", r#"{"delta":{"toolUse":{"input":"{\"q\":"}}}"#),
+            bare(r#"{"contentBlockIndex":7,"delta":{"toolUse":{"input":"1}"}}}"#),
+            bare(r#"{"contentBlockIndex":0}"#),
+            typed("messageStop", r#"{"stopReason":"tool_use"}"#),
+            typed("metadata", r#"{"metrics":{"latencyMs":1}}"#),
+        ]
+        .concat();
+        let body = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+        let (_, mut t) = translate(body).unwrap();
+        let (reference, _, firsts) = run_stream(&mut t, &[&frames, b""]);
+        assert_eq!(firsts, 1);
+        let chunks = data_lines(&reference);
+        let args: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+            .collect();
+        assert_eq!(args, "{\"q\":1}");
+        assert_eq!(chunks[1]["choices"][0]["delta"]["tool_calls"][0]["id"], "t1");
+        assert!(chunks.iter().all(|c| c.get("error").is_none()), "{reference}");
+        assert_eq!(chunks.last().unwrap()["usage"]["total_tokens"], 0);
+        assert!(reference.ends_with("data: [DONE]\n\n"));
+        let id = chunks[0]["id"].as_str().unwrap().to_string();
+        for cut in 0..=frames.len() {
+            let (_, mut t) = translate(body).unwrap();
+            t.writer.id = id.clone();
+            let (a, b) = frames.split_at(cut);
+            assert_eq!(run_stream(&mut t, &[a, b, b""]).0, reference, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn streams_that_stop_early_or_break_end_with_an_error_and_done() {
+        let start = event_for_test("messageStart", r#"{"role":"assistant"}"#);
+        let stop = event_for_test("messageStop", r#"{"stopReason":"end_turn"}"#);
+        let delta = event_for_test("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"text":"hi"}}"#);
+        let truncated = [start.clone(), delta[..delta.len() - 3].to_vec()].concat();
+        let cases: [(Vec<u8>, &str); 4] = [
+            (Vec::new(), "messageStop"),
+            ([start.clone(), delta.clone(), stop.clone()].concat(), "metadata"),
+            (truncated, "ended inside a message"),
+            ([start, b"garbage-garbage-garbage".to_vec(), stop].concat(), "checksum"),
+        ];
+        for (frames, want) in cases {
+            let (_, mut t) = translate(r#"{"model":"m","stream":true,"messages":[]}"#).unwrap();
+            let (out, _, _) = run_stream(&mut t, &[&frames, b""]);
+            let chunks = data_lines(&out);
+            let error = chunks.iter().find(|c| c.get("error").is_some()).unwrap_or_else(|| panic!("{want}: {out}"));
+            assert!(error["error"]["message"].as_str().unwrap().contains(want), "{want}: {out}");
+            assert!(out.ends_with("data: [DONE]\n\n") && out.matches("[DONE]").count() == 1, "{want}: {out}");
+        }
+    }
+
+    #[test]
+    fn empty_or_unreadable_answers_are_502() {
+        for body in [&b""[..], b"  ", b"{}", b"[1]", br#"{"output":{"message":{"content":[{"text":5}]}}}"#] {
+            let (_, mut t) = translate(r#"{"model":"m","messages":[]}"#).unwrap();
+            t.response_headers(200, "application/json");
+            let edits = t.response_body(body, true);
+            assert_eq!(edits.status, Some(502), "{body:?}");
+            let v: Value = serde_json::from_slice(&edits.replace.unwrap()).unwrap();
+            assert_eq!(v["error"]["code"], "invalid_upstream_response");
+        }
+        // Only `output` is needed; the rest may be missing.
+        let (_, mut t) = translate(r#"{"model":"m","messages":[]}"#).unwrap();
+        t.response_headers(200, "application/json");
+        let edits = t.response_body(br#"{"output":{}}"#, true);
+        let v: Value = serde_json::from_slice(&edits.replace.unwrap()).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(edits.usage, None);
+    }
+
+    #[test]
+    fn answers_are_written_exactly_sized() {
+        let (_, mut t) = translate(r#"{"model":"m","messages":[]}"#).unwrap();
+        t.response_headers(200, "application/json");
+        let body = br#"{"output":{"message":{"content":[{"text":"a\"\n"},{"toolUse":{"toolUseId":"x","name":"f","input":{ "s" : "q \"x\" \\ y" , "n" : [ 1 ] }}},{"text":""}]}},"stopReason":"tool_use"}"#;
+        let out = t.response_body(body, true).replace.unwrap();
+        assert_eq!(out.len(), out.capacity());
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        let message = &v["choices"][0]["message"];
+        assert_eq!(message["content"], "a\"\n");
+        let args = message["tool_calls"][0]["function"]["arguments"].as_str().unwrap();
+        assert_eq!(args, r#"{"s":"q \"x\" \\ y","n":[1]}"#);
     }
 
     #[test]
