@@ -1151,7 +1151,7 @@ fn each_block<'a>(
     mut f: impl FnMut(b::ContentBlockView<'a>) -> io::Result<()>,
 ) -> io::Result<()> {
     let Some(content) = content.filter(|c| c.get() != "null") else { return Ok(()) };
-    each(content, |block| f(block)).map_err(|e| match e {
+    each(content, &mut f).map_err(|e| match e {
         EachError::Json(e) => io_error(e),
         EachError::Stopped(e) => e,
     })
@@ -1165,7 +1165,7 @@ struct AnswerSummary {
     tool_calls: usize,
 }
 
-fn text_of<'a>(raw: Option<&'a RawValue>) -> io::Result<Option<&'a str>> {
+fn text_of(raw: Option<&RawValue>) -> io::Result<Option<&str>> {
     match raw.map(RawValue::get) {
         None | Some("null") => Ok(None),
         Some(s) if s.starts_with('"') => Ok(Some(literal_inner(s))),
