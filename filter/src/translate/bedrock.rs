@@ -33,6 +33,9 @@ use crate::wire::openai as o;
 /// `reasoning_effort` → Anthropic extended-thinking `budget_tokens` (Claude models on Bedrock).
 const THINKING_BUDGETS: &[(&str, u32)] = &[("low", 1024), ("medium", 4096), ("high", 16384)];
 
+/// Tool blocks of a stream whose index is remembered (a stream may hold any number).
+const MAX_TRACKED_BLOCKS: usize = 4096;
+
 /// Upstream error text longer than this is cut.
 const MAX_ERROR_MESSAGE: usize = 2048;
 
@@ -397,7 +400,7 @@ impl Converse {
                     }
                 };
                 let (format, data) = document_source(&data_url)?;
-                let name = self.documents.name(file.filename.as_deref());
+                let name = self.documents.name(file.filename.as_deref())?;
                 self.open_block(sink);
                 self.put(b"{\"document\":{\"format\":\"");
                 self.put(format.as_bytes());
@@ -740,12 +743,22 @@ fn document_source(data_url: &str) -> Result<(&'static str, &str), ApiError> {
     Ok((format, data))
 }
 
+/// Documents one request may carry (Bedrock takes a handful): bounds the names kept.
+const MAX_DOCUMENTS: usize = 1000;
+
 /// Bedrock document names: unique in a request, of letters, digits, single spaces, `-()[]`.
 #[derive(Default)]
-struct DocumentNames(HashSet<String>);
+struct DocumentNames {
+    taken: HashSet<String>,
+    /// The next suffix to try for a base name.
+    next: HashMap<String, u64>,
+}
 
 impl DocumentNames {
-    fn name(&mut self, filename: Option<&str>) -> String {
+    fn name(&mut self, filename: Option<&str>) -> Result<String, ApiError> {
+        if self.taken.len() >= MAX_DOCUMENTS {
+            return Err(bad(format!("more than {MAX_DOCUMENTS} documents in one request; Bedrock takes a few")));
+        }
         let stem = filename.map(|f| f.rsplit_once('.').map_or(f, |(s, _)| s)).unwrap_or("document");
         let mut clean = String::new();
         for c in stem.chars().take(400) {
@@ -758,13 +771,14 @@ impl DocumentNames {
         if base.is_empty() {
             base = "document".into();
         }
-        let mut name = base.clone();
-        let mut n = 2u64;
-        while !self.0.insert(name.clone()) {
-            name = format!("{base}-{n}");
+        let mut n = self.next.get(&base).copied().unwrap_or(1);
+        let mut name = if n == 1 { base.clone() } else { format!("{base}-{n}") };
+        while !self.taken.insert(name.clone()) {
             n = n.saturating_add(1);
+            name = format!("{base}-{n}");
         }
-        name
+        self.next.insert(base, n.saturating_add(1));
+        Ok(name)
     }
 }
 
@@ -1413,6 +1427,10 @@ impl ChunkWriter {
         let index = self.tools;
         self.tools = self.tools.saturating_add(1);
         if let Some(block) = block {
+            if self.tool_index.len() >= MAX_TRACKED_BLOCKS {
+                // Bounded: deltas of forgotten blocks go to the last tool call started.
+                self.tool_index.clear();
+            }
             self.tool_index.insert(block, index);
         }
         self.last_tool = Some(index);
@@ -2302,6 +2320,21 @@ mod tests {
         assert_eq!(message["content"], "a\"\n");
         let args = message["tool_calls"][0]["function"]["arguments"].as_str().unwrap();
         assert_eq!(args, r#"{"s":"q \"x\" \\ y","n":[1]}"#);
+    }
+
+    #[test]
+    fn document_names_stay_unique_and_bounded() {
+        let mut names = DocumentNames::default();
+        let got: Vec<String> = [Some("a.pdf"), Some("a.txt"), Some("a-2.pdf"), Some("a.md"), None, Some("..")]
+            .into_iter()
+            .map(|f| names.name(f).unwrap())
+            .collect();
+        assert_eq!(got, ["a", "a-2", "a-2-2", "a-3", "document", "document-2"]);
+        let mut names = DocumentNames::default();
+        for _ in 0..MAX_DOCUMENTS {
+            names.name(Some("same.pdf")).unwrap();
+        }
+        assert!(names.name(Some("same.pdf")).unwrap_err().message.contains("documents"));
     }
 
     #[test]
