@@ -7,7 +7,8 @@
 //! * `response.in.json` → `response.expected.json` (non-streaming), or
 //!   `response.in.frames.jsonl` → `response.expected.sse`: a `converse-stream` transcript, one
 //!   eventstream message per line (`{"event": "<:event-type>", "payload": {...}}` or
-//!   `{"exception": "<:exception-type>", "payload": {...}}`), encoded into real binary frames with
+//!   `{"exception": "<:exception-type>", "payload": {...}}`; with `"bare": true`, a frame without
+//!   `:message-type` and `:content-type`, and without `:event-type` unless `event` is given), encoded into real binary frames with
 //!   AWS's own encoder, → the OpenAI SSE the client gets; checked for every split of the upstream
 //!   bytes into two chunks, and byte by byte.
 //!
@@ -98,7 +99,10 @@ fn frames(path: &Path) -> Vec<u8> {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display()));
         let payload = serde_json::to_vec(&v["payload"]).unwrap();
         let string = |name: &'static str, value: &str| Header::new(name, HeaderValue::String(value.to_string().into()));
-        let headers = if let Some(event) = v["event"].as_str() {
+        let headers = if v["bare"] == true {
+            // No `:message-type` or `:content-type`; `:event-type` only when given.
+            v["event"].as_str().map(|event| vec![string(":event-type", event)]).unwrap_or_default()
+        } else if let Some(event) = v["event"].as_str() {
             vec![
                 string(":event-type", event),
                 string(":content-type", "application/json"),

@@ -2,27 +2,45 @@
 //!
 //! Request: `POST {prefix}/model/{modelId}/converse` (or `/converse-stream` when the client
 //! streams), the model id percent-encoded as one path segment, the body a Converse request.
-//! Response: the Converse JSON becomes a `chat.completion`; the eventstream of `converse-stream`
-//! becomes `chat.completion.chunk` SSE events, chunk by chunk, ending with `data: [DONE]`.
-//! Which OpenAI parameters are dropped and which are refused is tabled in the filter README.
+//! The request is read through borrowed views and the Converse body is written as it is read, into
+//! a [`ChunkedBody`]: messages, parts, tool calls and tools are walked one at a time with
+//! [`json::each`], texts and JSON schemas are copied as raw JSON, base64 data is borrowed, so memory
+//! does not grow with the number of elements and nothing large is copied on the way.
+//! Response: the Converse JSON becomes a `chat.completion` (read through borrowed views, written
+//! into a buffer of exactly its size); the eventstream of `converse-stream` becomes
+//! `chat.completion.chunk` SSE events, chunk by chunk, ending with `data: [DONE]` (after an error
+//! event when the stream breaks or ends early). Which OpenAI parameters are dropped and which are
+//! refused is tabled in the filter README.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
+use crate::body::{ChunkedBody, NewBody};
 use crate::error::{error_json, ApiError, ErrorKind};
 use crate::eventstream::{self, Kind};
+use crate::json::{self, each, EachError};
 use crate::translate::openai::percent_encode;
 use crate::wire::bedrock as b;
+use crate::wire::chat_view as v;
 use crate::wire::openai as o;
 
 /// `reasoning_effort` → Anthropic extended-thinking `budget_tokens` (Claude models on Bedrock).
 const THINKING_BUDGETS: &[(&str, u32)] = &[("low", 1024), ("medium", 4096), ("high", 16384)];
 
+/// Tool blocks of a stream whose index is remembered (a stream may hold any number).
+const MAX_TRACKED_BLOCKS: usize = 4096;
+
 /// Upstream error text longer than this is cut.
 const MAX_ERROR_MESSAGE: usize = 2048;
+
+/// A Converse prompt-cache checkpoint: everything before it is cached.
+const CACHE_POINT: &[u8] = br#"{"cachePoint":{"type":"default"}}"#;
 
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("unsupported_parameter", message)
@@ -32,268 +50,663 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_request", message)
 }
 
+fn malformed(e: impl std::fmt::Display) -> ApiError {
+    invalid(format!("invalid chat completion request: {e}"))
+}
+
 /// The upstream path: `{prefix}/model/{modelId}/converse[-stream]`.
 pub fn converse_path(prefix: &str, model: &str, stream: bool) -> String {
     let action = if stream { "converse-stream" } else { "converse" };
     format!("{prefix}/model/{}/{action}", percent_encode(model))
 }
 
-/// OpenAI chat request → Converse request, every field decided. `model` is the upstream model id.
-pub fn to_converse(req: o::ChatRequest, model: &str, default_max_tokens: u32) -> Result<b::ConverseRequest, ApiError> {
-    let o::ChatRequest {
-        model: _,
-        messages,
-        max_tokens,
-        max_completion_tokens,
-        temperature,
-        top_p,
-        stop,
-        stream: _,
-        stream_options: _,
-        tools,
-        tool_choice,
-        parallel_tool_calls,
-        response_format,
-        reasoning_effort,
-        n,
-        seed,
-        presence_penalty,
-        frequency_penalty,
-        logprobs,
-        top_logprobs,
-        logit_bias,
-        user,
-        metadata,
-        store,
-        service_tier,
-        extra,
-    } = req;
-    if n.is_some_and(|n| n > 1) {
-        return Err(bad("Bedrock returns one choice per request; `n` must be 1"));
-    }
-    if logprobs == Some(true) || top_logprobs.is_some() {
-        return Err(bad("Bedrock Converse does not return log probabilities; remove `logprobs`/`top_logprobs`"));
-    }
-    match response_format {
-        None | Some(o::ResponseFormat::Text) => {}
-        Some(_) => {
-            return Err(bad(
-                "Bedrock Converse has no JSON response mode; remove `response_format` or ask for JSON in the prompt",
-            ))
-        }
-    }
-    let changes_sampling: Vec<&str> = [
-        ("presence_penalty", presence_penalty.is_some_and(|p| p != 0.0)),
-        ("frequency_penalty", frequency_penalty.is_some_and(|p| p != 0.0)),
-        ("logit_bias", logit_bias.as_ref().is_some_and(|m| !m.is_empty())),
-        ("parallel_tool_calls", parallel_tool_calls == Some(false)),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect();
-    if !changes_sampling.is_empty() {
-        log::warn!("llmgw: Bedrock cannot honour {}; dropped", changes_sampling.join(", "));
-    }
-    let ignored: Vec<&str> = [
-        ("seed", seed.is_some()),
-        ("user", user.is_some()),
-        ("metadata", metadata.is_some()),
-        ("store", store.is_some()),
-        ("service_tier", service_tier.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .chain(extra.keys().map(String::as_str))
-    .collect();
-    if !ignored.is_empty() {
-        log::debug!("llmgw: Bedrock backend ignores parameters: {}", ignored.join(", "));
-    }
-
-    let mut system = Vec::new();
-    let mut turns: Vec<b::Message> = Vec::new();
-    let mut documents = DocumentNames::default();
-    for message in messages {
-        let (role, blocks) = match message {
-            o::Message::System { content, .. } | o::Message::Developer { content, .. } => {
-                let text = content.text();
-                if !text.is_empty() {
-                    system.push(b::SystemBlock::Text(text));
-                }
-                continue;
-            }
-            o::Message::User { content, name: _ } => (b::Role::User, user_blocks(content, &mut documents)?),
-            o::Message::Assistant { content, tool_calls, reasoning_content, refusal: _, name: _ } => {
-                if reasoning_content.is_some() {
-                    log::debug!("llmgw: Bedrock: dropped reasoning_content of an earlier assistant turn");
-                }
-                let mut blocks = Vec::new();
-                if let Some(text) = content.map(|c| c.text()).filter(|t| !t.is_empty()) {
-                    blocks.push(b::ContentBlock::Text(text));
-                }
-                for call in tool_calls.unwrap_or_default() {
-                    let input: Value = if call.function.arguments.trim().is_empty() {
-                        Value::Object(Default::default())
-                    } else {
-                        serde_json::from_str(&call.function.arguments).map_err(|e| {
-                            invalid(format!("tool call {} has arguments that are not JSON: {e}", call.id))
-                        })?
-                    };
-                    blocks.push(b::ContentBlock::ToolUse(b::ToolUseBlock {
-                        tool_use_id: call.id,
-                        name: call.function.name,
-                        input,
-                    }));
-                }
-                (b::Role::Assistant, blocks)
-            }
-            o::Message::Tool { content, tool_call_id } => {
-                let content = tool_result_content(content, &mut documents)?;
-                let result = b::ToolResultBlock { tool_use_id: tool_call_id, content, status: None };
-                (b::Role::User, vec![b::ContentBlock::ToolResult(result)])
-            }
-        };
-        if blocks.is_empty() {
-            continue;
-        }
-        // Converse wants alternating roles: consecutive turns of one role become one message.
-        match turns.last_mut() {
-            Some(last) if last.role == role => last.content.extend(blocks),
-            _ => turns.push(b::Message { role, content: blocks }),
-        }
-    }
-
-    let history_has_tools = turns
-        .iter()
-        .flat_map(|m| &m.content)
-        .any(|block| matches!(block, b::ContentBlock::ToolUse(_) | b::ContentBlock::ToolResult(_)));
-    let tool_config = tool_config(tools, tool_choice, history_has_tools)?;
-
-    let mut max_tokens = max_completion_tokens.or(max_tokens);
-    let additional_model_request_fields = match reasoning_effort.as_deref() {
-        None | Some("none") | Some("minimal") => None,
-        Some(effort) => {
-            let budget = THINKING_BUDGETS
-                .iter()
-                .find(|(name, _)| *name == effort)
-                .map(|(_, b)| *b)
-                .ok_or_else(|| bad(format!("reasoning_effort {effort:?} is not one of low, medium, high")))?;
-            if is_claude(model) {
-                // Anthropic requires the thinking budget to be below max_tokens.
-                let max = max_tokens.unwrap_or(default_max_tokens);
-                max_tokens = Some(if max <= budget { max.saturating_add(budget) } else { max });
-                let thinking = serde_json::json!({"type": "enabled", "budget_tokens": budget});
-                let mut fields = serde_json::Map::new();
-                fields.insert("thinking".into(), thinking);
-                Some(fields)
-            } else {
-                log::warn!("llmgw: Bedrock: reasoning_effort is only mapped for Claude models; dropped for {model}");
-                None
-            }
-        }
-    };
-
-    let inference = b::InferenceConfig {
-        max_tokens,
-        temperature,
-        top_p,
-        stop_sequences: stop.map(o::Stop::into_vec).unwrap_or_default(),
-    };
-    Ok(b::ConverseRequest {
-        messages: turns,
-        system,
-        inference_config: (!inference.is_empty()).then_some(inference),
-        tool_config,
-        additional_model_request_fields,
-    })
-}
-
 fn is_claude(model: &str) -> bool {
     model.contains("anthropic.") || model.contains("claude")
 }
 
-fn tool_config(
-    tools: Option<Vec<o::Tool>>,
-    tool_choice: Option<o::ToolChoice>,
-    history_has_tools: bool,
-) -> Result<Option<b::ToolConfig>, ApiError> {
-    let tools = tools
-        .unwrap_or_default()
-        .into_iter()
-        .map(|t| {
-            if t.kind != "function" {
-                return Err(bad(format!("tool type {:?} is not supported by Bedrock", t.kind)));
-            }
-            if t.function.strict.is_some() {
-                log::debug!("llmgw: Bedrock: dropped `strict` of tool {}", t.function.name);
-            }
-            let schema =
-                t.function.parameters.unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}}));
-            Ok(b::Tool::ToolSpec(b::ToolSpec {
-                name: t.function.name,
-                description: t.function.description,
-                input_schema: b::InputSchema::Json(schema),
-            }))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if tools.is_empty() {
-        if tool_choice.is_some() {
-            log::debug!("llmgw: Bedrock: tool_choice without tools dropped");
-        }
-        return Ok(None);
-    }
-    let tool_choice = match tool_choice {
-        None => None,
-        Some(o::ToolChoice::Mode(mode)) => match mode.as_str() {
-            "auto" => Some(b::ToolChoice::Auto(b::Empty {})),
-            "required" => Some(b::ToolChoice::Any(b::Empty {})),
-            "none" if !history_has_tools => {
-                // Converse has no "none": a request without tools is the same thing.
-                return Ok(None);
-            }
-            "none" => {
-                log::warn!(
-                    "llmgw: Bedrock has no tool_choice \"none\" and needs the tools of a conversation with tool \
-                     calls; sent as auto"
-                );
-                None
-            }
-            other => return Err(bad(format!("tool_choice {other:?} is not one of none, auto, required"))),
-        },
-        Some(o::ToolChoice::Named(named)) => Some(b::ToolChoice::Tool(b::NamedTool { name: named.function.name })),
-    };
-    Ok(Some(b::ToolConfig { tools, tool_choice }))
+/// Amazon Nova 2 models take a reasoning effort (`reasoningConfig`).
+fn is_nova_2(model: &str) -> bool {
+    model.contains("nova-2")
 }
 
-/// Bedrock document names: unique in a request, of letters, digits, single spaces, `-()[]`.
+/// Walks the JSON array `raw` with `f`; a malformed element is a 400 naming `what`.
+fn walk<'a, T: Deserialize<'a>>(
+    raw: &'a RawValue,
+    what: &str,
+    f: impl FnMut(T) -> Result<(), ApiError>,
+) -> Result<(), ApiError> {
+    each(raw, f).map_err(|e| match e {
+        EachError::Json(e) => malformed(format!("{what}: {e}")),
+        EachError::Stopped(e) => e,
+    })
+}
+
+/// The raw literal of a JSON string (quotes and escapes included); anything else is a 400.
+fn string_literal<'a>(raw: Option<&'a RawValue>, what: &str) -> Result<&'a str, ApiError> {
+    match raw.map(RawValue::get) {
+        Some(s) if s.starts_with('"') => Ok(s),
+        Some(_) => Err(malformed(format!("{what} must be a string"))),
+        None => Err(malformed(format!("{what} is missing"))),
+    }
+}
+
+/// The inside of a JSON string literal: still escaped, ready to be written between quotes.
+fn literal_inner(literal: &str) -> &str {
+    literal.get(1..literal.len().saturating_sub(1)).unwrap_or("")
+}
+
+fn is_empty_literal(literal: &str) -> bool {
+    literal == "\"\""
+}
+
+/// Message content, unparsed: a string literal, an array of parts, or nothing.
+enum Content<'a> {
+    Text(&'a str),
+    Parts(&'a RawValue),
+    Null,
+}
+
+fn content_of(raw: Option<&RawValue>) -> Result<Content<'_>, ApiError> {
+    let Some(raw) = raw else { return Ok(Content::Null) };
+    match raw.get().as_bytes().first() {
+        Some(b'"') => Ok(Content::Text(raw.get())),
+        Some(b'[') => Ok(Content::Parts(raw)),
+        Some(b'n') => Ok(Content::Null),
+        _ => Err(invalid("`content` must be a string or an array of content parts")),
+    }
+}
+
+/// One message, as this translator reads it: texts stay raw JSON (never unescaped or copied).
+#[derive(Deserialize)]
+struct MessageIn<'a> {
+    #[serde(borrow)]
+    role: Cow<'a, str>,
+    #[serde(default, borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    tool_calls: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "v::opt_text")]
+    tool_call_id: Option<Cow<'a, str>>,
+    /// Dropped (Bedrock takes reasoning back only with its signature); raw, so never copied.
+    #[serde(default, borrow)]
+    reasoning_content: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    cache_control: Option<&'a RawValue>,
+    // `name` and `refusal` are dropped: serde skips them.
+}
+
+/// One content part; texts stay raw JSON.
+#[derive(Deserialize)]
+struct PartIn<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    image_url: Option<v::ImageUrlView<'a>>,
+    #[serde(default, borrow)]
+    file: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    cache_control: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct FileIn<'a> {
+    #[serde(default, borrow)]
+    file_data: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "v::opt_text")]
+    filename: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallIn<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    function: FunctionCallIn<'a>,
+}
+
+#[derive(Deserialize)]
+struct FunctionCallIn<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    /// A JSON string holding JSON text; unescaped straight into the output.
+    #[serde(default, borrow)]
+    arguments: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ThinkingIn<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    budget_tokens: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct ResponseFormatIn<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+}
+
+/// Where a message's text parts go, for the 400s that name what cannot go there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TextOnly {
+    System,
+    Assistant,
+}
+
+/// What the text parts of a message add up to.
 #[derive(Default)]
-struct DocumentNames(HashSet<String>);
+struct TextParts {
+    count: usize,
+    any_text: bool,
+    cache: bool,
+}
 
-impl DocumentNames {
-    fn name(&mut self, filename: Option<&str>) -> String {
-        let stem = filename.map(|f| f.rsplit_once('.').map_or(f, |(s, _)| s)).unwrap_or("document");
-        let mut clean = String::new();
-        for c in stem.chars() {
-            let c = if c.is_ascii_alphanumeric() || "-()[]".contains(c) { c } else { ' ' };
-            if !(c == ' ' && (clean.is_empty() || clean.ends_with(' '))) {
-                clean.push(c);
-            }
-        }
-        let mut base: String = clean.trim_end().chars().take(100).collect();
-        if base.is_empty() {
-            base = "document".into();
-        }
-        let mut name = base.clone();
-        let mut n = 2;
-        while !self.0.insert(name.clone()) {
-            name = format!("{base}-{n}");
-            n += 1;
-        }
-        name
+impl TextParts {
+    /// OpenAI's text of parts is the text parts joined by newlines: empty only when there is at
+    /// most one part and it is empty.
+    fn is_empty(&self) -> bool {
+        self.count == 0 || (self.count == 1 && !self.any_text)
     }
 }
 
-fn image_block(image_url: &o::ImageUrl) -> Result<b::ImageBlock, ApiError> {
-    match image_url.parse().map_err(|e| invalid(format!("image_url: {e}")))? {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    User,
+    Assistant,
+}
+
+impl Role {
+    fn name(self) -> &'static [u8] {
+        match self {
+            Role::User => b"user",
+            Role::Assistant => b"assistant",
+        }
+    }
+}
+
+/// Where a content part's block goes: a turn of `messages`, or the content of a `toolResult`.
+enum Sink {
+    Turn(Role),
+    Nested { count: usize },
+}
+
+/// The Converse request being written.
+struct Converse {
+    out: ChunkedBody,
+    documents: DocumentNames,
+    /// The role of the turn open in `messages` (consecutive messages of one role share a turn).
+    open: Option<Role>,
+    turns: usize,
+    blocks_in_turn: usize,
+    blocks: usize,
+    history_has_tools: bool,
+}
+
+impl Converse {
+    fn put(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    fn put_str(&mut self, s: &str) {
+        // Writing into a ChunkedBody cannot fail; a string always serializes.
+        if serde_json::to_writer(&mut self.out, s).is_err() {
+            self.out.extend_from_slice(b"\"\"");
+        }
+    }
+
+    /// Starts a block in a turn of `role`: opens the turn (closing another role's) or separates it
+    /// from the previous block. Converse wants alternating roles, so consecutive turns of one role
+    /// become one message.
+    fn begin_block(&mut self, role: Role) {
+        if self.open != Some(role) {
+            if self.open.is_some() {
+                self.put(b"]}");
+            }
+            if self.turns > 0 {
+                self.put(b",");
+            }
+            self.put(b"{\"role\":\"");
+            self.put(role.name());
+            self.put(b"\",\"content\":[");
+            self.open = Some(role);
+            self.turns = self.turns.saturating_add(1);
+            self.blocks_in_turn = 0;
+        } else if self.blocks_in_turn > 0 {
+            self.put(b",");
+        }
+        self.blocks_in_turn = self.blocks_in_turn.saturating_add(1);
+        self.blocks = self.blocks.saturating_add(1);
+    }
+
+    fn open_block(&mut self, sink: &mut Sink) {
+        match sink {
+            Sink::Turn(role) => self.begin_block(*role),
+            Sink::Nested { count } => {
+                if *count > 0 {
+                    self.put(b",");
+                }
+                *count = count.saturating_add(1);
+            }
+        }
+    }
+
+    /// A cache checkpoint after the last block of the open turn of `role`.
+    fn cache_point(&mut self, role: Role) {
+        if self.open == Some(role) && self.blocks_in_turn > 0 {
+            self.begin_block(role);
+            self.put(CACHE_POINT);
+        }
+    }
+
+    fn close_turn(&mut self) {
+        if self.open.take().is_some() {
+            self.put(b"]}");
+        }
+    }
+
+    fn messages(&mut self, messages: &RawValue) -> Result<(), ApiError> {
+        self.put(b"\"messages\":[");
+        walk(messages, "messages", |m: MessageIn| self.message(m))?;
+        self.close_turn();
+        self.put(b"]");
+        Ok(())
+    }
+
+    fn message(&mut self, m: MessageIn) -> Result<(), ApiError> {
+        let before = self.blocks;
+        let role = match m.role.as_ref() {
+            // System prompts are written by `system`, in a second walk.
+            "system" | "developer" => return Ok(()),
+            "user" => {
+                self.user_content(m.content)?;
+                Role::User
+            }
+            "assistant" => {
+                self.assistant(&m)?;
+                Role::Assistant
+            }
+            "tool" => {
+                self.tool_result(&m)?;
+                Role::User
+            }
+            other => return Err(malformed(format!("unknown message role {other:?}"))),
+        };
+        if m.cache_control.is_some() && self.blocks > before {
+            self.cache_point(role);
+        }
+        Ok(())
+    }
+
+    fn user_content(&mut self, content: Option<&RawValue>) -> Result<(), ApiError> {
+        match content_of(content)? {
+            Content::Null => Err(invalid("a user message needs `content` (a string or an array of content parts)")),
+            Content::Text(literal) => {
+                if !is_empty_literal(literal) {
+                    self.begin_block(Role::User);
+                    self.text_block(literal);
+                }
+                Ok(())
+            }
+            Content::Parts(parts) => walk(parts, "content parts", |p: PartIn| {
+                let cache = p.cache_control.is_some();
+                if self.part(p, &mut Sink::Turn(Role::User))? && cache {
+                    self.cache_point(Role::User);
+                }
+                Ok(())
+            }),
+        }
+    }
+
+    fn text_block(&mut self, literal: &str) {
+        self.put(b"{\"text\":");
+        self.put(literal.as_bytes());
+        self.put(b"}");
+    }
+
+    /// One user or tool-result content part → a block in `sink`; returns whether one was written.
+    fn part(&mut self, p: PartIn, sink: &mut Sink) -> Result<bool, ApiError> {
+        match p.kind.as_ref() {
+            "text" => {
+                let literal = string_literal(p.text, "a text part's `text`")?;
+                if is_empty_literal(literal) {
+                    return Ok(false);
+                }
+                self.open_block(sink);
+                self.text_block(literal);
+            }
+            "image_url" => {
+                let url = p.image_url.ok_or_else(|| malformed("an image_url part needs `image_url`"))?;
+                let (format, data) = image_source(&url.url)?;
+                self.open_block(sink);
+                self.put(b"{\"image\":{\"format\":\"");
+                self.put(format.as_bytes());
+                self.put(b"\",\"source\":{\"bytes\":");
+                self.put_str(data);
+                self.put(b"}}}");
+            }
+            "file" => {
+                let file = p.file.ok_or_else(|| malformed("a file part needs `file`"))?;
+                let file: FileIn = json::from_raw(file).map_err(|e| malformed(format!("file: {e}")))?;
+                let data_url = match file.file_data {
+                    Some(raw) if raw.get().starts_with('"') => {
+                        json::from_raw::<Cow<str>>(raw).map_err(|e| malformed(format!("file.file_data: {e}")))?
+                    }
+                    _ => {
+                        return Err(bad("Bedrock needs file contents: send `file.file_data` as a base64 data URL \
+                                        (file_id is not supported)"))
+                    }
+                };
+                let (format, data) = document_source(&data_url)?;
+                let name = self.documents.name(file.filename.as_deref())?;
+                self.open_block(sink);
+                self.put(b"{\"document\":{\"format\":\"");
+                self.put(format.as_bytes());
+                self.put(b"\",\"name\":");
+                self.put_str(&name);
+                self.put(b",\"source\":{\"bytes\":");
+                self.put_str(data);
+                self.put(b"}}}");
+            }
+            "input_audio" => return Err(bad("Bedrock Converse does not accept audio input (an input_audio part)")),
+            other => {
+                return Err(bad(format!(
+                    "a content part of type {other:?} was sent; Bedrock takes text, image_url and file parts here"
+                )))
+            }
+        }
+        Ok(true)
+    }
+
+    /// Checks the parts of a text-only message (system or assistant) and sums them up.
+    fn text_parts(&self, parts: &RawValue, place: TextOnly) -> Result<TextParts, ApiError> {
+        let mut sum = TextParts::default();
+        walk(parts, "content parts", |p: PartIn| {
+            match (p.kind.as_ref(), place) {
+                ("text", _) => {
+                    let literal = string_literal(p.text, "a text part's `text`")?;
+                    sum.count = sum.count.saturating_add(1);
+                    sum.any_text |= !is_empty_literal(literal);
+                    sum.cache |= p.cache_control.is_some();
+                }
+                // An assistant refusal is dropped, as the message's `refusal` is.
+                ("refusal", TextOnly::Assistant) => {}
+                (other, TextOnly::System) => {
+                    return Err(bad(format!(
+                        "a content part of type {other:?} was sent in a system message; Bedrock system prompts take \
+                         text only"
+                    )))
+                }
+                (other, TextOnly::Assistant) => {
+                    return Err(bad(format!(
+                        "a content part of type {other:?} was sent in an assistant message; Bedrock takes text and \
+                         tool calls from the assistant"
+                    )))
+                }
+            }
+            Ok(())
+        })?;
+        Ok(sum)
+    }
+
+    /// `{"text": <the text parts joined by newlines>}`, written from the raw literals.
+    fn joined_text_block(&mut self, parts: &RawValue) -> Result<(), ApiError> {
+        self.put(b"{\"text\":\"");
+        let mut first = true;
+        walk(parts, "content parts", |p: PartIn| {
+            if p.kind == "text" {
+                let literal = string_literal(p.text, "a text part's `text`")?;
+                if !first {
+                    self.put(b"\\n");
+                }
+                first = false;
+                self.put(literal_inner(literal).as_bytes());
+            }
+            Ok(())
+        })?;
+        self.put(b"\"}");
+        Ok(())
+    }
+
+    fn assistant(&mut self, m: &MessageIn) -> Result<(), ApiError> {
+        if m.reasoning_content.is_some_and(|r| r.get() != "null") {
+            log::debug!("llmgw: Bedrock: dropped reasoning_content of an earlier assistant turn");
+        }
+        match content_of(m.content)? {
+            Content::Null => {}
+            Content::Text(literal) => {
+                if !is_empty_literal(literal) {
+                    self.begin_block(Role::Assistant);
+                    self.text_block(literal);
+                }
+            }
+            Content::Parts(parts) => {
+                let sum = self.text_parts(parts, TextOnly::Assistant)?;
+                if !sum.is_empty() {
+                    self.begin_block(Role::Assistant);
+                    self.joined_text_block(parts)?;
+                    if sum.cache {
+                        self.cache_point(Role::Assistant);
+                    }
+                }
+            }
+        }
+        if let Some(calls) = m.tool_calls.filter(|c| c.get() != "null") {
+            walk(calls, "tool_calls", |call: ToolCallIn| self.tool_use(call))?;
+        }
+        Ok(())
+    }
+
+    fn tool_use(&mut self, call: ToolCallIn) -> Result<(), ApiError> {
+        let arguments = match call.function.arguments.map(RawValue::get) {
+            None | Some("null") => None,
+            Some(literal) if literal.starts_with('"') => {
+                let inner = literal_inner(literal);
+                let mut check = Unescape::new(inner);
+                match serde_json::from_reader::<_, serde::de::IgnoredAny>(&mut check) {
+                    Ok(_) => Some(inner),
+                    Err(_) if !check.saw_content && !check.failed => None,
+                    Err(e) => {
+                        return Err(invalid(format!("tool call {} has arguments that are not JSON: {e}", call.id)))
+                    }
+                }
+            }
+            Some(_) => return Err(malformed(format!("tool call {}: `arguments` must be a string", call.id))),
+        };
+        self.begin_block(Role::Assistant);
+        self.history_has_tools = true;
+        self.put(b"{\"toolUse\":{\"toolUseId\":");
+        self.put_str(&call.id);
+        self.put(b",\"name\":");
+        self.put_str(&call.function.name);
+        self.put(b",\"input\":");
+        match arguments {
+            // An empty string: no arguments.
+            None => self.put(b"{}"),
+            Some(inner) => {
+                io::copy(&mut Unescape::new(inner), &mut self.out)
+                    .map_err(|e| invalid(format!("tool call {} has arguments that are not JSON: {e}", call.id)))?;
+            }
+        }
+        self.put(b"}}");
+        Ok(())
+    }
+
+    fn tool_result(&mut self, m: &MessageIn) -> Result<(), ApiError> {
+        let id = m.tool_call_id.as_deref().ok_or_else(|| malformed("a tool message needs `tool_call_id`"))?;
+        let content = content_of(m.content)?;
+        self.begin_block(Role::User);
+        self.history_has_tools = true;
+        self.put(b"{\"toolResult\":{\"toolUseId\":");
+        self.put_str(id);
+        self.put(b",\"content\":[");
+        let mut cache = false;
+        match content {
+            Content::Null => return Err(invalid("a tool message needs `content`")),
+            Content::Text(literal) => {
+                if !is_empty_literal(literal) {
+                    self.text_block(literal);
+                }
+            }
+            Content::Parts(parts) => {
+                let mut sink = Sink::Nested { count: 0 };
+                walk(parts, "content parts", |p: PartIn| {
+                    let marked = p.cache_control.is_some();
+                    cache |= self.part(p, &mut sink)? && marked;
+                    Ok(())
+                })?;
+            }
+        }
+        self.put(b"]}}");
+        // Converse has no checkpoint inside a tool result: it goes right after it.
+        if cache {
+            self.cache_point(Role::User);
+        }
+        Ok(())
+    }
+
+    /// `"system": [...]` from the system and developer messages, in order (a second walk over
+    /// `messages`; nothing is collected).
+    fn system(&mut self, messages: &RawValue) -> Result<(), ApiError> {
+        let mut count = 0usize;
+        let separate = |this: &mut Converse, count: &mut usize| {
+            this.put(if *count == 0 { b",\"system\":[" } else { b"," });
+            *count = count.saturating_add(1);
+        };
+        walk(messages, "messages", |m: MessageIn| {
+            if m.role != "system" && m.role != "developer" {
+                return Ok(());
+            }
+            let (wrote, part_cache) = match content_of(m.content)? {
+                Content::Null => return Err(invalid(format!("a {} message needs `content`", m.role))),
+                Content::Text(literal) if is_empty_literal(literal) => (false, false),
+                Content::Text(literal) => {
+                    separate(self, &mut count);
+                    self.text_block(literal);
+                    (true, false)
+                }
+                Content::Parts(parts) => {
+                    let sum = self.text_parts(parts, TextOnly::System)?;
+                    if sum.is_empty() {
+                        (false, false)
+                    } else {
+                        separate(self, &mut count);
+                        self.joined_text_block(parts)?;
+                        (true, sum.cache)
+                    }
+                }
+            };
+            if wrote && (part_cache || m.cache_control.is_some()) {
+                separate(self, &mut count);
+                self.put(CACHE_POINT);
+            }
+            Ok(())
+        })?;
+        if count > 0 {
+            self.put(b"]");
+        }
+        Ok(())
+    }
+
+    /// `"toolConfig"`, when there are tools (and Converse needs them).
+    fn tool_config(&mut self, tools: Option<&RawValue>, tool_choice: Option<&RawValue>) -> Result<(), ApiError> {
+        let tools = tools.filter(|t| t.get() != "null");
+        let mut count = 0usize;
+        if let Some(tools) = tools {
+            walk(tools, "tools", |t: v::ToolView| {
+                check_tool(&t)?;
+                count = count.saturating_add(1);
+                Ok(())
+            })?;
+        }
+        let tool_choice = tool_choice
+            .filter(|c| c.get() != "null")
+            .map(json::from_raw::<o::ToolChoice>)
+            .transpose()
+            .map_err(|e| malformed(format!("tool_choice: {e}")))?;
+        let Some(tools) = tools.filter(|_| count > 0) else {
+            if tool_choice.is_some() {
+                log::debug!("llmgw: Bedrock: tool_choice without tools dropped");
+            }
+            return Ok(());
+        };
+        let choice: Option<Cow<[u8]>> = match &tool_choice {
+            None => None,
+            Some(o::ToolChoice::Mode(mode)) => match mode.as_str() {
+                "auto" => Some(Cow::Borrowed(br#"{"auto":{}}"#)),
+                "required" => Some(Cow::Borrowed(br#"{"any":{}}"#)),
+                // Converse has no "none": a request without tools is the same thing.
+                "none" if !self.history_has_tools => return Ok(()),
+                "none" => {
+                    log::warn!(
+                        "llmgw: Bedrock has no tool_choice \"none\" and needs the tools of a conversation with tool \
+                         calls; sent as auto"
+                    );
+                    None
+                }
+                other => return Err(bad(format!("tool_choice {other:?} is not one of none, auto, required"))),
+            },
+            Some(o::ToolChoice::Named(named)) => {
+                let mut bytes = br#"{"tool":{"name":"#.to_vec();
+                bytes.extend_from_slice(&json::json_string(&named.function.name));
+                bytes.extend_from_slice(b"}}");
+                Some(Cow::Owned(bytes))
+            }
+        };
+        self.put(b",\"toolConfig\":{\"tools\":[");
+        let mut first = true;
+        walk(tools, "tools", |t: v::ToolView| {
+            let Some(function) = t.function else { return Ok(()) };
+            if !first {
+                self.put(b",");
+            }
+            first = false;
+            if function.strict.is_some() {
+                log::debug!("llmgw: Bedrock: dropped `strict` of tool {}", function.name);
+            }
+            self.put(b"{\"toolSpec\":{\"name\":");
+            self.put_str(&function.name);
+            if let Some(description) = &function.description {
+                self.put(b",\"description\":");
+                self.put_str(description);
+            }
+            self.put(b",\"inputSchema\":{\"json\":");
+            match function.parameters.filter(|p| p.get() != "null") {
+                Some(schema) => self.put(schema.get().as_bytes()),
+                None => self.put(br#"{"type":"object","properties":{}}"#),
+            }
+            self.put(b"}}}");
+            if t.cache_control.is_some() {
+                self.put(b",");
+                self.put(CACHE_POINT);
+            }
+            Ok(())
+        })?;
+        self.put(b"]");
+        if let Some(choice) = choice {
+            self.put(b",\"toolChoice\":");
+            self.put(&choice);
+        }
+        self.put(b"}");
+        Ok(())
+    }
+}
+
+fn check_tool(t: &v::ToolView) -> Result<(), ApiError> {
+    if t.kind != "function" {
+        return Err(bad(format!("tool type {:?} is not supported by Bedrock", t.kind)));
+    }
+    if t.function.is_none() {
+        return Err(malformed("a function tool needs `function`"));
+    }
+    Ok(())
+}
+
+/// `data:image/png;base64,...` → (Bedrock format, base64 data borrowed from the URL).
+fn image_source(url: &str) -> Result<(&'static str, &str), ApiError> {
+    match o::parse_image_url(url).map_err(|e| invalid(format!("image_url: {e}")))? {
         o::Image::Base64 { media_type, data } => {
             let format = match media_type.to_ascii_lowercase().as_str() {
                 "image/png" => "png",
@@ -302,24 +715,17 @@ fn image_block(image_url: &o::ImageUrl) -> Result<b::ImageBlock, ApiError> {
                 "image/webp" => "webp",
                 other => return Err(bad(format!("Bedrock accepts png, jpeg, gif and webp images, not {other:?}"))),
             };
-            Ok(b::ImageBlock { format: format.into(), source: b::BytesSource { bytes: data.to_string() } })
+            Ok((format, data))
         }
-        o::Image::Url(_) => {
-            Err(bad("Bedrock needs the image bytes and cannot fetch image URLs: send the image as a base64 data URL \
-             (data:image/png;base64,...)"))
-        }
+        o::Image::Url(_) => Err(bad("Bedrock needs the image bytes and cannot fetch image URLs: send the image as a \
+                                     base64 data URL (data:image/png;base64,...)")),
     }
 }
 
-fn document_block(file: &Value, documents: &mut DocumentNames) -> Result<b::DocumentBlock, ApiError> {
-    let Some(data_url) = file.get("file_data").and_then(Value::as_str) else {
-        return Err(bad(
-            "Bedrock needs file contents: send `file.file_data` as a base64 data URL (file_id is not supported)",
-        ));
-    };
-    let url = o::ImageUrl { url: data_url.to_string(), detail: None };
-    let (media_type, data) = match url.parse() {
-        Ok(o::Image::Base64 { media_type, data }) => (media_type.to_ascii_lowercase(), data.to_string()),
+/// A `file_data` data URL → (Bedrock document format, base64 data borrowed from the URL).
+fn document_source(data_url: &str) -> Result<(&'static str, &str), ApiError> {
+    let (media_type, data) = match o::parse_image_url(data_url) {
+        Ok(o::Image::Base64 { media_type, data }) => (media_type.to_ascii_lowercase(), data),
         _ => return Err(invalid("file.file_data must be a base64 data URL")),
     };
     let format = match media_type.as_str() {
@@ -334,110 +740,587 @@ fn document_block(file: &Value, documents: &mut DocumentNames) -> Result<b::Docu
         "text/markdown" => "md",
         other => return Err(bad(format!("Bedrock does not accept documents of type {other:?}"))),
     };
-    let name = documents.name(file.get("filename").and_then(Value::as_str));
-    Ok(b::DocumentBlock { format: format.into(), name, source: b::BytesSource { bytes: data } })
+    Ok((format, data))
 }
 
-fn user_blocks(content: o::Content, documents: &mut DocumentNames) -> Result<Vec<b::ContentBlock>, ApiError> {
-    let parts = match content {
-        o::Content::Text(text) if text.is_empty() => return Ok(Vec::new()),
-        o::Content::Text(text) => return Ok(vec![b::ContentBlock::Text(text)]),
-        o::Content::Parts(parts) => parts,
-    };
-    let mut blocks = Vec::with_capacity(parts.len());
-    for part in parts {
-        match part {
-            o::ContentPart::Text { text } if text.is_empty() => {}
-            o::ContentPart::Text { text } => blocks.push(b::ContentBlock::Text(text)),
-            o::ContentPart::ImageUrl { image_url } => blocks.push(b::ContentBlock::Image(image_block(&image_url)?)),
-            o::ContentPart::File { file } => blocks.push(b::ContentBlock::Document(document_block(&file, documents)?)),
-            o::ContentPart::InputAudio { .. } => return Err(bad("Bedrock Converse does not accept audio input")),
-            o::ContentPart::Refusal { .. } | o::ContentPart::Unknown => {
-                return Err(bad(
-                    "a content part of a type Bedrock cannot take was sent (text, image_url and file are supported)",
-                ))
+/// Documents one request may carry (Bedrock takes a handful): bounds the names kept.
+const MAX_DOCUMENTS: usize = 1000;
+
+/// Bedrock document names: unique in a request, of letters, digits, single spaces, `-()[]`.
+#[derive(Default)]
+struct DocumentNames {
+    taken: HashSet<String>,
+    /// The next suffix to try for a base name.
+    next: HashMap<String, u64>,
+}
+
+impl DocumentNames {
+    fn name(&mut self, filename: Option<&str>) -> Result<String, ApiError> {
+        if self.taken.len() >= MAX_DOCUMENTS {
+            return Err(bad(format!("more than {MAX_DOCUMENTS} documents in one request; Bedrock takes a few")));
+        }
+        let stem = filename.map(|f| f.rsplit_once('.').map_or(f, |(s, _)| s)).unwrap_or("document");
+        let mut clean = String::new();
+        for c in stem.chars().take(400) {
+            let c = if c.is_ascii_alphanumeric() || "-()[]".contains(c) { c } else { ' ' };
+            if !(c == ' ' && (clean.is_empty() || clean.ends_with(' '))) {
+                clean.push(c);
             }
         }
+        let mut base: String = clean.trim_end().chars().take(100).collect();
+        if base.is_empty() {
+            base = "document".into();
+        }
+        let mut n = self.next.get(&base).copied().unwrap_or(1);
+        let mut name = if n == 1 { base.clone() } else { format!("{base}-{n}") };
+        while !self.taken.insert(name.clone()) {
+            n = n.saturating_add(1);
+            name = format!("{base}-{n}");
+        }
+        self.next.insert(base, n.saturating_add(1));
+        Ok(name)
     }
-    Ok(blocks)
 }
 
-fn tool_result_content(
-    content: o::Content,
-    documents: &mut DocumentNames,
-) -> Result<Vec<b::ToolResultContent>, ApiError> {
-    Ok(user_blocks(content, documents)?
+/// Reads the inside of a JSON string literal as the text it stands for (escapes decoded), without
+/// copying it: tool arguments are checked and written out through this.
+struct Unescape<'a> {
+    rest: &'a [u8],
+    pending: [u8; 4],
+    pending_len: usize,
+    pending_at: usize,
+    /// A byte other than JSON whitespace was read.
+    saw_content: bool,
+    /// An escape could not be decoded.
+    failed: bool,
+}
+
+impl<'a> Unescape<'a> {
+    fn new(inner: &'a str) -> Self {
+        Unescape {
+            rest: inner.as_bytes(),
+            pending: [0; 4],
+            pending_len: 0,
+            pending_at: 0,
+            saw_content: false,
+            failed: false,
+        }
+    }
+
+    fn hex4(&mut self) -> io::Result<u32> {
+        let digits = self.rest.get(..4).ok_or_else(|| bad_escape("a short \\u escape"))?;
+        let text = std::str::from_utf8(digits).map_err(|_| bad_escape("a bad \\u escape"))?;
+        let code = u32::from_str_radix(text, 16).map_err(|_| bad_escape("a bad \\u escape"))?;
+        self.rest = self.rest.get(4..).unwrap_or_default();
+        Ok(code)
+    }
+
+    /// Decodes the escape after a backslash into `pending`.
+    fn escape(&mut self) -> io::Result<()> {
+        let (&kind, rest) = self.rest.split_first().ok_or_else(|| bad_escape("a lone backslash"))?;
+        self.rest = rest;
+        let c = match kind {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let first = self.hex4()?;
+                let code = if (0xD800..0xDC00).contains(&first) {
+                    if self.rest.get(..2) != Some(b"\\u") {
+                        return Err(bad_escape("a lone surrogate"));
+                    }
+                    self.rest = self.rest.get(2..).unwrap_or_default();
+                    let second = self.hex4()?;
+                    if !(0xDC00..0xE000).contains(&second) {
+                        return Err(bad_escape("a lone surrogate"));
+                    }
+                    0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
+                } else {
+                    first
+                };
+                char::from_u32(code).ok_or_else(|| bad_escape("a lone surrogate"))?
+            }
+            _ => return Err(bad_escape("an unknown escape")),
+        };
+        let encoded = c.encode_utf8(&mut self.pending);
+        self.pending_len = encoded.len();
+        self.pending_at = 0;
+        Ok(())
+    }
+}
+
+fn bad_escape(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{what} in a JSON string"))
+}
+
+impl Read for Unescape<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            if self.pending_at < self.pending_len {
+                let (Some(slot), Some(&byte)) = (buf.get_mut(n), self.pending.get(self.pending_at)) else { break };
+                *slot = byte;
+                self.saw_content |= !byte.is_ascii_whitespace();
+                self.pending_at += 1;
+                n += 1;
+                continue;
+            }
+            match self.rest.first() {
+                None => break,
+                Some(b'\\') => {
+                    self.rest = self.rest.get(1..).unwrap_or_default();
+                    if let Err(e) = self.escape() {
+                        self.failed = true;
+                        return Err(e);
+                    }
+                }
+                Some(_) => {
+                    let run = self.rest.iter().position(|&c| c == b'\\').unwrap_or(self.rest.len());
+                    let room = buf.len() - n;
+                    let take = run.min(room);
+                    let (now, later) = self.rest.split_at(take);
+                    if let Some(dst) = buf.get_mut(n..n + take) {
+                        dst.copy_from_slice(now);
+                    }
+                    self.saw_content |= now.iter().any(|c| !c.is_ascii_whitespace());
+                    self.rest = later;
+                    n += take;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The top-level members `body` has that the chat view does not know: the first few names and the
+/// count, without collecting them all (a body may have millions).
+fn unknown_members(body: &[u8]) -> (Vec<String>, usize) {
+    struct Scan(Vec<String>, usize);
+    impl<'de> serde::de::Visitor<'de> for &mut Scan {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            #[derive(Deserialize)]
+            struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+            while let Some(Key(key)) = map.next_key::<Key>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                if !v::KNOWN_MEMBERS.contains(&key.as_ref()) {
+                    if self.0.len() < 16 {
+                        self.0.push(key.into_owned());
+                    }
+                    self.1 = self.1.saturating_add(1);
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut scan = Scan(Vec::new(), 0);
+    let _ = serde::Deserializer::deserialize_map(&mut serde_json::Deserializer::from_slice(body), &mut scan);
+    (scan.0, scan.1)
+}
+
+/// How reasoning is asked of the model, in `additionalModelRequestFields`.
+enum Reasoning<'a> {
+    None,
+    /// The client's `thinking` object, as it came (Claude).
+    Thinking(&'a RawValue),
+    /// `thinking` with a budget from `reasoning_effort` (Claude).
+    Budget(u32),
+    /// `reasoningConfig.maxReasoningEffort` (Amazon Nova 2).
+    Effort(&'static str),
+}
+
+/// OpenAI chat request → Converse request body, every field decided, written as it is read.
+/// `model` is the upstream model id. Returns the body and whether the client asked for usage.
+fn to_converse(body: &[u8], model: &str, default_max_tokens: u32) -> Result<(ChunkedBody, bool), ApiError> {
+    let req: v::ChatRequestView = serde_json::from_slice(body).map_err(malformed)?;
+    let v::ChatRequestView {
+        model: _,
+        messages,
+        max_tokens,
+        max_completion_tokens,
+        temperature,
+        top_p,
+        stop,
+        stream: _,
+        stream_options,
+        tools,
+        tool_choice,
+        parallel_tool_calls,
+        response_format,
+        reasoning_effort,
+        thinking,
+        n,
+        seed,
+        presence_penalty,
+        frequency_penalty,
+        logprobs,
+        top_logprobs,
+        logit_bias,
+        user,
+        metadata,
+        store,
+        service_tier,
+    } = req;
+    let include_usage = match stream_options.filter(|s| s.get() != "null") {
+        Some(raw) => json::from_raw::<o::StreamOptions>(raw)
+            .map_err(|e| malformed(format!("stream_options: {e}")))?
+            .include_usage
+            .unwrap_or(false),
+        None => false,
+    };
+    if n.is_some_and(|n| n > 1) {
+        return Err(bad("Bedrock returns one choice per request; `n` must be 1"));
+    }
+    if logprobs == Some(true) || top_logprobs.is_some() {
+        return Err(bad("Bedrock Converse does not return log probabilities; remove `logprobs`/`top_logprobs`"));
+    }
+    if let Some(raw) = response_format.filter(|r| r.get() != "null") {
+        let format: ResponseFormatIn = json::from_raw(raw).map_err(|e| malformed(format!("response_format: {e}")))?;
+        if format.kind != "text" {
+            return Err(bad(
+                "Bedrock Converse has no JSON response mode; remove `response_format` or ask for JSON in the prompt",
+            ));
+        }
+    }
+    let has_logit_bias = logit_bias
+        .is_some_and(|raw| raw.get().strip_prefix('{').is_some_and(|rest| !rest.trim_start().starts_with('}')));
+    let changes_sampling: Vec<&str> = [
+        ("presence_penalty", presence_penalty.is_some_and(|p| p != 0.0)),
+        ("frequency_penalty", frequency_penalty.is_some_and(|p| p != 0.0)),
+        ("logit_bias", has_logit_bias),
+        ("parallel_tool_calls", parallel_tool_calls == Some(false)),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    if !changes_sampling.is_empty() {
+        log::warn!("llmgw: Bedrock cannot honour {}; dropped", changes_sampling.join(", "));
+    }
+    if log::log_enabled!(log::Level::Debug) {
+        let (unknown, count) = unknown_members(body);
+        let ignored: Vec<&str> = [
+            ("seed", seed.is_some()),
+            ("user", user.is_some()),
+            ("metadata", metadata.is_some()),
+            ("store", store.is_some()),
+            ("service_tier", service_tier.is_some()),
+        ]
         .into_iter()
-        .filter_map(|block| match block {
-            b::ContentBlock::Text(t) => Some(b::ToolResultContent::Text(t)),
-            b::ContentBlock::Image(i) => Some(b::ToolResultContent::Image(i)),
-            b::ContentBlock::Document(d) => Some(b::ToolResultContent::Document(d)),
-            _ => None,
-        })
-        .collect())
+        .filter_map(|(name, set)| set.then_some(name))
+        .chain(unknown.iter().map(String::as_str))
+        .collect();
+        if !ignored.is_empty() {
+            log::debug!("llmgw: Bedrock backend ignores parameters: {} ({count} unknown)", ignored.join(", "));
+        }
+    }
+
+    // Reasoning: decided before anything is written, as it can raise maxTokens.
+    let mut max_tokens = max_completion_tokens.or(max_tokens);
+    let effort = match reasoning_effort.as_deref() {
+        None | Some("none") | Some("minimal") => None,
+        Some(effort) => Some(
+            THINKING_BUDGETS
+                .iter()
+                .find(|(name, _)| *name == effort)
+                .ok_or_else(|| bad(format!("reasoning_effort {effort:?} is not one of low, medium, high")))?,
+        ),
+    };
+    let thinking = match thinking.filter(|t| t.get() != "null") {
+        None => None,
+        Some(raw) => {
+            let parsed: ThinkingIn = json::from_raw(raw).map_err(|e| {
+                bad(format!("`thinking` must be an object like {{\"type\":\"enabled\",\"budget_tokens\":2048}}: {e}"))
+            })?;
+            Some((raw, parsed))
+        }
+    };
+    let mut budget = None;
+    let reasoning = match (thinking, effort) {
+        (Some((raw, parsed)), _) if is_claude(model) => {
+            if effort.is_some() {
+                log::debug!("llmgw: Bedrock: `thinking` given, reasoning_effort dropped");
+            }
+            budget = parsed.budget_tokens.filter(|_| parsed.kind == "enabled");
+            Reasoning::Thinking(raw)
+        }
+        (_, Some(&(_, tokens))) if is_claude(model) => {
+            budget = Some(tokens);
+            Reasoning::Budget(tokens)
+        }
+        (_, Some(&(name, _))) if is_nova_2(model) => Reasoning::Effort(name),
+        (Some(_), _) | (_, Some(_)) => {
+            log::warn!(
+                "llmgw: Bedrock: reasoning_effort/thinking is only mapped for Claude and Nova 2 models; dropped for \
+                 {model}"
+            );
+            Reasoning::None
+        }
+        (None, None) => Reasoning::None,
+    };
+    if let Some(budget) = budget {
+        // Anthropic requires the thinking budget to be below max_tokens.
+        let max = max_tokens.unwrap_or(default_max_tokens);
+        max_tokens = Some(if max <= budget { max.saturating_add(budget) } else { max });
+    }
+    let stop = stop
+        .filter(|s| s.get() != "null")
+        .map(json::from_raw::<o::Stop>)
+        .transpose()
+        .map_err(|e| malformed(format!("stop: {e}")))?
+        .map(o::Stop::into_vec)
+        .unwrap_or_default();
+
+    let mut c = Converse {
+        out: ChunkedBody::new(),
+        documents: DocumentNames::default(),
+        open: None,
+        turns: 0,
+        blocks_in_turn: 0,
+        blocks: 0,
+        history_has_tools: false,
+    };
+    c.put(b"{");
+    c.messages(messages)?;
+    c.system(messages)?;
+    c.tool_config(tools, tool_choice)?;
+    if max_tokens.is_some() || temperature.is_some() || top_p.is_some() || !stop.is_empty() {
+        let mut fields = Vec::new();
+        if let Some(m) = max_tokens {
+            fields.push(format!("\"maxTokens\":{m}"));
+        }
+        if let Some(t) = temperature {
+            fields.push(format!("\"temperature\":{}", serde_json::Value::from(t)));
+        }
+        if let Some(p) = top_p {
+            fields.push(format!("\"topP\":{}", serde_json::Value::from(p)));
+        }
+        if !stop.is_empty() {
+            let list = serde_json::to_string(&stop).map_err(malformed)?;
+            fields.push(format!("\"stopSequences\":{list}"));
+        }
+        c.put(b",\"inferenceConfig\":{");
+        c.put(fields.join(",").as_bytes());
+        c.put(b"}");
+    }
+    match reasoning {
+        Reasoning::None => {}
+        Reasoning::Thinking(raw) => {
+            c.put(b",\"additionalModelRequestFields\":{\"thinking\":");
+            c.put(raw.get().as_bytes());
+            c.put(b"}");
+        }
+        Reasoning::Budget(tokens) => c.put(
+            format!(",\"additionalModelRequestFields\":{{\"thinking\":{{\"type\":\"enabled\",\"budget_tokens\":{tokens}}}}}")
+                .as_bytes(),
+        ),
+        Reasoning::Effort(effort) => c.put(
+            format!(
+                ",\"additionalModelRequestFields\":{{\"reasoningConfig\":{{\"type\":\"enabled\",\"maxReasoningEffort\":\"{effort}\"}}}}"
+            )
+            .as_bytes(),
+        ),
+    }
+    c.put(b"}");
+    Ok((c.out, include_usage))
 }
 
 /// Bedrock stop reason → OpenAI finish reason.
-pub fn finish_reason(reason: Option<b::StopReason>) -> String {
+pub fn finish_reason(reason: Option<b::StopReason>) -> &'static str {
     match reason {
         Some(b::StopReason::ToolUse) => "tool_calls",
         Some(b::StopReason::MaxTokens | b::StopReason::ModelContextWindowExceeded) => "length",
         Some(b::StopReason::GuardrailIntervened | b::StopReason::ContentFiltered) => "content_filter",
         Some(b::StopReason::EndTurn | b::StopReason::StopSequence | b::StopReason::Unknown) | None => "stop",
     }
-    .to_string()
 }
 
-/// Converse response → OpenAI `chat.completion`.
-pub fn to_chat_completion(resp: b::ConverseResponse, id: &str, model: &str, created: u64) -> o::ChatCompletion {
-    let mut text = String::new();
-    let mut reasoning = String::new();
-    let mut tool_calls = Vec::new();
-    for block in resp.output.message.map(|m| m.content).unwrap_or_default() {
-        match block {
-            b::ContentBlock::Text(t) => text.push_str(&t),
-            b::ContentBlock::ReasoningContent(r) => {
-                if let Some(r) = r.reasoning_text {
-                    reasoning.push_str(&r.text);
-                }
+/// Counts bytes instead of keeping them: sizes the answer before it is written.
+struct Counter(usize);
+
+impl Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn io_error(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// Walks the content blocks of an answer.
+fn each_block<'a>(
+    content: Option<&'a RawValue>,
+    mut f: impl FnMut(b::ContentBlockView<'a>) -> io::Result<()>,
+) -> io::Result<()> {
+    let Some(content) = content.filter(|c| c.get() != "null") else { return Ok(()) };
+    each(content, &mut f).map_err(|e| match e {
+        EachError::Json(e) => io_error(e),
+        EachError::Stopped(e) => e,
+    })
+}
+
+/// What the content of an answer holds (and a check that its texts are strings).
+#[derive(Default)]
+struct AnswerSummary {
+    text: bool,
+    reasoning: bool,
+    tool_calls: usize,
+}
+
+fn text_of(raw: Option<&RawValue>) -> io::Result<Option<&str>> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some(s) if s.starts_with('"') => Ok(Some(literal_inner(s))),
+        Some(_) => Err(io_error("a text that is not a string")),
+    }
+}
+
+fn summarize(content: Option<&RawValue>) -> io::Result<AnswerSummary> {
+    let mut sum = AnswerSummary::default();
+    each_block(content, |block| {
+        sum.text |= text_of(block.text)?.is_some_and(|t| !t.is_empty());
+        if let Some(r) = block.reasoning_content.and_then(|r| r.reasoning_text) {
+            sum.reasoning |= text_of(r.text)?.is_some_and(|t| !t.is_empty());
+        }
+        if block.tool_use.is_some() {
+            sum.tool_calls = sum.tool_calls.saturating_add(1);
+        }
+        Ok(())
+    })?;
+    Ok(sum)
+}
+
+/// Writes raw JSON as a JSON string holding it, minified (OpenAI's `arguments`).
+fn write_json_text<W: Write>(w: &mut W, raw: &[u8]) -> io::Result<()> {
+    w.write_all(b"\"")?;
+    let (mut in_string, mut escaped, mut run) = (false, false, 0);
+    for (i, &c) in raw.iter().enumerate() {
+        let skip = !in_string && matches!(c, b' ' | b'\t' | b'\n' | b'\r');
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_string = false;
             }
-            b::ContentBlock::ToolUse(t) => tool_calls.push(o::ToolCall {
-                id: t.tool_use_id,
-                kind: "function".into(),
-                function: o::FunctionCall { name: t.name, arguments: arguments_json(&t.input) },
-            }),
-            b::ContentBlock::Image(_)
-            | b::ContentBlock::Document(_)
-            | b::ContentBlock::ToolResult(_)
-            | b::ContentBlock::Unknown => {}
+        } else if c == b'"' {
+            in_string = true;
+        }
+        if skip {
+            w.write_all(raw.get(run..i).unwrap_or_default())?;
+            run = i + 1;
+        } else if c == b'"' || c == b'\\' {
+            w.write_all(raw.get(run..i).unwrap_or_default())?;
+            w.write_all(b"\\")?;
+            run = i;
         }
     }
-    o::ChatCompletion {
-        id: id.to_string(),
-        object: "chat.completion".into(),
-        created,
-        model: model.to_string(),
-        choices: vec![o::Choice {
-            index: 0,
-            message: o::ResponseMessage {
-                role: "assistant".into(),
-                content: (!text.is_empty() || tool_calls.is_empty()).then_some(text),
-                reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
-                tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
-                refusal: None,
-            },
-            finish_reason: Some(finish_reason(resp.stop_reason)),
-        }],
-        usage: resp.usage.map(|u| o::Usage::from(u.to_tokens())),
-    }
+    w.write_all(raw.get(run..).unwrap_or_default())?;
+    w.write_all(b"\"")
 }
 
-/// Tool input as OpenAI's JSON-text arguments (a missing input is `{}`).
-fn arguments_json(input: &Value) -> String {
-    match input {
-        Value::Null => "{}".into(),
-        v => v.to_string(),
+/// The identity of the answer being written.
+struct Answer<'a> {
+    id: &'a str,
+    model: &'a str,
+    created: u64,
+}
+
+/// Converse answer → OpenAI `chat.completion`, written from the borrowed view (texts joined from
+/// their raw literals, tool inputs minified into `arguments`).
+fn write_completion<W: Write>(
+    w: &mut W,
+    resp: &b::ConverseResponseView,
+    sum: &AnswerSummary,
+    answer: &Answer,
+) -> io::Result<()> {
+    let content = resp.output.message.as_ref().and_then(|m| m.content);
+    w.write_all(b"{\"id\":")?;
+    serde_json::to_writer(&mut *w, answer.id).map_err(io_error)?;
+    write!(w, ",\"object\":\"chat.completion\",\"created\":{},\"model\":", answer.created)?;
+    serde_json::to_writer(&mut *w, answer.model).map_err(io_error)?;
+    w.write_all(b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":")?;
+    if sum.text || sum.tool_calls == 0 {
+        w.write_all(b"\"")?;
+        each_block(content, |block| {
+            if let Some(text) = text_of(block.text)? {
+                w.write_all(text.as_bytes())?;
+            }
+            Ok(())
+        })?;
+        w.write_all(b"\"")?;
+    } else {
+        w.write_all(b"null")?;
     }
+    if sum.reasoning {
+        w.write_all(b",\"reasoning_content\":\"")?;
+        each_block(content, |block| {
+            if let Some(r) = block.reasoning_content.and_then(|r| r.reasoning_text) {
+                if let Some(text) = text_of(r.text)? {
+                    w.write_all(text.as_bytes())?;
+                }
+            }
+            Ok(())
+        })?;
+        w.write_all(b"\"")?;
+    }
+    if sum.tool_calls > 0 {
+        w.write_all(b",\"tool_calls\":[")?;
+        let mut n = 0usize;
+        each_block(content, |block| {
+            let Some(tool) = block.tool_use else { return Ok(()) };
+            if n > 0 {
+                w.write_all(b",")?;
+            }
+            w.write_all(b"{\"id\":")?;
+            match &tool.tool_use_id {
+                Some(id) => serde_json::to_writer(&mut *w, id).map_err(io_error)?,
+                None => write!(w, "\"tooluse_{n}\"")?,
+            }
+            w.write_all(b",\"type\":\"function\",\"function\":{\"name\":")?;
+            serde_json::to_writer(&mut *w, tool.name.as_deref().unwrap_or_default()).map_err(io_error)?;
+            w.write_all(b",\"arguments\":")?;
+            match tool.input.filter(|i| i.get() != "null") {
+                Some(input) => write_json_text(w, input.get().as_bytes())?,
+                None => w.write_all(b"\"{}\"")?,
+            }
+            w.write_all(b"}}")?;
+            n = n.saturating_add(1);
+            Ok(())
+        })?;
+        w.write_all(b"]")?;
+    }
+    write!(w, "}},\"finish_reason\":\"{}\"}}]", finish_reason(resp.stop_reason))?;
+    if let Some(usage) = resp.usage {
+        w.write_all(b",\"usage\":")?;
+        serde_json::to_writer(&mut *w, &o::Usage::from(usage.to_tokens())).map_err(io_error)?;
+    }
+    w.write_all(b"}")
+}
+
+/// A non-streaming Converse answer → the client's `chat.completion` (exactly sized) and usage.
+fn completion(body: &[u8], answer: &Answer) -> Result<(Vec<u8>, Option<crate::usage::TokenUsage>), String> {
+    let resp: b::ConverseResponseView = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let content = resp.output.message.as_ref().and_then(|m| m.content);
+    let sum = summarize(content).map_err(|e| e.to_string())?;
+    let mut counter = Counter(0);
+    write_completion(&mut counter, &resp, &sum, answer).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(counter.0);
+    write_completion(&mut out, &resp, &sum, answer).map_err(|e| e.to_string())?;
+    Ok((out, resp.usage.map(|u| u.to_tokens())))
 }
 
 /// The OpenAI error `type` for a Bedrock exception name.
@@ -458,15 +1341,33 @@ fn truncate(text: &str) -> String {
 
 /// The message of a Bedrock error payload (`{"message": ...}`), or its text.
 fn error_message(payload: &[u8]) -> String {
-    if let Ok(b::ErrorBody { message: Some(m) }) = serde_json::from_slice(payload) {
+    if let Some(m) = serde_json::from_slice::<b::ErrorBodyView>(payload).ok().and_then(|e| e.text()) {
         return truncate(&m);
     }
-    truncate(String::from_utf8_lossy(payload).trim())
+    let head = payload.get(..MAX_ERROR_MESSAGE * 4).unwrap_or(payload);
+    truncate(String::from_utf8_lossy(head).trim())
+}
+
+/// What an eventstream message is. Liberal: a message without `:message-type` (or with one this
+/// gateway does not know) is typed by the headers it has.
+pub fn message_kind(message: &eventstream::Message) -> Kind<'_> {
+    match message.kind() {
+        Kind::Unknown => {
+            if let Some(exception) = message.header(":exception-type") {
+                Kind::Exception(exception)
+            } else if let Some(code) = message.header(":error-code") {
+                Kind::Error { code, message: message.header(":error-message").unwrap_or("") }
+            } else {
+                Kind::Event(message.header(":event-type").unwrap_or(""))
+            }
+        }
+        kind => kind,
+    }
 }
 
 /// An exception or error message of an eventstream, as (exception name, message).
 pub fn stream_exception(message: &eventstream::Message) -> Option<(String, String)> {
-    match message.kind() {
+    match message_kind(message) {
         Kind::Exception(exception) => Some((exception.to_string(), error_message(message.payload()))),
         Kind::Error { code, message } => Some((code.to_string(), truncate(message))),
         Kind::Event(_) | Kind::Unknown => None,
@@ -494,6 +1395,10 @@ struct ChunkWriter {
     include_usage: bool,
     /// Bedrock content block index → OpenAI tool call index.
     tool_index: HashMap<u32, u32>,
+    /// Tool calls started so far.
+    tools: u32,
+    /// The OpenAI index of the last tool call started (for deltas without a usable block index).
+    last_tool: Option<u32>,
     usage: Option<b::TokenUsage>,
     stopped: bool,
     done: bool,
@@ -517,6 +1422,28 @@ impl ChunkWriter {
         o::sse_data(out, &self.chunk(delta, None));
     }
 
+    /// Starts an OpenAI tool call; returns its index.
+    fn start_tool(&mut self, block: Option<u32>, id: Option<String>, name: Option<String>, out: &mut Vec<u8>) -> u32 {
+        let index = self.tools;
+        self.tools = self.tools.saturating_add(1);
+        if let Some(block) = block {
+            if self.tool_index.len() >= MAX_TRACKED_BLOCKS {
+                // Bounded: deltas of forgotten blocks go to the last tool call started.
+                self.tool_index.clear();
+            }
+            self.tool_index.insert(block, index);
+        }
+        self.last_tool = Some(index);
+        let call = o::ToolCallDelta {
+            index,
+            id: Some(id.unwrap_or_else(|| format!("tooluse_{index}"))),
+            kind: Some("function".into()),
+            function: o::FunctionCallDelta { name: Some(name.unwrap_or_default()), arguments: Some(String::new()) },
+        };
+        self.content(o::Delta { tool_calls: Some(vec![call]), ..Default::default() }, out);
+        index
+    }
+
     fn on_message(&mut self, message: &eventstream::Message, out: &mut Vec<u8>) {
         if self.done {
             return;
@@ -525,8 +1452,9 @@ impl ChunkWriter {
             self.fail(&text, exception_kind(&exception), &exception, out);
             return;
         }
-        let Kind::Event(event_type) = message.kind() else { return };
-        let event = match b::StreamEvent::parse(event_type, message.payload()) {
+        let Kind::Event(event_type) = message_kind(message) else { return };
+        let named = Some(event_type).filter(|t| !t.is_empty());
+        let event = match b::StreamEvent::parse(named, message.payload()) {
             Ok(event) => event,
             Err(e) => {
                 log::warn!("llmgw: skipped a Bedrock {event_type} event that did not parse: {e}");
@@ -534,22 +1462,14 @@ impl ChunkWriter {
             }
         };
         match event {
-            b::StreamEvent::MessageStart(_) => {
+            b::StreamEvent::MessageStart => {
                 let delta =
                     o::Delta { role: Some("assistant".into()), content: Some(String::new()), ..Default::default() };
                 o::sse_data(out, &self.chunk(delta, None));
             }
             b::StreamEvent::ContentBlockStart(start) => {
                 if let Some(tool) = start.start.tool_use {
-                    let index = u32::try_from(self.tool_index.len()).unwrap_or(u32::MAX);
-                    self.tool_index.insert(start.content_block_index, index);
-                    let call = o::ToolCallDelta {
-                        index,
-                        id: Some(tool.tool_use_id),
-                        kind: Some("function".into()),
-                        function: o::FunctionCallDelta { name: Some(tool.name), arguments: Some(String::new()) },
-                    };
-                    self.content(o::Delta { tool_calls: Some(vec![call]), ..Default::default() }, out);
+                    self.start_tool(start.content_block_index, tool.tool_use_id, tool.name, out);
                 }
             }
             b::StreamEvent::ContentBlockDelta(d) => {
@@ -559,9 +1479,13 @@ impl ChunkWriter {
                 if let Some(text) = text.filter(|t| !t.is_empty()) {
                     self.content(o::Delta { content: Some(text), ..Default::default() }, out);
                 } else if let Some(tool_use) = tool_use {
-                    let Some(&index) = self.tool_index.get(&d.content_block_index) else {
-                        log::warn!("llmgw: Bedrock tool input for block {} without its start", d.content_block_index);
-                        return;
+                    let known = d.content_block_index.and_then(|block| self.tool_index.get(&block).copied());
+                    let index = match known.or(self.last_tool) {
+                        Some(index) => index,
+                        None => {
+                            log::warn!("llmgw: Bedrock tool input without its contentBlockStart; given an id");
+                            self.start_tool(d.content_block_index, None, None, out)
+                        }
                     };
                     let call = o::ToolCallDelta {
                         index,
@@ -576,13 +1500,14 @@ impl ChunkWriter {
             }
             b::StreamEvent::MessageStop(stop) => {
                 self.stopped = true;
-                o::sse_data(out, &self.chunk(o::Delta::default(), Some(finish_reason(stop.stop_reason))));
+                let finish = finish_reason(stop.stop_reason).to_string();
+                o::sse_data(out, &self.chunk(o::Delta::default(), Some(finish)));
             }
             b::StreamEvent::Metadata(metadata) => {
                 self.usage = metadata.usage.or(self.usage);
                 self.close(out);
             }
-            b::StreamEvent::ContentBlockStop(_) | b::StreamEvent::Unknown => {}
+            b::StreamEvent::ContentBlockStop | b::StreamEvent::Unknown => {}
         }
     }
 
@@ -641,13 +1566,8 @@ impl OpenAIToBedrock {
 impl Translator for OpenAIToBedrock {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
         let RequestContext { info, body, backend, query: _, now_unix } = request;
-        let chat = o::parse_chat_request(body)?;
-        let include_usage = chat.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
-        let converse = to_converse(chat, &model, backend.default_max_tokens)?;
-        let new_body = serde_json::to_vec(&converse).map_err(|e| {
-            ApiError::new(500, ErrorKind::Server, "internal", format!("encoding the request failed: {e}"))
-        })?;
+        let (new_body, include_usage) = to_converse(body, &model, backend.default_max_tokens)?;
         self.id = response_id(body, *now_unix);
         self.model = model.clone();
         self.created = *now_unix;
@@ -661,7 +1581,7 @@ impl Translator for OpenAIToBedrock {
         };
         Ok(RequestEdits {
             path: Some(converse_path(&backend.prefix, &model, info.stream)),
-            body: Some(crate::body::NewBody::whole(new_body)),
+            body: Some(NewBody::whole(new_body)),
             set_headers: vec![("content-type".into(), "application/json".into())],
         })
     }
@@ -679,19 +1599,15 @@ impl Translator for OpenAIToBedrock {
 
     fn response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkEdits {
         if !self.streaming_response {
-            return match serde_json::from_slice::<b::ConverseResponse>(chunk) {
-                Ok(resp) => {
-                    let usage = resp.usage.map(|u| u.to_tokens());
-                    let completion = to_chat_completion(resp, &self.id, &self.model, self.created);
-                    ChunkEdits {
-                        replace: serde_json::to_vec(&completion).ok(),
-                        usage,
-                        first_content: false,
-                        status: None,
-                    }
-                }
+            let answer = Answer { id: &self.id, model: &self.model, created: self.created };
+            return match completion(chunk, &answer) {
+                Ok((body, usage)) => ChunkEdits { replace: Some(body), usage, first_content: false, status: None },
                 Err(e) => {
-                    let message = format!("the Bedrock response could not be read: {e}");
+                    let message = if chunk.iter().all(u8::is_ascii_whitespace) {
+                        "the Bedrock response was empty".to_string()
+                    } else {
+                        format!("the Bedrock response could not be read: {e}")
+                    };
                     ChunkEdits::unreadable(error_json(&message, "server_error", "invalid_upstream_response"))
                 }
             };
@@ -715,9 +1631,13 @@ impl Translator for OpenAIToBedrock {
                 "upstream_error",
                 &mut out,
             );
-        }
-        if end_of_stream {
-            writer.close(&mut out);
+        } else if end_of_stream && !writer.done {
+            writer.fail(
+                "the Bedrock stream ended before its metadata event",
+                ErrorKind::Server,
+                "upstream_error",
+                &mut out,
+            );
         }
         let usage = writer.usage.map(|u| u.to_tokens());
         ChunkEdits {
@@ -736,21 +1656,24 @@ impl Translator for OpenAIToBedrock {
 }
 
 /// The message of an upstream error body: Bedrock JSON, an eventstream exception, or plain text.
+/// Nothing is copied whole: JSON is read through a borrowed view, eventstream in pieces.
 fn upstream_error_message(body: &[u8]) -> Option<String> {
-    if let Ok(v) = serde_json::from_slice::<Value>(body) {
-        let candidates = [v.get("message"), v.get("Message"), v.pointer("/error/message")];
-        if let Some(m) = candidates.into_iter().flatten().find_map(Value::as_str) {
-            return Some(truncate(m));
-        }
+    if let Some(m) = serde_json::from_slice::<b::ErrorBodyView>(body).ok().and_then(|e| e.text()) {
+        return Some(truncate(&m));
     }
     let mut decoder = eventstream::Decoder::default();
     let mut found = None;
-    if decoder.push(body, |m| found = found.take().or_else(|| stream_exception(&m))).is_ok() {
-        if let Some((exception, message)) = found {
-            return Some(format!("{exception}: {message}"));
+    for piece in body.chunks(crate::body::CHUNK) {
+        let pushed = decoder.push(piece, |m| found = found.take().or_else(|| stream_exception(&m)));
+        if pushed.is_err() || found.is_some() {
+            break;
         }
     }
-    let text = String::from_utf8_lossy(body);
+    if let Some((exception, message)) = found {
+        return Some(format!("{exception}: {message}"));
+    }
+    let head = body.get(..MAX_ERROR_MESSAGE * 4).unwrap_or(body);
+    let text = String::from_utf8_lossy(head);
     let text = text.trim();
     (!text.is_empty()).then(|| truncate(text))
 }
@@ -762,6 +1685,7 @@ mod tests {
     use crate::eventstream::{encode_for_test, event_for_test};
     use crate::request::read;
     use crate::usage::TokenUsage;
+    use serde_json::Value;
 
     fn translate(body: &str) -> Result<(RequestEdits, OpenAIToBedrock), ApiError> {
         let mut backend = crate::testing::backend(Schema::AWSBedrock);
@@ -1192,6 +2116,225 @@ mod tests {
         let sse = String::from_utf8(host.response_body.clone()).unwrap();
         assert!(sse.contains(r#""delta":{"content":"Bonjour"}"#) && sse.ends_with("data: [DONE]\n\n"), "{sse}");
         assert_eq!(host.filter_state.get("llm_total_token").map(String::as_str), Some("7"));
+    }
+
+    #[test]
+    fn cache_control_becomes_cache_points() {
+        let (edits, _) = translate(
+            r#"{"model":"anthropic.claude-sonnet-4","messages":[
+                {"role":"system","content":[{"type":"text","text":"long rules","cache_control":{"type":"ephemeral"}}]},
+                {"role":"developer","content":"more","cache_control":{"type":"ephemeral"}},
+                {"role":"user","content":[{"type":"text","text":"doc","cache_control":{"type":"ephemeral"}},{"type":"text","text":"q"}]},
+                {"role":"assistant","content":"a","cache_control":{"type":"ephemeral"}},
+                {"role":"tool","tool_call_id":"t","content":[{"type":"text","text":"r","cache_control":{"type":"ephemeral"}}]},
+                {"role":"user","content":"","cache_control":{"type":"ephemeral"}}],
+              "tools":[{"type":"function","function":{"name":"f"},"cache_control":{"type":"ephemeral"}}]}"#,
+        )
+        .unwrap();
+        let cp = serde_json::json!({"cachePoint":{"type":"default"}});
+        let v = body_json(&edits);
+        assert_eq!(v["system"], serde_json::json!([{"text":"long rules"}, cp, {"text":"more"}, cp]));
+        assert_eq!(
+            v["messages"],
+            serde_json::json!([
+                {"role":"user","content":[{"text":"doc"}, cp, {"text":"q"}]},
+                {"role":"assistant","content":[{"text":"a"}, cp]},
+                {"role":"user","content":[{"toolResult":{"toolUseId":"t","content":[{"text":"r"}]}}, cp]}])
+        );
+        assert_eq!(
+            v["toolConfig"]["tools"],
+            serde_json::json!([{"toolSpec":{"name":"f","inputSchema":{"json":{"type":"object","properties":{}}}}}, cp])
+        );
+    }
+
+    #[test]
+    fn content_bedrock_cannot_take_is_a_400_naming_it() {
+        let cases = [
+            (
+                r#"{"role":"system","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AA"}}]}"#,
+                "\"image_url\" was sent in a system message",
+            ),
+            (
+                r#"{"role":"developer","content":[{"type":"file","file":{"file_data":"data:application/pdf;base64,AA"}}]}"#,
+                "\"file\" was sent in a system message",
+            ),
+            (
+                r#"{"role":"assistant","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AA"}}]}"#,
+                "\"image_url\" was sent in an assistant message",
+            ),
+            (r#"{"role":"user","content":[{"type":"video_url","video_url":{"url":"x"}}]}"#, "\"video_url\""),
+            (r#"{"role":"user","content":[{"type":"refusal","refusal":"no"}]}"#, "\"refusal\""),
+            (
+                r#"{"role":"tool","tool_call_id":"t","content":[{"type":"input_audio","input_audio":{}}]}"#,
+                "input_audio",
+            ),
+            (r#"{"role":"function","content":"x"}"#, "unknown message role \"function\""),
+        ];
+        for (message, want) in cases {
+            let body = format!(r#"{{"model":"m","messages":[{message}]}}"#);
+            let e = translate(&body).err().unwrap_or_else(|| panic!("{message} was accepted"));
+            assert_eq!(e.status, 400, "{message}");
+            assert!(e.message.contains(want), "{message}: {}", e.message);
+        }
+        // An assistant refusal part is dropped, as `refusal` is.
+        let (edits, _) =
+            translate(r#"{"model":"m","messages":[{"role":"assistant","content":[{"type":"refusal","refusal":"no"},{"type":"text","text":"ok"}]}]}"#)
+                .unwrap();
+        assert_eq!(body_json(&edits)["messages"], serde_json::json!([{"role":"assistant","content":[{"text":"ok"}]}]));
+    }
+
+    #[test]
+    fn texts_and_arguments_are_written_from_raw_json() {
+        let (edits, _) = translate(
+            r#"{"model":"m","messages":[{"role":"system","content":[{"type":"text","text":"a\"b"},{"type":"text","text":"\u00e9\n"}]},
+                {"role":"user","content":"line\nbreak \ud83d\ude00"},
+                {"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":" {\"k\": \"v\\\"\\u00e9\\ud83d\\ude00\", \"n\": [1, 2.5]} "}},
+                  {"id":"d","type":"function","function":{"name":"g","arguments":"  "}}]}]}"#,
+        )
+        .unwrap();
+        let v = body_json(&edits);
+        assert_eq!(v["system"], serde_json::json!([{"text":"a\"b\né\n"}]));
+        assert_eq!(v["messages"][0]["content"][0]["text"], "line\nbreak 😀");
+        assert_eq!(v["messages"][1]["content"][0]["toolUse"]["input"], serde_json::json!({"k":"v\"é😀","n":[1,2.5]}));
+        assert_eq!(v["messages"][1]["content"][1]["toolUse"]["input"], serde_json::json!({}));
+        for bad_args in [r#""{\"a\":""#, r#""\ud800""#, r#""{} {}""#, r#""[1,]""#] {
+            let body = format!(
+                r#"{{"model":"m","messages":[{{"role":"assistant","tool_calls":[{{"id":"c","type":"function","function":{{"name":"f","arguments":{bad_args}}}}}]}}]}}"#
+            );
+            let e = translate(&body).err().unwrap_or_else(|| panic!("{bad_args} was accepted"));
+            assert!(e.message.contains("not JSON"), "{bad_args}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn thinking_and_reasoning_effort_per_model_family() {
+        let fields = |body: &str| body_json(&translate(body).unwrap().0);
+        let v = fields(
+            r#"{"model":"anthropic.claude-sonnet-4","thinking":{"type":"enabled","budget_tokens":3000},"reasoning_effort":"high","max_tokens":100,"messages":[]}"#,
+        );
+        assert_eq!(
+            v["additionalModelRequestFields"],
+            serde_json::json!({"thinking":{"type":"enabled","budget_tokens":3000}})
+        );
+        assert_eq!(v["inferenceConfig"]["maxTokens"], 3100);
+        let v = fields(r#"{"model":"us.amazon.nova-2-lite-v1:0","reasoning_effort":"medium","messages":[]}"#);
+        assert_eq!(
+            v["additionalModelRequestFields"],
+            serde_json::json!({"reasoningConfig":{"type":"enabled","maxReasoningEffort":"medium"}})
+        );
+        assert_eq!(v.get("inferenceConfig"), None);
+        let v = fields(r#"{"model":"meta.llama3","thinking":{"type":"enabled","budget_tokens":3000},"messages":[]}"#);
+        assert_eq!(v.get("additionalModelRequestFields"), None);
+        let e = translate(r#"{"model":"anthropic.claude","thinking":"yes","messages":[]}"#).err().unwrap();
+        assert!(e.message.contains("`thinking` must be an object"), "{}", e.message);
+    }
+
+    #[test]
+    fn streams_without_optional_headers_and_fields_translate_fully() {
+        let bare = |payload: &str| encode_for_test(&[], payload.as_bytes());
+        let typed = |event: &str, payload: &str| encode_for_test(&[(":event-type", event)], payload.as_bytes());
+        let frames = [
+            bare(r#"{"role":"assistant"}"#),
+            typed("contentBlockStart", r#"{"start":{"toolUse":{"toolUseId":"t1","name":"get"}}}"#),
+            typed("contentBlockDelta", r#"{"delta":{"toolUse":{"input":"{\"q\":"}}}"#),
+            bare(r#"{"contentBlockIndex":7,"delta":{"toolUse":{"input":"1}"}}}"#),
+            bare(r#"{"contentBlockIndex":0}"#),
+            typed("messageStop", r#"{"stopReason":"tool_use"}"#),
+            typed("metadata", r#"{"metrics":{"latencyMs":1}}"#),
+        ]
+        .concat();
+        let body = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+        let (_, mut t) = translate(body).unwrap();
+        let (reference, _, firsts) = run_stream(&mut t, &[&frames, b""]);
+        assert_eq!(firsts, 1);
+        let chunks = data_lines(&reference);
+        let args: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+            .collect();
+        assert_eq!(args, "{\"q\":1}");
+        assert_eq!(chunks[1]["choices"][0]["delta"]["tool_calls"][0]["id"], "t1");
+        assert!(chunks.iter().all(|c| c.get("error").is_none()), "{reference}");
+        assert_eq!(chunks.last().unwrap()["usage"]["total_tokens"], 0);
+        assert!(reference.ends_with("data: [DONE]\n\n"));
+        let id = chunks[0]["id"].as_str().unwrap().to_string();
+        for cut in 0..=frames.len() {
+            let (_, mut t) = translate(body).unwrap();
+            t.writer.id = id.clone();
+            let (a, b) = frames.split_at(cut);
+            assert_eq!(run_stream(&mut t, &[a, b, b""]).0, reference, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn streams_that_stop_early_or_break_end_with_an_error_and_done() {
+        let start = event_for_test("messageStart", r#"{"role":"assistant"}"#);
+        let stop = event_for_test("messageStop", r#"{"stopReason":"end_turn"}"#);
+        let delta = event_for_test("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"text":"hi"}}"#);
+        let truncated = [start.clone(), delta[..delta.len() - 3].to_vec()].concat();
+        let cases: [(Vec<u8>, &str); 4] = [
+            (Vec::new(), "messageStop"),
+            ([start.clone(), delta.clone(), stop.clone()].concat(), "metadata"),
+            (truncated, "ended inside a message"),
+            ([start, b"garbage-garbage-garbage".to_vec(), stop].concat(), "checksum"),
+        ];
+        for (frames, want) in cases {
+            let (_, mut t) = translate(r#"{"model":"m","stream":true,"messages":[]}"#).unwrap();
+            let (out, _, _) = run_stream(&mut t, &[&frames, b""]);
+            let chunks = data_lines(&out);
+            let error = chunks.iter().find(|c| c.get("error").is_some()).unwrap_or_else(|| panic!("{want}: {out}"));
+            assert!(error["error"]["message"].as_str().unwrap().contains(want), "{want}: {out}");
+            assert!(out.ends_with("data: [DONE]\n\n") && out.matches("[DONE]").count() == 1, "{want}: {out}");
+        }
+    }
+
+    #[test]
+    fn empty_or_unreadable_answers_are_502() {
+        for body in [&b""[..], b"  ", b"{}", b"[1]", br#"{"output":{"message":{"content":[{"text":5}]}}}"#] {
+            let (_, mut t) = translate(r#"{"model":"m","messages":[]}"#).unwrap();
+            t.response_headers(200, "application/json");
+            let edits = t.response_body(body, true);
+            assert_eq!(edits.status, Some(502), "{body:?}");
+            let v: Value = serde_json::from_slice(&edits.replace.unwrap()).unwrap();
+            assert_eq!(v["error"]["code"], "invalid_upstream_response");
+        }
+        // Only `output` is needed; the rest may be missing.
+        let (_, mut t) = translate(r#"{"model":"m","messages":[]}"#).unwrap();
+        t.response_headers(200, "application/json");
+        let edits = t.response_body(br#"{"output":{}}"#, true);
+        let v: Value = serde_json::from_slice(&edits.replace.unwrap()).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(edits.usage, None);
+    }
+
+    #[test]
+    fn answers_are_written_exactly_sized() {
+        let (_, mut t) = translate(r#"{"model":"m","messages":[]}"#).unwrap();
+        t.response_headers(200, "application/json");
+        let body = br#"{"output":{"message":{"content":[{"text":"a\"\n"},{"toolUse":{"toolUseId":"x","name":"f","input":{ "s" : "q \"x\" \\ y" , "n" : [ 1 ] }}},{"text":""}]}},"stopReason":"tool_use"}"#;
+        let out = t.response_body(body, true).replace.unwrap();
+        assert_eq!(out.len(), out.capacity());
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        let message = &v["choices"][0]["message"];
+        assert_eq!(message["content"], "a\"\n");
+        let args = message["tool_calls"][0]["function"]["arguments"].as_str().unwrap();
+        assert_eq!(args, r#"{"s":"q \"x\" \\ y","n":[1]}"#);
+    }
+
+    #[test]
+    fn document_names_stay_unique_and_bounded() {
+        let mut names = DocumentNames::default();
+        let got: Vec<String> = [Some("a.pdf"), Some("a.txt"), Some("a-2.pdf"), Some("a.md"), None, Some("..")]
+            .into_iter()
+            .map(|f| names.name(f).unwrap())
+            .collect();
+        assert_eq!(got, ["a", "a-2", "a-2-2", "a-3", "document", "document-2"]);
+        let mut names = DocumentNames::default();
+        for _ in 0..MAX_DOCUMENTS {
+            names.name(Some("same.pdf")).unwrap();
+        }
+        assert!(names.name(Some("same.pdf")).unwrap_err().message.contains("documents"));
     }
 
     #[test]

@@ -1,244 +1,83 @@
 //! Amazon Bedrock Converse API wire types (`POST /model/{modelId}/converse` and
-//! `/converse-stream`). Bedrock's unions (content blocks, deltas, tool choice) are JSON objects with
-//! exactly one member; unknown members and unknown enum values never fail parsing: they become
-//! `Unknown` and are skipped by the translator.
+//! `/converse-stream`), for reading Bedrock's answers. The request is written directly by the
+//! translator (no request types: nothing is collected). Bedrock's unions (content blocks, deltas)
+//! are JSON objects with one member; unknown members and unknown enum values never fail parsing,
+//! and every optional field may be missing. Non-streaming answers are read through borrowed views
+//! (texts and tool inputs stay raw JSON, walked with `json::each`).
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use std::borrow::Cow;
 
-// ---- request ----
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
-#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+// ---- response (borrowed views) ----
+
+/// A Converse answer. `output` is the only member needed; the rest may be missing.
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ConverseRequest {
-    pub messages: Vec<Message>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub system: Vec<SystemBlock>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inference_config: Option<InferenceConfig>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tool_config: Option<ToolConfig>,
-    /// Model-specific fields (e.g. Anthropic `thinking`), passed to the model as is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub additional_model_request_fields: Option<Map<String, Value>>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Message {
-    pub role: Role,
-    pub content: Vec<ContentBlock>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    User,
-    Assistant,
-    #[serde(other)]
-    Unknown,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub enum SystemBlock {
-    Text(String),
-}
-
-#[derive(Debug, Clone, Serialize, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct InferenceConfig {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f64>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub stop_sequences: Vec<String>,
-}
-
-impl InferenceConfig {
-    pub fn is_empty(&self) -> bool {
-        self == &InferenceConfig::default()
-    }
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ToolConfig {
-    pub tools: Vec<Tool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tool_choice: Option<ToolChoice>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub enum Tool {
-    ToolSpec(ToolSpec),
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ToolSpec {
-    pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    pub input_schema: InputSchema,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub enum InputSchema {
-    Json(Value),
-}
-
-/// `{"auto":{}}`, `{"any":{}}` or `{"tool":{"name":...}}`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub enum ToolChoice {
-    Auto(Empty),
-    Any(Empty),
-    Tool(NamedTool),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct Empty {}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct NamedTool {
-    pub name: String,
-}
-
-// ---- content blocks (request and response) ----
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub enum ContentBlock {
-    Text(String),
-    Image(ImageBlock),
-    Document(DocumentBlock),
-    ToolUse(ToolUseBlock),
-    ToolResult(ToolResultBlock),
-    ReasoningContent(ReasoningContentBlock),
-    /// A member this gateway does not know (e.g. `guardContent`, `citationsContent`).
-    #[serde(skip)]
-    Unknown,
-}
-
-/// The members a content block of a response may carry (text, tool use, reasoning); exactly one is
-/// set. Decoding through this struct is what lets unknown members through: anything else, including
-/// request-only blocks, decodes as `Unknown`.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AnyContentBlock {
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    tool_use: Option<ToolUseBlock>,
-    #[serde(default)]
-    reasoning_content: Option<ReasoningContentBlock>,
-}
-
-impl<'de> Deserialize<'de> for ContentBlock {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let b = AnyContentBlock::deserialize(d)?;
-        Ok(if let Some(t) = b.text {
-            ContentBlock::Text(t)
-        } else if let Some(t) = b.tool_use {
-            ContentBlock::ToolUse(t)
-        } else if let Some(r) = b.reasoning_content {
-            ContentBlock::ReasoningContent(r)
-        } else {
-            ContentBlock::Unknown
-        })
-    }
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ImageBlock {
-    /// `png`, `jpeg`, `gif` or `webp`.
-    pub format: String,
-    pub source: BytesSource,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct DocumentBlock {
-    /// `pdf`, `csv`, `doc`, `docx`, `xls`, `xlsx`, `html`, `txt` or `md`.
-    pub format: String,
-    pub name: String,
-    pub source: BytesSource,
-}
-
-/// Binary data, base64 in JSON.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct BytesSource {
-    pub bytes: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ToolUseBlock {
-    pub tool_use_id: String,
-    pub name: String,
-    #[serde(default)]
-    pub input: Value,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ToolResultBlock {
-    pub tool_use_id: String,
-    pub content: Vec<ToolResultContent>,
-    /// `success` or `error`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub enum ToolResultContent {
-    Text(String),
-    Json(Value),
-    Image(ImageBlock),
-    Document(DocumentBlock),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ReasoningContentBlock {
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub reasoning_text: Option<ReasoningText>,
-    /// Encrypted reasoning, base64.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub redacted_content: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct ReasoningText {
-    pub text: String,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub signature: Option<String>,
-}
-
-// ---- response ----
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ConverseResponse {
-    pub output: Output,
+pub struct ConverseResponseView<'a> {
+    #[serde(borrow)]
+    pub output: OutputView<'a>,
     #[serde(default)]
     pub stop_reason: Option<StopReason>,
     #[serde(default)]
     pub usage: Option<TokenUsage>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-pub struct Output {
-    #[serde(default)]
-    pub message: Option<Message>,
+#[derive(Debug, Deserialize, Default)]
+pub struct OutputView<'a> {
+    #[serde(default, borrow)]
+    pub message: Option<MessageView<'a>>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Default)]
+pub struct MessageView<'a> {
+    /// An array of [`ContentBlockView`].
+    #[serde(default, borrow)]
+    pub content: Option<&'a RawValue>,
+}
+
+/// The members a content block of an answer may carry; at most one is set. Anything else
+/// (`guardContent`, `citationsContent`, ...) has none set and is skipped.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ContentBlockView<'a> {
+    /// A JSON string, kept raw (never unescaped or copied).
+    #[serde(default, borrow)]
+    pub text: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    pub tool_use: Option<ToolUseView<'a>>,
+    #[serde(default, borrow)]
+    pub reasoning_content: Option<ReasoningContentView<'a>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolUseView<'a> {
+    #[serde(default, borrow, deserialize_with = "crate::wire::chat_view::opt_text")]
+    pub tool_use_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "crate::wire::chat_view::opt_text")]
+    pub name: Option<Cow<'a, str>>,
+    /// Any JSON value, kept raw.
+    #[serde(default, borrow)]
+    pub input: Option<&'a RawValue>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReasoningContentView<'a> {
+    #[serde(default, borrow)]
+    pub reasoning_text: Option<ReasoningTextView<'a>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct ReasoningTextView<'a> {
+    /// A JSON string, kept raw.
+    #[serde(default, borrow)]
+    pub text: Option<&'a RawValue>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     EndTurn,
@@ -252,7 +91,7 @@ pub enum StopReason {
     Unknown,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenUsage {
     #[serde(default)]
@@ -269,13 +108,14 @@ pub struct TokenUsage {
 
 impl TokenUsage {
     /// Bedrock's `inputTokens` leaves out cache reads and writes; OpenAI's prompt tokens include them.
+    /// Saturating: any numbers Bedrock sends are safe.
     pub fn to_tokens(&self) -> crate::usage::TokenUsage {
         let cached = self.cache_read_input_tokens.unwrap_or(0);
-        let input = self.input_tokens + cached + self.cache_write_input_tokens.unwrap_or(0);
+        let input = self.input_tokens.saturating_add(cached).saturating_add(self.cache_write_input_tokens.unwrap_or(0));
         crate::usage::TokenUsage {
             input,
             output: self.output_tokens,
-            total: self.total_tokens.unwrap_or(input + self.output_tokens),
+            total: self.total_tokens.unwrap_or(input.saturating_add(self.output_tokens)),
             cached_input: cached,
             reasoning: 0,
         }
@@ -286,10 +126,10 @@ impl TokenUsage {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
-    MessageStart(MessageStart),
+    MessageStart,
     ContentBlockStart(ContentBlockStart),
     ContentBlockDelta(ContentBlockDelta),
-    ContentBlockStop(ContentBlockStop),
+    ContentBlockStop,
     MessageStop(MessageStop),
     Metadata(Metadata),
     /// An event type this gateway does not know.
@@ -297,13 +137,23 @@ pub enum StreamEvent {
 }
 
 impl StreamEvent {
-    /// Parses an event's JSON payload by its `:event-type`.
-    pub fn parse(event_type: &str, payload: &[u8]) -> Result<StreamEvent, serde_json::Error> {
+    /// Parses an event's JSON payload by its `:event-type`; without one, by the payload's members.
+    pub fn parse(event_type: Option<&str>, payload: &[u8]) -> Result<StreamEvent, serde_json::Error> {
+        let event_type = match event_type {
+            Some(t) => t,
+            None => guess_event_type(payload)?,
+        };
         Ok(match event_type {
-            "messageStart" => StreamEvent::MessageStart(serde_json::from_slice(payload)?),
+            "messageStart" => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(payload)?;
+                StreamEvent::MessageStart
+            }
             "contentBlockStart" => StreamEvent::ContentBlockStart(serde_json::from_slice(payload)?),
             "contentBlockDelta" => StreamEvent::ContentBlockDelta(serde_json::from_slice(payload)?),
-            "contentBlockStop" => StreamEvent::ContentBlockStop(serde_json::from_slice(payload)?),
+            "contentBlockStop" => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(payload)?;
+                StreamEvent::ContentBlockStop
+            }
             "messageStop" => StreamEvent::MessageStop(serde_json::from_slice(payload)?),
             "metadata" => StreamEvent::Metadata(serde_json::from_slice(payload)?),
             _ => StreamEvent::Unknown,
@@ -311,16 +161,50 @@ impl StreamEvent {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct MessageStart {
-    pub role: Role,
+/// The event type of a payload that came without `:event-type`, from the members only one event
+/// type has.
+fn guess_event_type(payload: &[u8]) -> Result<&'static str, serde_json::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        #[serde(default)]
+        role: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        start: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        delta: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        stop_reason: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        usage: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        metrics: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        content_block_index: Option<serde::de::IgnoredAny>,
+    }
+    let p: Probe = serde_json::from_slice(payload)?;
+    Ok(if p.delta.is_some() {
+        "contentBlockDelta"
+    } else if p.start.is_some() {
+        "contentBlockStart"
+    } else if p.stop_reason.is_some() {
+        "messageStop"
+    } else if p.usage.is_some() || p.metrics.is_some() {
+        "metadata"
+    } else if p.role.is_some() {
+        "messageStart"
+    } else if p.content_block_index.is_some() {
+        "contentBlockStop"
+    } else {
+        "unknown"
+    })
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ContentBlockStart {
     #[serde(default)]
-    pub content_block_index: u32,
+    pub content_block_index: Option<u32>,
     #[serde(default)]
     pub start: BlockStart,
 }
@@ -332,18 +216,21 @@ pub struct BlockStart {
     pub tool_use: Option<ToolUseStart>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolUseStart {
-    pub tool_use_id: String,
-    pub name: String,
+    #[serde(default)]
+    pub tool_use_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ContentBlockDelta {
     #[serde(default)]
-    pub content_block_index: u32,
+    pub content_block_index: Option<u32>,
+    #[serde(default)]
     pub delta: Delta,
 }
 
@@ -359,9 +246,10 @@ pub struct Delta {
     pub reasoning_content: Option<ReasoningDelta>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 pub struct ToolUseDelta {
     /// A piece of the tool input's JSON text.
+    #[serde(default)]
     pub input: String,
 }
 
@@ -376,72 +264,50 @@ pub struct ReasoningDelta {
     pub redacted_content: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ContentBlockStop {
-    #[serde(default)]
-    pub content_block_index: u32,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageStop {
     #[serde(default)]
     pub stop_reason: Option<StopReason>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 pub struct Metadata {
     #[serde(default)]
     pub usage: Option<TokenUsage>,
 }
 
 /// The body of a Bedrock error: an HTTP error body, or the payload of an exception message.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-pub struct ErrorBody {
-    #[serde(default, alias = "Message")]
-    pub message: Option<String>,
+/// Non-string messages are ignored rather than failing the whole body.
+#[derive(Debug, Deserialize, Default)]
+pub struct ErrorBodyView<'a> {
+    #[serde(default, borrow)]
+    pub message: Option<&'a RawValue>,
+    #[serde(default, borrow, rename = "Message")]
+    pub message_capitalized: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    pub error: Option<&'a RawValue>,
+}
+
+impl<'a> ErrorBodyView<'a> {
+    /// The first string among `message`, `Message` and `error.message`.
+    pub fn text(&self) -> Option<Cow<'a, str>> {
+        #[derive(Deserialize)]
+        struct Inner<'b> {
+            #[serde(default, borrow)]
+            message: Option<&'b RawValue>,
+        }
+        let string = |raw: &'a RawValue| crate::json::from_raw::<Cow<'a, str>>(raw).ok();
+        self.message.and_then(string).or_else(|| self.message_capitalized.and_then(string)).or_else(|| {
+            let inner: Inner<'a> = crate::json::from_raw(self.error?).ok()?;
+            inner.message.and_then(string)
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn request_serializes_as_bedrock_expects() {
-        let r = ConverseRequest {
-            messages: vec![Message {
-                role: Role::User,
-                content: vec![
-                    ContentBlock::Text("hi".into()),
-                    ContentBlock::Image(ImageBlock {
-                        format: "png".into(),
-                        source: BytesSource { bytes: "AAAA".into() },
-                    }),
-                ],
-            }],
-            system: vec![SystemBlock::Text("be brief".into())],
-            inference_config: Some(InferenceConfig { max_tokens: Some(10), ..Default::default() }),
-            tool_config: Some(ToolConfig {
-                tools: vec![Tool::ToolSpec(ToolSpec {
-                    name: "f".into(),
-                    description: None,
-                    input_schema: InputSchema::Json(serde_json::json!({"type":"object"})),
-                })],
-                tool_choice: Some(ToolChoice::Any(Empty {})),
-            }),
-            additional_model_request_fields: None,
-        };
-        assert_eq!(
-            serde_json::to_value(&r).unwrap(),
-            serde_json::json!({
-                "messages":[{"role":"user","content":[{"text":"hi"},{"image":{"format":"png","source":{"bytes":"AAAA"}}}]}],
-                "system":[{"text":"be brief"}],
-                "inferenceConfig":{"maxTokens":10},
-                "toolConfig":{"tools":[{"toolSpec":{"name":"f","inputSchema":{"json":{"type":"object"}}}}],"toolChoice":{"any":{}}}
-            })
-        );
-    }
 
     #[test]
     fn unknown_members_and_values_do_not_break_parsing() {
@@ -451,25 +317,57 @@ mod tests {
             {"toolUse":{"toolUseId":"t1","name":"f","input":{"q":1}}}]}},
           "stopReason":"some_future_reason","usage":{"inputTokens":3,"outputTokens":4,"totalTokens":7},
           "metrics":{"latencyMs":12},"trace":{}}"#;
-        let r: ConverseResponse = serde_json::from_slice(body).unwrap();
+        let r: ConverseResponseView = serde_json::from_slice(body).unwrap();
         assert_eq!(r.stop_reason, Some(StopReason::Unknown));
-        let content = r.output.message.unwrap().content;
-        assert_eq!(content.len(), 4);
-        assert_eq!(content[1], ContentBlock::Unknown);
-        assert!(matches!(&content[3], ContentBlock::ToolUse(t) if t.tool_use_id == "t1"));
-        let e =
-            StreamEvent::parse("contentBlockDelta", br#"{"contentBlockIndex":2,"delta":{"citation":{}},"p":"abc"}"#)
-                .unwrap();
+        let mut kinds = Vec::new();
+        crate::json::each(r.output.message.unwrap().content.unwrap(), |block: ContentBlockView| -> Result<(), ()> {
+            kinds.push(match block {
+                ContentBlockView { text: Some(t), .. } => t.get().to_string(),
+                ContentBlockView { tool_use: Some(t), .. } => {
+                    format!("{}:{}", t.tool_use_id.unwrap(), t.input.unwrap())
+                }
+                ContentBlockView { reasoning_content: Some(_), .. } => "reasoning".into(),
+                _ => "unknown".into(),
+            });
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(kinds, [r#""a""#, "unknown", "reasoning", r#"t1:{"q":1}"#]);
+        let e = StreamEvent::parse(
+            Some("contentBlockDelta"),
+            br#"{"contentBlockIndex":2,"delta":{"citation":{}},"p":"abc"}"#,
+        )
+        .unwrap();
         assert_eq!(
             e,
-            StreamEvent::ContentBlockDelta(ContentBlockDelta { content_block_index: 2, delta: Delta::default() })
+            StreamEvent::ContentBlockDelta(ContentBlockDelta { content_block_index: Some(2), delta: Delta::default() })
         );
-        assert_eq!(StreamEvent::parse("brandNewEvent", b"not json").unwrap(), StreamEvent::Unknown);
-        assert!(StreamEvent::parse("messageStop", b"not json").is_err());
+        assert_eq!(StreamEvent::parse(Some("brandNewEvent"), b"not json").unwrap(), StreamEvent::Unknown);
+        assert!(StreamEvent::parse(Some("messageStop"), b"not json").is_err());
     }
 
     #[test]
-    fn usage_counts_cache_tokens_as_prompt_tokens() {
+    fn events_without_a_type_or_optional_fields_are_recognized() {
+        let cases: [(&[u8], &str); 6] = [
+            (br#"{"role":"assistant"}"#, "MessageStart"),
+            (br#"{"start":{"toolUse":{"toolUseId":"t","name":"f"}}}"#, "ContentBlockStart"),
+            (br#"{"delta":{"text":"x"}}"#, "ContentBlockDelta"),
+            (br#"{"contentBlockIndex":0}"#, "ContentBlockStop"),
+            (br#"{"stopReason":"end_turn"}"#, "MessageStop"),
+            (br#"{"metrics":{"latencyMs":1}}"#, "Metadata"),
+        ];
+        for (payload, want) in cases {
+            let got = format!("{:?}", StreamEvent::parse(None, payload).unwrap());
+            assert!(got.starts_with(want), "{got}");
+        }
+        assert_eq!(
+            StreamEvent::parse(Some("contentBlockDelta"), b"{}").unwrap(),
+            StreamEvent::ContentBlockDelta(ContentBlockDelta::default())
+        );
+    }
+
+    #[test]
+    fn usage_counts_cache_tokens_as_prompt_tokens_and_saturates() {
         let u: TokenUsage = serde_json::from_str(
             r#"{"inputTokens":4,"outputTokens":248,"totalTokens":2128,"cacheReadInputTokens":0,"cacheWriteInputTokens":1876}"#,
         )
@@ -480,5 +378,22 @@ mod tests {
             TokenUsage { input_tokens: 5, output_tokens: 2, cache_read_input_tokens: Some(10), ..Default::default() }
                 .to_tokens();
         assert_eq!((t.input, t.total, t.cached_input), (15, 17, 10));
+        let t = TokenUsage {
+            input_tokens: u64::MAX,
+            output_tokens: u64::MAX,
+            cache_read_input_tokens: Some(u64::MAX),
+            ..Default::default()
+        }
+        .to_tokens();
+        assert_eq!((t.input, t.total), (u64::MAX, u64::MAX));
+    }
+
+    #[test]
+    fn error_bodies_give_their_message() {
+        let text = |body: &str| serde_json::from_str::<ErrorBodyView>(body).unwrap().text().map(|c| c.to_string());
+        assert_eq!(text(r#"{"message":"a"}"#).as_deref(), Some("a"));
+        assert_eq!(text(r#"{"Message":"b","message":3}"#).as_deref(), Some("b"));
+        assert_eq!(text(r#"{"error":{"message":"c"}}"#).as_deref(), Some("c"));
+        assert_eq!(text(r#"{"x":1}"#), None);
     }
 }
