@@ -809,6 +809,260 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         assert!(chunks.iter().all(|c| c["id"] == "msg_1" && c["object"] == "chat.completion.chunk"));
     }
 
+    fn refusal(body: &str) -> ApiError {
+        let info = read(body.as_bytes()).unwrap();
+        let mut t = OpenAIToAnthropic::new(Schema::Anthropic);
+        let backend = crate::testing::backend(Schema::Anthropic);
+        let ctx = RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "", now_unix: 0 };
+        t.request_body(&ctx).unwrap_err()
+    }
+
+    #[test]
+    fn cache_control_reaches_parts_messages_and_tools() {
+        let (edits, _) = translate(
+            Schema::Anthropic,
+            r#"{"model":"m","messages":[
+                {"role":"system","content":"rules","cache_control":{"type":"ephemeral"}},
+                {"role":"developer","content":[{"type":"text","text":"a"},{"type":"text","text":"b","cache_control":{"type":"ephemeral","ttl":"1h"}}]},
+                {"role":"user","content":[{"type":"text","text":"look","cache_control":{"type":"ephemeral"}},{"type":"image_url","image_url":{"url":"https://x/i.png"},"cache_control":{"type":"ephemeral"}}]},
+                {"role":"user","content":"more","cache_control":{"type":"ephemeral"}},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"t1","type":"function","function":{"name":"f","arguments":""}},{"id":"t2","type":"function","function":{"name":"f","arguments":"{}"}}],"cache_control":{"type":"ephemeral"}},
+                {"role":"tool","tool_call_id":"t1","content":"r1","cache_control":{"type":"ephemeral"}},
+                {"role":"tool","tool_call_id":"t2","content":[{"type":"text","text":"r2","cache_control":{"type":"ephemeral"}}]}],
+              "tools":[{"type":"function","function":{"name":"f"},"cache_control":{"type":"ephemeral"}}]}"#,
+        );
+        let eph = serde_json::json!({"type":"ephemeral"});
+        assert_eq!(
+            body_json(&edits),
+            serde_json::json!({"model":"m","max_tokens":4096,
+              "messages":[
+                {"role":"user","content":[
+                  {"type":"text","text":"look","cache_control":eph},
+                  {"type":"image","source":{"type":"url","url":"https://x/i.png"},"cache_control":eph},
+                  {"type":"text","text":"more","cache_control":eph}]},
+                {"role":"assistant","content":[
+                  {"type":"tool_use","id":"t1","name":"f","input":{}},
+                  {"type":"tool_use","id":"t2","name":"f","input":{},"cache_control":eph}]},
+                {"role":"user","content":[
+                  {"type":"tool_result","tool_use_id":"t1","content":"r1","cache_control":eph},
+                  {"type":"tool_result","tool_use_id":"t2","content":[{"type":"text","text":"r2","cache_control":eph}]}]}],
+              "system":[{"type":"text","text":"rules","cache_control":eph},{"type":"text","text":"a"},
+                {"type":"text","text":"b","cache_control":{"type":"ephemeral","ttl":"1h"}}],
+              "tools":[{"name":"f","input_schema":{"type":"object","properties":{}},"cache_control":eph}]})
+        );
+    }
+
+    #[test]
+    fn thinking_object_and_every_effort_map_to_a_budget() {
+        let cases = [
+            (r#""thinking":{"type":"enabled","budget_tokens":2048}"#, Some(2048), 3048),
+            (r#""thinking":{"type":"enabled"},"reasoning_effort":"high""#, Some(16384), 17384),
+            (r#""thinking":{"type":"enabled"}"#, Some(4096), 5096),
+            (r#""thinking":{"type":"disabled"},"reasoning_effort":"high""#, None, 1000),
+            (r#""reasoning_effort":"minimal""#, Some(1024), 2024),
+            (r#""reasoning_effort":"medium""#, Some(4096), 5096),
+            (r#""reasoning_effort":"none""#, None, 1000),
+        ];
+        for (members, budget, max_tokens) in cases {
+            let body = format!(r#"{{"model":"m","max_tokens":1000,{members},"messages":[]}}"#);
+            let v = body_json(&translate(Schema::Anthropic, &body).0);
+            match budget {
+                Some(b) => {
+                    assert_eq!(v["thinking"], serde_json::json!({"type":"enabled","budget_tokens":b}), "{members}")
+                }
+                None => assert!(v.get("thinking").is_none(), "{members}"),
+            }
+            assert_eq!(v["max_tokens"], max_tokens, "{members}");
+        }
+        for body in [
+            r#"{"model":"m","thinking":{"type":"sometimes"},"messages":[]}"#,
+            r#"{"model":"m","thinking":true,"messages":[]}"#,
+            r#"{"model":"m","reasoning_effort":"extreme","messages":[]}"#,
+        ] {
+            assert_eq!(refusal(body).status, 400, "{body}");
+        }
+    }
+
+    #[test]
+    fn content_anthropic_cannot_take_is_a_400_naming_it() {
+        for (body, words) in [
+            (
+                r#"{"model":"m","messages":[{"role":"system","content":[{"type":"image_url","image_url":{"url":"https://x/i.png"}}]}]}"#,
+                &["image", "system"][..],
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"system","content":[{"type":"file","file":{"file_data":"AAAA"}}]}]}"#,
+                &["file", "system"][..],
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"assistant","content":[{"type":"image_url","image_url":{"url":"https://x/i.png"}}]}]}"#,
+                &["image", "assistant"][..],
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"file","file":{"file_id":"file-1"}}]}]}"#,
+                &["file_id"][..],
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"file","file":{"file_data":"data:image/png;base64,AAAA"}}]}]}"#,
+                &["image/png", "application/pdf"][..],
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"video_url","video_url":{}}]}]}"#,
+                &["video_url"][..],
+            ),
+            (r#"{"model":"m","messages":[{"role":"critic","content":"x"}]}"#, &["critic"][..]),
+            (r#"{"model":"m","tools":[{"type":"web_search"}],"messages":[]}"#, &["web_search"][..]),
+        ] {
+            let e = refusal(body);
+            assert_eq!(e.status, 400, "{body}");
+            for w in words {
+                assert!(e.message.contains(w), "{body}: {}", e.message);
+            }
+        }
+    }
+
+    #[test]
+    fn files_become_documents_and_strings_travel_as_sent() {
+        let (edits, _) = translate(
+            Schema::Anthropic,
+            r#"{"model":"m","messages":[{"role":"user","content":[
+                {"type":"file","file":{"file_data":"data:application/pdf;base64,JVBERi0x","filename":"a.pdf"}},
+                {"type":"file","file":{"file_data":"JVBERi0y"},"cache_control":{"type":"ephemeral"}},
+                {"type":"image_url","image_url":{"url":"data:image\/png;base64,AA\/B"}},
+                {"type":"text","text":"line\none \u00e9 \"q\""}]},
+              {"role":"assistant","content":[{"type":"text","text":""},{"type":"refusal","refusal":"no"}],
+               "tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":" {\"s\": \"a\\nb \\u00e9\"} "}},
+                             {"id":"c2","type":"function","function":{"name":"f","arguments":" \n "}}]}]}"#,
+        );
+        let v = body_json(&edits);
+        assert_eq!(
+            v["messages"][0]["content"],
+            serde_json::json!([
+                {"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0x"}},
+                {"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0y"},"cache_control":{"type":"ephemeral"}},
+                {"type":"image","source":{"type":"base64","media_type":"image/png","data":"AA/B"}},
+                {"type":"text","text":"line\none é \"q\""}])
+        );
+        assert_eq!(
+            v["messages"][1]["content"],
+            serde_json::json!([{"type":"text","text":"no"},
+                {"type":"tool_use","id":"c1","name":"f","input":{"s":"a\nb é"}},
+                {"type":"tool_use","id":"c2","name":"f","input":{}}])
+        );
+        // The client's escapes are kept byte for byte.
+        let raw = String::from_utf8(edits.body.as_ref().unwrap().apply_to(b"")).unwrap();
+        assert!(raw.contains(r#""line\none \u00e9 \"q\"""#), "{raw}");
+    }
+
+    #[test]
+    fn responses_with_missing_members_still_translate() {
+        let (_, mut t) = translate(Schema::Anthropic, r#"{"model":"claude-x","messages":[]}"#);
+        t.response_headers(200, "application/json");
+        let body = br#"{"content":[{"type":"text","text":"a\"b"},{"type":"server_tool_use","id":"s"},"junk",
+            {"type":"tool_use","id":"t","name":"f","input":{ "q" : [1, "x y"] }},{"type":"text","text":"c"}]}"#;
+        let edits = t.response_body(body, true);
+        assert_eq!(edits.status, None);
+        let v: Value = serde_json::from_slice(&edits.replace.unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id":"","object":"chat.completion","created":1700,"model":"claude-x",
+              "choices":[{"index":0,"finish_reason":null,"message":{"role":"assistant","content":"a\"bc",
+                "tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{\"q\":[1,\"x y\"]}"}}]}}],
+              "usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0,
+                "prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}})
+        );
+        let edits = t.response_body(br#"{"id":"m","content":[{"type":"tool_use","id":"t","name":"f"}],"usage":{"input_tokens":null,"output_tokens":18446744073709551615,"cache_read_input_tokens":5}}"#, true);
+        let v: Value = serde_json::from_slice(&edits.replace.unwrap()).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
+        assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{}");
+        assert_eq!(v["usage"]["total_tokens"], u64::MAX);
+        for bad in
+            [&b""[..], b"  ", b"not json", br#"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#]
+        {
+            let edits = t.response_body(bad, true);
+            assert_eq!(edits.status, Some(502), "{:?}", String::from_utf8_lossy(bad));
+            let v: Value = serde_json::from_slice(&edits.replace.unwrap()).unwrap();
+            assert_eq!(v["error"]["code"], "invalid_upstream_response");
+        }
+    }
+
+    fn run_stream(request: &str, chunks: &[&[u8]]) -> (String, Option<TokenUsage>) {
+        let (_, mut t) = translate(Schema::Anthropic, request);
+        t.response_headers(200, "text/event-stream");
+        let mut out = Vec::new();
+        let mut usage = None;
+        for (i, c) in chunks.iter().enumerate() {
+            let edits = t.response_body(c, i + 1 == chunks.len());
+            out.extend(edits.replace.unwrap());
+            usage = edits.usage.or(usage);
+        }
+        (String::from_utf8(out).unwrap(), usage)
+    }
+
+    const SPARSE_STREAM: &str = "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\"}}\n\n\
+data: {\"type\":\"content_block_start\",\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n\
+data: {\"type\":\"content_block_start\",\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"get\"}}\n\n\
+data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"q\\\":\"}}\n\n\
+data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"partial_json\":\"1}\"}}\n\n\
+data: {\"type\":\"content_block_start\",\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_2\",\"name\":\"put\",\"input\":{\"a\": 2}}}\n\n\
+data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"}}\n\n";
+
+    #[test]
+    fn sparse_stream_events_translate_completely_at_every_split() {
+        let request = r#"{"model":"claude-x","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+        let (reference, usage) = run_stream(request, &[SPARSE_STREAM.as_bytes(), b""]);
+        assert_eq!(usage.map(|u| (u.input, u.output)), Some((0, 0)));
+        for cut in 0..=SPARSE_STREAM.len() {
+            let (a, b) = SPARSE_STREAM.as_bytes().split_at(cut);
+            assert_eq!(run_stream(request, &[a, b]).0, reference, "cut {cut}");
+        }
+        assert!(reference.ends_with("data: [DONE]\n\n"), "{reference}");
+        let chunks = chunks_of(reference.as_bytes());
+        assert_eq!(chunks[0]["choices"][0]["delta"], serde_json::json!({"role":"assistant","content":""}));
+        assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "Hi");
+        let calls: Vec<&Value> = chunks.iter().filter_map(|c| c["choices"][0]["delta"].get("tool_calls")).collect();
+        assert_eq!(calls[0][0]["id"], "toolu_1");
+        let args: String = calls[1..3].iter().map(|c| c[0]["function"]["arguments"].as_str().unwrap()).collect();
+        assert_eq!(args, "{\"q\":1}");
+        assert!(calls[1..3].iter().all(|c| c[0]["index"] == 0));
+        assert_eq!(
+            calls[3][0],
+            serde_json::json!({"index":1,"id":"toolu_2","type":"function","function":{"name":"put","arguments":"{\"a\":2}"}})
+        );
+        let last = &chunks[chunks.len() - 2];
+        assert_eq!(last["choices"][0]["finish_reason"], "tool_calls");
+        assert!(chunks.iter().all(|c| c["id"] == "msg_2"));
+    }
+
+    #[test]
+    fn broken_or_empty_streams_end_with_an_error_and_done() {
+        let request = r#"{"model":"claude-x","stream":true,"messages":[]}"#;
+        let truncated = STREAM.split("event: message_delta").next().unwrap();
+        for (stream, words) in [
+            (truncated, "before the message was complete"),
+            ("", "without any event"),
+            ("data: {not json}\n\n", "without any event"),
+        ] {
+            let (out, _) = run_stream(request, &[stream.as_bytes(), b""]);
+            assert!(out.ends_with("data: [DONE]\n\n"), "{out}");
+            let chunks = chunks_of(out.as_bytes());
+            let error = &chunks.last().unwrap()["error"];
+            assert!(error["message"].as_str().unwrap().contains(words), "{out}");
+            assert_eq!(error["code"], "invalid_upstream_response");
+        }
+        // A stream whose message_stop is missing is complete once message_delta came.
+        let no_stop = STREAM.split("event: message_stop").next().unwrap();
+        let (out, _) = run_stream(request, &[no_stop.as_bytes(), b""]);
+        assert!(out.ends_with("data: [DONE]\n\n") && !out.contains("\"error\""), "{out}");
+        // An upstream error event is passed on, then [DONE].
+        let (out, _) = run_stream(
+            request,
+            &[b"data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n", b""],
+        );
+        assert!(out.contains("overloaded_error") && out.ends_with("data: [DONE]\n\n"), "{out}");
+    }
+
     #[test]
     fn upstream_errors_keep_the_message() {
         let (_, mut t) = translate(Schema::Anthropic, r#"{"model":"m","messages":[]}"#);
