@@ -1,8 +1,8 @@
 //! OpenAI chat request → Anthropic Messages body, written while the client's body is walked: one
 //! message, part, tool call or tool at a time, straight into a [`ChunkedBody`]. Text, image data,
 //! schemas and ids are copied as the raw JSON the client sent (no decoding, no owned copies); tool
-//! call arguments are decoded as a stream. Only `system` blocks are held until the end (bounded
-//! by the body).
+//! call arguments are decoded as a stream. `messages` is walked twice (system blocks first, then
+//! the turns), so nothing is held between elements.
 
 use std::borrow::Cow;
 
@@ -445,24 +445,43 @@ fn write_tool_calls(calls: &RawValue, blocks: &mut Blocks, out: &mut ChunkedBody
     }))
 }
 
-/// Walks `messages`: turns go to `out`, system blocks to `system`.
-fn write_messages(messages: &RawValue, out: &mut ChunkedBody, system: &mut ChunkedBody) -> Result<(), ApiError> {
+/// First walk of `messages`: the system and developer messages, as `"system":[...],` (nothing when
+/// there are none). Walking twice costs a parse, not memory: nothing is held between the walks.
+fn write_system(messages: &RawValue, out: &mut ChunkedBody) -> Result<(), ApiError> {
+    let mut blocks = Blocks::default();
+    let mut any = false;
+    walked(each(messages, |message: Msg| {
+        let Msg { role, content, tool_calls: _, tool_call_id: _, cache_control } = message;
+        if !matches!(role.as_ref(), "system" | "developer") {
+            return Ok(());
+        }
+        if !std::mem::replace(&mut any, true) {
+            out.extend_from_slice(b"\"system\":[");
+        }
+        blocks.start_message();
+        match content_of(content)? {
+            Content::Text(text) => text_block(&mut blocks, out, text.get().as_bytes()),
+            Content::Parts(parts) => write_parts(parts, Place::System, &mut blocks, out)?,
+            Content::Null => return Err(invalid(format!("a {role} message needs `content`"))),
+        }
+        blocks.end_message(out, cache_control);
+        Ok(())
+    }))?;
+    if any {
+        out.extend_from_slice(b"],");
+    }
+    Ok(())
+}
+
+/// Second walk of `messages`: the turns, as the array of `messages`.
+fn write_messages(messages: &RawValue, out: &mut ChunkedBody) -> Result<(), ApiError> {
     let mut turns = Turns::default();
-    let mut system_blocks = Blocks::default();
     out.extend_from_slice(b"[");
     walked(each(messages, |message: Msg| {
         let Msg { role, content, tool_calls, tool_call_id, cache_control } = message;
         let content = content_of(content)?;
         match role.as_ref() {
-            "system" | "developer" => {
-                system_blocks.start_message();
-                match content {
-                    Content::Text(text) => text_block(&mut system_blocks, system, text.get().as_bytes()),
-                    Content::Parts(parts) => write_parts(parts, Place::System, &mut system_blocks, system)?,
-                    Content::Null => return Err(invalid(format!("a {role} message needs `content`"))),
-                }
-                system_blocks.end_message(system, cache_control);
-            }
+            "system" | "developer" => {}
             "user" => {
                 let blocks = turns.enter("user", out);
                 match content {
@@ -702,17 +721,10 @@ pub(in crate::translate) fn write_request(
         out.extend_from_slice(b",");
     }
     put_number(&mut out, b"\"max_tokens\":", max_tokens)?;
-    out.extend_from_slice(b",\"messages\":");
-    let mut system = ChunkedBody::new();
-    write_messages(messages, &mut out, &mut system)?;
-    if !system.is_empty() {
-        out.extend_from_slice(b",\"system\":[");
-        for chunk in system.chunks() {
-            out.extend_from_slice(chunk);
-        }
-        out.extend_from_slice(b"]");
-    }
-    drop(system);
+    out.extend_from_slice(b",");
+    write_system(messages, &mut out)?;
+    out.extend_from_slice(b"\"messages\":");
+    write_messages(messages, &mut out)?;
     if let Some(stop) = stop {
         match stop.get().as_bytes().first() {
             Some(b'"') => {
