@@ -691,6 +691,17 @@ pub(crate) mod tests {
         assert_eq!(v["anthropic_version"], "bedrock-2023-05-31");
         assert!(v.get("model").is_none() && v.get("stream").is_none());
         assert_eq!(v["max_tokens"], 4096);
+        assert_eq!(v["messages"], serde_json::json!([{"role":"user","content":"hi"}]));
+        let (edits, _) = translate(
+            Schema::Anthropic,
+            r#"{"model":"m","messages":[{"role":"user","content":"a"},{"role":"user","content":"b"},
+                {"role":"assistant","content":"c"},{"role":"assistant","content":null},{"role":"user","content":"d"}]}"#,
+        );
+        assert_eq!(
+            body_json(&edits)["messages"],
+            serde_json::json!([{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},
+                {"role":"assistant","content":[{"type":"text","text":"c"}]},{"role":"user","content":"d"}])
+        );
         let (edits, _) =
             translate(Schema::GCPAnthropic, r#"{"model":"claude@1","messages":[{"role":"user","content":"hi"}]}"#);
         assert_eq!(

@@ -227,36 +227,76 @@ impl Blocks {
     }
 }
 
-/// Anthropic turns: consecutive messages of one role become one turn.
+/// Anthropic turns: consecutive messages of one role become one turn. A turn that is one string
+/// message (no `cache_control`) keeps Anthropic's string form, `"content":"..."`, as short as the
+/// client's message; its text is held as a borrow until the turn turns out to have more.
 #[derive(Default)]
-struct Turns {
+struct Turns<'a> {
     role: Option<&'static str>,
     any: bool,
+    /// `[` of the turn's content was written.
+    array: bool,
+    /// The turn's only content so far: a string not yet written.
+    pending: Option<&'a RawValue>,
     blocks: Blocks,
 }
 
-impl Turns {
+impl<'a> Turns<'a> {
+    fn open(&mut self, role: &'static str, out: &mut ChunkedBody) {
+        self.leave(out);
+        if self.any {
+            out.extend_from_slice(b",");
+        }
+        out.extend_from_slice(b"{\"role\":\"");
+        out.extend_from_slice(role.as_bytes());
+        out.extend_from_slice(b"\",\"content\":");
+        self.role = Some(role);
+        self.any = true;
+        self.array = false;
+        self.pending = None;
+        self.blocks = Blocks::default();
+    }
+
+    /// The turn for a message of `role`, its content as an array of blocks.
     fn enter(&mut self, role: &'static str, out: &mut ChunkedBody) -> &mut Blocks {
         if self.role != Some(role) {
-            self.leave(out);
-            if self.any {
-                out.extend_from_slice(b",");
+            self.open(role, out);
+        }
+        if !std::mem::replace(&mut self.array, true) {
+            out.extend_from_slice(b"[");
+            if let Some(text) = self.pending.take() {
+                text_block(&mut self.blocks, out, text.get().as_bytes());
+                self.blocks.close(out);
             }
-            out.extend_from_slice(b"{\"role\":\"");
-            out.extend_from_slice(role.as_bytes());
-            out.extend_from_slice(b"\",\"content\":[");
-            self.role = Some(role);
-            self.any = true;
-            self.blocks = Blocks::default();
         }
         self.blocks.start_message();
         &mut self.blocks
     }
 
+    /// A message whose content is one string.
+    fn text(&mut self, role: &'static str, text: &'a RawValue, cc: Option<&RawValue>, out: &mut ChunkedBody) {
+        if self.role != Some(role) && cc.is_none() {
+            self.open(role, out);
+            self.pending = Some(text);
+            return;
+        }
+        let blocks = self.enter(role, out);
+        text_block(blocks, out, text.get().as_bytes());
+        blocks.end_message(out, cc);
+    }
+
     fn leave(&mut self, out: &mut ChunkedBody) {
         if self.role.take().is_some() {
-            self.blocks.close(out);
-            out.extend_from_slice(b"]}");
+            if let Some(text) = self.pending.take() {
+                out.extend_from_slice(text.get().as_bytes());
+            } else {
+                if !self.array {
+                    out.extend_from_slice(b"[");
+                }
+                self.blocks.close(out);
+                out.extend_from_slice(b"]");
+            }
+            out.extend_from_slice(b"}");
         }
     }
 }
@@ -482,14 +522,19 @@ fn write_messages(messages: &RawValue, out: &mut ChunkedBody) -> Result<(), ApiE
         let content = content_of(content)?;
         match role.as_ref() {
             "system" | "developer" => {}
-            "user" => {
-                let blocks = turns.enter("user", out);
-                match content {
-                    Content::Text(text) => text_block(blocks, out, text.get().as_bytes()),
-                    Content::Parts(parts) => write_parts(parts, Place::User, blocks, out)?,
-                    Content::Null => return Err(invalid("a user message needs `content`")),
+            "user" => match content {
+                Content::Text(text) => turns.text("user", text, cache_control, out),
+                Content::Parts(parts) => {
+                    let blocks = turns.enter("user", out);
+                    write_parts(parts, Place::User, blocks, out)?;
+                    blocks.end_message(out, cache_control);
                 }
-                blocks.end_message(out, cache_control);
+                Content::Null => return Err(invalid("a user message needs `content`")),
+            },
+            "assistant" if tool_calls.is_none() && matches!(content, Content::Text(t) if t.get() != "\"\"") => {
+                if let Content::Text(text) = content {
+                    turns.text("assistant", text, cache_control, out);
+                }
             }
             "assistant" => {
                 let blocks = turns.enter("assistant", out);
