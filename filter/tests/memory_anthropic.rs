@@ -59,6 +59,8 @@ unsafe impl GlobalAlloc for Tracking {
 static ALLOCATOR: Tracking = Tracking;
 
 const MIB: usize = 1024 * 1024;
+/// Debug builds run the same scenarios four times smaller (the release run takes seconds).
+const SCALE: usize = if cfg!(debug_assertions) { 4 } else { 1 };
 
 /// Peak growth of live heap bytes while `f` runs (what `f` returns and keeps is included).
 fn peak_growth<R>(f: impl FnOnce() -> R) -> (R, usize) {
@@ -135,22 +137,23 @@ fn repeat(element: &str, n: usize, sep: &str) -> String {
 fn anthropic_translation_memory_is_bounded() {
     let head = r#"{"model":"claude-x","max_tokens":10,"#;
 
-    let messages = repeat(r#"{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}"#, 100_000, ",");
+    let messages =
+        repeat(r#"{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}"#, 100_000 / SCALE, ",");
     request("request: 200k tiny messages", format!(r#"{head}"messages":[{messages}]}}"#).as_bytes());
 
-    let system = repeat(r#"{"role":"system","content":"be"}"#, 200_000, ",");
+    let system = repeat(r#"{"role":"system","content":"be"}"#, 200_000 / SCALE, ",");
     request(
         "request: 200k tiny system messages",
         format!(r#"{head}"messages":[{system},{{"role":"user","content":"hi"}}]}}"#).as_bytes(),
     );
 
-    let parts = repeat(r#"{"type":"text","text":"a"}"#, 1_000_000, ",");
+    let parts = repeat(r#"{"type":"text","text":"a"}"#, 1_000_000 / SCALE, ",");
     request(
         "request: 1M tiny content parts",
         format!(r#"{head}"messages":[{{"role":"user","content":[{parts}]}}]}}"#).as_bytes(),
     );
 
-    let image = "A".repeat(5 * MIB);
+    let image = "A".repeat(5 * MIB / SCALE);
     request(
         "request: 5 MB base64 image",
         format!(
@@ -159,13 +162,13 @@ fn anthropic_translation_memory_is_bounded() {
         .as_bytes(),
     );
 
-    let text = repeat(r"line \u00e9 \n", MIB, "");
+    let text = repeat(r"line \u00e9 \n", MIB / SCALE, "");
     request(
         "request: 10 MB string with escapes",
         format!(r#"{head}"messages":[{{"role":"user","content":"{text}"}}]}}"#).as_bytes(),
     );
 
-    let arguments = repeat(r#"\"k\":\"v\\n\""#, 700_000, ",");
+    let arguments = repeat(r#"\"k\":\"v\\n\""#, 700_000 / SCALE, ",");
     request(
         "request: 10 MB tool arguments with escapes",
         format!(
@@ -174,19 +177,20 @@ fn anthropic_translation_memory_is_bounded() {
         .as_bytes(),
     );
 
-    let zeros = repeat("0", 4_000_000, ",");
+    let zeros = repeat("0", 4_000_000 / SCALE, ",");
     request(
         "request: 4M tiny elements in an unknown member",
         format!(r#"{head}"messages":[{{"role":"user","content":"hi"}}],"x":[{zeros}]}}"#).as_bytes(),
     );
 
-    let tools = repeat(r#"{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}"#, 200_000, ",");
+    let tools =
+        repeat(r#"{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}"#, 200_000 / SCALE, ",");
     request(
         "request: 200k tools",
         format!(r#"{head}"messages":[{{"role":"user","content":"hi"}}],"tools":[{tools}]}}"#).as_bytes(),
     );
 
-    let blocks = repeat(r#"{"type":"text","text":"a"}"#, 1_000_000, ",");
+    let blocks = repeat(r#"{"type":"text","text":"a"}"#, 1_000_000 / SCALE, ",");
     response(
         "response: 1M tiny text blocks",
         format!(r#"{{"id":"msg_1","type":"message","role":"assistant","model":"claude-x","content":[{blocks}],"stop_reason":"end_turn","usage":{{"input_tokens":1,"output_tokens":1}}}}"#).as_bytes(),
@@ -198,7 +202,7 @@ fn anthropic_translation_memory_is_bounded() {
             .as_bytes(),
     );
 
-    let input = repeat(r#""k": "v\n""#, 800_000, ", ");
+    let input = repeat(r#""k": "v\n""#, 800_000 / SCALE, ", ");
     response(
         "response: 10 MB tool input",
         format!(r#"{{"id":"msg_1","content":[{{"type":"tool_use","id":"t","name":"f","input":{{{input}}}}}],"stop_reason":"tool_use"}}"#).as_bytes(),

@@ -614,7 +614,11 @@ impl Translator for OpenAIToAnthropic {
     }
 
     fn error_body(&mut self, status: u16, body: &[u8]) -> Option<Vec<u8>> {
-        let message = upstream_message(body);
+        let message = if body.iter().all(u8::is_ascii_whitespace) {
+            format!("upstream returned HTTP {status} with an empty body")
+        } else {
+            upstream_message(body)
+        };
         Some(crate::error::error_json(&message, ErrorKind::for_status(status).as_str(), "upstream_error"))
     }
 }
@@ -1075,6 +1079,26 @@ data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"}}\n\n"
     }
 
     #[test]
+    fn no_panic_on_cut_or_mangled_bodies() {
+        let request = r#"{"model":"m","stop":"x","tools":[{"type":"function","function":{"name":"f","parameters":{}}}],
+            "messages":[{"role":"system","content":[{"type":"text","text":"s\u00e9"}]},{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AA"}}]},
+            {"role":"assistant","tool_calls":[{"id":"c","function":{"name":"f","arguments":"{\"a\":\"\\ud83d\\ude00\"}"}}]},{"role":"tool","tool_call_id":"c","content":"r"}]}"#;
+        let backend = crate::testing::backend(Schema::Anthropic);
+        for cut in 0..request.len() {
+            for body in [&request.as_bytes()[..cut], &request.as_bytes()[cut..]] {
+                let _ = request::write_request(body, &backend, "m", false);
+            }
+        }
+        assert!(request::write_request(request.as_bytes(), &backend, "m", false).is_ok());
+        let response = br#"{"id":"m","content":[{"type":"text","text":"a\n"},{"type":"tool_use","id":"t","name":"f","input":{"a":["\"",1]}}],"usage":{"input_tokens":1}}"#;
+        for cut in 0..response.len() {
+            let _ = completion_body(&response[..cut], "m", 0);
+            let _ = completion_body(&response[cut..], "m", 0);
+        }
+        assert!(completion_body(response, "m", 0).is_ok());
+    }
+
+    #[test]
     fn upstream_errors_keep_the_message() {
         let (_, mut t) = translate(Schema::Anthropic, r#"{"model":"m","messages":[]}"#);
         let body = t
@@ -1086,5 +1110,8 @@ data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"}}\n\n"
         let v: Value =
             serde_json::from_slice(&t.error_body(400, br#"{"message":"Malformed input request"}"#).unwrap()).unwrap();
         assert_eq!(v["error"]["message"], "Malformed input request");
+        let v: Value = serde_json::from_slice(&t.error_body(503, b"").unwrap()).unwrap();
+        assert_eq!(v["error"]["message"], "upstream returned HTTP 503 with an empty body");
+        assert_eq!(v["error"]["type"], "server_error");
     }
 }

@@ -740,7 +740,8 @@ pub(in crate::translate) fn write_request(
             ("service_tier", service_tier.is_some()),
         ]
         .into_iter()
-        .filter_map(|(name, set)| set.then(|| name.to_string()))
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| name.to_string())
         .chain(chat_view::unknown_members(body))
         .collect();
         if !ignored.is_empty() {
