@@ -1,22 +1,28 @@
 //! OpenAI chat client → Anthropic Messages backends (Anthropic, AWSAnthropic, GCPAnthropic).
 //! Also the pieces shared with the native Anthropic translator: paths, body variants, framing.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::io::Write;
 
+use serde_json::value::RawValue;
 use serde_json::Value;
+
+mod jsontext;
+mod request;
+
+use jsontext::{compact, string_body, unescape_small, write_as_string};
 
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
 use crate::config::{Backend, Schema};
 use crate::error::{ApiError, ErrorKind};
+use crate::json::{each, from_raw, json_string, EachError};
 use crate::sse::{parse_event, Splitter};
 use crate::translate::aws_anthropic_frames::AnthropicFrames;
 use crate::translate::openai::percent_encode;
 use crate::usage::TokenUsage;
 use crate::wire::anthropic as a;
 use crate::wire::openai as o;
-
-/// Budgets for `reasoning_effort`, as Anthropic extended-thinking `budget_tokens`.
-const THINKING_BUDGETS: &[(&str, u32)] = &[("low", 1024), ("medium", 4096), ("high", 16384)];
 
 /// The upstream path of a Messages call for each Anthropic-speaking schema.
 pub(super) fn messages_path(backend: &Backend, model: &str, stream: bool) -> String {
@@ -36,28 +42,6 @@ pub(super) fn messages_path(backend: &Backend, model: &str, stream: bool) -> Str
             )
         }
         _ => format!("{prefix}/messages"),
-    }
-}
-
-/// Adjusts a Messages body to its platform: AWS and GCP take the model in the path and the API
-/// version in the body; AWS also rejects `stream` (the path says it).
-pub(super) fn platform_body(request: &mut a::MessagesRequest, backend: &Backend, model: &str, stream: bool) {
-    match backend.schema {
-        Schema::AWSAnthropic => {
-            request.model = None;
-            request.stream = None;
-            request.anthropic_version = Some(backend.anthropic_version.clone());
-        }
-        Schema::GCPAnthropic => {
-            request.model = None;
-            request.stream = stream.then_some(true);
-            request.anthropic_version = Some(backend.anthropic_version.clone());
-        }
-        _ => {
-            request.model = Some(model.to_string());
-            request.stream = stream.then_some(true);
-            request.anthropic_version = None;
-        }
     }
 }
 
@@ -166,262 +150,148 @@ pub(super) fn upstream_message(body: &[u8]) -> String {
     }
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("unsupported_parameter", message)
+/// Anthropic response → OpenAI `chat.completion` bytes and usage. Read through a borrowed view:
+/// texts are copied as the raw JSON the provider sent, tool inputs are written as strings without
+/// a parsed copy, and the answer is written into a buffer sized exactly, once.
+pub(super) fn completion_body(
+    body: &[u8],
+    fallback_model: &str,
+    created: u64,
+) -> Result<(Vec<u8>, TokenUsage), String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err("the Anthropic response is empty".into());
+    }
+    let view: a::ResponseView =
+        serde_json::from_slice(body).map_err(|e| format!("the Anthropic response could not be read: {e}"))?;
+    if view.kind.as_deref() == Some("error") || (view.error.is_some() && view.content.is_none()) {
+        return Err(format!("the Anthropic response is an error: {}", upstream_message(body)));
+    }
+    let usage = view.usage.unwrap_or_default().to_tokens();
+    let mut counter = Count(0);
+    // Writing into a counter and into a Vec cannot fail.
+    let _ = write_completion(&view, usage, fallback_model, created, &mut counter);
+    let mut out = Vec::with_capacity(counter.0);
+    let _ = write_completion(&view, usage, fallback_model, created, &mut out);
+    Ok((out, usage))
 }
 
-/// OpenAI chat request → Anthropic Messages request, every field decided.
-pub(super) fn to_messages_request(
-    req: o::ChatRequest,
-    default_max_tokens: u32,
-) -> Result<a::MessagesRequest, ApiError> {
-    let o::ChatRequest {
-        model,
-        messages,
-        max_tokens,
-        max_completion_tokens,
-        temperature,
-        top_p,
-        stop,
-        stream,
-        stream_options: _,
-        tools,
-        tool_choice,
-        parallel_tool_calls,
-        response_format,
-        reasoning_effort,
-        n,
-        seed,
-        presence_penalty,
-        frequency_penalty,
-        logprobs,
-        top_logprobs,
-        logit_bias,
-        user,
-        metadata,
-        store,
-        service_tier,
-        extra,
-    } = req;
-    if n.is_some_and(|n| n > 1) {
-        return Err(bad("Anthropic returns one choice per request; `n` must be 1"));
-    }
-    if logprobs == Some(true) || top_logprobs.is_some() {
-        return Err(bad("Anthropic does not return log probabilities; remove `logprobs`/`top_logprobs`"));
-    }
-    if temperature.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
-        return Err(bad("Anthropic accepts `temperature` between 0 and 1"));
-    }
-    match response_format {
-        None | Some(o::ResponseFormat::Text) => {}
-        Some(_) => {
-            return Err(bad(
-                "Anthropic has no JSON response mode; remove `response_format` or ask for JSON in the prompt",
-            ))
-        }
-    }
-    let ignored: Vec<&str> = [
-        ("seed", seed.is_some()),
-        ("presence_penalty", presence_penalty.is_some()),
-        ("frequency_penalty", frequency_penalty.is_some()),
-        ("logit_bias", logit_bias.is_some()),
-        ("metadata", metadata.is_some()),
-        ("store", store.is_some()),
-        ("service_tier", service_tier.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .chain(extra.keys().map(String::as_str))
-    .collect();
-    if !ignored.is_empty() {
-        log::debug!("llmgw: Anthropic backend ignores parameters: {}", ignored.join(", "));
-    }
+/// Counts bytes written.
+struct Count(usize);
 
-    let mut system: Vec<a::TextBlock> = Vec::new();
-    let mut turns: Vec<a::Message> = Vec::new();
-    for message in messages {
-        let (role, blocks) = match message {
-            o::Message::System { content, .. } | o::Message::Developer { content, .. } => {
-                system.push(a::TextBlock { kind: "text".into(), text: content.text(), cache_control: None });
-                continue;
-            }
-            o::Message::User { content, .. } => (a::Role::User, user_blocks(content)?),
-            o::Message::Assistant { content, tool_calls, reasoning_content: _, refusal: _, name: _ } => {
-                let mut blocks = Vec::new();
-                if let Some(text) = content.map(|c| c.text()).filter(|t| !t.is_empty()) {
-                    blocks.push(a::ContentBlock::Text { text, cache_control: None });
-                }
-                for call in tool_calls.unwrap_or_default() {
-                    let input: Value = if call.function.arguments.trim().is_empty() {
-                        Value::Object(Default::default())
-                    } else {
-                        serde_json::from_str(&call.function.arguments).map_err(|e| {
-                            ApiError::bad_request(
-                                "invalid_request",
-                                format!("tool call {} has arguments that are not JSON: {e}", call.id),
-                            )
-                        })?
-                    };
-                    blocks.push(a::ContentBlock::ToolUse { id: call.id, name: call.function.name, input });
-                }
-                (a::Role::Assistant, blocks)
-            }
-            o::Message::Tool { content, tool_call_id } => {
-                let result = a::ContentBlock::ToolResult {
-                    tool_use_id: tool_call_id,
-                    content: Some(a::ToolResultContent::Text(content.text())),
-                    is_error: None,
-                };
-                (a::Role::User, vec![result])
-            }
-        };
-        // Anthropic wants alternating roles: consecutive turns of one role become one message.
-        match turns.last_mut() {
-            Some(a::Message { role: last, content: a::MessageContent::Blocks(existing) }) if *last == role => {
-                existing.extend(blocks);
-            }
-            _ => turns.push(a::Message { role, content: a::MessageContent::Blocks(blocks) }),
-        }
+impl Write for Count {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len());
+        Ok(buf.len())
     }
-
-    let tools = tools
-        .map(|tools| {
-            tools
-                .into_iter()
-                .map(|t| {
-                    if t.kind != "function" {
-                        return Err(bad(format!("tool type {:?} is not supported by Anthropic", t.kind)));
-                    }
-                    Ok(a::Tool {
-                        name: t.function.name,
-                        description: t.function.description,
-                        input_schema: t.function.parameters.unwrap_or_else(a::empty_object_schema),
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()?;
-    let disable_parallel = (parallel_tool_calls == Some(false)).then_some(true);
-    let tool_choice = match tool_choice {
-        None if disable_parallel.is_some() && tools.is_some() => {
-            Some(a::ToolChoice::Auto { disable_parallel_tool_use: disable_parallel })
-        }
-        None => None,
-        Some(o::ToolChoice::Mode(mode)) => match mode.as_str() {
-            "auto" => Some(a::ToolChoice::Auto { disable_parallel_tool_use: disable_parallel }),
-            "required" => Some(a::ToolChoice::Any { disable_parallel_tool_use: disable_parallel }),
-            "none" => Some(a::ToolChoice::None),
-            other => return Err(bad(format!("tool_choice {other:?} is not one of none, auto, required"))),
-        },
-        Some(o::ToolChoice::Named(named)) => {
-            Some(a::ToolChoice::Tool { name: named.function.name, disable_parallel_tool_use: disable_parallel })
-        }
-    };
-
-    let mut max_tokens = max_completion_tokens.or(max_tokens).unwrap_or(default_max_tokens);
-    let thinking = match reasoning_effort.as_deref() {
-        None | Some("none") | Some("minimal") => None,
-        Some(effort) => {
-            let budget = THINKING_BUDGETS
-                .iter()
-                .find(|(name, _)| *name == effort)
-                .map(|(_, b)| *b)
-                .ok_or_else(|| bad(format!("reasoning_effort {effort:?} is not one of low, medium, high")))?;
-            // Anthropic requires the thinking budget to be below max_tokens.
-            if max_tokens <= budget {
-                max_tokens = max_tokens.saturating_add(budget);
-            }
-            Some(a::Thinking { kind: "enabled".into(), budget_tokens: Some(budget) })
-        }
-    };
-
-    Ok(a::MessagesRequest {
-        model: Some(model),
-        max_tokens: Some(max_tokens),
-        messages: turns,
-        system: (!system.is_empty()).then_some(a::System::Blocks(system)),
-        stop_sequences: stop.map(o::Stop::into_vec),
-        temperature,
-        top_p,
-        top_k: None,
-        stream,
-        tools,
-        tool_choice,
-        thinking,
-        metadata: user.map(|u| a::Metadata { user_id: Some(u) }),
-        anthropic_version: None,
-        extra: Default::default(),
-    })
-}
-
-fn user_blocks(content: o::Content) -> Result<Vec<a::ContentBlock>, ApiError> {
-    let parts = match content {
-        o::Content::Text(text) => return Ok(vec![a::ContentBlock::Text { text, cache_control: None }]),
-        o::Content::Parts(parts) => parts,
-    };
-    let mut blocks = Vec::with_capacity(parts.len());
-    for part in parts {
-        match part {
-            o::ContentPart::Text { text } => blocks.push(a::ContentBlock::Text { text, cache_control: None }),
-            o::ContentPart::ImageUrl { image_url } => {
-                let source = match image_url.parse().map_err(|e| bad(format!("image_url: {e}")))? {
-                    o::Image::Base64 { media_type, data } => {
-                        a::ImageSource::Base64 { media_type: media_type.to_string(), data: data.to_string() }
-                    }
-                    o::Image::Url(url) => a::ImageSource::Url { url: url.to_string() },
-                };
-                blocks.push(a::ContentBlock::Image { source });
-            }
-            o::ContentPart::InputAudio { .. } => return Err(bad("Anthropic does not accept audio input")),
-            o::ContentPart::File { .. } => return Err(bad("file parts are not supported for Anthropic backends")),
-            o::ContentPart::Refusal { .. } | o::ContentPart::Unknown => {
-                log::debug!("llmgw: dropped a content part Anthropic cannot take")
-            }
-        }
-    }
-    Ok(blocks)
-}
-
-/// Anthropic response → OpenAI `chat.completion`.
-pub(super) fn to_chat_completion(resp: a::MessagesResponse, fallback_model: &str, created: u64) -> o::ChatCompletion {
-    let mut text = String::new();
-    let mut reasoning = String::new();
-    let mut tool_calls = Vec::new();
-    for block in resp.content {
-        match block {
-            a::ContentBlock::Text { text: t, .. } => text.push_str(&t),
-            a::ContentBlock::Thinking { thinking, .. } => reasoning.push_str(&thinking),
-            a::ContentBlock::ToolUse { id, name, input } => tool_calls.push(o::ToolCall {
-                id,
-                kind: "function".into(),
-                function: o::FunctionCall { name, arguments: input.to_string() },
-            }),
-            _ => {}
-        }
-    }
-    let usage = resp.usage.to_tokens();
-    let model = if resp.model.is_empty() { fallback_model.to_string() } else { resp.model };
-    o::ChatCompletion {
-        id: resp.id,
-        object: "chat.completion".into(),
-        created,
-        model,
-        choices: vec![o::Choice {
-            index: 0,
-            message: o::ResponseMessage {
-                role: "assistant".into(),
-                content: (!text.is_empty() || tool_calls.is_empty()).then_some(text),
-                reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
-                tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
-                refusal: None,
-            },
-            finish_reason: finish_reason(resp.stop_reason),
-        }],
-        usage: Some(o::Usage::from(usage)),
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
-/// Anthropic stream events → OpenAI chunks, one event at a time.
+/// Calls `f` with each readable content block (blocks of other shapes are skipped).
+fn for_blocks(
+    content: Option<&RawValue>,
+    mut f: impl FnMut(a::BlockView) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let Some(content) = content else { return Ok(()) };
+    let walked = each(content, |raw: &RawValue| match from_raw::<a::BlockView>(raw) {
+        Ok(block) => f(block),
+        Err(_) => Ok(()),
+    });
+    match walked {
+        Err(EachError::Stopped(e)) => Err(e),
+        // Not an array: no blocks.
+        Err(EachError::Json(_)) | Ok(()) => Ok(()),
+    }
+}
+
+fn is_kind(block: &a::BlockView, kind: &str) -> bool {
+    block.kind.as_deref() == Some(kind)
+}
+
+/// The inside of a string member, when it is a non-empty string.
+fn nonempty(raw: Option<&RawValue>) -> Option<&str> {
+    raw.and_then(string_body).filter(|s| !s.is_empty())
+}
+
+fn write_completion(
+    view: &a::ResponseView,
+    usage: TokenUsage,
+    fallback_model: &str,
+    created: u64,
+    w: &mut impl Write,
+) -> std::io::Result<()> {
+    let (mut has_text, mut has_reasoning, mut has_tools) = (false, false, false);
+    for_blocks(view.content, |b| {
+        has_text |= is_kind(&b, "text") && nonempty(b.text).is_some();
+        has_reasoning |= is_kind(&b, "thinking") && nonempty(b.thinking).is_some();
+        has_tools |= is_kind(&b, "tool_use");
+        Ok(())
+    })?;
+    w.write_all(b"{\"id\":")?;
+    match view.id.filter(|id| string_body(id).is_some()) {
+        Some(id) => w.write_all(id.get().as_bytes())?,
+        None => w.write_all(b"\"\"")?,
+    }
+    w.write_all(b",\"object\":\"chat.completion\",\"created\":")?;
+    serde_json::to_writer(&mut *w, &created)?;
+    w.write_all(b",\"model\":")?;
+    match view.model.filter(|m| nonempty(Some(m)).is_some()) {
+        Some(model) => w.write_all(model.get().as_bytes())?,
+        None => w.write_all(&json_string(fallback_model))?,
+    }
+    w.write_all(b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":")?;
+    if has_text || !has_tools {
+        w.write_all(b"\"")?;
+        for_blocks(view.content, |b| match nonempty(b.text).filter(|_| is_kind(&b, "text")) {
+            Some(text) => w.write_all(text.as_bytes()),
+            None => Ok(()),
+        })?;
+        w.write_all(b"\"")?;
+    } else {
+        w.write_all(b"null")?;
+    }
+    if has_reasoning {
+        w.write_all(b",\"reasoning_content\":\"")?;
+        for_blocks(view.content, |b| match nonempty(b.thinking).filter(|_| is_kind(&b, "thinking")) {
+            Some(text) => w.write_all(text.as_bytes()),
+            None => Ok(()),
+        })?;
+        w.write_all(b"\"")?;
+    }
+    if has_tools {
+        w.write_all(b",\"tool_calls\":[")?;
+        let mut first = true;
+        for_blocks(view.content, |b| {
+            if !is_kind(&b, "tool_use") {
+                return Ok(());
+            }
+            if !std::mem::take(&mut first) {
+                w.write_all(b",")?;
+            }
+            w.write_all(b"{\"id\":")?;
+            w.write_all(b.id.filter(|id| string_body(id).is_some()).map_or("\"\"", |id| id.get()).as_bytes())?;
+            w.write_all(b",\"type\":\"function\",\"function\":{\"name\":")?;
+            w.write_all(b.name.filter(|n| string_body(n).is_some()).map_or("\"\"", |n| n.get()).as_bytes())?;
+            w.write_all(b",\"arguments\":\"")?;
+            write_as_string(b.input.map_or("{}", |i| i.get()).as_bytes(), w)?;
+            w.write_all(b"\"}}")
+        })?;
+        w.write_all(b"]")?;
+    }
+    w.write_all(b"},\"finish_reason\":")?;
+    match finish_reason(view.stop_reason) {
+        Some(reason) => w.write_all(&json_string(&reason))?,
+        None => w.write_all(b"null")?,
+    }
+    w.write_all(b"}],\"usage\":")?;
+    serde_json::to_writer(&mut *w, &o::Usage::from(usage))?;
+    w.write_all(b"}")
+}
+
+/// Anthropic stream events → OpenAI chunks, one event at a time. Every optional member of an
+/// event may be missing: a `content_block_start` without `index` is the next block, a delta
+/// without `index` belongs to the current block, a missing `message_start` is made up for.
 #[derive(Default)]
 pub(super) struct ChunkWriter {
     id: String,
@@ -430,10 +300,26 @@ pub(super) struct ChunkWriter {
     include_usage: bool,
     /// Anthropic block index → OpenAI tool call index.
     tool_index: HashMap<u32, u32>,
+    /// The block the last `content_block_start` opened, and the index the next one gets.
+    current_block: Option<u32>,
+    next_block: u32,
     usage: a::Usage,
     finish_reason: Option<String>,
+    /// The role chunk was sent.
+    started: bool,
     pub(super) done: bool,
     pub(super) saw_content: bool,
+}
+
+/// A text delta's kind when the delta does not say.
+fn delta_kind<'a>(delta: &'a a::DeltaView) -> &'a str {
+    match delta.kind.as_deref() {
+        Some(kind) => kind,
+        None if delta.text.is_some() => "text_delta",
+        None if delta.partial_json.is_some() => "input_json_delta",
+        None if delta.thinking.is_some() => "thinking_delta",
+        None => "",
+    }
 }
 
 impl ChunkWriter {
@@ -452,73 +338,114 @@ impl ChunkWriter {
         self.usage.to_tokens()
     }
 
+    /// The role chunk, once, before anything else.
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if !std::mem::replace(&mut self.started, true) {
+            let delta = o::Delta { role: Some("assistant".into()), content: Some(String::new()), ..Default::default() };
+            o::sse_data(out, &self.chunk(delta, None));
+        }
+    }
+
+    fn content(&mut self, delta: o::Delta, out: &mut Vec<u8>) {
+        self.start(out);
+        self.saw_content = true;
+        o::sse_data(out, &self.chunk(delta, None));
+    }
+
     /// Translates one event's JSON, appending SSE bytes to `out`. Nothing follows `[DONE]`.
     pub(super) fn on_event(&mut self, json: &[u8], out: &mut Vec<u8>) {
         if self.done {
             return;
         }
-        let event: a::StreamEvent = match serde_json::from_slice(json) {
+        let event: a::EventView = match serde_json::from_slice(json) {
             Ok(e) => e,
             Err(e) => {
                 log::warn!("llmgw: skipped an Anthropic stream event that did not parse: {e}");
                 return;
             }
         };
-        match event {
-            a::StreamEvent::MessageStart { message } => {
-                self.id = message.id;
-                if !message.model.is_empty() {
-                    self.model = message.model;
-                }
-                self.usage = message.usage;
-                let delta =
-                    o::Delta { role: Some("assistant".into()), content: Some(String::new()), ..Default::default() };
-                o::sse_data(out, &self.chunk(delta, None));
-            }
-            a::StreamEvent::ContentBlockStart { index, content_block } => match content_block {
-                a::ContentBlock::ToolUse { id, name, .. } => {
-                    let tool = u32::try_from(self.tool_index.len()).unwrap_or(u32::MAX);
-                    self.tool_index.insert(index, tool);
-                    let call = o::ToolCallDelta {
-                        index: tool,
-                        id: Some(id),
-                        kind: Some("function".into()),
-                        function: o::FunctionCallDelta { name: Some(name), arguments: Some(String::new()) },
-                    };
-                    self.saw_content = true;
-                    o::sse_data(
-                        out,
-                        &self.chunk(o::Delta { tool_calls: Some(vec![call]), ..Default::default() }, None),
-                    );
-                }
-                a::ContentBlock::Text { text, .. } if !text.is_empty() => {
-                    self.saw_content = true;
-                    o::sse_data(out, &self.chunk(o::Delta { content: Some(text), ..Default::default() }, None));
-                }
-                _ => {}
-            },
-            a::StreamEvent::ContentBlockDelta { index, delta } => {
-                let delta = match delta {
-                    a::BlockDelta::TextDelta { text } => o::Delta { content: Some(text), ..Default::default() },
-                    a::BlockDelta::ThinkingDelta { thinking } => {
-                        o::Delta { reasoning_content: Some(thinking), ..Default::default() }
+        let a::EventView { kind, message, index, content_block, delta, usage, error } = event;
+        match kind.as_deref() {
+            Some("message_start") => {
+                if let Some(a::EventMessageView { id, model, usage }) = message {
+                    if let Some(id) = id {
+                        self.id = id.into_owned();
                     }
-                    a::BlockDelta::InputJsonDelta { partial_json } => {
+                    if let Some(model) = model.filter(|m| !m.is_empty()) {
+                        self.model = model.into_owned();
+                    }
+                    if let Some(usage) = usage {
+                        self.usage = usage;
+                    }
+                }
+                self.start(out);
+            }
+            Some("content_block_start") => {
+                let index = index.unwrap_or(self.next_block);
+                self.current_block = Some(index);
+                self.next_block = index.saturating_add(1);
+                let Some(block) = content_block else { return };
+                match block.kind.as_deref() {
+                    Some("tool_use") => {
+                        let tool = u32::try_from(self.tool_index.len()).unwrap_or(u32::MAX);
+                        self.tool_index.insert(index, tool);
+                        let text = |raw: Option<&RawValue>| {
+                            unescape_small(raw.and_then(string_body).unwrap_or_default()).into_owned()
+                        };
+                        // Some providers send the whole input here rather than as deltas.
+                        let arguments = match block.input.map(|i| compact(i.get().as_bytes())) {
+                            Some(input) if input != "{}" => input,
+                            _ => String::new(),
+                        };
+                        let call = o::ToolCallDelta {
+                            index: tool,
+                            id: Some(text(block.id)),
+                            kind: Some("function".into()),
+                            function: o::FunctionCallDelta { name: Some(text(block.name)), arguments: Some(arguments) },
+                        };
+                        self.content(o::Delta { tool_calls: Some(vec![call]), ..Default::default() }, out);
+                    }
+                    Some("text") => {
+                        if let Some(text) = nonempty(block.text) {
+                            let text = unescape_small(text).into_owned();
+                            self.content(o::Delta { content: Some(text), ..Default::default() }, out);
+                        }
+                    }
+                    Some("thinking") => {
+                        if let Some(text) = nonempty(block.thinking) {
+                            let text = unescape_small(text).into_owned();
+                            self.content(o::Delta { reasoning_content: Some(text), ..Default::default() }, out);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some("content_block_delta") => {
+                let index = index.or(self.current_block).unwrap_or(0);
+                let Some(delta) = delta else { return };
+                let delta = match delta_kind(&delta) {
+                    "text_delta" => o::Delta { content: delta.text.map(Cow::into_owned), ..Default::default() },
+                    "thinking_delta" => {
+                        o::Delta { reasoning_content: delta.thinking.map(Cow::into_owned), ..Default::default() }
+                    }
+                    "input_json_delta" => {
                         let Some(&tool) = self.tool_index.get(&index) else { return };
                         let call = o::ToolCallDelta {
                             index: tool,
                             id: None,
                             kind: None,
-                            function: o::FunctionCallDelta { name: None, arguments: Some(partial_json) },
+                            function: o::FunctionCallDelta {
+                                name: None,
+                                arguments: Some(delta.partial_json.map(Cow::into_owned).unwrap_or_default()),
+                            },
                         };
                         o::Delta { tool_calls: Some(vec![call]), ..Default::default() }
                     }
-                    a::BlockDelta::SignatureDelta { .. } | a::BlockDelta::Unknown => return,
+                    _ => return,
                 };
-                self.saw_content = true;
-                o::sse_data(out, &self.chunk(delta, None));
+                self.content(delta, out);
             }
-            a::StreamEvent::MessageDelta { delta, usage } => {
+            Some("message_delta") => {
                 if let Some(u) = usage {
                     self.usage.output_tokens = u.output_tokens;
                     if let Some(input) = u.input_tokens {
@@ -531,17 +458,48 @@ impl ChunkWriter {
                         self.usage.cache_creation_input_tokens = u.cache_creation_input_tokens;
                     }
                 }
-                self.finish_reason = finish_reason(delta.stop_reason).or(Some("stop".into()));
+                self.start(out);
+                self.finish_reason = finish_reason(delta.and_then(|d| d.stop_reason)).or(Some("stop".into()));
                 o::sse_data(out, &self.chunk(o::Delta::default(), self.finish_reason.clone()));
             }
-            a::StreamEvent::MessageStop => self.close(out),
-            a::StreamEvent::Error { error } => {
-                let body = serde_json::json!({"error": {"message": error.message, "type": error.kind, "code": "upstream_error"}});
+            Some("message_stop") => self.close(out),
+            Some("error") => {
+                let (message, kind) = match error {
+                    Some(e) if !e.message.is_empty() => (e.message, e.kind),
+                    Some(e) => ("the Anthropic stream reported an error".to_string(), e.kind),
+                    None => ("the Anthropic stream reported an error".to_string(), String::new()),
+                };
+                let kind = if kind.is_empty() { "server_error".to_string() } else { kind };
+                let body = serde_json::json!({"error": {"message": message, "type": kind, "code": "upstream_error"}});
                 o::sse_data(out, &body);
                 out.extend_from_slice(o::SSE_DONE);
                 self.done = true;
             }
-            a::StreamEvent::ContentBlockStop { .. } | a::StreamEvent::Ping | a::StreamEvent::Unknown => {}
+            _ => {}
+        }
+    }
+
+    /// A stream that cannot go on: an error chunk and `[DONE]`, once.
+    pub(super) fn fail(&mut self, out: &mut Vec<u8>, message: &str) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        o::sse_data(
+            out,
+            &serde_json::json!({"error": {"message": message, "type": "server_error", "code": "invalid_upstream_response"}}),
+        );
+        out.extend_from_slice(o::SSE_DONE);
+    }
+
+    /// The end of the upstream stream: a message that got its `message_delta` is complete (a
+    /// missing `message_stop` is forgiven); anything else ended too early.
+    pub(super) fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.finish_reason.is_some() {
+            self.close(out);
+        } else if self.started {
+            self.fail(out, "the Anthropic stream ended before the message was complete");
+        } else {
+            self.fail(out, "the Anthropic stream ended without any event");
         }
     }
 
@@ -588,14 +546,9 @@ impl OpenAIToAnthropic {
 impl Translator for OpenAIToAnthropic {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
         let RequestContext { info, body, backend, query: _, now_unix } = request;
-        let chat = o::parse_chat_request(body)?;
-        let include_usage = chat.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
-        let mut messages = to_messages_request(chat, backend.default_max_tokens)?;
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
-        platform_body(&mut messages, backend, &model, info.stream);
-        let new_body = serde_json::to_vec(&messages).map_err(|e| {
-            ApiError::new(500, ErrorKind::Server, "internal", format!("encoding the request failed: {e}"))
-        })?;
+        let request::Written { body: new_body, include_usage } =
+            request::write_request(body, backend, &model, info.stream)?;
         self.model = model.clone();
         self.created = *now_unix;
         self.stream = info.stream;
@@ -629,31 +582,15 @@ impl Translator for OpenAIToAnthropic {
 
     fn response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkEdits {
         if !self.streaming_response {
-            return match serde_json::from_slice::<a::MessagesResponse>(chunk) {
-                Ok(resp) => {
-                    let completion = to_chat_completion(resp, &self.model, self.created);
-                    let usage = completion.usage.map(|u| TokenUsage {
-                        input: u.prompt_tokens,
-                        output: u.completion_tokens,
-                        total: u.total_tokens,
-                        cached_input: u.prompt_tokens_details.map_or(0, |d| d.cached_tokens),
-                        reasoning: 0,
-                    });
-                    ChunkEdits {
-                        replace: serde_json::to_vec(&completion).ok(),
-                        usage,
-                        first_content: false,
-                        status: None,
-                    }
+            return match completion_body(chunk, &self.model, self.created) {
+                Ok((body, usage)) => {
+                    ChunkEdits { replace: Some(body), usage: Some(usage), first_content: false, status: None }
                 }
-                Err(e) => {
-                    let message = format!("the Anthropic response could not be read: {e}");
-                    ChunkEdits::unreadable(crate::error::error_json(
-                        &message,
-                        "server_error",
-                        "invalid_upstream_response",
-                    ))
-                }
+                Err(message) => ChunkEdits::unreadable(crate::error::error_json(
+                    &message,
+                    "server_error",
+                    "invalid_upstream_response",
+                )),
             };
         }
         let mut out = Vec::new();
@@ -661,10 +598,12 @@ impl Translator for OpenAIToAnthropic {
         let writer = &mut self.writer;
         if let Err(e) = self.framing.push(chunk, |json| writer.on_event(json, &mut out)) {
             log::warn!("llmgw: Anthropic stream: {e}");
+            writer.fail(&mut out, &format!("the Anthropic stream could not be read: {e}"));
         }
         if end_of_stream {
             self.framing.finish(|json| writer.on_event(json, &mut out));
-            self.usage = Some(self.writer.usage());
+            writer.finish(&mut out);
+            self.usage = Some(writer.usage());
         }
         ChunkEdits {
             replace: Some(out),
@@ -675,7 +614,11 @@ impl Translator for OpenAIToAnthropic {
     }
 
     fn error_body(&mut self, status: u16, body: &[u8]) -> Option<Vec<u8>> {
-        let message = upstream_message(body);
+        let message = if body.iter().all(u8::is_ascii_whitespace) {
+            format!("upstream returned HTTP {status} with an empty body")
+        } else {
+            upstream_message(body)
+        };
         Some(crate::error::error_json(&message, ErrorKind::for_status(status).as_str(), "upstream_error"))
     }
 }
@@ -752,6 +695,17 @@ pub(crate) mod tests {
         assert_eq!(v["anthropic_version"], "bedrock-2023-05-31");
         assert!(v.get("model").is_none() && v.get("stream").is_none());
         assert_eq!(v["max_tokens"], 4096);
+        assert_eq!(v["messages"], serde_json::json!([{"role":"user","content":"hi"}]));
+        let (edits, _) = translate(
+            Schema::Anthropic,
+            r#"{"model":"m","messages":[{"role":"user","content":"a"},{"role":"user","content":"b"},
+                {"role":"assistant","content":"c"},{"role":"assistant","content":null},{"role":"user","content":"d"}]}"#,
+        );
+        assert_eq!(
+            body_json(&edits)["messages"],
+            serde_json::json!([{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},
+                {"role":"assistant","content":[{"type":"text","text":"c"}]},{"role":"user","content":"d"}])
+        );
         let (edits, _) =
             translate(Schema::GCPAnthropic, r#"{"model":"claude@1","messages":[{"role":"user","content":"hi"}]}"#);
         assert_eq!(
@@ -870,6 +824,280 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         assert!(chunks.iter().all(|c| c["id"] == "msg_1" && c["object"] == "chat.completion.chunk"));
     }
 
+    fn refusal(body: &str) -> ApiError {
+        let info = read(body.as_bytes()).unwrap();
+        let mut t = OpenAIToAnthropic::new(Schema::Anthropic);
+        let backend = crate::testing::backend(Schema::Anthropic);
+        let ctx = RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "", now_unix: 0 };
+        t.request_body(&ctx).unwrap_err()
+    }
+
+    #[test]
+    fn cache_control_reaches_parts_messages_and_tools() {
+        let (edits, _) = translate(
+            Schema::Anthropic,
+            r#"{"model":"m","messages":[
+                {"role":"system","content":"rules","cache_control":{"type":"ephemeral"}},
+                {"role":"developer","content":[{"type":"text","text":"a"},{"type":"text","text":"b","cache_control":{"type":"ephemeral","ttl":"1h"}}]},
+                {"role":"user","content":[{"type":"text","text":"look","cache_control":{"type":"ephemeral"}},{"type":"image_url","image_url":{"url":"https://x/i.png"},"cache_control":{"type":"ephemeral"}}]},
+                {"role":"user","content":"more","cache_control":{"type":"ephemeral"}},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"t1","type":"function","function":{"name":"f","arguments":""}},{"id":"t2","type":"function","function":{"name":"f","arguments":"{}"}}],"cache_control":{"type":"ephemeral"}},
+                {"role":"tool","tool_call_id":"t1","content":"r1","cache_control":{"type":"ephemeral"}},
+                {"role":"tool","tool_call_id":"t2","content":[{"type":"text","text":"r2","cache_control":{"type":"ephemeral"}}]}],
+              "tools":[{"type":"function","function":{"name":"f"},"cache_control":{"type":"ephemeral"}}]}"#,
+        );
+        let eph = serde_json::json!({"type":"ephemeral"});
+        assert_eq!(
+            body_json(&edits),
+            serde_json::json!({"model":"m","max_tokens":4096,
+              "messages":[
+                {"role":"user","content":[
+                  {"type":"text","text":"look","cache_control":eph},
+                  {"type":"image","source":{"type":"url","url":"https://x/i.png"},"cache_control":eph},
+                  {"type":"text","text":"more","cache_control":eph}]},
+                {"role":"assistant","content":[
+                  {"type":"tool_use","id":"t1","name":"f","input":{}},
+                  {"type":"tool_use","id":"t2","name":"f","input":{},"cache_control":eph}]},
+                {"role":"user","content":[
+                  {"type":"tool_result","tool_use_id":"t1","content":"r1","cache_control":eph},
+                  {"type":"tool_result","tool_use_id":"t2","content":[{"type":"text","text":"r2","cache_control":eph}]}]}],
+              "system":[{"type":"text","text":"rules","cache_control":eph},{"type":"text","text":"a"},
+                {"type":"text","text":"b","cache_control":{"type":"ephemeral","ttl":"1h"}}],
+              "tools":[{"name":"f","input_schema":{"type":"object","properties":{}},"cache_control":eph}]})
+        );
+    }
+
+    #[test]
+    fn thinking_object_and_every_effort_map_to_a_budget() {
+        let cases = [
+            (r#""thinking":{"type":"enabled","budget_tokens":2048}"#, Some(2048), 3048),
+            (r#""thinking":{"type":"enabled"},"reasoning_effort":"high""#, Some(16384), 17384),
+            (r#""thinking":{"type":"enabled"}"#, Some(4096), 5096),
+            (r#""thinking":{"type":"disabled"},"reasoning_effort":"high""#, None, 1000),
+            (r#""reasoning_effort":"minimal""#, Some(1024), 2024),
+            (r#""reasoning_effort":"medium""#, Some(4096), 5096),
+            (r#""reasoning_effort":"none""#, None, 1000),
+        ];
+        for (members, budget, max_tokens) in cases {
+            let body = format!(r#"{{"model":"m","max_tokens":1000,{members},"messages":[]}}"#);
+            let v = body_json(&translate(Schema::Anthropic, &body).0);
+            match budget {
+                Some(b) => {
+                    assert_eq!(v["thinking"], serde_json::json!({"type":"enabled","budget_tokens":b}), "{members}")
+                }
+                None => assert!(v.get("thinking").is_none(), "{members}"),
+            }
+            assert_eq!(v["max_tokens"], max_tokens, "{members}");
+        }
+        for body in [
+            r#"{"model":"m","thinking":{"type":"sometimes"},"messages":[]}"#,
+            r#"{"model":"m","thinking":true,"messages":[]}"#,
+            r#"{"model":"m","reasoning_effort":"extreme","messages":[]}"#,
+        ] {
+            assert_eq!(refusal(body).status, 400, "{body}");
+        }
+    }
+
+    #[test]
+    fn content_anthropic_cannot_take_is_a_400_naming_it() {
+        for (body, words) in [
+            (
+                r#"{"model":"m","messages":[{"role":"system","content":[{"type":"image_url","image_url":{"url":"https://x/i.png"}}]}]}"#,
+                &["image", "system"][..],
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"system","content":[{"type":"file","file":{"file_data":"AAAA"}}]}]}"#,
+                &["file", "system"][..],
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"assistant","content":[{"type":"image_url","image_url":{"url":"https://x/i.png"}}]}]}"#,
+                &["image", "assistant"][..],
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"file","file":{"file_id":"file-1"}}]}]}"#,
+                &["file_id"][..],
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"file","file":{"file_data":"data:image/png;base64,AAAA"}}]}]}"#,
+                &["image/png", "application/pdf"][..],
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"video_url","video_url":{}}]}]}"#,
+                &["video_url"][..],
+            ),
+            (r#"{"model":"m","messages":[{"role":"critic","content":"x"}]}"#, &["critic"][..]),
+            (r#"{"model":"m","tools":[{"type":"web_search"}],"messages":[]}"#, &["web_search"][..]),
+        ] {
+            let e = refusal(body);
+            assert_eq!(e.status, 400, "{body}");
+            for w in words {
+                assert!(e.message.contains(w), "{body}: {}", e.message);
+            }
+        }
+    }
+
+    #[test]
+    fn files_become_documents_and_strings_travel_as_sent() {
+        let (edits, _) = translate(
+            Schema::Anthropic,
+            r#"{"model":"m","messages":[{"role":"user","content":[
+                {"type":"file","file":{"file_data":"data:application/pdf;base64,JVBERi0x","filename":"a.pdf"}},
+                {"type":"file","file":{"file_data":"JVBERi0y"},"cache_control":{"type":"ephemeral"}},
+                {"type":"image_url","image_url":{"url":"data:image\/png;base64,AA\/B"}},
+                {"type":"text","text":"line\none \u00e9 \"q\""}]},
+              {"role":"assistant","content":[{"type":"text","text":""},{"type":"refusal","refusal":"no"}],
+               "tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":" {\"s\": \"a\\nb \\u00e9\"} "}},
+                             {"id":"c2","type":"function","function":{"name":"f","arguments":" \n "}}]}]}"#,
+        );
+        let v = body_json(&edits);
+        assert_eq!(
+            v["messages"][0]["content"],
+            serde_json::json!([
+                {"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0x"}},
+                {"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0y"},"cache_control":{"type":"ephemeral"}},
+                {"type":"image","source":{"type":"base64","media_type":"image/png","data":"AA/B"}},
+                {"type":"text","text":"line\none é \"q\""}])
+        );
+        assert_eq!(
+            v["messages"][1]["content"],
+            serde_json::json!([{"type":"text","text":"no"},
+                {"type":"tool_use","id":"c1","name":"f","input":{"s":"a\nb é"}},
+                {"type":"tool_use","id":"c2","name":"f","input":{}}])
+        );
+        // The client's escapes are kept byte for byte.
+        let raw = String::from_utf8(edits.body.as_ref().unwrap().apply_to(b"")).unwrap();
+        assert!(raw.contains(r#""line\none \u00e9 \"q\"""#), "{raw}");
+    }
+
+    #[test]
+    fn responses_with_missing_members_still_translate() {
+        let (_, mut t) = translate(Schema::Anthropic, r#"{"model":"claude-x","messages":[]}"#);
+        t.response_headers(200, "application/json");
+        let body = br#"{"content":[{"type":"text","text":"a\"b"},{"type":"server_tool_use","id":"s"},"junk",
+            {"type":"tool_use","id":"t","name":"f","input":{ "q" : [1, "x y"] }},{"type":"text","text":"c"}]}"#;
+        let edits = t.response_body(body, true);
+        assert_eq!(edits.status, None);
+        let v: Value = serde_json::from_slice(&edits.replace.unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id":"","object":"chat.completion","created":1700,"model":"claude-x",
+              "choices":[{"index":0,"finish_reason":null,"message":{"role":"assistant","content":"a\"bc",
+                "tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{\"q\":[1,\"x y\"]}"}}]}}],
+              "usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0,
+                "prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}})
+        );
+        let edits = t.response_body(br#"{"id":"m","content":[{"type":"tool_use","id":"t","name":"f"}],"usage":{"input_tokens":null,"output_tokens":18446744073709551615,"cache_read_input_tokens":5}}"#, true);
+        let v: Value = serde_json::from_slice(&edits.replace.unwrap()).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
+        assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{}");
+        assert_eq!(v["usage"]["total_tokens"], u64::MAX);
+        for bad in
+            [&b""[..], b"  ", b"not json", br#"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#]
+        {
+            let edits = t.response_body(bad, true);
+            assert_eq!(edits.status, Some(502), "{:?}", String::from_utf8_lossy(bad));
+            let v: Value = serde_json::from_slice(&edits.replace.unwrap()).unwrap();
+            assert_eq!(v["error"]["code"], "invalid_upstream_response");
+        }
+    }
+
+    fn run_stream(request: &str, chunks: &[&[u8]]) -> (String, Option<TokenUsage>) {
+        let (_, mut t) = translate(Schema::Anthropic, request);
+        t.response_headers(200, "text/event-stream");
+        let mut out = Vec::new();
+        let mut usage = None;
+        for (i, c) in chunks.iter().enumerate() {
+            let edits = t.response_body(c, i + 1 == chunks.len());
+            out.extend(edits.replace.unwrap());
+            usage = edits.usage.or(usage);
+        }
+        (String::from_utf8(out).unwrap(), usage)
+    }
+
+    const SPARSE_STREAM: &str = "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\"}}\n\n\
+data: {\"type\":\"content_block_start\",\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n\
+data: {\"type\":\"content_block_start\",\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"get\"}}\n\n\
+data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"q\\\":\"}}\n\n\
+data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"partial_json\":\"1}\"}}\n\n\
+data: {\"type\":\"content_block_start\",\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_2\",\"name\":\"put\",\"input\":{\"a\": 2}}}\n\n\
+data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"}}\n\n";
+
+    #[test]
+    fn sparse_stream_events_translate_completely_at_every_split() {
+        let request = r#"{"model":"claude-x","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+        let (reference, usage) = run_stream(request, &[SPARSE_STREAM.as_bytes(), b""]);
+        assert_eq!(usage.map(|u| (u.input, u.output)), Some((0, 0)));
+        for cut in 0..=SPARSE_STREAM.len() {
+            let (a, b) = SPARSE_STREAM.as_bytes().split_at(cut);
+            assert_eq!(run_stream(request, &[a, b]).0, reference, "cut {cut}");
+        }
+        assert!(reference.ends_with("data: [DONE]\n\n"), "{reference}");
+        let chunks = chunks_of(reference.as_bytes());
+        assert_eq!(chunks[0]["choices"][0]["delta"], serde_json::json!({"role":"assistant","content":""}));
+        assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "Hi");
+        let calls: Vec<&Value> = chunks.iter().filter_map(|c| c["choices"][0]["delta"].get("tool_calls")).collect();
+        assert_eq!(calls[0][0]["id"], "toolu_1");
+        let args: String = calls[1..3].iter().map(|c| c[0]["function"]["arguments"].as_str().unwrap()).collect();
+        assert_eq!(args, "{\"q\":1}");
+        assert!(calls[1..3].iter().all(|c| c[0]["index"] == 0));
+        assert_eq!(
+            calls[3][0],
+            serde_json::json!({"index":1,"id":"toolu_2","type":"function","function":{"name":"put","arguments":"{\"a\":2}"}})
+        );
+        let last = &chunks[chunks.len() - 2];
+        assert_eq!(last["choices"][0]["finish_reason"], "tool_calls");
+        assert!(chunks.iter().all(|c| c["id"] == "msg_2"));
+    }
+
+    #[test]
+    fn broken_or_empty_streams_end_with_an_error_and_done() {
+        let request = r#"{"model":"claude-x","stream":true,"messages":[]}"#;
+        let truncated = STREAM.split("event: message_delta").next().unwrap();
+        for (stream, words) in [
+            (truncated, "before the message was complete"),
+            ("", "without any event"),
+            ("data: {not json}\n\n", "without any event"),
+        ] {
+            let (out, _) = run_stream(request, &[stream.as_bytes(), b""]);
+            assert!(out.ends_with("data: [DONE]\n\n"), "{out}");
+            let chunks = chunks_of(out.as_bytes());
+            let error = &chunks.last().unwrap()["error"];
+            assert!(error["message"].as_str().unwrap().contains(words), "{out}");
+            assert_eq!(error["code"], "invalid_upstream_response");
+        }
+        // A stream whose message_stop is missing is complete once message_delta came.
+        let no_stop = STREAM.split("event: message_stop").next().unwrap();
+        let (out, _) = run_stream(request, &[no_stop.as_bytes(), b""]);
+        assert!(out.ends_with("data: [DONE]\n\n") && !out.contains("\"error\""), "{out}");
+        // An upstream error event is passed on, then [DONE].
+        let (out, _) = run_stream(
+            request,
+            &[b"data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n", b""],
+        );
+        assert!(out.contains("overloaded_error") && out.ends_with("data: [DONE]\n\n"), "{out}");
+    }
+
+    #[test]
+    fn no_panic_on_cut_or_mangled_bodies() {
+        let request = r#"{"model":"m","stop":"x","tools":[{"type":"function","function":{"name":"f","parameters":{}}}],
+            "messages":[{"role":"system","content":[{"type":"text","text":"s\u00e9"}]},{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AA"}}]},
+            {"role":"assistant","tool_calls":[{"id":"c","function":{"name":"f","arguments":"{\"a\":\"\\ud83d\\ude00\"}"}}]},{"role":"tool","tool_call_id":"c","content":"r"}]}"#;
+        let backend = crate::testing::backend(Schema::Anthropic);
+        for cut in 0..request.len() {
+            for body in [&request.as_bytes()[..cut], &request.as_bytes()[cut..]] {
+                let _ = request::write_request(body, &backend, "m", false);
+            }
+        }
+        assert!(request::write_request(request.as_bytes(), &backend, "m", false).is_ok());
+        let response = br#"{"id":"m","content":[{"type":"text","text":"a\n"},{"type":"tool_use","id":"t","name":"f","input":{"a":["\"",1]}}],"usage":{"input_tokens":1}}"#;
+        for cut in 0..response.len() {
+            let _ = completion_body(&response[..cut], "m", 0);
+            let _ = completion_body(&response[cut..], "m", 0);
+        }
+        assert!(completion_body(response, "m", 0).is_ok());
+    }
+
     #[test]
     fn upstream_errors_keep_the_message() {
         let (_, mut t) = translate(Schema::Anthropic, r#"{"model":"m","messages":[]}"#);
@@ -882,5 +1110,8 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         let v: Value =
             serde_json::from_slice(&t.error_body(400, br#"{"message":"Malformed input request"}"#).unwrap()).unwrap();
         assert_eq!(v["error"]["message"], "Malformed input request");
+        let v: Value = serde_json::from_slice(&t.error_body(503, b"").unwrap()).unwrap();
+        assert_eq!(v["error"]["message"], "upstream returned HTTP 503 with an empty body");
+        assert_eq!(v["error"]["type"], "server_error");
     }
 }

@@ -60,6 +60,39 @@ struct Chunk {
     bytes: String,
 }
 
+/// What a message is. Headers may be missing: without `:message-type`, an `:exception-type`
+/// makes an exception and an `:event-type` an event; an event without `:event-type` whose payload
+/// is a chunk is a chunk; with no type headers at all, `Unknown` (the payload decides).
+fn classify(message: &crate::eventstream::Message) -> Kind<'_> {
+    match message.kind() {
+        Kind::Unknown => match (message.header(":exception-type"), message.header(":event-type")) {
+            (Some(exception), _) => Kind::Exception(exception),
+            (None, Some(event)) => Kind::Event(event),
+            (None, None) => Kind::Unknown,
+        },
+        Kind::Event("") => Kind::Event("chunk"),
+        kind => kind,
+    }
+}
+
+/// An exception or error message: its code (header) and the message (payload or header).
+fn exception(message: &crate::eventstream::Message) -> StreamError {
+    if let Some((code, text)) = super::bedrock::stream_exception(message) {
+        return StreamError { code, message: text };
+    }
+    #[derive(Deserialize)]
+    struct Payload {
+        #[serde(default, alias = "Message")]
+        message: Option<String>,
+    }
+    let code = message.header(":exception-type").unwrap_or("upstreamException").to_string();
+    let text = serde_json::from_slice::<Payload>(message.payload()).ok().and_then(|p| p.message).unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(message.payload());
+        text.chars().take(2048).collect()
+    });
+    StreamError { code, message: text }
+}
+
 /// Incremental unwrapper: push upstream bytes cut anywhere, get each Anthropic event's JSON.
 #[derive(Debug, Default)]
 pub struct AnthropicFrames {
@@ -84,7 +117,7 @@ impl AnthropicFrames {
             if error.is_some() {
                 return;
             }
-            match message.kind() {
+            match classify(&message) {
                 Kind::Event("chunk") => match serde_json::from_slice::<Chunk>(message.payload()) {
                     Ok(c) => match aws_smithy_types::base64::decode(&c.bytes) {
                         Ok(event) => on_event(&event),
@@ -96,11 +129,16 @@ impl AnthropicFrames {
                 },
                 Kind::Event(other) => log::debug!("llmgw: Bedrock stream: ignored a {other:?} event"),
                 Kind::Exception(_) | Kind::Error { .. } => {
-                    if let Some((code, message)) = super::bedrock::stream_exception(&message) {
-                        error = Some(StreamError { code, message });
-                    }
+                    error = Some(exception(&message));
                 }
-                Kind::Unknown => log::debug!("llmgw: Bedrock stream: ignored a message without a known type"),
+                Kind::Unknown => match serde_json::from_slice::<Chunk>(message.payload()) {
+                    // No type headers at all: a payload that is a chunk is one.
+                    Ok(c) => match aws_smithy_types::base64::decode(&c.bytes) {
+                        Ok(event) => on_event(&event),
+                        Err(_) => log::debug!("llmgw: Bedrock stream: ignored an untyped message"),
+                    },
+                    Err(_) => log::debug!("llmgw: Bedrock stream: ignored an untyped message"),
+                },
             }
         });
         let error = error.or_else(|| decoded.err().map(|e| StreamError::invalid(e.to_string())));
@@ -202,6 +240,24 @@ mod tests {
         let unavailable = StreamError { code: "serviceUnavailableException".into(), message: "busy".into() };
         assert!(String::from_utf8(unavailable.anthropic_event()).unwrap().contains("overloaded_error"));
         assert_eq!(String::from(unavailable), "serviceUnavailableException: busy");
+    }
+
+    #[test]
+    fn frames_without_type_headers_still_count() {
+        let payload = |json: &str| format!(r#"{{"bytes":"{}"}}"#, aws_smithy_types::base64::encode(json.as_bytes()));
+        let mut stream = encode_for_test(&[(":event-type", "chunk")], payload(EVENTS[0]).as_bytes());
+        stream.extend(encode_for_test(&[], payload(EVENTS[1]).as_bytes()));
+        stream.extend(encode_for_test(&[(":message-type", "event")], payload(EVENTS[2]).as_bytes()));
+        stream.extend(encode_for_test(&[(":content-type", "application/json")], b"{\"other\":1}"));
+        stream.extend(chunk(EVENTS[3]));
+        for cut in 0..=stream.len() {
+            let (a, b) = stream.split_at(cut);
+            let (got, end) = collect(&mut AnthropicFrames::new(), &[a, b]);
+            assert_eq!((got, end), (EVENTS.map(String::from).to_vec(), Ok(())), "cut {cut}");
+        }
+        let exception = encode_for_test(&[(":exception-type", "throttlingException")], br#"{"message":"slow"}"#);
+        let (_, end) = collect(&mut AnthropicFrames::new(), &[&chunk(EVENTS[0]), &exception]);
+        assert_eq!(end, Err(StreamError { code: "throttlingException".into(), message: "slow".into() }));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Anthropic Messages API wire types: request, response and stream events. Unknown block types,
 //! stop reasons and events parse as `Unknown` rather than failing.
 
-use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::de::str_or_seq_enum;
@@ -225,6 +228,8 @@ pub struct Metadata {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MessagesResponse {
+    /// Every field may be missing (liberal in what we accept from providers).
+    #[serde(default)]
     pub id: String,
     #[serde(rename = "type", default = "message_type")]
     pub kind: String,
@@ -232,6 +237,7 @@ pub struct MessagesResponse {
     pub role: String,
     #[serde(default)]
     pub model: String,
+    #[serde(default)]
     pub content: Vec<ContentBlock>,
     #[serde(default)]
     pub stop_reason: Option<StopReason>,
@@ -264,9 +270,9 @@ pub enum StopReason {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct Usage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     pub input_tokens: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     pub output_tokens: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_creation_input_tokens: Option<u64>,
@@ -274,15 +280,21 @@ pub struct Usage {
     pub cache_read_input_tokens: Option<u64>,
 }
 
+/// A token count where `null` means 0.
+fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.unwrap_or(0))
+}
+
 impl Usage {
     /// OpenAI counts every prompt token in `prompt_tokens`, cached ones included.
     pub fn to_tokens(self) -> crate::usage::TokenUsage {
         let cached = self.cache_read_input_tokens.unwrap_or(0);
-        let input = self.input_tokens + cached + self.cache_creation_input_tokens.unwrap_or(0);
+        let input =
+            self.input_tokens.saturating_add(cached).saturating_add(self.cache_creation_input_tokens.unwrap_or(0));
         crate::usage::TokenUsage {
             input,
             output: self.output_tokens,
-            total: input + self.output_tokens,
+            total: input.saturating_add(self.output_tokens),
             cached_input: cached,
             reasoning: 0,
         }
@@ -298,14 +310,17 @@ pub enum StreamEvent {
         message: MessagesResponse,
     },
     ContentBlockStart {
+        #[serde(default)]
         index: u32,
         content_block: ContentBlock,
     },
     ContentBlockDelta {
+        #[serde(default)]
         index: u32,
         delta: BlockDelta,
     },
     ContentBlockStop {
+        #[serde(default)]
         index: u32,
     },
     MessageDelta {
@@ -352,7 +367,7 @@ pub struct MessageDelta {
 /// `message_delta` usage: cumulative output tokens (and, on some platforms, input counts).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct DeltaUsage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     pub output_tokens: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_tokens: Option<u64>,
@@ -391,6 +406,109 @@ impl StreamEvent {
             StreamEvent::Unknown => "unknown",
         }
     }
+}
+
+// ---- borrowed views of answers (translators that turn them into another API) ----
+
+/// A Messages response as a borrowed view: every member optional, `content` left raw to walk with
+/// [`crate::json::each`], text left as raw JSON string literals (copied to the output as they are).
+#[derive(Debug, Deserialize)]
+pub struct ResponseView<'a> {
+    #[serde(rename = "type", default, borrow, deserialize_with = "opt_cow")]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    pub model: Option<&'a RawValue>,
+    /// An array of [`BlockView`].
+    #[serde(default, borrow)]
+    pub content: Option<&'a RawValue>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub stop_reason: Option<StopReason>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub usage: Option<Usage>,
+    /// Set when a 200 carries an error envelope.
+    #[serde(default, borrow)]
+    pub error: Option<&'a RawValue>,
+}
+
+/// One content block (of a response, or a stream's `content_block`): `kind` says which members
+/// mean something. Strings are raw JSON literals.
+#[derive(Debug, Deserialize)]
+pub struct BlockView<'a> {
+    #[serde(rename = "type", default, borrow, deserialize_with = "opt_cow")]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub text: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    pub thinking: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    pub id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    pub name: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    pub input: Option<&'a RawValue>,
+}
+
+/// One stream event, flat: `kind` says which members mean something; every member may be missing
+/// (`message_start` without `content` or `usage`, `content_block_start` without `index`, ...).
+#[derive(Debug, Deserialize)]
+pub struct EventView<'a> {
+    #[serde(rename = "type", default, borrow, deserialize_with = "opt_cow")]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "lenient")]
+    pub message: Option<EventMessageView<'a>>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub index: Option<u32>,
+    #[serde(default, borrow, deserialize_with = "lenient")]
+    pub content_block: Option<BlockView<'a>>,
+    #[serde(default, borrow, deserialize_with = "lenient")]
+    pub delta: Option<DeltaView<'a>>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub usage: Option<DeltaUsage>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub error: Option<ErrorBody>,
+}
+
+/// `message_start`'s `message`.
+#[derive(Debug, Deserialize)]
+pub struct EventMessageView<'a> {
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
+    pub model: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub usage: Option<Usage>,
+}
+
+/// A `content_block_delta`'s or `message_delta`'s `delta`, flat.
+#[derive(Debug, Deserialize)]
+pub struct DeltaView<'a> {
+    #[serde(rename = "type", default, borrow, deserialize_with = "opt_cow")]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
+    pub text: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
+    pub partial_json: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
+    pub thinking: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub stop_reason: Option<StopReason>,
+}
+
+/// `Option<Cow<str>>` that borrows (serde's `borrow` does not reach through `Option`); a value of
+/// another type counts as absent.
+fn opt_cow<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    let raw: Option<&'de RawValue> = Option::deserialize(d)?;
+    Ok(raw.and_then(|r| serde_json::from_str::<Borrowed<'de>>(r.get()).ok()).map(|b| b.0))
+}
+
+/// An optional member whose value, when it has an unexpected shape, counts as absent.
+fn lenient<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    let raw: Option<&'de RawValue> = Option::deserialize(d)?;
+    Ok(raw.and_then(|r| serde_json::from_str::<T>(r.get()).ok()))
 }
 
 /// Writes one Anthropic SSE event: `event: NAME\ndata: JSON\n\n`.
