@@ -90,18 +90,19 @@ fn decode_key(raw: &[u8]) -> Option<Cow<'_, str>> {
     }
 }
 
-/// The top-level members of the object `body`, in order, and the offset of its opening brace.
-/// `None` when `body` is not an object.
-pub fn members(body: &[u8]) -> Option<(usize, Vec<Member<'_>>)> {
+/// Calls `f` with each top-level member of the object `body`, in order, with its index; nothing is
+/// collected, so a body with millions of members costs nothing here. Returns the offset of the
+/// opening brace and the number of members; `None` when `body` is not an object.
+pub fn for_each_member<'a>(body: &'a [u8], mut f: impl FnMut(usize, Member<'a>)) -> Option<(usize, usize)> {
     let open = skip_ws(body, 0);
     if body.get(open) != Some(&b'{') {
         return None;
     }
-    let mut out = Vec::new();
     let mut i = skip_ws(body, open + 1);
     if body.get(i) == Some(&b'}') {
-        return Some((open, out));
+        return Some((open, 0));
     }
+    let mut index = 0usize;
     loop {
         if body.get(i) != Some(&b'"') {
             return None;
@@ -114,14 +115,22 @@ pub fn members(body: &[u8]) -> Option<(usize, Vec<Member<'_>>)> {
         }
         let value_start = skip_ws(body, colon + 1);
         let value_end = skip_value(body, value_start)?;
-        out.push(Member { key, span: i..value_end, value: value_start..value_end });
+        f(index, Member { key, span: i..value_end, value: value_start..value_end });
+        index += 1;
         let next = skip_ws(body, value_end);
         match body.get(next)? {
             b',' => i = skip_ws(body, next + 1),
-            b'}' => return Some((open, out)),
+            b'}' => return Some((open, index)),
             _ => return None,
         }
     }
+}
+
+/// The top-level members of the object `body` (tests and small objects: this one collects).
+pub fn members(body: &[u8]) -> Option<(usize, Vec<Member<'_>>)> {
+    let mut out = Vec::new();
+    let (open, _) = for_each_member(body, |_, m| out.push(m))?;
+    Some((open, out))
 }
 
 /// In-place edits of a JSON object's top-level members. Applied as one replacement of the body's
@@ -130,7 +139,10 @@ pub fn members(body: &[u8]) -> Option<(usize, Vec<Member<'_>>)> {
 pub struct Splice<'a> {
     body: &'a [u8],
     open: usize,
-    members: Vec<Member<'a>>,
+    /// How many members the object has.
+    count: usize,
+    /// The members named at construction and their neighbours, with their indices.
+    members: Vec<(usize, Member<'a>)>,
     /// Non-overlapping (range, replacement) pairs.
     edits: Vec<(Range<usize>, Vec<u8>)>,
     /// Members inserted right after the opening brace.
@@ -140,22 +152,40 @@ pub struct Splice<'a> {
 }
 
 impl<'a> Splice<'a> {
-    /// `None` when `body` is not a JSON object.
-    pub fn new(body: &'a [u8]) -> Option<Self> {
-        let (open, members) = members(body)?;
-        Some(Splice { body, open, members, edits: Vec::new(), inserted: Vec::new(), removed: Vec::new() })
+    /// `None` when `body` is not a JSON object. Only the members named in `keys` (the ones to be
+    /// read or edited) and their neighbours are remembered: memory does not grow with the body.
+    pub fn new(body: &'a [u8], keys: &[&str]) -> Option<Self> {
+        let mut members: Vec<(usize, Member<'a>)> = Vec::new();
+        let mut previous: Option<(usize, Member<'a>)> = None;
+        let mut last_wanted: Option<usize> = None;
+        let (open, count) = for_each_member(body, |index, m| {
+            let stored = |members: &Vec<(usize, Member<'a>)>, i: usize| members.iter().any(|(j, _)| *j == i);
+            if keys.contains(&m.key.as_ref()) {
+                if let Some(p) = previous.take() {
+                    if !stored(&members, p.0) {
+                        members.push(p); // the neighbour before
+                    }
+                }
+                members.push((index, m.clone()));
+                last_wanted = Some(index);
+            } else if last_wanted.is_some_and(|w| w + 1 == index) {
+                members.push((index, m.clone())); // the neighbour after
+            }
+            previous = Some((index, m));
+        })?;
+        Some(Splice { body, open, count, members, edits: Vec::new(), inserted: Vec::new(), removed: Vec::new() })
     }
 
     /// The value bytes of the last member named `key` (JSON keeps the last of duplicates).
     pub fn get(&self, key: &str) -> Option<&'a [u8]> {
-        let m = self.members.iter().rev().find(|m| m.key == key)?;
+        let (_, m) = self.members.iter().rev().find(|(_, m)| m.key == key)?;
         self.body.get(m.value.clone())
     }
 
     /// Sets `key` to the JSON `value`: replaces every member of that name in place, or inserts it.
     pub fn set(&mut self, key: &str, value: &[u8]) {
         let mut found = false;
-        for m in self.members.iter().filter(|m| m.key == key) {
+        for (_, m) in self.members.iter().filter(|(_, m)| m.key == key) {
             found = true;
             self.edits.push((m.value.clone(), value.to_vec()));
         }
@@ -176,9 +206,9 @@ impl<'a> Splice<'a> {
 
     /// Removes every member named `key`, with its comma.
     pub fn remove(&mut self, key: &str) {
-        for (index, m) in self.members.iter().enumerate() {
-            if m.key == key && !self.removed.contains(&index) {
-                self.removed.push(index);
+        for (index, m) in &self.members {
+            if m.key == key && !self.removed.contains(index) {
+                self.removed.push(*index);
             }
         }
     }
@@ -187,18 +217,21 @@ impl<'a> Splice<'a> {
     /// member, or (for trailing members) from the end of the last kept one.
     fn removal_ranges(&self) -> Vec<Range<usize>> {
         let kept = |i: usize| !self.removed.contains(&i);
+        let span = |i: usize| self.members.iter().find(|(j, _)| *j == i).map(|(_, m)| m.span.clone());
         let mut ranges: Vec<Range<usize>> = Vec::new();
         for &i in &self.removed {
-            let Some(m) = self.members.get(i) else { continue };
-            let next_kept = (i + 1..self.members.len()).find(|&j| kept(j)).and_then(|j| self.members.get(j));
-            let previous_kept = (0..i).rev().find(|&j| kept(j)).and_then(|j| self.members.get(j));
+            let Some(own) = span(i) else { continue };
+            // Removed members are all remembered, and so are their neighbours: the nearest kept
+            // member on either side is always known.
+            let next_kept = (i + 1..self.count).find(|&j| kept(j)).and_then(span);
+            let previous_kept = (0..i).rev().find(|&j| kept(j)).and_then(span);
             let range = match (next_kept, previous_kept) {
-                (Some(next), _) => m.span.start..next.span.start,
-                (None, Some(previous)) => previous.span.end..m.span.end,
+                (Some(next), _) => own.start..next.start,
+                (None, Some(previous)) => previous.end..own.end,
                 // Nothing is kept: everything between the braces goes.
                 (None, None) => {
-                    let first = self.members.first().map_or(m.span.start, |f| f.span.start);
-                    let last = self.members.last().map_or(m.span.end, |l| l.span.end);
+                    let first = span(0).map_or(own.start, |f| f.start);
+                    let last = self.count.checked_sub(1).and_then(span).map_or(own.end, |l| l.end);
                     first..last
                 }
             };
@@ -225,7 +258,7 @@ impl<'a> Splice<'a> {
         if self.is_unchanged() {
             return None;
         }
-        let all_removed = self.removed.len() == self.members.len();
+        let all_removed = self.removed.len() == self.count;
         let removals = self.removal_ranges();
         // A value set on a removed member is dropped with it.
         self.edits.retain(|(r, _)| !removals.iter().any(|d| d.start <= r.start && r.end <= d.end));
@@ -236,7 +269,7 @@ impl<'a> Splice<'a> {
         head.extend_from_slice(self.body.get(..=self.open)?);
         if !self.inserted.is_empty() {
             head.extend_from_slice(&self.inserted);
-            if !self.members.is_empty() && !all_removed {
+            if self.count > 0 && !all_removed {
                 head.push(b',');
             }
         }
@@ -443,7 +476,7 @@ mod tests {
     use super::*;
 
     fn head(body: &[u8], edit: impl FnOnce(&mut Splice)) -> Vec<u8> {
-        let mut s = Splice::new(body).unwrap();
+        let mut s = Splice::new(body, &["model", "z", "a", "b", "k", "v", "anthropic_version"]).unwrap();
         edit(&mut s);
         match s.finish() {
             None => body.to_vec(),
@@ -500,12 +533,32 @@ mod tests {
         );
         // The head replacement stops at the last edit: the tail is never copied.
         let s = {
-            let mut s = Splice::new(body).unwrap();
+            let mut s = Splice::new(body, &["model"]).unwrap();
             s.set("model", b"1");
             s.finish().unwrap()
         };
         let crate::body::NewBody::Head { replaced, .. } = s else { panic!() };
         assert_eq!(replaced, body.windows(3).position(|w| w == b"\"m\"").unwrap() + 3);
+    }
+
+    #[test]
+    fn splice_remembers_only_what_it_edits() {
+        let mut body = b"{".to_vec();
+        for i in 0..100_000 {
+            body.extend_from_slice(format!("\"k{i}\":{i},").as_bytes());
+            if i == 500 {
+                body.extend_from_slice(br#""model":"m","stream":true,"#);
+            }
+        }
+        body.extend_from_slice(b"\"end\":0}");
+        let mut s = Splice::new(&body, &["model", "stream"]).unwrap();
+        assert_eq!(s.members.len(), 4, "the two members and their two neighbours");
+        s.remove("model");
+        s.remove("stream");
+        let out = s.finish().unwrap().apply_to(&body);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 100_001);
+        assert!(v.get("model").is_none() && v["k501"] == 501);
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl Translator for AnthropicNative {
         self.stream = info.stream;
         // In place: documents, `cache_control`, server tools, thinking blocks and fields this
         // gateway has never heard of reach the provider byte for byte.
-        let mut splice = Splice::new(body)
+        let mut splice = Splice::new(body, &["model", "stream", "anthropic_version"])
             .ok_or_else(|| ApiError::bad_request("invalid_request", "request body must be a JSON object"))?;
         match backend.schema {
             Schema::AWSAnthropic | Schema::GCPAnthropic => {

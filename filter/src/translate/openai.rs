@@ -94,7 +94,7 @@ impl Translator for Passthrough {
         let model_override = backend.model_override.as_deref().filter(|m| *m != info.model);
         // In place: only the edited members change; every other byte goes upstream as it came.
         let new_body = if inject_usage || model_override.is_some() {
-            let mut splice = Splice::new(body)
+            let mut splice = Splice::new(body, &["model", "stream_options"])
                 .ok_or_else(|| ApiError::bad_request("invalid_request", "request body must be a JSON object"))?;
             if let Some(model) = model_override {
                 splice.set("model", &json_string(model));
@@ -102,7 +102,7 @@ impl Translator for Passthrough {
             if inject_usage {
                 let options = match splice.get("stream_options") {
                     Some(options) if options.first() == Some(&b'{') => {
-                        let mut inner = Splice::new(options).ok_or_else(|| {
+                        let mut inner = Splice::new(options, &["include_usage"]).ok_or_else(|| {
                             ApiError::bad_request("invalid_request", "`stream_options` must be an object")
                         })?;
                         inner.set("include_usage", b"true");
