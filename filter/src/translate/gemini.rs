@@ -2296,4 +2296,299 @@ mod tests {
         assert_eq!(parse(json!({"model": "m", "input": []})).unwrap_err().status, 400);
         assert_eq!(parse(json!({"model": "m", "input": "x", "encoding_format": "int8"})).unwrap_err().status, 400);
     }
+
+    #[test]
+    fn gcs_uris_are_refused_unless_the_backend_allows_them() {
+        assert!(check_gcs("gs://b/o.png", true, "x").is_ok());
+        assert!(check_gcs("https://b/o.png", false, "x").is_ok());
+        let e = check_gcs("GS://b/o.png", false, "messages[0].content[0]").unwrap_err();
+        assert_eq!((e.status, e.code), (400, "gcs_uri_not_allowed"));
+        assert!(e.message.starts_with("messages[0].content[0]: gs://"), "{}", e.message);
+        for part in [
+            json!({"type": "image_url", "image_url": {"url": "gs://bucket/cat.png"}}),
+            json!({"type": "file", "file": {"file_data": "gs://bucket/doc.pdf"}}),
+        ] {
+            let body = json!({"model": "m", "messages": [{"role": "user", "content": [part]}]});
+            let e = request_to(&body, "gemini-2.5-flash", false).unwrap_err();
+            assert_eq!(e.code, "gcs_uri_not_allowed");
+            let v = request_to(&body, "gemini-2.5-flash", true).unwrap();
+            assert!(v["contents"][0]["parts"][0]["fileData"]["fileUri"].as_str().unwrap().starts_with("gs://"));
+        }
+    }
+
+    #[test]
+    fn thinking_maps_to_a_thinking_config() {
+        let config = |extra: Value| {
+            let mut body = json!({"model": "m", "messages": []});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            request(body).map(|v| v["generationConfig"]["thinkingConfig"].clone())
+        };
+        assert_eq!(
+            config(json!({"thinking": {"type": "enabled", "budget_tokens": 2048}})).unwrap(),
+            json!({"thinkingBudget": 2048, "includeThoughts": true})
+        );
+        assert_eq!(
+            config(json!({"thinking": {"type": "enabled"}})).unwrap(),
+            json!({"thinkingBudget": -1, "includeThoughts": true})
+        );
+        assert_eq!(config(json!({"thinking": {"type": "disabled"}})).unwrap(), json!({"thinkingBudget": 0}));
+        // An explicit budget wins over an effort.
+        assert_eq!(
+            config(json!({"reasoning_effort": "high", "thinking": {"type": "enabled", "budget_tokens": 100}})).unwrap(),
+            json!({"thinkingBudget": 100, "includeThoughts": true})
+        );
+        assert_eq!(
+            config(json!({"reasoning_effort": "minimal"})).unwrap(),
+            json!({"thinkingBudget": 512, "includeThoughts": true})
+        );
+        assert!(config(json!({"thinking": {"type": "sometimes"}})).unwrap_err().message.contains("thinking.type"));
+        assert!(config(json!({"thinking": {"type": "enabled", "budget_tokens": -5}})).unwrap_err().status == 400);
+        assert!(config(json!({"thinking": null})).unwrap().is_null());
+    }
+
+    #[test]
+    fn cache_control_is_dropped_everywhere() {
+        let v = request(json!({"model": "m", "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}],
+             "cache_control": {"type": "ephemeral"}},
+            {"role": "user", "content": [{"type": "text", "text": "u", "cache_control": {"type": "ephemeral"}}]}],
+            "tools": [{"type": "function", "function": {"name": "f"}, "cache_control": {"type": "ephemeral"}}]}))
+        .unwrap();
+        assert!(!v.to_string().contains("cache"), "{v}");
+        assert_eq!(v["systemInstruction"], json!({"parts": [{"text": "s"}]}));
+        assert_eq!(v["contents"], json!([{"role": "user", "parts": [{"text": "u"}]}]));
+        assert_eq!(v["tools"], json!([{"functionDeclarations": [{"name": "f"}]}]));
+    }
+
+    #[test]
+    fn content_gemini_cannot_take_is_a_400_naming_it() {
+        let cases = [
+            (
+                json!({"role": "system", "content": [{"type": "text", "text": "a"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}),
+                "messages[0].content[1]: a system message can only hold text",
+            ),
+            (json!({"role": "developer", "content": [{"type": "input_audio"}]}), "\"input_audio\""),
+            (
+                json!({"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "https://x/a.png"}}]}),
+                "messages[0].content[0]: an assistant message can only hold text and refusal parts; \"image_url\"",
+            ),
+            (
+                json!({"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA"}}]}),
+                "input_audio needs `data` and `format`",
+            ),
+            (json!({"role": "user", "content": [{"type": "text"}]}), "a text part needs `text`"),
+            (json!({"role": "robot", "content": "x"}), "unknown role \"robot\""),
+            (json!({"role": "tool", "content": "x"}), "needs `tool_call_id`"),
+            (json!({"role": "user", "content": 5}), "messages[0]: `content` must be"),
+            (
+                json!({"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": 1, "arguments": "{}"}}]}),
+                "`name` must be a string",
+            ),
+        ];
+        for (message, needle) in cases {
+            let e = request(json!({"model": "m", "messages": [message]})).unwrap_err();
+            assert_eq!(e.status, 400);
+            assert!(e.message.contains(needle), "{needle}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn texts_schemas_and_arguments_travel_as_written() {
+        let body = r#"{"model":"m","messages":[
+            {"role":"system","content":[{"type":"text","text":"one \"q\""},{"type":"text","text":""},{"type":"text","text":"two\u0001"}]},
+            {"role":"system","content":""},
+            {"role":"assistant","content":null,"refusal":"no","tool_calls":[{"id":"c\u0031","function":{"name":"f\u00e9","arguments":" {\"a\": [1.50, 2e3]} "}}]},
+            {"role":"tool","tool_call_id":"c1","content":[{"type":"text","text":"{\"r\":"},{"type":"text","text":"1}"}]},
+            {"role":"tool","tool_call_id":"c1","content":null}],
+            "tools":[{"type":"function","function":{"name":"f","parameters":{"type" : "object","x":1.50}}}],
+            "stop":"END","top_k":3,"tool_choice":{"type":"function","function":{"name":"f"}}}"#;
+        let out = write_request(body.as_bytes(), "gemini-2.5-flash", false).unwrap().to_vec();
+        let text = String::from_utf8(out.clone()).unwrap();
+        // Raw JSON (schemas, arguments, names) is copied byte for byte.
+        assert!(text.contains(r#""parametersJsonSchema":{"type" : "object","x":1.50}"#), "{text}");
+        assert!(text.contains(r#""args":{"a": [1.50, 2e3]}"#), "{text}");
+        assert!(text.contains(r#""name":"f\u00e9""#), "{text}");
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["systemInstruction"], json!({"parts": [{"text": "one \"q\"\n\ntwo\u{1}"}]}));
+        assert_eq!(
+            v["contents"],
+            json!([
+                {"role": "model", "parts": [{"text": "no"}, {"functionCall": {"name": "fé", "args": {"a": [1.5, 2000.0]}}}]},
+                {"role": "user", "parts": [
+                    {"functionResponse": {"name": "fé", "response": {"r": 1}}},
+                    {"functionResponse": {"name": "fé", "response": {"output": ""}}}]}
+            ])
+        );
+        assert_eq!(v["generationConfig"], json!({"topK": 3.0, "stopSequences": ["END"]}));
+        assert_eq!(v["toolConfig"], json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["f"]}}));
+        // An empty stop list sets nothing; a number is refused.
+        let v = request(json!({"model": "m", "messages": [], "stop": []})).unwrap();
+        assert!(v.get("generationConfig").is_none());
+        assert!(request(json!({"model": "m", "messages": [], "stop": 1})).unwrap_err().message.contains("stop"));
+        assert!(request(json!({"model": "m", "messages": [], "top_k": "x"})).unwrap_err().message.contains("top_k"));
+    }
+
+    #[test]
+    fn no_request_bytes_make_it_panic() {
+        let body = br#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]},{"role":"assistant","tool_calls":[{"id":"a","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"a","content":"1"}],"tools":[{"type":"function","function":{"name":"f","parameters":{}}}],"stop":["x"],"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{}}}}"#;
+        assert!(write_request(body, "gemini-3", true).is_ok());
+        for cut in 0..body.len() {
+            let _ = write_request(&body[..cut], "gemini-3", true);
+            let mut flipped = body.to_vec();
+            flipped[cut] ^= 0x20;
+            let _ = write_request(&flipped, "gemini-3", true);
+            let _ = write_predict(&body[..cut]);
+        }
+    }
+
+    fn stream_of(chunks: &[&[u8]], usage: bool) -> Vec<u8> {
+        let body = if usage {
+            r#"{"model":"gemini-2.5-flash","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#
+        } else {
+            r#"{"model":"gemini-2.5-flash","messages":[],"stream":true}"#
+        };
+        let mut t = streaming(body);
+        t.response_headers(200, "text/event-stream");
+        let mut out = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            out.extend(t.response_body(c, i + 1 == chunks.len()).replace.unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn stream_events_missing_optional_fields_translate_completely() {
+        let sse = concat!(
+            "data: {\"candidates\":[{\"content\":{\"role\":\"model\"}}]}\n\n",
+            "data: {\"candidates\":[{}]}\n\n",
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"thoughtSignature\":\"c2ln\"}]}}]}\n\n",
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"},",
+            "{\"functionCall\":{\"name\":\"f\",\"args\":{ \"k\" : \"v w\" }}}]}}]}\n\n",
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"functionCall\":{\"name\":\"g\"}}]}}]}\n\n",
+            "data: {\"usageMetadata\":{\"promptTokenCount\":1,\"candidatesTokenCount\":2}}\n\n",
+            "data: {\"candidates\":[{\"finishReason\":\"STOP\"}]}\n\n",
+        );
+        let whole = stream_of(&[sse.as_bytes(), b""], true);
+        let got = events(&whole);
+        let summary: Vec<String> = got
+            .iter()
+            .map(|e| match e {
+                Value::String(s) => s.clone(),
+                e if e["choices"].as_array().unwrap().is_empty() => format!("usage {}", e["usage"]["total_tokens"]),
+                e => {
+                    let mut delta = e["choices"][0]["delta"].clone();
+                    if let Some(call) = delta.pointer_mut("/tool_calls/0/id") {
+                        *call = json!("ID");
+                    }
+                    format!("{} {}", delta, e["choices"][0]["finish_reason"])
+                }
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                r#"{"role":"assistant","content":""} null"#,
+                r#"{"content":"a"} null"#,
+                r#"{"tool_calls":[{"index":0,"id":"ID","type":"function","function":{"name":"f","arguments":"{\"k\":\"v w\"}"}}]} null"#,
+                r#"{"tool_calls":[{"index":1,"id":"ID","type":"function","function":{"name":"g","arguments":"{}"}}]} null"#,
+                r#"{} "tool_calls""#,
+                "usage 3",
+                "[DONE]",
+            ]
+        );
+        let id = |k: usize| got[k]["choices"][0]["delta"]["tool_calls"][0]["id"].as_str().unwrap().to_string();
+        assert!(id(2).starts_with("call_chatcmpl-") && id(2).ends_with("_0") && id(3).ends_with("_1"));
+        for cut in 0..=sse.len() {
+            let (a, b) = sse.as_bytes().split_at(cut);
+            assert_eq!(stream_of(&[a, b], true), whole, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn broken_streams_end_with_an_error_and_done() {
+        let text = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}]}}]}\n\n";
+        let cases: [(&str, &str); 5] = [
+            ("", "incomplete_upstream_stream"),
+            (": keep-alive\n\n", "incomplete_upstream_stream"),
+            (text, "incomplete_upstream_stream"),
+            ("data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi", "invalid_upstream_response"),
+            (
+                "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}]}}]}\n\ndata: <html>\n\n",
+                "invalid_upstream_response",
+            ),
+        ];
+        for (sse, code) in cases {
+            let got = events(&stream_of(&[sse.as_bytes(), b""], true));
+            let n = got.len();
+            assert!(n >= 2, "{sse:?}");
+            assert_eq!(got[n - 2]["error"]["code"], code, "{sse:?}");
+            assert_eq!(got[n - 2]["error"]["type"], "server_error");
+            assert_eq!(got[n - 1], "[DONE]");
+        }
+        // After a broken event nothing more is sent, not even for later good events.
+        let sse = format!("data: nope\n\n{text}data: {{\"candidates\":[{{\"finishReason\":\"STOP\"}}]}}\n\n");
+        let got = events(&stream_of(&[sse.as_bytes(), b""], false));
+        assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn empty_or_unreadable_answers_are_502s() {
+        for body in [&b""[..], b"{}", b"null", b"[]", b"<html>", b"{\"candidates\":[{\"content\":{\"parts\":7}}]}"] {
+            let mut t = OpenAIToGemini::new();
+            t.response_headers(200, "application/json");
+            let edits = t.response_body(body, true);
+            assert_eq!(edits.status, Some(502), "{:?}", String::from_utf8_lossy(body));
+            let v: Value = serde_json::from_slice(&edits.replace.unwrap()).unwrap();
+            assert_eq!(v["error"]["code"], "invalid_upstream_response");
+        }
+        for body in [&b""[..], b"{}", b"{\"predictions\":[{\"embeddings\":{\"values\":[\"x\"]}}]}"] {
+            let edits = OpenAIToVertexEmbeddings::new().response_body(body, true);
+            assert_eq!(edits.status, Some(502));
+        }
+    }
+
+    #[test]
+    fn answers_keep_function_arguments_as_written() {
+        let body = br#"{"candidates":[{"content":{"parts":[{"text":"t\"1"},{"text":"r","thought":true},
+            {"functionCall":{"name":"f","args":{ "n" : 1.50, "s":"a b\"" }}},{"functionCall":{"name":"g","args":null}},
+            {"text":"2"}]},"finishReason":"MAX_TOKENS"},{"index":5}],"responseId":"r"}"#;
+        let edits = translate_completion(body, "fb", "m", 9);
+        let out = edits.replace.unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        let m = &v["choices"][0]["message"];
+        assert_eq!(m["content"], "t\"12");
+        assert_eq!(m["reasoning_content"], "r");
+        assert_eq!(m["tool_calls"][0]["function"]["arguments"], r#"{"n":1.50,"s":"a b\""}"#);
+        assert_eq!(m["tool_calls"][1]["function"]["arguments"], "{}");
+        assert_eq!(m["tool_calls"][1]["id"], "call_r_1");
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+        assert_eq!(
+            v["choices"][1],
+            json!({"index": 5, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop"})
+        );
+        assert_eq!(out.capacity(), out.len(), "written once, at its final size");
+    }
+
+    #[test]
+    fn embeddings_strings_are_copied_as_written() {
+        let (p, _) =
+            write_predict(br#"{"model":"m","input":["a\"b\u00e9"],"task_type":"X","user":"u","extra":1}"#).unwrap();
+        assert_eq!(p.to_vec(), br#"{"instances":[{"content":"a\"b\u00e9","task_type":"X"}]}"#);
+        let (p, _) = write_predict(br#"{"model":"m","input":"solo"}"#).unwrap();
+        assert_eq!(p.to_vec(), br#"{"instances":[{"content":"solo"}]}"#);
+        for (body, needle) in [
+            (&br#"{"model":"m","input":["a",1]}"#[..], "non-empty"),
+            (br#"{"model":"m","input":[[1],[2]]}"#, "token arrays"),
+            (br#"{"model":"m"}"#, "`input` is required"),
+            (br#"{"model":"m","input":"x","dimensions":-1}"#, "dimensions"),
+            (br#"{"model":"m","input":"x","task_type":1}"#, "task_type"),
+            (br#"{"model":"m","input":"x","user":1}"#, "`user` must be a string"),
+        ] {
+            let e = write_predict(body).unwrap_err();
+            assert!(e.message.contains(needle), "{needle}: {}", e.message);
+        }
+    }
 }
