@@ -25,8 +25,7 @@ use crate::json::{each, from_raw, EachError};
 use crate::sse::{parse_event, Splitter};
 use crate::usage::TokenUsage;
 use crate::wire::chat_view::{
-    opt_text, unknown_members, ChatRequestView, ContentPartView, ContentView, FunctionDefView, ImageUrlView,
-    MessageView, ToolView,
+    opt_text, unknown_members, ChatRequestView, FunctionDefView, ImageUrlView, MessageView, ToolView,
 };
 use crate::wire::gemini as g;
 use crate::wire::openai as o;
@@ -69,33 +68,6 @@ fn fnv1a(data: &[u8], seed: u64) -> u64 {
 }
 
 // ---- writing JSON by hand ----
-
-/// Writes `s` as the inside of a JSON string literal (no quotes).
-fn write_escaped(w: &mut (impl Write + ?Sized), s: &str) -> io::Result<()> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let short: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => b"",
-            _ => continue,
-        };
-        w.write_all(bytes.get(start..i).unwrap_or_default())?;
-        if short.is_empty() {
-            let hex = |n: u8| HEX.get(usize::from(n & 15)).copied().unwrap_or(b'0');
-            w.write_all(&[b'\\', b'u', b'0', b'0', hex(b >> 4), hex(b)])?;
-        } else {
-            w.write_all(short)?;
-        }
-        start = i + 1;
-    }
-    w.write_all(bytes.get(start..).unwrap_or_default())
-}
 
 /// Writes the raw JSON `raw` as the inside of a JSON string literal, without its insignificant
 /// whitespace: how OpenAI's `arguments` carry JSON text.
@@ -258,8 +230,9 @@ struct CallView<'a> {
 struct CallFunctionView<'a> {
     #[serde(borrow)]
     name: &'a RawValue,
-    #[serde(default, borrow, deserialize_with = "opt_text")]
-    arguments: Option<Cow<'a, str>>,
+    /// A JSON string holding JSON text: decoded as it is written, never copied.
+    #[serde(default, borrow)]
+    arguments: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -274,6 +247,180 @@ struct AudioView<'a> {
 struct FileView<'a> {
     #[serde(default, borrow, deserialize_with = "opt_text")]
     file_data: Option<Cow<'a, str>>,
+}
+
+/// A content part. Text stays a raw JSON string literal: it is written as the client escaped it,
+/// so a text with escapes (newlines, quotes) is never decoded into a copy.
+#[derive(Deserialize)]
+struct PartIn<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    image_url: Option<ImageUrlView<'a>>,
+    #[serde(default, borrow)]
+    input_audio: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    file: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    refusal: Option<&'a RawValue>,
+    /// Prompt caching marker: Gemini has none per part (dropped).
+    #[serde(default, borrow)]
+    cache_control: Option<&'a RawValue>,
+}
+
+/// A message's `content`: a raw JSON string literal, raw parts, or nothing.
+enum Content<'a> {
+    Null,
+    Text(&'a RawValue),
+    Parts(&'a RawValue),
+}
+
+fn content_of(raw: Option<&RawValue>) -> Result<Content<'_>, String> {
+    let Some(raw) = raw else { return Ok(Content::Null) };
+    match raw.get().as_bytes().first() {
+        Some(b'"') => Ok(Content::Text(raw)),
+        Some(b'[') => Ok(Content::Parts(raw)),
+        Some(b'n') => Ok(Content::Null),
+        _ => Err("`content` must be a string or an array of content parts".into()),
+    }
+}
+
+/// A string-or-null member as a raw string literal; anything else is a 400 naming `what`.
+fn string_raw(raw: Option<&RawValue>, what: impl Fn() -> String) -> Result<Option<&RawValue>, ApiError> {
+    match raw {
+        Some(r) if r.get().starts_with('"') => Ok(Some(r)),
+        None => Ok(None),
+        Some(r) if r.get() == "null" => Ok(None),
+        Some(_) => Err(bad(format!("{} must be a string", what()))),
+    }
+}
+
+/// The escaped inside of a raw JSON string literal (what goes between the quotes).
+fn inner(literal: &RawValue) -> &[u8] {
+    let b = literal.get().as_bytes();
+    b.get(1..b.len().saturating_sub(1)).unwrap_or_default()
+}
+
+fn is_empty_literal(literal: &RawValue) -> bool {
+    literal.get() == "\"\""
+}
+
+/// Reads the decoded text of a raw JSON string literal, without decoding it into memory first.
+struct Unescape<'a> {
+    src: &'a [u8],
+    pos: usize,
+    /// One decoded escape (up to 4 UTF-8 bytes) not yet handed out.
+    pending: [u8; 4],
+    start: usize,
+    end: usize,
+}
+
+impl<'a> Unescape<'a> {
+    fn new(literal: &'a RawValue) -> Self {
+        Unescape { src: inner(literal), pos: 0, pending: [0; 4], start: 0, end: 0 }
+    }
+
+    fn hex4(&self, at: usize) -> Option<u32> {
+        let digits = std::str::from_utf8(self.src.get(at..at + 4)?).ok()?;
+        u32::from_str_radix(digits, 16).ok()
+    }
+
+    /// Decodes the escape at `pos` (a backslash) into `pending`.
+    fn escape(&mut self) {
+        let (c, len) = match self.src.get(self.pos + 1) {
+            Some(b'b') => ('\u{8}', 2),
+            Some(b'f') => ('\u{c}', 2),
+            Some(b'n') => ('\n', 2),
+            Some(b'r') => ('\r', 2),
+            Some(b't') => ('\t', 2),
+            Some(b'u') => match self.hex4(self.pos + 2) {
+                Some(high @ 0xd800..=0xdbff) => {
+                    let low = (self.src.get(self.pos + 6..self.pos + 8) == Some(b"\\u"))
+                        .then(|| self.hex4(self.pos + 8))
+                        .flatten()
+                        .filter(|low| (0xdc00..=0xdfff).contains(low));
+                    match low {
+                        Some(low) => {
+                            let code = 0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00);
+                            (char::from_u32(code).unwrap_or('\u{fffd}'), 12)
+                        }
+                        None => ('\u{fffd}', 6),
+                    }
+                }
+                Some(code) => (char::from_u32(code).unwrap_or('\u{fffd}'), 6),
+                None => ('\u{fffd}', 2),
+            },
+            Some(&other) => (char::from(other), 2),
+            None => ('\\', 1),
+        };
+        self.pos += len;
+        self.end = c.encode_utf8(&mut self.pending).len();
+        self.start = 0;
+    }
+}
+
+impl io::Read for Unescape<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            if self.start < self.end {
+                let k = (self.end - self.start).min(buf.len() - n);
+                if let (Some(to), Some(from)) = (buf.get_mut(n..n + k), self.pending.get(self.start..self.start + k)) {
+                    to.copy_from_slice(from);
+                }
+                self.start += k;
+                n += k;
+                continue;
+            }
+            let rest = self.src.get(self.pos..).unwrap_or_default();
+            match rest.first() {
+                None => break,
+                Some(b'\\') => self.escape(),
+                Some(_) => {
+                    // Only as far as the buffer has room: the scan never runs ahead of the copy.
+                    let room = buf.len() - n;
+                    let k = rest.iter().take(room).position(|&b| b == b'\\').unwrap_or(room.min(rest.len()));
+                    if let (Some(to), Some(from)) = (buf.get_mut(n..n + k), rest.get(..k)) {
+                        to.copy_from_slice(from);
+                    }
+                    self.pos += k;
+                    n += k;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The first byte of the decoded text that is not JSON whitespace.
+fn first_non_ws(literal: &RawValue) -> Option<u8> {
+    let mut r = Unescape::new(literal);
+    let mut buf = [0u8; 64];
+    loop {
+        let n = io::Read::read(&mut r, &mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        if let Some(b) = buf.get(..n)?.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+            return Some(*b);
+        }
+    }
+}
+
+/// Whether the decoded text is one JSON object, validated in full while it is decoded (no copy).
+fn holds_object(literal: &RawValue) -> bool {
+    first_non_ws(literal) == Some(b'{')
+        && serde_json::from_reader::<_, serde::de::IgnoredAny>(io::BufReader::with_capacity(
+            4096,
+            Unescape::new(literal),
+        ))
+        .is_ok()
+}
+
+fn write_unescaped(out: &mut Out, literal: &RawValue) -> Result<(), ApiError> {
+    io::copy(&mut Unescape::new(literal), &mut out.body).map(|_| ()).map_err(internal)
 }
 
 /// Tool call ids are keyed by a 64-bit SipHash of the id: the map holds 24 bytes per tool call
@@ -527,9 +674,13 @@ pub(super) fn write_request(body: &[u8], model: &str, allow_gcs_uris: bool) -> R
             Some(b'"') => Some(g::StopSequences::One(stop)),
             Some(b'[') => {
                 let mut count = 0usize;
-                each(stop, |_: Cow<str>| -> Result<(), ()> {
-                    count += 1;
-                    Ok(())
+                each(stop, |item: &RawValue| {
+                    if item.get().starts_with('"') {
+                        count += 1;
+                        Ok(())
+                    } else {
+                        Err(())
+                    }
                 })
                 .map_err(|_| not_strings())?;
                 (count > 0).then_some(g::StopSequences::Many(stop))
@@ -656,7 +807,8 @@ pub(super) fn write_request(body: &[u8], model: &str, allow_gcs_uris: bool) -> R
 }
 
 /// System and developer messages (anywhere) → `systemInstruction.parts`, one text part per message
-/// (its text parts joined with newlines). A second walk over the messages: nothing is collected.
+/// (its text parts joined with newlines). A second walk over the messages: nothing is collected,
+/// and text is written as the client escaped it.
 fn write_system_instruction(out: &mut Out, messages: &RawValue, notes: &mut Notes) -> Result<(), ApiError> {
     let mut written = 0usize;
     let mut i = 0usize;
@@ -677,9 +829,10 @@ fn write_system_instruction(out: &mut Out, messages: &RawValue, notes: &mut Note
             }
             // The part is opened lazily, so a message whose joined text is empty writes nothing.
             let mut started = false;
-            let mut piece = |out: &mut Out, text: &str| -> Result<(), ApiError> {
-                if text.is_empty() {
-                    return Ok(());
+            // `escaped`: the inside of a JSON string literal.
+            let mut piece = |out: &mut Out, escaped: &[u8]| {
+                if escaped.is_empty() {
+                    return;
                 }
                 if !started {
                     if written == 0 {
@@ -692,17 +845,17 @@ fn write_system_instruction(out: &mut Out, messages: &RawValue, notes: &mut Note
                     out.raw(b"{\"text\":\"");
                     started = true;
                 }
-                write_escaped(&mut out.body, text).map_err(internal)
+                out.raw(escaped);
             };
-            match ContentView::of(m.content).map_err(|e| bad(format!("messages[{at}]: {e}")))? {
-                ContentView::Null => {}
-                ContentView::Text(text) => piece(out, &text)?,
-                ContentView::Parts(parts) => {
+            match content_of(m.content).map_err(|e| bad(format!("messages[{at}]: {e}")))? {
+                Content::Null => {}
+                Content::Text(text) => piece(out, inner(text)),
+                Content::Parts(parts) => {
                     let mut j = 0usize;
                     walk(
                         parts,
                         || format!("messages[{at}].content"),
-                        |p: ContentPartView| {
+                        |p: PartIn| {
                             if p.cache_control.is_some() {
                                 notes.note("cache_control");
                             }
@@ -713,10 +866,13 @@ fn write_system_instruction(out: &mut Out, messages: &RawValue, notes: &mut Note
                                     m.role, p.kind
                                 )));
                             }
+                            let text = string_raw(p.text, || format!("messages[{at}].content[{j}].text"))?;
                             if j > 0 {
-                                piece(out, "\n")?;
+                                piece(out, b"\\n");
                             }
-                            piece(out, p.text.as_deref().unwrap_or_default())?;
+                            if let Some(text) = text {
+                                piece(out, inner(text));
+                            }
                             j += 1;
                             Ok(())
                         },
@@ -733,6 +889,13 @@ fn write_system_instruction(out: &mut Out, messages: &RawValue, notes: &mut Note
         out.raw(b"]}");
     }
     Ok(())
+}
+
+/// `{"text": <literal>}`.
+fn text_part(out: &mut Out, literal: &RawValue) {
+    out.raw(b"{\"text\":");
+    out.raw(literal.get().as_bytes());
+    out.raw(b"}");
 }
 
 /// User, assistant and tool messages → `contents`. Consecutive turns of one role are merged, as
@@ -772,7 +935,7 @@ fn write_contents(
             if cache_control.is_some() {
                 notes.note("cache_control");
             }
-            let content = ContentView::of(content).map_err(|e| bad(format!("messages[{at}]: {e}")))?;
+            let content = content_of(content).map_err(|e| bad(format!("messages[{at}]: {e}")))?;
             match role.as_ref() {
                 "system" | "developer" => Ok(()),
                 "user" => write_user(out, &mut turns, content, at, allow_gcs_uris, notes),
@@ -781,21 +944,20 @@ fn write_contents(
                         notes.note("messages[].reasoning_content");
                     }
                     let mut written = 0usize;
-                    let mut text_part = |out: &mut Out, text: &str| -> Result<(), ApiError> {
-                        turns.part(out, "model");
-                        written += 1;
-                        out.value(&g::Part { text: Some(text), ..g::Part::default() })
-                    };
                     match content {
-                        ContentView::Null => {}
-                        ContentView::Text(text) if text.is_empty() => {}
-                        ContentView::Text(text) => text_part(out, &text)?,
-                        ContentView::Parts(parts) => {
+                        Content::Null => {}
+                        Content::Text(text) if is_empty_literal(text) => {}
+                        Content::Text(text) => {
+                            turns.part(out, "model");
+                            written += 1;
+                            text_part(out, text);
+                        }
+                        Content::Parts(parts) => {
                             let mut j = 0usize;
                             walk(
                                 parts,
                                 || format!("messages[{at}].content"),
-                                |p: ContentPartView| {
+                                |p: PartIn| {
                                     if p.cache_control.is_some() {
                                         notes.note("cache_control");
                                     }
@@ -809,18 +971,23 @@ fn write_contents(
                                             )))
                                         }
                                     };
+                                    let text = string_raw(text, || format!("messages[{at}].content[{j}].{}", p.kind))?;
                                     j += 1;
-                                    match text {
-                                        Some(text) if !text.is_empty() => text_part(out, &text),
-                                        _ => Ok(()),
+                                    if let Some(text) = text.filter(|t| !is_empty_literal(t)) {
+                                        turns.part(out, "model");
+                                        written += 1;
+                                        text_part(out, text);
                                     }
+                                    Ok(())
                                 },
                             )?;
                         }
                     }
                     if let (0, Some(refusal)) = (written, refusal) {
                         turns.part(out, "model");
-                        out.value(&g::Part { text: Some(&refusal), ..g::Part::default() })?;
+                        out.raw(b"{\"text\":");
+                        out.raw(&crate::json::json_string(&refusal));
+                        out.raw(b"}");
                     }
                     if let Some(tool_calls) = tool_calls.filter(|c| c.get() != "null") {
                         let mut k = 0usize;
@@ -834,26 +1001,31 @@ fn write_contents(
                                         "messages[{at}].tool_calls[{k}]: `name` must be a string"
                                     )));
                                 }
-                                let arguments = arguments.unwrap_or_default();
-                                let args: &RawValue = if arguments.trim().is_empty() {
-                                    serde_json::from_str("{}").map_err(internal)?
-                                } else {
-                                    match serde_json::from_str::<&RawValue>(&arguments) {
-                                        Ok(raw) if raw.get().starts_with('{') => raw,
-                                        _ => {
-                                            let shown: String = arguments.chars().take(200).collect();
-                                            return Err(bad(format!(
-                                                "messages[{at}]: tool call arguments must be a JSON object, got {shown:?}"
-                                            )));
-                                        }
+                                let arguments =
+                                    string_raw(arguments, || format!("messages[{at}].tool_calls[{k}].arguments"))?;
+                                let blank = arguments.is_none_or(|a| first_non_ws(a).is_none());
+                                if let (false, Some(arguments)) = (blank, arguments) {
+                                    if !holds_object(arguments) {
+                                        let shown: String = arguments.get().chars().take(200).collect();
+                                        return Err(bad(format!(
+                                            "messages[{at}]: tool call arguments must be a JSON object, got {shown}"
+                                        )));
                                     }
-                                };
+                                }
                                 turns.part(out, "model");
-                                out.value(&g::Part {
-                                    function_call: Some(g::FunctionCall { name, args }),
-                                    thought_signature: (sign && k == 0).then_some(SKIP_SIGNATURE),
-                                    ..g::Part::default()
-                                })?;
+                                out.raw(b"{\"functionCall\":{\"name\":");
+                                out.raw(name.get().as_bytes());
+                                out.raw(b",\"args\":");
+                                match arguments {
+                                    Some(arguments) if !blank => write_unescaped(out, arguments)?,
+                                    _ => out.raw(b"{}"),
+                                }
+                                out.raw(b"}");
+                                if sign && k == 0 {
+                                    out.raw(b",\"thoughtSignature\":");
+                                    out.raw(&crate::json::json_string(SKIP_SIGNATURE));
+                                }
+                                out.raw(b"}");
                                 calls.insert(call_key(&id), name);
                                 k += 1;
                                 Ok(())
@@ -872,17 +1044,27 @@ fn write_contents(
                              (Gemini needs the function's name)"
                         ))
                     })?;
-                    let text: Cow<str> = match content {
-                        ContentView::Null => Cow::Borrowed(""),
-                        ContentView::Text(text) => text,
-                        ContentView::Parts(parts) => {
+                    turns.part(out, "user");
+                    out.raw(b"{\"functionResponse\":{\"name\":");
+                    out.raw(name.get().as_bytes());
+                    out.raw(b",\"response\":");
+                    match content {
+                        Content::Null => out.raw(b"{\"output\":\"\"}"),
+                        // A JSON object is the response itself; any other text is `{"output": text}`.
+                        Content::Text(text) if holds_object(text) => write_unescaped(out, text)?,
+                        Content::Text(text) => {
+                            out.raw(b"{\"output\":");
+                            out.raw(text.get().as_bytes());
+                            out.raw(b"}");
+                        }
+                        Content::Parts(parts) => {
                             // Text parts joined with newlines (bounded by this message).
                             let mut joined = String::new();
                             let mut j = 0usize;
                             walk(
                                 parts,
                                 || format!("messages[{at}].content"),
-                                |p: ContentPartView| {
+                                |p: PartIn| {
                                     if p.cache_control.is_some() {
                                         notes.note("cache_control");
                                     }
@@ -893,26 +1075,30 @@ fn write_contents(
                                             p.kind
                                         )));
                                     }
+                                    let text = string_raw(p.text, || format!("messages[{at}].content[{j}].text"))?;
                                     if j > 0 {
                                         joined.push('\n');
                                     }
-                                    joined.push_str(p.text.as_deref().unwrap_or_default());
+                                    if let Some(text) = text {
+                                        let text: Cow<str> = from_raw(text).map_err(internal)?;
+                                        joined.push_str(&text);
+                                    }
                                     j += 1;
                                     Ok(())
                                 },
                             )?;
-                            Cow::Owned(joined)
+                            match serde_json::from_str::<&RawValue>(&joined) {
+                                Ok(object) if object.get().starts_with('{') => out.raw(object.get().as_bytes()),
+                                _ => {
+                                    out.raw(b"{\"output\":");
+                                    out.raw(&crate::json::json_string(&joined));
+                                    out.raw(b"}");
+                                }
+                            }
                         }
-                    };
-                    let response = match serde_json::from_str::<&RawValue>(&text) {
-                        Ok(object) if object.get().starts_with('{') => g::ToolOutput::Object(object),
-                        _ => g::ToolOutput::Text { output: &text },
-                    };
-                    turns.part(out, "user");
-                    out.value(&g::Part {
-                        function_response: Some(g::FunctionResponse { name, response }),
-                        ..g::Part::default()
-                    })
+                    }
+                    out.raw(b"}}");
+                    Ok(())
                 }
                 other => Err(bad(format!(
                     "messages[{at}]: unknown role {other:?}; expected system, developer, user, assistant or tool"
@@ -928,36 +1114,38 @@ fn write_contents(
 fn write_user(
     out: &mut Out,
     turns: &mut Turns,
-    content: ContentView,
+    content: Content,
     at: usize,
     allow_gcs_uris: bool,
     notes: &mut Notes,
 ) -> Result<(), ApiError> {
     let parts = match content {
-        ContentView::Null => return Ok(()),
-        ContentView::Text(text) if text.is_empty() => return Ok(()),
-        ContentView::Text(text) => {
+        Content::Null => return Ok(()),
+        Content::Text(text) if is_empty_literal(text) => return Ok(()),
+        Content::Text(text) => {
             turns.part(out, "user");
-            return out.value(&g::Part { text: Some(&text), ..g::Part::default() });
+            text_part(out, text);
+            return Ok(());
         }
-        ContentView::Parts(parts) => parts,
+        Content::Parts(parts) => parts,
     };
     let mut j = 0usize;
     walk(
         parts,
         || format!("messages[{at}].content"),
-        |p: ContentPartView| {
+        |p: PartIn| {
             let here = || format!("messages[{at}].content[{j}]");
-            let ContentPartView { kind, text, image_url, input_audio, file, refusal: _, cache_control } = p;
+            let PartIn { kind, text, image_url, input_audio, file, refusal: _, cache_control } = p;
             if cache_control.is_some() {
                 notes.note("cache_control");
             }
             match kind.as_ref() {
                 "text" => {
-                    let text = text.ok_or_else(|| bad(format!("{}: a text part needs `text`", here())))?;
-                    if !text.is_empty() {
+                    let text = string_raw(text, || format!("{}.text", here()))?
+                        .ok_or_else(|| bad(format!("{}: a text part needs `text`", here())))?;
+                    if !is_empty_literal(text) {
                         turns.part(out, "user");
-                        out.value(&g::Part { text: Some(&text), ..g::Part::default() })?;
+                        text_part(out, text);
                     }
                 }
                 "image_url" => {
@@ -1142,10 +1330,10 @@ fn write_choice(
     let (mut has_text, mut has_reasoning, mut calls) = (false, false, 0usize);
     if let Some(parts) = parts {
         walk_answer(parts, |p: g::PartView| {
-            match (&p.function_call, &p.text) {
+            match (&p.function_call, p.text()) {
                 (Some(_), _) => calls += 1,
-                (None, Some(t)) if !t.is_empty() && p.thought == Some(true) => has_reasoning = true,
-                (None, Some(t)) if !t.is_empty() => has_text = true,
+                (None, Some(_)) if p.thought == Some(true) => has_reasoning = true,
+                (None, Some(_)) => has_text = true,
                 _ => {}
             }
             Ok(())
@@ -1159,8 +1347,8 @@ fn write_choice(
         if let Some(parts) = parts {
             walk_answer(parts, |p: g::PartView| {
                 if p.function_call.is_none() && (p.thought == Some(true)) == thoughts {
-                    if let Some(t) = &p.text {
-                        write_escaped(&mut *w, t).map_err(io_err)?;
+                    if let Some(t) = p.text() {
+                        w.write_all(inner(t)).map_err(io_err)?;
                     }
                 }
                 Ok(())
@@ -1242,12 +1430,20 @@ struct ChunkChoiceOut<'a> {
 struct DeltaOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<&'static str>,
+    /// Raw JSON string literals, as Gemini escaped them.
     #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<&'a str>,
+    content: Option<TextOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reasoning_content: Option<&'a str>,
+    reasoning_content: Option<TextOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_calls: Option<[ToolCallDeltaOut<'a>; 1]>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum TextOut<'a> {
+    Raw(&'a RawValue),
+    Plain(&'static str),
 }
 
 #[derive(Serialize)]
@@ -1327,7 +1523,7 @@ impl ChunkWriter {
         if self.choices.len() >= MAX_CHOICES {
             return None;
         }
-        let delta = DeltaOut { role: Some("assistant"), content: Some(""), ..DeltaOut::default() };
+        let delta = DeltaOut { role: Some("assistant"), content: Some(TextOut::Plain("")), ..DeltaOut::default() };
         self.emit(out, index, delta, None);
         self.choices.push(ChoiceState { index, tool_calls: 0, finished: false });
         Some(self.choices.len() - 1)
@@ -1423,7 +1619,8 @@ impl ChunkWriter {
     }
 
     fn on_part(&mut self, at: usize, index: u32, part: g::PartView, ids: &mut Ids, out: &mut Vec<u8>) {
-        let g::PartView { text, thought, function_call } = part;
+        let text = part.text();
+        let g::PartView { text: _, thought, function_call } = part;
         if let Some(call) = function_call {
             let Some(state) = self.choices.get_mut(at) else { return };
             let call_index = state.tool_calls;
@@ -1445,11 +1642,11 @@ impl ChunkWriter {
             self.emit(out, index, delta, None);
             return;
         }
-        let delta = match text.as_deref() {
-            Some(text) if !text.is_empty() && thought == Some(true) => {
-                DeltaOut { reasoning_content: Some(text), ..DeltaOut::default() }
+        let delta = match text {
+            Some(text) if thought == Some(true) => {
+                DeltaOut { reasoning_content: Some(TextOut::Raw(text)), ..DeltaOut::default() }
             }
-            Some(text) if !text.is_empty() => DeltaOut { content: Some(text), ..DeltaOut::default() },
+            Some(text) => DeltaOut { content: Some(TextOut::Raw(text)), ..DeltaOut::default() },
             // Empty text, a lone `thoughtSignature`, or a part of a kind the client cannot take.
             _ => return,
         };
@@ -2409,7 +2606,7 @@ mod tests {
         let text = String::from_utf8(out.clone()).unwrap();
         // Raw JSON (schemas, arguments, names) is copied byte for byte.
         assert!(text.contains(r#""parametersJsonSchema":{"type" : "object","x":1.50}"#), "{text}");
-        assert!(text.contains(r#""args":{"a": [1.50, 2e3]}"#), "{text}");
+        assert!(text.contains(r#""args": {"a": [1.50, 2e3]} }"#), "{text}");
         assert!(text.contains(r#""name":"f\u00e9""#), "{text}");
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["systemInstruction"], json!({"parts": [{"text": "one \"q\"\n\ntwo\u{1}"}]}));

@@ -19,23 +19,17 @@ use super::chat_view::opt_text;
 
 // ---- generateContent request (written part by part) ----
 
-/// One part of a turn: one kind of data (text, inline bytes, a file, a function call or
-/// response) plus metadata; one struct of options, as the API's `oneof` is written in JSON.
+/// A media part of a user turn: inline bytes or a file. Text, function call and function response
+/// parts are written by hand by the translator (straight from the client's raw JSON, see
+/// `translate::gemini`): `{"text": ...}`, `{"functionCall": {"name", "args"}, "thoughtSignature"}`,
+/// `{"functionResponse": {"name", "response"}}`.
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Part<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub text: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub thought_signature: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub inline_data: Option<Blob<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_data: Option<FileData<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub function_call: Option<FunctionCall<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub function_response: Option<FunctionResponse<'a>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -51,29 +45,6 @@ pub struct Blob<'a> {
 pub struct FileData<'a> {
     pub mime_type: &'static str,
     pub file_uri: &'a str,
-}
-
-#[derive(Debug, Serialize)]
-pub struct FunctionCall<'a> {
-    /// A JSON string, as the client wrote it.
-    pub name: &'a RawValue,
-    /// A JSON object, as the client wrote it (inside its `arguments` string).
-    pub args: &'a RawValue,
-}
-
-#[derive(Debug, Serialize)]
-pub struct FunctionResponse<'a> {
-    /// A JSON string, as the client wrote it (the name of the matching tool call).
-    pub name: &'a RawValue,
-    pub response: ToolOutput<'a>,
-}
-
-/// A tool message's content: a JSON object is the `response`; other text becomes `{"output": text}`.
-#[derive(Debug, Serialize)]
-#[serde(untagged)]
-pub enum ToolOutput<'a> {
-    Object(&'a RawValue),
-    Text { output: &'a str },
 }
 
 /// `parametersJsonSchema` takes JSON Schema as is (the alternative, `parameters`, takes an OpenAPI
@@ -244,12 +215,20 @@ pub struct ContentView<'a> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PartView<'a> {
-    #[serde(default, borrow, deserialize_with = "opt_text")]
-    pub text: Option<Cow<'a, str>>,
+    /// A raw JSON string literal (use [`PartView::text`]): written to the client as Gemini escaped it.
+    #[serde(default, borrow)]
+    pub text: Option<&'a RawValue>,
     #[serde(default)]
     pub thought: Option<bool>,
     #[serde(default, borrow)]
     pub function_call: Option<FunctionCallView<'a>>,
+}
+
+impl<'a> PartView<'a> {
+    /// The text, when it is a non-empty string.
+    pub fn text(&self) -> Option<&'a RawValue> {
+        self.text.filter(|t| t.get().starts_with('"') && t.get() != "\"\"")
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -403,7 +382,7 @@ mod tests {
             if let Some(raw) = c.content.and_then(|c| c.parts) {
                 each(raw, |p: PartView| -> Result<(), ()> {
                     parts.push((
-                        p.text.map(|t| t.to_string()),
+                        p.text().map(|t| t.get().to_string()),
                         p.thought,
                         p.function_call.and_then(|f| f.args).map(|a| a.get().to_string()),
                     ));
@@ -417,7 +396,7 @@ mod tests {
         .unwrap();
         assert_eq!(seen.len(), 3);
         assert_eq!(seen[0].0, Some(FinishReason::Unknown));
-        assert_eq!(seen[0].1[0], (Some("thinking...".into()), Some(true), None));
+        assert_eq!(seen[0].1[0], (Some(r#""thinking...""#.into()), Some(true), None));
         assert_eq!(seen[0].1[1].2.as_deref(), Some(r#"{"city":"Paris"}"#));
         assert_eq!(seen[0].1[2], (None, None, None));
         assert_eq!(seen[0].1[3], (None, None, None));
@@ -452,15 +431,9 @@ mod tests {
             serde_json::to_string(&tool_config).unwrap(),
             r#"{"functionCallingConfig":{"mode":"ANY","allowedFunctionNames":["f"]}}"#
         );
-        let name: &RawValue = serde_json::from_str(r#""f""#).unwrap();
-        let part = Part {
-            function_response: Some(FunctionResponse { name, response: ToolOutput::Text { output: "a\"b" } }),
-            ..Part::default()
-        };
-        assert_eq!(
-            serde_json::to_string(&part).unwrap(),
-            r#"{"functionResponse":{"name":"f","response":{"output":"a\"b"}}}"#
-        );
+        let part =
+            Part { inline_data: Some(Blob { mime_type: Cow::Borrowed("image/png"), data: "AAAA" }), ..Part::default() };
+        assert_eq!(serde_json::to_string(&part).unwrap(), r#"{"inlineData":{"mimeType":"image/png","data":"AAAA"}}"#);
     }
 
     #[test]
