@@ -185,3 +185,21 @@ fn golden_upstream_errors() {
     }
     assert!(ran >= 4);
 }
+
+#[test]
+fn gcs_uris_from_clients_are_refused() {
+    // TODO(allow_gcs_uris): once the backend field lands, also check that `allow_gcs_uris: true`
+    // forwards the URI as `fileData`.
+    let backend = backend();
+    let dir = root().join("chat-multiturn-vision");
+    let body = fs::read_to_string(dir.join("request.in.json"))
+        .unwrap()
+        .replace("https://storage.googleapis.com/cloud-samples-data/", "gs://cloud-samples-data/");
+    let info = llmgw_filter::request::read(body.as_bytes()).unwrap();
+    let mut t = for_backend(Endpoint::ChatCompletions, Schema::GCPVertexAI, true).unwrap();
+    let e = t
+        .request_body(&RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "", now_unix: 0 })
+        .unwrap_err();
+    assert_eq!((e.status, e.code), (400, "gcs_uri_not_allowed"));
+    assert!(e.message.starts_with("messages[3].content[1]: gs://"), "{}", e.message);
+}

@@ -1,15 +1,32 @@
 //! OpenAI client → Gemini on Vertex AI (`GCPVertexAI`): chat completions over `generateContent` and
 //! `streamGenerateContent?alt=sse`, embeddings over the `predict` method. What each OpenAI parameter
 //! becomes (or why it is refused) is tabled in the filter README, "Provider notes" → "GCPVertexAI".
+//!
+//! Memory: requests are read through borrowed views and written into a [`ChunkedBody`] one part at
+//! a time (messages, content parts, tools and tool calls are walked with [`each`], never collected);
+//! text, base64 data, JSON schemas and function arguments go from the client's bytes to the output
+//! without an owned copy. Answers are read through borrowed views too, and a non-streaming answer is
+//! written into a buffer of exactly its final size (measured by a first, counting pass).
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::io::{self, Write};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::openai::percent_encode;
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
+use crate::body::{ChunkedBody, NewBody};
 use crate::config::Backend;
 use crate::error::{error_json, ApiError, ErrorKind};
+use crate::json::{each, from_raw, EachError};
 use crate::sse::{parse_event, Splitter};
 use crate::usage::TokenUsage;
+use crate::wire::chat_view::{
+    opt_text, unknown_members, ChatRequestView, FunctionDefView, ImageUrlView, MessageView, ToolView,
+};
 use crate::wire::gemini as g;
 use crate::wire::openai as o;
 
@@ -20,7 +37,7 @@ const SKIP_SIGNATURE: &str = "skip_thought_signature_validator";
 
 /// `reasoning_effort` → `thinkingConfig.thinkingBudget` (tokens), after Google's own OpenAI
 /// compatibility layer; `none` turns thinking off (budget 0), the others also ask for thought summaries.
-const EFFORT_BUDGETS: &[(&str, i32)] =
+const EFFORT_BUDGETS: &[(&str, i64)] =
     &[("none", 0), ("minimal", 512), ("low", 1024), ("medium", 8192), ("high", 24576)];
 
 fn bad(message: impl Into<String>) -> ApiError {
@@ -31,7 +48,7 @@ fn unsupported(param: &str, why: &str) -> ApiError {
     ApiError::bad_request("unsupported_parameter", format!("`{param}` is not supported by GCPVertexAI backends: {why}"))
 }
 
-fn internal(e: serde_json::Error) -> ApiError {
+fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(500, ErrorKind::Server, "internal", format!("encoding the request failed: {e}"))
 }
 
@@ -50,348 +67,473 @@ fn fnv1a(data: &[u8], seed: u64) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325 ^ seed, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-// ---- request ----
+// ---- writing JSON by hand ----
 
-/// An OpenAI chat request → a Gemini `GenerateContentRequest`. `model` is the upstream model (it
-/// decides whether replayed function calls carry a signature).
-pub(super) fn to_gemini(chat: o::ChatRequest, model: &str) -> Result<g::GenerateContentRequest, ApiError> {
-    let o::ChatRequest {
-        model: _,
-        messages,
-        max_tokens,
-        max_completion_tokens,
-        temperature,
-        top_p,
-        stop,
-        stream: _,
-        stream_options: _,
-        tools,
-        tool_choice,
-        parallel_tool_calls,
-        response_format,
-        reasoning_effort,
-        n,
-        seed,
-        presence_penalty,
-        frequency_penalty,
-        logprobs,
-        top_logprobs,
-        logit_bias,
-        user,
-        metadata,
-        store,
-        service_tier,
-        mut extra,
-    } = chat;
-    if logprobs == Some(true) || top_logprobs.is_some_and(|k| k > 0) {
-        return Err(unsupported("logprobs", "the gateway cannot return Gemini's log probabilities"));
-    }
-    if logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
-        return Err(unsupported("logit_bias", "Gemini has no token biasing"));
-    }
-    let mut ignored: Vec<String> = Vec::new();
-    for (name, set) in [
-        ("user", user.is_some()),
-        ("metadata", metadata.is_some()),
-        ("store", store.is_some()),
-        ("service_tier", service_tier.is_some()),
-        ("parallel_tool_calls", parallel_tool_calls == Some(false)),
-    ] {
-        if set {
-            ignored.push(name.into());
+/// Writes the raw JSON `raw` as the inside of a JSON string literal, without its insignificant
+/// whitespace: how OpenAI's `arguments` carry JSON text.
+fn write_minified_escaped(w: &mut (impl Write + ?Sized), raw: &str) -> io::Result<()> {
+    let mut buf = [0u8; 512];
+    let mut n = 0;
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in raw.as_bytes() {
+        if !in_string && matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            continue;
         }
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        }
+        if n + 2 > buf.len() {
+            w.write_all(buf.get(..n).unwrap_or_default())?;
+            n = 0;
+        }
+        if b == b'"' || b == b'\\' {
+            if let Some(slot) = buf.get_mut(n) {
+                *slot = b'\\';
+            }
+            n += 1;
+        }
+        if let Some(slot) = buf.get_mut(n) {
+            *slot = b;
+        }
+        n += 1;
     }
+    w.write_all(buf.get(..n).unwrap_or_default())
+}
 
-    let mut config = g::GenerationConfig {
-        max_output_tokens: max_completion_tokens.or(max_tokens),
-        temperature,
-        top_p,
-        stop_sequences: stop.map(o::Stop::into_vec).unwrap_or_default(),
-        candidate_count: n.filter(|&n| n != 1),
-        seed,
-        presence_penalty,
-        frequency_penalty,
-        ..g::GenerationConfig::default()
-    };
-    match extra.remove("top_k") {
-        None | Some(Value::Null) => {}
-        Some(Value::Number(k)) => config.top_k = k.as_f64(),
-        Some(_) => return Err(bad("`top_k` must be a number")),
+/// The raw JSON `raw` without its insignificant whitespace (a function call's arguments in a
+/// stream chunk; bounded by the event).
+fn minified(raw: &str) -> String {
+    let mut out = Vec::with_capacity(raw.len() + 2);
+    out.push(b'"');
+    let _ = write_minified_escaped(&mut out, raw);
+    out.push(b'"');
+    serde_json::from_slice::<String>(&out).unwrap_or_else(|_| "{}".into())
+}
+
+/// A `Write` that only counts: the first pass of a two-pass write, so the real buffer is allocated
+/// once at its final size.
+#[derive(Default)]
+struct Counter(usize);
+
+impl Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len());
+        Ok(buf.len())
     }
-    match response_format {
-        None | Some(o::ResponseFormat::Text) => {}
-        Some(o::ResponseFormat::JsonObject) => config.response_mime_type = Some("application/json".into()),
-        Some(o::ResponseFormat::JsonSchema { json_schema }) => {
-            config.response_mime_type = Some("application/json".into());
-            config.response_json_schema = json_schema.schema;
-        }
-        Some(o::ResponseFormat::Unknown) => {
-            return Err(unsupported(
-                "response_format",
-                "only text, json_object and json_schema have a Gemini equivalent",
-            ))
-        }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
-    if let Some(effort) = reasoning_effort {
-        let budget = EFFORT_BUDGETS.iter().find(|(name, _)| *name == effort).map(|(_, b)| *b).ok_or_else(|| {
-            bad(format!("`reasoning_effort` must be one of none, minimal, low, medium, high; got {effort:?}"))
-        })?;
-        config.thinking_config =
-            Some(g::ThinkingConfig { thinking_budget: Some(budget), include_thoughts: (budget > 0).then_some(true) });
+}
+
+/// The request body being written: top-level members separated by commas.
+struct Out {
+    body: ChunkedBody,
+    members: usize,
+}
+
+impl Out {
+    fn raw(&mut self, bytes: &[u8]) {
+        self.body.extend_from_slice(bytes);
     }
 
-    let mut declarations = Vec::new();
-    for (i, tool) in tools.into_iter().flatten().enumerate() {
-        if tool.kind != "function" {
-            return Err(unsupported(&format!("tools[{i}].type {:?}", tool.kind), "only function tools exist there"));
+    /// `"name":` (with the comma before it when needed).
+    fn key(&mut self, name: &str) {
+        if self.members > 0 {
+            self.raw(b",");
         }
-        let o::FunctionDef { name, description, parameters, strict } = tool.function;
-        if strict.is_some() && !ignored.iter().any(|n| n == "tools[].function.strict") {
-            ignored.push("tools[].function.strict".into());
-        }
-        declarations.push(g::FunctionDeclaration { name, description, parameters_json_schema: parameters });
+        self.members += 1;
+        self.raw(b"\"");
+        self.raw(name.as_bytes());
+        self.raw(b"\":");
     }
-    let tool_config = match tool_choice {
-        _ if declarations.is_empty() => None,
-        None => None,
-        Some(o::ToolChoice::Mode(mode)) => {
-            let mode = match mode.as_str() {
-                "auto" => g::FunctionCallingMode::Auto,
-                "none" => g::FunctionCallingMode::None,
-                "required" => g::FunctionCallingMode::Any,
-                other => {
-                    return Err(bad(format!("`tool_choice` must be none, auto, required or a function; got {other:?}")))
-                }
-            };
-            Some(g::FunctionCallingConfig { mode, allowed_function_names: Vec::new() })
-        }
-        Some(o::ToolChoice::Named(named)) => Some(g::FunctionCallingConfig {
-            mode: g::FunctionCallingMode::Any,
-            allowed_function_names: vec![named.function.name],
-        }),
-    }
-    .map(|function_calling_config| g::ToolConfig { function_calling_config });
-    let tools =
-        if declarations.is_empty() { Vec::new() } else { vec![g::Tool { function_declarations: declarations }] };
 
-    let (system, contents) = to_contents(messages, signs_replayed_calls(model), &mut ignored)?;
-
-    ignored.extend(extra.keys().cloned());
-    if !ignored.is_empty() {
-        log::debug!("llmgw: GCPVertexAI backend ignores parameters: {}", ignored.join(", "));
+    fn value(&mut self, value: &impl Serialize) -> Result<(), ApiError> {
+        serde_json::to_writer(&mut self.body, value).map_err(internal)
     }
-    Ok(g::GenerateContentRequest {
-        contents,
-        system_instruction: (!system.is_empty()).then_some(g::Content { role: None, parts: system }),
-        tools,
-        tool_config,
-        generation_config: (config != g::GenerationConfig::default()).then_some(config),
+}
+
+/// Parameters that have no Gemini equivalent and are dropped (one debug line per request).
+#[derive(Default)]
+struct Notes(Vec<&'static str>);
+
+impl Notes {
+    fn note(&mut self, name: &'static str) {
+        if !self.0.contains(&name) {
+            self.0.push(name);
+        }
+    }
+}
+
+/// [`each`], with the request's errors: a callback's error as is, a shape error as a 400 naming `what`.
+fn walk<'a, T: Deserialize<'a>>(
+    raw: &'a RawValue,
+    what: impl Fn() -> String,
+    f: impl FnMut(T) -> Result<(), ApiError>,
+) -> Result<(), ApiError> {
+    each(raw, f).map_err(|e| match e {
+        EachError::Stopped(e) => e,
+        EachError::Json(e) => bad(format!("invalid chat completion request: {}: {e}", what())),
     })
 }
 
-/// Gemini 1.x and 2.x do not check signatures; later models do.
-fn signs_replayed_calls(model: &str) -> bool {
-    !(model.starts_with("gemini-1.") || model.starts_with("gemini-2."))
+// ---- request ----
+
+/// `top_k`, a vendor extension the chat view does not name.
+#[derive(Deserialize)]
+struct Extensions<'a> {
+    #[serde(default, borrow)]
+    top_k: Option<&'a RawValue>,
 }
 
-/// Messages → (system instruction parts, contents). Consecutive turns of one role are merged, as
-/// Gemini expects alternating turns; tool results become `functionResponse` parts of a user turn,
-/// named after the assistant tool call their `tool_call_id` points to.
-fn to_contents(
-    messages: Vec<o::Message>,
-    sign: bool,
-    ignored: &mut Vec<String>,
-) -> Result<(Vec<g::Part>, Vec<g::Content>), ApiError> {
-    let mut note = |name: &str| {
-        if !ignored.iter().any(|n| n == name) {
-            ignored.push(name.into());
-        }
-    };
-    let mut system = Vec::new();
-    let mut contents: Vec<g::Content> = Vec::new();
-    // (tool call id, function name) of every assistant tool call so far.
-    let mut calls: Vec<(String, String)> = Vec::new();
-    let mut push = |role: &str, parts: Vec<g::Part>| {
-        if parts.is_empty() {
-            return;
-        }
-        match contents.last_mut() {
-            Some(last) if last.role.as_deref() == Some(role) => last.parts.extend(parts),
-            _ => contents.push(g::Content { role: Some(role.into()), parts }),
-        }
-    };
-    for (i, message) in messages.into_iter().enumerate() {
-        match message {
-            o::Message::System { content, name } | o::Message::Developer { content, name } => {
-                if name.is_some() {
-                    note("messages[].name");
-                }
-                let text = content.text();
-                if !text.is_empty() {
-                    system.push(g::Part::text(text));
-                }
-            }
-            o::Message::User { content, name } => {
-                if name.is_some() {
-                    note("messages[].name");
-                }
-                push("user", user_parts(content, i, &mut note)?)
-            }
-            o::Message::Assistant { content, tool_calls, reasoning_content, refusal, name } => {
-                if name.is_some() {
-                    note("messages[].name");
-                }
-                if reasoning_content.is_some() {
-                    note("messages[].reasoning_content");
-                }
-                let mut parts = Vec::new();
-                match content {
-                    Some(o::Content::Text(text)) if !text.is_empty() => parts.push(g::Part::text(text)),
-                    Some(o::Content::Parts(items)) => {
-                        for item in items {
-                            match item {
-                                o::ContentPart::Text { text } | o::ContentPart::Refusal { refusal: text }
-                                    if !text.is_empty() =>
-                                {
-                                    parts.push(g::Part::text(text))
-                                }
-                                _ => {}
-                            }
+#[derive(Deserialize)]
+struct ResponseFormatView<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    json_schema: Option<JsonSchemaView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct JsonSchemaView<'a> {
+    #[serde(default, borrow)]
+    schema: Option<&'a RawValue>,
+}
+
+/// `thinking: {"type": "enabled", "budget_tokens": N}` as some OpenAI-compatible servers accept.
+#[derive(Deserialize)]
+struct ThinkingView<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    budget_tokens: Option<u32>,
+}
+
+/// An assistant tool call; the name stays raw (a JSON string) so it can be written, and
+/// remembered for the tool results, without a copy.
+#[derive(Deserialize)]
+struct CallView<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    function: CallFunctionView<'a>,
+}
+
+#[derive(Deserialize)]
+struct CallFunctionView<'a> {
+    #[serde(borrow)]
+    name: &'a RawValue,
+    /// A JSON string holding JSON text: decoded as it is written, never copied.
+    #[serde(default, borrow)]
+    arguments: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct AudioView<'a> {
+    #[serde(default, borrow, deserialize_with = "opt_text")]
+    data: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "opt_text")]
+    format: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct FileView<'a> {
+    #[serde(default, borrow, deserialize_with = "opt_text")]
+    file_data: Option<Cow<'a, str>>,
+}
+
+/// A content part. Text stays a raw JSON string literal: it is written as the client escaped it,
+/// so a text with escapes (newlines, quotes) is never decoded into a copy.
+#[derive(Deserialize)]
+struct PartIn<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    image_url: Option<ImageUrlView<'a>>,
+    #[serde(default, borrow)]
+    input_audio: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    file: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    refusal: Option<&'a RawValue>,
+    /// Prompt caching marker: Gemini has none per part (dropped).
+    #[serde(default, borrow)]
+    cache_control: Option<&'a RawValue>,
+}
+
+/// A message's `content`: a raw JSON string literal, raw parts, or nothing.
+enum Content<'a> {
+    Null,
+    Text(&'a RawValue),
+    Parts(&'a RawValue),
+}
+
+fn content_of(raw: Option<&RawValue>) -> Result<Content<'_>, String> {
+    let Some(raw) = raw else { return Ok(Content::Null) };
+    match raw.get().as_bytes().first() {
+        Some(b'"') => Ok(Content::Text(raw)),
+        Some(b'[') => Ok(Content::Parts(raw)),
+        Some(b'n') => Ok(Content::Null),
+        _ => Err("`content` must be a string or an array of content parts".into()),
+    }
+}
+
+/// A string-or-null member as a raw string literal; anything else is a 400 naming `what`.
+fn string_raw(raw: Option<&RawValue>, what: impl Fn() -> String) -> Result<Option<&RawValue>, ApiError> {
+    match raw {
+        Some(r) if r.get().starts_with('"') => Ok(Some(r)),
+        None => Ok(None),
+        Some(r) if r.get() == "null" => Ok(None),
+        Some(_) => Err(bad(format!("{} must be a string", what()))),
+    }
+}
+
+/// The escaped inside of a raw JSON string literal (what goes between the quotes).
+fn inner(literal: &RawValue) -> &[u8] {
+    let b = literal.get().as_bytes();
+    b.get(1..b.len().saturating_sub(1)).unwrap_or_default()
+}
+
+fn is_empty_literal(literal: &RawValue) -> bool {
+    literal.get() == "\"\""
+}
+
+/// Reads the decoded text of a raw JSON string literal, without decoding it into memory first.
+struct Unescape<'a> {
+    src: &'a [u8],
+    pos: usize,
+    /// One decoded escape (up to 4 UTF-8 bytes) not yet handed out.
+    pending: [u8; 4],
+    start: usize,
+    end: usize,
+}
+
+impl<'a> Unescape<'a> {
+    fn new(literal: &'a RawValue) -> Self {
+        Unescape { src: inner(literal), pos: 0, pending: [0; 4], start: 0, end: 0 }
+    }
+
+    fn hex4(&self, at: usize) -> Option<u32> {
+        let digits = std::str::from_utf8(self.src.get(at..at + 4)?).ok()?;
+        u32::from_str_radix(digits, 16).ok()
+    }
+
+    /// Decodes the escape at `pos` (a backslash) into `pending`.
+    fn escape(&mut self) {
+        let (c, len) = match self.src.get(self.pos + 1) {
+            Some(b'b') => ('\u{8}', 2),
+            Some(b'f') => ('\u{c}', 2),
+            Some(b'n') => ('\n', 2),
+            Some(b'r') => ('\r', 2),
+            Some(b't') => ('\t', 2),
+            Some(b'u') => match self.hex4(self.pos + 2) {
+                Some(high @ 0xd800..=0xdbff) => {
+                    let low = (self.src.get(self.pos + 6..self.pos + 8) == Some(b"\\u"))
+                        .then(|| self.hex4(self.pos + 8))
+                        .flatten()
+                        .filter(|low| (0xdc00..=0xdfff).contains(low));
+                    match low {
+                        Some(low) => {
+                            let code = 0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00);
+                            (char::from_u32(code).unwrap_or('\u{fffd}'), 12)
                         }
+                        None => ('\u{fffd}', 6),
                     }
-                    _ => {}
                 }
-                if let (true, Some(refusal)) = (parts.is_empty(), refusal) {
-                    parts.push(g::Part::text(refusal));
+                Some(code) => (char::from_u32(code).unwrap_or('\u{fffd}'), 6),
+                None => ('\u{fffd}', 2),
+            },
+            Some(&other) => (char::from(other), 2),
+            None => ('\\', 1),
+        };
+        self.pos += len;
+        self.end = c.encode_utf8(&mut self.pending).len();
+        self.start = 0;
+    }
+}
+
+impl io::Read for Unescape<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            if self.start < self.end {
+                let k = (self.end - self.start).min(buf.len() - n);
+                if let (Some(to), Some(from)) = (buf.get_mut(n..n + k), self.pending.get(self.start..self.start + k)) {
+                    to.copy_from_slice(from);
                 }
-                for (k, call) in tool_calls.into_iter().flatten().enumerate() {
-                    let args = call_args(&call.function.arguments, i)?;
-                    parts.push(g::Part {
-                        function_call: Some(g::FunctionCall { name: call.function.name.clone(), args: Some(args) }),
-                        thought_signature: (sign && k == 0).then(|| SKIP_SIGNATURE.to_string()),
-                        ..g::Part::default()
-                    });
-                    calls.push((call.id, call.function.name));
-                }
-                push("model", parts);
+                self.start += k;
+                n += k;
+                continue;
             }
-            o::Message::Tool { content, tool_call_id } => {
-                let name = calls.iter().rev().find(|(id, _)| *id == tool_call_id).map(|(_, n)| n.clone()).ok_or_else(
-                    || {
-                        bad(format!(
-                            "messages[{i}]: tool_call_id {tool_call_id:?} matches no tool call of an earlier assistant \
-                             message (Gemini needs the function's name)"
-                        ))
-                    },
-                )?;
-                let text = content.text();
-                let response = match serde_json::from_slice::<Value>(text.as_bytes()) {
-                    Ok(object @ Value::Object(_)) => object,
-                    _ => {
-                        let mut wrapped = Map::new();
-                        wrapped.insert("output".into(), Value::String(text));
-                        Value::Object(wrapped)
+            let rest = self.src.get(self.pos..).unwrap_or_default();
+            match rest.first() {
+                None => break,
+                Some(b'\\') => self.escape(),
+                Some(_) => {
+                    // Only as far as the buffer has room: the scan never runs ahead of the copy.
+                    let room = buf.len() - n;
+                    let k = rest.iter().take(room).position(|&b| b == b'\\').unwrap_or(room.min(rest.len()));
+                    if let (Some(to), Some(from)) = (buf.get_mut(n..n + k), rest.get(..k)) {
+                        to.copy_from_slice(from);
                     }
-                };
-                let part =
-                    g::Part { function_response: Some(g::FunctionResponse { name, response }), ..g::Part::default() };
-                push("user", vec![part]);
+                    self.pos += k;
+                    n += k;
+                }
             }
         }
-    }
-    Ok((system, contents))
-}
-
-/// A tool call's `arguments` (JSON text) → the object Gemini wants.
-fn call_args(arguments: &str, i: usize) -> Result<Value, ApiError> {
-    if arguments.trim().is_empty() {
-        return Ok(Value::Object(Map::new()));
-    }
-    match serde_json::from_slice::<Value>(arguments.as_bytes()) {
-        Ok(object @ Value::Object(_)) => Ok(object),
-        _ => Err(bad(format!("messages[{i}]: tool call arguments must be a JSON object, got {arguments:?}"))),
+        Ok(n)
     }
 }
 
-fn user_parts(content: o::Content, i: usize, note: &mut dyn FnMut(&str)) -> Result<Vec<g::Part>, ApiError> {
-    let items = match content {
-        o::Content::Text(text) => return Ok(if text.is_empty() { Vec::new() } else { vec![g::Part::text(text)] }),
-        o::Content::Parts(items) => items,
-    };
-    let mut parts = Vec::with_capacity(items.len());
-    for (j, item) in items.into_iter().enumerate() {
-        let at = || format!("messages[{i}].content[{j}]");
-        match item {
-            o::ContentPart::Text { text } if text.is_empty() => {}
-            o::ContentPart::Text { text } => parts.push(g::Part::text(text)),
-            o::ContentPart::ImageUrl { image_url } => {
-                if image_url.detail.is_some() {
-                    note("image_url.detail");
-                }
-                parts.push(media_part(&image_url, &at())?)
-            }
-            o::ContentPart::InputAudio { input_audio } => {
-                let field = |name: &str| input_audio.get(name).and_then(Value::as_str);
-                let (Some(data), Some(format)) = (field("data"), field("format")) else {
-                    return Err(bad(format!("{}: input_audio needs `data` and `format`", at())));
-                };
-                let mime_type = format!("audio/{}", format.to_ascii_lowercase());
-                parts.push(g::Part {
-                    inline_data: Some(g::Blob { mime_type, data: data.into() }),
-                    ..g::Part::default()
-                });
-            }
-            o::ContentPart::File { file } => {
-                let Some(url) = file.get("file_data").and_then(Value::as_str) else {
-                    return Err(unsupported(
-                        &format!("{}.file.file_id", at()),
-                        "there is no Files API; send the file inline as `file_data` (a base64 data URL)",
-                    ));
-                };
-                let url = o::ImageUrl { url: url.into(), detail: None };
-                parts.push(media_part(&url, &at())?);
-            }
-            o::ContentPart::Refusal { .. } => {}
-            o::ContentPart::Unknown => {
-                return Err(bad(format!("{}: this content part type is not supported by GCPVertexAI backends", at())))
-            }
+/// The first byte of the decoded text that is not JSON whitespace.
+fn first_non_ws(literal: &RawValue) -> Option<u8> {
+    let mut r = Unescape::new(literal);
+    let mut buf = [0u8; 64];
+    loop {
+        let n = io::Read::read(&mut r, &mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        if let Some(b) = buf.get(..n)?.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+            return Some(*b);
         }
     }
-    Ok(parts)
 }
 
-/// A data URL → `inlineData`; a `gs://`, `https://` or `http://` URL → `fileData` (Vertex fetches it),
-/// with the MIME type the file's extension tells.
-fn media_part(url: &o::ImageUrl, at: &str) -> Result<g::Part, ApiError> {
-    match url.parse().map_err(|e| bad(format!("{at}: {e}")))? {
+/// Whether the decoded text is one JSON object, validated in full while it is decoded (no copy).
+fn holds_object(literal: &RawValue) -> bool {
+    first_non_ws(literal) == Some(b'{')
+        && serde_json::from_reader::<_, serde::de::IgnoredAny>(io::BufReader::with_capacity(
+            4096,
+            Unescape::new(literal),
+        ))
+        .is_ok()
+}
+
+fn write_unescaped(out: &mut Out, literal: &RawValue) -> Result<(), ApiError> {
+    io::copy(&mut Unescape::new(literal), &mut out.body).map(|_| ()).map_err(internal)
+}
+
+/// Tool call ids are keyed by a 64-bit SipHash of the id: the map holds 24 bytes per tool call
+/// (no copy of ids or names), less than the smallest tool call takes in the body.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type CallNames<'a> = HashMap<u64, &'a RawValue, BuildHasherDefault<KeyHasher>>;
+
+fn call_key(id: &str) -> u64 {
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new_with_keys(0x6c6c_6d67_7700_0001, 0x6765_6d69_6e69_0002);
+    id.hash(&mut h);
+    h.finish()
+}
+
+/// Consecutive parts of one role form one turn (Gemini expects alternating turns).
+#[derive(Default)]
+struct Turns {
+    role: Option<&'static str>,
+    parts: usize,
+}
+
+impl Turns {
+    /// Opens a turn of `role` if needed, and writes the separator before the next part.
+    fn part(&mut self, out: &mut Out, role: &'static str) {
+        if self.role != Some(role) {
+            if self.role.is_some() {
+                out.raw(b"]},");
+            }
+            out.raw(b"{\"role\":\"");
+            out.raw(role.as_bytes());
+            out.raw(b"\",\"parts\":[");
+            self.role = Some(role);
+            self.parts = 0;
+        }
+        if self.parts > 0 {
+            out.raw(b",");
+        }
+        self.parts += 1;
+    }
+
+    fn close(&self, out: &mut Out) {
+        if self.role.is_some() {
+            out.raw(b"]}");
+        }
+    }
+}
+
+/// Whether a `gs://` URI from a client may reach Vertex AI, which reads it with the gateway's
+/// credentials (so a client could read any object the gateway's service account can).
+fn check_gcs(uri: &str, allow_gcs_uris: bool, at: &str) -> Result<(), ApiError> {
+    let is_gcs = uri.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("gs://"));
+    if is_gcs && !allow_gcs_uris {
+        return Err(ApiError::bad_request(
+            "gcs_uri_not_allowed",
+            format!(
+                "{at}: gs:// URIs are not accepted by this backend (Vertex AI would read the object with the \
+                 gateway's credentials); send the file inline as a base64 data URL, or use an https:// URL"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A data URL → `inlineData`; a `gs://` (where allowed), `https://` or `http://` URL → `fileData`
+/// (Vertex fetches it), with the MIME type the file's extension tells.
+fn media_part<'u>(url: &'u str, at: &str, allow_gcs_uris: bool) -> Result<g::Part<'u>, ApiError> {
+    match o::parse_image_url(url).map_err(|e| bad(format!("{at}: {e}")))? {
         o::Image::Base64 { media_type, data } => Ok(g::Part {
-            inline_data: Some(g::Blob { mime_type: media_type.into(), data: data.into() }),
+            inline_data: Some(g::Blob { mime_type: Cow::Borrowed(media_type), data }),
             ..g::Part::default()
         }),
         o::Image::Url(uri) => {
-            let lower = uri.to_ascii_lowercase();
-            if !["gs://", "https://", "http://"].iter().any(|scheme| lower.starts_with(scheme)) {
+            let scheme = |s: &str| uri.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s));
+            if !["gs://", "https://", "http://"].iter().any(|s| scheme(s)) {
                 return Err(bad(format!("{at}: a URL must be a base64 data URL, gs://, https:// or http://")));
             }
-            let mime_type = mime_from_extension(&lower).ok_or_else(|| {
+            check_gcs(uri, allow_gcs_uris, at)?;
+            let mime_type = mime_from_extension(uri).ok_or_else(|| {
+                let shown: String = uri.chars().take(200).collect();
                 bad(format!(
-                    "{at}: cannot tell the MIME type of {uri:?} from its extension (Gemini needs it); use a URL \
+                    "{at}: cannot tell the MIME type of {shown:?} from its extension (Gemini needs it); use a URL \
                      ending in .png, .jpg, .jpeg, .webp, .gif, .heic, .heif, .pdf, .mp4, .mp3, .wav, ... or a data URL"
                 ))
             })?;
-            Ok(g::Part {
-                file_data: Some(g::FileData { mime_type: mime_type.into(), file_uri: uri.into() }),
-                ..g::Part::default()
-            })
+            Ok(g::Part { file_data: Some(g::FileData { mime_type, file_uri: uri }), ..g::Part::default() })
         }
     }
 }
 
-fn mime_from_extension(lower_url: &str) -> Option<&'static str> {
-    let path = lower_url.split(['?', '#']).next().unwrap_or(lower_url);
+fn mime_from_extension(url: &str) -> Option<&'static str> {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
     let file = path.rsplit('/').next().unwrap_or(path);
     let (_, ext) = file.rsplit_once('.')?;
-    Some(match ext {
+    if ext.len() > 8 {
+        return None;
+    }
+    Some(match ext.to_ascii_lowercase().as_str() {
         "png" => "image/png",
         "jpg" | "jpeg" => "image/jpeg",
         "webp" => "image/webp",
@@ -418,9 +560,645 @@ fn mime_from_extension(lower_url: &str) -> Option<&'static str> {
     })
 }
 
+/// Gemini 1.x and 2.x do not check signatures; later models do.
+fn signs_replayed_calls(model: &str) -> bool {
+    !(model.starts_with("gemini-1.") || model.starts_with("gemini-2."))
+}
+
+fn thinking_config(
+    reasoning_effort: Option<&str>,
+    thinking: Option<&RawValue>,
+    notes: &mut Notes,
+) -> Result<Option<g::ThinkingConfig>, ApiError> {
+    let from_effort = match reasoning_effort {
+        None => None,
+        Some(effort) => {
+            let budget = EFFORT_BUDGETS.iter().find(|(name, _)| *name == effort).map(|(_, b)| *b).ok_or_else(|| {
+                bad(format!("`reasoning_effort` must be one of none, minimal, low, medium, high; got {effort:?}"))
+            })?;
+            Some(g::ThinkingConfig { thinking_budget: Some(budget), include_thoughts: (budget > 0).then_some(true) })
+        }
+    };
+    let Some(thinking) = thinking else { return Ok(from_effort) };
+    let view: ThinkingView = from_raw(thinking).map_err(|e| {
+        bad(format!(
+            "`thinking` must be {{\"type\": \"enabled\", \"budget_tokens\": N}} or {{\"type\": \"disabled\"}}: {e}"
+        ))
+    })?;
+    let config = match view.kind.as_ref() {
+        // No budget: the model decides (-1, Gemini's dynamic thinking).
+        "enabled" | "adaptive" => g::ThinkingConfig {
+            thinking_budget: Some(view.budget_tokens.map_or(-1, i64::from)),
+            include_thoughts: Some(true),
+        },
+        "disabled" => g::ThinkingConfig { thinking_budget: Some(0), include_thoughts: None },
+        other => return Err(bad(format!("`thinking.type` must be enabled, adaptive or disabled; got {other:?}"))),
+    };
+    if from_effort.is_some() {
+        notes.note("reasoning_effort (thinking wins)");
+    }
+    Ok(Some(config))
+}
+
+/// An OpenAI chat request → a Gemini `GenerateContentRequest`, written as it is read. `model` is the
+/// upstream model (it decides whether replayed function calls carry a signature).
+pub(super) fn write_request(body: &[u8], model: &str, allow_gcs_uris: bool) -> Result<ChunkedBody, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| bad(format!("invalid chat completion request: {e}")))?;
+    let view: ChatRequestView =
+        serde_json::from_str(text).map_err(|e| bad(format!("invalid chat completion request: {e}")))?;
+    let extensions: Extensions =
+        serde_json::from_str(text).map_err(|e| bad(format!("invalid chat completion request: {e}")))?;
+    let ChatRequestView {
+        model: _,
+        messages,
+        max_tokens,
+        max_completion_tokens,
+        temperature,
+        top_p,
+        stop,
+        stream: _,
+        stream_options: _,
+        tools,
+        tool_choice,
+        parallel_tool_calls,
+        response_format,
+        reasoning_effort,
+        thinking,
+        n,
+        seed,
+        presence_penalty,
+        frequency_penalty,
+        logprobs,
+        top_logprobs,
+        logit_bias,
+        user,
+        metadata,
+        store,
+        service_tier,
+    } = view;
+    if logprobs == Some(true) || top_logprobs.is_some_and(|k| k > 0) {
+        return Err(unsupported("logprobs", "the gateway cannot return Gemini's log probabilities"));
+    }
+    if let Some(bias) = logit_bias {
+        let inner = bias.get().trim_start().strip_prefix('{').ok_or_else(|| bad("`logit_bias` must be an object"))?;
+        if !inner.trim_start().starts_with('}') {
+            return Err(unsupported("logit_bias", "Gemini has no token biasing"));
+        }
+    }
+    let mut notes = Notes::default();
+    for (name, set) in [
+        ("user", user.is_some()),
+        ("metadata", metadata.is_some()),
+        ("store", store.is_some()),
+        ("service_tier", service_tier.is_some()),
+        ("parallel_tool_calls", parallel_tool_calls == Some(false)),
+    ] {
+        if set {
+            notes.note(name);
+        }
+    }
+
+    let mut config = g::GenerationConfig {
+        max_output_tokens: max_completion_tokens.or(max_tokens),
+        temperature,
+        top_p,
+        candidate_count: n.filter(|&n| n != 1),
+        seed,
+        presence_penalty,
+        frequency_penalty,
+        ..g::GenerationConfig::default()
+    };
+    if let Some(stop) = stop {
+        let not_strings = || bad("`stop` must be a string or an array of strings");
+        config.stop_sequences = match stop.get().as_bytes().first() {
+            Some(b'"') => Some(g::StopSequences::One(stop)),
+            Some(b'[') => {
+                let mut count = 0usize;
+                each(stop, |item: &RawValue| {
+                    if item.get().starts_with('"') {
+                        count += 1;
+                        Ok(())
+                    } else {
+                        Err(())
+                    }
+                })
+                .map_err(|_| not_strings())?;
+                (count > 0).then_some(g::StopSequences::Many(stop))
+            }
+            _ => return Err(not_strings()),
+        };
+    }
+    match extensions.top_k.map(|k| (k, k.get())) {
+        None | Some((_, "null")) => {}
+        Some((k, _)) => {
+            config.top_k = Some(from_raw::<f64>(k).map_err(|_| bad("`top_k` must be a number"))?);
+        }
+    }
+    if let Some(format) = response_format {
+        let format: ResponseFormatView =
+            from_raw(format).map_err(|e| bad(format!("invalid chat completion request: response_format: {e}")))?;
+        match format.kind.as_ref() {
+            "text" => {}
+            "json_object" => config.response_mime_type = Some("application/json"),
+            "json_schema" => {
+                let schema = format.json_schema.ok_or_else(|| {
+                    bad("invalid chat completion request: response_format: missing field `json_schema`")
+                })?;
+                config.response_mime_type = Some("application/json");
+                config.response_json_schema = schema.schema;
+            }
+            _ => {
+                return Err(unsupported(
+                    "response_format",
+                    "only text, json_object and json_schema have a Gemini equivalent",
+                ))
+            }
+        }
+    }
+    config.thinking_config = thinking_config(reasoning_effort.as_deref(), thinking, &mut notes)?;
+
+    let mut out = Out { body: ChunkedBody::new(), members: 0 };
+    out.raw(b"{");
+    if !config.is_empty() {
+        out.key("generationConfig");
+        out.value(&config)?;
+    }
+
+    // Tools: one `tools` entry holding every function declaration.
+    let mut declarations = 0usize;
+    if let Some(tools) = tools {
+        let mut i = 0usize;
+        walk(
+            tools,
+            || "tools".into(),
+            |tool: ToolView| {
+                let ToolView { kind, function, cache_control } = tool;
+                if kind != "function" {
+                    return Err(unsupported(&format!("tools[{i}].type {kind:?}"), "only function tools exist there"));
+                }
+                let Some(FunctionDefView { name, description, parameters, strict }) = function else {
+                    return Err(bad(format!("tools[{i}]: a function tool needs `function`")));
+                };
+                if strict.is_some() {
+                    notes.note("tools[].function.strict");
+                }
+                if cache_control.is_some() {
+                    notes.note("cache_control");
+                }
+                if declarations == 0 {
+                    out.key("tools");
+                    out.raw(b"[{\"functionDeclarations\":[");
+                } else {
+                    out.raw(b",");
+                }
+                out.value(&g::FunctionDeclaration {
+                    name: &name,
+                    description: description.as_deref(),
+                    parameters_json_schema: parameters,
+                })?;
+                declarations += 1;
+                i += 1;
+                Ok(())
+            },
+        )?;
+        if declarations > 0 {
+            out.raw(b"]}]");
+        }
+    }
+    if let (true, Some(choice)) = (declarations > 0, tool_choice.filter(|c| c.get() != "null")) {
+        let choice: o::ToolChoice =
+            from_raw(choice).map_err(|e| bad(format!("invalid chat completion request: tool_choice: {e}")))?;
+        let function_calling_config = match &choice {
+            o::ToolChoice::Mode(mode) => g::FunctionCallingConfig {
+                mode: match mode.as_str() {
+                    "auto" => g::FunctionCallingMode::Auto,
+                    "none" => g::FunctionCallingMode::None,
+                    "required" => g::FunctionCallingMode::Any,
+                    other => {
+                        return Err(bad(format!(
+                            "`tool_choice` must be none, auto, required or a function; got {other:?}"
+                        )))
+                    }
+                },
+                allowed_function_names: None,
+            },
+            o::ToolChoice::Named(named) => g::FunctionCallingConfig {
+                mode: g::FunctionCallingMode::Any,
+                allowed_function_names: Some([named.function.name.as_str()]),
+            },
+        };
+        out.key("toolConfig");
+        out.value(&g::ToolConfig { function_calling_config })?;
+    }
+
+    write_system_instruction(&mut out, messages, &mut notes)?;
+    write_contents(&mut out, messages, signs_replayed_calls(model), allow_gcs_uris, &mut notes)?;
+    out.raw(b"}");
+
+    if log::log_enabled!(log::Level::Debug) {
+        let unknown: Vec<String> = unknown_members(body).into_iter().filter(|k| k != "top_k").collect();
+        let mut dropped: Vec<&str> = notes.0.clone();
+        dropped.extend(unknown.iter().map(String::as_str));
+        if !dropped.is_empty() {
+            log::debug!("llmgw: GCPVertexAI backend ignores parameters: {}", dropped.join(", "));
+        }
+    }
+    Ok(out.body)
+}
+
+/// System and developer messages (anywhere) → `systemInstruction.parts`, one text part per message
+/// (its text parts joined with newlines). A second walk over the messages: nothing is collected,
+/// and text is written as the client escaped it.
+fn write_system_instruction(out: &mut Out, messages: &RawValue, notes: &mut Notes) -> Result<(), ApiError> {
+    let mut written = 0usize;
+    let mut i = 0usize;
+    walk(
+        messages,
+        || "messages".into(),
+        |m: MessageView| {
+            let at = i;
+            i += 1;
+            if m.role != "system" && m.role != "developer" {
+                return Ok(());
+            }
+            if m.name.is_some() {
+                notes.note("messages[].name");
+            }
+            if m.cache_control.is_some() {
+                notes.note("cache_control");
+            }
+            // The part is opened lazily, so a message whose joined text is empty writes nothing.
+            let mut started = false;
+            // `escaped`: the inside of a JSON string literal.
+            let mut piece = |out: &mut Out, escaped: &[u8]| {
+                if escaped.is_empty() {
+                    return;
+                }
+                if !started {
+                    if written == 0 {
+                        out.key("systemInstruction");
+                        out.raw(b"{\"parts\":[");
+                    } else {
+                        out.raw(b",");
+                    }
+                    written += 1;
+                    out.raw(b"{\"text\":\"");
+                    started = true;
+                }
+                out.raw(escaped);
+            };
+            match content_of(m.content).map_err(|e| bad(format!("messages[{at}]: {e}")))? {
+                Content::Null => {}
+                Content::Text(text) => piece(out, inner(text)),
+                Content::Parts(parts) => {
+                    let mut j = 0usize;
+                    walk(
+                        parts,
+                        || format!("messages[{at}].content"),
+                        |p: PartIn| {
+                            if p.cache_control.is_some() {
+                                notes.note("cache_control");
+                            }
+                            if p.kind != "text" {
+                                return Err(bad(format!(
+                                    "messages[{at}].content[{j}]: a {} message can only hold text for GCPVertexAI \
+                                     backends (Gemini's systemInstruction takes no {:?} part)",
+                                    m.role, p.kind
+                                )));
+                            }
+                            let text = string_raw(p.text, || format!("messages[{at}].content[{j}].text"))?;
+                            if j > 0 {
+                                piece(out, b"\\n");
+                            }
+                            if let Some(text) = text {
+                                piece(out, inner(text));
+                            }
+                            j += 1;
+                            Ok(())
+                        },
+                    )?;
+                }
+            }
+            if started {
+                out.raw(b"\"}");
+            }
+            Ok(())
+        },
+    )?;
+    if written > 0 {
+        out.raw(b"]}");
+    }
+    Ok(())
+}
+
+/// `{"text": <literal>}`.
+fn text_part(out: &mut Out, literal: &RawValue) {
+    out.raw(b"{\"text\":");
+    out.raw(literal.get().as_bytes());
+    out.raw(b"}");
+}
+
+/// User, assistant and tool messages → `contents`. Consecutive turns of one role are merged, as
+/// Gemini expects alternating turns; tool results become `functionResponse` parts of a user turn,
+/// named after the assistant tool call their `tool_call_id` points to.
+fn write_contents(
+    out: &mut Out,
+    messages: &RawValue,
+    sign: bool,
+    allow_gcs_uris: bool,
+    notes: &mut Notes,
+) -> Result<(), ApiError> {
+    out.key("contents");
+    out.raw(b"[");
+    let mut turns = Turns::default();
+    let mut calls = CallNames::default();
+    let mut i = 0usize;
+    walk(
+        messages,
+        || "messages".into(),
+        |m: MessageView| {
+            let at = i;
+            i += 1;
+            let MessageView {
+                role,
+                content,
+                name,
+                tool_calls,
+                tool_call_id,
+                reasoning_content,
+                refusal,
+                cache_control,
+            } = m;
+            if name.is_some() {
+                notes.note("messages[].name");
+            }
+            if cache_control.is_some() {
+                notes.note("cache_control");
+            }
+            let content = content_of(content).map_err(|e| bad(format!("messages[{at}]: {e}")))?;
+            match role.as_ref() {
+                "system" | "developer" => Ok(()),
+                "user" => write_user(out, &mut turns, content, at, allow_gcs_uris, notes),
+                "assistant" => {
+                    if reasoning_content.is_some() {
+                        notes.note("messages[].reasoning_content");
+                    }
+                    let mut written = 0usize;
+                    match content {
+                        Content::Null => {}
+                        Content::Text(text) if is_empty_literal(text) => {}
+                        Content::Text(text) => {
+                            turns.part(out, "model");
+                            written += 1;
+                            text_part(out, text);
+                        }
+                        Content::Parts(parts) => {
+                            let mut j = 0usize;
+                            walk(
+                                parts,
+                                || format!("messages[{at}].content"),
+                                |p: PartIn| {
+                                    if p.cache_control.is_some() {
+                                        notes.note("cache_control");
+                                    }
+                                    let text = match p.kind.as_ref() {
+                                        "text" => p.text,
+                                        "refusal" => p.refusal,
+                                        other => {
+                                            return Err(bad(format!(
+                                                "messages[{at}].content[{j}]: an assistant message can only hold text \
+                                                 and refusal parts; {other:?} is not supported by GCPVertexAI backends"
+                                            )))
+                                        }
+                                    };
+                                    let text = string_raw(text, || format!("messages[{at}].content[{j}].{}", p.kind))?;
+                                    j += 1;
+                                    if let Some(text) = text.filter(|t| !is_empty_literal(t)) {
+                                        turns.part(out, "model");
+                                        written += 1;
+                                        text_part(out, text);
+                                    }
+                                    Ok(())
+                                },
+                            )?;
+                        }
+                    }
+                    if let (0, Some(refusal)) = (written, refusal) {
+                        turns.part(out, "model");
+                        out.raw(b"{\"text\":");
+                        out.raw(&crate::json::json_string(&refusal));
+                        out.raw(b"}");
+                    }
+                    if let Some(tool_calls) = tool_calls.filter(|c| c.get() != "null") {
+                        let mut k = 0usize;
+                        walk(
+                            tool_calls,
+                            || format!("messages[{at}].tool_calls"),
+                            |call: CallView| {
+                                let CallView { id, function: CallFunctionView { name, arguments } } = call;
+                                if !name.get().starts_with('"') {
+                                    return Err(bad(format!(
+                                        "messages[{at}].tool_calls[{k}]: `name` must be a string"
+                                    )));
+                                }
+                                let arguments =
+                                    string_raw(arguments, || format!("messages[{at}].tool_calls[{k}].arguments"))?;
+                                let blank = arguments.is_none_or(|a| first_non_ws(a).is_none());
+                                if let (false, Some(arguments)) = (blank, arguments) {
+                                    if !holds_object(arguments) {
+                                        let shown: String = arguments.get().chars().take(200).collect();
+                                        return Err(bad(format!(
+                                            "messages[{at}]: tool call arguments must be a JSON object, got {shown}"
+                                        )));
+                                    }
+                                }
+                                turns.part(out, "model");
+                                out.raw(b"{\"functionCall\":{\"name\":");
+                                out.raw(name.get().as_bytes());
+                                out.raw(b",\"args\":");
+                                match arguments {
+                                    Some(arguments) if !blank => write_unescaped(out, arguments)?,
+                                    _ => out.raw(b"{}"),
+                                }
+                                out.raw(b"}");
+                                if sign && k == 0 {
+                                    out.raw(b",\"thoughtSignature\":");
+                                    out.raw(&crate::json::json_string(SKIP_SIGNATURE));
+                                }
+                                out.raw(b"}");
+                                calls.insert(call_key(&id), name);
+                                k += 1;
+                                Ok(())
+                            },
+                        )?;
+                    }
+                    Ok(())
+                }
+                "tool" => {
+                    let Some(id) = tool_call_id else {
+                        return Err(bad(format!("messages[{at}]: a tool message needs `tool_call_id`")));
+                    };
+                    let name = calls.get(&call_key(&id)).copied().ok_or_else(|| {
+                        bad(format!(
+                            "messages[{at}]: tool_call_id {id:?} matches no tool call of an earlier assistant message \
+                             (Gemini needs the function's name)"
+                        ))
+                    })?;
+                    turns.part(out, "user");
+                    out.raw(b"{\"functionResponse\":{\"name\":");
+                    out.raw(name.get().as_bytes());
+                    out.raw(b",\"response\":");
+                    match content {
+                        Content::Null => out.raw(b"{\"output\":\"\"}"),
+                        // A JSON object is the response itself; any other text is `{"output": text}`.
+                        Content::Text(text) if holds_object(text) => write_unescaped(out, text)?,
+                        Content::Text(text) => {
+                            out.raw(b"{\"output\":");
+                            out.raw(text.get().as_bytes());
+                            out.raw(b"}");
+                        }
+                        Content::Parts(parts) => {
+                            // Text parts joined with newlines (bounded by this message).
+                            let mut joined = String::new();
+                            let mut j = 0usize;
+                            walk(
+                                parts,
+                                || format!("messages[{at}].content"),
+                                |p: PartIn| {
+                                    if p.cache_control.is_some() {
+                                        notes.note("cache_control");
+                                    }
+                                    if p.kind != "text" {
+                                        return Err(bad(format!(
+                                            "messages[{at}].content[{j}]: a tool message can only hold text for \
+                                             GCPVertexAI backends; {:?} is not supported",
+                                            p.kind
+                                        )));
+                                    }
+                                    let text = string_raw(p.text, || format!("messages[{at}].content[{j}].text"))?;
+                                    if j > 0 {
+                                        joined.push('\n');
+                                    }
+                                    if let Some(text) = text {
+                                        let text: Cow<str> = from_raw(text).map_err(internal)?;
+                                        joined.push_str(&text);
+                                    }
+                                    j += 1;
+                                    Ok(())
+                                },
+                            )?;
+                            match serde_json::from_str::<&RawValue>(&joined) {
+                                Ok(object) if object.get().starts_with('{') => out.raw(object.get().as_bytes()),
+                                _ => {
+                                    out.raw(b"{\"output\":");
+                                    out.raw(&crate::json::json_string(&joined));
+                                    out.raw(b"}");
+                                }
+                            }
+                        }
+                    }
+                    out.raw(b"}}");
+                    Ok(())
+                }
+                other => Err(bad(format!(
+                    "messages[{at}]: unknown role {other:?}; expected system, developer, user, assistant or tool"
+                ))),
+            }
+        },
+    )?;
+    turns.close(out);
+    out.raw(b"]");
+    Ok(())
+}
+
+fn write_user(
+    out: &mut Out,
+    turns: &mut Turns,
+    content: Content,
+    at: usize,
+    allow_gcs_uris: bool,
+    notes: &mut Notes,
+) -> Result<(), ApiError> {
+    let parts = match content {
+        Content::Null => return Ok(()),
+        Content::Text(text) if is_empty_literal(text) => return Ok(()),
+        Content::Text(text) => {
+            turns.part(out, "user");
+            text_part(out, text);
+            return Ok(());
+        }
+        Content::Parts(parts) => parts,
+    };
+    let mut j = 0usize;
+    walk(
+        parts,
+        || format!("messages[{at}].content"),
+        |p: PartIn| {
+            let here = || format!("messages[{at}].content[{j}]");
+            let PartIn { kind, text, image_url, input_audio, file, refusal: _, cache_control } = p;
+            if cache_control.is_some() {
+                notes.note("cache_control");
+            }
+            match kind.as_ref() {
+                "text" => {
+                    let text = string_raw(text, || format!("{}.text", here()))?
+                        .ok_or_else(|| bad(format!("{}: a text part needs `text`", here())))?;
+                    if !is_empty_literal(text) {
+                        turns.part(out, "user");
+                        text_part(out, text);
+                    }
+                }
+                "image_url" => {
+                    let ImageUrlView { url, detail } =
+                        image_url.ok_or_else(|| bad(format!("{}: an image_url part needs `image_url`", here())))?;
+                    if detail.is_some() {
+                        notes.note("image_url.detail");
+                    }
+                    let part = media_part(&url, &here(), allow_gcs_uris)?;
+                    turns.part(out, "user");
+                    out.value(&part)?;
+                }
+                "input_audio" => {
+                    let audio = input_audio.and_then(|raw| from_raw::<AudioView>(raw).ok());
+                    let Some((Some(data), Some(format))) = audio.map(|a| (a.data, a.format)) else {
+                        return Err(bad(format!("{}: input_audio needs `data` and `format`", here())));
+                    };
+                    let mime_type = Cow::Owned(format!("audio/{}", format.to_ascii_lowercase()));
+                    turns.part(out, "user");
+                    out.value(&g::Part {
+                        inline_data: Some(g::Blob { mime_type, data: &data }),
+                        ..g::Part::default()
+                    })?;
+                }
+                "file" => {
+                    let Some(url) = file.and_then(|raw| from_raw::<FileView>(raw).ok()).and_then(|f| f.file_data)
+                    else {
+                        return Err(unsupported(
+                            &format!("{}.file.file_id", here()),
+                            "there is no Files API; send the file inline as `file_data` (a base64 data URL)",
+                        ));
+                    };
+                    let part = media_part(&url, &here(), allow_gcs_uris)?;
+                    turns.part(out, "user");
+                    out.value(&part)?;
+                }
+                "refusal" => {}
+                _ => {
+                    return Err(bad(format!(
+                        "{}: this content part type ({kind:?}) is not supported by GCPVertexAI backends",
+                        here()
+                    )))
+                }
+            }
+            j += 1;
+            Ok(())
+        },
+    )
+}
+
 // ---- response ----
 
-fn finish_reason(reason: Option<g::FinishReason>, tool_calls: bool) -> String {
+fn finish_reason(reason: Option<g::FinishReason>, tool_calls: bool) -> &'static str {
     use g::FinishReason as F;
     match reason {
         Some(F::MaxTokens) => "length",
@@ -430,24 +1208,24 @@ fn finish_reason(reason: Option<g::FinishReason>, tool_calls: bool) -> String {
         _ if tool_calls => "tool_calls",
         _ => "stop",
     }
-    .into()
 }
 
 /// Gemini counts thoughts apart from the answer; OpenAI's completion tokens include reasoning.
 fn usage_of(u: &g::UsageMetadata) -> TokenUsage {
-    let input = u.prompt_token_count.unwrap_or(0) + u.tool_use_prompt_token_count.unwrap_or(0);
+    let input = u.prompt_token_count.unwrap_or(0).saturating_add(u.tool_use_prompt_token_count.unwrap_or(0));
     let reasoning = u.thoughts_token_count.unwrap_or(0);
-    let output = u.candidates_token_count.unwrap_or(0) + reasoning;
+    let output = u.candidates_token_count.unwrap_or(0).saturating_add(reasoning);
     TokenUsage {
         input,
         output,
-        total: u.total_token_count.unwrap_or(input + output),
+        total: u.total_token_count.unwrap_or(input.saturating_add(output)),
         cached_input: u.cached_content_token_count.unwrap_or(0),
         reasoning,
     }
 }
 
 /// Ids for what Gemini does not name: the completion (when there is no `responseId`) and tool calls.
+#[derive(Clone)]
 struct Ids {
     /// The response id, cut to characters safe in any id.
     base: String,
@@ -464,76 +1242,223 @@ impl Ids {
     /// `call_<response id>_<n>`: stable for one response, distinct across responses.
     fn call(&mut self) -> String {
         let id = format!("call_{}_{}", self.base, self.next_call);
-        self.next_call += 1;
+        self.next_call = self.next_call.saturating_add(1);
         id
     }
 }
 
-fn arguments_text(args: Option<Value>) -> String {
-    match args {
-        None | Some(Value::Null) => "{}".into(),
-        Some(v) => v.to_string(),
-    }
+/// Why an answer could not be translated (a 502 for the client).
+type Unreadable = String;
+
+fn json_err(e: serde_json::Error) -> Unreadable {
+    e.to_string()
 }
 
-fn to_chat_completion(
-    resp: g::GenerateContentResponse,
+fn io_err(e: io::Error) -> Unreadable {
+    e.to_string()
+}
+
+/// [`each`] for answers: shape errors and callback errors both become the reason it is unreadable.
+fn walk_answer<'a, T: Deserialize<'a>>(
+    raw: &'a RawValue,
+    f: impl FnMut(T) -> Result<(), Unreadable>,
+) -> Result<(), Unreadable> {
+    each(raw, f).map_err(|e| match e {
+        EachError::Stopped(e) => e,
+        EachError::Json(e) => e.to_string(),
+    })
+}
+
+/// The parts of a candidate (none when it has no content or no parts).
+fn parts_of<'a>(content: Option<&g::ContentView<'a>>) -> Option<&'a RawValue> {
+    content.and_then(|c| c.parts).filter(|p| p.get() != "null")
+}
+
+/// A non-streaming answer → an OpenAI `chat.completion`, written to `w`.
+fn write_completion(
+    w: &mut dyn Write,
+    resp: &g::ResponseView,
     fallback_id: &str,
     model: &str,
     created: u64,
-) -> o::ChatCompletion {
-    let id = resp.response_id.filter(|id| !id.is_empty()).unwrap_or_else(|| fallback_id.to_string());
-    let mut ids = Ids::new(&id);
-    let mut choices = Vec::with_capacity(resp.candidates.len().max(1));
-    for (position, candidate) in resp.candidates.into_iter().enumerate() {
-        let (mut text, mut reasoning, mut tool_calls) = (String::new(), String::new(), Vec::new());
-        for part in candidate.content.map(|c| c.parts).unwrap_or_default() {
-            if let Some(call) = part.function_call {
-                tool_calls.push(o::ToolCall {
-                    id: ids.call(),
-                    kind: "function".into(),
-                    function: o::FunctionCall { name: call.name, arguments: arguments_text(call.args) },
-                });
-            } else if let Some(t) = part.text {
-                if part.thought == Some(true) {
-                    reasoning.push_str(&t);
-                } else {
-                    text.push_str(&t);
-                }
+) -> Result<(), Unreadable> {
+    let id = resp.response_id.as_deref().filter(|id| !id.is_empty()).unwrap_or(fallback_id);
+    let model = resp.model_version.as_deref().filter(|m| !m.is_empty()).unwrap_or(model);
+    let mut ids = Ids::new(id);
+    w.write_all(b"{\"id\":").map_err(io_err)?;
+    serde_json::to_writer(&mut *w, id).map_err(json_err)?;
+    write!(w, ",\"object\":\"chat.completion\",\"created\":{created},\"model\":").map_err(io_err)?;
+    serde_json::to_writer(&mut *w, model).map_err(json_err)?;
+    w.write_all(b",\"choices\":[").map_err(io_err)?;
+    let mut position = 0u32;
+    if let Some(candidates) = resp.candidates.filter(|c| c.get() != "null") {
+        walk_answer(candidates, |candidate: g::CandidateView| {
+            if position > 0 {
+                w.write_all(b",").map_err(io_err)?;
             }
-        }
-        let finish = finish_reason(candidate.finish_reason, !tool_calls.is_empty());
-        choices.push(o::Choice {
-            index: candidate.index.unwrap_or(u32::try_from(position).unwrap_or(u32::MAX)),
-            message: o::ResponseMessage {
-                role: "assistant".into(),
-                content: (!text.is_empty() || tool_calls.is_empty()).then_some(text),
-                reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
-                tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
-                refusal: None,
-            },
-            finish_reason: Some(finish),
-        });
+            write_choice(w, &candidate, position, &mut ids)?;
+            position = position.saturating_add(1);
+            Ok(())
+        })?;
     }
-    if choices.is_empty() {
+    if position == 0 {
         // The prompt itself was blocked: no candidates, only `promptFeedback`.
-        if let Some(reason) = resp.prompt_feedback.as_ref().and_then(|f| f.block_reason.as_deref()) {
-            log::info!("llmgw: Gemini blocked the prompt ({reason})");
+        let Some(reason) = resp.prompt_feedback.as_ref().and_then(|f| f.block_reason.as_deref()) else {
+            return Err("it has no candidates and no promptFeedback.blockReason".into());
+        };
+        log::info!("llmgw: Gemini blocked the prompt ({reason})");
+        w.write_all(br#"{"index":0,"message":{"role":"assistant","content":null},"finish_reason":"content_filter"}"#)
+            .map_err(io_err)?;
+    }
+    w.write_all(b"]").map_err(io_err)?;
+    if let Some(u) = &resp.usage_metadata {
+        w.write_all(b",\"usage\":").map_err(io_err)?;
+        serde_json::to_writer(&mut *w, &o::Usage::from(usage_of(u))).map_err(json_err)?;
+    }
+    w.write_all(b"}").map_err(io_err)
+}
+
+/// One candidate → one choice. Its parts are walked once per field (text, reasoning, tool calls),
+/// so nothing is joined in memory.
+fn write_choice(
+    w: &mut dyn Write,
+    candidate: &g::CandidateView,
+    position: u32,
+    ids: &mut Ids,
+) -> Result<(), Unreadable> {
+    let parts = parts_of(candidate.content.as_ref());
+    let (mut has_text, mut has_reasoning, mut calls) = (false, false, 0usize);
+    if let Some(parts) = parts {
+        walk_answer(parts, |p: g::PartView| {
+            match (&p.function_call, p.text()) {
+                (Some(_), _) => calls += 1,
+                (None, Some(_)) if p.thought == Some(true) => has_reasoning = true,
+                (None, Some(_)) => has_text = true,
+                _ => {}
+            }
+            Ok(())
+        })?;
+    }
+    let index = candidate.index.unwrap_or(position);
+    write!(w, "{{\"index\":{index},\"message\":{{\"role\":\"assistant\",\"content\":").map_err(io_err)?;
+    // Text parts (and parts of other kinds) keep order; thoughts go to `reasoning_content`.
+    let texts = |w: &mut dyn Write, thoughts: bool| -> Result<(), Unreadable> {
+        w.write_all(b"\"").map_err(io_err)?;
+        if let Some(parts) = parts {
+            walk_answer(parts, |p: g::PartView| {
+                if p.function_call.is_none() && (p.thought == Some(true)) == thoughts {
+                    if let Some(t) = p.text() {
+                        w.write_all(inner(t)).map_err(io_err)?;
+                    }
+                }
+                Ok(())
+            })?;
         }
-        choices.push(o::Choice {
-            index: 0,
-            message: o::ResponseMessage { role: "assistant".into(), ..o::ResponseMessage::default() },
-            finish_reason: Some("content_filter".into()),
-        });
+        w.write_all(b"\"").map_err(io_err)
+    };
+    if has_text || calls == 0 {
+        texts(w, false)?;
+    } else {
+        w.write_all(b"null").map_err(io_err)?;
     }
-    o::ChatCompletion {
-        id,
-        object: "chat.completion".into(),
-        created,
-        model: resp.model_version.filter(|m| !m.is_empty()).unwrap_or_else(|| model.to_string()),
-        choices,
-        usage: resp.usage_metadata.as_ref().map(|u| o::Usage::from(usage_of(u))),
+    if has_reasoning {
+        w.write_all(b",\"reasoning_content\":").map_err(io_err)?;
+        texts(w, true)?;
     }
+    if let (true, Some(parts)) = (calls > 0, parts) {
+        w.write_all(b",\"tool_calls\":[").map_err(io_err)?;
+        let mut k = 0usize;
+        walk_answer(parts, |p: g::PartView| {
+            let Some(call) = p.function_call else { return Ok(()) };
+            if k > 0 {
+                w.write_all(b",").map_err(io_err)?;
+            }
+            k += 1;
+            write!(w, "{{\"id\":\"{}\",\"type\":\"function\",\"function\":{{\"name\":", ids.call()).map_err(io_err)?;
+            serde_json::to_writer(&mut *w, call.name.as_deref().unwrap_or_default()).map_err(json_err)?;
+            w.write_all(b",\"arguments\":\"").map_err(io_err)?;
+            match call.args.map(RawValue::get).filter(|a| *a != "null") {
+                None => w.write_all(b"{}").map_err(io_err)?,
+                Some(args) => write_minified_escaped(&mut *w, args).map_err(io_err)?,
+            }
+            w.write_all(b"\"}}").map_err(io_err)
+        })?;
+        w.write_all(b"]").map_err(io_err)?;
+    }
+    let finish = finish_reason(candidate.finish_reason, calls > 0);
+    write!(w, "}},\"finish_reason\":\"{finish}\"}}").map_err(io_err)
+}
+
+/// A whole non-streaming answer → the client's body (allocated once, at its final size).
+fn translate_completion(body: &[u8], fallback_id: &str, model: &str, created: u64) -> ChunkEdits {
+    let result = (|| -> Result<(Vec<u8>, Option<TokenUsage>), Unreadable> {
+        let text = std::str::from_utf8(body).map_err(|e| e.to_string())?;
+        let resp: g::ResponseView = serde_json::from_str(text).map_err(json_err)?;
+        let mut counter = Counter::default();
+        write_completion(&mut counter, &resp, fallback_id, model, created)?;
+        let mut out = Vec::with_capacity(counter.0);
+        write_completion(&mut out, &resp, fallback_id, model, created)?;
+        Ok((out, resp.usage_metadata.as_ref().map(usage_of)))
+    })();
+    match result {
+        Ok((out, usage)) => ChunkEdits { replace: Some(out), usage, first_content: false, status: None },
+        Err(e) => unreadable("response", &e),
+    }
+}
+
+// ---- streaming ----
+
+#[derive(Serialize)]
+struct ChunkOut<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: &'a [ChunkChoiceOut<'a>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<o::Usage>,
+}
+
+#[derive(Serialize)]
+struct ChunkChoiceOut<'a> {
+    index: u32,
+    delta: DeltaOut<'a>,
+    finish_reason: Option<&'static str>,
+}
+
+#[derive(Serialize, Default)]
+struct DeltaOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    /// Raw JSON string literals, as Gemini escaped them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<TextOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<TextOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCallDeltaOut<'a>; 1]>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum TextOut<'a> {
+    Raw(&'a RawValue),
+    Plain(&'static str),
+}
+
+#[derive(Serialize)]
+struct ToolCallDeltaOut<'a> {
+    index: u32,
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionDeltaOut<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionDeltaOut<'a> {
+    name: &'a str,
+    arguments: String,
 }
 
 /// Per streamed choice (Gemini candidate).
@@ -552,57 +1477,98 @@ struct ChunkWriter {
     ids: Option<Ids>,
     choices: Vec<ChoiceState>,
     usage: Option<TokenUsage>,
+    /// The prompt was blocked (a finished stream with no candidates).
+    blocked: bool,
     done: bool,
     saw_content: bool,
 }
 
+/// Choices beyond this many in one stream are not tracked (Gemini allows a handful of candidates).
+const MAX_CHOICES: usize = 64;
+
 impl ChunkWriter {
-    fn chunk(&self, index: u32, delta: o::Delta, finish_reason: Option<String>) -> o::ChatChunk {
-        o::ChatChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices: vec![o::ChunkChoice { index, delta, finish_reason }],
+    fn new() -> Self {
+        ChunkWriter {
+            id: String::new(),
+            model: String::new(),
+            created: 0,
+            include_usage: false,
+            ids: None,
+            choices: Vec::new(),
             usage: None,
+            blocked: false,
+            done: false,
+            saw_content: false,
         }
     }
 
+    fn emit(&self, out: &mut Vec<u8>, index: u32, delta: DeltaOut, finish_reason: Option<&'static str>) {
+        let choices = [ChunkChoiceOut { index, delta, finish_reason }];
+        let chunk = ChunkOut {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: &choices,
+            usage: None,
+        };
+        o::sse_data(out, &chunk);
+    }
+
     /// The state of choice `index`, announcing it with the role chunk when it is new.
-    fn choice(&mut self, index: u32, out: &mut Vec<u8>) -> usize {
+    fn choice(&mut self, index: u32, out: &mut Vec<u8>) -> Option<usize> {
         if let Some(at) = self.choices.iter().position(|c| c.index == index) {
-            return at;
+            return Some(at);
         }
-        let delta = o::Delta { role: Some("assistant".into()), content: Some(String::new()), ..o::Delta::default() };
-        o::sse_data(out, &self.chunk(index, delta, None));
+        if self.choices.len() >= MAX_CHOICES {
+            return None;
+        }
+        let delta = DeltaOut { role: Some("assistant"), content: Some(TextOut::Plain("")), ..DeltaOut::default() };
+        self.emit(out, index, delta, None);
         self.choices.push(ChoiceState { index, tool_calls: 0, finished: false });
-        self.choices.len() - 1
+        Some(self.choices.len() - 1)
+    }
+
+    /// Ends the stream with an OpenAI error event and `[DONE]`.
+    fn fail(&mut self, message: &str, kind: &str, code: &str, out: &mut Vec<u8>) {
+        if self.done {
+            return;
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&error_json(message, kind, code));
+        out.extend_from_slice(b"\n\n");
+        out.extend_from_slice(o::SSE_DONE);
+        self.done = true;
     }
 
     fn on_event(&mut self, data: &str, out: &mut Vec<u8>) {
         if self.done {
             return;
         }
+        if data.trim().is_empty() {
+            return;
+        }
         if data.contains("\"error\"") {
-            if let Ok(e) = serde_json::from_slice::<g::ErrorEnvelope>(data.as_bytes()) {
+            if let Ok(e) = serde_json::from_str::<g::ErrorEnvelope>(data) {
                 let status = e.error.code.and_then(|c| u16::try_from(c).ok()).unwrap_or(500);
                 let code = e.error.status.map(|s| s.to_ascii_lowercase()).unwrap_or_else(|| "upstream_error".into());
-                let body = error_json(&e.error.message, ErrorKind::for_status(status).as_str(), &code);
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(&body);
-                out.extend_from_slice(b"\n\n");
-                out.extend_from_slice(o::SSE_DONE);
-                self.done = true;
+                self.fail(&e.error.message, ErrorKind::for_status(status).as_str(), &code, out);
                 return;
             }
         }
-        let resp: g::GenerateContentResponse = match serde_json::from_slice(data.as_bytes()) {
-            Ok(r) => r,
-            Err(e) => {
-                log::warn!("llmgw: skipped a Gemini stream event that did not parse: {e}");
-                return;
-            }
-        };
+        if let Err(e) = self.translate_event(data, out) {
+            log::warn!("llmgw: a Gemini stream event could not be read: {e}");
+            self.fail(
+                &format!("the Gemini stream broke off: an event could not be read: {e}"),
+                "server_error",
+                "invalid_upstream_response",
+                out,
+            );
+        }
+    }
+
+    fn translate_event(&mut self, data: &str, out: &mut Vec<u8>) -> Result<(), Unreadable> {
+        let resp: g::ResponseView = serde_json::from_str(data).map_err(json_err)?;
         // The first event names the response and the model version for every chunk.
         let mut ids = match self.ids.take() {
             Some(ids) => ids,
@@ -621,69 +1587,109 @@ impl ChunkWriter {
         {
             self.usage = Some(usage_of(u));
         }
-        let blocked =
-            resp.candidates.is_empty() && resp.prompt_feedback.as_ref().is_some_and(|f| f.block_reason.is_some());
-        if blocked {
-            let at = self.choice(0, out);
-            self.finish(at, "content_filter".into(), out);
-        }
-        for (position, candidate) in resp.candidates.into_iter().enumerate() {
-            let index = candidate.index.unwrap_or(u32::try_from(position).unwrap_or(u32::MAX));
-            let at = self.choice(index, out);
-            for part in candidate.content.map(|c| c.parts).unwrap_or_default() {
-                let delta = if let Some(call) = part.function_call {
-                    let Some(state) = self.choices.get_mut(at) else { break };
-                    let call = o::ToolCallDelta {
-                        index: state.tool_calls,
-                        id: Some(ids.call()),
-                        kind: Some("function".into()),
-                        function: o::FunctionCallDelta {
-                            name: Some(call.name),
-                            arguments: Some(arguments_text(call.args)),
-                        },
-                    };
-                    state.tool_calls += 1;
-                    o::Delta { tool_calls: Some(vec![call]), ..o::Delta::default() }
-                } else {
-                    match part.text {
-                        Some(text) if !text.is_empty() && part.thought == Some(true) => {
-                            o::Delta { reasoning_content: Some(text), ..o::Delta::default() }
-                        }
-                        Some(text) if !text.is_empty() => o::Delta { content: Some(text), ..o::Delta::default() },
-                        _ => continue,
-                    }
-                };
-                self.saw_content = true;
-                o::sse_data(out, &self.chunk(index, delta, None));
-            }
-            if candidate.finish_reason.is_some() {
-                let tool_calls = self.choices.get(at).is_some_and(|c| c.tool_calls > 0);
-                self.finish(at, finish_reason(candidate.finish_reason, tool_calls), out);
+        let candidates = resp.candidates.filter(|c| c.get() != "null");
+        let mut position = 0u32;
+        let result = match candidates {
+            None => Ok(()),
+            Some(candidates) => walk_answer(candidates, |candidate: g::CandidateView| {
+                let index = candidate.index.unwrap_or(position);
+                position = position.saturating_add(1);
+                let Some(at) = self.choice(index, out) else { return Ok(()) };
+                if let Some(parts) = parts_of(candidate.content.as_ref()) {
+                    walk_answer(parts, |part: g::PartView| {
+                        self.on_part(at, index, part, &mut ids, out);
+                        Ok(())
+                    })?;
+                }
+                if candidate.finish_reason.is_some() {
+                    let tool_calls = self.choices.get(at).is_some_and(|c| c.tool_calls > 0);
+                    self.finish(at, finish_reason(candidate.finish_reason, tool_calls), out);
+                }
+                Ok(())
+            }),
+        };
+        if position == 0 && resp.prompt_feedback.as_ref().is_some_and(|f| f.block_reason.is_some()) {
+            self.blocked = true;
+            if let Some(at) = self.choice(0, out) {
+                self.finish(at, "content_filter", out);
             }
         }
         self.ids = Some(ids);
+        result
     }
 
-    fn finish(&mut self, at: usize, reason: String, out: &mut Vec<u8>) {
+    fn on_part(&mut self, at: usize, index: u32, part: g::PartView, ids: &mut Ids, out: &mut Vec<u8>) {
+        let text = part.text();
+        let g::PartView { text: _, thought, function_call } = part;
+        if let Some(call) = function_call {
+            let Some(state) = self.choices.get_mut(at) else { return };
+            let call_index = state.tool_calls;
+            state.tool_calls = state.tool_calls.saturating_add(1);
+            let arguments = match call.args.map(RawValue::get).filter(|a| *a != "null") {
+                None => "{}".to_string(),
+                Some(args) => minified(args),
+            };
+            let delta = DeltaOut {
+                tool_calls: Some([ToolCallDeltaOut {
+                    index: call_index,
+                    id: ids.call(),
+                    kind: "function",
+                    function: FunctionDeltaOut { name: call.name.as_deref().unwrap_or_default(), arguments },
+                }]),
+                ..DeltaOut::default()
+            };
+            self.saw_content = true;
+            self.emit(out, index, delta, None);
+            return;
+        }
+        let delta = match text {
+            Some(text) if thought == Some(true) => {
+                DeltaOut { reasoning_content: Some(TextOut::Raw(text)), ..DeltaOut::default() }
+            }
+            Some(text) => DeltaOut { content: Some(TextOut::Raw(text)), ..DeltaOut::default() },
+            // Empty text, a lone `thoughtSignature`, or a part of a kind the client cannot take.
+            _ => return,
+        };
+        self.saw_content = true;
+        self.emit(out, index, delta, None);
+    }
+
+    fn finish(&mut self, at: usize, reason: &'static str, out: &mut Vec<u8>) {
         let Some(state) = self.choices.get_mut(at) else { return };
         if state.finished {
             return;
         }
         state.finished = true;
         let index = state.index;
-        o::sse_data(out, &self.chunk(index, o::Delta::default(), Some(reason)));
+        self.emit(out, index, DeltaOut::default(), Some(reason));
     }
 
-    /// The usage chunk (when asked for) and `[DONE]`, once, when the upstream stream ends.
+    /// At the end of the upstream stream: the usage chunk (when asked for) and `[DONE]`, or, when
+    /// the stream stopped before every choice finished, an error event and `[DONE]`.
     fn close(&mut self, out: &mut Vec<u8>) {
         if self.done {
             return;
         }
+        let finished = (!self.choices.is_empty() || self.blocked) && self.choices.iter().all(|c| c.finished);
+        if !finished {
+            let message = if self.choices.is_empty() {
+                "the Gemini stream ended without any candidate"
+            } else {
+                "the Gemini stream ended before a finish reason (the answer is incomplete)"
+            };
+            self.fail(message, "server_error", "incomplete_upstream_stream", out);
+            return;
+        }
         self.done = true;
         if let (true, Some(usage)) = (self.include_usage, self.usage) {
-            let mut chunk = self.chunk(0, o::Delta::default(), None);
-            chunk.choices.clear();
-            chunk.usage = Some(o::Usage::from(usage));
+            let chunk = ChunkOut {
+                id: &self.id,
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: &self.model,
+                choices: &[],
+                usage: Some(o::Usage::from(usage)),
+            };
             o::sse_data(out, &chunk);
         }
         out.extend_from_slice(o::SSE_DONE);
@@ -718,7 +1724,7 @@ fn plan(streaming: bool) -> ResponsePlan {
     }
 }
 
-fn unreadable(what: &str, e: serde_json::Error) -> ChunkEdits {
+fn unreadable(what: &str, e: &str) -> ChunkEdits {
     let message = format!("the Gemini {what} could not be read: {e}");
     ChunkEdits::unreadable(error_json(&message, "server_error", "invalid_upstream_response"))
 }
@@ -743,17 +1749,7 @@ impl OpenAIToGemini {
             stream: false,
             streaming_response: false,
             splitter: Splitter::default(),
-            writer: ChunkWriter {
-                id: String::new(),
-                model: String::new(),
-                created: 0,
-                include_usage: false,
-                ids: None,
-                choices: Vec::new(),
-                usage: None,
-                done: false,
-                saw_content: false,
-            },
+            writer: ChunkWriter::new(),
         }
     }
 }
@@ -767,10 +1763,10 @@ impl Default for OpenAIToGemini {
 impl Translator for OpenAIToGemini {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
         let RequestContext { info, body, backend, query: _, now_unix } = request;
-        let chat = o::parse_chat_request(body)?;
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
-        let gemini = to_gemini(chat, &model)?;
-        let new_body = serde_json::to_vec(&gemini).map_err(internal)?;
+        // TODO(allow_gcs_uris): `backend.allow_gcs_uris` once the config field lands.
+        let allow_gcs_uris = false;
+        let new_body = write_request(body, &model, allow_gcs_uris)?;
         let path = if info.stream {
             model_path(backend, &model, "streamGenerateContent") + "?alt=sse"
         } else {
@@ -784,11 +1780,7 @@ impl Translator for OpenAIToGemini {
         self.writer.created = *now_unix;
         self.writer.include_usage = info.client_wants_usage;
         self.model = model;
-        Ok(RequestEdits {
-            path: Some(path),
-            body: Some(crate::body::NewBody::whole(new_body)),
-            set_headers: Vec::new(),
-        })
+        Ok(RequestEdits { path: Some(path), body: Some(NewBody::Whole(new_body)), set_headers: Vec::new() })
     }
 
     fn response_headers(&mut self, _status: u16, content_type: &str) -> ResponsePlan {
@@ -802,19 +1794,7 @@ impl Translator for OpenAIToGemini {
             if !end_of_stream {
                 return ChunkEdits { replace: Some(Vec::new()), ..ChunkEdits::default() };
             }
-            return match serde_json::from_slice::<g::GenerateContentResponse>(chunk) {
-                Ok(resp) => {
-                    let usage = resp.usage_metadata.as_ref().map(usage_of);
-                    let completion = to_chat_completion(resp, &self.fallback_id, &self.model, self.created);
-                    ChunkEdits {
-                        replace: serde_json::to_vec(&completion).ok(),
-                        usage,
-                        first_content: false,
-                        status: None,
-                    }
-                }
-                Err(e) => unreadable("response", e),
-            };
+            return translate_completion(chunk, &self.fallback_id, &self.model, self.created);
         }
         let mut out = Vec::new();
         let had_content = self.writer.saw_content;
@@ -826,13 +1806,23 @@ impl Translator for OpenAIToGemini {
             }
         };
         if !self.splitter.push(chunk, |block| on_block(block, &mut out)) {
-            log::warn!("llmgw: a Gemini stream event exceeded {} bytes and was dropped", crate::sse::MAX_EVENT_BYTES);
+            log::warn!("llmgw: a Gemini stream event exceeded {} bytes", crate::sse::MAX_EVENT_BYTES);
+            self.writer.fail(
+                &format!("the Gemini stream broke off: an event exceeded {} bytes", crate::sse::MAX_EVENT_BYTES),
+                "server_error",
+                "invalid_upstream_response",
+                &mut out,
+            );
         }
         let mut usage = None;
         if end_of_stream {
             let tail = self.splitter.take_pending();
             if !tail.is_empty() {
-                on_block(&tail, &mut out);
+                let writer = &mut self.writer;
+                let event = parse_event(&tail);
+                if event.has_data {
+                    writer.on_event(&event.data, &mut out);
+                }
             }
             self.writer.close(&mut out);
             usage = self.writer.usage;
@@ -847,6 +1837,30 @@ impl Translator for OpenAIToGemini {
 
 // ---- embeddings ----
 
+/// An embeddings request as a borrowed view; `input` stays raw.
+#[derive(Deserialize)]
+struct EmbeddingsView<'a> {
+    #[serde(default, borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    input: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    dimensions: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    encoding_format: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    user: Option<&'a RawValue>,
+    /// Vertex's `task_type` (RETRIEVAL_QUERY, ...), a vendor extension.
+    #[serde(default, borrow)]
+    task_type: Option<&'a RawValue>,
+}
+
+const EMBEDDINGS_MEMBERS: &[&str] = &["model", "input", "dimensions", "encoding_format", "user", "task_type"];
+
+fn is_null(raw: Option<&RawValue>) -> bool {
+    raw.is_none_or(|r| r.get() == "null")
+}
+
 /// OpenAI embeddings → Vertex `publishers/google/models/{model}:predict`.
 #[derive(Default)]
 pub struct OpenAIToVertexEmbeddings {
@@ -860,108 +1874,249 @@ impl OpenAIToVertexEmbeddings {
     }
 }
 
-pub(super) fn to_predict(request: o::EmbeddingsRequest) -> Result<(g::PredictRequest, bool), ApiError> {
-    let o::EmbeddingsRequest { model: _, input, dimensions, encoding_format, user, mut extra } = request;
-    let texts: Vec<String> = match input {
-        Value::String(text) => vec![text],
-        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_string) => {
-            items.into_iter().filter_map(|v| if let Value::String(s) = v { Some(s) } else { None }).collect()
+/// An OpenAI embeddings request → a `predict` body written as it is read, and whether the client
+/// asked for base64.
+pub(super) fn write_predict(body: &[u8]) -> Result<(ChunkedBody, bool), ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| bad(format!("invalid embeddings request: {e}")))?;
+    let view: EmbeddingsView =
+        serde_json::from_str(text).map_err(|e| bad(format!("invalid embeddings request: {e}")))?;
+    let EmbeddingsView { model, input, dimensions, encoding_format, user, task_type } = view;
+    let string_or_null = |name: &str, raw: Option<&RawValue>| -> Result<(), ApiError> {
+        match raw.map(|r| r.get().as_bytes().first()) {
+            None | Some(Some(b'"' | b'n')) => Ok(()),
+            _ => Err(bad(format!("`{name}` must be a string"))),
         }
-        Value::Array(items) if !items.is_empty() && items.iter().all(|v| v.is_number() || v.is_array()) => {
-            return Err(unsupported("input", "token arrays cannot be embedded by Vertex AI; send text"))
-        }
-        _ => return Err(bad("`input` must be a non-empty string or a non-empty array of strings")),
     };
+    string_or_null("model", model)?;
+    string_or_null("user", user)?;
+    let encoding_format = match encoding_format.filter(|e| e.get() != "null") {
+        None => None,
+        Some(raw) => Some(from_raw::<Cow<str>>(raw).map_err(|_| bad("`encoding_format` must be a string"))?),
+    };
+    let dimensions = match dimensions.filter(|d| d.get() != "null") {
+        None => None,
+        Some(raw) => Some(from_raw::<u32>(raw).map_err(|_| bad("`dimensions` must be a positive integer"))?),
+    };
+    let input = input.ok_or_else(|| bad("`input` is required"))?;
     let base64 = match encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
         Some(other) => return Err(bad(format!("`encoding_format` must be float or base64; got {other:?}"))),
     };
-    let task_type = match extra.remove("task_type") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(t)) => Some(t),
+    let task_type = match task_type.filter(|t| t.get() != "null") {
+        None => None,
+        Some(raw) if raw.get().starts_with('"') => Some(raw),
         Some(_) => return Err(bad("`task_type` must be a string (e.g. RETRIEVAL_QUERY)")),
     };
-    let mut ignored: Vec<String> = extra.keys().cloned().collect();
-    if user.is_some() {
-        ignored.push("user".into());
-    }
-    if !ignored.is_empty() {
-        log::debug!("llmgw: GCPVertexAI embeddings ignore parameters: {}", ignored.join(", "));
-    }
-    let instances =
-        texts.into_iter().map(|content| g::EmbedInstance { content, task_type: task_type.clone() }).collect();
-    let parameters = dimensions.map(|d| g::EmbedParameters { output_dimensionality: Some(d) });
-    Ok((g::PredictRequest { instances, parameters }, base64))
-}
-
-fn to_embeddings_response(resp: g::PredictResponse, model: &str, base64: bool) -> o::EmbeddingsResponse {
-    let mut tokens = 0u64;
-    let data = resp
-        .predictions
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let count = p.embeddings.statistics.as_ref().and_then(|s| s.token_count).unwrap_or(0.0);
-            // Token counts are small non-negative integers written as JSON numbers.
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let count = count.max(0.0) as u64;
-            tokens += count;
-            let values = p.embeddings.values;
-            o::Embedding {
-                object: "embedding",
-                index: u32::try_from(i).unwrap_or(u32::MAX),
-                embedding: if base64 {
-                    o::EmbeddingVector::Base64(base64_f32(&values))
-                } else {
-                    o::EmbeddingVector::Float(values)
-                },
+    let not_text = || bad("`input` must be a non-empty string or a non-empty array of strings");
+    let mut out = ChunkedBody::new();
+    out.extend_from_slice(b"{\"instances\":[");
+    let instance = |out: &mut ChunkedBody, content: &RawValue| {
+        serde_json::to_writer(&mut *out, &g::EmbedInstance { content, task_type }).map_err(internal)
+    };
+    match input.get().as_bytes().first() {
+        Some(b'"') => instance(&mut out, input)?,
+        Some(b'[') => {
+            // Classify first (strings, or token arrays), then write: two walks, nothing collected.
+            let (mut strings, mut tokens, mut others) = (0usize, 0usize, 0usize);
+            each(input, |item: &RawValue| -> Result<(), ()> {
+                match item.get().as_bytes().first() {
+                    Some(b'"') => strings += 1,
+                    Some(b'[' | b'-' | b'0'..=b'9') => tokens += 1,
+                    _ => others += 1,
+                }
+                Ok(())
+            })
+            .map_err(|_| not_text())?;
+            if tokens > 0 && strings == 0 && others == 0 {
+                return Err(unsupported("input", "token arrays cannot be embedded by Vertex AI; send text"));
             }
-        })
-        .collect();
-    o::EmbeddingsResponse {
-        object: "list",
-        data,
-        model: model.to_string(),
-        usage: o::EmbeddingsUsage { prompt_tokens: tokens, total_tokens: tokens },
-    }
-}
-
-/// Little-endian f32s in standard base64, the form OpenAI's `encoding_format: base64` returns.
-fn base64_f32(values: &[f64]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    #[allow(clippy::cast_possible_truncation)]
-    let bytes: Vec<u8> = values.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect();
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for group in bytes.chunks(3) {
-        let b = |k: usize| u32::from(group.get(k).copied().unwrap_or(0));
-        let n = (b(0) << 16) | (b(1) << 8) | b(2);
-        for k in 0..4 {
-            if k <= group.len() {
-                let sextet = (n >> (18 - 6 * k)) & 63;
-                out.push(TABLE.get(sextet as usize).map_or('A', |c| char::from(*c)));
-            } else {
-                out.push('=');
+            if strings == 0 || tokens > 0 || others > 0 {
+                return Err(not_text());
             }
+            let mut first = true;
+            each(input, |item: &RawValue| -> Result<(), ApiError> {
+                if !first {
+                    out.extend_from_slice(b",");
+                }
+                first = false;
+                instance(&mut out, item)
+            })
+            .map_err(|e| match e {
+                EachError::Stopped(e) => e,
+                EachError::Json(_) => not_text(),
+            })?;
+        }
+        _ => return Err(not_text()),
+    }
+    out.extend_from_slice(b"]");
+    if let Some(d) = dimensions {
+        out.extend_from_slice(b",\"parameters\":");
+        serde_json::to_writer(&mut out, &g::EmbedParameters { output_dimensionality: Some(d) }).map_err(internal)?;
+    }
+    out.extend_from_slice(b"}");
+    if log::log_enabled!(log::Level::Debug) {
+        let mut ignored: Vec<String> = crate::json::members(body)
+            .map(|(_, ms)| ms.into_iter().map(|m| m.key.into_owned()).collect())
+            .unwrap_or_default();
+        ignored.retain(|k| !EMBEDDINGS_MEMBERS.contains(&k.as_str()));
+        if !is_null(user) {
+            ignored.push("user".into());
+        }
+        if !ignored.is_empty() {
+            log::debug!("llmgw: GCPVertexAI embeddings ignore parameters: {}", ignored.join(", "));
         }
     }
-    out
+    Ok((out, base64))
+}
+
+/// Little-endian f32s in standard base64, the form OpenAI's `encoding_format: base64` returns,
+/// written three bytes at a time.
+struct Base64Writer {
+    pending: [u8; 3],
+    len: usize,
+}
+
+impl Base64Writer {
+    const TABLE: &'static [u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    fn new() -> Self {
+        Base64Writer { pending: [0; 3], len: 0 }
+    }
+
+    fn sextets(group: [u8; 3], count: usize, w: &mut dyn Write) -> io::Result<()> {
+        let [a, b, c] = group;
+        let n = (u32::from(a) << 16) | (u32::from(b) << 8) | u32::from(c);
+        let mut quad = [b'='; 4];
+        for (k, slot) in quad.iter_mut().enumerate() {
+            if k <= count {
+                let sextet = (n >> (18 - 6 * k)) & 63;
+                *slot = Self::TABLE.get(sextet as usize).copied().unwrap_or(b'A');
+            }
+        }
+        w.write_all(&quad)
+    }
+
+    fn push(&mut self, bytes: &[u8], w: &mut dyn Write) -> io::Result<()> {
+        for &b in bytes {
+            if let Some(slot) = self.pending.get_mut(self.len) {
+                *slot = b;
+            }
+            self.len += 1;
+            if self.len == 3 {
+                Self::sextets(self.pending, 3, w)?;
+                self.len = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, w: &mut dyn Write) -> io::Result<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        let mut group = [0u8; 3];
+        for (k, slot) in group.iter_mut().enumerate().take(self.len) {
+            *slot = self.pending.get(k).copied().unwrap_or(0);
+        }
+        Self::sextets(group, self.len, w)
+    }
+}
+
+/// Embedding values (a raw array of numbers) → the OpenAI `embedding` value: the numbers as they
+/// came (whitespace removed), or base64 of their f32s.
+fn write_vector(w: &mut dyn Write, values: Option<&RawValue>, base64: bool) -> Result<(), Unreadable> {
+    let values = values.filter(|v| v.get() != "null");
+    if base64 {
+        w.write_all(b"\"").map_err(io_err)?;
+        let mut b64 = Base64Writer::new();
+        if let Some(values) = values {
+            walk_answer(values, |v: f64| {
+                #[allow(clippy::cast_possible_truncation)]
+                let f = v as f32;
+                b64.push(&f.to_le_bytes(), &mut *w).map_err(io_err)
+            })?;
+        }
+        b64.finish(&mut *w).map_err(io_err)?;
+        return w.write_all(b"\"").map_err(io_err);
+    }
+    let Some(values) = values else { return w.write_all(b"[]").map_err(io_err) };
+    // Numbers only: checked without keeping them.
+    walk_answer(values, |_: f64| Ok(()))?;
+    let compact = values.get().bytes().filter(|b| !b.is_ascii_whitespace());
+    let mut buf = [0u8; 512];
+    let mut n = 0;
+    for b in compact {
+        if n == buf.len() {
+            w.write_all(&buf).map_err(io_err)?;
+            n = 0;
+        }
+        if let Some(slot) = buf.get_mut(n) {
+            *slot = b;
+        }
+        n += 1;
+    }
+    w.write_all(buf.get(..n).unwrap_or_default()).map_err(io_err)
+}
+
+/// A `predict` answer → an OpenAI embeddings list, written to `w`; returns the input tokens.
+fn write_embeddings(w: &mut dyn Write, resp: &g::PredictView, model: &str, base64: bool) -> Result<u64, Unreadable> {
+    let predictions = resp.predictions.filter(|p| p.get() != "null").ok_or("it has no predictions")?;
+    w.write_all(b"{\"object\":\"list\",\"data\":[").map_err(io_err)?;
+    let mut tokens = 0u64;
+    let mut i = 0u32;
+    walk_answer(predictions, |p: g::PredictionView| {
+        if i > 0 {
+            w.write_all(b",").map_err(io_err)?;
+        }
+        write!(w, "{{\"object\":\"embedding\",\"index\":{i},\"embedding\":").map_err(io_err)?;
+        let embeddings = p.embeddings.unwrap_or_default();
+        let count = embeddings.statistics.and_then(|s| s.token_count).unwrap_or(0.0);
+        // Token counts are small non-negative integers written as JSON numbers.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let count = count.max(0.0) as u64;
+        tokens = tokens.saturating_add(count);
+        write_vector(w, embeddings.values, base64)?;
+        w.write_all(b"}").map_err(io_err)?;
+        i = i.saturating_add(1);
+        Ok(())
+    })?;
+    w.write_all(b"],\"model\":").map_err(io_err)?;
+    serde_json::to_writer(&mut *w, model).map_err(json_err)?;
+    write!(w, ",\"usage\":{{\"prompt_tokens\":{tokens},\"total_tokens\":{tokens}}}}}").map_err(io_err)?;
+    Ok(tokens)
+}
+
+fn translate_embeddings(body: &[u8], model: &str, base64: bool) -> ChunkEdits {
+    let result = (|| -> Result<(Vec<u8>, u64), Unreadable> {
+        let text = std::str::from_utf8(body).map_err(|e| e.to_string())?;
+        let resp: g::PredictView = serde_json::from_str(text).map_err(json_err)?;
+        let mut counter = Counter::default();
+        write_embeddings(&mut counter, &resp, model, base64)?;
+        let mut out = Vec::with_capacity(counter.0);
+        let tokens = write_embeddings(&mut out, &resp, model, base64)?;
+        Ok((out, tokens))
+    })();
+    match result {
+        Ok((out, tokens)) => ChunkEdits {
+            replace: Some(out),
+            usage: Some(TokenUsage { input: tokens, total: tokens, ..TokenUsage::default() }),
+            first_content: false,
+            status: None,
+        },
+        Err(e) => unreadable("embeddings response", &e),
+    }
 }
 
 impl Translator for OpenAIToVertexEmbeddings {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
         let RequestContext { info, body, backend, query: _, now_unix: _ } = request;
-        let (predict, base64) = to_predict(o::parse_embeddings_request(body)?)?;
+        let (new_body, base64) = write_predict(body)?;
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
-        let new_body = serde_json::to_vec(&predict).map_err(internal)?;
         let path = model_path(backend, &model, "predict");
         self.model = model;
         self.base64 = base64;
-        Ok(RequestEdits {
-            path: Some(path),
-            body: Some(crate::body::NewBody::whole(new_body)),
-            set_headers: Vec::new(),
-        })
+        Ok(RequestEdits { path: Some(path), body: Some(NewBody::Whole(new_body)), set_headers: Vec::new() })
     }
 
     fn response_headers(&mut self, _status: u16, _content_type: &str) -> ResponsePlan {
@@ -972,35 +2127,25 @@ impl Translator for OpenAIToVertexEmbeddings {
         if !end_of_stream {
             return ChunkEdits { replace: Some(Vec::new()), ..ChunkEdits::default() };
         }
-        match serde_json::from_slice::<g::PredictResponse>(chunk) {
-            Ok(resp) => {
-                let response = to_embeddings_response(resp, &self.model, self.base64);
-                let tokens = response.usage.prompt_tokens;
-                let usage = TokenUsage { input: tokens, total: tokens, ..TokenUsage::default() };
-                ChunkEdits {
-                    replace: serde_json::to_vec(&response).ok(),
-                    usage: Some(usage),
-                    first_content: false,
-                    status: None,
-                }
-            }
-            Err(e) => unreadable("embeddings response", e),
-        }
+        translate_embeddings(chunk, &self.model, self.base64)
     }
 
     fn error_body(&mut self, status: u16, body: &[u8]) -> Option<Vec<u8>> {
         google_error(status, body)
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    fn request_to(body: &Value, model: &str, allow_gcs_uris: bool) -> Result<Value, ApiError> {
+        let out = write_request(body.to_string().as_bytes(), model, allow_gcs_uris)?;
+        Ok(serde_json::from_slice(&out.to_vec()).unwrap())
+    }
 
     fn request(body: Value) -> Result<Value, ApiError> {
-        let chat: o::ChatRequest = serde_json::from_value(body).unwrap();
-        to_gemini(chat, "gemini-2.5-flash").map(|r| serde_json::to_value(r).unwrap())
+        request_to(&body, "gemini-2.5-flash", false)
     }
 
     #[test]
@@ -1034,12 +2179,11 @@ mod tests {
 
     #[test]
     fn later_models_get_a_signature_on_replayed_calls() {
-        let chat: o::ChatRequest = serde_json::from_value(json!({"model": "m", "messages": [
+        let body = json!({"model": "m", "messages": [
             {"role": "assistant", "tool_calls": [
                 {"id": "x", "type": "function", "function": {"name": "f", "arguments": "{}"}},
-                {"id": "y", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}))
-        .unwrap();
-        let v = serde_json::to_value(to_gemini(chat, "gemini-3-pro-preview").unwrap()).unwrap();
+                {"id": "y", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]});
+        let v = request_to(&body, "gemini-3-pro-preview", false).unwrap();
         assert_eq!(v["contents"][0]["parts"][0]["thoughtSignature"], SKIP_SIGNATURE);
         assert!(v["contents"][0]["parts"][1].get("thoughtSignature").is_none());
     }
@@ -1105,11 +2249,15 @@ mod tests {
 
     #[test]
     fn media_parts() {
-        let v = request(json!({"model": "m", "messages": [{"role": "user", "content": [
+        let v = request_to(
+            &json!({"model": "m", "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/webp;base64,UklG"}},
             {"type": "image_url", "image_url": {"url": "gs://bucket/cat.JPG?x=1", "detail": "high"}},
             {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
-            {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBE", "filename": "a.pdf"}}]}]}))
+            {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBE", "filename": "a.pdf"}}]}]}),
+            "gemini-2.5-flash",
+            true,
+        )
         .unwrap();
         assert_eq!(
             v["contents"][0]["parts"],
@@ -1240,8 +2388,9 @@ mod tests {
         let edits = t.response_body(sse.as_bytes(), true);
         assert_eq!(edits.usage, None);
         let got = events(&edits.replace.unwrap());
-        assert_eq!(got.len(), 3, "role, text, [DONE]: no finish chunk was sent upstream, and no usage is known");
-        assert_eq!(got[2], "[DONE]");
+        assert_eq!(got.len(), 4, "role, text, error, [DONE]: no finish came upstream, and no usage is known");
+        assert_eq!(got[2]["error"]["code"], "incomplete_upstream_stream");
+        assert_eq!(got[3], "[DONE]");
     }
 
     #[test]
@@ -1314,22 +2463,28 @@ mod tests {
 
     #[test]
     fn base64_matches_a_known_encoding() {
+        let b64 = |values: &str| {
+            let raw: &RawValue = serde_json::from_str(values).unwrap();
+            let mut out = Vec::new();
+            write_vector(&mut out, Some(raw), true).unwrap();
+            String::from_utf8(out).unwrap()
+        };
         // 1.0f32 = 00 00 80 3f; -2.0f32 = 00 00 00 c0
-        assert_eq!(base64_f32(&[1.0, -2.0]), "AACAPwAAAMA=");
-        assert_eq!(base64_f32(&[1.0]), "AACAPw==");
-        assert_eq!(base64_f32(&[]), "");
+        assert_eq!(b64("[1.0, -2.0]"), "\"AACAPwAAAMA=\"");
+        assert_eq!(b64("[1]"), "\"AACAPw==\"");
+        assert_eq!(b64("[]"), "\"\"");
     }
 
     #[test]
     fn embeddings_input_forms() {
-        let parse = |v: Value| to_predict(o::parse_embeddings_request(v.to_string().as_bytes()).unwrap());
+        let parse = |v: Value| write_predict(v.to_string().as_bytes());
         let (p, b64) =
             parse(json!({"model": "m", "input": ["a", "b"], "dimensions": 8, "task_type": "RETRIEVAL_QUERY",
             "encoding_format": "base64"}))
             .unwrap();
         assert!(b64);
         assert_eq!(
-            serde_json::to_value(p).unwrap(),
+            serde_json::from_slice::<Value>(&p.to_vec()).unwrap(),
             json!({"instances": [{"content": "a", "task_type": "RETRIEVAL_QUERY"}, {"content": "b", "task_type": "RETRIEVAL_QUERY"}],
                    "parameters": {"outputDimensionality": 8}})
         );
@@ -1337,5 +2492,300 @@ mod tests {
         assert_eq!(parse(json!({"model": "m", "input": [[1, 2]]})).unwrap_err().code, "unsupported_parameter");
         assert_eq!(parse(json!({"model": "m", "input": []})).unwrap_err().status, 400);
         assert_eq!(parse(json!({"model": "m", "input": "x", "encoding_format": "int8"})).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn gcs_uris_are_refused_unless_the_backend_allows_them() {
+        assert!(check_gcs("gs://b/o.png", true, "x").is_ok());
+        assert!(check_gcs("https://b/o.png", false, "x").is_ok());
+        let e = check_gcs("GS://b/o.png", false, "messages[0].content[0]").unwrap_err();
+        assert_eq!((e.status, e.code), (400, "gcs_uri_not_allowed"));
+        assert!(e.message.starts_with("messages[0].content[0]: gs://"), "{}", e.message);
+        for part in [
+            json!({"type": "image_url", "image_url": {"url": "gs://bucket/cat.png"}}),
+            json!({"type": "file", "file": {"file_data": "gs://bucket/doc.pdf"}}),
+        ] {
+            let body = json!({"model": "m", "messages": [{"role": "user", "content": [part]}]});
+            let e = request_to(&body, "gemini-2.5-flash", false).unwrap_err();
+            assert_eq!(e.code, "gcs_uri_not_allowed");
+            let v = request_to(&body, "gemini-2.5-flash", true).unwrap();
+            assert!(v["contents"][0]["parts"][0]["fileData"]["fileUri"].as_str().unwrap().starts_with("gs://"));
+        }
+    }
+
+    #[test]
+    fn thinking_maps_to_a_thinking_config() {
+        let config = |extra: Value| {
+            let mut body = json!({"model": "m", "messages": []});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            request(body).map(|v| v["generationConfig"]["thinkingConfig"].clone())
+        };
+        assert_eq!(
+            config(json!({"thinking": {"type": "enabled", "budget_tokens": 2048}})).unwrap(),
+            json!({"thinkingBudget": 2048, "includeThoughts": true})
+        );
+        assert_eq!(
+            config(json!({"thinking": {"type": "enabled"}})).unwrap(),
+            json!({"thinkingBudget": -1, "includeThoughts": true})
+        );
+        assert_eq!(config(json!({"thinking": {"type": "disabled"}})).unwrap(), json!({"thinkingBudget": 0}));
+        // An explicit budget wins over an effort.
+        assert_eq!(
+            config(json!({"reasoning_effort": "high", "thinking": {"type": "enabled", "budget_tokens": 100}})).unwrap(),
+            json!({"thinkingBudget": 100, "includeThoughts": true})
+        );
+        assert_eq!(
+            config(json!({"reasoning_effort": "minimal"})).unwrap(),
+            json!({"thinkingBudget": 512, "includeThoughts": true})
+        );
+        assert!(config(json!({"thinking": {"type": "sometimes"}})).unwrap_err().message.contains("thinking.type"));
+        assert!(config(json!({"thinking": {"type": "enabled", "budget_tokens": -5}})).unwrap_err().status == 400);
+        assert!(config(json!({"thinking": null})).unwrap().is_null());
+    }
+
+    #[test]
+    fn cache_control_is_dropped_everywhere() {
+        let v = request(json!({"model": "m", "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}],
+             "cache_control": {"type": "ephemeral"}},
+            {"role": "user", "content": [{"type": "text", "text": "u", "cache_control": {"type": "ephemeral"}}]}],
+            "tools": [{"type": "function", "function": {"name": "f"}, "cache_control": {"type": "ephemeral"}}]}))
+        .unwrap();
+        assert!(!v.to_string().contains("cache"), "{v}");
+        assert_eq!(v["systemInstruction"], json!({"parts": [{"text": "s"}]}));
+        assert_eq!(v["contents"], json!([{"role": "user", "parts": [{"text": "u"}]}]));
+        assert_eq!(v["tools"], json!([{"functionDeclarations": [{"name": "f"}]}]));
+    }
+
+    #[test]
+    fn content_gemini_cannot_take_is_a_400_naming_it() {
+        let cases = [
+            (
+                json!({"role": "system", "content": [{"type": "text", "text": "a"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}),
+                "messages[0].content[1]: a system message can only hold text",
+            ),
+            (json!({"role": "developer", "content": [{"type": "input_audio"}]}), "\"input_audio\""),
+            (
+                json!({"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "https://x/a.png"}}]}),
+                "messages[0].content[0]: an assistant message can only hold text and refusal parts; \"image_url\"",
+            ),
+            (
+                json!({"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA"}}]}),
+                "input_audio needs `data` and `format`",
+            ),
+            (json!({"role": "user", "content": [{"type": "text"}]}), "a text part needs `text`"),
+            (json!({"role": "robot", "content": "x"}), "unknown role \"robot\""),
+            (json!({"role": "tool", "content": "x"}), "needs `tool_call_id`"),
+            (json!({"role": "user", "content": 5}), "messages[0]: `content` must be"),
+            (
+                json!({"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": 1, "arguments": "{}"}}]}),
+                "`name` must be a string",
+            ),
+        ];
+        for (message, needle) in cases {
+            let e = request(json!({"model": "m", "messages": [message]})).unwrap_err();
+            assert_eq!(e.status, 400);
+            assert!(e.message.contains(needle), "{needle}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn texts_schemas_and_arguments_travel_as_written() {
+        let body = r#"{"model":"m","messages":[
+            {"role":"system","content":[{"type":"text","text":"one \"q\""},{"type":"text","text":""},{"type":"text","text":"two\u0001"}]},
+            {"role":"system","content":""},
+            {"role":"assistant","content":null,"refusal":"no","tool_calls":[{"id":"c\u0031","function":{"name":"f\u00e9","arguments":" {\"a\": [1.50, 2e3]} "}}]},
+            {"role":"tool","tool_call_id":"c1","content":[{"type":"text","text":"{\"r\":"},{"type":"text","text":"1}"}]},
+            {"role":"tool","tool_call_id":"c1","content":null}],
+            "tools":[{"type":"function","function":{"name":"f","parameters":{"type" : "object","x":1.50}}}],
+            "stop":"END","top_k":3,"tool_choice":{"type":"function","function":{"name":"f"}}}"#;
+        let out = write_request(body.as_bytes(), "gemini-2.5-flash", false).unwrap().to_vec();
+        let text = String::from_utf8(out.clone()).unwrap();
+        // Raw JSON (schemas, arguments, names) is copied byte for byte.
+        assert!(text.contains(r#""parametersJsonSchema":{"type" : "object","x":1.50}"#), "{text}");
+        assert!(text.contains(r#""args": {"a": [1.50, 2e3]} }"#), "{text}");
+        assert!(text.contains(r#""name":"f\u00e9""#), "{text}");
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["systemInstruction"], json!({"parts": [{"text": "one \"q\"\n\ntwo\u{1}"}]}));
+        assert_eq!(
+            v["contents"],
+            json!([
+                {"role": "model", "parts": [{"text": "no"}, {"functionCall": {"name": "fé", "args": {"a": [1.5, 2000.0]}}}]},
+                {"role": "user", "parts": [
+                    {"functionResponse": {"name": "fé", "response": {"r": 1}}},
+                    {"functionResponse": {"name": "fé", "response": {"output": ""}}}]}
+            ])
+        );
+        assert_eq!(v["generationConfig"], json!({"topK": 3.0, "stopSequences": ["END"]}));
+        assert_eq!(v["toolConfig"], json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["f"]}}));
+        // An empty stop list sets nothing; a number is refused.
+        let v = request(json!({"model": "m", "messages": [], "stop": []})).unwrap();
+        assert!(v.get("generationConfig").is_none());
+        assert!(request(json!({"model": "m", "messages": [], "stop": 1})).unwrap_err().message.contains("stop"));
+        assert!(request(json!({"model": "m", "messages": [], "top_k": "x"})).unwrap_err().message.contains("top_k"));
+    }
+
+    #[test]
+    fn no_request_bytes_make_it_panic() {
+        let body = br#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]},{"role":"assistant","tool_calls":[{"id":"a","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"a","content":"1"}],"tools":[{"type":"function","function":{"name":"f","parameters":{}}}],"stop":["x"],"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{}}}}"#;
+        assert!(write_request(body, "gemini-3", true).is_ok());
+        for cut in 0..body.len() {
+            let _ = write_request(&body[..cut], "gemini-3", true);
+            let mut flipped = body.to_vec();
+            flipped[cut] ^= 0x20;
+            let _ = write_request(&flipped, "gemini-3", true);
+            let _ = write_predict(&body[..cut]);
+        }
+    }
+
+    fn stream_of(chunks: &[&[u8]], usage: bool) -> Vec<u8> {
+        let body = if usage {
+            r#"{"model":"gemini-2.5-flash","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#
+        } else {
+            r#"{"model":"gemini-2.5-flash","messages":[],"stream":true}"#
+        };
+        let mut t = streaming(body);
+        t.response_headers(200, "text/event-stream");
+        let mut out = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            out.extend(t.response_body(c, i + 1 == chunks.len()).replace.unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn stream_events_missing_optional_fields_translate_completely() {
+        let sse = concat!(
+            "data: {\"candidates\":[{\"content\":{\"role\":\"model\"}}]}\n\n",
+            "data: {\"candidates\":[{}]}\n\n",
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"thoughtSignature\":\"c2ln\"}]}}]}\n\n",
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"},",
+            "{\"functionCall\":{\"name\":\"f\",\"args\":{ \"k\" : \"v w\" }}}]}}]}\n\n",
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"functionCall\":{\"name\":\"g\"}}]}}]}\n\n",
+            "data: {\"usageMetadata\":{\"promptTokenCount\":1,\"candidatesTokenCount\":2}}\n\n",
+            "data: {\"candidates\":[{\"finishReason\":\"STOP\"}]}\n\n",
+        );
+        let whole = stream_of(&[sse.as_bytes(), b""], true);
+        let got = events(&whole);
+        let summary: Vec<String> = got
+            .iter()
+            .map(|e| match e {
+                Value::String(s) => s.clone(),
+                e if e["choices"].as_array().unwrap().is_empty() => format!("usage {}", e["usage"]["total_tokens"]),
+                e => {
+                    let mut delta = e["choices"][0]["delta"].clone();
+                    if let Some(call) = delta.pointer_mut("/tool_calls/0/id") {
+                        *call = json!("ID");
+                    }
+                    format!("{} {}", delta, e["choices"][0]["finish_reason"])
+                }
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                r#"{"role":"assistant","content":""} null"#,
+                r#"{"content":"a"} null"#,
+                r#"{"tool_calls":[{"index":0,"id":"ID","type":"function","function":{"name":"f","arguments":"{\"k\":\"v w\"}"}}]} null"#,
+                r#"{"tool_calls":[{"index":1,"id":"ID","type":"function","function":{"name":"g","arguments":"{}"}}]} null"#,
+                r#"{} "tool_calls""#,
+                "usage 3",
+                "[DONE]",
+            ]
+        );
+        let id = |k: usize| got[k]["choices"][0]["delta"]["tool_calls"][0]["id"].as_str().unwrap().to_string();
+        assert!(id(2).starts_with("call_chatcmpl-") && id(2).ends_with("_0") && id(3).ends_with("_1"));
+        for cut in 0..=sse.len() {
+            let (a, b) = sse.as_bytes().split_at(cut);
+            assert_eq!(stream_of(&[a, b], true), whole, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn broken_streams_end_with_an_error_and_done() {
+        let text = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}]}}]}\n\n";
+        let cases: [(&str, &str); 5] = [
+            ("", "incomplete_upstream_stream"),
+            (": keep-alive\n\n", "incomplete_upstream_stream"),
+            (text, "incomplete_upstream_stream"),
+            ("data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi", "invalid_upstream_response"),
+            (
+                "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}]}}]}\n\ndata: <html>\n\n",
+                "invalid_upstream_response",
+            ),
+        ];
+        for (sse, code) in cases {
+            let got = events(&stream_of(&[sse.as_bytes(), b""], true));
+            let n = got.len();
+            assert!(n >= 2, "{sse:?}");
+            assert_eq!(got[n - 2]["error"]["code"], code, "{sse:?}");
+            assert_eq!(got[n - 2]["error"]["type"], "server_error");
+            assert_eq!(got[n - 1], "[DONE]");
+        }
+        // After a broken event nothing more is sent, not even for later good events.
+        let sse = format!("data: nope\n\n{text}data: {{\"candidates\":[{{\"finishReason\":\"STOP\"}}]}}\n\n");
+        let got = events(&stream_of(&[sse.as_bytes(), b""], false));
+        assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn empty_or_unreadable_answers_are_502s() {
+        for body in [&b""[..], b"{}", b"null", b"[]", b"<html>", b"{\"candidates\":[{\"content\":{\"parts\":7}}]}"] {
+            let mut t = OpenAIToGemini::new();
+            t.response_headers(200, "application/json");
+            let edits = t.response_body(body, true);
+            assert_eq!(edits.status, Some(502), "{:?}", String::from_utf8_lossy(body));
+            let v: Value = serde_json::from_slice(&edits.replace.unwrap()).unwrap();
+            assert_eq!(v["error"]["code"], "invalid_upstream_response");
+        }
+        for body in [&b""[..], b"{}", b"{\"predictions\":[{\"embeddings\":{\"values\":[\"x\"]}}]}"] {
+            let edits = OpenAIToVertexEmbeddings::new().response_body(body, true);
+            assert_eq!(edits.status, Some(502));
+        }
+    }
+
+    #[test]
+    fn answers_keep_function_arguments_as_written() {
+        let body = br#"{"candidates":[{"content":{"parts":[{"text":"t\"1"},{"text":"r","thought":true},
+            {"functionCall":{"name":"f","args":{ "n" : 1.50, "s":"a b\"" }}},{"functionCall":{"name":"g","args":null}},
+            {"text":"2"}]},"finishReason":"MAX_TOKENS"},{"index":5}],"responseId":"r"}"#;
+        let edits = translate_completion(body, "fb", "m", 9);
+        let out = edits.replace.unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        let m = &v["choices"][0]["message"];
+        assert_eq!(m["content"], "t\"12");
+        assert_eq!(m["reasoning_content"], "r");
+        assert_eq!(m["tool_calls"][0]["function"]["arguments"], r#"{"n":1.50,"s":"a b\""}"#);
+        assert_eq!(m["tool_calls"][1]["function"]["arguments"], "{}");
+        assert_eq!(m["tool_calls"][1]["id"], "call_r_1");
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+        assert_eq!(
+            v["choices"][1],
+            json!({"index": 5, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop"})
+        );
+        assert_eq!(out.capacity(), out.len(), "written once, at its final size");
+    }
+
+    #[test]
+    fn embeddings_strings_are_copied_as_written() {
+        let (p, _) =
+            write_predict(br#"{"model":"m","input":["a\"b\u00e9"],"task_type":"X","user":"u","extra":1}"#).unwrap();
+        assert_eq!(p.to_vec(), br#"{"instances":[{"content":"a\"b\u00e9","task_type":"X"}]}"#);
+        let (p, _) = write_predict(br#"{"model":"m","input":"solo"}"#).unwrap();
+        assert_eq!(p.to_vec(), br#"{"instances":[{"content":"solo"}]}"#);
+        for (body, needle) in [
+            (&br#"{"model":"m","input":["a",1]}"#[..], "non-empty"),
+            (br#"{"model":"m","input":[[1],[2]]}"#, "token arrays"),
+            (br#"{"model":"m"}"#, "`input` is required"),
+            (br#"{"model":"m","input":"x","dimensions":-1}"#, "dimensions"),
+            (br#"{"model":"m","input":"x","task_type":1}"#, "task_type"),
+            (br#"{"model":"m","input":"x","user":1}"#, "`user` must be a string"),
+        ] {
+            let e = write_predict(body).unwrap_err();
+            assert!(e.message.contains(needle), "{needle}: {}", e.message);
+        }
     }
 }
