@@ -1,5 +1,7 @@
 //! The process-wide wasmtime engine, the linker with every host import, and the compiled
-//! module cache (compiling the filter is the slow part, so each test binary does it once).
+//! module cache: compiling the filter is the slow part (seconds of CPU with Cranelift), so each
+//! test binary does it once, and the machine code is kept on disk for the next test binaries
+//! (keyed by the module's SHA-256; `LLMGW_HOST_NO_MODULE_CACHE=1` turns that off).
 
 use crate::error::{HostError, Result};
 use crate::imports;
@@ -78,7 +80,57 @@ pub(crate) fn compile(path: &Path) -> Result<Module> {
 
 pub(crate) fn compile_bytes(name: &str, bytes: &[u8]) -> Result<Module> {
     let rt = runtime()?;
-    Module::new(&rt.engine, bytes).map_err(|e| HostError::Load(format!("{name}: {e:?}")))
+    let cached = cache_path(bytes);
+    if let Some(path) = &cached {
+        // SAFETY: the file is what `Module::serialize` wrote for these exact bytes (the name is
+        // their SHA-256) into the build directory, renamed into place only once complete;
+        // wasmtime refuses, with an error, a file from another version or engine configuration.
+        if let Ok(module) = unsafe { Module::deserialize_file(&rt.engine, path) } {
+            return Ok(module);
+        }
+    }
+    let module = Module::new(&rt.engine, bytes).map_err(|e| HostError::Load(format!("{name}: {e:?}")))?;
+    if let (Some(path), Ok(code)) = (cached, module.serialize()) {
+        // Best effort: a unique temporary name, then an atomic rename.
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, code).is_ok() && std::fs::rename(&tmp, &path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        if let Some(dir) = path.parent() {
+            prune(dir, 6);
+        }
+    }
+    Ok(module)
+}
+
+/// Keeps the `keep` most recent modules of the cache (each filter build adds one of ~4 MB).
+fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    files.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, old) in files.into_iter().skip(keep) {
+        let _ = std::fs::remove_file(old);
+    }
+}
+
+/// Where the machine code of `bytes` is kept: `<target>/llmgw-host-modules/<sha256>.cwasm`.
+fn cache_path(bytes: &[u8]) -> Option<PathBuf> {
+    use sha2::Digest;
+    if std::env::var_os("LLMGW_HOST_NO_MODULE_CACHE").is_some() {
+        return None;
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("llmgw-host-modules");
+    std::fs::create_dir_all(&dir).ok()?;
+    let hash: String = sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    Some(dir.join(format!("{hash}.cwasm")))
 }
 
 /// The default module, compiled once per process.

@@ -29,210 +29,201 @@ fn code(r: Flow) -> wasmtime::Result<u32> {
     })
 }
 
+/// Registers `env.$name`, counting its calls in `HostCalls::by_name` before running `$body`
+/// (the closure's first parameter is the caller).
+macro_rules! host_fn {
+    ($linker:ident, $name:literal, |$c:ident $(, $a:ident : $t:ty)*| $body:expr) => {
+        #[allow(unused_mut)]
+        $linker.func_wrap("env", $name, |mut $c: Cx<'_> $(, $a: $t)*| {
+            *$c.data_mut().vm.host_calls.by_name.entry($name).or_insert(0) += 1;
+            $body
+        })?;
+    };
+}
+
 /// Registers the host functions under `env`.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     // Logging, time, ticks.
-    linker.func_wrap("env", "proxy_log", |mut c: Cx<'_>, level: u32, p: u32, n: u32| code(log(&mut c, level, p, n)))?;
-    linker.func_wrap("env", "proxy_get_log_level", |mut c: Cx<'_>, ret: u32| {
+    host_fn!(linker, "proxy_log", |c, level: u32, p: u32, n: u32| code(log(&mut c, level, p, n)));
+    host_fn!(linker, "proxy_get_log_level", |c, ret: u32| {
         let level = c.data().vm.log_level as u32;
         code(Ok(memory::write_u32(&mut c, ret, level)))
-    })?;
-    linker.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut c: Cx<'_>, ret: u32| {
+    });
+    host_fn!(linker, "proxy_get_current_time_nanoseconds", |c, ret: u32| {
         let now = c.data().vm.clock_ns;
         code(Ok(memory::write_u64(&mut c, ret, now)))
-    })?;
-    linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut c: Cx<'_>, period: u32| {
+    });
+    host_fn!(linker, "proxy_set_tick_period_milliseconds", |c, period: u32| {
         c.data_mut().vm.tick_period_ms = period;
-        status::OK
-    })?;
+        Ok::<u32, wasmtime::Error>(status::OK)
+    });
 
     // Buffers.
-    linker.func_wrap(
-        "env",
-        "proxy_get_buffer_bytes",
-        |mut c: Cx<'_>, ty: u32, start: u32, max: u32, pp: u32, sp: u32| {
-            code(get_buffer_bytes(&mut c, ty, start, max, pp, sp))
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_buffer_bytes",
-        |mut c: Cx<'_>, ty: u32, start: u32, size: u32, p: u32, n: u32| {
-            code(set_buffer_bytes(&mut c, ty, start, size, p, n))
-        },
-    )?;
+    host_fn!(linker, "proxy_get_buffer_bytes", |c, ty: u32, start: u32, max: u32, pp: u32, sp: u32| {
+        code(get_buffer_bytes(&mut c, ty, start, max, pp, sp))
+    });
+    host_fn!(linker, "proxy_set_buffer_bytes", |c, ty: u32, start: u32, size: u32, p: u32, n: u32| {
+        code(set_buffer_bytes(&mut c, ty, start, size, p, n))
+    });
 
     // Header maps.
-    linker.func_wrap("env", "proxy_get_header_map_pairs", |mut c: Cx<'_>, ty: u32, pp: u32, sp: u32| {
+    host_fn!(linker, "proxy_get_header_map_pairs", |c, ty: u32, pp: u32, sp: u32| {
         code(get_header_map_pairs(&mut c, ty, pp, sp))
-    })?;
-    linker.func_wrap("env", "proxy_set_header_map_pairs", |mut c: Cx<'_>, ty: u32, p: u32, n: u32| {
+    });
+    host_fn!(linker, "proxy_set_header_map_pairs", |c, ty: u32, p: u32, n: u32| {
         code(set_header_map_pairs(&mut c, ty, p, n))
-    })?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_header_map_value",
-        |mut c: Cx<'_>, ty: u32, kp: u32, kn: u32, pp: u32, sp: u32| {
-            code(get_header_map_value(&mut c, ty, kp, kn, pp, sp))
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_replace_header_map_value",
-        |mut c: Cx<'_>, ty: u32, kp: u32, kn: u32, vp: u32, vn: u32| {
-            code(edit_header(&mut c, ty, kp, kn, Some((vp, vn)), Edit::Replace))
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_add_header_map_value",
-        |mut c: Cx<'_>, ty: u32, kp: u32, kn: u32, vp: u32, vn: u32| {
-            code(edit_header(&mut c, ty, kp, kn, Some((vp, vn)), Edit::Add))
-        },
-    )?;
-    linker.func_wrap("env", "proxy_remove_header_map_value", |mut c: Cx<'_>, ty: u32, kp: u32, kn: u32| {
+    });
+    host_fn!(linker, "proxy_get_header_map_value", |c, ty: u32, kp: u32, kn: u32, pp: u32, sp: u32| {
+        code(get_header_map_value(&mut c, ty, kp, kn, pp, sp))
+    });
+    host_fn!(linker, "proxy_replace_header_map_value", |c, ty: u32, kp: u32, kn: u32, vp: u32, vn: u32| {
+        code(edit_header(&mut c, ty, kp, kn, Some((vp, vn)), Edit::Replace))
+    });
+    host_fn!(linker, "proxy_add_header_map_value", |c, ty: u32, kp: u32, kn: u32, vp: u32, vn: u32| {
+        code(edit_header(&mut c, ty, kp, kn, Some((vp, vn)), Edit::Add))
+    });
+    host_fn!(linker, "proxy_remove_header_map_value", |c, ty: u32, kp: u32, kn: u32| {
         code(edit_header(&mut c, ty, kp, kn, None, Edit::Remove))
-    })?;
+    });
 
     // Properties.
-    linker.func_wrap("env", "proxy_get_property", |mut c: Cx<'_>, p: u32, n: u32, pp: u32, sp: u32| {
+    host_fn!(linker, "proxy_get_property", |c, p: u32, n: u32, pp: u32, sp: u32| {
         code(get_property(&mut c, p, n, pp, sp))
-    })?;
-    linker.func_wrap("env", "proxy_set_property", |mut c: Cx<'_>, p: u32, n: u32, vp: u32, vn: u32| {
+    });
+    host_fn!(linker, "proxy_set_property", |c, p: u32, n: u32, vp: u32, vn: u32| {
         code(set_property(&mut c, p, n, vp, vn))
-    })?;
+    });
 
     // Shared data and queues.
-    linker.func_wrap(
-        "env",
-        "proxy_get_shared_data",
-        |mut c: Cx<'_>, kp: u32, kn: u32, pp: u32, sp: u32, casp: u32| {
-            code(get_shared_data(&mut c, kp, kn, pp, sp, casp))
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_shared_data",
-        |mut c: Cx<'_>, kp: u32, kn: u32, vp: u32, vn: u32, cas: u32| {
-            code(set_shared_data(&mut c, kp, kn, vp, vn, cas))
-        },
-    )?;
-    linker.func_wrap("env", "proxy_register_shared_queue", |mut c: Cx<'_>, p: u32, n: u32, ret: u32| {
+    host_fn!(linker, "proxy_get_shared_data", |c, kp: u32, kn: u32, pp: u32, sp: u32, casp: u32| {
+        code(get_shared_data(&mut c, kp, kn, pp, sp, casp))
+    });
+    host_fn!(linker, "proxy_set_shared_data", |c, kp: u32, kn: u32, vp: u32, vn: u32, cas: u32| {
+        code(set_shared_data(&mut c, kp, kn, vp, vn, cas))
+    });
+    host_fn!(linker, "proxy_register_shared_queue", |c, p: u32, n: u32, ret: u32| {
         code(register_queue(&mut c, None, (p, n), ret))
-    })?;
-    linker.func_wrap(
-        "env",
-        "proxy_resolve_shared_queue",
-        |mut c: Cx<'_>, vp: u32, vn: u32, p: u32, n: u32, ret: u32| {
-            code(register_queue(&mut c, Some((vp, vn)), (p, n), ret))
-        },
-    )?;
-    linker.func_wrap("env", "proxy_dequeue_shared_queue", |mut c: Cx<'_>, id: u32, pp: u32, sp: u32| {
-        code(dequeue(&mut c, id, pp, sp))
-    })?;
-    linker.func_wrap("env", "proxy_enqueue_shared_queue", |mut c: Cx<'_>, id: u32, p: u32, n: u32| {
-        code(enqueue(&mut c, id, p, n))
-    })?;
+    });
+    host_fn!(linker, "proxy_resolve_shared_queue", |c, vp: u32, vn: u32, p: u32, n: u32, ret: u32| {
+        code(register_queue(&mut c, Some((vp, vn)), (p, n), ret))
+    });
+    host_fn!(linker, "proxy_dequeue_shared_queue", |c, id: u32, pp: u32, sp: u32| code(dequeue(&mut c, id, pp, sp)));
+    host_fn!(linker, "proxy_enqueue_shared_queue", |c, id: u32, p: u32, n: u32| code(enqueue(&mut c, id, p, n)));
 
     // Stream control.
-    linker.func_wrap("env", "proxy_continue_stream", |mut c: Cx<'_>, ty: u32| continue_stream(&mut c, ty))?;
-    linker.func_wrap("env", "proxy_close_stream", |mut c: Cx<'_>, _ty: u32| {
+    host_fn!(linker, "proxy_continue_stream", |c, ty: u32| Ok::<u32, wasmtime::Error>(continue_stream(&mut c, ty)));
+    host_fn!(linker, "proxy_close_stream", |c, _ty: u32| {
         let vm = &mut c.data_mut().vm;
-        match vm.active_stream() {
+        Ok::<u32, wasmtime::Error>(match vm.active_stream() {
             Some(s) => {
                 s.closed = true;
                 status::OK
             }
             None => status::NOT_FOUND,
-        }
-    })?;
-    linker.func_wrap(
-        "env",
-        "proxy_send_local_response",
-        |mut c: Cx<'_>, code_: u32, dp: u32, dn: u32, bp: u32, bn: u32, hp: u32, hn: u32, grpc: i32| {
-            code(send_local_response(&mut c, code_, (dp, dn), (bp, bn), (hp, hn), grpc))
-        },
-    )?;
+        })
+    });
+    host_fn!(linker, "proxy_send_local_response", |c,
+                                                   code_: u32,
+                                                   dp: u32,
+                                                   dn: u32,
+                                                   bp: u32,
+                                                   bn: u32,
+                                                   hp: u32,
+                                                   hn: u32,
+                                                   grpc: i32| {
+        code(send_local_response(&mut c, code_, (dp, dn), (bp, bn), (hp, hn), grpc))
+    });
 
     // Callouts.
-    linker.func_wrap(
-        "env",
-        "proxy_http_call",
-        |mut c: Cx<'_>,
-         up: u32,
-         un: u32,
-         hp: u32,
-         hn: u32,
-         bp: u32,
-         bn: u32,
-         tp: u32,
-         tn: u32,
-         timeout: u32,
-         ret: u32| { code(http_call(&mut c, (up, un), (hp, hn), (bp, bn), (tp, tn), timeout, ret)) },
-    )?;
+    host_fn!(linker, "proxy_http_call", |c,
+                                         up: u32,
+                                         un: u32,
+                                         hp: u32,
+                                         hn: u32,
+                                         bp: u32,
+                                         bn: u32,
+                                         tp: u32,
+                                         tn: u32,
+                                         timeout: u32,
+                                         ret: u32| {
+        code(http_call(&mut c, (up, un), (hp, hn), (bp, bn), (tp, tn), timeout, ret))
+    });
     // gRPC is not part of this filter's world: answer "unimplemented".
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_call",
-        |_: Cx<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| {
-            status::UNIMPLEMENTED
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_stream",
-        |_: Cx<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| status::UNIMPLEMENTED,
-    )?;
-    linker.func_wrap("env", "proxy_grpc_send", |_: Cx<'_>, _: u32, _: u32, _: u32, _: u32| status::UNIMPLEMENTED)?;
-    linker.func_wrap("env", "proxy_grpc_cancel", |_: Cx<'_>, _: u32| status::UNIMPLEMENTED)?;
-    linker.func_wrap("env", "proxy_grpc_close", |_: Cx<'_>, _: u32| status::UNIMPLEMENTED)?;
-    linker.func_wrap("env", "proxy_get_status", |mut c: Cx<'_>, codep: u32, pp: u32, sp: u32| {
+    host_fn!(linker, "proxy_grpc_call", |c,
+                                         _a: u32,
+                                         _b: u32,
+                                         _c2: u32,
+                                         _d: u32,
+                                         _e: u32,
+                                         _f: u32,
+                                         _g: u32,
+                                         _h: u32,
+                                         _i: u32,
+                                         _j: u32,
+                                         _k: u32,
+                                         _l: u32| {
+        Ok::<u32, wasmtime::Error>(status::UNIMPLEMENTED)
+    });
+    host_fn!(linker, "proxy_grpc_stream", |c,
+                                           _a: u32,
+                                           _b: u32,
+                                           _c2: u32,
+                                           _d: u32,
+                                           _e: u32,
+                                           _f: u32,
+                                           _g: u32,
+                                           _h: u32,
+                                           _i: u32| {
+        Ok::<u32, wasmtime::Error>(status::UNIMPLEMENTED)
+    });
+    host_fn!(linker, "proxy_grpc_send", |c, _a: u32, _b: u32, _c2: u32, _d: u32| {
+        Ok::<u32, wasmtime::Error>(status::UNIMPLEMENTED)
+    });
+    host_fn!(linker, "proxy_grpc_cancel", |c, _a: u32| Ok::<u32, wasmtime::Error>(status::UNIMPLEMENTED));
+    host_fn!(linker, "proxy_grpc_close", |c, _a: u32| Ok::<u32, wasmtime::Error>(status::UNIMPLEMENTED));
+    host_fn!(linker, "proxy_get_status", |c, codep: u32, pp: u32, sp: u32| {
         let r = memory::write_u32(&mut c, codep, 0)
             .and_then(|()| memory::write_u32(&mut c, pp, 0))
             .and_then(|()| memory::write_u32(&mut c, sp, 0));
         code(Ok(r))
-    })?;
+    });
 
     // Contexts, foreign functions, done.
-    linker.func_wrap("env", "proxy_set_effective_context", |mut c: Cx<'_>, id: u32| {
+    host_fn!(linker, "proxy_set_effective_context", |c, id: u32| {
         let vm = &mut c.data_mut().vm;
-        if id == vm.root_id || vm.streams.contains_key(&id) {
+        Ok::<u32, wasmtime::Error>(if id == vm.root_id || vm.streams.contains_key(&id) {
             vm.active_context = id;
             status::OK
         } else {
             status::BAD_ARGUMENT
-        }
-    })?;
-    linker.func_wrap(
-        "env",
-        "proxy_call_foreign_function",
-        |mut c: Cx<'_>, np: u32, nn: u32, ap: u32, an: u32, pp: u32, sp: u32| {
-            code(foreign_function(&mut c, (np, nn), (ap, an), pp, sp))
-        },
-    )?;
-    linker.func_wrap("env", "proxy_done", |mut c: Cx<'_>| {
+        })
+    });
+    host_fn!(linker, "proxy_call_foreign_function", |c, np: u32, nn: u32, ap: u32, an: u32, pp: u32, sp: u32| {
+        code(foreign_function(&mut c, (np, nn), (ap, an), pp, sp))
+    });
+    host_fn!(linker, "proxy_done", |c| {
         c.data_mut().vm.done_calls += 1;
-        status::OK
-    })?;
+        Ok::<u32, wasmtime::Error>(status::OK)
+    });
 
     // Metrics.
-    linker.func_wrap("env", "proxy_define_metric", |mut c: Cx<'_>, ty: u32, p: u32, n: u32, ret: u32| {
+    host_fn!(linker, "proxy_define_metric", |c, ty: u32, p: u32, n: u32, ret: u32| {
         code(define_metric(&mut c, ty, p, n, ret))
-    })?;
-    linker.func_wrap("env", "proxy_increment_metric", |mut c: Cx<'_>, id: u32, offset: i64| {
-        increment_metric(&mut c.data_mut().vm, id, offset)
-    })?;
-    linker.func_wrap("env", "proxy_record_metric", |mut c: Cx<'_>, id: u32, value: u64| {
-        record_metric(&mut c.data_mut().vm, id, value)
-    })?;
-    linker.func_wrap("env", "proxy_get_metric", |mut c: Cx<'_>, id: u32, ret: u32| {
+    });
+    host_fn!(linker, "proxy_increment_metric", |c, id: u32, offset: i64| {
+        Ok::<u32, wasmtime::Error>(increment_metric(&mut c.data_mut().vm, id, offset))
+    });
+    host_fn!(linker, "proxy_record_metric", |c, id: u32, value: u64| {
+        Ok::<u32, wasmtime::Error>(record_metric(&mut c.data_mut().vm, id, value))
+    });
+    host_fn!(linker, "proxy_get_metric", |c, id: u32, ret: u32| {
         let value = match c.data().vm.metrics.by_id.get(id as usize) {
             None => return code(Ok(Err(status::NOT_FOUND))),
             Some(m) if m.kind == MetricKind::Histogram => return code(Ok(Err(status::BAD_ARGUMENT))),
             Some(m) => m.value as u64,
         };
         code(Ok(memory::write_u64(&mut c, ret, value)))
-    })?;
+    });
     Ok(())
 }
 

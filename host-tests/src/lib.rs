@@ -36,4 +36,4 @@ pub use abi::{LogLevel, MetricKind};
 pub use engine::{default_wasm_path, WASM_ENV};
 pub use error::{HostError, Result};
 pub use plugin::{Action, Harness, Plugin, PluginBuilder, Stream};
-pub use state::{ForeignCall, Headers, HttpCall, LocalReply, LogEntry, Metric, Metrics, PropertySet};
+pub use state::{ForeignCall, Headers, HostCalls, HttpCall, LocalReply, LogEntry, Metric, Metrics, PropertySet};

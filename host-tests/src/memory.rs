@@ -24,7 +24,9 @@ pub(crate) fn read(caller: &mut Caller<'_, HostState>, ptr: u32, len: u32) -> Re
     let mem = memory(caller)?;
     let start = ptr as usize;
     let end = start.checked_add(len as usize).ok_or(status::INVALID_MEMORY_ACCESS)?;
-    mem.data(&*caller).get(start..end).map(<[u8]>::to_vec).ok_or(status::INVALID_MEMORY_ACCESS)
+    let bytes = mem.data(&*caller).get(start..end).map(<[u8]>::to_vec).ok_or(status::INVALID_MEMORY_ACCESS)?;
+    caller.data_mut().vm.host_calls.bytes_from_guest += u64::from(len);
+    Ok(bytes)
 }
 
 /// Reads a UTF-8 string argument (lossy: names in this ABI are text).
@@ -75,6 +77,7 @@ pub(crate) fn return_bytes(
     if ptr == 0 {
         return Ok(Err(status::INVALID_MEMORY_ACCESS));
     }
+    caller.data_mut().vm.host_calls.bytes_to_guest += data.len() as u64;
     Ok(write(caller, ptr, data)
         .and_then(|()| write_u32(caller, ptr_ptr, ptr))
         .and_then(|()| write_u32(caller, size_ptr, data.len() as u32)))

@@ -285,6 +285,7 @@ pub(crate) struct VmState {
     /// Things the guest did that Envoy would reject or silently ignore.
     pub violations: Vec<String>,
     pub done_calls: u32,
+    pub host_calls: HostCalls,
 }
 
 impl VmState {
@@ -313,6 +314,7 @@ impl VmState {
             shared,
             violations: Vec::new(),
             done_calls: 0,
+            host_calls: HostCalls::default(),
         }
     }
 
@@ -326,10 +328,64 @@ impl VmState {
     }
 }
 
+/// How often the guest called each host function, and how many bytes crossed the boundary: a
+/// cheap profile of a scenario (which calls a request costs, how often a body is copied).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostCalls {
+    /// Calls per `env` import (WASI calls are not counted).
+    pub by_name: BTreeMap<&'static str, u64>,
+    /// Bytes the host read out of guest memory (header names and values, bodies set, logs, ...).
+    pub bytes_from_guest: u64,
+    /// Bytes the host handed to the guest through its allocator (bodies, headers, properties).
+    pub bytes_to_guest: u64,
+    /// Calls into the guest (callbacks), and the wall time spent in them.
+    pub guest_calls: u64,
+    pub guest_time: std::time::Duration,
+}
+
+impl HostCalls {
+    /// Calls of one host function.
+    pub fn count(&self, name: &str) -> u64 {
+        self.by_name.get(name).copied().unwrap_or(0)
+    }
+
+    /// Calls of every host function.
+    pub fn total(&self) -> u64 {
+        self.by_name.values().sum()
+    }
+}
+
+/// Watches the growth of the guest's linear memory (wasmtime asks it before every `memory.grow`)
+/// and refuses growth past an optional limit, as a VM with a memory budget would.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct MemoryWatch {
+    pub limit: Option<usize>,
+    /// The largest size the guest asked for, granted or not.
+    pub largest_request: usize,
+    /// Growth requests refused (past the limit).
+    pub refused: u64,
+}
+
+impl wasmtime::ResourceLimiter for MemoryWatch {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.largest_request = self.largest_request.max(desired);
+        let ok = self.limit.is_none_or(|limit| desired <= limit);
+        if !ok {
+            self.refused += 1;
+        }
+        Ok(ok)
+    }
+
+    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+}
+
 /// The data of a wasmtime `Store`.
 pub(crate) struct HostState {
     pub wasi: WasiP1Ctx,
     pub vm: VmState,
+    pub memory: MemoryWatch,
 }
 
 #[cfg(test)]
