@@ -51,9 +51,13 @@ const GATEWAY_HEADERS: &[&str] = &[crate::config::BACKEND_HEADER, crate::config:
 /// Provider response headers that name the operator's account; never shown to clients.
 pub const OPERATOR_RESPONSE_HEADERS: &[&str] = &["openai-organization", "openai-project", "anthropic-organization-id"];
 
-/// Whether a client request header (lower-case name) may go to `backend`.
+/// Whether a client request header (lower-case name) may go to `backend`. Envoy's own headers
+/// (`x-forwarded-*`, `x-envoy-*`) are Envoy's to manage: it sanitizes and uses them (routing needs
+/// `x-forwarded-proto`), so the filter leaves them alone.
 pub fn forwarded(name: &str, backend: &Backend) -> bool {
     name.starts_with(':')
+        || name.starts_with("x-forwarded-")
+        || name.starts_with("x-envoy-")
         || COMMON.contains(&name)
         || GATEWAY_HEADERS.contains(&name)
         || schema_headers(backend.schema).contains(&name)
@@ -92,7 +96,7 @@ mod tests {
             "anthropic-beta",
             "authorization",
             "x-goog-user-project",
-            "x-forwarded-for",
+            "x-forwarded-proto",
             "traceparent",
             "x-ai-eg-model",
         ]);
@@ -105,7 +109,6 @@ mod tests {
                 "cookie",
                 "openai-organization",
                 "openai-project",
-                "x-forwarded-for",
                 "x-goog-user-project",
                 "x-stainless-os"
             ])

@@ -133,6 +133,30 @@ pub fn members(body: &[u8]) -> Option<(usize, Vec<Member<'_>>)> {
     Some((open, out))
 }
 
+/// How many unknown member names a log line lists.
+const UNKNOWN_LISTED: usize = 16;
+
+/// The names of the top-level members of `body` that `known` does not list, for a log line: the
+/// first few, then how many more. Nothing else is collected, whatever the body holds.
+pub fn unknown_members(body: &[u8], known: &[&str]) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut more = 0usize;
+    for_each_member(body, |_, m| {
+        if known.contains(&m.key.as_ref()) {
+            return;
+        }
+        if names.len() < UNKNOWN_LISTED {
+            names.push(m.key.chars().take(64).collect());
+        } else {
+            more += 1;
+        }
+    });
+    if more > 0 {
+        names.push(format!("({more} more)"));
+    }
+    names
+}
+
 /// In-place edits of a JSON object's top-level members. Applied as one replacement of the body's
 /// head (up to the last edited byte): the rest of the body is never copied.
 #[derive(Debug)]

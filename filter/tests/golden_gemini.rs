@@ -188,9 +188,7 @@ fn golden_upstream_errors() {
 
 #[test]
 fn gcs_uris_from_clients_are_refused() {
-    // TODO(allow_gcs_uris): once the backend field lands, also check that `allow_gcs_uris: true`
-    // forwards the URI as `fileData`.
-    let backend = backend();
+    let mut backend = backend();
     let dir = root().join("chat-multiturn-vision");
     let body = fs::read_to_string(dir.join("request.in.json"))
         .unwrap()
@@ -202,4 +200,12 @@ fn gcs_uris_from_clients_are_refused() {
         .unwrap_err();
     assert_eq!((e.status, e.code), (400, "gcs_uri_not_allowed"));
     assert!(e.message.starts_with("messages[3].content[1]: gs://"), "{}", e.message);
+    // A backend that allows them sends the URI on as `fileData`.
+    backend.allow_gcs_uris = true;
+    let mut t = for_backend(Endpoint::ChatCompletions, Schema::GCPVertexAI, true).unwrap();
+    let edits = t
+        .request_body(&RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "", now_unix: 0 })
+        .unwrap();
+    let sent = String::from_utf8(edits.body.unwrap().apply_to(b"")).unwrap();
+    assert!(sent.contains(r#""fileUri":"gs://cloud-samples-data/"#), "{sent}");
 }

@@ -297,11 +297,7 @@ impl<'o> RequestWriter<'o> {
             .filter(|(_, set)| *set)
             .map(|(name, _)| name.to_string())
             .collect();
-            v::each_unknown_member(body, |k| {
-                if ignored.len() < 32 {
-                    ignored.push(k.chars().take(64).collect())
-                }
-            });
+            ignored.extend(crate::json::unknown_members(body, v::KNOWN_MEMBERS));
             if !ignored.is_empty() {
                 log::debug!("llmgw: OpenAI-compatible backend ignores Anthropic parameters: {}", ignored.join(", "));
             }

@@ -897,35 +897,6 @@ impl Read for Unescape<'_> {
     }
 }
 
-/// The top-level members `body` has that the chat view does not know: the first few names and the
-/// count, without collecting them all (a body may have millions).
-fn unknown_members(body: &[u8]) -> (Vec<String>, usize) {
-    struct Scan(Vec<String>, usize);
-    impl<'de> serde::de::Visitor<'de> for &mut Scan {
-        type Value = ();
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("an object")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            #[derive(Deserialize)]
-            struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
-            while let Some(Key(key)) = map.next_key::<Key>()? {
-                map.next_value::<serde::de::IgnoredAny>()?;
-                if !v::KNOWN_MEMBERS.contains(&key.as_ref()) {
-                    if self.0.len() < 16 {
-                        self.0.push(key.into_owned());
-                    }
-                    self.1 = self.1.saturating_add(1);
-                }
-            }
-            Ok(())
-        }
-    }
-    let mut scan = Scan(Vec::new(), 0);
-    let _ = serde::Deserializer::deserialize_map(&mut serde_json::Deserializer::from_slice(body), &mut scan);
-    (scan.0, scan.1)
-}
-
 /// How reasoning is asked of the model, in `additionalModelRequestFields`.
 enum Reasoning<'a> {
     None,
@@ -1005,7 +976,7 @@ fn to_converse(body: &[u8], model: &str, default_max_tokens: u32) -> Result<(Chu
         log::warn!("llmgw: Bedrock cannot honour {}; dropped", changes_sampling.join(", "));
     }
     if log::log_enabled!(log::Level::Debug) {
-        let (unknown, count) = unknown_members(body);
+        let unknown = v::unknown_members(body);
         let ignored: Vec<&str> = [
             ("seed", seed.is_some()),
             ("user", user.is_some()),
@@ -1018,7 +989,7 @@ fn to_converse(body: &[u8], model: &str, default_max_tokens: u32) -> Result<(Chu
         .chain(unknown.iter().map(String::as_str))
         .collect();
         if !ignored.is_empty() {
-            log::debug!("llmgw: Bedrock backend ignores parameters: {} ({count} unknown)", ignored.join(", "));
+            log::debug!("llmgw: Bedrock backend ignores parameters: {}", ignored.join(", "));
         }
     }
 

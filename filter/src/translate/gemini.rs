@@ -1764,8 +1764,7 @@ impl Translator for OpenAIToGemini {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
         let RequestContext { info, body, backend, query: _, now_unix } = request;
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
-        // TODO(allow_gcs_uris): `backend.allow_gcs_uris` once the config field lands.
-        let allow_gcs_uris = false;
+        let allow_gcs_uris = backend.allow_gcs_uris;
         let new_body = write_request(body, &model, allow_gcs_uris)?;
         let path = if info.stream {
             model_path(backend, &model, "streamGenerateContent") + "?alt=sse"

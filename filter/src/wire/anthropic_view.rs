@@ -10,9 +10,8 @@
 //! serde's content tree). Translators match on `role` / `type` themselves.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -288,31 +287,6 @@ pub struct MetadataView<'a> {
     pub user_id: Option<RawStr<'a>>,
 }
 
-/// Calls `f` with each top-level member name of `body` that [`KNOWN_MEMBERS`] does not name. Walks
-/// the object with serde (values skipped, nothing collected), so a body of millions of members
-/// costs nothing.
-pub fn each_unknown_member(body: &[u8], mut f: impl FnMut(&str)) {
-    struct Keys<'f, F>(&'f mut F);
-    impl<'de, F: FnMut(&str)> Visitor<'de> for Keys<'_, F> {
-        type Value = ();
-        fn expecting(&self, fmt: &mut fmt::Formatter) -> fmt::Result {
-            fmt.write_str("an object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                map.next_value::<IgnoredAny>()?;
-                if !KNOWN_MEMBERS.contains(&key.as_ref()) {
-                    (self.0)(&key);
-                }
-            }
-            Ok(())
-        }
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    // The body was validated already; a failure here only shortens a log line.
-    let _ = de.deserialize_map(Keys(&mut f));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,9 +327,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        let mut unknown = Vec::new();
-        each_unknown_member(body, |k| unknown.push(k.to_string()));
-        assert_eq!(unknown, ["x_vendor", "y"]);
+        assert_eq!(crate::json::unknown_members(body, KNOWN_MEMBERS), ["x_vendor", "y"]);
         assert!(serde_json::from_str::<MessagesRequestView>(r#"{"messages":[],"metadata":{"user_id":5}}"#).is_err());
         assert!(
             matches!(ContentView::of(serde_json::from_str("5").unwrap(), "content"), Err(e) if e.contains("a number"))

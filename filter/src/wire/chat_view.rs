@@ -156,8 +156,8 @@ impl<'a> ContentView<'a> {
     pub fn of(raw: Option<&'a RawValue>) -> Result<Self, String> {
         let Some(raw) = raw else { return Ok(ContentView::Null) };
         match raw.get().as_bytes().first() {
-            Some(b'"') => crate::json::from_raw::<Cow<'a, str>>(raw)
-                .map(ContentView::Text)
+            Some(b'"') => crate::json::from_raw::<BorrowedText<'a>>(raw)
+                .map(|t| ContentView::Text(t.0))
                 .map_err(|e| format!("invalid content string: {e}")),
             Some(b'[') => Ok(ContentView::Parts(raw)),
             Some(b'n') => Ok(ContentView::Null),
@@ -165,6 +165,10 @@ impl<'a> ContentView<'a> {
         }
     }
 }
+
+/// A string that borrows when it has no escapes (serde's `Cow<str>` alone always copies).
+#[derive(Deserialize)]
+struct BorrowedText<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// One content part; `kind` (`type`) decides which field is set.
 #[derive(Debug, Deserialize)]
@@ -251,17 +255,9 @@ pub fn opt_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de
     Option::<Borrowed>::deserialize(d).map(|o| o.map(|b| b.0))
 }
 
-/// The top-level members of `body` that [`KNOWN_MEMBERS`] does not name (for a log line or a 400).
+/// The top-level members of `body` that [`KNOWN_MEMBERS`] does not name (for a log line; bounded).
 pub fn unknown_members(body: &[u8]) -> Vec<String> {
-    crate::json::members(body)
-        .map(|(_, members)| {
-            members
-                .into_iter()
-                .filter(|m| !KNOWN_MEMBERS.contains(&m.key.as_ref()))
-                .map(|m| m.key.into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    crate::json::unknown_members(body, KNOWN_MEMBERS)
 }
 
 #[cfg(test)]
