@@ -1,6 +1,6 @@
 //! The Envoy bootstrap for a gateway. Same shape as `envoy-configs/local/envoy.yaml` (stats tags
 //! that turn the filter's in-name labels into Prometheus labels, GenAI histogram buckets, JSON
-//! access log on stdout, the wasm filter with FAIL_CLOSED and `allow_on_headers_stop_iteration`),
+//! access log on stdout, the wasm filter with FAIL_RELOAD and `allow_on_headers_stop_iteration`),
 //! with one cluster per backend and one route per backend: the filter names the backend in
 //! `x-llmgw-backend`, and each backend's route sets its Host header and timeout.
 
@@ -13,7 +13,12 @@ use crate::validate::plugin_text;
 
 /// Request header the admin's health check sends through the listener; excluded from the access log.
 pub const PROBE_HEADER: &str = "x-llmgw-health-probe";
+/// The Wasm plugin's name: Envoy's stats for it are `wasm.<name>.*` (`vm_reload_success`, ...).
+pub const PLUGIN_NAME: &str = "llmgw";
 const BACKEND_HEADER: &str = llmgw_filter::config::BACKEND_HEADER;
+const MODEL_HEADER: &str = llmgw_filter::config::MODEL_HEADER;
+/// Dynamic metadata namespace the gateway's headers are copied to, for the access log.
+const METADATA_NAMESPACE: &str = "io.llmgw";
 const CONNECT_TIMEOUT: &str = "5s";
 
 #[derive(Debug, Clone)]
@@ -49,9 +54,10 @@ pub fn render(g: &Gateway, o: &Options) -> Value {
     })
 }
 
-/// YAML text with a header saying where it came from.
+/// YAML text with a header saying where it came from. The plugin configuration inside is JSON,
+/// and names credentials by environment variable only.
 pub fn to_yaml(g: &Gateway, bootstrap: &Value) -> String {
-    let body = serde_yaml::to_string(bootstrap).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+    let body = serde_yaml_ng::to_string(bootstrap).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
     format!(
         "# Envoy bootstrap rendered by `llmgw` from {} ({} backend(s), {} rule(s)).\n# Run: envoy -c THIS_FILE\n{body}",
         g.source.name(),
@@ -95,7 +101,7 @@ fn listener(g: &Gateway, o: &Options, buffer: u64) -> Value {
                 "stream_idle_timeout": to_envoy(DEFAULT_TIMEOUT),
                 "request_timeout": "0s",
                 "access_log": [access_log()],
-                "http_filters": [wasm_filter(g, o), {
+                "http_filters": [wasm_filter(g, o), headers_to_metadata(), {
                     "name": "envoy.filters.http.router",
                     "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
                 }],
@@ -107,6 +113,29 @@ fn listener(g: &Gateway, o: &Options, buffer: u64) -> Value {
             },
         }]}],
     })
+}
+
+/// Copies the headers the filter sets for routing (`x-llmgw-backend`, `x-ai-eg-model`) into dynamic
+/// metadata: each backend's route removes them before the request goes upstream (they are the
+/// gateway's, not the provider's), and the access log still names the backend and model.
+fn headers_to_metadata() -> Value {
+    let rule = |header: &str, key: &str| json!({"header": header, "on_header_present": {"metadata_namespace": METADATA_NAMESPACE, "key": key, "type": "STRING"}});
+    json!({
+        "name": "envoy.filters.http.header_to_metadata",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
+            "request_rules": [rule(MODEL_HEADER, "model"), rule(BACKEND_HEADER, "backend")],
+        },
+    })
+}
+
+/// A CEL expression for the access log: the gateway header's value, from the metadata once the
+/// route removed the header, else (a request the filter answered itself) from the request.
+fn logged(key: &str, header: &str) -> String {
+    format!(
+        "%CEL('{METADATA_NAMESPACE}' in metadata.filter_metadata && '{key}' in metadata.filter_metadata['{METADATA_NAMESPACE}'] \
+         ? metadata.filter_metadata['{METADATA_NAMESPACE}']['{key}'] : request.headers['{header}'])%"
+    )
 }
 
 fn access_log() -> Value {
@@ -124,15 +153,18 @@ fn access_log() -> Value {
                 "duration_ms": "%DURATION%",
                 "bytes_received": "%BYTES_RECEIVED%",
                 "bytes_sent": "%BYTES_SENT%",
-                "model": "%REQ(x-ai-eg-model)%",
-                "backend": "%REQ(x-llmgw-backend)%",
+                "model": logged("model", MODEL_HEADER),
+                "backend": logged("backend", BACKEND_HEADER),
                 "upstream": "%UPSTREAM_HOST%",
                 "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
                 "input_tokens": "%FILTER_STATE(wasm.llm_input_token:PLAIN)%",
                 "output_tokens": "%FILTER_STATE(wasm.llm_output_token:PLAIN)%",
                 "total_tokens": "%FILTER_STATE(wasm.llm_total_token:PLAIN)%",
                 "request_id": "%REQ(x-request-id)%",
-            }},
+            }, "formatters": [{
+                "name": "envoy.formatter.cel",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.formatter.cel.v3.Cel"},
+            }]},
         },
     })
 }
@@ -152,9 +184,11 @@ fn wasm_filter(g: &Gateway, o: &Options) -> Value {
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
-                "name": "llmgw",
+                "name": PLUGIN_NAME,
                 "root_id": "llmgw",
-                "failure_policy": "FAIL_CLOSED",
+                // A VM that traps (a bug, memory exhausted) is replaced by a fresh one on that
+                // worker's next request, instead of answering 503 for good (Envoy >= 1.33).
+                "failure_policy": "FAIL_RELOAD",
                 "allow_on_headers_stop_iteration": true,
                 "vm_config": vm,
                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_text(g)},
@@ -178,6 +212,8 @@ fn routes(g: &Gateway) -> Vec<Value> {
                 "name": u.name,
                 "match": {"prefix": "/", "headers": [{"name": BACKEND_HEADER, "string_match": {"exact": u.name}}]},
                 "route": route,
+                // The gateway's own headers never reach a provider.
+                "request_headers_to_remove": [BACKEND_HEADER, MODEL_HEADER],
             })
         })
         .collect();

@@ -2,14 +2,13 @@
 //! (`envoy --mode validate`, which also runs the filter's configure step), and with `--probe` each
 //! backend's model list fetched with its own credentials (`NAME SCHEMA HEALTHY DETAIL`).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Map, Value};
 
 use crate::cli::{self, CheckArgs, ListenArgs};
-use crate::model::{Ca, Gateway, ProcessEnv, Source, Upstream, DEFAULT_ADMIN_PORT};
+use crate::model::{Ca, Env, Gateway, ProcessEnv, Source, Upstream, DEFAULT_ADMIN_PORT};
 use crate::{bootstrap, demo, envoy, locate, table, validate};
 
 pub fn main(args: CheckArgs) -> Result<i32> {
@@ -54,21 +53,25 @@ pub fn main(args: CheckArgs) -> Result<i32> {
 
 /// Renders the bootstrap to a private temporary file and runs `envoy --mode validate` on it.
 fn envoy_check(g: &Gateway, args: &CheckArgs) -> Result<std::result::Result<String, String>> {
-    let bin = locate::envoy()?;
+    let bin = locate::envoy(args.envoy.as_deref())?;
     let wasm = locate::wasm(args.wasm.as_deref())?;
     let listen = ListenArgs { port: None, admin_port: DEFAULT_ADMIN_PORT, address: "127.0.0.1".into(), wasm: None };
     let opts = cli::options(g, &listen, &wasm, 0)?;
-    let dir = std::env::temp_dir().join(format!("llmgw-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file: PathBuf = dir.join("envoy.yaml");
+    // A private directory (0700, unpredictable name), removed when `dir` is dropped.
+    let dir = tempfile::Builder::new()
+        .prefix("llmgw-check-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()?;
+    let file = dir.path().join("envoy.yaml");
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&file)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&file)?;
         f.write_all(bootstrap::to_yaml(g, &bootstrap::render(g, &opts)).as_bytes())?;
     }
-    let result = envoy::validate(&bin, &file);
-    let _ = std::fs::remove_dir_all(&dir);
+    // The filter configures itself during validation: it needs the moved credentials too.
+    let result = envoy::validate(&bin, &file, &g.secret_env().collect::<Vec<_>>());
+    drop(dir);
     let version = envoy::version(&bin).unwrap_or_else(|| "?".into());
     Ok(result?
         .map(|()| format!("envoy {version}: bootstrap valid (filter configured, {} cluster(s))", g.upstreams.len())))
@@ -82,7 +85,7 @@ fn probe_all(g: &Gateway, timeout: Duration) -> Vec<Vec<String>> {
             let empty = Map::new();
             let backend = g.plugin_backend(&u.name).unwrap_or(&empty);
             let schema = backend.get("schema").and_then(Value::as_str).unwrap_or("?").to_string();
-            let (healthy, detail) = probe(&agent, backend, u);
+            let (healthy, detail) = probe(&agent, backend, u, &g.env(&ProcessEnv));
             vec![u.name.clone(), schema, healthy.to_string(), detail]
         })
         .collect()
@@ -107,15 +110,16 @@ fn models_request(backend: &Map<String, Value>) -> std::result::Result<(String, 
     }
 }
 
-/// The backend's credential as a header, resolving `*_env` from this process's environment.
-fn auth_header(backend: &Map<String, Value>) -> std::result::Result<Option<(String, String)>, String> {
+/// The backend's credential as a header, resolving `*_env` from `env` (this process's
+/// environment and the credentials moved out of the config).
+fn auth_header(backend: &Map<String, Value>, env: &dyn Env) -> std::result::Result<Option<(String, String)>, String> {
     let Some(auth) = backend.get("auth").and_then(Value::as_object) else { return Ok(None) };
     for (key, header, prefix) in
         [("bearer", "authorization", "Bearer "), ("api_key", "api-key", ""), ("x_api_key", "x-api-key", "")]
     {
         let value = match (auth.get(key), auth.get(&format!("{key}_env"))) {
             (Some(Value::String(v)), _) => v.clone(),
-            (_, Some(Value::String(var))) => std::env::var(var).map_err(|_| format!("{var} is not set"))?,
+            (_, Some(Value::String(var))) => env.var(var).ok_or_else(|| format!("{var} is not set"))?,
             _ => continue,
         };
         return Ok(Some((header.to_string(), format!("{prefix}{value}"))));
@@ -123,12 +127,12 @@ fn auth_header(backend: &Map<String, Value>) -> std::result::Result<Option<(Stri
     Err("this credential type (AWS SigV4) cannot be probed".into())
 }
 
-fn probe(agent: &ureq::Agent, backend: &Map<String, Value>, u: &Upstream) -> (&'static str, String) {
+fn probe(agent: &ureq::Agent, backend: &Map<String, Value>, u: &Upstream, env: &dyn Env) -> (&'static str, String) {
     let (path, mut headers) = match models_request(backend) {
         Ok(r) => r,
         Err(why) => return ("UNKNOWN", why),
     };
-    match auth_header(backend) {
+    match auth_header(backend, env) {
         Ok(h) => headers.extend(h),
         Err(why) => return ("UNKNOWN", why),
     }
@@ -205,12 +209,15 @@ mod tests {
 
     #[test]
     fn auth_headers() {
-        let h = auth_header(&obj(json!({"auth": {"bearer": "sk-1"}}))).unwrap();
+        let env = crate::model::MapEnv::from([("MOVED", "sk-moved")]);
+        let h = auth_header(&obj(json!({"auth": {"bearer": "sk-1"}})), &env).unwrap();
         assert_eq!(h, Some(("authorization".into(), "Bearer sk-1".into())));
-        let h = auth_header(&obj(json!({"auth": {"api_key": "k"}}))).unwrap();
+        let h = auth_header(&obj(json!({"auth": {"api_key": "k"}})), &env).unwrap();
         assert_eq!(h, Some(("api-key".into(), "k".into())));
-        assert!(auth_header(&obj(json!({"auth": {"bearer_env": "LLMGW_TEST_SURELY_UNSET"}}))).is_err());
-        assert!(auth_header(&obj(json!({"auth": {"aws": {}}}))).is_err());
-        assert_eq!(auth_header(&obj(json!({}))).unwrap(), None);
+        let h = auth_header(&obj(json!({"auth": {"x_api_key_env": "MOVED"}})), &env).unwrap();
+        assert_eq!(h, Some(("x-api-key".into(), "sk-moved".into())));
+        assert!(auth_header(&obj(json!({"auth": {"bearer_env": "LLMGW_TEST_SURELY_UNSET"}})), &env).is_err());
+        assert!(auth_header(&obj(json!({"auth": {"aws": {}}})), &env).is_err());
+        assert_eq!(auth_header(&obj(json!({})), &env).unwrap(), None);
     }
 }

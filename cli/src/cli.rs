@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bootstrap::{self, Options};
-use crate::diag::ConfigError;
+use crate::diag::{ConfigError, DocRef};
 use crate::model::{AnyEnv, Ca, Env, Format, Gateway, ProcessEnv, DEFAULT_ADMIN_PORT, DEFAULT_PORT};
 use crate::render_eg::{self, EgBackend, EgOptions};
 use crate::{autoconfig, check, formats, locate, run, stat, validate};
@@ -63,7 +63,8 @@ pub struct ListenArgs {
     /// Address the listener and admin port bind to.
     #[arg(long, default_value = "127.0.0.1")]
     pub address: String,
-    /// The filter's .wasm [default: $LLMGW_WASM, else the workspace's target/wasm32-wasip1/release/].
+    /// The filter's .wasm [default: $LLMGW_WASM, else next to the llmgw executable or in
+    /// ../share/llmgw/ (see the README)].
     #[arg(long, value_name = "FILE")]
     pub wasm: Option<PathBuf>,
 }
@@ -74,7 +75,15 @@ pub struct RunArgs {
     pub config: ConfigArgs,
     #[command(flatten)]
     pub listen: ListenArgs,
-    /// Envoy debug logs; keep the runtime directory after exit.
+    /// Envoy's binary [default: $ENVOY_BIN, else `envoy` on PATH, else next to the llmgw executable
+    /// or in ../share/llmgw/].
+    #[arg(long, value_name = "FILE")]
+    pub envoy: Option<PathBuf>,
+    /// Envoy worker threads (each runs its own filter VM) [default: one per CPU].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: Option<u32>,
+    /// Debug logs: Envoy at info level and its Wasm component (the filter's log lines) at debug;
+    /// keep the runtime directory after exit.
     #[arg(long)]
     pub debug: bool,
     /// Where to write the rendered bootstrap [default: $XDG_RUNTIME_DIR or /tmp, per process].
@@ -135,6 +144,9 @@ pub struct CheckArgs {
     /// The filter's .wasm (for `envoy --mode validate`).
     #[arg(long, value_name = "FILE")]
     pub wasm: Option<PathBuf>,
+    /// Envoy's binary (for `envoy --mode validate`).
+    #[arg(long, value_name = "FILE")]
+    pub envoy: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -233,14 +245,54 @@ fn render(a: RenderArgs) -> anyhow::Result<i32> {
     let keys = g.env_keys();
     if !keys.is_empty() {
         eprintln!("llmgw: note: Envoy must run with these variables set (the filter reads them): {}", keys.join(", "));
+        secret_notes(&g);
     }
-    match a.output {
-        Some(path) => {
-            std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-            eprintln!("llmgw: wrote {}", path.display());
-        }
-        None => print!("{text}"),
+    output(a.output.as_deref(), &text)
+}
+
+/// Where the value of each variable that holds a credential moved out of the config comes from.
+fn secret_notes(g: &Gateway) {
+    for (var, _) in g.secret_env() {
+        let field = g
+            .plugin_backends()
+            .enumerate()
+            .find_map(|(i, b)| {
+                let auth = b.get("auth")?;
+                let at = |o: &serde_json::Value, path: &str| {
+                    o.as_object()?.iter().find(|(_, v)| v.as_str() == Some(var)).map(|(k, _)| format!("{path}.{k}"))
+                };
+                at(auth, &format!("backends[{i}].auth"))
+                    .or_else(|| at(auth.get("aws")?, &format!("backends[{i}].auth.aws")))
+            })
+            .unwrap_or_default();
+        let (doc, origin) = g.locate(&field);
+        let doc = match doc {
+            Some(DocRef { index, object: Some(o) }) => format!(", document {index} ({o})"),
+            Some(DocRef { index, object: None }) => format!(", document {index}"),
+            None => String::new(),
+        };
+        eprintln!(
+            "llmgw: note: {var} must hold the credential written in {}{doc} ({origin}); it is not in this output",
+            g.source.name()
+        );
     }
+}
+
+/// Writes rendered text to stdout, or to a new file readable by its owner only (0600).
+fn output(path: Option<&Path>, text: &str) -> anyhow::Result<i32> {
+    let Some(path) = path else {
+        print!("{text}");
+        return Ok(0);
+    };
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let fail = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", path.display());
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(fail)?;
+    // An existing file keeps its mode on open: make it private too.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+    f.write_all(text.as_bytes()).map_err(fail)?;
+    eprintln!("llmgw: wrote {} (mode 0600)", path.display());
     Ok(0)
 }
 
@@ -264,12 +316,9 @@ fn render_envoy_gateway(g: &Gateway, a: &RenderArgs) -> anyhow::Result<i32> {
     };
     let text = render_eg::render(&serde_json::Value::Object(g.plugin.clone()), &backends, &opts)
         .map_err(|e| anyhow::anyhow!("cannot render for Envoy Gateway: {e}"))?;
-    match &a.output {
-        Some(path) => {
-            std::fs::write(path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-            eprintln!("llmgw: wrote {}", path.display());
-        }
-        None => print!("{text}"),
+    for line in render_eg::secret_commands(&serde_json::Value::Object(g.plugin.clone()), &opts) {
+        eprintln!("llmgw: {line}");
     }
-    Ok(0)
+    secret_notes(g);
+    output(a.output.as_deref(), &text)
 }

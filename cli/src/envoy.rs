@@ -12,17 +12,45 @@ use tokio::process::{Child, Command};
 use crate::admin;
 use crate::http;
 
-/// Envoy's command line for a bootstrap file.
-pub fn command(bin: &Path, config: &Path, admin_address_file: &Path, debug: bool) -> Command {
+/// How `run` starts Envoy, besides the bootstrap.
+#[derive(Debug, Default)]
+pub struct Launch<'a> {
+    /// Envoy at info level, the Wasm component (the filter's own log lines) at debug.
+    pub debug: bool,
+    /// Worker threads (`--concurrency`); `None` = Envoy's default, one per hardware thread.
+    pub concurrency: Option<u32>,
+    /// Extra environment: the credentials moved out of the plugin configuration, which the filter
+    /// reads through `host_env_keys`. Only Envoy's environment holds them.
+    pub env: Vec<(&'a str, &'a str)>,
+}
+
+/// Envoy's log levels: warnings and errors normally; with `debug`, info, and the Wasm component
+/// (where the filter's log lines go, and which the filter's own level follows) at debug.
+pub fn log_args(debug: bool) -> Vec<&'static str> {
+    if debug {
+        vec!["--log-level", "info", "--component-log-level", "wasm:debug"]
+    } else {
+        vec!["--log-level", "warn"]
+    }
+}
+
+/// Envoy's command line for a bootstrap file. Its stderr (the log) is piped, for `run` to forward
+/// and watch; its stdout (the access log) is inherited.
+pub fn command(bin: &Path, config: &Path, admin_address_file: &Path, launch: &Launch<'_>) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("-c")
         .arg(config)
         .arg("--admin-address-path")
         .arg(admin_address_file)
         .arg("--disable-hot-restart")
-        .args(["--log-level", if debug { "debug" } else { "warn" }])
+        .args(log_args(launch.debug))
+        .envs(launch.env.iter().copied())
         .stdin(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
+    if let Some(n) = launch.concurrency {
+        cmd.arg("--concurrency").arg(n.to_string());
+    }
     // If llmgw itself dies (even SIGKILL), the kernel sends Envoy SIGTERM: no orphan keeps the ports.
     // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and exec.
     #[cfg(target_os = "linux")]
@@ -112,11 +140,13 @@ pub fn exit_code(status: ExitStatus) -> i32 {
     status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1)
 }
 
-/// `envoy --mode validate -c FILE`: `Ok(())`, or Envoy's error lines.
-pub fn validate(bin: &Path, config: &Path) -> Result<std::result::Result<(), String>> {
+/// `envoy --mode validate -c FILE` with `env` added to Envoy's environment: `Ok(())`, or Envoy's
+/// error lines.
+pub fn validate(bin: &Path, config: &Path, env: &[(&str, &str)]) -> Result<std::result::Result<(), String>> {
     let out = std::process::Command::new(bin)
         .args(["--mode", "validate", "--log-level", "error", "-c"])
         .arg(config)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot run {}", bin.display()))?;

@@ -148,6 +148,39 @@ pub struct Gateway {
     pub upstreams: Vec<Upstream>,
     pub warnings: Vec<String>,
     pub origins: Vec<Origin>,
+    /// Credentials moved out of the plugin configuration ([`Gateway::externalize_secrets`]):
+    /// environment variable → value. `llmgw run` gives them to Envoy's environment only.
+    pub secrets: BTreeMap<String, SecretValue>,
+}
+
+/// A credential: compared and moved around, never printed (`Debug` shows its length only).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(pub String);
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretValue(<{} bytes>)", self.0.len())
+    }
+}
+
+/// Credential fields of the plugin's `auth` (and `auth.aws`) that can hold a literal key.
+const CREDENTIAL_FIELDS: [&str; 3] = ["bearer", "api_key", "x_api_key"];
+const AWS_FIELDS: [(&str, &str); 3] = [
+    ("access_key_id", "AWS_ACCESS_KEY_ID"),
+    ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+    ("session_token", "AWS_SESSION_TOKEN"),
+];
+
+/// The process environment with a gateway's moved credentials on top (what Envoy's VM will see).
+pub struct WithSecrets<'a> {
+    pub secrets: &'a BTreeMap<String, SecretValue>,
+    pub base: &'a dyn Env,
+}
+
+impl Env for WithSecrets<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.secrets.get(name).map(|s| s.0.clone()).or_else(|| self.base.var(name))
+    }
 }
 
 impl Gateway {
@@ -160,7 +193,39 @@ impl Gateway {
             upstreams: Vec::new(),
             warnings: Vec::new(),
             origins: Vec::new(),
+            secrets: BTreeMap::new(),
         }
+    }
+
+    /// `base` with this gateway's moved credentials on top.
+    pub fn env<'a>(&'a self, base: &'a dyn Env) -> WithSecrets<'a> {
+        WithSecrets { secrets: &self.secrets, base }
+    }
+
+    /// Moves every literal credential of the plugin configuration (`auth.bearer`, `api_key`,
+    /// `x_api_key`, `aws.*`) into [`Gateway::secrets`] under a variable named after the backend
+    /// and field (`LLMGW_SECRET_OPENAI_BEARER`), and writes the `*_env` form in its place. The
+    /// plugin configuration, and so every rendered file and Envoy's admin output, then names
+    /// variables only; the filter reads the values from the VM's environment.
+    pub fn externalize_secrets(&mut self) {
+        let Some(backends) = self.plugin.get_mut("backends").and_then(Value::as_array_mut) else { return };
+        for backend in backends.iter_mut().filter_map(Value::as_object_mut) {
+            let name = backend.get("name").and_then(Value::as_str).unwrap_or("backend").to_string();
+            let Some(auth) = backend.get_mut("auth").and_then(Value::as_object_mut) else { continue };
+            for field in CREDENTIAL_FIELDS {
+                move_secret(auth, field, &[&name, field], &mut self.secrets);
+            }
+            if let Some(aws) = auth.get_mut("aws").and_then(Value::as_object_mut) {
+                for (field, _) in AWS_FIELDS {
+                    move_secret(aws, field, &[&name, "aws", field], &mut self.secrets);
+                }
+            }
+        }
+    }
+
+    /// Moved credentials that this configuration names (in the order of `env_keys`).
+    pub fn secret_env(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.secrets.iter().map(|(k, v)| (k.as_str(), v.0.as_str()))
     }
 
     pub fn plugin_backends(&self) -> impl Iterator<Item = &Map<String, Value>> {
@@ -196,14 +261,21 @@ impl Gateway {
         }
     }
 
-    /// Variables the plugin reads with `*_env` (handed to the Wasm VM by Envoy).
+    /// Variables the plugin reads with `*_env`, and the standard AWS variables an `aws` credential
+    /// without a key falls back to: handed to the Wasm VM by Envoy (`host_env_keys`).
     pub fn env_keys(&self) -> Vec<String> {
-        let mut keys = Vec::new();
-        collect_env_keys(&Value::Object(self.plugin.clone()), &mut keys);
-        keys.sort();
-        keys.dedup();
-        keys
+        env_keys(&Value::Object(self.plugin.clone()))
     }
+}
+
+/// Every `*_env` value of a plugin configuration, plus the AWS variables an `aws` credential
+/// falls back to for the keys it does not give; sorted, no duplicates.
+pub fn env_keys(plugin: &Value) -> Vec<String> {
+    let mut keys = Vec::new();
+    collect_env_keys(plugin, &mut keys);
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 fn collect_env_keys(v: &Value, out: &mut Vec<String>) {
@@ -212,6 +284,14 @@ fn collect_env_keys(v: &Value, out: &mut Vec<String>) {
             for (k, v) in map {
                 match v {
                     Value::String(s) if k.ends_with("_env") => out.push(s.clone()),
+                    Value::Object(aws) if k == "aws" => {
+                        for (field, default) in AWS_FIELDS {
+                            if !aws.contains_key(field) && !aws.contains_key(&format!("{field}_env")) {
+                                out.push(default.to_string());
+                            }
+                        }
+                        collect_env_keys(v, out);
+                    }
                     other => collect_env_keys(other, out),
                 }
             }
@@ -219,6 +299,28 @@ fn collect_env_keys(v: &Value, out: &mut Vec<String>) {
         Value::Array(items) => items.iter().for_each(|i| collect_env_keys(i, out)),
         _ => {}
     }
+}
+
+/// Replaces `map[field]` (a literal credential) with `map[field_env]` naming a new variable.
+fn move_secret(map: &mut Map<String, Value>, field: &str, name: &[&str], secrets: &mut BTreeMap<String, SecretValue>) {
+    let Some(Value::String(value)) = map.get(field) else { return };
+    let value = value.clone();
+    let base: String = std::iter::once("LLMGW_SECRET")
+        .chain(name.iter().copied())
+        .collect::<Vec<_>>()
+        .join("_")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .collect();
+    let mut var = base.clone();
+    let mut n = 1;
+    while secrets.contains_key(&var) {
+        n += 1;
+        var = format!("{base}_{n}");
+    }
+    map.remove(field);
+    map.insert(format!("{field}_env"), Value::String(var.clone()));
+    secrets.insert(var, SecretValue(value));
 }
 
 /// An environment made of fixed pairs (tests, `render`).
@@ -274,7 +376,52 @@ mod tests {
         .as_object()
         .cloned()
         .unwrap();
-        assert_eq!(g.env_keys(), vec!["AWS_ACCESS_KEY_ID", "OPENAI_API_KEY"]);
+        // The session token is optional: the filter reads AWS_SESSION_TOKEN when it is set.
+        assert_eq!(g.env_keys(), vec!["AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "OPENAI_API_KEY"]);
+    }
+
+    #[test]
+    fn aws_credentials_without_keys_read_the_standard_variables() {
+        let plugin = json!({"backends": [{"name": "b", "auth": {"aws": {"access_key_id_env": "MY_ID"}}}]});
+        assert_eq!(env_keys(&plugin), vec!["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MY_ID"]);
+    }
+
+    #[test]
+    fn literal_credentials_move_to_secrets() {
+        let mut g = Gateway::new(Source::Demo);
+        g.plugin = json!({"backends": [
+            {"name": "open.ai", "auth": {"bearer": "sk-1"}},
+            {"name": "az", "auth": {"api_key": "az-1"}},
+            {"name": "an", "auth": {"x_api_key_env": "ANTHROPIC_API_KEY"}},
+            {"name": "open-ai", "auth": {"bearer": "sk-2"}},
+            {"name": "aws", "auth": {"aws": {"access_key_id": "AKIA", "secret_access_key": "s3cret"}}},
+            {"name": "none"}
+        ]})
+        .as_object()
+        .cloned()
+        .unwrap();
+        g.externalize_secrets();
+        let text = Value::Object(g.plugin.clone()).to_string();
+        for secret in ["sk-1", "sk-2", "az-1", "AKIA", "s3cret"] {
+            assert!(!text.contains(secret), "{secret} still in {text}");
+            assert!(!format!("{g:?}").contains(secret), "{secret} in Debug");
+        }
+        let env = MapEnv::default();
+        let with = g.env(&env);
+        assert_eq!(g.plugin["backends"][0]["auth"], json!({"bearer_env": "LLMGW_SECRET_OPEN_AI_BEARER"}));
+        assert_eq!(with.var("LLMGW_SECRET_OPEN_AI_BEARER").as_deref(), Some("sk-1"));
+        assert_eq!(g.plugin["backends"][3]["auth"], json!({"bearer_env": "LLMGW_SECRET_OPEN_AI_BEARER_2"}));
+        assert_eq!(with.var("LLMGW_SECRET_OPEN_AI_BEARER_2").as_deref(), Some("sk-2"));
+        assert_eq!(g.plugin["backends"][1]["auth"], json!({"api_key_env": "LLMGW_SECRET_AZ_API_KEY"}));
+        assert_eq!(g.plugin["backends"][2]["auth"], json!({"x_api_key_env": "ANTHROPIC_API_KEY"}));
+        assert_eq!(
+            g.plugin["backends"][4]["auth"]["aws"],
+            json!({"access_key_id_env": "LLMGW_SECRET_AWS_AWS_ACCESS_KEY_ID",
+                   "secret_access_key_env": "LLMGW_SECRET_AWS_AWS_SECRET_ACCESS_KEY"})
+        );
+        assert_eq!(g.secrets.len(), 5);
+        assert!(g.env_keys().contains(&"LLMGW_SECRET_AZ_API_KEY".to_string()));
+        assert!(g.env_keys().contains(&"AWS_SESSION_TOKEN".to_string()));
     }
 
     #[test]

@@ -9,19 +9,25 @@
 //! What it emits, for namespace/name `llmgw` (both from [`EgOptions`]):
 //! * Namespace, GatewayClass, Gateway (one HTTP listener), ClientTrafficPolicy (body buffer above
 //!   the filter's `max_request_body_bytes`, stream idle timeout);
-//! * a Secret + EnvoyProxy that put every `*_env` variable the plugin configuration reads into the
-//!   envoy container (the EnvoyExtensionPolicy passes them into the VM with `env.hostKeys`);
-//! * SecurityPolicy (API keys from a Secret, client id forwarded in `x-llmgw-client`);
+//! * an EnvoyProxy that puts every variable the plugin configuration reads (`*_env`) into the
+//!   envoy container from the Secret `<name>-upstream-keys` (the EnvoyExtensionPolicy passes them
+//!   into the VM with `env.hostKeys`);
+//! * SecurityPolicy (API keys from the Secret `<name>-client-keys`, client id forwarded in
+//!   `x-llmgw-client`).
+//!
+//! No secret is in the output: the two Secrets are created by the operator (the header comment and
+//! [`secret_commands`] give the `kubectl create secret` commands), and the plugin configuration
+//! names credentials by variable only (the CLI moves literal keys out before rendering);
 //! * per backend: a `Backend` (FQDN or IP endpoints, TLS with the system CAs when `tls`), or a
 //!   Service reference for `<svc>.<namespace>.svc[.cluster.local]` hosts of the gateway's namespace;
 //! * HTTPRoute: one rule per backend matching `x-llmgw-backend: <name>`, a catch-all rule answered
 //!   by an HTTPRouteFilter (the route a request first matches, which enables the filter chain);
-//! * EnvoyExtensionPolicy (the image, its digest, the plugin configuration inline);
-//! * EnvoyPatchPolicy: `allow_on_headers_stop_iteration` and `failure_policy` on the generated
-//!   Wasm filter, and the token charge read from `wasm.llm_total_token`;
+//! * EnvoyExtensionPolicy (the image, its digest, the plugin configuration inline, as JSON);
+//! * EnvoyPatchPolicy: `allow_on_headers_stop_iteration` and `failure_policy: FAIL_RELOAD` on the
+//!   generated Wasm filter, and the token charge read from `wasm.llm_total_token`;
 //! * BackendTrafficPolicy: upstream buffer/timeout and the token budget per client id.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// One backend of the plugin configuration and where its traffic goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +70,8 @@ impl Default for EgOptions {
 
 /// The header the filter names the backend in.
 pub const BACKEND_HEADER: &str = "x-llmgw-backend";
+/// The header the filter names the body's model in (for routing and logs; never sent upstream).
+pub const MODEL_HEADER: &str = "x-ai-eg-model";
 /// The header the API key check forwards the client id in; the token budget is keyed on it.
 pub const CLIENT_HEADER: &str = "x-llmgw-client";
 const DEFAULT_MAX_BODY: u64 = 32 << 20;
@@ -78,6 +86,12 @@ pub fn render(plugin: &Value, backends: &[EgBackend], opts: &EgOptions) -> Resul
         .iter()
         .map(|b| b.get("name").and_then(Value::as_str).map(str::to_string).ok_or("a backend has no name"))
         .collect::<Result<_, _>>()?;
+    if let Some(field) = literal_credential(plugin) {
+        return Err(format!(
+            "{field} is a literal credential: manifests name credentials by variable only (use the *_env form; \
+             `llmgw render` moves literal keys out by itself)"
+        ));
+    }
     check_name("namespace", &opts.namespace)?;
     check_name("name", &opts.name)?;
     let digest = opts.digest.strip_prefix("sha256:").unwrap_or(&opts.digest);
@@ -125,7 +139,9 @@ pub fn render(plugin: &Value, backends: &[EgBackend], opts: &EgOptions) -> Resul
 #     router: HTTPRoute rule whose {BACKEND_HEADER} header matches -> that backend
 #
 # Namespace: {ns}. Gateway: {name}. Filter image: {image}.
----
+#
+# Secrets: this file contains none and references two, which you create first (README.md):
+{secret_help}---
 apiVersion: v1
 kind: Namespace
 metadata:
@@ -141,29 +157,15 @@ spec:
 ",
         port = opts.port,
         image = opts.image,
+        secret_help = secret_commands(plugin, opts).iter().map(|l| format!("#   {l}\n")).collect::<String>(),
     );
 
     if !env_keys.is_empty() {
         out += &format!(
             "---
-# Upstream credentials, read by the filter from the Envoy process's environment (`*_env` keys
-# of the plugin configuration). Replace the values, or create the Secret with kubectl instead.
-apiVersion: v1
-kind: Secret
-metadata:
-  name: {name}-upstream-keys
-  namespace: {ns}
-type: Opaque
-stringData:
-"
-        );
-        for k in &env_keys {
-            out += &format!("  {k}: REPLACE_ME\n");
-        }
-        out += &format!(
-            "---
-# The Envoy proxy pods of the Gateway: the Secret above becomes environment variables of the
-# envoy container, where the Wasm VM can read them (EnvoyExtensionPolicy env.hostKeys).
+# The Envoy proxy pods of the Gateway: the keys of the Secret {name}-upstream-keys (which you
+# create, see the top of this file) become environment variables of the envoy container, where
+# the Wasm VM reads them (EnvoyExtensionPolicy env.hostKeys; the plugin configuration's *_env).
 apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: EnvoyProxy
 metadata:
@@ -187,6 +189,9 @@ spec:
                   key: {k}
 "
             );
+            if OPTIONAL_KEYS.contains(&k.as_str()) {
+                out += "                  optional: true\n";
+            }
         }
     }
 
@@ -238,18 +243,9 @@ spec:
     http:
       streamIdleTimeout: 300s
 ---
-# Client API keys: each key of the Secret is a client id, its value the key the client sends as
+# Client API keys, from the Secret {name}-client-keys that you create (see the top of this
+# file): each key of the Secret is a client id, its value the key the client sends as
 # `Authorization: Bearer <key>` (OpenAI SDKs) or `x-api-key: <key>`.
-apiVersion: v1
-kind: Secret
-metadata:
-  name: {name}-client-keys
-  namespace: {ns}
-type: Opaque
-stringData:
-  team-a: sk-{name}-team-a-REPLACE_ME
-  team-b: sk-{name}-team-b-REPLACE_ME
----
 # Targets the Gateway, so it applies to every route, including the catch-all one the request
 # first matches (see the HTTPRoute). The client id travels on in {CLIENT_HEADER}, which the
 # token budget below is keyed on; the key itself is removed (sanitize).
@@ -368,6 +364,11 @@ spec:
             - type: Exact
               name: {BACKEND_HEADER}
               value: {value}
+      filters:
+        # The gateway's own routing headers never reach a provider.
+        - type: RequestHeaderModifier
+          requestHeaderModifier:
+            remove: [{BACKEND_HEADER}, {MODEL_HEADER}]
 ",
             value = scalar(&Value::String(b.name.clone())),
         );
@@ -376,8 +377,7 @@ spec:
             let host = strip_port(&host);
             check_hostname(host)?;
             out += &format!(
-                "      filters:
-        # The provider checks the Host header.
+                "        # The provider checks the Host header.
         - type: URLRewrite
           urlRewrite:
             hostname: {host}
@@ -401,7 +401,7 @@ spec:
             name: {name}-no-route
 ---
 # The llmgw filter: the OCI image that `make oci` builds, with the plugin configuration inline
-# (filter/README.md). Envoy Gateway pulls the image, checks its digest, serves plugin.wasm to
+# (JSON, filter/README.md). Envoy Gateway pulls the image, checks its digest, serves plugin.wasm to
 # the proxies and adds the filter to the listener as
 #   {wasm_filter}
 # (disabled there, enabled on every route of the HTTPRoute).
@@ -446,16 +446,25 @@ spec:
             out += &format!("          - {k}\n");
         }
     }
-    out += "      config:\n";
-    yaml_block(&mut out, plugin, 8);
+    // JSON (which is YAML too): the filter takes JSON only, and Envoy Gateway passes it on as JSON.
+    let json = serde_json::to_string_pretty(plugin).map_err(|e| format!("the plugin configuration: {e}"))?;
+    out += "      config: ";
+    for (i, line) in json.lines().enumerate() {
+        if i > 0 {
+            out += "\n        ";
+        }
+        out += line;
+    }
+    out += "\n";
     out += &format!(
         "---
 # What Envoy Gateway does not expose, patched into the xDS it generates:
 #  1. allow_on_headers_stop_iteration: true on the llmgw filter: it routes from the body, so
 #     it sets {BACKEND_HEADER} and :path in the body callback after on_request_headers returned
 #     StopIteration; without it Envoy would pass the headers on unrouted.
-#  2. failure_policy: FAIL_CLOSED on the llmgw filter: a VM that fails answers 503 instead of
-#     letting requests through.
+#  2. failure_policy: FAIL_RELOAD on the llmgw filter: a VM that fails (a trap) is replaced by
+#     a fresh one on that worker's next request (at most once a second; requests meanwhile get
+#     503), instead of answering 503 for good; a failed filter never lets requests through.
 #  3. The token budget's charge: the BackendTrafficPolicy below makes the rate limit entry that
 #     runs when the stream is done read its cost from dynamic metadata, which a Wasm filter
 #     cannot write; this points it at the filter state the filter does write,
@@ -486,7 +495,7 @@ spec:
         op: add
         jsonPath: \"..http_filters[?(@.name == '{wasm_filter}')]\"
         path: /typed_config/config/failure_policy
-        value: FAIL_CLOSED
+        value: FAIL_RELOAD
     - type: type.googleapis.com/envoy.config.route.v3.RouteConfiguration
       name: {xds_name}
       operation:
@@ -541,7 +550,32 @@ spec:
     Ok(out)
 }
 
-/// Every `*_env` value of the plugin configuration (environment variables the VM reads), sorted.
+/// The path of the first literal credential of the plugin configuration (`auth.bearer`,
+/// `auth.aws.secret_access_key`, ...), if any.
+pub fn literal_credential(plugin: &Value) -> Option<String> {
+    let backends = plugin.get("backends")?.as_array()?;
+    for (i, b) in backends.iter().enumerate() {
+        let Some(auth) = b.get("auth").and_then(Value::as_object) else { continue };
+        for k in ["bearer", "api_key", "x_api_key"] {
+            if auth.contains_key(k) {
+                return Some(format!("backends[{i}].auth.{k}"));
+            }
+        }
+        let Some(aws) = auth.get("aws").and_then(Value::as_object) else { continue };
+        for k in ["access_key_id", "secret_access_key", "session_token"] {
+            if aws.contains_key(k) {
+                return Some(format!("backends[{i}].auth.aws.{k}"));
+            }
+        }
+    }
+    None
+}
+
+/// Variables the filter may find missing without failing (optional `secretKeyRef`s).
+const OPTIONAL_KEYS: &[&str] = &["AWS_SESSION_TOKEN"];
+
+/// Every `*_env` value of the plugin configuration (environment variables the VM reads), and the
+/// standard AWS variables an `aws` credential without keys falls back to; sorted.
 pub fn env_keys(plugin: &Value) -> Vec<String> {
     fn walk(v: &Value, out: &mut Vec<String>) {
         match v {
@@ -549,6 +583,18 @@ pub fn env_keys(plugin: &Value) -> Vec<String> {
                 for (k, v) in m {
                     match v {
                         Value::String(s) if k.ends_with("_env") => out.push(s.clone()),
+                        Value::Object(aws) if k == "aws" => {
+                            for (field, var) in [
+                                ("access_key_id", "AWS_ACCESS_KEY_ID"),
+                                ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+                                ("session_token", "AWS_SESSION_TOKEN"),
+                            ] {
+                                if !aws.contains_key(field) && !aws.contains_key(&format!("{field}_env")) {
+                                    out.push(var.to_string());
+                                }
+                            }
+                            walk(v, out);
+                        }
                         _ => walk(v, out),
                     }
                 }
@@ -561,6 +607,28 @@ pub fn env_keys(plugin: &Value) -> Vec<String> {
     walk(plugin, &mut out);
     out.sort();
     out.dedup();
+    out
+}
+
+/// The commands that create the two Secrets the manifests reference (upstream credentials, if
+/// the configuration reads any, and client API keys), with no secret in them: values come from
+/// the operator's environment or are generated.
+pub fn secret_commands(plugin: &Value, opts: &EgOptions) -> Vec<String> {
+    let (ns, name) = (&opts.namespace, &opts.name);
+    let mut out = vec![format!("kubectl create namespace {ns}")];
+    let keys = env_keys(plugin);
+    if !keys.is_empty() {
+        let literals: Vec<String> = keys
+            .iter()
+            .filter(|k| !OPTIONAL_KEYS.contains(&k.as_str()))
+            .map(|k| format!("--from-literal={k}=\"${k}\""))
+            .collect();
+        out.push(format!("kubectl -n {ns} create secret generic {name}-upstream-keys {}", literals.join(" ")));
+    }
+    out.push(format!(
+        "kubectl -n {ns} create secret generic {name}-client-keys --from-literal=team-a=\"$(openssl rand -hex 24)\" \
+         --from-literal=team-b=\"$(openssl rand -hex 24)\""
+    ));
     out
 }
 
@@ -633,78 +701,6 @@ fn dns_label(name: &str) -> String {
         "backend".into()
     } else {
         s
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// YAML for the plugin configuration (block style, deterministic)
-
-fn yaml_block(out: &mut String, v: &Value, indent: usize) {
-    match v {
-        Value::Object(m) => yaml_map(out, m, indent, None),
-        Value::Array(a) => yaml_seq(out, a, indent),
-        other => {
-            out.push_str(&" ".repeat(indent));
-            out.push_str(&scalar(other));
-            out.push('\n');
-        }
-    }
-}
-
-/// A mapping at `indent`; `first` is the prefix of its first line (`- ` of a sequence item).
-fn yaml_map(out: &mut String, m: &Map<String, Value>, indent: usize, first: Option<&str>) {
-    if m.is_empty() {
-        out.push_str(&" ".repeat(indent));
-        out.push_str("{}\n");
-        return;
-    }
-    for (i, (k, v)) in m.iter().enumerate() {
-        match (i, first) {
-            (0, Some(prefix)) => out.push_str(&format!("{}{prefix}", " ".repeat(indent - prefix.len()))),
-            _ => out.push_str(&" ".repeat(indent)),
-        }
-        out.push_str(&scalar(&Value::String(k.clone())));
-        out.push(':');
-        match v {
-            Value::Object(inner) if !inner.is_empty() => {
-                out.push('\n');
-                yaml_map(out, inner, indent + 2, None);
-            }
-            Value::Array(items) if !items.is_empty() => {
-                out.push('\n');
-                yaml_seq(out, items, indent + 2);
-            }
-            Value::Object(_) => out.push_str(" {}\n"),
-            Value::Array(_) => out.push_str(" []\n"),
-            other => {
-                out.push(' ');
-                out.push_str(&scalar(other));
-                out.push('\n');
-            }
-        }
-    }
-}
-
-fn yaml_seq(out: &mut String, a: &[Value], indent: usize) {
-    for v in a {
-        match v {
-            Value::Object(m) if !m.is_empty() => yaml_map(out, m, indent + 2, Some("- ")),
-            Value::Array(items) if !items.is_empty() => {
-                out.push_str(&" ".repeat(indent));
-                out.push_str("-\n");
-                yaml_seq(out, items, indent + 2);
-            }
-            other => {
-                out.push_str(&" ".repeat(indent));
-                out.push_str("- ");
-                out.push_str(&match other {
-                    Value::Object(_) => "{}".to_string(),
-                    Value::Array(_) => "[]".to_string(),
-                    s => scalar(s),
-                });
-                out.push('\n');
-            }
-        }
     }
 }
 

@@ -4,6 +4,10 @@
 //! missing Envoy or filter, ports in use) is reported before Envoy starts. Once Envoy is ready,
 //! SIGINT/SIGTERM/SIGHUP are forwarded to it and `run` exits with Envoy's status; Envoy is killed
 //! if it does not stop in time, and gets SIGTERM from the kernel should `llmgw` itself die.
+//!
+//! Secrets: the rendered bootstrap names credentials by environment variable only; their values
+//! are in Envoy's environment (so not in its `/config_dump`), and the bootstrap is a 0600 file in
+//! a private directory made by `tempfile`. Envoy's log passes through `run` (see `admin::VmWatch`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -11,10 +15,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
+use tokio::process::ChildStderr;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::admin::{self, Targets};
+use crate::admin::{self, Targets, VmWatch};
 use crate::bootstrap;
 use crate::cli::{self, RunArgs};
 use crate::demo;
@@ -64,7 +70,7 @@ async fn run(args: RunArgs) -> Result<i32> {
     cli::print_warnings(&gateway);
     validate::validate(&gateway, &ProcessEnv)?;
 
-    let envoy_bin = locate::envoy_or_install()?;
+    let envoy_bin = locate::envoy_or_install(args.envoy.as_deref())?;
     let wasm = locate::wasm_or_build(args.listen.wasm.as_deref())?;
     // Envoy's own admin on an ephemeral loopback port, known to llmgw through --admin-address-path.
     let opts = cli::options(&gateway, &args.listen, &wasm, 0)?;
@@ -83,23 +89,30 @@ async fn run(args: RunArgs) -> Result<i32> {
         gateway = demo::gateway(port);
     }
     let dir = RunDir::create(args.run_dir.clone())?;
-    let config_path = dir.path.join("envoy.yaml");
-    let admin_file = dir.path.join("admin-address.txt");
+    let config_path = dir.path().join("envoy.yaml");
+    let admin_file = dir.path().join("admin-address.txt");
     write_private(&config_path, &bootstrap::to_yaml(&gateway, &bootstrap::render(&gateway, &opts)))?;
+    // Envoy writes its admin address here; created first so that it is private too.
+    write_private(&admin_file, "")?;
 
     let targets: admin::Shared = Arc::new(RwLock::new(None));
-    admin::serve(admin_listener, targets.clone());
+    let watch = Arc::new(VmWatch::default());
+    admin::serve(admin_listener, targets.clone(), watch.clone());
 
     eprintln!("llmgw: starting Envoy ({}) with {}", envoy_bin.display(), config_path.display());
-    let mut child = envoy::command(&envoy_bin, &config_path, &admin_file, args.debug)
+    let launch =
+        envoy::Launch { debug: args.debug, concurrency: args.concurrency, env: gateway.secret_env().collect() };
+    let mut child = envoy::command(&envoy_bin, &config_path, &admin_file, &launch)
         .spawn()
         .with_context(|| format!("cannot start {}", envoy_bin.display()))?;
+    let log = child.stderr.take().map(|e| tokio::spawn(forward_log(e, watch)));
 
     let ready = tokio::select! {
         r = envoy::wait_ready(&mut child, &admin_file, probe_addr, Duration::from_secs(args.startup_timeout)) => r,
         sig = signals.recv() => {
             eprintln!("llmgw: {sig} during startup; stopping Envoy");
             let status = envoy::stop(&mut child, STOP_GRACE).await;
+            drain(log).await;
             dir.finish(args.debug);
             return Ok(status.map_or(1, envoy::exit_code));
         }
@@ -107,15 +120,17 @@ async fn run(args: RunArgs) -> Result<i32> {
     let envoy_admin = match ready {
         Ok(a) => a,
         Err(NotReady::Exited(status)) => {
-            dir.finish(true);
+            drain(log).await;
+            let kept = dir.finish(true);
             bail!(
                 "Envoy exited while starting ({status}); its log is above. The bootstrap is kept at {}",
-                config_path.display()
+                kept.join("envoy.yaml").display()
             );
         }
         Err(NotReady::Timeout(missing)) => {
             envoy::stop(&mut child, STOP_GRACE).await;
-            dir.finish(true);
+            drain(log).await;
+            let config_path = dir.finish(true).join("envoy.yaml");
             bail!(
                 "Envoy was not ready after {}s ({missing}); the bootstrap is kept at {}",
                 args.startup_timeout,
@@ -135,6 +150,7 @@ async fn run(args: RunArgs) -> Result<i32> {
             envoy::stop(&mut child, STOP_GRACE).await
         }
     };
+    drain(log).await;
     dir.finish(args.debug);
     let code = status.map_or(1, envoy::exit_code);
     eprintln!("llmgw: Envoy exited with status {code}");
@@ -174,34 +190,86 @@ fn banner(g: &Gateway, args: &RunArgs, port: u16) {
     eprintln!("llmgw: admin: {admin}/metrics  {admin}/health    Ctrl-C stops");
 }
 
-/// The private directory holding the rendered bootstrap (it may contain credentials).
-struct RunDir {
-    path: PathBuf,
-    created: bool,
+/// Forwards Envoy's log to llmgw's stderr line by line, telling `watch` about each line.
+async fn forward_log(stderr: ChildStderr, watch: Arc<VmWatch>) {
+    use std::io::Write;
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                watch.observe(&text);
+                let mut out = std::io::stderr().lock();
+                let _ = out.write_all(text.as_bytes());
+                if !text.ends_with('\n') {
+                    let _ = out.write_all(b"\n");
+                }
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until Envoy's log is forwarded to its end.
+async fn drain(log: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(task) = log {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+}
+
+/// The private directory holding the rendered bootstrap: a fresh `tempfile` directory (0700,
+/// unpredictable name) under `$XDG_RUNTIME_DIR` or the temp dir, or `--run-dir` (created 0700).
+enum RunDir {
+    Temp(tempfile::TempDir),
+    Given(PathBuf),
 }
 
 impl RunDir {
     fn create(explicit: Option<PathBuf>) -> Result<RunDir> {
         use std::os::unix::fs::DirBuilderExt;
-        let (path, created) = match explicit {
-            Some(p) => (p, false),
-            None => {
-                let base = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-                (base.join(format!("llmgw-{}", std::process::id())), true)
+        match explicit {
+            Some(p) => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&p)
+                    .with_context(|| format!("cannot create {}", p.display()))?;
+                Ok(RunDir::Given(p))
             }
-        };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(RunDir { path, created })
+            None => {
+                let base = std::env::var_os("XDG_RUNTIME_DIR")
+                    .map(PathBuf::from)
+                    .filter(|d| d.is_dir())
+                    .unwrap_or_else(std::env::temp_dir);
+                let dir = tempfile::Builder::new()
+                    .prefix("llmgw-")
+                    .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                    .tempdir_in(&base)
+                    .with_context(|| format!("cannot create a private directory in {}", base.display()))?;
+                Ok(RunDir::Temp(dir))
+            }
+        }
     }
 
-    /// Removes a directory llmgw created, unless asked to keep it.
-    fn finish(&self, keep: bool) {
-        if self.created && !keep {
-            let _ = std::fs::remove_dir_all(&self.path);
+    fn path(&self) -> &Path {
+        match self {
+            RunDir::Temp(t) => t.path(),
+            RunDir::Given(p) => p,
+        }
+    }
+
+    /// Removes a directory llmgw created, unless asked to keep it; returns where it is (was).
+    fn finish(self, keep: bool) -> PathBuf {
+        match self {
+            RunDir::Temp(t) if keep => t.keep(),
+            RunDir::Temp(t) => {
+                let path = t.path().to_path_buf();
+                let _ = t.close();
+                path
+            }
+            RunDir::Given(p) => p,
         }
     }
 }

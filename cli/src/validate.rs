@@ -4,16 +4,19 @@
 use crate::diag::ConfigError;
 use crate::model::{Env, Gateway};
 
-/// The plugin configuration text handed to Envoy: YAML (the filter takes JSON or YAML), readable in
-/// `render`'s output, keys in the converters' order. Validation parses this very text.
+/// The plugin configuration text handed to Envoy: JSON (the filter takes JSON only), indented so
+/// that `render`'s output stays readable, keys in the converters' order. Validation parses this
+/// very text. It names credentials by variable only (see `Gateway::externalize_secrets`).
 pub fn plugin_text(g: &Gateway) -> String {
     let v = serde_json::Value::Object(g.plugin.clone());
-    serde_yaml::to_string(&v).unwrap_or_else(|_| v.to_string())
+    serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
 }
 
+/// Checks the plugin configuration with the filter's own parser, reading `*_env` variables from
+/// `env` with the gateway's moved credentials on top (as Envoy's VM will see them).
 pub fn validate(g: &Gateway, env: &dyn Env) -> Result<(), ConfigError> {
     let text = plugin_text(g);
-    if let Err(e) = llmgw_filter::config::parse(text.as_bytes(), env, 0) {
+    if let Err(e) = llmgw_filter::config::parse(text.as_bytes(), &g.env(env), 0) {
         let (document, field) = g.locate(&e.field);
         return Err(ConfigError { source: g.source.name(), document, field, reason: e.reason });
     }

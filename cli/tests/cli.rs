@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 fn llmgw() -> Command {
@@ -22,7 +23,7 @@ fn render_prints_a_bootstrap_that_keeps_keys_in_the_environment() {
     let (code, out, err) = common::output(cmd);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("# Envoy bootstrap rendered by `llmgw` from environment"), "{out}");
-    assert!(out.contains("bearer_env: OPENAI_API_KEY") && out.contains("port_value: 8081"), "{out}");
+    assert!(out.contains(r#""bearer_env": "OPENAI_API_KEY""#) && out.contains("port_value: 8081"), "{out}");
     assert!(!out.contains("sk-secret-value"), "the key must not be printed");
     assert!(err.contains("Envoy must run with these variables set (the filter reads them): OPENAI_API_KEY"), "{err}");
     // The wasm named by LLMGW_WASM does not exist: said, and the file name used instead.
@@ -30,12 +31,58 @@ fn render_prints_a_bootstrap_that_keeps_keys_in_the_environment() {
 
     let dir = common::temp_dir("render-out");
     let file = dir.join("envoy.yaml");
+    // An existing file readable by others becomes private too.
+    std::fs::write(&file, "old").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut cmd = llmgw();
     cmd.env("OPENAI_API_KEY", "k").arg("render").arg("-o").arg(&file);
     let (code, out, err) = common::output(cmd);
     assert_eq!(code, 0, "{err}");
     assert!(out.is_empty());
     assert!(std::fs::read_to_string(&file).unwrap().contains("cluster_name: openai"));
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A config with literal keys: neither target's output, nor its messages, contain them; the
+/// bootstrap names a variable, and the messages say which credential it must hold.
+#[test]
+fn render_moves_literal_keys_out_of_every_output() {
+    let dir = common::temp_dir("render-literal");
+    let file = dir.join("llmgw.yaml");
+    std::fs::write(
+        &file,
+        "backends:\n  - name: openai\n    url: https://api.openai.com/v1\n    schema: OpenAI\n    \
+         auth: {bearer: sk-literal-in-file}\n  - name: bedrock\n    url: https://bedrock-runtime.us-east-1.amazonaws.com\n    \
+         schema: AWSBedrock\n    region: us-east-1\n    \
+         auth: {aws: {access_key_id: AKIALITERAL, secret_access_key: aws-secret-literal}}\nrules:\n  - backends: [{name: openai}]\n",
+    )
+    .unwrap();
+    for target in ["envoy", "envoy-gateway"] {
+        let out_file = dir.join(format!("{target}.yaml"));
+        let mut cmd = llmgw();
+        cmd.args(["render", "--target", target]).arg(&file).arg("-o").arg(&out_file);
+        let (code, out, err) = common::output(cmd);
+        assert_eq!(code, 0, "{target}: {err}");
+        let text = std::fs::read_to_string(&out_file).unwrap();
+        for secret in ["sk-literal-in-file", "AKIALITERAL", "aws-secret-literal"] {
+            for (what, t) in [("output", &text), ("stdout", &out), ("stderr", &err)] {
+                assert!(!t.contains(secret), "{target}: {secret} in the {what}");
+            }
+        }
+        assert!(
+            text.contains("LLMGW_SECRET_OPENAI_BEARER") && text.contains("LLMGW_SECRET_BEDROCK_AWS_SECRET_ACCESS_KEY"),
+            "{text}"
+        );
+        assert!(
+            err.contains("LLMGW_SECRET_OPENAI_BEARER must hold the credential written in")
+                && err.contains("backends[0].auth.bearer"),
+            "{err}"
+        );
+        if target == "envoy-gateway" {
+            assert!(err.contains("--from-literal=LLMGW_SECRET_OPENAI_BEARER=\"$LLMGW_SECRET_OPENAI_BEARER\""), "{err}");
+        }
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 

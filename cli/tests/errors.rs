@@ -4,7 +4,7 @@
 
 mod common;
 
-use llmgw::model::{Format, MapEnv};
+use llmgw::model::{Env, Format, MapEnv};
 use llmgw::{autoconfig, formats, validate};
 
 /// The message `llmgw run` prints for `text` (conversion, then the filter's own validation).
@@ -161,14 +161,89 @@ fn own_format_errors() {
 
 #[test]
 fn text_level_errors() {
-    let e = error("c.yaml", "backends:\n  - name: ${MISSING_VAR}\n", &[], None);
-    assert_eq!(
-        e,
-        "c.yaml: line 2: environment variable MISSING_VAR is not set (referenced as ${MISSING_VAR}); export it, or \
-         give a default with ${MISSING_VAR:-default}"
-    );
+    let e = error("c.yaml", "backends:\n  - name: ${MISSING_VAR:?name the backend}\n", &[], None);
+    assert_eq!(e, "c.yaml: line 2: environment variable MISSING_VAR: name the backend");
+    let e = error("c.yaml", "backends:\n  - name: a\n    url: ${URL:?}\n", &[("URL", "")], None);
+    assert_eq!(e, "c.yaml: line 3: environment variable URL must be set and non-empty");
     let e = error("c.yaml", "backends: [\n", &[], None);
     assert!(e.starts_with("c.yaml: document 1: not valid YAML: "), "{e}");
+}
+
+/// Envoy AI Gateway's examples/aigw/ollama.yaml for a user who has no OpenAI key: the unset
+/// `${OPENAI_API_KEY}` becomes an empty key, with warnings naming the variable, and the backend
+/// gets no credential (as `aigw run` sends an empty one); the config is valid.
+#[test]
+fn aigw_ollama_example_without_an_openai_key() {
+    let text = "apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: AIGatewayRoute
+metadata: {name: aigw-run, namespace: default}
+spec:
+  rules:
+    - matches: [{headers: [{type: RegularExpression, name: x-ai-eg-model, value: .*}]}]
+      backendRefs: [{name: openai, namespace: default}]
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {name: openai, namespace: default}
+spec:
+  endpoints: [{fqdn: {hostname: localhost, port: 11434}}]
+---
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: AIServiceBackend
+metadata: {name: openai, namespace: default}
+spec:
+  schema: {name: OpenAI}
+  backendRef: {name: openai, kind: Backend, group: gateway.envoyproxy.io, namespace: default}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: openai-apikey, namespace: default}
+type: Opaque
+stringData:
+  apiKey: ${OPENAI_API_KEY}
+---
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: BackendSecurityPolicy
+metadata: {name: openai-apikey, namespace: default}
+spec:
+  targetRefs: [{group: aigateway.envoyproxy.io, kind: AIServiceBackend, name: openai}]
+  type: APIKey
+  apiKey: {secretRef: {name: openai-apikey}}
+";
+    let env = MapEnv::default();
+    let g = formats::load_text("ollama.yaml", text, &env, None).unwrap_or_else(|e| panic!("{e}"));
+    validate::validate(&g, &env).unwrap_or_else(|e| panic!("{e}"));
+    assert!(g.plugin_backend("openai").unwrap().get("auth").is_none(), "{:?}", g.plugin);
+    assert!(
+        g.warnings[0].starts_with("ollama.yaml: line 27: environment variable OPENAI_API_KEY is not set"),
+        "{:?}",
+        g.warnings
+    );
+    assert!(
+        g.warnings[1].contains("document 4 (Secret default/openai-apikey): stringData.apiKey: the value is empty"),
+        "{:?}",
+        g.warnings
+    );
+    // With the key: a bearer credential, moved out of the plugin configuration.
+    let env = MapEnv::from([("OPENAI_API_KEY", "sk-ollama-test")]);
+    let g = formats::load_text("ollama.yaml", text, &env, None).unwrap();
+    assert!(g.warnings.is_empty(), "{:?}", g.warnings);
+    let auth = &g.plugin_backend("openai").unwrap()["auth"];
+    assert_eq!(auth, &serde_json::json!({"bearer_env": "LLMGW_SECRET_OPENAI_BEARER"}));
+    assert_eq!(g.env(&env).var("LLMGW_SECRET_OPENAI_BEARER").as_deref(), Some("sk-ollama-test"));
+}
+
+/// A value with YAML syntax in it stays one value: it cannot add fields or documents.
+#[test]
+fn substituted_values_keep_the_structure() {
+    let text = "backends:\n  - name: a\n    url: http://127.0.0.1:8000/v1\n    schema: OpenAI\n    \
+                headers: {set: {x-note: ${NOTE}}}\n";
+    let note = "x\n    model_override: hijacked # {y: [z]} *a";
+    let env = MapEnv::from([("NOTE", note)]);
+    let g = formats::load_text("c.yaml", text, &env, None).unwrap_or_else(|e| panic!("{e}"));
+    let b = g.plugin_backend("a").unwrap();
+    assert!(b.get("model_override").is_none(), "{b:?}");
+    assert_eq!(b["headers"]["set"]["x-note"], note);
 }
 
 #[test]

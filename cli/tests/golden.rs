@@ -1,6 +1,7 @@
 //! Golden files: every config format → plugin config + Envoy bootstrap, compared byte for byte
-//! with `tests/golden/<case>/{plugin.yaml,envoy.yaml,warnings.txt}`; then the plugin config is
-//! parsed by the filter's own parser and the bootstrap checked by `envoy --mode validate`.
+//! with `tests/golden/<case>/{plugin.json,envoy.yaml,warnings.txt}`; then the plugin config is
+//! parsed by the filter's own parser and the bootstrap checked by `envoy --mode validate`. No
+//! golden file may contain a credential of the case's environment or config (they name variables).
 //!
 //! A case directory holds one input: `config.yaml` (format detected), `endpoints.yaml` (AIBrix),
 //! `demo` (demo mode), or only `env` (auto-configuration). `env` (KEY=VALUE lines) is the
@@ -85,15 +86,38 @@ fn compare(dir: &Path, file: &str, actual: &str, failures: &mut Vec<String>) {
     }
 }
 
+/// Credentials a case holds: the values of its `env` that look like keys (`*KEY*`, `*SECRET*`,
+/// `*TOKEN*`) and those its conversion moved out of the plugin configuration.
+fn secrets_of(dir: &Path, env: &MapEnv, g: &Gateway) -> Vec<(String, String)> {
+    let _ = dir;
+    let mut out: Vec<(String, String)> = env
+        .0
+        .iter()
+        .filter(|(k, v)| ["KEY", "SECRET", "TOKEN"].iter().any(|w| k.contains(w)) && v.len() >= 4)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    out.extend(g.secret_env().map(|(k, v)| (k.to_string(), v.to_string())));
+    out
+}
+
 #[test]
 fn conversions_match_golden_files() {
     let mut failures = Vec::new();
     for dir in cases() {
         let env = env_of(&dir);
         let g = gateway(&dir, &env);
-        compare(&dir, "plugin.yaml", &validate::plugin_text(&g), &mut failures);
+        let plugin = validate::plugin_text(&g);
+        compare(&dir, "plugin.json", &plugin, &mut failures);
+        if serde_json::from_str::<serde_json::Value>(&plugin).is_err() {
+            failures.push(format!("{}: the plugin configuration is not JSON:\n{plugin}", dir.display()));
+        }
         let envoy = bootstrap::to_yaml(&g, &bootstrap::render(&g, &options(&g, "/opt/llmgw/llmgw_filter.wasm")));
         compare(&dir, "envoy.yaml", &envoy, &mut failures);
+        for (var, secret) in secrets_of(&dir, &env, &g) {
+            if plugin.contains(&secret) || envoy.contains(&secret) {
+                failures.push(format!("{}: the credential of {var} is in the rendered output", dir.display()));
+            }
+        }
         let warnings: String = g.warnings.iter().map(|w| format!("{w}\n")).collect();
         compare(&dir, "warnings.txt", &warnings, &mut failures);
     }
@@ -144,7 +168,7 @@ fn every_rendered_bootstrap_passes_envoy_validate() {
         for v in common::PROVIDER_VARS {
             cmd.env_remove(v);
         }
-        cmd.envs(env.0.iter()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.envs(env.0.iter()).envs(g.secret_env()).stdout(Stdio::piped()).stderr(Stdio::piped());
         running.push((name, cmd.spawn().unwrap()));
     }
     for (name, child) in running {

@@ -56,8 +56,8 @@ fn repo() -> PathBuf {
 }
 
 fn docs(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| serde_yaml::from_value::<Value>(serde_yaml::Value::deserialize(d).unwrap()).unwrap())
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|d| serde_yaml_ng::from_value::<Value>(serde_yaml_ng::Value::deserialize(d).unwrap()).unwrap())
         .filter(|v| !v.is_null())
         .collect()
 }
@@ -95,11 +95,9 @@ fn the_inline_plugin_config_is_the_plugin_config() {
         [
             "Namespace",
             "GatewayClass",
-            "Secret",
             "EnvoyProxy",
             "Gateway",
             "ClientTrafficPolicy",
-            "Secret",
             "SecurityPolicy",
             "Backend",
             "HTTPRouteFilter",
@@ -153,9 +151,66 @@ fn digest_image_and_names_are_options() {
         .all(|v| v["kind"] == "Namespace" || v["kind"] == "GatewayClass" || v["metadata"]["namespace"] == "ai"));
 }
 
+/// No secret in the manifests: the Secrets are referenced, created by the operator with the
+/// commands of the header comment, and a literal credential is refused.
+#[test]
+fn manifests_hold_no_secret() {
+    let out = render(&demo_plugin(), &demo_backends(), &EgOptions::default()).unwrap();
+    let d = docs(&out);
+    assert!(kind(&d, "Secret").is_empty());
+    assert!(!out.contains("REPLACE_ME") && !out.to_lowercase().contains("sk-"), "{out}");
+    let sp = kind(&d, "SecurityPolicy")[0];
+    assert_eq!(sp["spec"]["apiKeyAuth"]["credentialRefs"], json!([{"name": "llmgw-client-keys"}]));
+    let env = &kind(&d, "EnvoyProxy")[0]["spec"]["provider"]["kubernetes"]["envoyDeployment"]["container"]["env"];
+    assert_eq!(
+        env,
+        &json!([{"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "llmgw-upstream-keys", "key": "OPENAI_API_KEY"}}}])
+    );
+    let commands = render_eg::secret_commands(&demo_plugin(), &EgOptions::default());
+    assert_eq!(
+        commands[1],
+        "kubectl -n llmgw create secret generic llmgw-upstream-keys --from-literal=OPENAI_API_KEY=\"$OPENAI_API_KEY\""
+    );
+    assert!(commands[2].starts_with(
+        "kubectl -n llmgw create secret generic llmgw-client-keys --from-literal=team-a=\"$(openssl rand -hex 24)\""
+    ));
+    for c in &commands {
+        assert!(out.contains(&format!("#   {c}\n")), "the header comment gives `{c}`");
+    }
+
+    for auth in [json!({"bearer": "sk-live-1"}), json!({"aws": {"secret_access_key": "s3cret"}})] {
+        let mut plugin = demo_plugin();
+        plugin["backends"][0]["auth"] = auth;
+        let e = render(&plugin, &demo_backends(), &EgOptions::default()).unwrap_err();
+        assert!(e.contains("backends[0].auth.") && e.contains("literal credential"), "{e}");
+        assert!(!e.contains("sk-live-1") && !e.contains("s3cret"), "{e}");
+    }
+    // AWS credentials from the standard variables: the session token is optional.
+    let mut plugin = demo_plugin();
+    plugin["backends"][0]["auth"] = json!({"aws": {}});
+    let out = render(&plugin, &demo_backends(), &EgOptions::default()).unwrap();
+    let d = docs(&out);
+    let eep = kind(&d, "EnvoyExtensionPolicy")[0];
+    assert_eq!(
+        eep["spec"]["wasm"][0]["env"]["hostKeys"],
+        json!(["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"])
+    );
+    let env = &kind(&d, "EnvoyProxy")[0]["spec"]["provider"]["kubernetes"]["envoyDeployment"]["container"]["env"];
+    assert_eq!(env[2]["valueFrom"]["secretKeyRef"]["optional"], json!(true));
+    assert!(env[0]["valueFrom"]["secretKeyRef"].get("optional").is_none());
+}
+
+#[test]
+fn the_inline_plugin_config_is_json() {
+    let out = render(&demo_plugin(), &demo_backends(), &EgOptions::default()).unwrap();
+    let config = out.split("\n      config: ").nth(1).unwrap().split("\n---").next().unwrap();
+    let parsed: Value = serde_json::from_str(config).unwrap_or_else(|e| panic!("not JSON ({e}):\n{config}"));
+    assert_eq!(parsed, demo_plugin());
+}
+
 #[test]
 fn without_env_credentials_there_is_no_envoyproxy() {
-    let plugin = json!({"backends": [{"name": "local_llm", "schema": "OpenAI", "auth": {"bearer": "k"}}],
+    let plugin = json!({"backends": [{"name": "local_llm", "schema": "OpenAI"}],
                         "max_request_body_bytes": 1048576});
     let backends = vec![EgBackend {
         name: "local_llm".into(),
@@ -190,7 +245,7 @@ fn bad_input_is_an_error() {
 }
 
 #[test]
-fn plugin_yaml_round_trips_awkward_values() {
+fn plugin_json_round_trips_awkward_values() {
     let plugin = json!({
         "backends": [{"name": "b", "schema": "OpenAI", "headers": {"set": {"X-A": "true", "X-B": "1.5", "x-c": "a: b #c",
             "x-d": "", "x-e": "-", "x-f": "ünïcode \"q\" \\ \n"}, "remove": []}, "pass_through_authorization": true}],

@@ -11,7 +11,7 @@
 //! `ROUTING_ALGORITHM` (AIBrix's variable) picks Envoy's balancer where one is equivalent.
 
 use serde_json::{json, Value as Json};
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 use super::node::{At, NResult};
 use super::own::endpoints;

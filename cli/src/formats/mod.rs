@@ -1,4 +1,5 @@
-//! Config files: read, `${VAR}`-substitute, parse every YAML document, detect the format, convert.
+//! Config files: read, parse every YAML document with `${VAR}` substituted into its strings,
+//! detect the format, convert, and move literal credentials out of the plugin configuration.
 
 pub mod aibrix;
 pub mod aigw;
@@ -8,7 +9,7 @@ pub mod own;
 use std::path::Path;
 
 use serde::Deserialize;
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 use crate::diag::{ConfigError, DocRef};
 use crate::envsubst;
@@ -22,21 +23,25 @@ pub fn load(path: &Path, env: &dyn Env, forced: Option<Format>) -> Result<Gatewa
 }
 
 pub fn load_text(name: &str, raw: &str, env: &dyn Env, forced: Option<Format>) -> Result<Gateway, ConfigError> {
-    let text =
-        envsubst::substitute(raw, env).map_err(|e| ConfigError::new(name, format!("line {}", e.line), e.reason))?;
-    let docs = parse_documents(name, &text)?;
+    let prepared =
+        envsubst::prepare(raw, env).map_err(|e| ConfigError::new(name, format!("line {}", e.line), e.reason))?;
+    let docs: Vec<Value> = parse_documents(name, &prepared.text)?.into_iter().map(|d| prepared.apply(d)).collect();
     let format = forced.unwrap_or_else(|| detect(&docs));
-    match format {
-        Format::EnvoyAIGateway => aigw::convert(name, &docs, env),
+    let mut g = match format {
+        Format::EnvoyAIGateway => aigw::convert(name, &docs),
         Format::Llmgw => own::convert(name, single(name, &docs, &format)?),
         Format::AIBrix => aibrix::convert(name, single(name, &docs, &format)?, env),
-    }
+    }?;
+    let unset = prepared.warnings.iter().map(|(line, w)| format!("{name}: line {line}: {w}"));
+    g.warnings.splice(0..0, unset);
+    g.externalize_secrets();
+    Ok(g)
 }
 
 /// Every YAML document of the text, empty ones as `Null` so numbering matches the file.
 pub fn parse_documents(name: &str, text: &str) -> Result<Vec<Value>, ConfigError> {
     let mut docs = Vec::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let value = Value::deserialize(de).map_err(|e| {
             ConfigError::new(name, "", format!("not valid YAML: {e}")).in_doc(DocRef { index: i + 1, object: None })
         })?;
@@ -93,11 +98,20 @@ mod tests {
         let env = MapEnv::default();
         let e = load_text("t.yaml", "a: 1\n---\nb: [\n", &env, None).unwrap_err();
         assert!(e.to_string().starts_with("t.yaml: document 2: not valid YAML"), "{e}");
-        let e = load_text("t.yaml", "backends:\n- name: ${NOPE}\n", &env, None).unwrap_err();
-        assert!(e.to_string().starts_with("t.yaml: line 2: environment variable NOPE is not set"), "{e}");
+        let e = load_text("t.yaml", "backends:\n- name: ${NOPE:?name the backend}\n", &env, None).unwrap_err();
+        assert_eq!(e.to_string(), "t.yaml: line 2: environment variable NOPE: name the backend");
         let e = load_text("t.yaml", "", &env, None).unwrap_err();
         assert_eq!(e.to_string(), "t.yaml: the file is empty");
         let e = load_text("t.yaml", "backends: []\n---\nrules: []\n", &env, None).unwrap_err();
         assert!(e.to_string().contains("document 2"), "{e}");
+    }
+
+    #[test]
+    fn unset_variables_are_warnings_naming_file_line_and_variable() {
+        let text = "backends:\n- name: a\n  url: http://127.0.0.1:${PORT:-8000}/v1\n  schema: OpenAI\n  headers: {set: {x-org: \"${ORG}\"}}\n";
+        let g = load_text("t.yaml", text, &MapEnv::default(), None).unwrap();
+        assert_eq!(g.warnings.len(), 1, "{:?}", g.warnings);
+        assert!(g.warnings[0].starts_with("t.yaml: line 5: environment variable ORG is not set"), "{:?}", g.warnings);
+        assert_eq!(g.upstreams[0].endpoints[0].port, 8000);
     }
 }

@@ -1,7 +1,7 @@
 //! Reading a parsed YAML document with the path of every value at hand, so each error names the
 //! field (`spec.rules[0].backendRefs[1].weight: expected an integer, found "x"`).
 
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 use crate::diag;
 
@@ -154,7 +154,7 @@ mod tests {
     use super::*;
 
     fn yaml(s: &str) -> Value {
-        serde_yaml::from_str(s).unwrap()
+        serde_yaml_ng::from_str(s).unwrap()
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! validation checks it, with the same field paths.
 
 use serde_json::{Map, Value as Json};
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 use super::node::{quantity_bytes, At, FieldError, NResult};
 use crate::diag::ConfigError;

@@ -39,7 +39,7 @@ pub fn skip(message: &str) {
 
 /// Envoy and the filter, or `None` after printing why the test is skipped.
 pub fn runtime(test: &str) -> Option<(PathBuf, PathBuf)> {
-    let envoy = match llmgw::locate::envoy() {
+    let envoy = match llmgw::locate::envoy(None) {
         Ok(p) => p,
         Err(e) => {
             skip(&format!("{test}: {e:#}"));
@@ -101,12 +101,27 @@ impl Gateway {
     }
 
     /// Starts `llmgw run ARGS` (the caller passes the port flags, or sets the port in the config).
-    pub fn start_on(name: &str, mut cmd: Command, port: u16, admin_port: u16, args: &[String]) -> Started {
+    pub fn start_on(name: &str, cmd: Command, port: u16, admin_port: u16, args: &[String]) -> Started {
+        Gateway::start_in(name, cmd, port, admin_port, args, true)
+    }
+
+    /// Like `start_on`; with `run_dir`, the rendered bootstrap goes under the test's directory
+    /// (`<dir>/run`, removed with it), else where `llmgw run` puts it by itself.
+    pub fn start_in(
+        name: &str,
+        mut cmd: Command,
+        port: u16,
+        admin_port: u16,
+        args: &[String],
+        run_dir: bool,
+    ) -> Started {
         let dir = temp_dir(name);
         let stdout = std::fs::File::create(dir.join("stdout")).expect("stdout file");
         let stderr = std::fs::File::create(dir.join("stderr")).expect("stderr file");
-        // The rendered bootstrap goes under the test's directory, removed with it.
-        cmd.arg("run").args(args).arg("--run-dir").arg(dir.join("run")).stdout(stdout).stderr(stderr);
+        cmd.arg("run").args(args).stdout(stdout).stderr(stderr);
+        if run_dir {
+            cmd.arg("--run-dir").arg(dir.join("run"));
+        }
         let child = cmd.spawn().expect("spawn llmgw");
         let mut gw = Gateway { child, port, admin_port, dir };
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -144,6 +159,15 @@ impl Gateway {
 
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(self.dir.join("stdout")).unwrap_or_default()
+    }
+
+    /// One of llmgw's own metrics (`llmgw_wasm_vm_traps_total`, ...) from the admin `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<u64> {
+        let (status, text) = get(&format!("{}/metrics", self.admin()), &[]).ok()?;
+        if status != 200 {
+            return None;
+        }
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     /// Envoy's pid: the child process of `llmgw run`.

@@ -358,7 +358,7 @@ fn security(ctx: &mut Ctx<'_>, si: usize) -> Result<Option<(Json, Option<String>
     }
     match policies.as_slice() {
         [] => Ok(None),
-        [pi] => policy(ctx, *pi).map(Some),
+        [pi] => policy(ctx, *pi),
         many => {
             let names: Vec<String> = many.iter().map(|i| ctx.objs[*i].name.clone()).collect();
             Err(ctx.err(
@@ -372,7 +372,7 @@ fn security(ctx: &mut Ctx<'_>, si: usize) -> Result<Option<(Json, Option<String>
     }
 }
 
-fn policy(ctx: &mut Ctx<'_>, pi: usize) -> Result<(Json, Option<String>), ConfigError> {
+fn policy(ctx: &mut Ctx<'_>, pi: usize) -> Result<Option<(Json, Option<String>)>, ConfigError> {
     let p = &ctx.objs[pi];
     let fail = |e: FieldError| ctx.err(&ctx.objs[pi], e);
     let spec = p.spec();
@@ -395,15 +395,16 @@ fn policy(ctx: &mut Ctx<'_>, pi: usize) -> Result<(Json, Option<String>), Config
         }
     };
     let section = spec.req(field).map_err(fail)?;
-    let key = secret(ctx, pi, &section.req("secretRef").map_err(fail)?, "apiKey")?;
+    let secret_ref = section.req("secretRef").map_err(fail)?;
     let notes: Vec<String> = spec.get("credentialOverride").map(|c| c.field().to_string()).into_iter().collect();
+    let key = secret(ctx, pi, &secret_ref, "apiKey")?;
     for f in notes {
         ctx.warn(pi, &f, "not supported by llmgw; ignored");
     }
-    Ok((json!({auth_key: key}), None))
+    Ok(key.map(|key| (json!({auth_key: key}), None)))
 }
 
-fn aws(ctx: &mut Ctx<'_>, pi: usize) -> Result<(Json, Option<String>), ConfigError> {
+fn aws(ctx: &mut Ctx<'_>, pi: usize) -> Result<Option<(Json, Option<String>)>, ConfigError> {
     let p = &ctx.objs[pi];
     let fail = |e: FieldError| ctx.err(&ctx.objs[pi], e);
     let creds = p.spec().req("awsCredentials").map_err(fail)?;
@@ -414,46 +415,53 @@ fn aws(ctx: &mut Ctx<'_>, pi: usize) -> Result<(Json, Option<String>), ConfigErr
         ));
     }
     let Some(file) = creds.get("credentialsFile") else {
-        // The AWS default chain's first step: the environment.
-        let mut aws = json!({
-            "access_key_id_env": "AWS_ACCESS_KEY_ID",
-            "secret_access_key_env": "AWS_SECRET_ACCESS_KEY",
-        });
-        if ctx.env.var("AWS_SESSION_TOKEN").is_some_and(|t| !t.is_empty()) {
-            aws["session_token_env"] = Json::String("AWS_SESSION_TOKEN".into());
-        }
-        return Ok((json!({"aws": aws}), Some(region)));
+        // The AWS default chain's first step: the environment. The filter reads AWS_ACCESS_KEY_ID,
+        // AWS_SECRET_ACCESS_KEY and (when set) AWS_SESSION_TOKEN by default.
+        return Ok(Some((json!({"aws": {}}), Some(region))));
     };
     let profile = file.opt_str("profile").map_err(fail)?.unwrap_or("default").to_string();
-    let text = secret(ctx, pi, &file.req("secretRef").map_err(fail)?, "credentials")?;
+    let secret_ref = file.req("secretRef").map_err(fail)?;
+    let Some(text) = secret(ctx, pi, &secret_ref, "credentials")? else {
+        return Err(ctx.err(&ctx.objs[pi], secret_ref.err("the AWS credentials file is empty")));
+    };
     let values = ini_section(&text, &profile);
     let get = |k: &str| values.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
     let (Some(id), Some(secret_key)) = (get("aws_access_key_id"), get("aws_secret_access_key")) else {
-        return Err(fail(file.err(format!(
-            "the credentials file has no aws_access_key_id and aws_secret_access_key in profile [{profile}]"
-        ))));
+        return Err(ctx.err(
+            &ctx.objs[pi],
+            file.err(format!(
+                "the credentials file has no aws_access_key_id and aws_secret_access_key in profile [{profile}]"
+            )),
+        ));
     };
     let mut aws = json!({"access_key_id": id, "secret_access_key": secret_key});
     if let Some(t) = get("aws_session_token") {
         aws["session_token"] = Json::String(t);
     }
-    Ok((json!({"aws": aws}), Some(region)))
+    Ok(Some((json!({"aws": aws}), Some(region))))
 }
 
-/// The value under `key` of the Secret a `secretRef` names.
-fn secret(ctx: &Ctx<'_>, oi: usize, secret_ref: &At<'_>, key: &str) -> Result<String, ConfigError> {
+/// The value under `key` of the Secret a `secretRef` names; `None` (with a warning) when it is
+/// empty, as it is when the file says `${OPENAI_API_KEY}` and the variable is not set (`aigw run`
+/// then sends an empty key too).
+fn secret(ctx: &mut Ctx<'_>, oi: usize, secret_ref: &At<'_>, key: &str) -> Result<Option<String>, ConfigError> {
     let obj = &ctx.objs[oi];
     let fail = |e: FieldError| ctx.err(obj, e);
     let name = secret_ref.req_str("name").map_err(fail)?;
     let ns = secret_ref.opt_str("namespace").map_err(fail)?.unwrap_or(&obj.namespace);
-    let Some(s) = ctx.find("Secret", ns, name) else {
+    let Some(si) = ctx.objs.iter().position(|o| o.kind == "Secret" && o.namespace == ns && o.name == name) else {
         return Err(fail(secret_ref.err(format!("no Secret {ns}/{name} in this file"))));
     };
+    let s = &ctx.objs[si];
+    let plain = s.root().value.get("stringData").and_then(|d| d.get(key));
+    if plain.is_some_and(|v| v.is_null() || v.as_str().is_some_and(|t| t.trim().is_empty())) {
+        let what = format!("the value is empty: {} sends no credential", obj.label());
+        ctx.warn(si, &format!("stringData.{key}"), &what);
+        return Ok(None);
+    }
     match secret_value(s, key).map_err(|e| ctx.err(s, e))? {
-        Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
-        Some(_) => {
-            Err(ctx.err(s, FieldError { field: format!("stringData.{key}"), reason: "the value is empty".into() }))
-        }
+        Some(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
+        Some(_) => Err(ctx.err(s, FieldError { field: format!("data.{key}"), reason: "the value is empty".into() })),
         None => Err(ctx.err(
             s,
             FieldError {

@@ -8,11 +8,11 @@
 mod backend;
 mod route;
 
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 use super::node::{quantity_bytes, At, FieldError};
 use crate::diag::{ConfigError, DocRef};
-use crate::model::{Env, Format, Gateway, Source};
+use crate::model::{Format, Gateway, Source};
 
 /// Kinds converted (or, for GatewayClass, accepted as is).
 const SUPPORTED: &[&str] = &[
@@ -59,7 +59,6 @@ impl<'a> Obj<'a> {
 pub(crate) struct Ctx<'a> {
     pub file: &'a str,
     pub objs: Vec<Obj<'a>>,
-    pub env: &'a dyn Env,
     pub warnings: Vec<String>,
 }
 
@@ -81,8 +80,8 @@ impl<'a> Ctx<'a> {
     }
 }
 
-pub fn convert(file: &str, docs: &[Value], env: &dyn Env) -> Result<Gateway, ConfigError> {
-    let mut ctx = Ctx { file, objs: index(file, docs)?, env, warnings: Vec::new() };
+pub fn convert(file: &str, docs: &[Value]) -> Result<Gateway, ConfigError> {
+    let mut ctx = Ctx { file, objs: index(file, docs)?, warnings: Vec::new() };
     let mut g = Gateway::new(Source::File { path: file.to_string(), format: Format::EnvoyAIGateway });
 
     let unsupported: Vec<String> = ctx
