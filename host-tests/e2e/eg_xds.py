@@ -53,6 +53,40 @@ def load(path: Path = MANIFESTS) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
+_CREATE_SECRET = re.compile(r"^#\s+kubectl -n (\S+) create secret generic (\S+) (.*)$")
+_LITERAL = re.compile(r'--from-literal=([A-Za-z0-9_.\-]+)="([^"]*)"')
+
+
+def operator_secrets(path: Path = MANIFESTS, env: dict[str, str] | None = None) -> list[dict]:
+    """The Secrets the manifests reference but do not contain, as the `kubectl create secret
+    generic` commands of their header comment create them: `"$VAR"` takes VAR from `env`,
+    `"$(openssl rand -hex 24)"` a random value (as the shell would)."""
+    import secrets as _secrets
+
+    env = env or {}
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            if line.startswith("---"):
+                break  # the header comment ends at the first document
+            continue
+        m = _CREATE_SECRET.match(line)
+        if not m:
+            continue
+        ns, name, rest = m.groups()
+        data = {}
+        for key, value in _LITERAL.findall(rest):
+            if value == "$(openssl rand -hex 24)":
+                data[key] = _secrets.token_hex(24)
+            elif re.fullmatch(r"\$[A-Za-z_][A-Za-z0-9_]*", value):
+                data[key] = env[value[1:]]
+            else:
+                raise AssertionError(f"a literal secret value in the manifests' commands: {line}")
+        out.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
+                    "type": "Opaque", "stringData": data})
+    return out
+
+
 def one(docs: list[dict], kind: str) -> dict:
     found = [d for d in docs if d.get("kind") == kind]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
@@ -95,18 +129,19 @@ def _any(type_name: str, **fields) -> dict:
 
 
 def translate(docs: list[dict], *, wasm_file: Path, cluster_ports: dict[str, int], rls_port: int,
-              patch_types: frozenset[str] | None = None) -> tuple[dict, dict]:
+              patch_types: frozenset[str] | None = None, secrets: list[dict] = ()) -> tuple[dict, dict]:
     """The (listener, route configuration) Envoy Gateway would generate, in proto JSON with proto
     field names, after the EnvoyPatchPolicy patches (only those whose resource type is in
     `patch_types`, when given). `cluster_ports` maps an HTTPRoute rule name to the loopback port of
-    the server standing in for its backend."""
+    the server standing in for its backend; `secrets` are the Secrets the cluster holds besides the
+    manifests (the operator's, see `operator_secrets`)."""
     gw = one(docs, "Gateway")
     route = one(docs, "HTTPRoute")
     eep = one(docs, "EnvoyExtensionPolicy")
     sp = one(docs, "SecurityPolicy")
     btp = one(docs, "BackendTrafficPolicy")
     ctp = one(docs, "ClientTrafficPolicy")
-    secrets = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "Secret"}
+    secrets = {d["metadata"]["name"]: d for d in [*docs, *secrets] if d.get("kind") == "Secret"}
     filters_by_name = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "HTTPRouteFilter"}
     ns, rname = route["metadata"]["namespace"], route["metadata"]["name"]
     lst = gw["spec"]["listeners"][0]
@@ -192,6 +227,11 @@ def translate(docs: list[dict], *, wasm_file: Path, cluster_ports: dict[str, int
                     direct = filters_by_name[f["extensionRef"]["name"]]["spec"]["directResponse"]
                 elif f["type"] == "URLRewrite":
                     host_rewrite = f["urlRewrite"].get("hostname")
+                elif f["type"] == "RequestHeaderModifier":
+                    # route.go: a route-level header mutation, applied when the route is chosen.
+                    mod = f["requestHeaderModifier"]
+                    assert not mod.get("set") and not mod.get("add"), "only `remove` is translated here"
+                    xroute["request_headers_to_remove"] = list(mod["remove"])
             if direct is not None:
                 xroute["direct_response"] = {"status": direct["statusCode"],
                                              "body": {"inline_string": direct["body"]["inline"]}}

@@ -2,8 +2,9 @@
 OpenAPI schema of its CRD from ../shared/crds (Envoy Gateway and Gateway API) with a real JSON
 Schema validator; the pieces refer to each other consistently; the EnvoyPatchPolicy's JSONPaths
 select exactly what they are meant to in the xDS Envoy Gateway generates; and the plugin
-configuration inline in the EnvoyExtensionPolicy is accepted by the real filter in Envoy and
-routes to both backends.
+configuration inline in the EnvoyExtensionPolicy (JSON) is accepted by the real filter in Envoy and
+routes to both backends; the manifests hold no secret, and the Secrets they reference are the ones
+the `kubectl create secret` commands of their header create.
 
 Schema conversion (CRD structural schema -> JSON Schema): `nullable` adds "null" to the type,
 `x-kubernetes-int-or-string` allows an integer or a string, `x-kubernetes-preserve-unknown-fields`
@@ -52,6 +53,8 @@ def documents() -> list[tuple[str, int, dict]]:
 
 DOCS = documents()
 LLMGW = eg_xds.load()
+UPSTREAM_KEY = "sk-from-the-operators-environment"
+OPERATOR_SECRETS = eg_xds.operator_secrets(env={"OPENAI_API_KEY": UPSTREAM_KEY})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,25 +355,47 @@ def test_references_resolve():
     for kind in ("EnvoyExtensionPolicy", "BackendTrafficPolicy", "SecurityPolicy", "ClientTrafficPolicy"):
         for t in eg_xds.one(LLMGW, kind)["spec"]["targetRefs"]:
             assert (t["kind"], t["name"]) in names, (kind, t)
+    # Secrets are the operator's: the header's commands create every one referenced.
+    created = {(s["kind"], s["metadata"]["name"]) for s in OPERATOR_SECRETS}
     sp = eg_xds.one(LLMGW, "SecurityPolicy")
     for ref in sp["spec"]["apiKeyAuth"]["credentialRefs"]:
-        assert ("Secret", ref["name"]) in names
+        assert ("Secret", ref["name"]) in created and ("Secret", ref["name"]) not in names
 
 
 def test_upstream_credentials_reach_the_wasm_vm():
     """Every *_env of the plugin configuration is passed into the VM (env.hostKeys) and set in the
-    envoy container from a Secret key that exists."""
+    envoy container from a key of the Secret the operator creates with the header's command."""
     keys = env_keys(plugin_config())
     assert keys == {"OPENAI_API_KEY"}
     wasm = eg_xds.one(LLMGW, "EnvoyExtensionPolicy")["spec"]["wasm"][0]
     assert set(wasm["env"]["hostKeys"]) == keys
     proxy = eg_xds.one(LLMGW, "EnvoyProxy")
     env = proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"]["container"]["env"]
-    secrets = {d["metadata"]["name"]: d for d in LLMGW if d["kind"] == "Secret"}
+    secrets = {d["metadata"]["name"]: d for d in OPERATOR_SECRETS}
     for e in env:
         ref = e["valueFrom"]["secretKeyRef"]
         assert ref["key"] in secrets[ref["name"]]["stringData"]
     assert {e["name"] for e in env} == keys
+
+
+def test_manifests_hold_no_secret():
+    """No Secret, no key and no placeholder key in the files; the header's commands take values
+    from the operator's environment or generate them."""
+    text = "\n".join(f.read_text() for f in MANIFEST_FILES)
+    assert not [d for _, _, d in DOCS if d["kind"] == "Secret"]
+    assert "REPLACE_ME" not in text and "stringData" not in text
+    assert not re.search(r"sk-[A-Za-z0-9]", text)
+    by_name = {s["metadata"]["name"]: s["stringData"] for s in OPERATOR_SECRETS}
+    assert by_name["llmgw-upstream-keys"] == {"OPENAI_API_KEY": UPSTREAM_KEY}
+    assert sorted(by_name["llmgw-client-keys"]) == ["team-a", "team-b"]
+    assert all(re.fullmatch(r"[0-9a-f]{48}", v) for v in by_name["llmgw-client-keys"].values())
+
+
+def test_inline_plugin_config_is_json_in_the_file():
+    """The filter takes JSON only; Envoy Gateway passes `config` on as JSON, and the file writes it so."""
+    text = (EG_DIR / "llmgw.yaml").read_text()
+    block = text.split("\n      config: ", 1)[1].split("\n---", 1)[0]
+    assert json.loads(block) == plugin_config()
 
 
 def test_budget_is_keyed_on_the_client_id_the_api_key_check_forwards():
@@ -401,7 +426,7 @@ def test_image_is_pinned_by_digest():
 
 
 def xds(patch_types=frozenset()):
-    return eg_xds.translate(LLMGW, wasm_file=Path("/plugin.wasm"), rls_port=1,
+    return eg_xds.translate(LLMGW, wasm_file=Path("/plugin.wasm"), rls_port=1, secrets=OPERATOR_SECRETS,
                             cluster_ports={"openai": 1, "vllm": 2}, patch_types=patch_types)
 
 
@@ -425,13 +450,13 @@ def test_listener_patches_select_exactly_the_llmgw_wasm_filter():
     index = [f["name"] for f in filters].index(name)
     ops = [p["operation"] for p in epp["spec"]["jsonPatches"] if p["type"] == eg_xds.LISTENER_TYPE]
     assert {o["path"].rsplit("/", 1)[1]: o["value"] for o in ops} == {
-        "allow_on_headers_stop_iteration": True, "failure_policy": "FAIL_CLOSED"}
+        "allow_on_headers_stop_iteration": True, "failure_policy": "FAIL_RELOAD"}
     for o in ops:
         base = f"/default_filter_chain/filters/0/typed_config/http_filters/{index}"
         assert eg_xds.jsonpath_pointers(listener, o["jsonPath"], o["path"]) == [base + o["path"]]
     patched, _ = xds(frozenset({eg_xds.LISTENER_TYPE}))
     cfg = patched["default_filter_chain"]["filters"][0]["typed_config"]["http_filters"][index]["typed_config"]["config"]
-    assert cfg["allow_on_headers_stop_iteration"] is True and cfg["failure_policy"] == "FAIL_CLOSED"
+    assert cfg["allow_on_headers_stop_iteration"] is True and cfg["failure_policy"] == "FAIL_RELOAD"
     assert "fail_open" not in cfg  # failOpen: false
 
 
@@ -481,7 +506,7 @@ def test_inline_plugin_config_is_accepted_by_the_filter_in_envoy():
         cfg = e2e.render({n: m.port for n, m in mocks.items()}, config)
         # What the policy's env.hostKeys becomes: the VM may read these variables of Envoy's.
         e2e._wasm(cfg)["vm_config"]["environment_variables"] = {"host_env_keys": wasm["env"]["hostKeys"]}
-        env = e2e.Envoy(cfg, name="eg-plugin-config", env={"OPENAI_API_KEY": "sk-from-env"})
+        env = e2e.Envoy(cfg, name="eg-plugin-config", env={"OPENAI_API_KEY": UPSTREAM_KEY})
         assert "configured 2 backend(s), 3 rule(s)" in env.log_tail(200), env.log_tail(40)
         for model, backend in (("gpt-4o-mini", "openai"), ("text-embedding-3-small", "openai"), ("llama-3.2-1b", "vllm")):
             path = "/v1/embeddings" if model.startswith("text-embedding") else "/v1/chat/completions"
@@ -489,7 +514,7 @@ def test_inline_plugin_config_is_accepted_by_the_filter_in_envoy():
                 {"model": model, "messages": [{"role": "user", "content": "hi"}]}
             status, h, resp = e2e.http("POST", env.url + path, body)
             assert status == 200 and h["x-mock-name"] == backend, (model, resp)
-        assert mocks["openai"].requests()[0]["headers"]["authorization"] == "Bearer sk-from-env"
+        assert mocks["openai"].requests()[0]["headers"]["authorization"] == "Bearer " + UPSTREAM_KEY
         status, _, resp = e2e.http("GET", env.url + "/v1/models")
         assert {m["id"] for m in json.loads(resp)["data"]} >= set(config["models"])
     finally:

@@ -29,8 +29,11 @@ import llmgw_e2e as e2e  # noqa: E402
 from mock_rls import MockRLS  # noqa: E402
 
 DOCS = eg_xds.load()
-KEYS = eg_xds.one([d for d in DOCS if d["metadata"]["name"] == "llmgw-client-keys"], "Secret")["stringData"]
 UPSTREAM_KEY = "sk-upstream-from-envoyproxy-env"
+# The Secrets the operator creates with the commands of the manifests' header (client keys are
+# random, as `openssl rand` makes them; the upstream key comes from the operator's environment).
+OPERATOR_SECRETS = eg_xds.operator_secrets(env={"OPENAI_API_KEY": UPSTREAM_KEY})
+KEYS = eg_xds.one([d for d in OPERATOR_SECRETS if d["metadata"]["name"] == "llmgw-client-keys"], "Secret")["stringData"]
 CHAT = "/v1/chat/completions"
 PROMPT = "count these five words please"  # 5 prompt tokens at the mock; 8 completion tokens
 
@@ -43,9 +46,11 @@ def budget_key(client: str) -> tuple[tuple[str, str], ...]:
 
 def gateway(providers, rls, name: str, patch_types: frozenset[str] | None = None) -> e2e.Envoy:
     listener, routes = eg_xds.translate(
-        DOCS, wasm_file=e2e.wasm_path(), rls_port=rls.port, patch_types=patch_types,
+        DOCS, wasm_file=e2e.wasm_path(), rls_port=rls.port, patch_types=patch_types, secrets=OPERATOR_SECRETS,
         cluster_ports={"openai": providers["openai"].port, "vllm": providers["vllm"].port})
-    return e2e.Envoy(eg_xds.bootstrap(listener, routes), name=name, env={"OPENAI_API_KEY": UPSTREAM_KEY})
+    # The EnvoyProxy's container env, from the upstream-keys Secret.
+    upstream = eg_xds.one([d for d in OPERATOR_SECRETS if d["metadata"]["name"] == "llmgw-upstream-keys"], "Secret")
+    return e2e.Envoy(eg_xds.bootstrap(listener, routes), name=name, env=dict(upstream["stringData"]))
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +123,8 @@ def test_charge_is_the_responses_total_tokens(gw, rls, providers):
     (req,) = [r for r in providers["openai"].requests() if r["path"] == CHAT][-1:]
     assert req["headers"]["authorization"] == "Bearer " + UPSTREAM_KEY
     assert req["headers"]["host"] == "api.openai.com"  # the HTTPRoute rule's URLRewrite
+    # The HTTPRoute rule's RequestHeaderModifier: the gateway's routing headers stay in the gateway.
+    assert "x-llmgw-backend" not in req["headers"] and "x-ai-eg-model" not in req["headers"]
 
 
 @pytest.mark.parametrize("include_usage", [True, False])
@@ -187,7 +194,9 @@ def test_listener_patches_reach_the_wasm_filter(gw):
     walk(dump)
     assert found, f"no filter {name} in the config dump"
     assert found[0]["allow_on_headers_stop_iteration"] is True
-    assert found[0]["failure_policy"] == "FAIL_CLOSED"
+    assert found[0]["failure_policy"] == "FAIL_RELOAD"
+    # The upstream key is in Envoy's environment (the EnvoyProxy's env), not in its admin output.
+    assert UPSTREAM_KEY.encode() not in body and b"OPENAI_API_KEY" in body
 
 
 def test_without_the_route_patch_nothing_is_charged(providers, rls):
