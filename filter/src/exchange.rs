@@ -181,6 +181,8 @@ impl Exchange {
             self.finish(host);
             return Flow::Continue;
         }
+        // Read before the translator's plan, which may remove it.
+        let encoding = host.response_header("content-encoding").filter(|e| !e.trim().eq_ignore_ascii_case("identity"));
         let plan = if routed.error {
             translate::error_plan()
         } else {
@@ -194,7 +196,6 @@ impl Exchange {
             host.set_response_header(name, value);
         }
         routed.mode = plan.mode;
-        let encoding = host.response_header("content-encoding").filter(|e| !e.trim().eq_ignore_ascii_case("identity"));
         let declared_empty = host.response_header("content-length").is_some_and(|v| v.trim() == "0");
         let refusal = match (&encoding, routed.error) {
             // The gateway asked for `identity`; a compressed body it must read cannot be rewritten.
@@ -209,6 +210,18 @@ impl Exchange {
         };
         if let Some(error) = refusal {
             refuse_response(host, routed, &error.body(api));
+            return Flow::Continue;
+        }
+        if let (Some(encoding), true) = (&encoding, routed.error) {
+            // An error is rewritten into the client's shape: a compressed one keeps its status and
+            // says what it was, since its text cannot be read.
+            let text = format!("upstream returned HTTP {} with a {encoding}-compressed body", routed.status);
+            let body =
+                routed.translator.error_body(routed.status, text.as_bytes()).unwrap_or_else(|| text.into_bytes());
+            let status = routed.status;
+            refuse_response(host, routed, &body);
+            host.set_response_header(":status", &status.to_string());
+            routed.status = status;
             return Flow::Continue;
         }
         match routed.mode {
@@ -850,6 +863,17 @@ max_request_body_bytes: 1000
         assert_eq!(host.response_header("content-encoding"), None);
         let v: serde_json::Value = serde_json::from_slice(&host.response_body).unwrap();
         assert_eq!(v["error"]["code"], "invalid_upstream_response");
+
+        // A compressed error cannot be read either: it keeps its status, in the client's shape.
+        let mut x = anthropic_exchange(config);
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        send(&mut x, &mut host, br#"{"model":"claude-x","messages":[{"role":"user","content":"hi"}]}"#);
+        let error_headers = [(":status", "529"), ("content-type", "application/json"), ("content-encoding", "gzip")];
+        answer(&mut x, &mut host, &error_headers, &gz);
+        assert_eq!(host.response_header(":status").as_deref(), Some("529"));
+        assert_eq!(host.response_header("content-encoding"), None);
+        let v: serde_json::Value = serde_json::from_slice(&host.response_body).unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains("gzip-compressed"), "{v}");
 
         // Pass-through bytes are not rewritten: a compressed answer goes to the client as it came.
         let mut x = exchange();

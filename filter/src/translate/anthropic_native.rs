@@ -19,6 +19,8 @@ pub struct AnthropicNative {
     usage: a::Usage,
     usage_capture: TopLevelCapture,
     saw_content: bool,
+    /// `message_stop` or an `error` event was seen: the stream is complete for the client.
+    ended: bool,
 }
 
 impl AnthropicNative {
@@ -31,6 +33,7 @@ impl AnthropicNative {
             reframe: false,
             usage: a::Usage::default(),
             usage_capture: TopLevelCapture::new("usage", 64 * 1024),
+            ended: false,
             saw_content: false,
         }
     }
@@ -132,12 +135,14 @@ impl Translator for AnthropicNative {
         }
         let had_content = self.saw_content;
         let mut out = self.reframe.then(Vec::new);
-        let (usage, saw_content) = (&mut self.usage, &mut self.saw_content);
+        let (usage, saw_content, ended) = (&mut self.usage, &mut self.saw_content, &mut self.ended);
         let mut on_event = |json: &[u8]| {
             *saw_content |= track_event(json, usage);
+            let kind = event_type(json);
+            *ended |= kind == "message_stop" || kind == "error";
             if let Some(out) = out.as_mut() {
                 out.extend_from_slice(b"event: ");
-                out.extend_from_slice(event_type(json).as_bytes());
+                out.extend_from_slice(kind.as_bytes());
                 out.extend_from_slice(b"\ndata: ");
                 out.extend_from_slice(json);
                 out.extend_from_slice(b"\n\n");
@@ -149,6 +154,20 @@ impl Translator for AnthropicNative {
         if end_of_stream {
             self.framing.finish(&mut on_event);
             edits.usage = Some(self.usage.to_tokens());
+            if !self.ended {
+                // A stream that stops before `message_stop` (or is empty, or unreadable) must not
+                // look complete to the client: it ends with an error event, as Anthropic's do.
+                let event = anthropic_error_json(
+                    "the provider's stream ended before message_stop",
+                    ErrorKind::Server.anthropic_type(502),
+                );
+                let mut tail = out.take().unwrap_or_else(|| chunk.to_vec());
+                tail.extend_from_slice(b"event: error\ndata: ");
+                tail.extend_from_slice(&event);
+                tail.extend_from_slice(b"\n\n");
+                out = Some(tail);
+                self.ended = true;
+            }
         }
         edits.replace = out;
         edits.first_content = !had_content && self.saw_content;
@@ -240,5 +259,22 @@ mod tests {
         );
         let native = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         assert_eq!(t.error_body(529, native), None);
+    }
+
+    #[test]
+    fn streams_that_stop_early_end_with_an_error_event() {
+        for (schema, content_type) in
+            [(Schema::Anthropic, "text/event-stream"), (Schema::AWSAnthropic, "application/vnd.amazon.eventstream")]
+        {
+            let (_, mut t) = translate(schema, r#"{"model":"m","stream":true,"messages":[]}"#, None);
+            t.response_headers(200, content_type);
+            let out = t.response_body(b"", true).replace.unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.starts_with("event: error\ndata: {\"type\":\"error\""), "{schema:?}: {text}");
+        }
+        // A complete stream is left alone.
+        let (_, mut t) = translate(Schema::Anthropic, r#"{"model":"m","stream":true,"messages":[]}"#, None);
+        t.response_headers(200, "text/event-stream");
+        assert_eq!(t.response_body(STREAM.as_bytes(), true).replace, None);
     }
 }
