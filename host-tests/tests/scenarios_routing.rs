@@ -235,16 +235,25 @@ fn model_override_rewrites_the_body_and_fixes_content_length() -> Result<()> {
 #[test]
 fn backend_header_mutations() -> Result<()> {
     let mut p = routing()?;
-    let headers = [("openai-organization", "client-org"), ("x-debug", "1"), ("X-Debug", "2"), ("x-keep", "k")];
+    let headers = [
+        ("openai-organization", "client-org"),
+        ("x-debug", "1"),
+        ("X-Debug", "2"),
+        ("x-request-id", "r1"),
+        ("x-not-listed", "k"),
+    ];
     let sent = post(&mut p, CHAT, &headers, &chat("gpt-4o-mini"))?;
     ensure!(sent.routed()? == "openai");
     let fwd = sent.forwarded.clone().unwrap_or_default();
     ensure!(fwd.get_all("openai-organization") == ["org-123"], "{fwd:?}");
     ensure!(!fwd.contains("x-debug"), "{fwd:?}");
-    ensure!(fwd.get("x-keep") == Some("k"));
-    // Other backends don't get them.
+    // Client headers pass an allowlist (filter README, "What the filter does to a request").
+    ensure!(fwd.get("x-request-id") == Some("r1") && !fwd.contains("x-not-listed"), "{fwd:?}");
+    // Other backends don't get the mutations, and a client's billing header needs the
+    // backend's `forward_billing_headers`.
     let sent = post(&mut p, CHAT, &headers, &chat("other"))?;
-    ensure!(sent.header("openai-organization") == Some("client-org") && sent.header("x-debug") == Some("1"));
+    ensure!(sent.header("openai-organization").is_none() && sent.header("x-debug").is_none(), "{:?}", sent.forwarded);
+    ensure!(sent.header("x-request-id") == Some("r1"));
     Ok(())
 }
 
