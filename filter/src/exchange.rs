@@ -57,6 +57,8 @@ struct Routed {
     usage: Option<TokenUsage>,
     /// The body the client gets instead of the provider's (a 502 decided on the headers).
     refusal: Option<Vec<u8>>,
+    /// Bytes of the success body handed to the client so far.
+    bytes_to_client: usize,
 }
 
 pub struct Exchange {
@@ -285,6 +287,8 @@ impl Exchange {
             if edits.first_content && routed.first_content_at.is_none() {
                 routed.first_content_at = Some(host.now_nanos());
             }
+            let sent = edits.replace.as_ref().map_or(chunk.len(), Vec::len);
+            routed.bytes_to_client = routed.bytes_to_client.saturating_add(sent);
             if let Some(replacement) = edits.replace {
                 if replacement != chunk {
                     host.set_response_body(size, &replacement);
@@ -292,6 +296,13 @@ impl Exchange {
                 if routed.mode == BodyMode::Buffer {
                     host.set_response_header("content-length", &replacement.len().to_string());
                 }
+            }
+            if end_of_stream && routed.bytes_to_client == 0 && routed.mode == BodyMode::Stream {
+                // The provider sent a success and nothing after it; its headers are gone already,
+                // so the client gets an error in the body, as a stream's own errors arrive.
+                let body = empty_stream_error(routed.endpoint.client_api(), routed.info.stream, routed.status);
+                host.set_response_body(size, &body);
+                routed.error = true;
             }
             if let (Some(status), BodyMode::Buffer) = (edits.status, routed.mode) {
                 host.set_response_header(":status", &status.to_string());
@@ -496,6 +507,7 @@ fn route(
         ended_at: None,
         usage: None,
         refusal: None,
+        bytes_to_client: 0,
     })
 }
 
@@ -507,6 +519,18 @@ fn empty_answer(status: u16) -> ApiError {
         "invalid_upstream_response",
         format!("the provider answered HTTP {status} with an empty body"),
     )
+}
+
+/// What a client gets when a provider's success ends without a byte: an error in the client's
+/// stream format (with its terminator), or its error JSON.
+fn empty_stream_error(api: ClientApi, stream: bool, status: u16) -> Vec<u8> {
+    let error = empty_answer(status);
+    let json = error.body(api);
+    match (api, stream) {
+        (ClientApi::OpenAI, true) => [b"data: ".as_slice(), &json, b"\n\ndata: [DONE]\n\n"].concat(),
+        (ClientApi::Anthropic, true) => [b"event: error\ndata: ".as_slice(), &json, b"\n\n"].concat(),
+        (_, false) => json,
+    }
 }
 
 /// Turns the response into a 502 with `body`, decided while its headers are still held: the
@@ -904,6 +928,21 @@ max_request_body_bytes: 1000
         send(&mut x, &mut host, br#"{"model":"claude-x","max_tokens":5,"messages":[]}"#);
         answer(&mut x, &mut host, &[(":status", "200"), ("content-length", "0")], b"");
         assert_eq!(host.reply_json().1["type"], "error");
+    }
+
+    #[test]
+    fn a_success_that_ends_without_a_byte_gets_an_error_in_the_body() {
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        send(&mut x, &mut host, br#"{"model":"gpt-4o","stream":true}"#);
+        host.response_headers = vec![(":status".into(), "200".into())];
+        assert_eq!(x.on_response_headers(&mut host, false), Flow::Continue);
+        host.response_body.clear();
+        x.on_response_body(&mut host, 0, true);
+        let text = String::from_utf8(host.response_body.clone()).unwrap();
+        assert!(text.starts_with("data: {\"error\"") && text.ends_with("data: [DONE]\n\n"), "{text}");
+        x.on_log(&mut host);
+        assert!(host.samples.iter().any(|s| s.name.contains("outcome=.=failure")));
     }
 
     #[test]
