@@ -87,7 +87,12 @@ fn the_inline_plugin_config_is_the_plugin_config() {
     let d = docs(&out);
     let eep = kind(&d, "EnvoyExtensionPolicy");
     assert_eq!(eep.len(), 1);
-    assert_eq!(eep[0]["spec"]["wasm"][0]["config"], demo_plugin());
+    // The plugin configuration, each backend also forwarding the client id to the rate limit filter.
+    let mut want = demo_plugin();
+    for b in want["backends"].as_array_mut().unwrap() {
+        b["forward_headers"] = json!(["x-llmgw-client"]);
+    }
+    assert_eq!(eep[0]["spec"]["wasm"][0]["config"], want);
     assert_eq!(eep[0]["spec"]["wasm"][0]["env"]["hostKeys"], json!(["OPENAI_API_KEY"]));
     let kinds: Vec<&str> = d.iter().map(|v| v["kind"].as_str().unwrap()).collect();
     assert_eq!(
@@ -205,7 +210,7 @@ fn the_inline_plugin_config_is_json() {
     let out = render(&demo_plugin(), &demo_backends(), &EgOptions::default()).unwrap();
     let config = out.split("\n      config: ").nth(1).unwrap().split("\n---").next().unwrap();
     let parsed: Value = serde_json::from_str(config).unwrap_or_else(|e| panic!("not JSON ({e}):\n{config}"));
-    assert_eq!(parsed, demo_plugin());
+    assert_eq!(parsed, render_eg::with_client_header(&demo_plugin()));
 }
 
 #[test]
@@ -257,5 +262,8 @@ fn plugin_json_round_trips_awkward_values() {
         vec![EgBackend { name: "b".into(), endpoints: vec![("b.example".into(), 80)], tls: false, host_rewrite: None }];
     let out = render(&plugin, &backends, &EgOptions::default()).unwrap();
     let d = docs(&out);
-    assert_eq!(kind(&d, "EnvoyExtensionPolicy")[0]["spec"]["wasm"][0]["config"], plugin);
+    assert_eq!(
+        kind(&d, "EnvoyExtensionPolicy")[0]["spec"]["wasm"][0]["config"],
+        render_eg::with_client_header(&plugin)
+    );
 }
