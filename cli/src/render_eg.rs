@@ -365,7 +365,8 @@ spec:
               name: {BACKEND_HEADER}
               value: {value}
       filters:
-        # The gateway's own routing headers never reach a provider.
+        # The gateway's routing headers never reach a provider. (The client id stays: the token
+        # budget's charge reads it when the response ends.)
         - type: RequestHeaderModifier
           requestHeaderModifier:
             remove: [{BACKEND_HEADER}, {MODEL_HEADER}]
@@ -447,7 +448,8 @@ spec:
         }
     }
     // JSON (which is YAML too): the filter takes JSON only, and Envoy Gateway passes it on as JSON.
-    let json = serde_json::to_string_pretty(plugin).map_err(|e| format!("the plugin configuration: {e}"))?;
+    let json = serde_json::to_string_pretty(&with_client_header(plugin))
+        .map_err(|e| format!("the plugin configuration: {e}"))?;
     out += "      config: ";
     for (i, line) in json.lines().enumerate() {
         if i > 0 {
@@ -548,6 +550,25 @@ spec:
 "
     );
     Ok(out)
+}
+
+/// The plugin configuration as the Gateway runs it: every backend also forwards the client id
+/// header (`forward_headers`), which the filter would otherwise remove with the other client
+/// headers, while the rate limit filter after it reads the client's budget from it (before the
+/// request, and again when the response ends to charge it). So the provider sees the client id
+/// (a name such as `team-a`, never the key).
+pub fn with_client_header(plugin: &Value) -> Value {
+    let mut plugin = plugin.clone();
+    let backends = plugin.get_mut("backends").and_then(Value::as_array_mut);
+    for b in backends.into_iter().flatten().filter_map(Value::as_object_mut) {
+        let list = b.entry("forward_headers").or_insert_with(|| Value::Array(Vec::new()));
+        if let Some(list) = list.as_array_mut() {
+            if !list.iter().any(|h| h.as_str().is_some_and(|h| h.eq_ignore_ascii_case(CLIENT_HEADER))) {
+                list.push(Value::String(CLIENT_HEADER.into()));
+            }
+        }
+    }
+    plugin
 }
 
 /// The path of the first literal credential of the plugin configuration (`auth.bearer`,

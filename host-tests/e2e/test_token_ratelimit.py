@@ -124,7 +124,11 @@ def test_charge_is_the_responses_total_tokens(gw, rls, providers):
     assert req["headers"]["authorization"] == "Bearer " + UPSTREAM_KEY
     assert req["headers"]["host"] == "api.openai.com"  # the HTTPRoute rule's URLRewrite
     # The HTTPRoute rule's RequestHeaderModifier: the gateway's routing headers stay in the gateway.
-    assert "x-llmgw-backend" not in req["headers"] and "x-ai-eg-model" not in req["headers"]
+    # The client id is forwarded (the charge at stream end reads it), never the client's key.
+    for h in ("x-llmgw-backend", "x-ai-eg-model"):
+        assert h not in req["headers"], h
+    assert req["headers"]["x-llmgw-client"] == "team-a"
+    assert KEYS["team-a"] not in json.dumps(req["headers"])
 
 
 @pytest.mark.parametrize("include_usage", [True, False])
@@ -157,9 +161,12 @@ def test_budget_spent_gives_429_and_the_rejected_request_costs_nothing(gw, rls, 
         assert len(charges(rls, since, "team-b")) == 1
     upstream_before = len(providers["openai"].requests())
     since = len(rls.calls())
-    status, headers, _ = chat(gw, "team-b")
-    assert status == 429
-    assert headers.get("x-envoy-ratelimited") == "true"
+    status, headers, body = chat(gw, "team-b")
+    assert status == 429, body
+    # The rate limit service said OVER_LIMIT for the check; the client gets an OpenAI-shaped error
+    # (the filter wraps Envoy's empty 429 in the client's API shape).
+    assert [c.codes for c in rls.calls()[since:] if c.descriptors[0].hits_addend == 0] == [[2]]
+    assert json.loads(body)["error"]["message"], body
     assert len(providers["openai"].requests()) == upstream_before, "a rejected request must not reach the provider"
     time.sleep(0.5)  # a charge would come after the response: give it time to show up
     assert [c for c in rls.calls()[since:] if (c.descriptors[0].hits_addend or 0) > 0] == []
