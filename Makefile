@@ -130,27 +130,33 @@ clippy: rust-tools
 
 unit: unit-native unit-wasm
 
+# The memory tests (peak allocation while translating bodies of millions of elements) run optimized:
+# in a debug build they take minutes. They use a native counting allocator, so not on wasm32.
+FILTER_FAST_TESTS := --lib --test golden_bedrock --test golden_gemini
+FILTER_MEMORY_TESTS := --test memory_anthropic --test memory_anthropic_to_openai --test memory_bedrock --test memory_gemini
 unit-native:
-	$(CARGO) test -p llmgw-filter
+	$(CARGO) test -p llmgw-filter $(FILTER_FAST_TESTS)
+	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=2 \
+	  $(CARGO) test -p llmgw-filter --release $(FILTER_MEMORY_TESTS)
 
 # The filter's unit tests compiled for wasm32-wasip1 and run on wasmtime by the wasi-runner.
 unit-wasm: rust-tools
 	$(CARGO) build -p llmgw-host-tests --bin wasi-runner
-	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(abspath $(RUNNER))" $(CARGO) test -p llmgw-filter --target wasm32-wasip1
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(abspath $(RUNNER))" $(CARGO) test -p llmgw-filter --target wasm32-wasip1 $(FILTER_FAST_TESTS)
 
 harness: wasm
 	$(CARGO) test -p llmgw-host-tests
 
 # The CLI's unit, golden (each config format -> plugin config + bootstrap, envoy --mode validate)
 # and e2e tests (`llmgw run` as a subprocess against mock providers).
-cli-test: wasm host-bins py-tools
+cli-test: wasm wasm-trap host-bins py-tools
 	$(CARGO) test -p llmgw
 
 e2e: wasm host-bins py-tools deb-tools
 	cd host-tests/e2e && "$(abspath $(VENV))/bin/python" -m pytest $(PYTEST_ARGS)
 
 validate: wasm py-tools
-	"$(VENV)/bin/python" host-tests/e2e/llmgw_e2e.py validate
+	LLMGW_DEMO_UPSTREAM_KEY=sk-validate "$(VENV)/bin/python" host-tests/e2e/llmgw_e2e.py validate
 
 # --- run ---------------------------------------------------------------------------------------
 
@@ -173,7 +179,7 @@ run-mocks: build py-tools
 	 "$(MOCK)" --port 19751 --name openai >/dev/null & m1=$$!; \
 	 "$(MOCK)" --port 19752 --name ollama >/dev/null & m2=$$!; \
 	 trap 'kill $$m1 $$m2 2>/dev/null || true' EXIT INT TERM; \
-	 "$(ENVOY_BIN)" -c $$cfg --disable-hot-restart --log-level warn $(ENVOY_ARGS) || status=$$?; \
+	 LLMGW_DEMO_UPSTREAM_KEY="$${LLMGW_DEMO_UPSTREAM_KEY:-sk-llmgw-demo-upstream-key}" "$(ENVOY_BIN)" -c $$cfg --disable-hot-restart --log-level warn $(ENVOY_ARGS) || status=$$?; \
 	 exit $${status:-0}
 
 # --- ship --------------------------------------------------------------------------------------

@@ -25,8 +25,15 @@ pub const TIME_PER_OUTPUT_TOKEN: &str = "gen_ai.server.time_per_output_token";
 pub const REQUESTS: &str = "llmgw.requests_total";
 
 /// The label names, in the order they appear in stat names.
-pub const LABELS: &[&str] =
-    &["llmgw_backend", "gen_ai_request_model", "gen_ai_operation_name", "gen_ai_token_type", "outcome"];
+pub const LABELS: &[&str] = &[
+    "llmgw_backend",
+    "gen_ai_request_model",
+    "gen_ai_operation_name",
+    "gen_ai_token_type",
+    "outcome",
+    "http_status",
+    "error_code",
+];
 
 /// Labels common to every metric of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
