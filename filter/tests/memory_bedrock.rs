@@ -65,7 +65,9 @@ fn backend(model_override: &str) -> Backend {
         "backends: [{{name: b, schema: AWSBedrock, region: us-east-1, model_override: '{model_override}', \
          auth: {{aws: {{access_key_id: AKID, secret_access_key: secret}}}}}}]"
     );
-    config::parse(text.as_bytes(), &NoEnv, 0).unwrap().backends.into_iter().next().unwrap()
+    // The filter takes JSON; written as YAML here for reading, converted as llmgw does.
+    let json: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+    config::parse(&serde_json::to_vec(&json).unwrap(), &NoEnv, 0).unwrap().backends.into_iter().next().unwrap()
 }
 
 /// Peak growth over what is allocated now, while `f` runs (its result kept until the end).
