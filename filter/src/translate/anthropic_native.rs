@@ -176,7 +176,9 @@ impl Translator for AnthropicNative {
     }
 
     fn error_body(&mut self, status: u16, body: &[u8]) -> Option<Vec<u8>> {
-        if serde_json::from_slice::<a::ErrorEnvelope>(body).is_ok_and(|e| !e.error.kind.is_empty()) {
+        if std::str::from_utf8(body).is_ok()
+            && serde_json::from_slice::<a::ErrorEnvelope>(body).is_ok_and(|e| !e.error.kind.is_empty())
+        {
             return None;
         }
         Some(anthropic_error_json(&upstream_message(body), ErrorKind::for_status(status).anthropic_type(status)))

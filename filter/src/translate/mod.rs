@@ -146,7 +146,9 @@ pub fn openai_error_body(status: u16, body: &[u8]) -> Option<Vec<u8>> {
         #[allow(dead_code)]
         message: String,
     }
-    if serde_json::from_slice::<Envelope>(body).is_ok() {
+    // serde_json skips unread strings without checking their UTF-8: check it, or a broken body
+    // would pass as OpenAI-shaped.
+    if std::str::from_utf8(body).is_ok() && serde_json::from_slice::<Envelope>(body).is_ok() {
         return None;
     }
     let text = String::from_utf8_lossy(body);
@@ -184,6 +186,8 @@ mod tests {
         assert_eq!(v["error"]["code"], "upstream_error");
         let v: serde_json::Value = serde_json::from_slice(&openai_error_body(401, b"").unwrap()).unwrap();
         assert_eq!(v["error"]["type"], "authentication_error");
+        let broken = openai_error_body(429, b"{\"error\":{\"message\":\"m\",\"type\":\"rate\x83\"}}").unwrap();
+        assert!(serde_json::from_slice::<serde_json::Value>(&broken).is_ok());
         let long = "é".repeat(3000);
         let v: serde_json::Value = serde_json::from_slice(&openai_error_body(500, long.as_bytes()).unwrap()).unwrap();
         assert!(v["error"]["message"].as_str().unwrap().len() <= 2048);
