@@ -297,9 +297,9 @@ impl Exchange {
                     host.set_response_header("content-length", &replacement.len().to_string());
                 }
             }
-            if end_of_stream && routed.bytes_to_client == 0 && routed.mode == BodyMode::Stream {
+            if end_of_stream && routed.bytes_to_client == 0 && routed.mode == BodyMode::Stream && routed.info.stream {
                 // The provider sent a success and nothing after it; its headers are gone already,
-                // so the client gets an error in the body, as a stream's own errors arrive.
+                // so a streaming client gets an error in the body, as a stream's own errors arrive.
                 let body = empty_stream_error(routed.endpoint.client_api(), routed.info.stream, routed.status);
                 host.set_response_body(size, &body);
                 routed.error = true;

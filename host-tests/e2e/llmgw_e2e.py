@@ -34,6 +34,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "envoy-configs" / "local" / "envoy.yaml"
+MOCK_CONTROL_HEADERS = ["x-mock-chunks", "x-mock-chunk-gap-ms", "x-mock-delay-ms", "x-mock-status", "x-keep"]
 LOGS = Path(os.environ.get("LLMGW_E2E_LOGS", REPO / "host-tests" / "e2e" / ".logs"))
 
 
@@ -221,8 +222,13 @@ def render(
     listener["address"]["socket_address"].update(address="127.0.0.1", port_value=listener_port)
     wasm_cfg = _wasm(cfg)
     wasm_cfg["vm_config"]["code"]["local"]["filename"] = str(wasm or wasm_path())
-    if plugin_config is not None:
-        wasm_cfg["configuration"]["value"] = json.dumps(plugin_config)
+    if plugin_config is None:
+        plugin_config = plugin_config_of(cfg)
+    plugin_config = copy.deepcopy(plugin_config)
+    # The mock provider's control headers are not on the filter's allowlist: forward them.
+    for b in plugin_config.get("backends", []):
+        b.setdefault("forward_headers", MOCK_CONTROL_HEADERS)
+    wasm_cfg["configuration"]["value"] = json.dumps(plugin_config)
     if stats_flush_interval:
         cfg["stats_flush_interval"] = stats_flush_interval
     proto = cfg["static_resources"]["clusters"][0]

@@ -134,7 +134,7 @@ def test_openai_chat_to_anthropic(oai, providers):
     assert body == {
         "model": "claude-sonnet-mock",
         "max_tokens": 4096,
-        "messages": [{"role": "user", "content": [{"type": "text", "text": "say hello to me"}]}],
+        "messages": [{"role": "user", "content": "say hello to me"}],
         "system": [{"type": "text", "text": "be brief"}],
         "stop_sequences": ["END"],
         "temperature": 0.3,
