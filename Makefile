@@ -234,3 +234,6 @@ bench: wasm py-tools bench-tools
 
 bench-smoke: wasm host-bins py-tools bench-tools
 	"$(abspath $(VENV))/bin/python" host-tests/bench/bench.py --smoke --mock-bin $(TARGET)/debug/bench-mock $(BENCH_ARGS)
+
+# --- fuzzing (not in CI: cargo-fuzz needs a nightly toolchain and minutes per target) -----------
+include fuzz/fuzz.mk
