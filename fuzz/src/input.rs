@@ -77,16 +77,28 @@ impl<'a> Case<'a> {
             if !content_type.is_empty() {
                 headers.push(("content-type".to_string(), content_type.to_string()));
             }
+            let mut framed = false;
             for line in lines {
                 if let Some((n, v)) = line.split_once(':') {
-                    headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+                    let name = n.trim().to_ascii_lowercase();
+                    // Envoy frames the body itself: it forwards a content-length only when it is the
+                    // body's, and never hop-by-hop framing headers.
+                    match name.as_str() {
+                        "content-length" => framed = true,
+                        "transfer-encoding" | "connection" => {}
+                        _ => headers.push((name, v.trim().to_string())),
+                    }
                 }
             }
             let eventstream = content_type.to_ascii_lowercase().contains("amazon.eventstream");
+            let body = if head_flag(data, F_HEADERS_EOS) { &[][..] } else { body };
             let encoded = if eventstream && head_flag(data, F_FRAMES) { frames(body) } else { body.to_vec() };
             // Envoy only hands a filter final statuses it parsed: three digits, 200..=599 (1xx are
             // not given to filters). Anything else in the input means 200.
             let status = status.parse::<u16>().ok().filter(|s| (200..=599).contains(s)).unwrap_or(200);
+            if framed {
+                headers.push(("content-length".to_string(), encoded.len().to_string()));
+            }
             Response { status, headers, body: encoded, raw_body: body }
         });
         Some(Case {
