@@ -261,7 +261,10 @@ fn check_local_reply(host: &MemHost, flow: Flow, r: Route, phase: &str) {
     if host.replies > 1 {
         violation("flow", || format!("{phase}: {} local replies", host.replies));
     }
-    if !(400..600).contains(status) {
+    // A response-phase reply keeps the upstream's status, which may be a 3xx (any non-2xx is an
+    // error to the filter).
+    let lowest = if phase.starts_with("response") { 300 } else { 400 };
+    if !(lowest..600).contains(status) {
         violation("reply", || format!("{phase}: local reply with status {status}"));
     }
     let ct = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.as_str());
