@@ -59,6 +59,8 @@ struct Routed {
     refusal: Option<Vec<u8>>,
     /// Bytes of the success body handed to the client so far.
     bytes_to_client: usize,
+    /// The body size the last body callback saw (what is buffered when the trailers arrive).
+    body_seen: usize,
 }
 
 pub struct Exchange {
@@ -238,6 +240,7 @@ impl Exchange {
         if routed.ended_at.is_some() {
             return Flow::Continue;
         }
+        routed.body_seen = size;
         if let Some(refusal) = &routed.refusal {
             // The client gets the refusal instead of the provider's bytes, whatever they are.
             let replacement = if end_of_stream { refusal.clone() } else { Vec::new() };
@@ -320,6 +323,13 @@ impl Exchange {
     /// Trailers end the response too (an HTTP/2 upstream may end with them).
     pub fn on_response_trailers(&mut self, host: &mut dyn Host) -> Flow {
         if let Phase::Forwarded(routed) = &mut self.phase {
+            if routed.ended_at.is_none() && (routed.mode == BodyMode::Buffer || routed.refusal.is_some()) {
+                // Envoy hands a filter the body it buffered in the trailers callback too: the
+                // buffered answer is translated (or replaced) as at its end. A refusal decided while
+                // streaming has nothing buffered to replace; its status and headers still say it.
+                let size = if routed.mode == BodyMode::Buffer { routed.body_seen } else { 0 };
+                return self.on_response_body(host, size, true);
+            }
             if routed.ended_at.is_none() && !routed.error {
                 let edits = routed.translator.response_body(&[], true);
                 routed.usage = edits.usage.or(routed.usage);
@@ -508,6 +518,7 @@ fn route(
         usage: None,
         refusal: None,
         bytes_to_client: 0,
+        body_seen: 0,
     })
 }
 
@@ -696,6 +707,25 @@ max_request_body_bytes: 1000
         let mut host = FakeHost::request("POST", "/v1/chat/completions", &[("content-length", "5000")]);
         assert_eq!(x.on_request_headers(&mut host, false), Flow::Pause);
         assert_eq!(host.reply_json().0, 413);
+    }
+
+    #[test]
+    fn a_buffered_answer_ended_by_trailers_is_still_rewritten() {
+        // An HTTP/2 upstream may end with trailers: no body callback sees the end of the stream.
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        assert_eq!(send(&mut x, &mut host, br#"{"model":"gpt-4o","messages":[]}"#), Flow::Continue);
+        host.response_headers = vec![(":status".into(), "503".into()), ("content-type".into(), "text/plain".into())];
+        assert_eq!(x.on_response_headers(&mut host, false), Flow::Pause);
+        for part in [&b"upstream "[..], b"connect error"] {
+            host.response_body.extend_from_slice(part);
+            let size = host.response_body.len();
+            assert_eq!(x.on_response_body(&mut host, size, false), Flow::Pause);
+        }
+        assert_eq!(x.on_response_trailers(&mut host), Flow::Continue);
+        let v: serde_json::Value = serde_json::from_slice(&host.response_body).unwrap();
+        assert_eq!(v["error"]["message"].as_str().unwrap(), "upstream connect error");
+        assert_eq!(host.response_header("content-length"), Some(host.response_body.len().to_string()));
     }
 
     #[test]
