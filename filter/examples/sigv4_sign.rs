@@ -39,6 +39,7 @@ fn main() -> Result<(), String> {
             path: text(r, "path"),
             headers: &pairs,
             body: &[text(r, "body").as_bytes()],
+            body_hashed: None,
             time: UNIX_EPOCH + Duration::from_secs(r.get("time_unix").and_then(Value::as_u64).unwrap_or(0)),
         };
         let signed = sigv4::sign(&credential, text(r, "region"), text(r, "service"), &outgoing)?;

@@ -1,12 +1,13 @@
 //! One client request and its response, as a state machine over the `Host` trait: routing, edits,
 //! errors, usage and metrics. No proxy-wasm here.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use crate::api::{query_of, ClientApi, Endpoint, PathKind};
-use crate::auth;
-use crate::body::NewBody;
-use crate::config::{Compiled, BACKEND_HEADER, MODEL_HEADER};
+use crate::auth::{self, BodyHash};
+use crate::body::{NewBody, Sink};
+use crate::config::{Compiled, Credential, BACKEND_HEADER, MODEL_HEADER};
 use crate::error::{ApiError, ErrorKind};
 use crate::headers;
 use crate::host::{Flow, Host};
@@ -456,7 +457,21 @@ fn route(
     let mut translator = translate::for_backend(endpoint, backend.schema, config.stream_include_usage)?;
     let now = host.now_nanos();
     let now_unix = now / 1_000_000_000;
-    let edits = translator.request_body(&RequestContext { info: &info, body, backend, query, now_unix })?;
+    // A whole new body leaves the VM chunk by chunk as it is written (hashed on the way when it is
+    // to be signed): memory holds the client's body and one chunk, whatever the translation's size.
+    let signs_body = matches!(backend.credential, Some(Credential::Aws(_)));
+    let mut sink =
+        HostBodySink { host: &mut *host, original: size, handed_out: 0, hash: signs_body.then(BodyHash::default) };
+    let edits = translator.request_body(&RequestContext {
+        info: &info,
+        body,
+        backend,
+        query,
+        now_unix,
+        sink: Cell::new(Some(&mut sink)),
+    });
+    let hashed = sink.hash.take();
+    let edits = edits?;
 
     // An allowlist: what nobody decided to forward does not reach the provider.
     for name in headers::to_remove(host.request_header_names(), backend) {
@@ -498,6 +513,7 @@ fn route(
             path: &path,
             headers: &signed_headers,
             body: &edits.body.as_ref().map_or_else(|| vec![body], |b| b.parts(body)),
+            body_hashed: hashed.as_ref(),
             time: std::time::UNIX_EPOCH + std::time::Duration::from_nanos(now),
         };
         for (name, value) in auth::headers(credential, &backend.region, &outgoing)? {
@@ -561,9 +577,40 @@ fn refuse_response(host: &mut dyn Host, routed: &mut Routed, body: &[u8]) {
 /// Hands a new body to the host without joining it: a head replacement is one call; a whole new
 /// body replaces the old with its last chunk, then prepends the others (Envoy only replaces from
 /// the start or appends).
+/// Takes the chunks of a new request body as the translator writes them: the first replaces the
+/// client's body in the host, the others are appended.
+struct HostBodySink<'h> {
+    host: &'h mut dyn Host,
+    /// The client's body size (what the first chunk replaces).
+    original: usize,
+    handed_out: usize,
+    /// The running SHA-256 when the body is to be signed.
+    hash: Option<BodyHash>,
+}
+
+impl Sink for HostBodySink<'_> {
+    fn take(&mut self, chunk: &[u8]) {
+        if self.handed_out == 0 {
+            self.host.set_request_body(self.original, chunk);
+        } else {
+            self.host.append_request_body(chunk);
+        }
+        self.handed_out += chunk.len();
+        if let Some(hash) = &mut self.hash {
+            hash.update(chunk);
+        }
+    }
+}
+
 fn replace_request_body(host: &mut dyn Host, size: usize, new_body: &NewBody) {
     match new_body {
         NewBody::Head { replaced, head } => host.set_request_body(*replaced, head),
+        NewBody::Whole(rest) if rest.handed_out() > 0 => {
+            // The host holds the handed-out chunks already (they replaced the client's body).
+            for chunk in rest.chunks() {
+                host.append_request_body(chunk);
+            }
+        }
         NewBody::Whole(chunks) => {
             let mut parts = chunks.chunks().rev();
             host.set_request_body(size, parts.next().unwrap_or_default());

@@ -183,6 +183,10 @@ impl Host for WasmHost<'_> {
     fn set_response_body(&mut self, size: usize, body: &[u8]) {
         checked("set response body", hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, body))
     }
+    fn append_request_body(&mut self, body: &[u8]) {
+        // Envoy appends when `start` is at or past the buffer's end.
+        checked("append request body", hostcalls::set_buffer(BufferType::HttpRequestBody, u32::MAX as usize, 0, body))
+    }
     fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         checked("send local reply", hostcalls::send_http_response(u32::from(status), headers.to_vec(), Some(body)))
     }

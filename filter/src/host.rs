@@ -13,6 +13,8 @@ pub trait Host {
     fn request_body(&self, size: usize) -> Option<Vec<u8>>;
     /// Replaces the first `size` bytes of the request body.
     fn set_request_body(&mut self, size: usize, body: &[u8]);
+    /// Appends to the request body.
+    fn append_request_body(&mut self, body: &[u8]);
 
     fn response_header(&self, name: &str) -> Option<String>;
     fn set_response_header(&mut self, name: &str, value: &str);

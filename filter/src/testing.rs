@@ -71,6 +71,9 @@ impl Host for FakeHost {
     fn set_request_body(&mut self, size: usize, body: &[u8]) {
         self.request_body.splice(..size.min(self.request_body.len()), body.iter().copied());
     }
+    fn append_request_body(&mut self, body: &[u8]) {
+        self.request_body.extend_from_slice(body);
+    }
     fn response_header(&self, name: &str) -> Option<String> {
         get(&self.response_headers, name)
     }

@@ -59,7 +59,14 @@ fn translated(dir: &Path, case: &Value, backend: &Backend) -> (Box<dyn Translato
     let mut translator = for_backend(endpoint_of(case), Schema::GCPVertexAI, true).unwrap();
     let now_unix = case["now"].as_u64().unwrap_or(1_750_000_000);
     let edits = translator
-        .request_body(&RequestContext { info: &info, body: &body, backend, query: "", now_unix })
+        .request_body(&RequestContext {
+            info: &info,
+            body: &body,
+            backend,
+            query: "",
+            now_unix,
+            sink: Default::default(),
+        })
         .unwrap_or_else(|e| panic!("{}: {e:?}", dir.display()));
     assert_eq!(edits.set_headers, Vec::<(String, String)>::new());
     let sent: Value = serde_json::from_slice(&edits.body.unwrap().apply_to(b"")).unwrap();
@@ -196,7 +203,14 @@ fn gcs_uris_from_clients_are_refused() {
     let info = llmgw_filter::request::read(body.as_bytes()).unwrap();
     let mut t = for_backend(Endpoint::ChatCompletions, Schema::GCPVertexAI, true).unwrap();
     let e = t
-        .request_body(&RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "", now_unix: 0 })
+        .request_body(&RequestContext {
+            info: &info,
+            body: body.as_bytes(),
+            backend: &backend,
+            query: "",
+            now_unix: 0,
+            sink: Default::default(),
+        })
         .unwrap_err();
     assert_eq!((e.status, e.code), (400, "gcs_uri_not_allowed"));
     assert!(e.message.starts_with("messages[3].content[1]: gs://"), "{}", e.message);
@@ -204,7 +218,14 @@ fn gcs_uris_from_clients_are_refused() {
     backend.allow_gcs_uris = true;
     let mut t = for_backend(Endpoint::ChatCompletions, Schema::GCPVertexAI, true).unwrap();
     let edits = t
-        .request_body(&RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "", now_unix: 0 })
+        .request_body(&RequestContext {
+            info: &info,
+            body: body.as_bytes(),
+            backend: &backend,
+            query: "",
+            now_unix: 0,
+            sink: Default::default(),
+        })
         .unwrap();
     let sent = String::from_utf8(edits.body.unwrap().apply_to(b"")).unwrap();
     assert!(sent.contains(r#""fileUri":"gs://cloud-samples-data/"#), "{sent}");

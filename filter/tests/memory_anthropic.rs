@@ -96,7 +96,14 @@ fn request(name: &str, body: &[u8]) {
     let info = llmgw_filter::request::read(body).unwrap();
     let mut translator = for_backend(Endpoint::ChatCompletions, Schema::Anthropic, true).unwrap();
     let (edits, growth) = peak_growth(|| {
-        translator.request_body(&RequestContext { info: &info, body, backend: &backend, query: "", now_unix: 0 })
+        translator.request_body(&RequestContext {
+            info: &info,
+            body,
+            backend: &backend,
+            query: "",
+            now_unix: 0,
+            sink: Default::default(),
+        })
     });
     let edits = edits.unwrap_or_else(|e| panic!("{name}: {e:?}"));
     assert!(edits.body.is_some(), "{name}");
@@ -109,7 +116,14 @@ fn response(name: &str, body: &[u8]) {
     let info = llmgw_filter::request::read(req).unwrap();
     let mut translator = for_backend(Endpoint::ChatCompletions, Schema::Anthropic, true).unwrap();
     translator
-        .request_body(&RequestContext { info: &info, body: req, backend: &backend, query: "", now_unix: 0 })
+        .request_body(&RequestContext {
+            info: &info,
+            body: req,
+            backend: &backend,
+            query: "",
+            now_unix: 0,
+            sink: Default::default(),
+        })
         .unwrap();
     translator.response_headers(200, "application/json");
     let (edits, growth) = peak_growth(|| translator.response_body(body, true));

@@ -84,7 +84,14 @@ fn translate_request(name: &str, body: &[u8]) {
     let info = request::read(body).unwrap();
     let mut t = translate::for_backend(Endpoint::Messages, Schema::OpenAI, true).unwrap();
     let (len, growth) = peak_growth(|| {
-        let edits = t.request_body(&RequestContext { info: &info, body, backend: &backend, query: "", now_unix: 0 });
+        let edits = t.request_body(&RequestContext {
+            info: &info,
+            body,
+            backend: &backend,
+            query: "",
+            now_unix: 0,
+            sink: Default::default(),
+        });
         let edits = edits.unwrap_or_else(|e| panic!("{name}: {}", e.message));
         edits.body.map(|b| b.len(body.len()))
     });
@@ -101,7 +108,15 @@ fn translate_response(name: &str, stream: bool, body: &[u8]) {
     };
     let info = request::read(request).unwrap();
     let mut t = translate::for_backend(Endpoint::Messages, Schema::OpenAI, true).unwrap();
-    t.request_body(&RequestContext { info: &info, body: request, backend: &backend, query: "", now_unix: 0 }).unwrap();
+    t.request_body(&RequestContext {
+        info: &info,
+        body: request,
+        backend: &backend,
+        query: "",
+        now_unix: 0,
+        sink: Default::default(),
+    })
+    .unwrap();
     let content_type = if stream { "text/event-stream" } else { "application/json" };
     t.response_headers(200, content_type);
     let ((), growth) = peak_growth(|| {

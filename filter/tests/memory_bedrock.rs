@@ -94,8 +94,15 @@ fn request(name: &str, body: &[u8], model: &str) -> (usize, usize) {
     let info = llmgw_filter::request::read(body).unwrap();
     let mut t = for_backend(Endpoint::ChatCompletions, Schema::AWSBedrock, true).unwrap();
     let (edits, peak) = peak_during(|| {
-        t.request_body(&RequestContext { info: &info, body, backend: &backend, query: "", now_unix: 1 })
-            .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+        t.request_body(&RequestContext {
+            info: &info,
+            body,
+            backend: &backend,
+            query: "",
+            now_unix: 1,
+            sink: Default::default(),
+        })
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"))
     });
     let out = edits.body.as_ref().map_or(0, |b| b.len(body.len()));
     report(name, body.len(), peak, out);
@@ -224,8 +231,15 @@ fn answers_stay_within_body_plus_one_mib() {
     drop((text, input));
     for (name, body) in cases {
         let mut t = for_backend(Endpoint::ChatCompletions, Schema::AWSBedrock, true).unwrap();
-        t.request_body(&RequestContext { info: &info, body: request_body, backend: &backend, query: "", now_unix: 1 })
-            .unwrap();
+        t.request_body(&RequestContext {
+            info: &info,
+            body: request_body,
+            backend: &backend,
+            query: "",
+            now_unix: 1,
+            sink: Default::default(),
+        })
+        .unwrap();
         t.response_headers(200, "application/json");
         let (edits, peak) = peak_during(|| t.response_body(&body, true));
         let out = edits.replace.as_ref().map_or(0, Vec::len);

@@ -101,7 +101,7 @@ struct Figure {
 fn request(endpoint: Endpoint, body: &[u8], backend: &Backend) -> (usize, usize) {
     let info = llmgw_filter::request::read(body).unwrap();
     let mut t = for_backend(endpoint, Schema::GCPVertexAI, true).unwrap();
-    let ctx = RequestContext { info: &info, body, backend, query: "", now_unix: 1 };
+    let ctx = RequestContext { info: &info, body, backend, query: "", now_unix: 1, sink: Default::default() };
     let (edits, peak) = peak_during(|| t.request_body(&ctx).unwrap());
     let out = edits.body.unwrap().len(body.len());
     (out, peak)
@@ -111,7 +111,8 @@ fn request(endpoint: Endpoint, body: &[u8], backend: &Backend) -> (usize, usize)
 fn response(endpoint: Endpoint, request_body: &[u8], answer: &[u8], backend: &Backend) -> (usize, usize) {
     let info = llmgw_filter::request::read(request_body).unwrap();
     let mut t = for_backend(endpoint, Schema::GCPVertexAI, true).unwrap();
-    let ctx = RequestContext { info: &info, body: request_body, backend, query: "", now_unix: 1 };
+    let ctx =
+        RequestContext { info: &info, body: request_body, backend, query: "", now_unix: 1, sink: Default::default() };
     t.request_body(&ctx).unwrap();
     t.response_headers(200, "application/json");
     let (edits, peak) = peak_during(|| t.response_body(answer, true));

@@ -86,6 +86,9 @@ impl Host for MemHost {
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
         self.request_body.get(..size).map(<[u8]>::to_vec)
     }
+    fn append_request_body(&mut self, body: &[u8]) {
+        untracked(|| self.request_body.extend_from_slice(body))
+    }
     fn set_request_body(&mut self, size: usize, body: &[u8]) {
         untracked(|| {
             let size = size.min(self.request_body.len());

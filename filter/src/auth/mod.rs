@@ -15,8 +15,10 @@ pub struct Outgoing<'a> {
     pub path: &'a str,
     /// Headers to include in the signature besides `host` (lower-case names).
     pub headers: &'a [(&'a str, &'a str)],
-    /// The body, in parts (it is never joined into one buffer).
+    /// The body, in parts (it is never joined into one buffer)...
     pub body: &'a [&'a [u8]],
+    /// ...after the bytes already hashed here (those the host took while the body was written).
+    pub body_hashed: Option<&'a BodyHash>,
     pub time: SystemTime,
 }
 
@@ -32,5 +34,24 @@ pub fn headers(credential: &Credential, region: &str, outgoing: &Outgoing) -> Re
                 format!("could not sign the upstream request: {reason}"),
             )
         }),
+    }
+}
+
+/// The SHA-256 of a body fed in pieces, for signing a body that left the VM as it was written.
+#[derive(Clone, Default)]
+pub struct BodyHash(sha2::Sha256);
+
+impl BodyHash {
+    pub fn update(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(&mut self.0, bytes);
+    }
+
+    /// The lowercase hex digest of what was fed, then `rest`.
+    pub fn hex_with(&self, rest: &[&[u8]]) -> String {
+        let mut hasher = self.0.clone();
+        for part in rest {
+            sha2::Digest::update(&mut hasher, part);
+        }
+        sha2::Digest::finalize(hasher).iter().map(|b| format!("{b:02x}")).collect()
     }
 }

@@ -43,23 +43,17 @@ pub fn sign(
     // `host` is given explicitly so the signed value is exactly the `:authority` Envoy sends.
     let headers = std::iter::once(("host", outgoing.authority)).chain(outgoing.headers.iter().copied());
     let uri = format!("https://{}{}", outgoing.authority, outgoing.path);
-    let request =
-        SignableRequest::new(outgoing.method, uri, headers, SignableBody::Precomputed(sha256_hex(outgoing.body)))
-            .map_err(|e| format!("request cannot be signed: {e}"))?;
+    let request = SignableRequest::new(
+        outgoing.method,
+        uri,
+        headers,
+        SignableBody::Precomputed(outgoing.body_hashed.cloned().unwrap_or_default().hex_with(outgoing.body)),
+    )
+    .map_err(|e| format!("request cannot be signed: {e}"))?;
     let (instructions, _signature) =
         sign_request(request, &params).map_err(|e| format!("signing failed: {e}"))?.into_parts();
     let (headers, _params) = instructions.into_parts();
     Ok(headers.iter().map(|h| (h.name().to_ascii_lowercase(), h.value().to_string())).collect())
-}
-
-/// The hex SHA-256 of a body given in parts.
-fn sha256_hex(parts: &[&[u8]]) -> String {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    for part in parts {
-        hasher.update(part);
-    }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Refuses what the signing crate would otherwise panic on (it expects a URI with a host).
@@ -243,6 +237,7 @@ mod tests {
                 path: v.path,
                 headers: v.headers,
                 body: &[v.body],
+                body_hashed: None,
                 time: suite_time(),
             };
             let headers = sign(&credential(v.token), "us-east-1", "service", &outgoing).unwrap();
@@ -270,6 +265,7 @@ mod tests {
                 path,
                 headers: &[("content-type", "application/json")],
                 body: &[body],
+                body_hashed: None,
                 time: suite_time(),
             };
             sign(&credential(None), "us-east-1", "bedrock", &outgoing).unwrap()
@@ -287,7 +283,15 @@ mod tests {
 
     #[test]
     fn refuses_what_cannot_be_signed() {
-        let ok = Outgoing { method: "POST", authority: "h", path: "/", headers: &[], body: &[], time: suite_time() };
+        let ok = Outgoing {
+            method: "POST",
+            authority: "h",
+            path: "/",
+            headers: &[],
+            body: &[],
+            body_hashed: None,
+            time: suite_time(),
+        };
         assert!(sign(&credential(None), "us-east-1", "bedrock", &ok).is_ok());
         for authority in ["", "a b", "user@host", "h/x"] {
             let o = Outgoing { authority, ..ok };

@@ -545,10 +545,10 @@ impl OpenAIToAnthropic {
 
 impl Translator for OpenAIToAnthropic {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
-        let RequestContext { info, body, backend, query: _, now_unix } = request;
+        let RequestContext { info, body, backend, query: _, now_unix, sink: _ } = request;
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
         let request::Written { body: new_body, include_usage } =
-            request::write_request(body, backend, &model, info.stream)?;
+            request::write_request(body, backend, &model, info.stream, request.writer())?;
         self.model = model.clone();
         self.created = *now_unix;
         self.stream = info.stream;
@@ -626,6 +626,7 @@ impl Translator for OpenAIToAnthropic {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::body::BodyWriter;
     use crate::request::read;
 
     fn translate(schema: Schema, body: &str) -> (RequestEdits, OpenAIToAnthropic) {
@@ -644,6 +645,7 @@ pub(crate) mod tests {
                 backend: &backend,
                 query: "",
                 now_unix: 1700,
+                sink: Default::default(),
             })
             .unwrap();
         (edits, t)
@@ -727,7 +729,14 @@ pub(crate) mod tests {
         ] {
             let mut t = OpenAIToAnthropic::new(Schema::Anthropic);
             let backend = crate::testing::backend(Schema::Anthropic);
-            let ctx = RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "", now_unix: 0 };
+            let ctx = RequestContext {
+                info: &info,
+                body: body.as_bytes(),
+                backend: &backend,
+                query: "",
+                now_unix: 0,
+                sink: Default::default(),
+            };
             assert_eq!(t.request_body(&ctx).unwrap_err().status, 400, "{body}");
         }
     }
@@ -828,7 +837,14 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         let info = read(body.as_bytes()).unwrap();
         let mut t = OpenAIToAnthropic::new(Schema::Anthropic);
         let backend = crate::testing::backend(Schema::Anthropic);
-        let ctx = RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "", now_unix: 0 };
+        let ctx = RequestContext {
+            info: &info,
+            body: body.as_bytes(),
+            backend: &backend,
+            query: "",
+            now_unix: 0,
+            sink: Default::default(),
+        };
         t.request_body(&ctx).unwrap_err()
     }
 
@@ -1086,10 +1102,10 @@ data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"}}\n\n"
         let backend = crate::testing::backend(Schema::Anthropic);
         for cut in 0..request.len() {
             for body in [&request.as_bytes()[..cut], &request.as_bytes()[cut..]] {
-                let _ = request::write_request(body, &backend, "m", false);
+                let _ = request::write_request(body, &backend, "m", false, BodyWriter::new(None));
             }
         }
-        assert!(request::write_request(request.as_bytes(), &backend, "m", false).is_ok());
+        assert!(request::write_request(request.as_bytes(), &backend, "m", false, BodyWriter::new(None)).is_ok());
         let response = br#"{"id":"m","content":[{"type":"text","text":"a\n"},{"type":"tool_use","id":"t","name":"f","input":{"a":["\"",1]}}],"usage":{"input_tokens":1}}"#;
         for cut in 0..response.len() {
             let _ = completion_body(&response[..cut], "m", 0);

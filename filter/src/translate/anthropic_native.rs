@@ -70,7 +70,7 @@ fn event_type(json: &[u8]) -> String {
 
 impl Translator for AnthropicNative {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
-        let RequestContext { info, body, backend, query: _, now_unix: _ } = request;
+        let RequestContext { info, body, backend, query: _, now_unix: _, sink: _ } = request;
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
         self.stream = info.stream;
         // In place: documents, `cache_control`, server tools, thinking blocks and fields this
@@ -206,7 +206,14 @@ mod tests {
         };
         let mut t = AnthropicNative::new(schema);
         let info = read(body.as_bytes()).unwrap();
-        let ctx = RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "", now_unix: 0 };
+        let ctx = RequestContext {
+            info: &info,
+            body: body.as_bytes(),
+            backend: &backend,
+            query: "",
+            now_unix: 0,
+            sink: Default::default(),
+        };
         (t.request_body(&ctx).unwrap(), t)
     }
 

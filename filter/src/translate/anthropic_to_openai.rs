@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use super::openai::upstream_path;
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
 use crate::api::Endpoint;
-use crate::body::{ChunkedBody, NewBody};
+use crate::body::{BodyWriter, NewBody};
 use crate::error::{anthropic_error_json, ApiError, ErrorKind};
 use crate::json::{each, json_string, EachError};
 use crate::sse::{parse_event, Splitter};
@@ -31,7 +31,7 @@ use crate::wire::chat_view::opt_text;
 // ---------------------------------------------------------------------------------------------
 // Writing JSON by hand.
 
-/// Anything the translation writes into: the request's [`ChunkedBody`], a response `Vec<u8>`.
+/// Anything the translation writes into: the request's [`BodyWriter`], a response `Vec<u8>`.
 trait Sink {
     fn put(&mut self, bytes: &[u8]);
     fn s(&mut self, text: &str) {
@@ -39,7 +39,7 @@ trait Sink {
     }
 }
 
-impl Sink for ChunkedBody {
+impl Sink for BodyWriter<'_> {
     fn put(&mut self, bytes: &[u8]) {
         self.extend_from_slice(bytes);
     }
@@ -208,12 +208,12 @@ struct Dropped {
     citations: usize,
 }
 
-struct RequestWriter<'o> {
-    out: &'o mut ChunkedBody,
+struct RequestWriter<'o, 's> {
+    out: &'o mut BodyWriter<'s>,
     dropped: Dropped,
 }
 
-impl<'o> RequestWriter<'o> {
+impl<'o> RequestWriter<'o, '_> {
     /// The whole chat request. Every field of the view is decided here.
     fn request(&mut self, req: MessagesRequestView, body: &[u8], model: &str, stream: bool) -> Result<(), ApiError> {
         let MessagesRequestView {
@@ -552,7 +552,7 @@ impl<'o> RequestWriter<'o> {
         self.out.s(id.json());
         self.out.s(",\"content\":\"");
         let mut first = true;
-        let mut piece = |out: &mut ChunkedBody, text: &str| {
+        let mut piece = |out: &mut BodyWriter, text: &str| {
             if std::mem::replace(&mut first, false) {
                 if is_error && !text.starts_with("Error") {
                     out.s("Error: ");
@@ -1287,11 +1287,11 @@ impl AnthropicToOpenAI {
 
 impl Translator for AnthropicToOpenAI {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
-        let RequestContext { info, body, backend, query, now_unix: _ } = request;
+        let RequestContext { info, body, backend, query, now_unix: _, sink: _ } = request;
         let view: MessagesRequestView =
             serde_json::from_slice(body).map_err(|e| invalid(format!("invalid Messages request: {e}")))?;
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
-        let mut out = ChunkedBody::new();
+        let mut out = request.writer();
         RequestWriter { out: &mut out, dropped: Dropped::default() }.request(view, body, &model, info.stream)?;
         self.stream = info.stream;
         self.writer = EventWriter { model: model.clone(), ..Default::default() };
@@ -1405,7 +1405,14 @@ mod tests {
         let backend = crate::testing::backend(Schema::OpenAI);
         let mut t = AnthropicToOpenAI::new();
         let info = read(body.as_bytes()).unwrap();
-        let ctx = RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "", now_unix: 0 };
+        let ctx = RequestContext {
+            info: &info,
+            body: body.as_bytes(),
+            backend: &backend,
+            query: "",
+            now_unix: 0,
+            sink: Default::default(),
+        };
         let edits = t.request_body(&ctx).unwrap();
         (serde_json::from_slice(&edits.body.as_ref().unwrap().apply_to(b"")).unwrap(), edits, t)
     }
@@ -1441,7 +1448,8 @@ mod tests {
         let backend = crate::testing::backend(Schema::OpenAI);
         let body = br#"{"model":"m","messages":[]}"#;
         let info = read(body).unwrap();
-        let ctx = RequestContext { info: &info, body, backend: &backend, query: "", now_unix: 0 };
+        let ctx =
+            RequestContext { info: &info, body, backend: &backend, query: "", now_unix: 0, sink: Default::default() };
         assert_eq!(AnthropicToOpenAI::new().request_body(&ctx).unwrap_err().status, 400);
     }
 
@@ -1514,7 +1522,14 @@ data: [DONE]\n\n";
     fn try_translate(body: &str) -> Result<Value, ApiError> {
         let backend = crate::testing::backend(Schema::OpenAI);
         let info = read(body.as_bytes()).unwrap();
-        let ctx = RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "", now_unix: 0 };
+        let ctx = RequestContext {
+            info: &info,
+            body: body.as_bytes(),
+            backend: &backend,
+            query: "",
+            now_unix: 0,
+            sink: Default::default(),
+        };
         let edits = AnthropicToOpenAI::new().request_body(&ctx)?;
         let bytes = edits.body.unwrap().apply_to(b"");
         Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes))))
@@ -1698,7 +1713,14 @@ data: [DONE]\n\n";
         );
         let backend = crate::testing::backend(Schema::OpenAI);
         let info = read(body.as_bytes()).unwrap();
-        let ctx = RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "", now_unix: 0 };
+        let ctx = RequestContext {
+            info: &info,
+            body: body.as_bytes(),
+            backend: &backend,
+            query: "",
+            now_unix: 0,
+            sink: Default::default(),
+        };
         let out = AnthropicToOpenAI::new().request_body(&ctx).unwrap().body.unwrap().apply_to(b"");
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains(r#""arguments":"{\"d\":[[[["#), "{}", &text[..200]);

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
-use crate::body::{ChunkedBody, NewBody};
+use crate::body::{BodyWriter, ChunkedBody, NewBody};
 use crate::error::{error_json, ApiError, ErrorKind};
 use crate::eventstream::{self, Kind};
 use crate::json::{self, each, EachError};
@@ -234,8 +234,8 @@ enum Sink {
 }
 
 /// The Converse request being written.
-struct Converse {
-    out: ChunkedBody,
+struct Converse<'s> {
+    out: BodyWriter<'s>,
     documents: DocumentNames,
     /// The role of the turn open in `messages` (consecutive messages of one role share a turn).
     open: Option<Role>,
@@ -245,7 +245,7 @@ struct Converse {
     history_has_tools: bool,
 }
 
-impl Converse {
+impl Converse<'_> {
     fn put(&mut self, bytes: &[u8]) {
         self.out.extend_from_slice(bytes);
     }
@@ -910,7 +910,12 @@ enum Reasoning<'a> {
 
 /// OpenAI chat request → Converse request body, every field decided, written as it is read.
 /// `model` is the upstream model id. Returns the body and whether the client asked for usage.
-fn to_converse(body: &[u8], model: &str, default_max_tokens: u32) -> Result<(ChunkedBody, bool), ApiError> {
+fn to_converse(
+    body: &[u8],
+    model: &str,
+    default_max_tokens: u32,
+    out: BodyWriter<'_>,
+) -> Result<(ChunkedBody, bool), ApiError> {
     let req: v::ChatRequestView = serde_json::from_slice(body).map_err(malformed)?;
     let v::ChatRequestView {
         model: _,
@@ -1050,7 +1055,7 @@ fn to_converse(body: &[u8], model: &str, default_max_tokens: u32) -> Result<(Chu
         .unwrap_or_default();
 
     let mut c = Converse {
-        out: ChunkedBody::new(),
+        out,
         documents: DocumentNames::default(),
         open: None,
         turns: 0,
@@ -1100,7 +1105,7 @@ fn to_converse(body: &[u8], model: &str, default_max_tokens: u32) -> Result<(Chu
         ),
     }
     c.put(b"}");
-    Ok((c.out, include_usage))
+    Ok((c.out.finish(), include_usage))
 }
 
 /// Bedrock stop reason → OpenAI finish reason.
@@ -1536,9 +1541,9 @@ impl OpenAIToBedrock {
 
 impl Translator for OpenAIToBedrock {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
-        let RequestContext { info, body, backend, query: _, now_unix } = request;
+        let RequestContext { info, body, backend, query: _, now_unix, sink: _ } = request;
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
-        let (new_body, include_usage) = to_converse(body, &model, backend.default_max_tokens)?;
+        let (new_body, include_usage) = to_converse(body, &model, backend.default_max_tokens, request.writer())?;
         self.id = response_id(body, *now_unix);
         self.model = model.clone();
         self.created = *now_unix;
@@ -1663,8 +1668,14 @@ mod tests {
         backend.region = "us-east-1".into();
         let mut t = OpenAIToBedrock::new();
         let info = read(body.as_bytes()).unwrap();
-        let ctx =
-            RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "?x=1", now_unix: 1700 };
+        let ctx = RequestContext {
+            info: &info,
+            body: body.as_bytes(),
+            backend: &backend,
+            query: "?x=1",
+            now_unix: 1700,
+            sink: Default::default(),
+        };
         t.request_body(&ctx).map(|e| (e, t))
     }
 
@@ -1709,7 +1720,8 @@ mod tests {
         let body = br#"{"model":"nova","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
         let info = read(body).unwrap();
         let mut t = OpenAIToBedrock::new();
-        let ctx = RequestContext { info: &info, body, backend: &backend, query: "", now_unix: 0 };
+        let ctx =
+            RequestContext { info: &info, body, backend: &backend, query: "", now_unix: 0, sink: Default::default() };
         let edits = t.request_body(&ctx).unwrap();
         assert_eq!(
             edits.path.as_deref(),
@@ -2036,16 +2048,25 @@ mod tests {
         .unwrap();
         let Some(Credential::Aws(credential)) = config.backends[0].credential.clone() else { panic!() };
         let mut x = Exchange::new(Some(Rc::new(Shared::new(config))));
-        let body = br#"{"model":"large","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        // Thousands of turns: the new body is several chunks, handed to the host as it is written.
+        let turns: Vec<String> = (0..12000).map(|i| format!(r#"{{"role":"user","content":"hello {i}"}}"#)).collect();
+        let body = format!(r#"{{"model":"large","stream":true,"messages":[{}]}}"#, turns.join(","));
+        let body = body.as_bytes();
+        let len = body.len().to_string();
         let mut host = FakeHost::request(
             "POST",
             "/v1/chat/completions",
-            &[("content-type", "application/json"), ("authorization", "Bearer client-key")],
+            &[("content-type", "application/json"), ("authorization", "Bearer client-key"), ("content-length", &len)],
         );
         host.now = 1_700_000_000_123_000_000;
         host.request_body = body.to_vec();
         x.on_request_headers(&mut host, false);
         assert_eq!(x.on_request_body(&mut host, body.len(), true), crate::host::Flow::Continue);
+        let (whole, _) =
+            to_converse(body, "mistral.mistral-large-2407-v1:0", 4096, crate::body::BodyWriter::new(None)).unwrap();
+        assert!(whole.len() > 2 * crate::body::CHUNK);
+        assert_eq!(host.request_body, whole.to_vec(), "the chunks arrive whole and in order");
+        assert_eq!(host.header("content-length"), Some(whole.len().to_string()));
         let path = "/model/mistral.mistral-large-2407-v1%3A0/converse-stream";
         assert_eq!(host.header(":path").as_deref(), Some(path));
         assert_eq!(host.header(":authority").as_deref(), Some("bedrock-runtime.eu-west-3.amazonaws.com"));
@@ -2062,6 +2083,7 @@ mod tests {
             path,
             headers: &[("content-type", "application/json")],
             body: &[&host.request_body],
+            body_hashed: None,
             time: std::time::UNIX_EPOCH + std::time::Duration::from_nanos(host.now),
         };
         let again = sigv4::sign(&credential, "eu-west-3", "bedrock", &outgoing).unwrap();

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 
 use super::openai::percent_encode;
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
-use crate::body::{ChunkedBody, NewBody};
+use crate::body::{BodyWriter, ChunkedBody, NewBody};
 use crate::config::Backend;
 use crate::error::{error_json, ApiError, ErrorKind};
 use crate::json::{each, from_raw, EachError};
@@ -134,12 +134,12 @@ impl Write for Counter {
 }
 
 /// The request body being written: top-level members separated by commas.
-struct Out {
-    body: ChunkedBody,
+struct Out<'s> {
+    body: BodyWriter<'s>,
     members: usize,
 }
 
-impl Out {
+impl Out<'_> {
     fn raw(&mut self, bytes: &[u8]) {
         self.body.extend_from_slice(bytes);
     }
@@ -602,7 +602,12 @@ fn thinking_config(
 
 /// An OpenAI chat request → a Gemini `GenerateContentRequest`, written as it is read. `model` is the
 /// upstream model (it decides whether replayed function calls carry a signature).
-pub(super) fn write_request(body: &[u8], model: &str, allow_gcs_uris: bool) -> Result<ChunkedBody, ApiError> {
+pub(super) fn write_request(
+    body: &[u8],
+    model: &str,
+    allow_gcs_uris: bool,
+    out: BodyWriter<'_>,
+) -> Result<ChunkedBody, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| bad(format!("invalid chat completion request: {e}")))?;
     let view: ChatRequestView =
         serde_json::from_str(text).map_err(|e| bad(format!("invalid chat completion request: {e}")))?;
@@ -717,7 +722,7 @@ pub(super) fn write_request(body: &[u8], model: &str, allow_gcs_uris: bool) -> R
     }
     config.thinking_config = thinking_config(reasoning_effort.as_deref(), thinking, &mut notes)?;
 
-    let mut out = Out { body: ChunkedBody::new(), members: 0 };
+    let mut out = Out { body: out, members: 0 };
     out.raw(b"{");
     if !config.is_empty() {
         out.key("generationConfig");
@@ -803,7 +808,7 @@ pub(super) fn write_request(body: &[u8], model: &str, allow_gcs_uris: bool) -> R
             log::debug!("llmgw: GCPVertexAI backend ignores parameters: {}", dropped.join(", "));
         }
     }
-    Ok(out.body)
+    Ok(out.body.finish())
 }
 
 /// System and developer messages (anywhere) → `systemInstruction.parts`, one text part per message
@@ -1762,10 +1767,10 @@ impl Default for OpenAIToGemini {
 
 impl Translator for OpenAIToGemini {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
-        let RequestContext { info, body, backend, query: _, now_unix } = request;
+        let RequestContext { info, body, backend, query: _, now_unix, sink: _ } = request;
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
         let allow_gcs_uris = backend.allow_gcs_uris;
-        let new_body = write_request(body, &model, allow_gcs_uris)?;
+        let new_body = write_request(body, &model, allow_gcs_uris, request.writer())?;
         let path = if info.stream {
             model_path(backend, &model, "streamGenerateContent") + "?alt=sse"
         } else {
@@ -1875,7 +1880,7 @@ impl OpenAIToVertexEmbeddings {
 
 /// An OpenAI embeddings request → a `predict` body written as it is read, and whether the client
 /// asked for base64.
-pub(super) fn write_predict(body: &[u8]) -> Result<(ChunkedBody, bool), ApiError> {
+pub(super) fn write_predict(body: &[u8], mut out: BodyWriter<'_>) -> Result<(ChunkedBody, bool), ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| bad(format!("invalid embeddings request: {e}")))?;
     let view: EmbeddingsView =
         serde_json::from_str(text).map_err(|e| bad(format!("invalid embeddings request: {e}")))?;
@@ -1908,9 +1913,8 @@ pub(super) fn write_predict(body: &[u8]) -> Result<(ChunkedBody, bool), ApiError
         Some(_) => return Err(bad("`task_type` must be a string (e.g. RETRIEVAL_QUERY)")),
     };
     let not_text = || bad("`input` must be a non-empty string or a non-empty array of strings");
-    let mut out = ChunkedBody::new();
     out.extend_from_slice(b"{\"instances\":[");
-    let instance = |out: &mut ChunkedBody, content: &RawValue| {
+    let instance = |out: &mut BodyWriter, content: &RawValue| {
         serde_json::to_writer(&mut *out, &g::EmbedInstance { content, task_type }).map_err(internal)
     };
     match input.get().as_bytes().first() {
@@ -1966,7 +1970,7 @@ pub(super) fn write_predict(body: &[u8]) -> Result<(ChunkedBody, bool), ApiError
             log::debug!("llmgw: GCPVertexAI embeddings ignore parameters: {}", ignored.join(", "));
         }
     }
-    Ok((out, base64))
+    Ok((out.finish(), base64))
 }
 
 /// Little-endian f32s in standard base64, the form OpenAI's `encoding_format: base64` returns,
@@ -2109,8 +2113,8 @@ fn translate_embeddings(body: &[u8], model: &str, base64: bool) -> ChunkEdits {
 
 impl Translator for OpenAIToVertexEmbeddings {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
-        let RequestContext { info, body, backend, query: _, now_unix: _ } = request;
-        let (new_body, base64) = write_predict(body)?;
+        let RequestContext { info, body, backend, query: _, now_unix: _, sink: _ } = request;
+        let (new_body, base64) = write_predict(body, request.writer())?;
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
         let path = model_path(backend, &model, "predict");
         self.model = model;
@@ -2139,7 +2143,7 @@ mod tests {
     use serde_json::{json, Value};
 
     fn request_to(body: &Value, model: &str, allow_gcs_uris: bool) -> Result<Value, ApiError> {
-        let out = write_request(body.to_string().as_bytes(), model, allow_gcs_uris)?;
+        let out = write_request(body.to_string().as_bytes(), model, allow_gcs_uris, BodyWriter::new(None))?;
         Ok(serde_json::from_slice(&out.to_vec()).unwrap())
     }
 
@@ -2292,7 +2296,14 @@ mod tests {
         let info = crate::request::read(body.as_bytes()).unwrap();
         let mut backend = crate::testing::backend(crate::config::Schema::GCPVertexAI);
         (backend.project, backend.region) = ("p".into(), "r".into());
-        let ctx = RequestContext { info: &info, body: body.as_bytes(), backend: &backend, query: "?x=1", now_unix: 7 };
+        let ctx = RequestContext {
+            info: &info,
+            body: body.as_bytes(),
+            backend: &backend,
+            query: "?x=1",
+            now_unix: 7,
+            sink: Default::default(),
+        };
         let edits = t.request_body(&ctx).unwrap();
         let path = edits.path.unwrap();
         assert!(path.starts_with("/v1/projects/p/locations/r/publishers/google/models/"), "{path}");
@@ -2476,7 +2487,7 @@ mod tests {
 
     #[test]
     fn embeddings_input_forms() {
-        let parse = |v: Value| write_predict(v.to_string().as_bytes());
+        let parse = |v: Value| write_predict(v.to_string().as_bytes(), BodyWriter::new(None));
         let (p, b64) =
             parse(json!({"model": "m", "input": ["a", "b"], "dimensions": 8, "task_type": "RETRIEVAL_QUERY",
             "encoding_format": "base64"}))
@@ -2601,7 +2612,7 @@ mod tests {
             {"role":"tool","tool_call_id":"c1","content":null}],
             "tools":[{"type":"function","function":{"name":"f","parameters":{"type" : "object","x":1.50}}}],
             "stop":"END","top_k":3,"tool_choice":{"type":"function","function":{"name":"f"}}}"#;
-        let out = write_request(body.as_bytes(), "gemini-2.5-flash", false).unwrap().to_vec();
+        let out = write_request(body.as_bytes(), "gemini-2.5-flash", false, BodyWriter::new(None)).unwrap().to_vec();
         let text = String::from_utf8(out.clone()).unwrap();
         // Raw JSON (schemas, arguments, names) is copied byte for byte.
         assert!(text.contains(r#""parametersJsonSchema":{"type" : "object","x":1.50}"#), "{text}");
@@ -2630,13 +2641,13 @@ mod tests {
     #[test]
     fn no_request_bytes_make_it_panic() {
         let body = br#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]},{"role":"assistant","tool_calls":[{"id":"a","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"a","content":"1"}],"tools":[{"type":"function","function":{"name":"f","parameters":{}}}],"stop":["x"],"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{}}}}"#;
-        assert!(write_request(body, "gemini-3", true).is_ok());
+        assert!(write_request(body, "gemini-3", true, BodyWriter::new(None)).is_ok());
         for cut in 0..body.len() {
-            let _ = write_request(&body[..cut], "gemini-3", true);
+            let _ = write_request(&body[..cut], "gemini-3", true, BodyWriter::new(None));
             let mut flipped = body.to_vec();
             flipped[cut] ^= 0x20;
-            let _ = write_request(&flipped, "gemini-3", true);
-            let _ = write_predict(&body[..cut]);
+            let _ = write_request(&flipped, "gemini-3", true, BodyWriter::new(None));
+            let _ = write_predict(&body[..cut], BodyWriter::new(None));
         }
     }
 
@@ -2770,10 +2781,13 @@ mod tests {
 
     #[test]
     fn embeddings_strings_are_copied_as_written() {
-        let (p, _) =
-            write_predict(br#"{"model":"m","input":["a\"b\u00e9"],"task_type":"X","user":"u","extra":1}"#).unwrap();
+        let (p, _) = write_predict(
+            br#"{"model":"m","input":["a\"b\u00e9"],"task_type":"X","user":"u","extra":1}"#,
+            BodyWriter::new(None),
+        )
+        .unwrap();
         assert_eq!(p.to_vec(), br#"{"instances":[{"content":"a\"b\u00e9","task_type":"X"}]}"#);
-        let (p, _) = write_predict(br#"{"model":"m","input":"solo"}"#).unwrap();
+        let (p, _) = write_predict(br#"{"model":"m","input":"solo"}"#, BodyWriter::new(None)).unwrap();
         assert_eq!(p.to_vec(), br#"{"instances":[{"content":"solo"}]}"#);
         for (body, needle) in [
             (&br#"{"model":"m","input":["a",1]}"#[..], "non-empty"),
@@ -2783,7 +2797,7 @@ mod tests {
             (br#"{"model":"m","input":"x","task_type":1}"#, "task_type"),
             (br#"{"model":"m","input":"x","user":1}"#, "`user` must be a string"),
         ] {
-            let e = write_predict(body).unwrap_err();
+            let e = write_predict(body, BodyWriter::new(None)).unwrap_err();
             assert!(e.message.contains(needle), "{needle}: {}", e.message);
         }
     }

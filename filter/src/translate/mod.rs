@@ -12,6 +12,9 @@ mod openai;
 
 use crate::api::Endpoint;
 use crate::config::{Backend, Schema};
+use std::cell::Cell;
+
+use crate::body::{BodyWriter, Sink};
 use crate::error::{error_json, ApiError, ErrorKind};
 use crate::request::RequestInfo;
 use crate::usage::TokenUsage;
@@ -73,6 +76,16 @@ pub struct RequestContext<'a> {
     pub query: &'a str,
     /// Unix seconds now, for `created` fields the provider does not send.
     pub now_unix: u64,
+    /// Where a translator writing a whole new body hands its full chunks (the host's body buffer);
+    /// `None` keeps the body in memory (tests).
+    pub sink: Cell<Option<&'a mut dyn Sink>>,
+}
+
+impl<'a> RequestContext<'a> {
+    /// A writer for a whole new body, handing chunks to the sink (taken: one body per request).
+    pub fn writer(&self) -> BodyWriter<'a> {
+        BodyWriter::new(self.sink.take())
+    }
 }
 
 pub trait Translator {

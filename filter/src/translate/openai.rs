@@ -89,7 +89,7 @@ struct ChunkProbe {
 
 impl Translator for Passthrough {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
-        let RequestContext { info, body, backend, query, now_unix: _ } = request;
+        let RequestContext { info, body, backend, query, now_unix: _, sink: _ } = request;
         let inject_usage = self.include_usage && info.stream && self.endpoint.can_stream() && !info.client_wants_usage;
         let model_override = backend.model_override.as_deref().filter(|m| *m != info.model);
         // In place: only the edited members change; every other byte goes upstream as it came.
@@ -256,7 +256,15 @@ mod tests {
 
     fn request(t: &mut Passthrough, body: &[u8], b: &Backend) -> RequestEdits {
         let info = read(body).unwrap();
-        t.request_body(&RequestContext { info: &info, body, backend: b, query: "?q=1", now_unix: 0 }).unwrap()
+        t.request_body(&RequestContext {
+            info: &info,
+            body,
+            backend: b,
+            query: "?q=1",
+            now_unix: 0,
+            sink: Default::default(),
+        })
+        .unwrap()
     }
 
     #[test]

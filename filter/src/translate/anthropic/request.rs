@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::jsontext::{check_json_inside, decodes_to_blank, string_body, unescape_small, write_decoded};
-use crate::body::ChunkedBody;
+use crate::body::{BodyWriter, ChunkedBody};
 use crate::config::{Backend, Schema};
 use crate::error::ApiError;
 use crate::json::{each, from_raw, json_string, EachError};
@@ -184,7 +184,7 @@ struct Blocks {
 }
 
 impl Blocks {
-    fn begin(&mut self, out: &mut ChunkedBody) {
+    fn begin(&mut self, out: &mut BodyWriter) {
         self.close(out);
         if self.count > 0 {
             out.extend_from_slice(b",");
@@ -195,7 +195,7 @@ impl Blocks {
     }
 
     /// Adds `cache_control` to the open block (a part's own marker wins over its message's).
-    fn cache_control(&mut self, out: &mut ChunkedBody, cc: Option<&RawValue>) {
+    fn cache_control(&mut self, out: &mut BodyWriter, cc: Option<&RawValue>) {
         if let Some(cc) = cc {
             if self.open && !self.open_cached {
                 out.extend_from_slice(b",\"cache_control\":");
@@ -205,7 +205,7 @@ impl Blocks {
         }
     }
 
-    fn close(&mut self, out: &mut ChunkedBody) {
+    fn close(&mut self, out: &mut BodyWriter) {
         if self.open {
             out.extend_from_slice(b"}");
             self.open = false;
@@ -217,7 +217,7 @@ impl Blocks {
     }
 
     /// The end of one OpenAI message: its `cache_control` goes on its last block.
-    fn end_message(&mut self, out: &mut ChunkedBody, cc: Option<&RawValue>) {
+    fn end_message(&mut self, out: &mut BodyWriter, cc: Option<&RawValue>) {
         if self.count > self.message_start {
             self.cache_control(out, cc);
         } else if cc.is_some() {
@@ -242,7 +242,7 @@ struct Turns<'a> {
 }
 
 impl<'a> Turns<'a> {
-    fn open(&mut self, role: &'static str, out: &mut ChunkedBody) {
+    fn open(&mut self, role: &'static str, out: &mut BodyWriter) {
         self.leave(out);
         if self.any {
             out.extend_from_slice(b",");
@@ -258,7 +258,7 @@ impl<'a> Turns<'a> {
     }
 
     /// The turn for a message of `role`, its content as an array of blocks.
-    fn enter(&mut self, role: &'static str, out: &mut ChunkedBody) -> &mut Blocks {
+    fn enter(&mut self, role: &'static str, out: &mut BodyWriter) -> &mut Blocks {
         if self.role != Some(role) {
             self.open(role, out);
         }
@@ -274,7 +274,7 @@ impl<'a> Turns<'a> {
     }
 
     /// A message whose content is one string.
-    fn text(&mut self, role: &'static str, text: &'a RawValue, cc: Option<&RawValue>, out: &mut ChunkedBody) {
+    fn text(&mut self, role: &'static str, text: &'a RawValue, cc: Option<&RawValue>, out: &mut BodyWriter) {
         if self.role != Some(role) && cc.is_none() {
             self.open(role, out);
             self.pending = Some(text);
@@ -285,7 +285,7 @@ impl<'a> Turns<'a> {
         blocks.end_message(out, cc);
     }
 
-    fn leave(&mut self, out: &mut ChunkedBody) {
+    fn leave(&mut self, out: &mut BodyWriter) {
         if self.role.take().is_some() {
             if let Some(text) = self.pending.take() {
                 out.extend_from_slice(text.get().as_bytes());
@@ -301,7 +301,7 @@ impl<'a> Turns<'a> {
     }
 }
 
-fn text_block(blocks: &mut Blocks, out: &mut ChunkedBody, text: &[u8]) {
+fn text_block(blocks: &mut Blocks, out: &mut BodyWriter, text: &[u8]) {
     blocks.begin(out);
     out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
     out.extend_from_slice(text);
@@ -326,7 +326,7 @@ fn data_url(body: &str) -> Option<Result<(Cow<'_, str>, &str), &'static str>> {
     Some(media_type.map(|t| (t, data)).ok_or("only base64 data URLs are supported"))
 }
 
-fn image_block(blocks: &mut Blocks, out: &mut ChunkedBody, image: &ImageUrl) -> Result<(), ApiError> {
+fn image_block(blocks: &mut Blocks, out: &mut BodyWriter, image: &ImageUrl) -> Result<(), ApiError> {
     let ImageUrl { url } = image;
     let literal = string(url, "`image_url.url`")?;
     let body = string_body(url).unwrap_or_default();
@@ -350,7 +350,7 @@ fn image_block(blocks: &mut Blocks, out: &mut ChunkedBody, image: &ImageUrl) -> 
 }
 
 /// A `file` part → a `document` block (PDF, base64).
-fn document_block(blocks: &mut Blocks, out: &mut ChunkedBody, file: Option<&File>) -> Result<(), ApiError> {
+fn document_block(blocks: &mut Blocks, out: &mut BodyWriter, file: Option<&File>) -> Result<(), ApiError> {
     let Some(File { file_data, file_id }) = file else {
         return Err(invalid("a file part needs `file`"));
     };
@@ -400,7 +400,7 @@ impl Place {
     }
 }
 
-fn write_part(part: Part, place: Place, blocks: &mut Blocks, out: &mut ChunkedBody) -> Result<(), ApiError> {
+fn write_part(part: Part, place: Place, blocks: &mut Blocks, out: &mut BodyWriter) -> Result<(), ApiError> {
     let refused = |what: &str| {
         let takes = match place {
             Place::System => "only text in `system`",
@@ -446,12 +446,12 @@ fn write_part(part: Part, place: Place, blocks: &mut Blocks, out: &mut ChunkedBo
     Ok(())
 }
 
-fn write_parts(parts: &RawValue, place: Place, blocks: &mut Blocks, out: &mut ChunkedBody) -> Result<(), ApiError> {
+fn write_parts(parts: &RawValue, place: Place, blocks: &mut Blocks, out: &mut BodyWriter) -> Result<(), ApiError> {
     walked(each(parts, |part: Part| write_part(part, place, blocks, out)))
 }
 
 /// Tool call `arguments` (a string holding JSON) → `tool_use.input`, decoded as a stream.
-fn write_arguments(arguments: Option<&RawValue>, id: &RawValue, out: &mut ChunkedBody) -> Result<(), ApiError> {
+fn write_arguments(arguments: Option<&RawValue>, id: &RawValue, out: &mut BodyWriter) -> Result<(), ApiError> {
     let body = match arguments {
         None => "",
         Some(raw) => {
@@ -470,7 +470,7 @@ fn write_arguments(arguments: Option<&RawValue>, id: &RawValue, out: &mut Chunke
     write_decoded(body, out).map_err(invalid)
 }
 
-fn write_tool_calls(calls: &RawValue, blocks: &mut Blocks, out: &mut ChunkedBody) -> Result<(), ApiError> {
+fn write_tool_calls(calls: &RawValue, blocks: &mut Blocks, out: &mut BodyWriter) -> Result<(), ApiError> {
     walked(each(calls, |call: Call| {
         let Call { id, function: CallFunction { name, arguments } } = call;
         let id_literal = string(id, "a tool call's `id`")?;
@@ -487,7 +487,7 @@ fn write_tool_calls(calls: &RawValue, blocks: &mut Blocks, out: &mut ChunkedBody
 
 /// First walk of `messages`: the system and developer messages, as `"system":[...],` (nothing when
 /// there are none). Walking twice costs a parse, not memory: nothing is held between the walks.
-fn write_system(messages: &RawValue, out: &mut ChunkedBody) -> Result<(), ApiError> {
+fn write_system(messages: &RawValue, out: &mut BodyWriter) -> Result<(), ApiError> {
     let mut blocks = Blocks::default();
     let mut any = false;
     walked(each(messages, |message: Msg| {
@@ -514,7 +514,7 @@ fn write_system(messages: &RawValue, out: &mut ChunkedBody) -> Result<(), ApiErr
 }
 
 /// Second walk of `messages`: the turns, as the array of `messages`.
-fn write_messages(messages: &RawValue, out: &mut ChunkedBody) -> Result<(), ApiError> {
+fn write_messages(messages: &RawValue, out: &mut BodyWriter) -> Result<(), ApiError> {
     let mut turns = Turns::default();
     out.extend_from_slice(b"[");
     walked(each(messages, |message: Msg| {
@@ -578,7 +578,7 @@ fn write_messages(messages: &RawValue, out: &mut ChunkedBody) -> Result<(), ApiE
     Ok(())
 }
 
-fn write_tools(tools: &RawValue, out: &mut ChunkedBody) -> Result<(), ApiError> {
+fn write_tools(tools: &RawValue, out: &mut BodyWriter) -> Result<(), ApiError> {
     out.extend_from_slice(b"[");
     let mut first = true;
     walked(each(tools, |tool: ToolDef| {
@@ -619,7 +619,7 @@ fn write_tool_choice(
     choice: Option<o::ToolChoice>,
     has_tools: bool,
     parallel_tool_calls: Option<bool>,
-    out: &mut ChunkedBody,
+    out: &mut BodyWriter,
 ) -> Result<(), ApiError> {
     let disable_parallel = parallel_tool_calls == Some(false);
     let (kind, name): (&str, Option<String>) = match choice {
@@ -667,7 +667,7 @@ fn thinking_budget(thinking: Option<&RawValue>, effort: Option<&str>) -> Result<
     }
 }
 
-fn put_number(out: &mut ChunkedBody, key: &[u8], value: impl serde::Serialize) -> Result<(), ApiError> {
+fn put_number(out: &mut BodyWriter, key: &[u8], value: impl serde::Serialize) -> Result<(), ApiError> {
     out.extend_from_slice(key);
     serde_json::to_writer(&mut *out, &value).map_err(invalid)
 }
@@ -678,6 +678,7 @@ pub(in crate::translate) fn write_request(
     backend: &Backend,
     model: &str,
     stream: bool,
+    mut out: BodyWriter<'_>,
 ) -> Result<Written, ApiError> {
     let view: ChatRequestView = serde_json::from_slice(body).map_err(invalid)?;
     let ChatRequestView {
@@ -759,7 +760,6 @@ pub(in crate::translate) fn write_request(
         }
     }
 
-    let mut out = ChunkedBody::new();
     out.extend_from_slice(b"{");
     if !matches!(backend.schema, Schema::AWSAnthropic | Schema::GCPAnthropic) {
         out.extend_from_slice(b"\"model\":");
@@ -814,5 +814,5 @@ pub(in crate::translate) fn write_request(
         out.extend_from_slice(&json_string(&backend.anthropic_version));
     }
     out.extend_from_slice(b"}");
-    Ok(Written { body: out, include_usage })
+    Ok(Written { body: out.finish(), include_usage })
 }

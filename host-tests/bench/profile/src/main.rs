@@ -87,6 +87,11 @@ impl Host for MemHost {
         count_get("get_buffer_bytes(request body)", size);
         Some(self.req_body[..size.min(self.req_body.len())].to_vec())
     }
+    fn append_request_body(&mut self, body: &[u8]) {
+        self.count("set_buffer_bytes(request body)");
+        self.bytes_out += body.len() as u64;
+        self.req_body.extend_from_slice(body);
+    }
     fn set_request_body(&mut self, size: usize, body: &[u8]) {
         self.count("set_buffer_bytes(request body)");
         self.bytes_out += body.len() as u64;
