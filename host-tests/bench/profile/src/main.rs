@@ -75,6 +75,10 @@ impl Host for MemHost {
         count_get("get_header_map_value(request)", v.as_ref().map_or(0, |s| s.len()));
         v
     }
+    fn request_header_names(&self) -> Vec<String> {
+        count_get("get_header_map_pairs(request)", 0);
+        self.req_headers.iter().map(|(n, _)| n.to_ascii_lowercase()).collect()
+    }
     fn set_request_header(&mut self, name: &str, value: &str) {
         self.count("replace_header_map_value(request)");
         set(&mut self.req_headers, name, value)
