@@ -202,31 +202,13 @@ fn gcs_uris_from_clients_are_refused() {
         .replace("https://storage.googleapis.com/cloud-samples-data/", "gs://cloud-samples-data/");
     let info = llmgw_filter::request::read(body.as_bytes()).unwrap();
     let mut t = for_backend(Endpoint::ChatCompletions, Schema::GCPVertexAI, true).unwrap();
-    let e = t
-        .request_body(&RequestContext {
-            info: &info,
-            body: body.as_bytes(),
-            backend: &backend,
-            query: "",
-            now_unix: 0,
-            sink: Default::default(),
-        })
-        .unwrap_err();
+    let e = t.request_body(&RequestContext::new(&info, body.as_bytes(), &backend)).unwrap_err();
     assert_eq!((e.status, e.code), (400, "gcs_uri_not_allowed"));
     assert!(e.message.starts_with("messages[3].content[1]: gs://"), "{}", e.message);
     // A backend that allows them sends the URI on as `fileData`.
     backend.allow_gcs_uris = true;
     let mut t = for_backend(Endpoint::ChatCompletions, Schema::GCPVertexAI, true).unwrap();
-    let edits = t
-        .request_body(&RequestContext {
-            info: &info,
-            body: body.as_bytes(),
-            backend: &backend,
-            query: "",
-            now_unix: 0,
-            sink: Default::default(),
-        })
-        .unwrap();
+    let edits = t.request_body(&RequestContext::new(&info, body.as_bytes(), &backend)).unwrap();
     let sent = String::from_utf8(edits.body.unwrap().apply_to(b"")).unwrap();
     assert!(sent.contains(r#""fileUri":"gs://cloud-samples-data/"#), "{sent}");
 }

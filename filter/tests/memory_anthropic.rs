@@ -95,16 +95,7 @@ fn request(name: &str, body: &[u8]) {
     let backend = common::backend(CONFIG);
     let info = llmgw_filter::request::read(body).unwrap();
     let mut translator = for_backend(Endpoint::ChatCompletions, Schema::Anthropic, true).unwrap();
-    let (edits, growth) = peak_growth(|| {
-        translator.request_body(&RequestContext {
-            info: &info,
-            body,
-            backend: &backend,
-            query: "",
-            now_unix: 0,
-            sink: Default::default(),
-        })
-    });
+    let (edits, growth) = peak_growth(|| translator.request_body(&RequestContext::new(&info, body, &backend)));
     let edits = edits.unwrap_or_else(|e| panic!("{name}: {e:?}"));
     assert!(edits.body.is_some(), "{name}");
     check(name, body.len(), body.len(), growth);
@@ -115,16 +106,7 @@ fn response(name: &str, body: &[u8]) {
     let req = br#"{"model":"claude-x","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#;
     let info = llmgw_filter::request::read(req).unwrap();
     let mut translator = for_backend(Endpoint::ChatCompletions, Schema::Anthropic, true).unwrap();
-    translator
-        .request_body(&RequestContext {
-            info: &info,
-            body: req,
-            backend: &backend,
-            query: "",
-            now_unix: 0,
-            sink: Default::default(),
-        })
-        .unwrap();
+    translator.request_body(&RequestContext::new(&info, req, &backend)).unwrap();
     translator.response_headers(200, "application/json");
     let (edits, growth) = peak_growth(|| translator.response_body(body, true));
     assert_eq!(edits.status, None, "{name}");

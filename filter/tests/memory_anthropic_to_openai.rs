@@ -84,14 +84,7 @@ fn translate_request(name: &str, body: &[u8]) {
     let info = request::read(body).unwrap();
     let mut t = translate::for_backend(Endpoint::Messages, Schema::OpenAI, true).unwrap();
     let (len, growth) = peak_growth(|| {
-        let edits = t.request_body(&RequestContext {
-            info: &info,
-            body,
-            backend: &backend,
-            query: "",
-            now_unix: 0,
-            sink: Default::default(),
-        });
+        let edits = t.request_body(&RequestContext::new(&info, body, &backend));
         let edits = edits.unwrap_or_else(|e| panic!("{name}: {}", e.message));
         edits.body.map(|b| b.len(body.len()))
     });
@@ -108,15 +101,7 @@ fn translate_response(name: &str, stream: bool, body: &[u8]) {
     };
     let info = request::read(request).unwrap();
     let mut t = translate::for_backend(Endpoint::Messages, Schema::OpenAI, true).unwrap();
-    t.request_body(&RequestContext {
-        info: &info,
-        body: request,
-        backend: &backend,
-        query: "",
-        now_unix: 0,
-        sink: Default::default(),
-    })
-    .unwrap();
+    t.request_body(&RequestContext::new(&info, request, &backend)).unwrap();
     let content_type = if stream { "text/event-stream" } else { "application/json" };
     t.response_headers(200, content_type);
     let ((), growth) = peak_growth(|| {

@@ -729,14 +729,7 @@ pub(crate) mod tests {
         ] {
             let mut t = OpenAIToAnthropic::new(Schema::Anthropic);
             let backend = crate::testing::backend(Schema::Anthropic);
-            let ctx = RequestContext {
-                info: &info,
-                body: body.as_bytes(),
-                backend: &backend,
-                query: "",
-                now_unix: 0,
-                sink: Default::default(),
-            };
+            let ctx = RequestContext::new(&info, body.as_bytes(), &backend);
             assert_eq!(t.request_body(&ctx).unwrap_err().status, 400, "{body}");
         }
     }
@@ -837,14 +830,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         let info = read(body.as_bytes()).unwrap();
         let mut t = OpenAIToAnthropic::new(Schema::Anthropic);
         let backend = crate::testing::backend(Schema::Anthropic);
-        let ctx = RequestContext {
-            info: &info,
-            body: body.as_bytes(),
-            backend: &backend,
-            query: "",
-            now_unix: 0,
-            sink: Default::default(),
-        };
+        let ctx = RequestContext::new(&info, body.as_bytes(), &backend);
         t.request_body(&ctx).unwrap_err()
     }
 

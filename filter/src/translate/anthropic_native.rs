@@ -206,14 +206,7 @@ mod tests {
         };
         let mut t = AnthropicNative::new(schema);
         let info = read(body.as_bytes()).unwrap();
-        let ctx = RequestContext {
-            info: &info,
-            body: body.as_bytes(),
-            backend: &backend,
-            query: "",
-            now_unix: 0,
-            sink: Default::default(),
-        };
+        let ctx = RequestContext::new(&info, body.as_bytes(), &backend);
         (t.request_body(&ctx).unwrap(), t)
     }
 

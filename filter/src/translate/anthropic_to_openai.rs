@@ -1405,14 +1405,7 @@ mod tests {
         let backend = crate::testing::backend(Schema::OpenAI);
         let mut t = AnthropicToOpenAI::new();
         let info = read(body.as_bytes()).unwrap();
-        let ctx = RequestContext {
-            info: &info,
-            body: body.as_bytes(),
-            backend: &backend,
-            query: "",
-            now_unix: 0,
-            sink: Default::default(),
-        };
+        let ctx = RequestContext::new(&info, body.as_bytes(), &backend);
         let edits = t.request_body(&ctx).unwrap();
         (serde_json::from_slice(&edits.body.as_ref().unwrap().apply_to(b"")).unwrap(), edits, t)
     }
@@ -1448,8 +1441,7 @@ mod tests {
         let backend = crate::testing::backend(Schema::OpenAI);
         let body = br#"{"model":"m","messages":[]}"#;
         let info = read(body).unwrap();
-        let ctx =
-            RequestContext { info: &info, body, backend: &backend, query: "", now_unix: 0, sink: Default::default() };
+        let ctx = RequestContext::new(&info, body, &backend);
         assert_eq!(AnthropicToOpenAI::new().request_body(&ctx).unwrap_err().status, 400);
     }
 
@@ -1522,14 +1514,7 @@ data: [DONE]\n\n";
     fn try_translate(body: &str) -> Result<Value, ApiError> {
         let backend = crate::testing::backend(Schema::OpenAI);
         let info = read(body.as_bytes()).unwrap();
-        let ctx = RequestContext {
-            info: &info,
-            body: body.as_bytes(),
-            backend: &backend,
-            query: "",
-            now_unix: 0,
-            sink: Default::default(),
-        };
+        let ctx = RequestContext::new(&info, body.as_bytes(), &backend);
         let edits = AnthropicToOpenAI::new().request_body(&ctx)?;
         let bytes = edits.body.unwrap().apply_to(b"");
         Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes))))
@@ -1713,14 +1698,7 @@ data: [DONE]\n\n";
         );
         let backend = crate::testing::backend(Schema::OpenAI);
         let info = read(body.as_bytes()).unwrap();
-        let ctx = RequestContext {
-            info: &info,
-            body: body.as_bytes(),
-            backend: &backend,
-            query: "",
-            now_unix: 0,
-            sink: Default::default(),
-        };
+        let ctx = RequestContext::new(&info, body.as_bytes(), &backend);
         let out = AnthropicToOpenAI::new().request_body(&ctx).unwrap().body.unwrap().apply_to(b"");
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains(r#""arguments":"{\"d\":[[[["#), "{}", &text[..200]);

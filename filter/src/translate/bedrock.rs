@@ -1720,8 +1720,7 @@ mod tests {
         let body = br#"{"model":"nova","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
         let info = read(body).unwrap();
         let mut t = OpenAIToBedrock::new();
-        let ctx =
-            RequestContext { info: &info, body, backend: &backend, query: "", now_unix: 0, sink: Default::default() };
+        let ctx = RequestContext::new(&info, body, &backend);
         let edits = t.request_body(&ctx).unwrap();
         assert_eq!(
             edits.path.as_deref(),

@@ -82,6 +82,11 @@ pub struct RequestContext<'a> {
 }
 
 impl<'a> RequestContext<'a> {
+    /// A request with no query, at time 0, whose new body stays in memory (tests, tools).
+    pub fn new(info: &'a RequestInfo, body: &'a [u8], backend: &'a Backend) -> Self {
+        RequestContext { info, body, backend, query: "", now_unix: 0, sink: Cell::new(None) }
+    }
+
     /// A writer for a whole new body, handing chunks to the sink (taken: one body per request).
     pub fn writer(&self) -> BodyWriter<'a> {
         BodyWriter::new(self.sink.take())
