@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::routing::{Balancer, HeaderMatcher, ModelMatcher, Rule, WeightedBackend};
+use crate::routing::{Balancer, Fallback, HeaderMatcher, ModelMatcher, RetryOn, Rule, Target, WeightedBackend};
 
 pub const BACKEND_HEADER: &str = "x-llmgw-backend";
 pub const MODEL_HEADER: &str = "x-ai-eg-model";
@@ -51,6 +51,8 @@ mod raw {
         pub max_response_body_bytes: Option<usize>,
         pub stream_include_usage: Option<bool>,
         pub max_metric_label_sets: Option<usize>,
+        /// `downstream` (default) or `upstream` (the copy running as a cluster filter).
+        pub role: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -118,6 +120,16 @@ mod raw {
         #[serde(rename = "match", default)]
         pub matches: Match,
         pub backends: Vec<BackendRef>,
+        pub retry: Option<Retry>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Retry {
+        pub attempts: Option<u32>,
+        pub on: Option<Vec<String>>,
+        pub per_try_timeout: Option<String>,
+        pub first_byte_timeout: Option<String>,
     }
 
     #[derive(Deserialize, Default)]
@@ -152,6 +164,8 @@ mod raw {
     pub struct BackendRef {
         pub name: String,
         pub weight: Option<u32>,
+        pub priority: Option<u32>,
+        pub model_override: Option<String>,
     }
 }
 
@@ -290,7 +304,10 @@ pub struct Backend {
 /// The validated configuration, built once per `on_configure` and shared read-only by every request.
 #[derive(Debug)]
 pub struct Compiled {
+    /// The configured backends, then one copy per rule backend with its own `model_override`
+    /// (targets point at the copy; it keeps the backend's name).
     pub backends: Vec<Backend>,
+    pub role: Role,
     pub rules: Vec<Rule>,
     /// Request header names some rule matches on, so a request fetches only those.
     pub matched_header_names: Vec<String>,
@@ -301,6 +318,17 @@ pub struct Compiled {
     pub max_response_body_bytes: usize,
     pub stream_include_usage: bool,
     pub max_metric_label_sets: usize,
+}
+
+/// Where this copy of the filter runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The listener's HTTP filter: reads the model, picks the rule, and translates for one backend
+    /// (or, on a fallback rule, names the rule's cluster and leaves each attempt to `Upstream`).
+    Downstream,
+    /// A cluster (upstream) HTTP filter of a fallback rule's cluster: translates each attempt for
+    /// the backend Envoy picked.
+    Upstream,
 }
 
 /// Reads an environment variable; injected so tests need not touch the process environment.
@@ -375,9 +403,16 @@ fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, Co
         backends.push(backend);
     }
 
+    let role = match raw.role.as_deref() {
+        None | Some("downstream") => Role::Downstream,
+        Some("upstream") => Role::Upstream,
+        Some(other) => {
+            return Err(ConfigError::new("role", format!("must be downstream or upstream, not {other:?}")));
+        }
+    };
     let mut rules = Vec::with_capacity(raw.rules.len());
     for (i, r) in raw.rules.into_iter().enumerate() {
-        rules.push(compile_rule(r, &format!("rules[{i}]"), &backends)?);
+        rules.push(compile_rule(r, &format!("rules[{i}]"), &mut backends)?);
     }
     if rules.is_empty() {
         if backends.len() > 1 {
@@ -419,6 +454,7 @@ fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, Co
 
     Ok(Compiled {
         backends,
+        role,
         rules,
         matched_header_names,
         models_body,
@@ -638,7 +674,7 @@ fn compile_aws(a: raw::AwsAuth, field: &str, env: &dyn Env) -> Result<AwsCredent
     Ok(AwsCredential { access_key_id, secret_access_key: Secret(secret), session_token: session_token.map(Secret) })
 }
 
-fn compile_rule(r: raw::Rule, field: &str, backends: &[Backend]) -> Result<Rule, ConfigError> {
+fn compile_rule(r: raw::Rule, field: &str, backends: &mut Vec<Backend>) -> Result<Rule, ConfigError> {
     let model = match r.matches.model {
         None => None,
         Some(m) => Some(compile_model_match(m, &format!("{field}.match.model"))?),
@@ -650,16 +686,113 @@ fn compile_rule(r: raw::Rule, field: &str, backends: &[Backend]) -> Result<Rule,
     if r.backends.is_empty() {
         return Err(ConfigError::new(format!("{field}.backends"), "at least one backend is required"));
     }
-    let mut weighted = Vec::with_capacity(r.backends.len());
-    for (i, br) in r.backends.iter().enumerate() {
-        let index = backends.iter().position(|b| b.name == br.name).ok_or_else(|| {
-            ConfigError::new(format!("{field}.backends[{i}].name"), format!("unknown backend {:?}", br.name))
-        })?;
-        weighted.push(WeightedBackend { index, weight: br.weight.unwrap_or(1) });
+    let mut targets = Vec::with_capacity(r.backends.len());
+    for (i, br) in r.backends.into_iter().enumerate() {
+        let at = format!("{field}.backends[{i}]");
+        let mut index = backends
+            .iter()
+            .position(|b| b.name == br.name)
+            .ok_or_else(|| ConfigError::new(format!("{at}.name"), format!("unknown backend {:?}", br.name)))?;
+        let priority = br.priority.unwrap_or(0);
+        if priority > MAX_PRIORITY {
+            return Err(ConfigError::new(format!("{at}.priority"), format!("must be 0 to {MAX_PRIORITY}")));
+        }
+        if let Some(model) = br.model_override {
+            if model.is_empty() || !is_header_value(&model) {
+                return Err(ConfigError::new(format!("{at}.model_override"), "must be a non-empty model name"));
+            }
+            let mut variant = backends.get(index).cloned().ok_or_else(|| ConfigError::new(&at, "unknown backend"))?;
+            variant.model_override = Some(model);
+            index = backends.len();
+            backends.push(variant);
+        }
+        targets.push(Target { backend: index, priority, weight: br.weight.unwrap_or(1) });
     }
+    let weighted = targets.iter().enumerate().map(|(i, t)| WeightedBackend { target: i, weight: t.weight }).collect();
     let balancer = Balancer::new(weighted)
         .ok_or_else(|| ConfigError::new(format!("{field}.backends"), "at least one backend needs a positive weight"))?;
-    Ok(Rule { name: r.name, model, headers, balancer })
+    let levels = {
+        let mut p: Vec<u32> = targets.iter().map(|t| t.priority).collect();
+        p.sort_unstable();
+        p.dedup();
+        p.len()
+    };
+    let fallback = match r.retry {
+        Some(retry) => Some(compile_retry(retry, &format!("{field}.retry"), targets.len())?),
+        // Priorities without a retry policy still mean "fall back": one attempt per level.
+        None if levels > 1 => Some(Fallback {
+            attempts: u32::try_from(levels).unwrap_or(MAX_ATTEMPTS).min(MAX_ATTEMPTS),
+            retry_on: RetryOn::DEFAULT.to_vec(),
+            per_try_timeout_ms: None,
+            first_byte_timeout_ms: None,
+        }),
+        None => None,
+    };
+    Ok(Rule { name: r.name, model, headers, targets, balancer, fallback })
+}
+
+/// Envoy's priority levels used by a rule's cluster (0 is tried first).
+pub const MAX_PRIORITY: u32 = 9;
+/// Attempts per request, the first included.
+pub const MAX_ATTEMPTS: u32 = 10;
+
+fn compile_retry(r: raw::Retry, field: &str, targets: usize) -> Result<Fallback, ConfigError> {
+    let attempts = match r.attempts {
+        None => u32::try_from(targets).unwrap_or(MAX_ATTEMPTS).clamp(2, MAX_ATTEMPTS),
+        Some(n) if (1..=MAX_ATTEMPTS).contains(&n) => n,
+        Some(_) => return Err(ConfigError::new(format!("{field}.attempts"), format!("must be 1 to {MAX_ATTEMPTS}"))),
+    };
+    let retry_on = match r.on {
+        None => RetryOn::DEFAULT.to_vec(),
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for (i, name) in list.iter().enumerate() {
+                let on = RetryOn::parse(name).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{field}.on[{i}]"),
+                        format!(
+                            "unknown condition {name:?}: use connect-failure, reset, 5xx, gateway-error, \
+                             or an HTTP status from 400 to 599 (e.g. 429)"
+                        ),
+                    )
+                })?;
+                if !out.contains(&on) {
+                    out.push(on);
+                }
+            }
+            out
+        }
+    };
+    let duration = |v: Option<String>, name: &str| {
+        v.map(|text| {
+            parse_duration_ms(&text).filter(|&ms| ms > 0).ok_or_else(|| {
+                ConfigError::new(format!("{field}.{name}"), format!("{text:?} is not a duration like 500ms, 30s or 2m"))
+            })
+        })
+        .transpose()
+    };
+    Ok(Fallback {
+        attempts,
+        retry_on,
+        per_try_timeout_ms: duration(r.per_try_timeout, "per_try_timeout")?,
+        first_byte_timeout_ms: duration(r.first_byte_timeout, "first_byte_timeout")?,
+    })
+}
+
+/// `500ms`, `30s`, `2m`, `1h` → milliseconds.
+pub fn parse_duration_ms(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let n: u64 = number.parse().ok()?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    n.checked_mul(scale)
 }
 
 fn exactly_one<T>(field: &str, options: Vec<(&'static str, Option<T>)>) -> Result<(&'static str, T), ConfigError> {
@@ -735,7 +868,7 @@ fn render_models(rules: &[Rule], backends: &[Backend], extra: &[String], created
     for rule in rules {
         if let Some(ModelMatcher::Exact(id)) = &rule.model {
             if data.iter().all(|m| m.id != id) {
-                let owner = rule.balancer.first_backend().and_then(|i| backends.get(i));
+                let owner = rule.targets.first().and_then(|t| backends.get(t.backend));
                 data.push(Model { id, object: "model", created, owned_by: owner.map_or("llmgw", |b| &b.name) });
             }
         }
@@ -764,6 +897,66 @@ mod tests {
     }
     fn err(text: &str) -> ConfigError {
         parse(text.as_bytes(), &no_env(), 0).unwrap_err()
+    }
+
+    #[test]
+    fn priorities_and_retry_make_a_fallback_rule() {
+        let base = "backends: [{name: a, schema: OpenAI}, {name: b, schema: Anthropic, auth: {x_api_key: k}}]\n";
+        let c = parse(
+            format!("{base}rules: [{{backends: [{{name: a}}, {{name: b, priority: 1, model_override: claude-x}}]}}]")
+                .as_bytes(),
+            &no_env(),
+            0,
+        )
+        .unwrap();
+        let rule = &c.rules[0];
+        let fb = rule.fallback.as_ref().expect("two priority levels fall back");
+        assert_eq!((fb.attempts, fb.retry_on.as_slice()), (2, RetryOn::DEFAULT));
+        assert!(fb.retries_status(429) && fb.retries_status(503) && !fb.retries_status(400));
+        // The override lives on a copy of `b`, which keeps its name; `b` itself is unchanged.
+        let (ta, tb) = (&rule.targets[0], &rule.targets[1]);
+        assert_eq!((ta.backend, ta.priority, tb.priority), (0, 0, 1));
+        assert_eq!(c.backends[tb.backend].name, "b");
+        assert_eq!(c.backends[tb.backend].model_override.as_deref(), Some("claude-x"));
+        assert_eq!(c.backends[1].model_override, None);
+        assert_eq!(c.role, Role::Downstream);
+
+        let c = parse(
+            format!(
+                "{base}role: upstream\nrules: [{{backends: [{{name: a}}, {{name: b, weight: 3}}], retry: {{attempts: 3, \
+                 on: [5xx, '429', connect-failure], per_try_timeout: 30s, first_byte_timeout: 500ms}}}}]"
+            )
+            .as_bytes(),
+            &no_env(),
+            0,
+        )
+        .unwrap();
+        let fb = c.rules[0].fallback.as_ref().expect("retry makes a fallback rule");
+        assert_eq!(fb.attempts, 3);
+        assert_eq!(fb.retry_on, [RetryOn::Status5xx, RetryOn::Status(429), RetryOn::ConnectFailure]);
+        assert_eq!((fb.per_try_timeout_ms, fb.first_byte_timeout_ms), (Some(30_000), Some(500)));
+        assert_eq!(c.role, Role::Upstream);
+
+        // One priority and no retry: plain weighted balancing, as before.
+        let c =
+            parse(format!("{base}rules: [{{backends: [{{name: a}}, {{name: b}}]}}]").as_bytes(), &no_env(), 0).unwrap();
+        assert!(c.rules[0].fallback.is_none());
+
+        for (bad, field) in [
+            ("retry: {attempts: 0}", "rules[0].retry.attempts"),
+            ("retry: {attempts: 11}", "rules[0].retry.attempts"),
+            ("retry: {on: [sometimes]}", "rules[0].retry.on[0]"),
+            ("retry: {on: ['200']}", "rules[0].retry.on[0]"),
+            ("retry: {per_try_timeout: soon}", "rules[0].retry.per_try_timeout"),
+            ("retry: {first_byte_timeout: 0s}", "rules[0].retry.first_byte_timeout"),
+        ] {
+            let e = err(&format!("{base}rules: [{{backends: [{{name: a}}], {bad}}}]"));
+            assert_eq!(e.field, field, "{bad}: {e}");
+        }
+        let e = err(&format!("{base}rules: [{{backends: [{{name: a, priority: 10}}]}}]"));
+        assert_eq!(e.field, "rules[0].backends[0].priority");
+        let e = err(&format!("{base}role: sideways"));
+        assert_eq!(e.field, "role");
     }
 
     #[test]

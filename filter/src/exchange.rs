@@ -450,7 +450,7 @@ fn route(
             ),
         )
     })?;
-    let backend_index = rule.balancer.pick();
+    let backend_index = rule.pick_backend();
     let backend = config.backends.get(backend_index).ok_or_else(|| {
         ApiError::new(500, ErrorKind::Server, "internal", "routing chose a backend that does not exist")
     })?;

@@ -50,9 +50,76 @@ impl HeaderMatcher {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WeightedBackend {
-    /// Index into `Compiled::backends`.
-    pub index: usize,
+    /// Index into the rule's `targets`.
+    pub target: usize,
     pub weight: u32,
+}
+
+/// One backend of a rule, as the rule uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Index into `Compiled::backends` (a copy of the backend when the rule overrides its model).
+    pub backend: usize,
+    /// Envoy priority level: 0 first; higher levels serve when the lower ones fail.
+    pub priority: u32,
+    /// Share of traffic within its priority.
+    pub weight: u32,
+}
+
+/// A rule whose requests Envoy retries across its backends: the downstream filter names the rule's
+/// cluster, and the filter's upstream copy translates each attempt for the backend Envoy picked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// Attempts per request, the first included.
+    pub attempts: u32,
+    pub retry_on: Vec<RetryOn>,
+    pub per_try_timeout_ms: Option<u64>,
+    /// Time to the response headers before an attempt is abandoned for the next backend.
+    pub first_byte_timeout_ms: Option<u64>,
+}
+
+/// What makes an attempt fail over to the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    ConnectFailure,
+    Reset,
+    /// Any 5xx answer (and connect failures, resets, timeouts, as Envoy's `5xx` does).
+    Status5xx,
+    /// 502, 503, 504.
+    GatewayError,
+    /// One HTTP status, e.g. 429.
+    Status(u16),
+}
+
+impl RetryOn {
+    pub const DEFAULT: &'static [RetryOn] =
+        &[RetryOn::ConnectFailure, RetryOn::Reset, RetryOn::Status5xx, RetryOn::Status(429)];
+
+    pub fn parse(name: &str) -> Option<RetryOn> {
+        match name {
+            "connect-failure" => Some(RetryOn::ConnectFailure),
+            "reset" => Some(RetryOn::Reset),
+            "5xx" => Some(RetryOn::Status5xx),
+            "gateway-error" => Some(RetryOn::GatewayError),
+            _ => name.parse::<u16>().ok().filter(|s| (400..600).contains(s)).map(RetryOn::Status),
+        }
+    }
+
+    /// Whether an attempt answered with `status` is retried.
+    pub fn retries_status(&self, status: u16) -> bool {
+        match self {
+            RetryOn::Status5xx => (500..600).contains(&status),
+            RetryOn::GatewayError => matches!(status, 502..=504),
+            RetryOn::Status(s) => *s == status,
+            RetryOn::ConnectFailure | RetryOn::Reset => false,
+        }
+    }
+}
+
+impl Fallback {
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.retry_on.iter().any(|r| r.retries_status(status))
+    }
 }
 
 /// Smooth weighted round-robin (as in nginx): over every window of `sum(weights)` picks each backend
@@ -81,14 +148,10 @@ impl Balancer {
         Some(Balancer { backends, total, current })
     }
 
-    pub fn first_backend(&self) -> Option<usize> {
-        self.backends.first().map(|b| b.index)
-    }
-
-    /// The backend index for the next request.
+    /// The target (index into the rule's `targets`) for the next request.
     pub fn pick(&self) -> usize {
         if let [only] = self.backends.as_slice() {
-            return only.index;
+            return only.target;
         }
         let mut current = self.current.take();
         current.resize(self.backends.len(), 0);
@@ -102,7 +165,7 @@ impl Balancer {
             *c -= self.total;
         }
         self.current.set(current);
-        self.backends.get(best).map_or(0, |b| b.index)
+        self.backends.get(best).map_or(0, |b| b.target)
     }
 }
 
@@ -111,15 +174,28 @@ pub struct Rule {
     pub name: Option<String>,
     pub model: Option<ModelMatcher>,
     pub headers: Vec<HeaderMatcher>,
+    /// The rule's backends, in configuration order (never empty).
+    pub targets: Vec<Target>,
     pub balancer: Balancer,
+    /// Set when Envoy retries the rule's requests across its backends.
+    pub fallback: Option<Fallback>,
 }
 
 impl Rule {
     /// A rule that matches everything and sends it to one backend.
     pub fn default_to(index: usize) -> Rule {
-        let balancer =
-            Balancer { backends: vec![WeightedBackend { index, weight: 1 }], total: 1, current: Cell::new(vec![0]) };
-        Rule { name: None, model: None, headers: Vec::new(), balancer }
+        let balancer = Balancer {
+            backends: vec![WeightedBackend { target: 0, weight: 1 }],
+            total: 1,
+            current: Cell::new(vec![0]),
+        };
+        let targets = vec![Target { backend: index, priority: 0, weight: 1 }];
+        Rule { name: None, model: None, headers: Vec::new(), targets, balancer, fallback: None }
+    }
+
+    /// The backend (index into `Compiled::backends`) for the next request, by weight.
+    pub fn pick_backend(&self) -> usize {
+        self.targets.get(self.balancer.pick()).or(self.targets.first()).map_or(0, |t| t.backend)
     }
 
     pub fn matches<'h>(&self, model: &str, header: &dyn Fn(&str) -> Option<&'h str>) -> bool {
@@ -201,7 +277,7 @@ mod tests {
     }
 
     fn balancer(weights: &[u32]) -> Balancer {
-        Balancer::new(weights.iter().enumerate().map(|(index, &weight)| WeightedBackend { index, weight }).collect())
+        Balancer::new(weights.iter().enumerate().map(|(target, &weight)| WeightedBackend { target, weight }).collect())
             .unwrap()
     }
 
@@ -225,7 +301,7 @@ mod tests {
         let b = balancer(&[5, 1, 1]);
         let picks: Vec<usize> = (0..7).map(|_| b.pick()).collect();
         assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
-        assert!(Balancer::new(vec![WeightedBackend { index: 0, weight: 0 }]).is_none());
+        assert!(Balancer::new(vec![WeightedBackend { target: 0, weight: 0 }]).is_none());
     }
 
     #[test]
