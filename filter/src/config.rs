@@ -7,6 +7,8 @@ use crate::routing::{Balancer, Fallback, HeaderMatcher, ModelMatcher, RetryOn, R
 
 pub const BACKEND_HEADER: &str = "x-llmgw-backend";
 pub const MODEL_HEADER: &str = "x-ai-eg-model";
+/// Names the fallback rule (its index) whose cluster a request goes to; set by the downstream filter.
+pub const RULE_HEADER: &str = "x-llmgw-rule";
 const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
 const DEFAULT_MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
 const DEFAULT_MAX_LABEL_SETS: usize = 2048;

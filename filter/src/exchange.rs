@@ -7,7 +7,7 @@ use std::rc::Rc;
 use crate::api::{query_of, ClientApi, Endpoint, PathKind};
 use crate::auth::{self, BodyHash};
 use crate::body::{NewBody, Sink};
-use crate::config::{Compiled, Credential, BACKEND_HEADER, MODEL_HEADER};
+use crate::config::{Compiled, Credential, Role, Schema, BACKEND_HEADER, MODEL_HEADER, RULE_HEADER};
 use crate::error::{ApiError, ErrorKind};
 use crate::headers;
 use crate::host::{Flow, Host};
@@ -39,15 +39,34 @@ enum Phase {
     AwaitingBody {
         endpoint: Endpoint,
         query: String,
+        /// On the upstream copy: the rule and backend Envoy picked for this attempt.
+        attempt: Option<Attempt>,
     },
     Forwarded(Box<Routed>),
+    /// Sent to a fallback rule's cluster; the upstream copy answers in the client's shape.
+    Delegated {
+        endpoint: Endpoint,
+        info: RequestInfo,
+    },
     /// The filter answered; nothing more to do.
     Answered,
 }
 
+/// One attempt of a fallback rule's request, on the upstream copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Attempt {
+    rule: usize,
+    backend: usize,
+}
+
 struct Routed {
     endpoint: Endpoint,
+    /// Index into `Compiled::backends`; out of range for an answer Envoy made itself.
     backend: usize,
+    /// On the upstream copy, the attempt this is.
+    attempt: Option<Attempt>,
+    /// Envoy retries this attempt on another backend: it is not the request's answer.
+    retried: bool,
     info: RequestInfo,
     translator: Box<dyn Translator>,
     status: u16,
@@ -72,19 +91,31 @@ pub struct Exchange {
     operation: &'static str,
     /// The body's model once read (for metrics of local replies).
     model: Option<String>,
+    /// Metrics were recorded (they are, once per stream).
+    logged: bool,
 }
 
 impl Exchange {
     /// `shared` is `None` when the plugin has no valid configuration: requests then get a 500.
     pub fn new(shared: Option<Rc<Shared>>) -> Self {
-        Exchange { shared, started_at: 0, phase: Phase::Ignored, operation: "", model: None }
+        Exchange { shared, started_at: 0, phase: Phase::Ignored, operation: "", model: None, logged: false }
+    }
+
+    fn role(&self) -> Role {
+        self.shared.as_ref().map_or(Role::Downstream, |s| s.config.role)
     }
 
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
         self.started_at = host.now_nanos();
-        // Whatever happens next, a client never chooses internal headers.
-        host.remove_request_header(MODEL_HEADER);
-        host.remove_request_header(BACKEND_HEADER);
+        if self.role() == Role::Upstream {
+            // Envoy hands a retry the headers the previous attempt left: start from the client's.
+            restore_or_keep_request_headers(host);
+        } else {
+            // Whatever happens next, a client never chooses internal headers.
+            host.remove_request_header(MODEL_HEADER);
+            host.remove_request_header(BACKEND_HEADER);
+            host.remove_request_header(RULE_HEADER);
+        }
         let path = host.request_header(":path").unwrap_or_default();
         let endpoint = match Endpoint::classify(&path) {
             PathKind::Other => return Flow::Continue,
@@ -133,15 +164,22 @@ impl Exchange {
         if declared.is_some_and(|len| len > shared.config.max_request_body_bytes as u64) {
             return self.reply_as(host, too_large(shared.config.max_request_body_bytes), api);
         }
-        self.phase = Phase::AwaitingBody { endpoint, query: query_of(&path).to_string() };
+        let attempt = match shared.config.role {
+            Role::Downstream => None,
+            Role::Upstream => match attempt_target(host, &shared.config) {
+                Ok(attempt) => Some(attempt),
+                Err(e) => return self.reply_as(host, e, api),
+            },
+        };
+        self.phase = Phase::AwaitingBody { endpoint, query: query_of(&path).to_string(), attempt };
         Flow::Pause
     }
 
     pub fn on_request_body(&mut self, host: &mut dyn Host, size: usize, end_of_stream: bool) -> Flow {
-        let Phase::AwaitingBody { endpoint, query } = &self.phase else {
+        let Phase::AwaitingBody { endpoint, query, attempt } = &self.phase else {
             return if matches!(self.phase, Phase::Answered) { Flow::Pause } else { Flow::Continue };
         };
-        let (endpoint, query) = (*endpoint, query.clone());
+        let (endpoint, query, attempt) = (*endpoint, query.clone(), *attempt);
         let Some(shared) = self.shared.clone() else { return Flow::Continue };
         let api = endpoint.client_api();
         if size > shared.config.max_request_body_bytes {
@@ -151,9 +189,13 @@ impl Exchange {
             return Flow::Pause;
         }
         let body = host.request_body(size).unwrap_or_default();
-        match route(host, &shared, endpoint, &query, &body, size, &mut self.model) {
-            Ok(routed) => {
+        match route(host, &shared, endpoint, &query, &body, &mut self.model, attempt) {
+            Ok(Routing::Forwarded(routed)) => {
                 self.phase = Phase::Forwarded(Box::new(routed));
+                Flow::Continue
+            }
+            Ok(Routing::Delegated { info }) => {
+                self.phase = Phase::Delegated { endpoint, info };
                 Flow::Continue
             }
             Err(e) => self.reply_as(host, e, api),
@@ -161,7 +203,32 @@ impl Exchange {
     }
 
     pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
+        if matches!(self.phase, Phase::Delegated { .. }) {
+            if host.response_header(BACKEND_HEADER).is_some() {
+                // The upstream copy answered in the client's shape, and counts it.
+                host.remove_response_header(BACKEND_HEADER);
+                self.phase = Phase::Ignored;
+                return Flow::Continue;
+            }
+            // Envoy's own answer (no backend reachable, every attempt timed out): made client-shaped
+            // like any upstream error.
+            let Phase::Delegated { endpoint, info } = std::mem::replace(&mut self.phase, Phase::Ignored) else {
+                return Flow::Continue;
+            };
+            match own_answer(endpoint, info) {
+                Some(routed) => self.phase = Phase::Forwarded(Box::new(routed)),
+                None => return Flow::Continue,
+            }
+        }
+        let upstream = self.role() == Role::Upstream;
+        let Some(shared) = self.shared.clone() else { return Flow::Continue };
         let Phase::Forwarded(routed) = &mut self.phase else { return Flow::Continue };
+        if upstream && on_attempt_answer(host, &shared.config, routed) == AttemptFate::Retried {
+            // Envoy tries the next backend; nothing of this answer reaches the client.
+            routed.error = true;
+            routed.ended_at = Some(host.now_nanos());
+            return Flow::Continue;
+        }
         for name in headers::OPERATOR_RESPONSE_HEADERS {
             host.remove_response_header(name);
         }
@@ -343,12 +410,18 @@ impl Exchange {
     /// End of the stream (also on client aborts): records the request's metrics.
     pub fn on_log(&mut self, host: &mut dyn Host) {
         let (Phase::Forwarded(routed), Some(shared)) = (&self.phase, &self.shared) else { return };
-        let Some(backend) = shared.config.backends.get(routed.backend) else { return };
+        if self.logged || routed.retried {
+            // A retried attempt was counted as an attempt; the request is counted where it is served.
+            return;
+        }
+        self.logged = true;
+        // An answer Envoy made itself (no backend reached) has no backend.
+        let backend = shared.config.backends.get(routed.backend).map_or("", |b| b.name.as_str());
         let now = host.now_nanos();
         let ended_at = routed.ended_at.unwrap_or(now);
         let labels = Labels {
-            model: shared.limiter.model_label(&backend.name, &routed.info.model),
-            backend: backend.name.clone(),
+            model: shared.limiter.model_label(backend, &routed.info.model),
+            backend: backend.to_string(),
             operation: routed.endpoint.operation(),
         };
         let success = !routed.error && routed.ended_at.is_some();
@@ -373,6 +446,14 @@ impl Exchange {
         }
         for sample in &samples {
             host.record(sample);
+        }
+    }
+
+    /// The stream is gone. Envoy calls `on_log` only for the listener's filters: the upstream copy
+    /// records its metrics here.
+    pub fn on_done(&mut self, host: &mut dyn Host) {
+        if self.role() == Role::Upstream {
+            self.on_log(host);
         }
     }
 
@@ -413,31 +494,17 @@ impl Exchange {
     }
 }
 
-/// Reads the body, picks the backend and applies every request edit.
-fn route(
-    host: &mut dyn Host,
-    shared: &Shared,
-    endpoint: Endpoint,
-    query: &str,
-    body: &[u8],
-    size: usize,
-    model: &mut Option<String>,
-) -> Result<Routed, ApiError> {
-    let config = &shared.config;
-    let info = request::read(body)?;
-    *model = Some(info.model.clone());
-    // Set before routing, so even a request no rule matches is logged with its model.
-    host.set_request_header(MODEL_HEADER, &info.model);
-    if info.stream && !endpoint.can_stream() {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            format!("{} does not support `stream`", endpoint.suffix()),
-        ));
-    }
+/// Where the downstream filter sends a request: one backend, or a fallback rule's cluster.
+enum Choice {
+    Backend(usize),
+    Rule(usize),
+}
+
+fn choose(host: &dyn Host, config: &Compiled, info: &RequestInfo) -> Result<Choice, ApiError> {
     let header_values: Vec<(&str, Option<String>)> =
         config.matched_header_names.iter().map(|n| (n.as_str(), host.request_header(n))).collect();
     let lookup = |name: &str| header_values.iter().find(|(n, _)| *n == name).and_then(|(_, v)| v.as_deref());
-    let rule = find_rule(&config.rules, &info.model, &lookup).ok_or_else(|| {
+    let (index, rule) = find_rule(&config.rules, &info.model, &lookup).ok_or_else(|| {
         ApiError::new(
             404,
             ErrorKind::InvalidRequest,
@@ -450,11 +517,61 @@ fn route(
             ),
         )
     })?;
-    let backend_index = rule.pick_backend();
+    Ok(if rule.fallback.is_some() { Choice::Rule(index) } else { Choice::Backend(rule.pick_backend()) })
+}
+
+/// What became of a request.
+enum Routing {
+    /// Sent to one backend, translated here.
+    Forwarded(Routed),
+    /// Sent to a fallback rule's cluster: the upstream copy translates each attempt.
+    Delegated { info: RequestInfo },
+}
+
+/// Reads the body, picks the backend and applies every request edit.
+fn route(
+    host: &mut dyn Host,
+    shared: &Shared,
+    endpoint: Endpoint,
+    query: &str,
+    body: &[u8],
+    model: &mut Option<String>,
+    attempt: Option<Attempt>,
+) -> Result<Routing, ApiError> {
+    // The host's buffer holds exactly the body read.
+    let size = body.len();
+    let config = &shared.config;
+    let info = request::read(body)?;
+    *model = Some(info.model.clone());
+    let upstream = attempt.is_some();
+    if !upstream {
+        // Set before routing, so even a request no rule matches is logged with its model.
+        host.set_request_header(MODEL_HEADER, &info.model);
+    }
+    if info.stream && !endpoint.can_stream() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("{} does not support `stream`", endpoint.suffix()),
+        ));
+    }
+    let backend_index = match attempt {
+        // The upstream copy: Envoy picked this attempt's backend.
+        Some(attempt) => attempt.backend,
+        None => match choose(host, config, &info)? {
+            Choice::Backend(index) => index,
+            Choice::Rule(rule) => {
+                // Envoy retries across the rule's backends; each attempt is translated upstream.
+                host.set_request_header(RULE_HEADER, &rule.to_string());
+                host.clear_route_cache();
+                return Ok(Routing::Delegated { info });
+            }
+        },
+    };
     let backend = config.backends.get(backend_index).ok_or_else(|| {
         ApiError::new(500, ErrorKind::Server, "internal", "routing chose a backend that does not exist")
     })?;
     let mut translator = translate::for_backend(endpoint, backend.schema, config.stream_include_usage)?;
+
     let now = host.now_nanos();
     let now_unix = now / 1_000_000_000;
     // A whole new body leaves the VM chunk by chunk as it is written (hashed on the way when it is
@@ -477,7 +594,9 @@ fn route(
     for name in headers::to_remove(host.request_header_names(), backend) {
         host.remove_request_header(&name);
     }
-    host.set_request_header(BACKEND_HEADER, &backend.name);
+    if !upstream {
+        host.set_request_header(BACKEND_HEADER, &backend.name);
+    }
     // Usage is read from every response and translators rewrite them: they must arrive uncompressed.
     host.set_request_header("accept-encoding", "identity");
     if let Some(path) = &edits.path {
@@ -520,10 +639,14 @@ fn route(
             host.set_request_header(&name, &value);
         }
     }
-    host.clear_route_cache();
-    Ok(Routed {
+    if !upstream {
+        host.clear_route_cache();
+    }
+    Ok(Routing::Forwarded(Routed {
         endpoint,
         backend: backend_index,
+        attempt,
+        retried: false,
         info,
         translator,
         status: 0,
@@ -535,7 +658,7 @@ fn route(
         refusal: None,
         bytes_to_client: 0,
         body_seen: 0,
-    })
+    }))
 }
 
 /// A 2xx without a body: no client API has an empty answer.
@@ -562,6 +685,134 @@ fn empty_stream_error(api: ClientApi, stream: bool, status: u16) -> Vec<u8> {
 
 /// Turns the response into a 502 with `body`, decided while its headers are still held: the
 /// provider's bytes that follow are dropped.
+/// Filter state holding the client's request headers, for the attempts after the first.
+const CLIENT_HEADERS: &str = "llmgw_client_headers";
+/// The picked endpoint's metadata naming its rule and backend (`"<rule>/<backend in the rule>"`).
+const TARGET_PROPERTY: &[&str] = &["xds", "upstream_host_metadata", "filter_metadata", "llmgw", "target"];
+const ATTEMPT_PROPERTY: &[&str] = &["upstream", "request_attempt_count"];
+
+/// Envoy builds each retry from the headers the previous attempt left (its path, credential,
+/// removed headers): the first attempt saves the client's, later ones start from them again.
+fn restore_or_keep_request_headers(host: &mut dyn Host) {
+    match host.property(&[CLIENT_HEADERS]) {
+        Some(saved) => {
+            let headers: Vec<(String, String)> = saved
+                .split(|&b| b == 0)
+                .collect::<Vec<_>>()
+                .chunks_exact(2)
+                .filter_map(|pair| match pair {
+                    [name, value] => {
+                        Some((String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(value).into_owned()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            host.set_request_headers(&headers);
+        }
+        None => {
+            // Header names and values cannot hold NUL: it separates them.
+            let mut saved = Vec::new();
+            for (name, value) in host.request_headers() {
+                saved.extend_from_slice(name.as_bytes());
+                saved.push(0);
+                saved.extend_from_slice(value.as_bytes());
+                saved.push(0);
+            }
+            host.set_filter_state(CLIENT_HEADERS, &saved);
+        }
+    }
+}
+
+/// The rule and backend of this attempt, from the endpoint Envoy picked.
+fn attempt_target(host: &dyn Host, config: &Compiled) -> Result<Attempt, ApiError> {
+    let missing = |detail: &str| {
+        ApiError::new(
+            500,
+            ErrorKind::Server,
+            "no_backend_for_endpoint",
+            format!("the gateway's upstream filter cannot tell which backend this endpoint is: {detail}"),
+        )
+    };
+    let raw = host.property(TARGET_PROPERTY).ok_or_else(|| missing("no llmgw.target endpoint metadata"))?;
+    let text = std::str::from_utf8(&raw).map_err(|_| missing("llmgw.target is not text"))?;
+    let (rule, target) = text.split_once('/').ok_or_else(|| missing("llmgw.target is not <rule>/<backend>"))?;
+    let (rule, target): (usize, usize) = match (rule.parse(), target.parse()) {
+        (Ok(r), Ok(t)) => (r, t),
+        _ => return Err(missing("llmgw.target is not <rule>/<backend>")),
+    };
+    let backend = config
+        .rules
+        .get(rule)
+        .and_then(|r| r.targets.get(target))
+        .map(|t| t.backend)
+        .ok_or_else(|| missing("llmgw.target names no rule backend of this configuration"))?;
+    Ok(Attempt { rule, backend })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum AttemptFate {
+    Served,
+    Retried,
+}
+
+/// An attempt's answer on the upstream copy: marks it as the gateway's (so the downstream filter
+/// lets it through), counts it, and tells whether Envoy will retry it elsewhere.
+fn on_attempt_answer(host: &mut dyn Host, config: &Compiled, routed: &mut Routed) -> AttemptFate {
+    let Some(attempt) = routed.attempt else { return AttemptFate::Served };
+    let status: u16 = host.response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let number = host
+        .property(ATTEMPT_PROPERTY)
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map_or(1, u64::from_le_bytes);
+    let fallback = config.rules.get(attempt.rule).and_then(|r| r.fallback.as_ref());
+    let retried = fallback.is_some_and(|f| number < u64::from(f.attempts) && f.retries_status(status));
+    let name = config.backends.get(attempt.backend).map_or("", |b| b.name.as_str());
+    host.set_response_header(BACKEND_HEADER, name);
+    if retried && !(500..600).contains(&status) && fallback.is_some_and(|f| f.retries_status(503)) {
+        // Envoy's outlier detection counts 5xx only: a retried 429 is reported as the 503 it
+        // means for this backend, so a rate-limited backend is ejected like a failing one.
+        host.set_response_header("x-llmgw-upstream-status", &status.to_string());
+        host.set_response_header(":status", "503");
+    }
+    let labels = Labels { backend: name.to_string(), model: String::new(), operation: routed.endpoint.operation() };
+    let status = status.to_string();
+    let outcome = if retried { "retried" } else { "served" };
+    host.record(&labels.counter(metrics::ATTEMPTS, &[("outcome", outcome), ("http_status", &status)], 1));
+    routed.retried = retried;
+    if retried {
+        AttemptFate::Retried
+    } else {
+        AttemptFate::Served
+    }
+}
+
+/// An answer Envoy made itself for a delegated request, handled like an upstream error for the
+/// client's own API.
+fn own_answer(endpoint: Endpoint, info: RequestInfo) -> Option<Routed> {
+    let schema = match endpoint.client_api() {
+        ClientApi::OpenAI => Schema::OpenAI,
+        ClientApi::Anthropic => Schema::Anthropic,
+    };
+    let translator = translate::for_backend(endpoint, schema, false).ok()?;
+    Some(Routed {
+        endpoint,
+        backend: usize::MAX,
+        attempt: None,
+        retried: false,
+        info,
+        translator,
+        status: 0,
+        error: false,
+        mode: BodyMode::Stream,
+        first_content_at: None,
+        ended_at: None,
+        usage: None,
+        refusal: None,
+        bytes_to_client: 0,
+        body_seen: 0,
+    })
+}
+
 fn refuse_response(host: &mut dyn Host, routed: &mut Routed, body: &[u8]) {
     host.set_response_header(":status", "502");
     host.set_response_header("content-type", "application/json");
@@ -773,6 +1024,143 @@ max_request_body_bytes: 1000
         let v: serde_json::Value = serde_json::from_slice(&host.response_body).unwrap();
         assert_eq!(v["error"]["message"].as_str().unwrap(), "upstream connect error");
         assert_eq!(host.response_header("content-length"), Some(host.response_body.len().to_string()));
+    }
+
+    const FALLBACK: &str = "
+backends:
+  - {name: openai, schema: OpenAI, auth: {bearer: sk-upstream}}
+  - {name: claude, schema: Anthropic, auth: {x_api_key: ant-key}, host: api.anthropic.com}
+rules:
+  - match: {model: {prefix: gpt-}}
+    backends: [{name: openai}, {name: claude, priority: 1, model_override: claude-sonnet}]
+";
+
+    fn fallback(role: &str) -> Exchange {
+        let text = format!("{FALLBACK}role: {role}\n");
+        Exchange::new(Some(Rc::new(Shared::new(parse(text.as_bytes(), &NoEnv, 0).unwrap()))))
+    }
+
+    fn respond(x: &mut Exchange, host: &mut FakeHost, status: &str, body: &[u8]) {
+        host.response_headers = vec![(":status".into(), status.into()), ("content-type".into(), "text/plain".into())];
+        if x.on_response_headers(host, false) == Flow::Pause || !body.is_empty() {
+            host.response_body = body.to_vec();
+            x.on_response_body(host, body.len(), true);
+        }
+    }
+
+    #[test]
+    fn a_fallback_rule_is_named_for_envoy_and_left_untranslated() {
+        let mut x = fallback("downstream");
+        let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+        let mut host =
+            FakeHost::request("POST", "/v1/chat/completions", &[("authorization", "Bearer c"), ("x-llmgw-rule", "7")]);
+        assert_eq!(send(&mut x, &mut host, body), Flow::Continue);
+        assert_eq!(host.header("x-llmgw-rule").as_deref(), Some("0"), "the client's value is replaced");
+        assert_eq!(host.header("x-llmgw-backend"), None);
+        assert_eq!(host.header("authorization").as_deref(), Some("Bearer c"), "credentials are the attempt's");
+        assert_eq!(host.request_body, body, "the body is translated per attempt, upstream");
+        assert_eq!(host.route_cache_clears, 1);
+
+        // The upstream copy answered (it marks its answers): passed through, the mark removed.
+        respond(&mut x, &mut host, "200", b"");
+        assert_eq!(host.response_header("x-llmgw-backend"), None);
+        host.response_headers.push(("x-llmgw-backend".into(), "claude".into()));
+        let mut y = fallback("downstream");
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        send(&mut y, &mut host, body);
+        host.response_headers = vec![(":status".into(), "200".into()), ("x-llmgw-backend".into(), "claude".into())];
+        assert_eq!(y.on_response_headers(&mut host, false), Flow::Continue);
+        assert_eq!(host.response_header("x-llmgw-backend"), None);
+        host.response_body = b"{\"choices\":[]}".to_vec();
+        let size = host.response_body.len();
+        assert_eq!(y.on_response_body(&mut host, size, true), Flow::Continue);
+        assert_eq!(host.response_body, b"{\"choices\":[]}");
+
+        // Envoy's own answer (no backend reachable) is made client-shaped.
+        let mut z = fallback("downstream");
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        send(&mut z, &mut host, body);
+        respond(&mut z, &mut host, "503", b"no healthy upstream");
+        let v: serde_json::Value = serde_json::from_slice(&host.response_body).unwrap();
+        assert_eq!(v["error"]["message"], "no healthy upstream");
+    }
+
+    #[test]
+    fn the_upstream_copy_translates_each_attempt_for_its_backend() {
+        let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+        let client = FakeHost::request(
+            "POST",
+            "/v1/chat/completions",
+            &[(":authority", "gw"), ("authorization", "Bearer c"), ("anthropic-beta", "x")],
+        );
+
+        // Attempt 1 goes to the OpenAI backend (rule 0, backend 0 of the rule).
+        let mut x = fallback("upstream");
+        let mut host = FakeHost {
+            properties: vec![("xds.upstream_host_metadata.filter_metadata.llmgw.target".into(), b"0/0".to_vec())],
+            ..client.clone()
+        };
+        assert_eq!(send(&mut x, &mut host, body), Flow::Continue);
+        assert_eq!(host.header("authorization").as_deref(), Some("Bearer sk-upstream"));
+        assert_eq!(host.header("x-llmgw-backend"), None, "no routing header upstream");
+        assert_eq!(host.header("anthropic-beta"), None, "not forwarded to OpenAI");
+        assert_eq!(host.route_cache_clears, 0);
+        // 429: Envoy retries it on the next priority; reported as a 503 so the backend is ejected.
+        host.properties.push(("upstream.request_attempt_count".into(), 1u64.to_le_bytes().to_vec()));
+        host.response_headers = vec![(":status".into(), "429".into()), ("retry-after".into(), "30".into())];
+        assert_eq!(x.on_response_headers(&mut host, false), Flow::Continue);
+        assert_eq!(host.response_header(":status").as_deref(), Some("503"));
+        assert_eq!(host.response_header("x-llmgw-upstream-status").as_deref(), Some("429"));
+        let attempts = |h: &FakeHost, outcome: &str| {
+            h.samples.iter().filter(|s| s.name.starts_with("llmgw.attempts_total") && s.name.contains(outcome)).count()
+        };
+        assert_eq!(attempts(&host, "=retried;"), 1);
+        x.on_done(&mut host);
+        assert!(
+            !host.samples.iter().any(|s| s.name.starts_with("llmgw.requests_total")),
+            "a retried attempt is no request"
+        );
+
+        // Attempt 2: Envoy left attempt 1's headers; the client's come back, then the Anthropic edits.
+        let mut y = fallback("upstream");
+        let mut host2 = FakeHost {
+            request_headers: host.request_headers.clone(),
+            filter_state: host.filter_state.clone(),
+            properties: vec![
+                ("xds.upstream_host_metadata.filter_metadata.llmgw.target".into(), b"0/1".to_vec()),
+                ("upstream.request_attempt_count".into(), 2u64.to_le_bytes().to_vec()),
+            ],
+            ..FakeHost::default()
+        };
+        assert_eq!(send(&mut y, &mut host2, body), Flow::Continue);
+        assert_eq!(host2.header(":path").as_deref(), Some("/v1/messages"));
+        assert_eq!(host2.header(":authority").as_deref(), Some("api.anthropic.com"));
+        assert_eq!(host2.header("x-api-key").as_deref(), Some("ant-key"));
+        assert_eq!(host2.header("authorization"), None, "attempt 1's OpenAI key does not reach Anthropic");
+        assert_eq!(host2.header("anthropic-beta").as_deref(), Some("x"), "the client's header is back");
+        let sent: serde_json::Value = serde_json::from_slice(&host2.request_body).unwrap();
+        assert_eq!(sent["model"], "claude-sonnet", "the rule backend's own model_override");
+        // The last attempt's error is the client's answer, in its shape, with its status.
+        respond(&mut y, &mut host2, "429", b"slow down");
+        assert_eq!(host2.response_header(":status").as_deref(), Some("429"));
+        assert_eq!(host2.response_header("x-llmgw-backend").as_deref(), Some("claude"));
+        let v: serde_json::Value = serde_json::from_slice(&host2.response_body).unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains("slow down"), "{v}");
+        y.on_done(&mut host2);
+        assert_eq!(attempts(&host2, "=served;"), 1);
+        assert!(host2
+            .samples
+            .iter()
+            .any(|s| s.name.starts_with("llmgw.requests_total") && s.name.contains("=claude;")));
+    }
+
+    #[test]
+    fn an_upstream_copy_without_a_target_answers_500() {
+        let mut x = fallback("upstream");
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        assert_eq!(x.on_request_headers(&mut host, false), Flow::Pause);
+        let (status, v) = host.reply_json();
+        assert_eq!((status, v["error"]["code"].as_str()), (500, Some("no_backend_for_endpoint")));
     }
 
     #[test]

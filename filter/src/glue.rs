@@ -88,7 +88,13 @@ struct Http {
     metrics: Rc<MetricIds>,
 }
 
-impl Context for Http {}
+impl Context for Http {
+    fn on_done(&mut self) -> bool {
+        let mut host = WasmHost { metrics: &self.metrics };
+        self.exchange.on_done(&mut host);
+        true
+    }
+}
 
 fn action(flow: Flow) -> Action {
     match flow {
@@ -192,6 +198,17 @@ impl Host for WasmHost<'_> {
     }
     fn set_filter_state(&mut self, name: &str, value: &[u8]) {
         checked("set property", hostcalls::set_property(vec![name], Some(value)))
+    }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        // Not `Context::get_property`: it panics on a host error (e.g. an endpoint without metadata).
+        hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+    fn request_headers(&self) -> Vec<(String, String)> {
+        checked("get request headers", hostcalls::get_map(MapType::HttpRequestHeaders))
+    }
+    fn set_request_headers(&mut self, headers: &[(String, String)]) {
+        let pairs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        checked("set request headers", hostcalls::set_map(MapType::HttpRequestHeaders, pairs))
     }
     fn clear_route_cache(&mut self) {
         // Header changes already clear it in Envoy; the explicit call covers hosts that don't.

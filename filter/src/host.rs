@@ -26,6 +26,13 @@ pub trait Host {
     fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
     /// Writes filter state `wasm.<name>` (access log, ratelimit `hits_addend`).
     fn set_filter_state(&mut self, name: &str, value: &[u8]);
+    /// Reads a property (filter state by name, or Envoy's attributes such as
+    /// `upstream.request_attempt_count`); `None` when absent or unreadable.
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// Every request header, in one host call.
+    fn request_headers(&self) -> Vec<(String, String)>;
+    /// Replaces every request header, in one host call.
+    fn set_request_headers(&mut self, headers: &[(String, String)]);
     /// Makes Envoy choose the route again, after headers it routes on changed.
     fn clear_route_cache(&mut self);
     fn now_nanos(&self) -> u64;

@@ -23,6 +23,8 @@ pub const REQUEST_DURATION: &str = "gen_ai.server.request.duration";
 pub const TIME_TO_FIRST_TOKEN: &str = "gen_ai.server.time_to_first_token";
 pub const TIME_PER_OUTPUT_TOKEN: &str = "gen_ai.server.time_per_output_token";
 pub const REQUESTS: &str = "llmgw.requests_total";
+/// Attempts of fallback rules' requests, per backend: `outcome` served or retried.
+pub const ATTEMPTS: &str = "llmgw.attempts_total";
 
 /// The label names, in the order they appear in stat names.
 pub const LABELS: &[&str] = &[

@@ -204,8 +204,12 @@ impl Rule {
 }
 
 /// The first rule matching the request, in configuration order.
-pub fn find_rule<'r, 'h>(rules: &'r [Rule], model: &str, header: &dyn Fn(&str) -> Option<&'h str>) -> Option<&'r Rule> {
-    rules.iter().find(|r| r.matches(model, header))
+pub fn find_rule<'r, 'h>(
+    rules: &'r [Rule],
+    model: &str,
+    header: &dyn Fn(&str) -> Option<&'h str>,
+) -> Option<(usize, &'r Rule)> {
+    rules.iter().enumerate().find(|(_, r)| r.matches(model, header))
 }
 
 /// A glob with `*` (any run, possibly empty) and `?` (one character), split into characters once,

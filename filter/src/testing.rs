@@ -9,7 +9,7 @@ use crate::metrics::Sample;
 /// A local reply: status, headers, body.
 pub type Reply = (u16, Vec<(String, String)>, Vec<u8>);
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct FakeHost {
     pub request_headers: Vec<(String, String)>,
     pub request_body: Vec<u8>,
@@ -20,6 +20,9 @@ pub struct FakeHost {
     pub route_cache_clears: usize,
     pub now: u64,
     pub samples: Vec<Sample>,
+    /// Envoy attributes the host answers `property` with (dotted path → value); filter state set
+    /// by the exchange is read back too.
+    pub properties: Vec<(String, Vec<u8>)>,
 }
 
 fn get(headers: &[(String, String)], name: &str) -> Option<String> {
@@ -95,6 +98,17 @@ impl Host for FakeHost {
     }
     fn set_filter_state(&mut self, name: &str, value: &[u8]) {
         self.filter_state.insert(name.to_string(), String::from_utf8_lossy(value).into_owned());
+    }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let key = path.join(".");
+        let state = || self.filter_state.get(&key).map(|v| v.clone().into_bytes());
+        self.properties.iter().find(|(p, _)| *p == key).map(|(_, v)| v.clone()).or_else(state)
+    }
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.request_headers.clone()
+    }
+    fn set_request_headers(&mut self, headers: &[(String, String)]) {
+        self.request_headers = headers.to_vec();
     }
     fn clear_route_cache(&mut self) {
         self.route_cache_clears += 1;

@@ -129,6 +129,16 @@ impl Host for MemHost {
     fn set_filter_state(&mut self, name: &str, value: &[u8]) {
         untracked(|| self.filter_state.push((name.to_string(), value.to_vec())))
     }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let key = path.join(".");
+        self.filter_state.iter().rev().find(|(n, _)| *n == key).map(|(_, v)| v.clone())
+    }
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.request_headers.clone()
+    }
+    fn set_request_headers(&mut self, headers: &[(String, String)]) {
+        untracked(|| self.request_headers = headers.to_vec())
+    }
     fn clear_route_cache(&mut self) {
         self.route_cache_clears += 1;
     }

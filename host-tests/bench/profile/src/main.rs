@@ -131,6 +131,18 @@ impl Host for MemHost {
     fn set_filter_state(&mut self, _name: &str, _value: &[u8]) {
         self.count("set_property(filter state)");
     }
+    fn property(&self, _path: &[&str]) -> Option<Vec<u8>> {
+        count_get("get_property", 0);
+        None
+    }
+    fn request_headers(&self) -> Vec<(String, String)> {
+        count_get("get_header_map_pairs(request)", 0);
+        self.req_headers.clone()
+    }
+    fn set_request_headers(&mut self, headers: &[(String, String)]) {
+        self.count("set_header_map_pairs(request)");
+        self.req_headers = headers.to_vec();
+    }
     fn clear_route_cache(&mut self) {
         self.count("call_foreign_function(clear_route_cache)");
     }
