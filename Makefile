@@ -152,7 +152,7 @@ harness: wasm
 cli-test: wasm wasm-trap host-bins py-tools
 	$(CARGO) test -p llmgw
 
-e2e: wasm host-bins py-tools deb-tools
+e2e: wasm host-bins cli py-tools deb-tools
 	cd host-tests/e2e && "$(abspath $(VENV))/bin/python" -m pytest $(PYTEST_ARGS)
 
 validate: wasm py-tools

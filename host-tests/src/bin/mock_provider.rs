@@ -30,6 +30,8 @@
 //! Special models for error tests: `mock-error-NNN` answers status NNN with an OpenAI error JSON,
 //! `mock-error-text` answers 502 with a plain-text body, `mock-stream-abort` (streaming) sends two
 //! content chunks then resets the connection. Header `x-mock-delay-ms` delays the response head.
+//! For fallback tests, `--fail-status N [--retry-after S]` answers every API request with N, and
+//! `--delay-ms N` delays every response head.
 
 #[path = "mock_provider/anthropic.rs"]
 mod anthropic;
@@ -97,6 +99,15 @@ struct Args {
     /// AWS secret key of the gateway's Bedrock credential: SigV4 signatures are then recomputed and checked.
     #[arg(long)]
     aws_secret_access_key: Option<String>,
+    /// Answer every API request with this status (an error JSON), for fallback tests.
+    #[arg(long)]
+    fail_status: Option<u16>,
+    /// With --fail-status: the `retry-after` header (seconds) sent with it.
+    #[arg(long)]
+    retry_after: Option<u64>,
+    /// Delay every API response head by this many milliseconds (a backend that hangs).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
 }
 
 struct State {
@@ -505,6 +516,24 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Re
 
     if let Some(ms) = header_u64(&parts.headers, "x-mock-delay-ms") {
         tokio::time::sleep(Duration::from_millis(ms.min(MAX_DELAY_MS))).await;
+    }
+    if !path.starts_with("/__mock/") {
+        if state.args.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(state.args.delay_ms.min(MAX_DELAY_MS))).await;
+        }
+        if let Some(code) = state.args.fail_status {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let typ = if code == 429 { "rate_limit_error" } else { "server_error" };
+            let mut r = json_response(
+                &state,
+                status,
+                &error_json(&format!("mock {} fails with {code}", state.args.name), typ, None),
+            );
+            if let Some(secs) = state.args.retry_after {
+                r.headers_mut().insert("retry-after", hyper::header::HeaderValue::from(secs));
+            }
+            return Ok(r);
+        }
     }
 
     // Control endpoints.
