@@ -162,6 +162,19 @@ fn logged(key: &str, header: &str) -> String {
     )
 }
 
+/// The backend that answered: the filter's `x-llmgw-backend` (from the metadata, else the
+/// request), or for a fallback rule, the one of the host the last attempt went to (its endpoint
+/// metadata `llmgw.backend`).
+fn logged_backend() -> String {
+    let ns = METADATA_NAMESPACE;
+    let up = fallback::METADATA_NAMESPACE;
+    format!(
+        "%CEL('{ns}' in metadata.filter_metadata && 'backend' in metadata.filter_metadata['{ns}'] \
+         ? metadata.filter_metadata['{ns}']['backend'] : ('{BACKEND_HEADER}' in request.headers \
+         ? request.headers['{BACKEND_HEADER}'] : xds.upstream_host_metadata.filter_metadata['{up}']['backend']))%"
+    )
+}
+
 fn access_log() -> Value {
     json!({
         "name": "envoy.access_loggers.stdout",
@@ -178,9 +191,11 @@ fn access_log() -> Value {
                 "bytes_received": "%BYTES_RECEIVED%",
                 "bytes_sent": "%BYTES_SENT%",
                 "model": logged("model", MODEL_HEADER),
-                "backend": logged("backend", BACKEND_HEADER),
+                "backend": logged_backend(),
                 "upstream": "%UPSTREAM_HOST%",
                 "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+                // More than 1: a fallback rule's request was retried.
+                "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
                 "input_tokens": "%FILTER_STATE(wasm.llm_input_token:PLAIN)%",
                 "output_tokens": "%FILTER_STATE(wasm.llm_output_token:PLAIN)%",
                 "total_tokens": "%FILTER_STATE(wasm.llm_total_token:PLAIN)%",
@@ -387,7 +402,7 @@ fn rule_endpoint(r: &fallback::Rule, t: &fallback::Target, e: &Endpoint) -> Valu
     json!({
         "endpoint": {"address": socket(&e.host, e.port)},
         "metadata": {"filter_metadata": {
-            fallback::METADATA_NAMESPACE: {fallback::METADATA_TARGET: r.target_id(t)},
+            fallback::METADATA_NAMESPACE: {fallback::METADATA_TARGET: r.target_id(t), "backend": t.backend},
             "envoy.transport_socket_match": {fallback::SOCKET_MATCH_KEY: t.backend},
         }},
     })
@@ -560,6 +575,11 @@ rules:
         assert_eq!(
             ep["metadata"]["filter_metadata"]["envoy.transport_socket_match"],
             json!({"llmgw_backend": "claude-bedrock"})
+        );
+        assert_eq!(
+            ep["metadata"]["filter_metadata"]["llmgw"],
+            json!({"target": "1/2", "backend": "claude-bedrock"}),
+            "the access log names the backend from it"
         );
         let matches = c["transport_socket_matches"].as_array().unwrap();
         assert_eq!(matches.len(), 3);
