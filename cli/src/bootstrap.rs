@@ -9,11 +9,9 @@
 //! level per `priority`) and runs the filter again as an upstream HTTP filter: Envoy retries on
 //! the next priority, and the upstream filter translates each attempt for the backend it reaches.
 
-use serde_json::{json, Value};
-
 use std::time::Duration;
 
-use serde_json::Map;
+use serde_json::{json, Map, Value};
 
 use crate::duration::to_envoy;
 use crate::fallback::{self, RULE_HEADER};
@@ -376,7 +374,7 @@ fn rule_cluster(g: &Gateway, r: &fallback::Rule, o: &Options, buffer: u64, upstr
     // request in flight retries at once, and the ones past the limit would not fall back.
     c["circuit_breakers"] = json!({"thresholds": [{"priority": "DEFAULT", "max_retries": 1024}]});
     // A host that answers 5xx (or a retried 429, which the upstream filter reports as 503) is
-    // ejected for 30 s: the next requests go straight to the next priority.
+    // ejected for 30 s: the next requests go straight to its peers, or to the next priority.
     c["outlier_detection"] = json!({
         "consecutive_5xx": 1,
         "interval": "1s",
