@@ -3,23 +3,38 @@
 //! access log on stdout, the wasm filter with FAIL_RELOAD and `allow_on_headers_stop_iteration`),
 //! with one cluster per backend and one route per backend: the filter names the backend in
 //! `x-llmgw-backend`, and each backend's route sets its Host header and timeout.
+//!
+//! A fallback rule (see [`crate::fallback`]) gets a route on `x-llmgw-rule: <r>` to its own
+//! cluster `llmgw-rule-<r>`, which holds every backend of the rule as endpoints (one priority
+//! level per `priority`) and runs the filter again as an upstream HTTP filter: Envoy retries on
+//! the next priority, and the upstream filter translates each attempt for the backend it reaches.
 
-use serde_json::{json, Value};
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
 
 use crate::duration::to_envoy;
-use crate::model::{Ca, Gateway, Tls, Upstream, DEFAULT_BUFFER_LIMIT, DEFAULT_TIMEOUT};
+use crate::fallback::{self, RULE_HEADER};
+use crate::model::{Ca, Endpoint, Gateway, Tls, Upstream, DEFAULT_BUFFER_LIMIT, DEFAULT_TIMEOUT};
 use crate::url::is_ip;
-use crate::validate::plugin_text;
+use crate::validate::plugin_json;
 
 /// Request header the admin's health check sends through the listener; excluded from the access log.
 pub const PROBE_HEADER: &str = "x-llmgw-health-probe";
 /// The Wasm plugin's name: Envoy's stats for it are `wasm.<name>.*` (`vm_reload_success`, ...).
 pub const PLUGIN_NAME: &str = "llmgw";
+/// The name of the filter's upstream copy (the fallback clusters' HTTP filter).
+pub const UPSTREAM_PLUGIN_NAME: &str = "llmgw-upstream";
 const BACKEND_HEADER: &str = llmgw_filter::config::BACKEND_HEADER;
 const MODEL_HEADER: &str = llmgw_filter::config::MODEL_HEADER;
 /// Dynamic metadata namespace the gateway's headers are copied to, for the access log.
 const METADATA_NAMESPACE: &str = "io.llmgw";
 const CONNECT_TIMEOUT: &str = "5s";
+/// A fallback cluster's overprovisioning factor (percent): 1000×, so that one healthy host keeps
+/// its priority level (and its locality) at full load.
+const FALLBACK_OVERPROVISIONING: u32 = 100_000;
+/// The filter's default `max_request_body_bytes`: a fallback route buffers this much for replays.
+const DEFAULT_MAX_REQUEST_BODY: u64 = 32 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -35,6 +50,12 @@ pub struct Options {
 
 pub fn render(g: &Gateway, o: &Options) -> Value {
     let buffer = g.buffer_limit.unwrap_or(DEFAULT_BUFFER_LIMIT);
+    let fallbacks = fallback::rules(g);
+    let mut clusters: Vec<Value> = g.upstreams.iter().map(|u| cluster(u, o, buffer)).collect();
+    if !fallbacks.is_empty() {
+        let upstream_filter = wasm_filter(g, o, UPSTREAM_PLUGIN_NAME, &fallback::upstream_plugin(g, &fallbacks));
+        clusters.extend(fallbacks.iter().map(|r| rule_cluster(g, r, o, buffer, &upstream_filter)));
+    }
     json!({
         "node": {"id": "llmgw", "cluster": "llmgw"},
         "admin": {"address": socket(&o.admin_address, o.admin_port)},
@@ -48,8 +69,8 @@ pub fn render(g: &Gateway, o: &Options) -> Value {
             },
         }]},
         "static_resources": {
-            "listeners": [listener(g, o, buffer)],
-            "clusters": g.upstreams.iter().map(|u| cluster(u, o, buffer)).collect::<Vec<_>>(),
+            "listeners": [listener(g, o, buffer, &fallbacks)],
+            "clusters": clusters,
         },
     })
 }
@@ -87,7 +108,7 @@ fn stats_config() -> Value {
     })
 }
 
-fn listener(g: &Gateway, o: &Options, buffer: u64) -> Value {
+fn listener(g: &Gateway, o: &Options, buffer: u64, fallbacks: &[fallback::Rule]) -> Value {
     json!({
         "name": "llmgw",
         "address": socket(&o.address, o.port),
@@ -101,14 +122,14 @@ fn listener(g: &Gateway, o: &Options, buffer: u64) -> Value {
                 "stream_idle_timeout": to_envoy(DEFAULT_TIMEOUT),
                 "request_timeout": "0s",
                 "access_log": [access_log()],
-                "http_filters": [wasm_filter(g, o), headers_to_metadata(), {
+                "http_filters": [wasm_filter(g, o, PLUGIN_NAME, &g.plugin), headers_to_metadata(), {
                     "name": "envoy.filters.http.router",
                     "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
                 }],
                 "route_config": {"name": "llmgw", "virtual_hosts": [{
                     "name": "llmgw",
                     "domains": ["*"],
-                    "routes": routes(g),
+                    "routes": routes(g, fallbacks),
                 }]},
             },
         }]}],
@@ -139,6 +160,19 @@ fn logged(key: &str, header: &str) -> String {
     )
 }
 
+/// The backend that answered: the filter's `x-llmgw-backend` (from the metadata, else the
+/// request), or for a fallback rule, the one of the host the last attempt went to (its endpoint
+/// metadata `llmgw.backend`).
+fn logged_backend() -> String {
+    let ns = METADATA_NAMESPACE;
+    let up = fallback::METADATA_NAMESPACE;
+    format!(
+        "%CEL('{ns}' in metadata.filter_metadata && 'backend' in metadata.filter_metadata['{ns}'] \
+         ? metadata.filter_metadata['{ns}']['backend'] : ('{BACKEND_HEADER}' in request.headers \
+         ? request.headers['{BACKEND_HEADER}'] : xds.upstream_host_metadata.filter_metadata['{up}']['backend']))%"
+    )
+}
+
 fn access_log() -> Value {
     json!({
         "name": "envoy.access_loggers.stdout",
@@ -155,9 +189,11 @@ fn access_log() -> Value {
                 "bytes_received": "%BYTES_RECEIVED%",
                 "bytes_sent": "%BYTES_SENT%",
                 "model": logged("model", MODEL_HEADER),
-                "backend": logged("backend", BACKEND_HEADER),
+                "backend": logged_backend(),
                 "upstream": "%UPSTREAM_HOST%",
                 "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+                // More than 1: a fallback rule's request was retried.
+                "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
                 "input_tokens": "%FILTER_STATE(wasm.llm_input_token:PLAIN)%",
                 "output_tokens": "%FILTER_STATE(wasm.llm_output_token:PLAIN)%",
                 "total_tokens": "%FILTER_STATE(wasm.llm_total_token:PLAIN)%",
@@ -167,7 +203,9 @@ fn access_log() -> Value {
     })
 }
 
-fn wasm_filter(g: &Gateway, o: &Options) -> Value {
+/// The filter: `name` is the plugin's (its stats prefix), `plugin` its configuration. Every copy
+/// shares one VM per worker (same `vm_id` and code).
+fn wasm_filter(g: &Gateway, o: &Options, name: &str, plugin: &Map<String, Value>) -> Value {
     let mut vm = json!({
         "vm_id": "llmgw",
         "runtime": "envoy.wasm.runtime.v8",
@@ -182,20 +220,20 @@ fn wasm_filter(g: &Gateway, o: &Options) -> Value {
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
-                "name": PLUGIN_NAME,
+                "name": name,
                 "root_id": "llmgw",
                 // A VM that traps (a bug, memory exhausted) is replaced by a fresh one on that
                 // worker's next request, instead of answering 503 for good (Envoy >= 1.33).
                 "failure_policy": "FAIL_RELOAD",
                 "allow_on_headers_stop_iteration": true,
                 "vm_config": vm,
-                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_text(g)},
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_json(plugin)},
             },
         },
     })
 }
 
-fn routes(g: &Gateway) -> Vec<Value> {
+fn routes(g: &Gateway, fallbacks: &[fallback::Rule]) -> Vec<Value> {
     let mut routes: Vec<Value> = g
         .upstreams
         .iter()
@@ -215,6 +253,7 @@ fn routes(g: &Gateway) -> Vec<Value> {
             })
         })
         .collect();
+    routes.extend(fallbacks.iter().map(|r| rule_route(g, r)));
     routes.push(json!({
         "name": "no_backend",
         "match": {"prefix": "/"},
@@ -223,6 +262,148 @@ fn routes(g: &Gateway) -> Vec<Value> {
         "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}],
     }));
     routes
+}
+
+/// The route of fallback rule `r`: `x-llmgw-rule: r` → cluster `llmgw-rule-<r>`, retried there.
+fn rule_route(g: &Gateway, r: &fallback::Rule) -> Value {
+    let fb = &r.fallback;
+    let timeout = r
+        .targets
+        .iter()
+        .filter_map(|t| g.upstreams.iter().find(|u| u.name == t.backend))
+        .map(|u| u.timeout.unwrap_or(DEFAULT_TIMEOUT))
+        .max()
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let (retry_on, codes) = fallback::envoy_retry_on(&fb.retry_on);
+    let mut retry = json!({
+        "num_retries": fb.attempts.saturating_sub(1),
+        // Each retry goes to the next priority level (after the last one, back to the first)...
+        "retry_priority": {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                "update_frequency": 1,
+            },
+        },
+        // ... and to a host not tried yet for this request.
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"},
+        }],
+        "host_selection_retry_max_attempts": 3,
+    });
+    if !retry_on.is_empty() {
+        retry["retry_on"] = json!(retry_on);
+    }
+    if !codes.is_empty() {
+        retry["retriable_status_codes"] = json!(codes);
+    }
+    // Envoy's per-try timeout runs until the response headers, not to the end of the body: it
+    // bounds the time to the first byte, and a long stream is never cut by it. (No
+    // `per_try_idle_timeout`: it would cut streams that pause between events.)
+    if let Some(ms) = fb.first_byte_timeout_ms.or(fb.per_try_timeout_ms) {
+        retry["per_try_timeout"] = json!(to_envoy(Duration::from_millis(ms)));
+    }
+    let max_body = g.plugin.get("max_request_body_bytes").and_then(Value::as_u64).unwrap_or(DEFAULT_MAX_REQUEST_BODY);
+    json!({
+        "name": r.cluster(),
+        "match": {"prefix": "/", "headers": [{"name": RULE_HEADER, "string_match": {"exact": r.index.to_string()}}]},
+        "route": {"cluster": r.cluster(), "timeout": to_envoy(timeout), "retry_policy": retry},
+        "request_headers_to_remove": [RULE_HEADER, BACKEND_HEADER, MODEL_HEADER],
+        // The router keeps the request body for replays up to this limit (above it, no retry):
+        // every body the filter accepts.
+        "request_body_buffer_limit": max_body,
+    })
+}
+
+/// The cluster of fallback rule `r`: each backend's endpoints at its priority level, tagged with
+/// the rule and backend (`llmgw.target`) for the upstream filter and with the backend's name for
+/// its TLS settings; the filter's upstream copy as HTTP filter; failing hosts ejected for a while.
+fn rule_cluster(g: &Gateway, r: &fallback::Rule, o: &Options, buffer: u64, upstream_filter: &Value) -> Value {
+    let members: Vec<(&fallback::Target, &Upstream)> =
+        r.targets.iter().filter_map(|t| g.upstreams.iter().find(|u| u.name == t.backend).map(|u| (t, u))).collect();
+    let dns = members.iter().any(|(_, u)| needs_dns(u));
+    // One locality per backend, weighted by its `weight`: a backend's share of its priority level
+    // is then its weight, whatever its number of endpoints or of addresses its name resolves to.
+    let localities: Vec<Value> = members
+        .iter()
+        .map(|(t, u)| {
+            json!({
+                "priority": t.level,
+                "locality": {"sub_zone": r.target_id(t)},
+                "load_balancing_weight": t.weight,
+                "lb_endpoints": u.endpoints.iter().map(|e| rule_endpoint(r, t, e)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let name = r.cluster();
+    let mut c = json!({
+        "name": name,
+        "type": if dns { "STRICT_DNS" } else { "STATIC" },
+        "connect_timeout": CONNECT_TIMEOUT,
+        "per_connection_buffer_limit_bytes": buffer,
+    });
+    if dns {
+        c["dns_lookup_family"] = json!("V4_PREFERRED");
+    }
+    // Priority levels are fallbacks: a level keeps all the traffic while any of its hosts is
+    // healthy (Envoy's default overprovisioning, 1.4, would send 30 % to the next level as soon as
+    // one of two backends is ejected).
+    c["load_assignment"] = json!({
+        "cluster_name": name,
+        "endpoints": localities,
+        "policy": {"overprovisioning_factor": FALLBACK_OVERPROVISIONING},
+    });
+    c["common_lb_config"] = json!({"locality_weighted_lb_config": {}});
+    let mut matches = Vec::new();
+    for (t, u) in &members {
+        let Some(tls) = &u.tls else { continue };
+        if matches.iter().any(|m: &Value| m["name"] == json!(t.backend)) {
+            continue;
+        }
+        matches.push(json!({
+            "name": t.backend,
+            "match": {fallback::SOCKET_MATCH_KEY: t.backend},
+            "transport_socket": transport_socket(tls, o),
+        }));
+    }
+    if !matches.is_empty() {
+        c["transport_socket_matches"] = json!(matches);
+    }
+    // Envoy allows 3 concurrent retries per cluster by default: when a provider fails, every
+    // request in flight retries at once, and the ones past the limit would not fall back.
+    c["circuit_breakers"] = json!({"thresholds": [{"priority": "DEFAULT", "max_retries": 1024}]});
+    // A host that answers 5xx (or a retried 429, which the upstream filter reports as 503) is
+    // ejected for 30 s: the next requests go straight to its peers, or to the next priority.
+    c["outlier_detection"] = json!({
+        "consecutive_5xx": 1,
+        "interval": "1s",
+        "base_ejection_time": "30s",
+        "max_ejection_percent": 100,
+        "enforcing_consecutive_5xx": 100,
+    });
+    c["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            // HTTP/1.1, as the backends' own clusters (Envoy's default there).
+            "explicit_http_config": {"http_protocol_options": {}},
+            "http_filters": [upstream_filter, {
+                "name": "envoy.filters.http.upstream_codec",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"},
+            }],
+        },
+    });
+    c
+}
+
+fn rule_endpoint(r: &fallback::Rule, t: &fallback::Target, e: &Endpoint) -> Value {
+    json!({
+        "endpoint": {"address": socket(&e.host, e.port)},
+        "metadata": {"filter_metadata": {
+            fallback::METADATA_NAMESPACE: {fallback::METADATA_TARGET: r.target_id(t), "backend": t.backend},
+            "envoy.transport_socket_match": {fallback::SOCKET_MATCH_KEY: t.backend},
+        }},
+    })
 }
 
 fn needs_dns(u: &Upstream) -> bool {
@@ -277,4 +458,210 @@ fn transport_socket(tls: &Tls, o: &Options) -> Value {
             "common_tls_context": common,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MapEnv;
+
+    const FALLBACK: &str = "
+backends:
+  - {name: openai, url: https://api.openai.com/v1, schema: OpenAI, auth: {bearer_env: OPENAI_API_KEY}}
+  - {name: azure, url: https://example.openai.azure.com, schema: AzureOpenAI, api_version: 2024-10-21,
+     auth: {api_key_env: AZURE_OPENAI_API_KEY}, timeout: 400s}
+  - name: claude-bedrock
+    url: https://bedrock-runtime.us-east-1.amazonaws.com
+    schema: AWSAnthropic
+    region: us-east-1
+    auth: {aws: {}}
+  - {name: local, endpoints: ['10.0.0.5:8000', '10.0.0.6:8000'], schema: OpenAI}
+  - {name: spare, url: 'http://127.0.0.1:11434/v1', schema: OpenAI}
+rules:
+  - match: {model: {exact: plain}}
+    backends: [{name: openai}]
+  - match: {model: {exact: gpt-4o}}
+    backends:
+      - {name: openai, weight: 3}
+      - {name: azure, weight: 1}
+      - {name: claude-bedrock, priority: 1, model_override: claude-x}
+    retry: {attempts: 3, on: [connect-failure, '429'], per_try_timeout: 60s, first_byte_timeout: 10s}
+  - backends: [{name: local}, {name: spare, priority: 7}]
+";
+
+    fn rendered() -> Value {
+        let g = crate::formats::load_text("t.yaml", FALLBACK, &MapEnv::default(), None).unwrap();
+        crate::validate::validate(&g, &crate::model::AnyEnv).unwrap();
+        let o = Options {
+            address: "127.0.0.1".into(),
+            port: 1975,
+            admin_address: "127.0.0.1".into(),
+            admin_port: 9901,
+            wasm: "/x/llmgw_filter.wasm".into(),
+            ca_bundle: "/ca.pem".into(),
+        };
+        render(&g, &o)
+    }
+
+    fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+        list.as_array().unwrap().iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no {name}"))
+    }
+
+    #[test]
+    fn fallback_rules_get_a_retried_route() {
+        let b = rendered();
+        let hcm = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        let routes = &hcm["route_config"]["virtual_hosts"][0]["routes"];
+        let names: Vec<&str> = routes.as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+        // Every backend keeps its route (rule 0 is a plain rule); rules 1 and 2 fall back.
+        assert_eq!(
+            names,
+            ["openai", "azure", "claude-bedrock", "local", "spare", "llmgw-rule-1", "llmgw-rule-2", "no_backend"]
+        );
+        let r = named(routes, "llmgw-rule-1");
+        assert_eq!(r["match"]["headers"][0], json!({"name": "x-llmgw-rule", "string_match": {"exact": "1"}}));
+        assert_eq!(r["request_headers_to_remove"], json!(["x-llmgw-rule", "x-llmgw-backend", "x-ai-eg-model"]));
+        assert_eq!(r["request_body_buffer_limit"], json!(32 * 1024 * 1024));
+        assert_eq!(r["route"]["cluster"], "llmgw-rule-1");
+        assert_eq!(r["route"]["timeout"], "400s", "the longest timeout of the rule's backends");
+        let p = &r["route"]["retry_policy"];
+        // A retried 429 reaches Envoy as 503 (the upstream filter's doing): 503 is retried too.
+        assert_eq!(p["retry_on"], "connect-failure,retriable-status-codes");
+        assert_eq!(p["retriable_status_codes"], json!([429, 503]));
+        assert_eq!(p["num_retries"], 2);
+        assert_eq!(p["per_try_timeout"], "10s", "the first byte timeout wins");
+        assert_eq!(p["retry_priority"]["name"], "envoy.retry_priorities.previous_priorities");
+        assert_eq!(p["retry_priority"]["typed_config"]["update_frequency"], 1);
+        assert_eq!(p["retry_host_predicate"][0]["name"], "envoy.retry_host_predicates.previous_hosts");
+        assert_eq!(p["host_selection_retry_max_attempts"], 3);
+        assert!(p.get("per_try_idle_timeout").is_none());
+        // Priorities alone: one attempt per level, the filter's default conditions.
+        let p = &named(routes, "llmgw-rule-2")["route"]["retry_policy"];
+        assert_eq!(p["num_retries"], 1);
+        assert_eq!(p["retry_on"], "connect-failure,reset,5xx,retriable-status-codes");
+        assert_eq!(p["retriable_status_codes"], json!([429]));
+        assert!(p.get("per_try_timeout").is_none());
+    }
+
+    #[test]
+    fn fallback_clusters_hold_every_backend_by_priority() {
+        let b = rendered();
+        let clusters = &b["static_resources"]["clusters"];
+        let c = named(clusters, "llmgw-rule-1");
+        assert_eq!(c["type"], "STRICT_DNS");
+        assert_eq!(c["dns_lookup_family"], "V4_PREFERRED");
+        assert_eq!(c["common_lb_config"], json!({"locality_weighted_lb_config": {}}));
+        assert_eq!(c["load_assignment"]["policy"]["overprovisioning_factor"], 100_000);
+        let localities = c["load_assignment"]["endpoints"].as_array().unwrap();
+        let summary: Vec<(u64, u64, &str)> = localities
+            .iter()
+            .map(|l| {
+                let ep = &l["lb_endpoints"][0];
+                (
+                    l["priority"].as_u64().unwrap(),
+                    l["load_balancing_weight"].as_u64().unwrap(),
+                    ep["metadata"]["filter_metadata"]["llmgw"]["target"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(summary, [(0, 3, "1/0"), (0, 1, "1/1"), (1, 1, "1/2")]);
+        let ep = &localities[2]["lb_endpoints"][0];
+        assert_eq!(
+            ep["endpoint"]["address"]["socket_address"],
+            json!({"address": "bedrock-runtime.us-east-1.amazonaws.com", "port_value": 443})
+        );
+        assert_eq!(
+            ep["metadata"]["filter_metadata"]["envoy.transport_socket_match"],
+            json!({"llmgw_backend": "claude-bedrock"})
+        );
+        assert_eq!(
+            ep["metadata"]["filter_metadata"]["llmgw"],
+            json!({"target": "1/2", "backend": "claude-bedrock"}),
+            "the access log names the backend from it"
+        );
+        let matches = c["transport_socket_matches"].as_array().unwrap();
+        assert_eq!(matches.len(), 3);
+        let m = named(&c["transport_socket_matches"], "claude-bedrock");
+        assert_eq!(m["match"], json!({"llmgw_backend": "claude-bedrock"}));
+        assert_eq!(
+            m["transport_socket"],
+            named(clusters, "claude-bedrock")["transport_socket"],
+            "the backend's own TLS"
+        );
+        assert_eq!(m["transport_socket"]["typed_config"]["sni"], "bedrock-runtime.us-east-1.amazonaws.com");
+        assert_eq!(c["outlier_detection"]["consecutive_5xx"], 1);
+        assert_eq!(c["outlier_detection"]["max_ejection_percent"], 100);
+        assert_eq!(c["circuit_breakers"]["thresholds"][0]["max_retries"], 1024);
+        assert_eq!(
+            c["per_connection_buffer_limit_bytes"],
+            named(clusters, "openai")["per_connection_buffer_limit_bytes"]
+        );
+        // Priorities 0 and 7 become levels 0 and 1; IP endpoints only: a STATIC cluster, and each
+        // of `local`'s two endpoints in its locality.
+        let c = named(clusters, "llmgw-rule-2");
+        assert_eq!(c["type"], "STATIC");
+        assert!(c.get("dns_lookup_family").is_none());
+        let l = &c["load_assignment"]["endpoints"];
+        assert_eq!((l[0]["priority"].as_u64(), l[1]["priority"].as_u64()), (Some(0), Some(1)));
+        assert_eq!(l[0]["lb_endpoints"].as_array().unwrap().len(), 2);
+        assert_eq!(l[1]["lb_endpoints"][0]["metadata"]["filter_metadata"]["llmgw"]["target"], "2/1");
+    }
+
+    #[test]
+    fn the_upstream_filter_is_the_same_module_with_role_upstream() {
+        let b = rendered();
+        let c = named(&b["static_resources"]["clusters"], "llmgw-rule-1");
+        let opts = &c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        assert_eq!(opts["explicit_http_config"], json!({"http_protocol_options": {}}));
+        let filters = opts["http_filters"].as_array().unwrap();
+        assert_eq!(filters[1]["name"], "envoy.filters.http.upstream_codec");
+        let wasm = &filters[0]["typed_config"]["config"];
+        let hcm = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        let downstream = &hcm["http_filters"][0]["typed_config"]["config"];
+        assert_eq!(wasm["name"], "llmgw-upstream");
+        assert_eq!(downstream["name"], "llmgw");
+        for key in ["root_id", "vm_config", "failure_policy", "allow_on_headers_stop_iteration"] {
+            assert_eq!(wasm[key], downstream[key], "{key}");
+        }
+        assert_eq!(wasm["vm_config"]["vm_id"], "llmgw");
+        let plugin: Value = serde_json::from_str(wasm["configuration"]["value"].as_str().unwrap()).unwrap();
+        let down: Value = serde_json::from_str(downstream["configuration"]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(plugin["role"], "upstream");
+        assert!(down.get("role").is_none());
+        let host = |p: &Value, i: usize| p["backends"][i].get("host").cloned();
+        assert_eq!(host(&plugin, 0), Some(json!("api.openai.com")));
+        assert_eq!(host(&plugin, 1), Some(json!("example.openai.azure.com")));
+        assert_eq!(host(&plugin, 2), Some(json!("bedrock-runtime.us-east-1.amazonaws.com")));
+        assert_eq!(host(&plugin, 3), Some(json!("10.0.0.5:8000")));
+        assert_eq!(host(&down, 0), None, "the downstream copy is unchanged");
+        assert_eq!(plugin["rules"], down["rules"]);
+        // The filter accepts it.
+        let env = crate::model::AnyEnv;
+        let compiled =
+            llmgw_filter::config::parse(wasm["configuration"]["value"].as_str().unwrap().as_bytes(), &env, 0);
+        assert_eq!(compiled.map(|c| c.role).ok(), Some(llmgw_filter::config::Role::Upstream));
+    }
+
+    #[test]
+    fn without_fallback_rules_nothing_changes() {
+        let g = crate::formats::load_text(
+            "t.yaml",
+            "backends: [{name: a, url: 'http://127.0.0.1:8000/v1', schema: OpenAI}]\nrules: [{backends: [{name: a}]}]\n",
+            &MapEnv::default(),
+            None,
+        )
+        .unwrap();
+        assert!(fallback::rules(&g).is_empty());
+        let o = Options {
+            address: "127.0.0.1".into(),
+            port: 1975,
+            admin_address: "127.0.0.1".into(),
+            admin_port: 9901,
+            wasm: "/x.wasm".into(),
+            ca_bundle: "/ca.pem".into(),
+        };
+        let b = render(&g, &o);
+        assert_eq!(b["static_resources"]["clusters"].as_array().unwrap().len(), 1);
+        assert!(!b.to_string().contains("x-llmgw-rule"));
+    }
 }

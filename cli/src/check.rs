@@ -63,18 +63,19 @@ fn envoy_check(g: &Gateway, args: &CheckArgs) -> Result<std::result::Result<Stri
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()?;
     let file = dir.path().join("envoy.yaml");
+    let rendered = bootstrap::render(g, &opts);
+    let clusters = rendered["static_resources"]["clusters"].as_array().map_or(0, Vec::len);
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&file)?;
-        f.write_all(bootstrap::to_yaml(g, &bootstrap::render(g, &opts)).as_bytes())?;
+        f.write_all(bootstrap::to_yaml(g, &rendered).as_bytes())?;
     }
     // The filter configures itself during validation: it needs the moved credentials too.
     let result = envoy::validate(&bin, &file, &g.secret_env().collect::<Vec<_>>());
     drop(dir);
     let version = envoy::version(&bin).unwrap_or_else(|| "?".into());
-    Ok(result?
-        .map(|()| format!("envoy {version}: bootstrap valid (filter configured, {} cluster(s))", g.upstreams.len())))
+    Ok(result?.map(|()| format!("envoy {version}: bootstrap valid (filter configured, {clusters} cluster(s))")))
 }
 
 fn probe_all(g: &Gateway, timeout: Duration) -> Vec<Vec<String>> {

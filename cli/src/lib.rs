@@ -15,6 +15,7 @@ pub mod diag;
 pub mod duration;
 pub mod envoy;
 pub mod envsubst;
+pub mod fallback;
 pub mod formats;
 pub mod http;
 pub mod locate;

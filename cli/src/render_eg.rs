@@ -26,6 +26,9 @@
 //! * EnvoyPatchPolicy: `allow_on_headers_stop_iteration` and `failure_policy: FAIL_RELOAD` on the
 //!   generated Wasm filter, and the token charge read from `wasm.llm_total_token`;
 //! * BackendTrafficPolicy: upstream buffer/timeout and the token budget per client id.
+//!
+//! Fallback rules (`retry`, or several priorities) are refused: they need the filter as the
+//! upstream HTTP filter of the rule's cluster, which Envoy Gateway cannot attach.
 
 use serde_json::Value;
 
@@ -86,6 +89,15 @@ pub fn render(plugin: &Value, backends: &[EgBackend], opts: &EgOptions) -> Resul
         .iter()
         .map(|b| b.get("name").and_then(Value::as_str).map(str::to_string).ok_or("a backend has no name"))
         .collect::<Result<_, _>>()?;
+    if let Some(rule) = fallback_rules(plugin).first() {
+        return Err(format!(
+            "{rule} is a fallback rule (a `retry`, or backends of several priorities). Envoy Gateway cannot \
+             run it: fallback needs the llmgw filter a second time, as the HTTP filter of the rule's cluster \
+             (it translates each retry for the provider Envoy picked), and Envoy Gateway attaches Wasm \
+             filters to the listener only. Run this configuration with `llmgw run` or the bootstrap of \
+             `llmgw render`, or give the rule's backends one priority and no retry"
+        ));
+    }
     if let Some(field) = literal_credential(plugin) {
         return Err(format!(
             "{field} is a literal credential: manifests name credentials by variable only (use the *_env form; \
@@ -569,6 +581,32 @@ pub fn with_client_header(plugin: &Value) -> Value {
         }
     }
     plugin
+}
+
+/// The rules (`rules[i]`, with the name when there is one) that are fallback rules: with a
+/// `retry`, or with backends of more than one priority.
+pub fn fallback_rules(plugin: &Value) -> Vec<String> {
+    let rules = plugin.get("rules").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            let mut priorities: Vec<u64> = r
+                .get("backends")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|b| b.get("priority").and_then(Value::as_u64).unwrap_or(0))
+                .collect();
+            priorities.sort_unstable();
+            priorities.dedup();
+            r.get("retry").is_some_and(|v| !v.is_null()) || priorities.len() > 1
+        })
+        .map(|(i, r)| match r.get("name").and_then(Value::as_str) {
+            Some(n) => format!("rules[{i}] ({n})"),
+            None => format!("rules[{i}]"),
+        })
+        .collect()
 }
 
 /// The path of the first literal credential of the plugin configuration (`auth.bearer`,

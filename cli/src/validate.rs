@@ -8,7 +8,12 @@ use crate::model::{Env, Gateway};
 /// that `render`'s output stays readable, keys in the converters' order. Validation parses this
 /// very text. It names credentials by variable only (see `Gateway::externalize_secrets`).
 pub fn plugin_text(g: &Gateway) -> String {
-    let v = serde_json::Value::Object(g.plugin.clone());
+    plugin_json(&g.plugin)
+}
+
+/// A plugin configuration as [`plugin_text`] writes it.
+pub fn plugin_json(plugin: &serde_json::Map<String, serde_json::Value>) -> String {
+    let v = serde_json::Value::Object(plugin.clone());
     serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
 }
 

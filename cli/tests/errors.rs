@@ -139,6 +139,62 @@ fn aigw_shape_errors_name_the_field() {
 }
 
 #[test]
+fn fallback_errors_point_at_the_users_field() {
+    let own =
+        "backends:\n  - {name: a, url: 'http://127.0.0.1:1', schema: OpenAI}\nrules:\n  - backends: [{name: a}]\n";
+    let e = error("llmgw.yaml", &format!("{own}    retry: {{attempts: 11}}\n"), &[], None);
+    assert_eq!(e, "llmgw.yaml: rules[0].retry.attempts: must be 1 to 10");
+    let e = error("llmgw.yaml", &format!("{own}    retry: {{on: [sometimes]}}\n"), &[], None);
+    assert!(e.starts_with("llmgw.yaml: rules[0].retry.on[0]: unknown condition \"sometimes\""), "{e}");
+    let e = error("llmgw.yaml", &own.replace("[{name: a}]", "[{name: a, priority: 10}]"), &[], None);
+    assert_eq!(e, "llmgw.yaml: rules[0].backends[0].priority: must be 0 to 9");
+
+    let base = [ROUTE, &service("OpenAI"), BACKEND];
+    let far = ROUTE.replace("[{name: b}]", "[{name: b, priority: 12}]");
+    assert_eq!(
+        error("gw.yaml", &docs(&[&far, &service("OpenAI"), BACKEND]), &[], None),
+        "gw.yaml: document 1 (AIGatewayRoute default/r): spec.rules[0].backendRefs[0].priority: llmgw supports \
+         priorities 0 to 9, not 12"
+    );
+    let policy = |retry: &str| {
+        format!(
+            "apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {{name: p}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}}]
+  retry: {retry}
+"
+        )
+    };
+    let mut parts: Vec<&str> = base.to_vec();
+    let bad = policy("{numRetries: many}");
+    parts.push(&bad);
+    assert_eq!(
+        error("gw.yaml", &docs(&parts), &[], None),
+        "gw.yaml: document 4 (BackendTrafficPolicy default/p): spec.retry.numRetries: expected an integer, found \"many\""
+    );
+    let bad = policy("{perRetry: {timeout: 0s}}");
+    parts[3] = &bad;
+    assert_eq!(
+        error("gw.yaml", &docs(&parts), &[], None),
+        "gw.yaml: document 4 (BackendTrafficPolicy default/p): spec.retry.perRetry.timeout: must be greater than 0"
+    );
+    // Converted fine: the rule gets the policy's retry, and the filter accepts it.
+    let good = policy("{numRetries: 1, retryOn: {triggers: [5xx]}}");
+    parts[3] = &good;
+    let g = formats::load_text("gw.yaml", &docs(&parts), &MapEnv::default(), None).unwrap();
+    assert_eq!(g.plugin["rules"][0]["retry"], serde_json::json!({"attempts": 2, "on": ["5xx"]}));
+    validate::validate(&g, &MapEnv::default()).unwrap();
+    assert_eq!(
+        g.locate("rules[0].retry.attempts").1,
+        "spec.retry (converted: rules[0].retry.attempts)",
+        "a problem in the converted retry points at the policy"
+    );
+    assert_eq!(g.locate("rules[0].retry.attempts").0.unwrap().index, 4);
+}
+
+#[test]
 fn own_format_errors() {
     let e = error("llmgw.yaml", "backends:\n  - name: a\n    schema: OpenAI\n", &[], None);
     assert!(e.starts_with("llmgw.yaml: backends[0]: each backend needs `url`"), "{e}");

@@ -236,6 +236,23 @@ fn without_env_credentials_there_is_no_envoyproxy() {
 }
 
 #[test]
+fn fallback_rules_are_refused_not_balanced() {
+    let o = EgOptions::default();
+    let backends = demo_backends();
+    let mut plugin = demo_plugin();
+    plugin["rules"][2]["backends"] = json!([{"name": "vllm"}, {"name": "openai", "priority": 1}]);
+    let e = render(&plugin, &backends, &o).unwrap_err();
+    assert!(e.starts_with("rules[2] (llama) is a fallback rule"), "{e}");
+    let mut plugin = demo_plugin();
+    plugin["rules"][0]["retry"] = json!({"attempts": 2});
+    assert!(render(&plugin, &backends, &o).unwrap_err().starts_with("rules[0] (openai-models) is a fallback rule"));
+    // One priority, no retry: weighted balancing, rendered as before.
+    let mut plugin = demo_plugin();
+    plugin["rules"][2]["backends"] = json!([{"name": "vllm", "priority": 2}, {"name": "openai", "priority": 2}]);
+    assert!(render(&plugin, &backends, &o).is_ok());
+}
+
+#[test]
 fn bad_input_is_an_error() {
     let o = EgOptions::default();
     assert!(render(&json!([]), &[], &o).unwrap_err().contains("mapping"));

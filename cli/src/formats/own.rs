@@ -14,7 +14,9 @@
 //!     endpoints: ["10.0.0.5:8000", "10.0.0.6:8000"]   # or several host:port, balanced
 //!     schema: OpenAI
 //!     timeout: 600s
-//! rules: [...]               # as in the plugin config
+//! rules: [...]               # as in the plugin config, fallback included:
+//!   # - backends: [{name: openai}, {name: vllm, priority: 1, model_override: llama-3.1-8b}]
+//!   #   retry: {attempts: 2, first_byte_timeout: 10s}
 //! ```
 //!
 //! Everything that is not a connection field goes to the filter unchanged, so the filter's own

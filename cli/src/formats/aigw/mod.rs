@@ -6,6 +6,7 @@
 //! Kinds and fields llmgw does not implement are named in warnings, never dropped silently.
 
 mod backend;
+mod policy;
 mod route;
 
 use serde_yaml_ng::Value;
@@ -26,6 +27,7 @@ const SUPPORTED: &[&str] = &[
     "ConfigMap",
     "BackendTLSPolicy",
     "ClientTrafficPolicy",
+    "BackendTrafficPolicy",
 ];
 
 /// One Kubernetes object of the file.
@@ -100,7 +102,18 @@ pub fn convert(file: &str, docs: &[Value]) -> Result<Gateway, ConfigError> {
 
     g.port = listener_port(&mut ctx)?;
     g.buffer_limit = buffer_limit(&mut ctx)?;
-    let routed = route::convert(&mut ctx)?;
+    let policies = policy::convert(&mut ctx)?;
+    let routed = route::convert(&mut ctx, &policies)?;
+    for (pi, p) in policies.iter().enumerate() {
+        if !routed.used_policies.contains(&pi) {
+            ctx.warn(
+                p.obj,
+                "spec.targetRefs",
+                "targets no AIGatewayRoute of this file (target the HTTPRoute named like the AIGatewayRoute, \
+                 or the Gateway); its retry is ignored",
+            );
+        }
+    }
     let (backends, upstreams, origins) = backend::convert(&mut ctx, &routed)?;
 
     let mut rules = Vec::with_capacity(routed.rules.len());
@@ -110,6 +123,13 @@ pub fn convert(file: &str, docs: &[Value]) -> Result<Gateway, ConfigError> {
             document: Some(rule.doc),
             field: rule.field,
         });
+        if let Some(doc) = rule.retry_doc {
+            g.origins.push(crate::model::Origin {
+                plugin_path: format!("rules[{i}].retry"),
+                document: Some(doc),
+                field: "spec.retry".into(),
+            });
+        }
         rules.push(rule.json);
     }
     g.plugin.insert("backends".into(), serde_json::Value::Array(backends));

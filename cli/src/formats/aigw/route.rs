@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value as Json};
 
+use super::policy::RetryPolicy;
 use super::Ctx;
 use crate::diag::{ConfigError, DocRef};
 use crate::duration;
@@ -42,15 +43,19 @@ pub(crate) struct RoutedRule {
     pub json: Json,
     pub doc: DocRef,
     pub field: String,
+    /// The BackendTrafficPolicy its `retry` comes from.
+    pub retry_doc: Option<DocRef>,
     conditions: usize,
 }
 
 pub(crate) struct Routed {
     pub rules: Vec<RoutedRule>,
     pub variants: Vec<Variant>,
+    /// Indices (in the policies given to [`convert`]) of the retry policies some rule uses.
+    pub used_policies: Vec<usize>,
 }
 
-pub(crate) fn convert(ctx: &mut Ctx<'_>) -> Result<Routed, ConfigError> {
+pub(crate) fn convert(ctx: &mut Ctx<'_>, policies: &[RetryPolicy]) -> Result<Routed, ConfigError> {
     let routes: Vec<usize> =
         ctx.objs.iter().enumerate().filter(|(_, o)| o.kind == "AIGatewayRoute").map(|(i, _)| i).collect();
     if routes.is_empty() {
@@ -60,15 +65,15 @@ pub(crate) fn convert(ctx: &mut Ctx<'_>) -> Result<Routed, ConfigError> {
             "no AIGatewayRoute: nothing sends requests to a backend (add one with rules and backendRefs)",
         ));
     }
-    let mut routed = Routed { rules: Vec::new(), variants: Vec::new() };
+    let mut routed = Routed { rules: Vec::new(), variants: Vec::new(), used_policies: Vec::new() };
     for i in routes {
-        route(ctx, i, &mut routed)?;
+        route(ctx, i, policies, &mut routed)?;
     }
     routed.rules.sort_by_key(|r| std::cmp::Reverse(r.conditions));
     Ok(routed)
 }
 
-fn route(ctx: &mut Ctx<'_>, i: usize, out: &mut Routed) -> Result<(), ConfigError> {
+fn route(ctx: &mut Ctx<'_>, i: usize, policies: &[RetryPolicy], out: &mut Routed) -> Result<(), ConfigError> {
     let obj = &ctx.objs[i];
     let spec = obj.spec();
     let mut notes: Vec<(String, String)> = Vec::new();
@@ -109,10 +114,29 @@ fn route(ctx: &mut Ctx<'_>, i: usize, out: &mut Routed) -> Result<(), ConfigErro
     let route_name = obj.name.clone();
     let doc = obj.doc_ref();
     for (ri, rule) in rules.iter().enumerate() {
-        let conv = convert_rule(rule, ri, &route_name, &namespace, i, out, &mut notes)
+        let rule_name = rule.opt_str("name").map_err(|e| ctx.err(&ctx.objs[i], e))?;
+        // The most specific BackendTrafficPolicy with a retry (the first of equals, in file order).
+        let policy = policies
+            .iter()
+            .enumerate()
+            .map(|(pi, p)| (pi, p.specificity(&namespace, &route_name, rule_name)))
+            .filter(|(_, s)| *s > 0)
+            .fold(None, |best: Option<(usize, u8)>, (pi, s)| match best {
+                Some((_, b)) if b >= s => best,
+                _ => Some((pi, s)),
+            })
+            .map(|(pi, _)| pi);
+        if let Some(pi) = policy {
+            if !out.used_policies.contains(&pi) {
+                out.used_policies.push(pi);
+            }
+        }
+        let retry = policy.map(|pi| &policies[pi]);
+        let conv = convert_rule(rule, ri, &route_name, &namespace, i, retry.map(|p| &p.retry), out, &mut notes)
             .map_err(|e| ctx.err(&ctx.objs[i], e))?;
         for (field, conditions, json) in conv {
-            out.rules.push(RoutedRule { json, doc: doc.clone(), field, conditions });
+            let retry_doc = retry.map(|p| p.doc.clone());
+            out.rules.push(RoutedRule { json, doc: doc.clone(), field, retry_doc, conditions });
         }
     }
     for (field, what) in notes {
@@ -122,12 +146,14 @@ fn route(ctx: &mut Ctx<'_>, i: usize, out: &mut Routed) -> Result<(), ConfigErro
 }
 
 /// One plugin rule per match: (field, number of conditions, rule JSON).
+#[allow(clippy::too_many_arguments)]
 fn convert_rule(
     rule: &At<'_>,
     ri: usize,
     route_name: &str,
     namespace: &str,
     referrer: usize,
+    retry: Option<&Json>,
     out: &mut Routed,
     notes: &mut Vec<(String, String)>,
 ) -> NResult<Vec<(String, usize, Json)>> {
@@ -168,7 +194,22 @@ fn convert_rule(
             None => 1,
             Some(w) => w.u64()?,
         };
-        backends.push(json!({"name": name, "weight": weight}));
+        let mut backend = json!({"name": name, "weight": weight});
+        // Envoy priority levels: the backends of the lowest level serve, the next level's take over
+        // when they fail (the rule becomes a fallback rule: Envoy retries on the next level).
+        if let Some(p) = r.get("priority") {
+            match p.u64()? {
+                0 => {}
+                n if n <= u64::from(llmgw_filter::config::MAX_PRIORITY) => backend["priority"] = json!(n),
+                n => {
+                    return Err(p.err(format!(
+                        "llmgw supports priorities 0 to {}, not {n}",
+                        llmgw_filter::config::MAX_PRIORITY
+                    )))
+                }
+            }
+        }
+        backends.push(backend);
     }
     let rule_name = match rule.opt_str("name")? {
         Some(n) => format!("{route_name}/{n}"),
@@ -176,7 +217,10 @@ fn convert_rule(
     };
     let matches = rule.list("matches")?;
     if matches.is_empty() {
-        let json = json!({"name": rule_name, "backends": backends});
+        let mut json = json!({"name": rule_name, "backends": backends});
+        if let Some(r) = retry {
+            json["retry"] = r.clone();
+        }
         return Ok(vec![(rule.field().to_string(), 0, json)]);
     }
     let mut rules = Vec::with_capacity(matches.len());
@@ -191,6 +235,9 @@ fn convert_rule(
             json["match"] = Json::Object(cond);
         }
         json["backends"] = Json::Array(backends.clone());
+        if let Some(r) = retry {
+            json["retry"] = r.clone();
+        }
         rules.push((m.field().to_string(), conditions, json));
     }
     Ok(rules)
@@ -253,7 +300,7 @@ fn variant(
     ]) {
         notes.push((field, "not supported by llmgw; ignored".into()));
     }
-    for key in ["priority", "bodyMutation"] {
+    for key in ["bodyMutation"] {
         if let Some(f) = r.get(key) {
             notes.push((f.field().into(), "not supported by llmgw; ignored".into()));
         }
