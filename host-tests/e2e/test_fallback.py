@@ -1,0 +1,264 @@
+"""Provider fallback (issue 10) on real Envoy: `llmgw render` turns rules with priorities and a retry
+policy into a rule cluster whose priority levels hold the backends; Envoy retries, and the filter,
+running again as the cluster's upstream filter, translates each attempt for its own backend. The
+clients are the official OpenAI and Anthropic SDKs; the providers are mock-provider processes that
+fail on purpose (`--fail-status`, `--delay-ms`, a closed port, a stream that resets)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+import yaml
+
+import llmgw_e2e as e2e
+
+MSGS = [{"role": "user", "content": "tell me three words"}]
+AWS_SECRET = "fallback-test-secret"
+# Credentials reach Envoy's environment, as `*_env` names in the config.
+KEYS: dict[str, str] = {}
+
+
+def env_name(backend: str) -> str:
+    return "FB_KEY_" + backend.upper()
+
+
+def llmgw_bin() -> Path:
+    p = Path(os.environ.get("LLMGW_BIN", e2e.REPO / "target" / "debug" / "llmgw"))
+    if not p.exists():
+        pytest.skip(f"llmgw binary not found at {p} (make cli)")
+    return p
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mocks():
+    started = {
+        "ok": e2e.Mock("ok"),
+        "ok2": e2e.Mock("ok2"),
+        "fail500": e2e.Mock("fail500", "--fail-status", "500"),
+        "fail503": e2e.Mock("fail503", "--fail-status", "503"),
+        "fail429": e2e.Mock("fail429", "--fail-status", "429", "--retry-after", "30"),
+        "hang": e2e.Mock("hang", "--delay-ms", "8000"),
+        "bedrock": e2e.Mock("bedrock", "--fail-status", "500"),
+    }
+    yield started
+    for m in started.values():
+        m.stop()
+
+
+def config(m: dict, refused: int) -> dict:
+    def openai_backend(name: str, url: str, key: str) -> dict:
+        KEYS[env_name(name)] = key
+        return {"name": name, "url": url + "/v1", "schema": "OpenAI", "auth": {"bearer_env": env_name(name)}}
+
+    backends = [
+        openai_backend("ok", m["ok"].url, "sk-ok"),
+        openai_backend("ok2", m["ok2"].url, "sk-ok2"),
+        openai_backend("fail500", m["fail500"].url, "sk-fail500"),
+        openai_backend("fail503", m["fail503"].url, "sk-fail503"),
+        openai_backend("fail429", m["fail429"].url, "sk-fail429"),
+        openai_backend("hang", m["hang"].url, "sk-hang"),
+        openai_backend("refused", f"http://127.0.0.1:{refused}", "sk-refused"),
+        {"name": "claude", "url": m["ok"].url, "schema": "Anthropic", "auth": {"x_api_key_env": "FB_ANT_KEY"}},
+        {"name": "claude-down", "url": m["fail500"].url, "schema": "Anthropic",
+         "auth": {"x_api_key_env": "FB_ANT_DOWN_KEY"}},
+        {"name": "bedrock-down", "url": m["bedrock"].url, "schema": "AWSBedrock", "region": "us-east-1",
+         "auth": {"aws": {"access_key_id_env": "FB_AWS_ID", "secret_access_key_env": "FB_AWS_SECRET"}}},
+    ]
+    KEYS.update({"FB_ANT_KEY": "ant-key", "FB_ANT_DOWN_KEY": "ant-down", "FB_AWS_ID": "AKIDFALLBACK",
+                 "FB_AWS_SECRET": AWS_SECRET})
+
+    def rule(model: str, *refs: dict, retry: dict | None = None) -> dict:
+        r = {"match": {"model": {"exact": model}}, "backends": list(refs)}
+        if retry:
+            r["retry"] = retry
+        return r
+
+    p0 = lambda name, **kw: {"name": name, "priority": 0, **kw}  # noqa: E731
+    p1 = lambda name, **kw: {"name": name, "priority": 1, **kw}  # noqa: E731
+    rules = [
+        rule("fb-500", p0("fail500"), p1("ok2")),
+        rule("fb-429", p0("fail429"), p1("ok2")),
+        rule("fb-refused", p0("refused"), p1("ok2")),
+        rule("fb-hang", p0("hang"), p1("ok2"), retry={"attempts": 2, "first_byte_timeout": "1s"}),
+        rule("fb-to-anthropic", p0("fail503"), p1("claude", model_override="claude-fallback")),
+        rule("fb-from-bedrock", p0("bedrock-down", model_override="anthropic.claude-3-haiku"), p1("ok2")),
+        rule("fb-all-fail", p0("fail500"), p1("fail429")),
+        rule("fb-abort", p0("ok", model_override="mock-stream-abort"), p1("ok2")),
+        rule("claude-fb", p0("claude-down"), p1("ok2", model_override="gpt-fallback")),
+        rule("plain", p0("ok")),
+    ]
+    return {"backends": backends, "rules": rules}
+
+
+@pytest.fixture(scope="module")
+def gw(mocks, tmp_path_factory):
+    cfg_path = tmp_path_factory.mktemp("fallback") / "llmgw.yaml"
+    cfg_path.write_text(yaml.safe_dump(config(mocks, closed_port()), sort_keys=False))
+    env = {**os.environ, **KEYS, "LLMGW_WASM": str(e2e.wasm_path())}
+    r = subprocess.run([str(llmgw_bin()), "render", str(cfg_path), "--port", "0"], capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    bootstrap = yaml.safe_load(r.stdout)
+    bootstrap["admin"]["address"]["socket_address"]["port_value"] = 0
+    envoy = e2e.Envoy(bootstrap, name="fallback", env=KEYS)
+    yield envoy
+    envoy.stop()
+
+
+def oa(gw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="client-key", max_retries=0,
+                         timeout=30)
+
+
+def served_by(mock: e2e.Mock) -> int:
+    return sum(1 for r in mock.requests() if r["path"].endswith(("/chat/completions", "/messages", "/converse")))
+
+
+def reply_from(text: str, name: str) -> bool:
+    return f"Hello from {name}" in text
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_primary_500_falls_back_to_the_secondary(gw, mocks, stream):
+    before = served_by(mocks["fail500"])
+    c = oa(gw)
+    if stream:
+        chunks = list(c.chat.completions.create(model="fb-500", messages=MSGS, stream=True))
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    else:
+        r = c.chat.completions.create(model="fb-500", messages=MSGS)
+        text = r.choices[0].message.content
+        assert r.usage.prompt_tokens == 4
+    assert reply_from(text, "ok2"), text
+    assert served_by(mocks["fail500"]) >= before  # tried first, unless ejected by an earlier test
+
+
+def test_primary_429_falls_back_and_is_ejected(gw, mocks):
+    c = oa(gw)
+    before = served_by(mocks["fail429"])
+    r = c.chat.completions.create(model="fb-429", messages=MSGS)
+    assert reply_from(r.choices[0].message.content, "ok2")
+    assert served_by(mocks["fail429"]) == before + 1, "the primary was tried first"
+    # The 429 (reported to Envoy as a 503) ejected the primary: the next requests go straight to
+    # the secondary.
+    for _ in range(3):
+        r = c.chat.completions.create(model="fb-429", messages=MSGS)
+        assert reply_from(r.choices[0].message.content, "ok2")
+    assert served_by(mocks["fail429"]) == before + 1, "an ejected backend is not tried"
+
+
+def test_refused_connection_falls_back(gw, mocks):
+    r = oa(gw).chat.completions.create(model="fb-refused", messages=MSGS)
+    assert reply_from(r.choices[0].message.content, "ok2")
+
+
+def test_a_backend_that_hangs_before_its_first_byte_is_abandoned(gw, mocks):
+    t0 = time.monotonic()
+    r = oa(gw).chat.completions.create(model="fb-hang", messages=MSGS)
+    took = time.monotonic() - t0
+    assert reply_from(r.choices[0].message.content, "ok2")
+    assert took < 6, f"first_byte_timeout 1s, yet {took:.1f}s"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_openai_primary_falls_back_to_anthropic(gw, mocks, stream):
+    mocks["ok"].clear()
+    c = oa(gw)
+    if stream:
+        chunks = list(c.chat.completions.create(model="fb-to-anthropic", messages=MSGS, stream=True,
+                                                stream_options={"include_usage": True}))
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 4
+    else:
+        r = c.chat.completions.create(model="fb-to-anthropic", messages=MSGS)
+        text = r.choices[0].message.content
+        assert r.object == "chat.completion" and r.usage.prompt_tokens == 4
+    assert reply_from(text, "ok"), text
+    sent = [q for q in mocks["ok"].requests() if q["path"].endswith("/messages")]
+    assert sent, mocks["ok"].requests()
+    q = sent[-1]
+    assert q["headers"].get("x-api-key") == "ant-key"
+    assert "authorization" not in q["headers"], "the OpenAI attempt's credential must not reach Anthropic"
+    assert '"model":"claude-fallback"' in q["body"].replace(" ", "")
+
+
+def test_bedrock_primary_falls_back_without_leaking_aws_headers(gw, mocks):
+    mocks["ok2"].clear()
+    r = oa(gw).chat.completions.create(model="fb-from-bedrock", messages=MSGS)
+    assert reply_from(r.choices[0].message.content, "ok2")
+    tried = [q for q in mocks["bedrock"].requests() if q["path"].endswith("/converse")]
+    assert tried and tried[-1]["headers"]["authorization"].startswith("AWS4-HMAC-SHA256")
+    q = [q for q in mocks["ok2"].requests() if q["path"].endswith("/chat/completions")][-1]
+    leaked = [h for h in q["headers"] if h.startswith("x-amz-")]
+    assert not leaked, leaked
+    assert q["headers"]["authorization"] == "Bearer sk-ok2"
+    assert q["path"] == "/v1/chat/completions"
+
+
+def test_when_every_backend_fails_the_client_gets_one_clean_error(gw, mocks):
+    with pytest.raises(openai.RateLimitError) as err:
+        oa(gw).chat.completions.create(model="fb-all-fail", messages=MSGS)
+    assert err.value.status_code == 429, "the last attempt's status"
+    body = err.value.body
+    assert isinstance(body, dict) and "fail429" in body.get("message", ""), body
+
+
+def test_a_stream_that_fails_after_its_first_byte_is_not_retried(gw, mocks):
+    before_primary, before_secondary = served_by(mocks["ok"]), served_by(mocks["ok2"])
+    with pytest.raises(Exception):
+        for _ in oa(gw).chat.completions.create(model="fb-abort", messages=MSGS, stream=True):
+            pass
+    # The primary answered 200 and sent its first chunks, then reset: the answer had started, so
+    # Envoy does not retry it elsewhere and the client sees the stream break.
+    assert served_by(mocks["ok"]) == before_primary + 1
+    assert served_by(mocks["ok2"]) == before_secondary, "a stream already started is never retried elsewhere"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_anthropic_client_falls_back_to_an_openai_backend(gw, mocks, stream):
+    c = anthropic.Anthropic(base_url=f"http://127.0.0.1:{gw.port}", api_key="client-key", max_retries=0)
+    if stream:
+        with c.messages.stream(model="claude-fb", max_tokens=64, messages=MSGS) as s:
+            text = "".join(s.text_stream)
+            final = s.get_final_message()
+        assert final.usage.input_tokens == 2  # 4 words, half reported as cached (cache_read_input_tokens)
+    else:
+        m = c.messages.create(model="claude-fb", max_tokens=64, messages=MSGS)
+        assert m.type == "message" and m.usage.input_tokens == 2 and m.usage.cache_read_input_tokens == 2
+        text = m.content[0].text
+    assert reply_from(text, "ok2"), text
+
+
+def test_attempts_and_the_serving_backend_are_counted(gw, mocks):
+    oa(gw).chat.completions.create(model="fb-500", messages=MSGS)
+    samples = e2e.parse_prometheus(e2e.http("GET", gw.admin_url + "/stats/prometheus")[2].decode())
+    served = e2e.prom_value(samples, "llmgw_attempts_total", llmgw_backend="ok2", outcome="served",
+                            http_status="200")
+    retried = e2e.prom_value(samples, "llmgw_attempts_total", llmgw_backend="fail500", outcome="retried",
+                             http_status="500")
+    assert served and served >= 1, [s for s in samples if s[0].startswith("llmgw_attempts")]
+    assert retried and retried >= 1, [s for s in samples if s[0].startswith("llmgw_attempts")]
+    ok2 = e2e.prom_value(samples, "llmgw_requests_total", llmgw_backend="ok2", gen_ai_request_model="fb-500",
+                         gen_ai_operation_name="chat", outcome="success")
+    assert ok2 and ok2 >= 1
+    failed = e2e.prom_value(samples, "llmgw_requests_total", llmgw_backend="fail500", outcome="failure")
+    assert not failed, "a retried attempt is not a failed request"
+
+
+def test_a_rule_without_fallback_is_unchanged(gw, mocks):
+    r = oa(gw).chat.completions.create(model="plain", messages=MSGS)
+    assert reply_from(r.choices[0].message.content, "ok")
