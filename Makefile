@@ -221,7 +221,7 @@ bench-tools:
 
 # The mock is built optimized but without the workspace's LTO (sized for the .wasm, slow for wasmtime).
 # The baseline filter (a no-op proxy-wasm filter and llmgw's skeleton) gives the cost of wasm itself.
-bench: wasm py-tools bench-tools
+bench: wasm cli py-tools bench-tools
 	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
 	  $(CARGO) build --release -p llmgw-host-tests --bin bench-mock
 	CARGO_TARGET_DIR=target/bench/baseline-target $(CARGO) build --release --target wasm32-wasip1 \
@@ -232,7 +232,7 @@ bench: wasm py-tools bench-tools
 	"$(abspath $(VENV))/bin/python" host-tests/bench/bench.py --mock-bin $(TARGET)/release/bench-mock \
 	  --baseline-wasm target/bench/baseline-target/wasm32-wasip1/release/llmgw_bench_baseline_filter.wasm $(BENCH_ARGS)
 
-bench-smoke: wasm host-bins py-tools bench-tools
+bench-smoke: wasm host-bins cli py-tools bench-tools
 	"$(abspath $(VENV))/bin/python" host-tests/bench/bench.py --smoke --mock-bin $(TARGET)/debug/bench-mock $(BENCH_ARGS)
 
 # --- fuzzing (not in CI: cargo-fuzz needs a nightly toolchain and minutes per target) -----------

@@ -7,6 +7,9 @@ Configurations, all against one `bench-mock serve` (host-tests/src/bin/bench_moc
                    filter, route straight to the cluster
   llmgw            the same bootstrap with llmgw (OpenAI backend, routing by model, usage, metrics)
   llmgw-anthropic  llmgw translating OpenAI chat to Anthropic Messages (the mock answers /v1/messages)
+  llmgw-fallback   a fallback rule (OpenAI at priority 0, Anthropic at 1) rendered by `llmgw render`:
+                   the filter twice per request, downstream (model, rule) and as the rule cluster's
+                   upstream filter (translation per attempt); every request is served by priority 0
   litellm          LiteLLM proxy (pinned, one worker) from target/bench/litellm-venv, when installed
 and, with --baseline-wasm (host-tests/bench/baseline-filter, built by `make bench`), two reference
 points for the cost of any Rust proxy-wasm filter in Envoy's V8:
@@ -74,6 +77,7 @@ LABELS = {
     "wasm-buffer": "Envoy + wasm skeleton",
     "llmgw": "Envoy + llmgw (OpenAI)",
     "llmgw-anthropic": "Envoy + llmgw → Anthropic",
+    "llmgw-fallback": "Envoy + llmgw, fallback rule",
     "litellm": "LiteLLM proxy",
 }
 
@@ -219,6 +223,34 @@ def envoy_config(mock_port: int, wasm: Path, plain: bool) -> dict:
     return cfg
 
 
+def fallback_config(mock_port: int, wasm: Path, out: Path) -> dict:
+    """`llmgw render` of a fallback rule over the mock (the two-filter design)."""
+    import yaml
+
+    llmgw = Path(os.environ.get("LLMGW_BIN", REPO / "target" / "debug" / "llmgw"))
+    url = f"http://127.0.0.1:{mock_port}"
+    config = {
+        "backends": [
+            {"name": "openai", "url": url + "/v1", "schema": "OpenAI", "auth": {"bearer_env": "BENCH_OPENAI_KEY"}},
+            {"name": "anthropic", "url": url, "schema": "Anthropic", "auth": {"x_api_key_env": "BENCH_ANTHROPIC_KEY"}},
+        ],
+        "rules": [{"match": {"model": {"glob": "gpt-*"}},
+                   "backends": [{"name": "openai", "priority": 0}, {"name": "anthropic", "priority": 1}]}],
+    }
+    path = out / "logs" / "llmgw-fallback-config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    r = subprocess.run([str(llmgw), "render", str(path), "--port", "0"], capture_output=True, text=True,
+                       env={**os.environ, "LLMGW_WASM": str(wasm)}, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"llmgw render failed: {r.stderr[-2000:]}")
+    cfg = yaml.safe_load(r.stdout)
+    cfg["admin"]["address"]["socket_address"]["port_value"] = 0
+    return cfg
+
+
+FALLBACK_ENV = {"BENCH_OPENAI_KEY": "sk-bench-upstream", "BENCH_ANTHROPIC_KEY": "sk-ant-bench-upstream"}
+
+
 def baseline_config(mock_port: int, baseline_wasm: Path, kind: str) -> dict:
     cfg = envoy_config(mock_port, baseline_wasm, plain=False)
     hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
@@ -231,7 +263,7 @@ def baseline_config(mock_port: int, baseline_wasm: Path, kind: str) -> dict:
     return cfg
 
 
-def start_envoy(name: str, cfg: dict, envoy: Path, cpus, out: Path) -> Server:
+def start_envoy(name: str, cfg: dict, envoy: Path, cpus, out: Path, env: dict | None = None) -> Server:
     import yaml
 
     path = out / "logs" / f"{name}.yaml"
@@ -244,6 +276,7 @@ def start_envoy(name: str, cfg: dict, envoy: Path, cpus, out: Path) -> Server:
          "--admin-address-path", str(admin_path)],
         # The access log (stdout) is formatted as configured, and discarded.
         stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"), cwd=REPO, preexec_fn=pinner(cpus),
+        env={**os.environ, **(env or {})},
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -442,6 +475,8 @@ ROWS = [
     (None, "100 KB: requests/s", "thr_100k_rps", 0, False),
     (None, "100 KB: × plain Envoy", "thr_100k_ratio_envoy", 2, False),
     (None, "100 KB: proxy CPU s per 1k requests", "thr_100k_cpu_per_1k", 3, False),
+    (None, "1 KB: proxy CPU × llmgw (OpenAI)", "thr_1k_cpu_ratio_llmgw", 2, False),
+    (None, "100 KB: proxy CPU × llmgw (OpenAI)", "thr_100k_cpu_ratio_llmgw", 2, False),
     (None, "client core busy (1 KB run)", "thr_1k_client_busy", 2, False),
     ("Streaming (µs; 1 KB request, concurrency 1)", "time to first token p50", "ttft_p50_us", 0, False),
     (None, "added TTFT over direct", "ttft_add_direct_us", 0, True),
@@ -491,11 +526,12 @@ def targets(summary: dict) -> list[dict]:
     """The issue's targets, per llmgw configuration: met, MISSED, or inconclusive when the spread over
     rounds reaches across the limit."""
     out = []
-    for name in ("llmgw", "llmgw-anthropic"):
+    for name in ("llmgw", "llmgw-anthropic", "llmgw-fallback"):
         s = summary.get(name)
         if not s:
             continue
         for metric, limit, op, what in [
+            ("thr_1k_cpu_ratio_llmgw", 1.10, "<=", "fallback rule: CPU per request ≤ 1.10× the one-filter path (1 KB)"),
             ("thr_1k_ratio_envoy", 0.90, ">=", "throughput ≥ 0.90× plain Envoy (1 KB)"),
             ("lat_1k_add_p99_envoy_us", 50.0, "<=", "added p99 ≤ 50 µs over plain Envoy (1 KB, concurrency 1)"),
             ("ttft_add_envoy_us", 500.0, "<=", "≤ 0.5 ms added to time to first token by the filter (over plain Envoy)"),
@@ -519,7 +555,7 @@ def svg_chart(summary: dict, names: list[str], meta: str) -> str:
     bar columns (throughput, linear; p99 at concurrency 1, log), whiskers for the min-max spread."""
     import math
 
-    colors = {"direct": "#a7b0ba", "envoy": "#4a7ab7", "wasm-noop": "#8fb3de", "wasm-buffer": "#b9a3d6", "llmgw": "#e07b39", "llmgw-anthropic": "#c2553a",
+    colors = {"direct": "#a7b0ba", "envoy": "#4a7ab7", "wasm-noop": "#8fb3de", "wasm-buffer": "#b9a3d6", "llmgw": "#e07b39", "llmgw-anthropic": "#c2553a", "llmgw-fallback": "#8c3b2a",
               "litellm": "#6b8e4e"}
     esc = lambda s: s.replace("&", "&amp;").replace("<", "&lt;")  # noqa: E731
     label_x, bw, text_w, gap_w = 215, 330, 95, 30
@@ -668,7 +704,7 @@ def main(argv: list[str]) -> int:
     client_cpu = cpu_list[0] if client_cpus else None
     proxy_cpu = cpu_list[1] if proxy_cpus else None
 
-    names = ["direct", "envoy", "wasm-noop", "wasm-buffer", "llmgw", "llmgw-anthropic", "litellm"]
+    names = ["direct", "envoy", "wasm-noop", "wasm-buffer", "llmgw", "llmgw-anthropic", "llmgw-fallback", "litellm"]
     skipped: dict[str, str] = {}
     baseline = a.baseline_wasm
     default_baseline = REPO / "target/bench/baseline-target/wasm32-wasip1/release/llmgw_bench_baseline_filter.wasm"
@@ -719,6 +755,7 @@ def main(argv: list[str]) -> int:
                 bodies[(n, kind)] = p
         cfg_plain = envoy_config(mock_port, wasm, plain=True)
         cfg_llmgw = envoy_config(mock_port, wasm, plain=False)
+        cfg_fallback = fallback_config(mock_port, wasm, out) if "llmgw-fallback" in active else None
 
         for r in range(prof["rounds"]):
             log(f"round {r + 1}/{prof['rounds']}: starting proxies")
@@ -728,6 +765,8 @@ def main(argv: list[str]) -> int:
                 if n in ("envoy", "llmgw", "llmgw-anthropic"):
                     servers[n] = start_envoy(f"{n}-r{r}", cfg_plain if n == "envoy" else cfg_llmgw, envoy,
                                              proxy_cpus, out)
+                elif n == "llmgw-fallback":
+                    servers[n] = start_envoy(f"{n}-r{r}", cfg_fallback, envoy, proxy_cpus, out, env=FALLBACK_ENV)
                 elif n in ("wasm-noop", "wasm-buffer"):
                     servers[n] = start_envoy(f"{n}-r{r}", baseline_config(mock_port, baseline, n), envoy,
                                              proxy_cpus, out)
@@ -840,6 +879,12 @@ def main(argv: list[str]) -> int:
                     for k, out_k in (("ttft_p50_us", "ttft_add"), ("gap_p50_us", "gap_add")):
                         if k in b and k in res[n]:
                             res[n][f"{out_k}_{tag}_us"] = res[n][k] - b[k]
+            # The two-filter design against the one-filter one, within the round.
+            fb, one = res.get("llmgw-fallback", {}), res.get("llmgw", {})
+            for size in SIZES:
+                k = f"thr_{size}_cpu_per_1k"
+                if fb.get(k) and one.get(k):
+                    fb[f"thr_{size}_cpu_ratio_llmgw"] = fb[k] / one[k]
             # The filter really counted: its metrics are in Envoy's stats.
             for n in ("llmgw", "llmgw-anthropic"):
                 if n in servers:
