@@ -83,6 +83,35 @@ struct Routed {
     body_seen: usize,
 }
 
+impl Routed {
+    /// A request on its way, before any answer.
+    fn new(
+        endpoint: Endpoint,
+        backend: usize,
+        attempt: Option<Attempt>,
+        info: RequestInfo,
+        translator: Box<dyn Translator>,
+    ) -> Self {
+        Routed {
+            endpoint,
+            backend,
+            attempt,
+            retried: false,
+            info,
+            translator,
+            status: 0,
+            error: false,
+            mode: BodyMode::Stream,
+            first_content_at: None,
+            ended_at: None,
+            usage: None,
+            refusal: None,
+            bytes_to_client: 0,
+            body_seen: 0,
+        }
+    }
+}
+
 pub struct Exchange {
     shared: Option<Rc<Shared>>,
     started_at: u64,
@@ -642,23 +671,7 @@ fn route(
     if !upstream {
         host.clear_route_cache();
     }
-    Ok(Routing::Forwarded(Routed {
-        endpoint,
-        backend: backend_index,
-        attempt,
-        retried: false,
-        info,
-        translator,
-        status: 0,
-        error: false,
-        mode: BodyMode::Stream,
-        first_content_at: None,
-        ended_at: None,
-        usage: None,
-        refusal: None,
-        bytes_to_client: 0,
-        body_seen: 0,
-    }))
+    Ok(Routing::Forwarded(Routed::new(endpoint, backend_index, attempt, info, translator)))
 }
 
 /// A 2xx without a body: no client API has an empty answer.
@@ -794,23 +807,7 @@ fn own_answer(endpoint: Endpoint, info: RequestInfo) -> Option<Routed> {
         ClientApi::Anthropic => Schema::Anthropic,
     };
     let translator = translate::for_backend(endpoint, schema, false).ok()?;
-    Some(Routed {
-        endpoint,
-        backend: usize::MAX,
-        attempt: None,
-        retried: false,
-        info,
-        translator,
-        status: 0,
-        error: false,
-        mode: BodyMode::Stream,
-        first_content_at: None,
-        ended_at: None,
-        usage: None,
-        refusal: None,
-        bytes_to_client: 0,
-        body_seen: 0,
-    })
+    Some(Routed::new(endpoint, usize::MAX, None, info, translator))
 }
 
 fn refuse_response(host: &mut dyn Host, routed: &mut Routed, body: &[u8]) {
