@@ -781,9 +781,10 @@ fn on_attempt_answer(host: &mut dyn Host, config: &Compiled, routed: &mut Routed
     let retried = fallback.is_some_and(|f| number < u64::from(f.attempts) && f.retries_status(status));
     let name = config.backends.get(attempt.backend).map_or("", |b| b.name.as_str());
     host.set_response_header(BACKEND_HEADER, name);
-    if retried && !(500..600).contains(&status) && fallback.is_some_and(|f| f.retries_status(503)) {
+    if retried && !(500..600).contains(&status) {
         // Envoy's outlier detection counts 5xx only: a retried 429 is reported as the 503 it
-        // means for this backend, so a rate-limited backend is ejected like a failing one.
+        // means for this backend, so a rate-limited backend is ejected like a failing one (the
+        // rendered route retries 503 whenever it retries a status below 500).
         host.set_response_header("x-llmgw-upstream-status", &status.to_string());
         host.set_response_header(":status", "503");
     }
@@ -1149,6 +1150,25 @@ rules:
             .samples
             .iter()
             .any(|s| s.name.starts_with("llmgw.requests_total") && s.name.contains("=claude;")));
+    }
+
+    #[test]
+    fn a_retried_429_is_reported_as_503_even_when_only_429_is_retried() {
+        let text = "backends: [{name: a, schema: OpenAI}, {name: b, schema: OpenAI}]
+rules: [{backends: [{name: a}, {name: b, priority: 1}], retry: {attempts: 2, on: ['429']}}]
+role: upstream
+";
+        let mut x = Exchange::new(Some(Rc::new(Shared::new(parse(text.as_bytes(), &NoEnv, 0).unwrap()))));
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        host.properties = vec![
+            ("xds.upstream_host_metadata.filter_metadata.llmgw.target".into(), b"0/0".to_vec()),
+            ("upstream.request_attempt_count".into(), 1u64.to_le_bytes().to_vec()),
+        ];
+        assert_eq!(send(&mut x, &mut host, br#"{"model":"m","messages":[]}"#), Flow::Continue);
+        host.response_headers = vec![(":status".into(), "429".into())];
+        x.on_response_headers(&mut host, false);
+        // The rendered route retries 503 with 429, so Envoy retries it and ejects the backend.
+        assert_eq!(host.response_header(":status").as_deref(), Some("503"));
     }
 
     #[test]
