@@ -16,14 +16,16 @@ use llmgw_filter::exchange::{Exchange, Shared};
 use llmgw_filter::host::Host;
 use llmgw_filter::metrics::Sample;
 
-const PLUGIN: &str = r#"
-backends:
-  - {name: openai, schema: OpenAI, prefix: /v1, auth: {bearer: sk-bench-upstream}}
-  - {name: anthropic, schema: Anthropic, auth: {x_api_key: sk-ant-bench-upstream}}
-rules:
-  - {name: openai-models, match: {model: {glob: "gpt-*"}}, backends: [{name: openai}]}
-  - {name: anthropic-models, match: {model: {prefix: "claude-"}}, backends: [{name: anthropic}]}
-"#;
+const PLUGIN: &str = r#"{
+  "backends": [
+    {"name": "openai", "schema": "OpenAI", "prefix": "/v1", "auth": {"bearer": "sk-bench-upstream"}},
+    {"name": "anthropic", "schema": "Anthropic", "auth": {"x_api_key": "sk-ant-bench-upstream"}}
+  ],
+  "rules": [
+    {"name": "openai-models", "match": {"model": {"glob": "gpt-*"}}, "backends": [{"name": "openai"}]},
+    {"name": "anthropic-models", "match": {"model": {"prefix": "claude-"}}, "backends": [{"name": "anthropic"}]}
+  ]
+}"#;
 
 struct NoEnv;
 impl config::Env for NoEnv {
