@@ -72,6 +72,9 @@ def config(m: dict, refused: int) -> dict:
         openai_backend("fail429", m["fail429"].url, "sk-fail429"),
         openai_backend("hang", m["hang"].url, "sk-hang"),
         openai_backend("refused", f"http://127.0.0.1:{refused}", "sk-refused"),
+        # One model on two servers (as an AIBrix endpoints file gives it), one of them down.
+        {**{k: v for k, v in openai_backend("pair", m["ok"].url, "sk-pair").items() if k != "url"},
+         "endpoints": [f"127.0.0.1:{refused}", f"127.0.0.1:{m['ok'].port}"], "prefix": "/v1"},
         {"name": "claude", "url": m["ok"].url, "schema": "Anthropic", "auth": {"x_api_key_env": "FB_ANT_KEY"}},
         {"name": "claude-down", "url": m["fail500"].url, "schema": "Anthropic",
          "auth": {"x_api_key_env": "FB_ANT_DOWN_KEY"}},
@@ -99,6 +102,7 @@ def config(m: dict, refused: int) -> dict:
         rule("fb-all-fail", p0("fail500"), p1("fail429")),
         rule("fb-abort", p0("ok", model_override="mock-stream-abort"), p1("ok2")),
         rule("claude-fb", p0("claude-down"), p1("ok2", model_override="gpt-fallback")),
+        rule("fb-endpoints", p0("pair"), retry={"attempts": 2, "on": ["connect-failure"]}),
         rule("plain", p0("ok")),
     ]
     return {"backends": backends, "rules": rules}
@@ -257,6 +261,14 @@ def test_attempts_and_the_serving_backend_are_counted(gw, mocks):
     assert ok2 and ok2 >= 1
     failed = e2e.prom_value(samples, "llmgw_requests_total", llmgw_backend="fail500", outcome="failure")
     assert not failed, "a retried attempt is not a failed request"
+
+
+def test_endpoints_of_one_backend_fail_over_to_each_other(gw, mocks):
+    # Whichever endpoint Envoy picks first, every request is served by the one that is up (without
+    # the retry, round robin would fail about every other request).
+    for _ in range(6):
+        r = oa(gw).chat.completions.create(model="fb-endpoints", messages=MSGS)
+        assert reply_from(r.choices[0].message.content, "ok")
 
 
 def test_a_rule_without_fallback_is_unchanged(gw, mocks):
