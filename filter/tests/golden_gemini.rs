@@ -59,14 +59,7 @@ fn translated(dir: &Path, case: &Value, backend: &Backend) -> (Box<dyn Translato
     let mut translator = for_backend(endpoint_of(case), Schema::GCPVertexAI, true).unwrap();
     let now_unix = case["now"].as_u64().unwrap_or(1_750_000_000);
     let edits = translator
-        .request_body(&RequestContext {
-            info: &info,
-            body: &body,
-            backend,
-            query: "",
-            now_unix,
-            sink: Default::default(),
-        })
+        .request_body(&RequestContext { now_unix, ..RequestContext::new(&info, &body, backend) })
         .unwrap_or_else(|e| panic!("{}: {e:?}", dir.display()));
     assert_eq!(edits.set_headers, Vec::<(String, String)>::new());
     let sent: Value = serde_json::from_slice(&edits.body.unwrap().apply_to(b"")).unwrap();
