@@ -1,20 +1,18 @@
 //! One client request and its response, as a state machine over the `Host` trait: routing, edits,
 //! errors, usage and metrics. No proxy-wasm here.
 
-use std::cell::Cell;
 use std::rc::Rc;
 
 use crate::api::{query_of, ClientApi, Endpoint, PathKind};
-use crate::auth::{self, BodyHash};
 use crate::body::{NewBody, Sink};
-use crate::config::{Compiled, Credential, Role, Schema, BACKEND_HEADER, MODEL_HEADER, RULE_HEADER};
+use crate::config::{Compiled, Role, Schema, BACKEND_HEADER, MODEL_HEADER, RULE_HEADER};
 use crate::error::{ApiError, ErrorKind};
 use crate::headers;
 use crate::host::{Flow, Host};
 use crate::metrics::{self, LabelLimiter, Labels};
+use crate::plan::{header, plan_request, Attempt, Destination, HeaderEdit, HeaderList, PlanInput, RequestPlan};
 use crate::request::{self, RequestInfo};
-use crate::routing::find_rule;
-use crate::translate::{self, BodyMode, RequestContext, Translator};
+use crate::translate::{self, BodyMode, Translator};
 use crate::usage::TokenUsage;
 
 const NANOS_PER_MS: u64 = 1_000_000;
@@ -41,6 +39,8 @@ enum Phase {
         query: String,
         /// On the upstream copy: the rule and backend Envoy picked for this attempt.
         attempt: Option<Attempt>,
+        /// The request headers, read once.
+        headers: HeaderList,
     },
     Forwarded(Box<Routed>),
     /// Sent to a fallback rule's cluster; the upstream copy answers in the client's shape.
@@ -50,13 +50,6 @@ enum Phase {
     },
     /// The filter answered; nothing more to do.
     Answered,
-}
-
-/// One attempt of a fallback rule's request, on the upstream copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Attempt {
-    rule: usize,
-    backend: usize,
 }
 
 struct Routed {
@@ -136,22 +129,28 @@ impl Exchange {
 
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
         self.started_at = host.now_nanos();
-        if self.role() == Role::Upstream {
+        // The headers are read once, in one host call; the plan works on this copy.
+        let headers = if self.role() == Role::Upstream {
             // Envoy hands a retry the headers the previous attempt left: start from the client's.
-            restore_or_keep_request_headers(host);
+            restore_or_keep_request_headers(host)
         } else {
             // Whatever happens next, a client never chooses internal headers.
-            host.remove_request_header(MODEL_HEADER);
-            host.remove_request_header(BACKEND_HEADER);
-            host.remove_request_header(RULE_HEADER);
-        }
-        let path = host.request_header(":path").unwrap_or_default();
-        let endpoint = match Endpoint::classify(&path) {
+            let mut headers = host.request_headers();
+            for name in [MODEL_HEADER, BACKEND_HEADER, RULE_HEADER] {
+                if header(&headers, name).is_some() {
+                    host.remove_request_header(name);
+                    headers.retain(|(n, _)| n != name);
+                }
+            }
+            headers
+        };
+        let path = header(&headers, ":path").unwrap_or_default();
+        let endpoint = match Endpoint::classify(path) {
             PathKind::Other => return Flow::Continue,
             PathKind::UnknownV1 => {
                 let message = format!(
                     "unknown endpoint {:?}; served: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models",
-                    path_only(&path)
+                    path_only(path)
                 );
                 return self.reply(host, ApiError::new(404, ErrorKind::NotFound, "unknown_endpoint", message));
             }
@@ -168,13 +167,13 @@ impl Exchange {
             );
             return self.reply_as(host, e, api);
         };
-        let method = host.request_header(":method").unwrap_or_default();
+        let method = header(&headers, ":method").unwrap_or_default();
         if method != endpoint.method() {
             let e = ApiError::new(
                 405,
                 ErrorKind::InvalidRequest,
                 "method_not_allowed",
-                format!("{} {} is not supported; use {}", method, path_only(&path), endpoint.method()),
+                format!("{} {} is not supported; use {}", method, path_only(path), endpoint.method()),
             )
             .with_header("allow", endpoint.method());
             return self.reply_as(host, e, endpoint.client_api());
@@ -189,7 +188,7 @@ impl Exchange {
             let e = ApiError::bad_request("invalid_request", "request body is empty; expected a JSON object");
             return self.reply_as(host, e, api);
         }
-        let declared = host.request_header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        let declared = header(&headers, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|len| len > shared.config.max_request_body_bytes as u64) {
             return self.reply_as(host, too_large(shared.config.max_request_body_bytes), api);
         }
@@ -200,15 +199,16 @@ impl Exchange {
                 Err(e) => return self.reply_as(host, e, api),
             },
         };
-        self.phase = Phase::AwaitingBody { endpoint, query: query_of(&path).to_string(), attempt };
+        let query = query_of(path).to_string();
+        self.phase = Phase::AwaitingBody { endpoint, query, attempt, headers };
         Flow::Pause
     }
 
     pub fn on_request_body(&mut self, host: &mut dyn Host, size: usize, end_of_stream: bool) -> Flow {
-        let Phase::AwaitingBody { endpoint, query, attempt } = &self.phase else {
+        let Phase::AwaitingBody { endpoint, .. } = &self.phase else {
             return if matches!(self.phase, Phase::Answered) { Flow::Pause } else { Flow::Continue };
         };
-        let (endpoint, query, attempt) = (*endpoint, query.clone(), *attempt);
+        let endpoint = *endpoint;
         let Some(shared) = self.shared.clone() else { return Flow::Continue };
         let api = endpoint.client_api();
         if size > shared.config.max_request_body_bytes {
@@ -217,18 +217,57 @@ impl Exchange {
         if !end_of_stream {
             return Flow::Pause;
         }
+        let Phase::AwaitingBody { query, attempt, headers, .. } = std::mem::replace(&mut self.phase, Phase::Ignored)
+        else {
+            return Flow::Continue;
+        };
         let body = host.request_body(size).unwrap_or_default();
-        match route(host, &shared, endpoint, &query, &body, &mut self.model, attempt) {
-            Ok(Routing::Forwarded(routed)) => {
-                self.phase = Phase::Forwarded(Box::new(routed));
-                Flow::Continue
+        let info = match request::read(&body) {
+            Ok(info) => info,
+            Err(e) => return self.reply_as(host, e, api),
+        };
+        self.model = Some(info.model.clone());
+        let input = PlanInput {
+            config: &shared.config,
+            endpoint,
+            query: &query,
+            headers: &headers,
+            body: &body,
+            info: &info,
+            now_nanos: self.started_at,
+            attempt,
+        };
+        let mut sink = HostBodySink { host: &mut *host, original: size, handed_out: 0 };
+        let plan = match plan_request(&input, &mut sink) {
+            Ok(plan) => plan,
+            Err(e) => {
+                if attempt.is_none() {
+                    // Even a request no rule matches is logged with its model.
+                    host.set_request_header(MODEL_HEADER, &info.model);
+                }
+                return self.reply_as(host, e, api);
             }
-            Ok(Routing::Delegated { info }) => {
-                self.phase = Phase::Delegated { endpoint, info };
-                Flow::Continue
+        };
+        let RequestPlan { destination, headers: edits, body: new_body, reroute } = plan;
+        for edit in &edits {
+            match edit {
+                HeaderEdit::Set(name, value) => host.set_request_header(name, value),
+                HeaderEdit::Remove(name) => host.remove_request_header(name),
             }
-            Err(e) => self.reply_as(host, e, api),
         }
+        if let Some(new_body) = &new_body {
+            replace_request_body(host, size, new_body);
+        }
+        if reroute {
+            host.clear_route_cache();
+        }
+        self.phase = match destination {
+            Destination::Backend { index, translator } => {
+                Phase::Forwarded(Box::new(Routed::new(endpoint, index, attempt, info, translator)))
+            }
+            Destination::Rule(_) => Phase::Delegated { endpoint, info },
+        };
+        Flow::Continue
     }
 
     pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
@@ -252,6 +291,9 @@ impl Exchange {
         let upstream = self.role() == Role::Upstream;
         let Some(shared) = self.shared.clone() else { return Flow::Continue };
         let Phase::Forwarded(routed) = &mut self.phase else { return Flow::Continue };
+        // Read once, in one host call.
+        let response = host.response_headers();
+        routed.status = header(&response, ":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         if upstream && on_attempt_answer(host, &shared.config, routed) == AttemptFate::Retried {
             // Envoy tries the next backend; nothing of this answer reaches the client.
             routed.error = true;
@@ -259,9 +301,10 @@ impl Exchange {
             return Flow::Continue;
         }
         for name in headers::OPERATOR_RESPONSE_HEADERS {
-            host.remove_response_header(name);
+            if header(&response, name).is_some() {
+                host.remove_response_header(name);
+            }
         }
-        routed.status = host.response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         routed.error = !(200..300).contains(&routed.status);
         let api = routed.endpoint.client_api();
         if end_of_stream {
@@ -282,22 +325,25 @@ impl Exchange {
             self.finish(host);
             return Flow::Continue;
         }
-        // Read before the translator's plan, which may remove it.
-        let encoding = host.response_header("content-encoding").filter(|e| !e.trim().eq_ignore_ascii_case("identity"));
+        let encoding = header(&response, "content-encoding").filter(|e| !e.trim().eq_ignore_ascii_case("identity"));
         let plan = if routed.error {
             translate::error_plan()
         } else {
-            let content_type = host.response_header("content-type").unwrap_or_default();
-            routed.translator.response_headers(routed.status, &content_type)
+            let content_type = header(&response, "content-type").unwrap_or_default();
+            routed.translator.response_headers(routed.status, content_type)
         };
         for name in &plan.remove_headers {
-            host.remove_response_header(name);
+            if header(&response, name).is_some() {
+                host.remove_response_header(name);
+            }
         }
         for (name, value) in &plan.set_headers {
-            host.set_response_header(name, value);
+            if header(&response, name) != Some(value.as_str()) {
+                host.set_response_header(name, value);
+            }
         }
         routed.mode = plan.mode;
-        let declared_empty = host.response_header("content-length").is_some_and(|v| v.trim() == "0");
+        let declared_empty = header(&response, "content-length").is_some_and(|v| v.trim() == "0");
         let refusal = match (&encoding, routed.error) {
             // The gateway asked for `identity`; a compressed body it must read cannot be rewritten.
             (Some(encoding), false) if routed.translator.rewrites_response() => Some(ApiError::new(
@@ -384,7 +430,8 @@ impl Exchange {
             }
         } else {
             let edits = routed.translator.response_body(&chunk, end_of_stream);
-            if edits.first_content && routed.first_content_at.is_none() {
+            if edits.first_content && routed.info.stream && routed.first_content_at.is_none() {
+                // Time to first token is a streaming measure.
                 routed.first_content_at = Some(host.now_nanos());
             }
             let sent = edits.replace.as_ref().map_or(chunk.len(), Vec::len);
@@ -446,8 +493,7 @@ impl Exchange {
         self.logged = true;
         // An answer Envoy made itself (no backend reached) has no backend.
         let backend = shared.config.backends.get(routed.backend).map_or("", |b| b.name.as_str());
-        let now = host.now_nanos();
-        let ended_at = routed.ended_at.unwrap_or(now);
+        let ended_at = routed.ended_at.unwrap_or_else(|| host.now_nanos());
         let labels = Labels {
             model: shared.limiter.model_label(backend, &routed.info.model),
             backend: backend.to_string(),
@@ -523,157 +569,6 @@ impl Exchange {
     }
 }
 
-/// Where the downstream filter sends a request: one backend, or a fallback rule's cluster.
-enum Choice {
-    Backend(usize),
-    Rule(usize),
-}
-
-fn choose(host: &dyn Host, config: &Compiled, info: &RequestInfo) -> Result<Choice, ApiError> {
-    let header_values: Vec<(&str, Option<String>)> =
-        config.matched_header_names.iter().map(|n| (n.as_str(), host.request_header(n))).collect();
-    let lookup = |name: &str| header_values.iter().find(|(n, _)| *n == name).and_then(|(_, v)| v.as_deref());
-    let (index, rule) = find_rule(&config.rules, &info.model, &lookup).ok_or_else(|| {
-        ApiError::new(
-            404,
-            ErrorKind::InvalidRequest,
-            "model_not_found",
-            format!(
-                "The model `{}` does not exist or is not served by this gateway: no rule matches it. \
-                 Add a rule whose match.model (exact, prefix, glob or regex) covers it, or a rule \
-                 without `match` as the default.",
-                info.model
-            ),
-        )
-    })?;
-    Ok(if rule.fallback.is_some() { Choice::Rule(index) } else { Choice::Backend(rule.pick_backend()) })
-}
-
-/// What became of a request.
-enum Routing {
-    /// Sent to one backend, translated here.
-    Forwarded(Routed),
-    /// Sent to a fallback rule's cluster: the upstream copy translates each attempt.
-    Delegated { info: RequestInfo },
-}
-
-/// Reads the body, picks the backend and applies every request edit.
-fn route(
-    host: &mut dyn Host,
-    shared: &Shared,
-    endpoint: Endpoint,
-    query: &str,
-    body: &[u8],
-    model: &mut Option<String>,
-    attempt: Option<Attempt>,
-) -> Result<Routing, ApiError> {
-    // The host's buffer holds exactly the body read.
-    let size = body.len();
-    let config = &shared.config;
-    let info = request::read(body)?;
-    *model = Some(info.model.clone());
-    let upstream = attempt.is_some();
-    if !upstream {
-        // Set before routing, so even a request no rule matches is logged with its model.
-        host.set_request_header(MODEL_HEADER, &info.model);
-    }
-    if info.stream && !endpoint.can_stream() {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            format!("{} does not support `stream`", endpoint.suffix()),
-        ));
-    }
-    let backend_index = match attempt {
-        // The upstream copy: Envoy picked this attempt's backend.
-        Some(attempt) => attempt.backend,
-        None => match choose(host, config, &info)? {
-            Choice::Backend(index) => index,
-            Choice::Rule(rule) => {
-                // Envoy retries across the rule's backends; each attempt is translated upstream.
-                host.set_request_header(RULE_HEADER, &rule.to_string());
-                host.clear_route_cache();
-                return Ok(Routing::Delegated { info });
-            }
-        },
-    };
-    let backend = config.backends.get(backend_index).ok_or_else(|| {
-        ApiError::new(500, ErrorKind::Server, "internal", "routing chose a backend that does not exist")
-    })?;
-    let mut translator = translate::for_backend(endpoint, backend.schema, config.stream_include_usage)?;
-
-    let now = host.now_nanos();
-    let now_unix = now / 1_000_000_000;
-    // A whole new body leaves the VM chunk by chunk as it is written (hashed on the way when it is
-    // to be signed): memory holds the client's body and one chunk, whatever the translation's size.
-    let signs_body = matches!(backend.credential, Some(Credential::Aws(_)));
-    let mut sink =
-        HostBodySink { host: &mut *host, original: size, handed_out: 0, hash: signs_body.then(BodyHash::default) };
-    let edits = translator.request_body(&RequestContext {
-        info: &info,
-        body,
-        backend,
-        query,
-        now_unix,
-        sink: Cell::new(Some(&mut sink)),
-    });
-    let hashed = sink.hash.take();
-    let edits = edits?;
-
-    // An allowlist: what nobody decided to forward does not reach the provider.
-    for name in headers::to_remove(host.request_header_names(), backend) {
-        host.remove_request_header(&name);
-    }
-    if !upstream {
-        host.set_request_header(BACKEND_HEADER, &backend.name);
-    }
-    // Usage is read from every response and translators rewrite them: they must arrive uncompressed.
-    host.set_request_header("accept-encoding", "identity");
-    if let Some(path) = &edits.path {
-        host.set_request_header(":path", path);
-    }
-    for (name, value) in &edits.set_headers {
-        host.set_request_header(name, value);
-    }
-    for name in &backend.remove_headers {
-        host.remove_request_header(name);
-    }
-    for (name, value) in &backend.set_headers {
-        host.set_request_header(name, value);
-    }
-    if let Some(authority) = &backend.authority {
-        host.set_request_header(":authority", authority);
-    }
-    if let Some(new_body) = &edits.body {
-        replace_request_body(host, size, new_body);
-        if host.request_header("content-length").is_some() {
-            host.set_request_header("content-length", &new_body.len(size).to_string());
-        }
-    }
-    if let Some(credential) = &backend.credential {
-        // Signed last: the signature covers the final path, authority and body.
-        let path = host.request_header(":path").unwrap_or_default();
-        let authority = host.request_header(":authority").unwrap_or_default();
-        let content_type = host.request_header("content-type").unwrap_or_else(|| "application/json".into());
-        let signed_headers = [("content-type", content_type.as_str())];
-        let outgoing = auth::Outgoing {
-            method: "POST",
-            authority: &authority,
-            path: &path,
-            headers: &signed_headers,
-            body: &edits.body.as_ref().map_or_else(|| vec![body], |b| b.parts(body)),
-            body_hashed: hashed.as_ref(),
-            time: std::time::UNIX_EPOCH + std::time::Duration::from_nanos(now),
-        };
-        for (name, value) in auth::headers(credential, &backend.region, &outgoing)? {
-            host.set_request_header(&name, &value);
-        }
-    }
-    if !upstream {
-        host.clear_route_cache();
-    }
-    Ok(Routing::Forwarded(Routed::new(endpoint, backend_index, attempt, info, translator)))
-}
-
 /// A 2xx without a body: no client API has an empty answer.
 fn empty_answer(status: u16) -> ApiError {
     ApiError::new(
@@ -706,10 +601,10 @@ const ATTEMPT_PROPERTY: &[&str] = &["upstream", "request_attempt_count"];
 
 /// Envoy builds each retry from the headers the previous attempt left (its path, credential,
 /// removed headers): the first attempt saves the client's, later ones start from them again.
-fn restore_or_keep_request_headers(host: &mut dyn Host) {
+fn restore_or_keep_request_headers(host: &mut dyn Host) -> HeaderList {
     match host.property(&[CLIENT_HEADERS]) {
         Some(saved) => {
-            let headers: Vec<(String, String)> = saved
+            let headers: HeaderList = saved
                 .split(|&b| b == 0)
                 .collect::<Vec<_>>()
                 .chunks_exact(2)
@@ -721,17 +616,20 @@ fn restore_or_keep_request_headers(host: &mut dyn Host) {
                 })
                 .collect();
             host.set_request_headers(&headers);
+            headers
         }
         None => {
+            let headers = host.request_headers();
             // Header names and values cannot hold NUL: it separates them.
             let mut saved = Vec::new();
-            for (name, value) in host.request_headers() {
+            for (name, value) in &headers {
                 saved.extend_from_slice(name.as_bytes());
                 saved.push(0);
                 saved.extend_from_slice(value.as_bytes());
                 saved.push(0);
             }
             host.set_filter_state(CLIENT_HEADERS, &saved);
+            headers
         }
     }
 }
@@ -772,7 +670,7 @@ enum AttemptFate {
 /// lets it through), counts it, and tells whether Envoy will retry it elsewhere.
 fn on_attempt_answer(host: &mut dyn Host, config: &Compiled, routed: &mut Routed) -> AttemptFate {
     let Some(attempt) = routed.attempt else { return AttemptFate::Served };
-    let status: u16 = host.response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = routed.status;
     let number = host
         .property(ATTEMPT_PROPERTY)
         .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
@@ -833,8 +731,6 @@ struct HostBodySink<'h> {
     /// The client's body size (what the first chunk replaces).
     original: usize,
     handed_out: usize,
-    /// The running SHA-256 when the body is to be signed.
-    hash: Option<BodyHash>,
 }
 
 impl Sink for HostBodySink<'_> {
@@ -845,9 +741,6 @@ impl Sink for HostBodySink<'_> {
             self.host.append_request_body(chunk);
         }
         self.handed_out += chunk.len();
-        if let Some(hash) = &mut self.hash {
-            hash.update(chunk);
-        }
     }
 }
 

@@ -153,15 +153,6 @@ fn checked<T: Default>(what: &str, result: Result<T, proxy_wasm::types::Status>)
 }
 
 impl Host for WasmHost<'_> {
-    fn request_header(&self, name: &str) -> Option<String> {
-        checked("get request header", hostcalls::get_map_value(MapType::HttpRequestHeaders, name))
-    }
-    fn request_header_names(&self) -> Vec<String> {
-        checked("get request headers", hostcalls::get_map(MapType::HttpRequestHeaders))
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect()
-    }
     fn set_request_header(&mut self, name: &str, value: &str) {
         checked("set request header", hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)))
     }
@@ -173,6 +164,9 @@ impl Host for WasmHost<'_> {
     }
     fn set_request_body(&mut self, size: usize, body: &[u8]) {
         checked("set request body", hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, body))
+    }
+    fn response_headers(&self) -> Vec<(String, String)> {
+        checked("get response headers", hostcalls::get_map(MapType::HttpResponseHeaders))
     }
     fn response_header(&self, name: &str) -> Option<String> {
         checked("get response header", hostcalls::get_map_value(MapType::HttpResponseHeaders, name))

@@ -4,9 +4,6 @@
 use crate::metrics::Sample;
 
 pub trait Host {
-    fn request_header(&self, name: &str) -> Option<String>;
-    /// The names of all request headers (lower-case), in one host call.
-    fn request_header_names(&self) -> Vec<String>;
     fn set_request_header(&mut self, name: &str, value: &str);
     fn remove_request_header(&mut self, name: &str);
     /// The buffered request body (its first `size` bytes).
@@ -16,6 +13,8 @@ pub trait Host {
     /// Appends to the request body.
     fn append_request_body(&mut self, body: &[u8]);
 
+    /// Every response header, in one host call.
+    fn response_headers(&self) -> Vec<(String, String)>;
     fn response_header(&self, name: &str) -> Option<String>;
     fn set_response_header(&mut self, name: &str, value: &str);
     fn remove_response_header(&mut self, name: &str);

@@ -56,12 +56,6 @@ impl FakeHost {
 }
 
 impl Host for FakeHost {
-    fn request_header(&self, name: &str) -> Option<String> {
-        get(&self.request_headers, name)
-    }
-    fn request_header_names(&self) -> Vec<String> {
-        self.request_headers.iter().map(|(n, _)| n.to_ascii_lowercase()).collect()
-    }
     fn set_request_header(&mut self, name: &str, value: &str) {
         set(&mut self.request_headers, name, value)
     }
@@ -76,6 +70,9 @@ impl Host for FakeHost {
     }
     fn append_request_body(&mut self, body: &[u8]) {
         self.request_body.extend_from_slice(body);
+    }
+    fn response_headers(&self) -> Vec<(String, String)> {
+        self.response_headers.clone()
     }
     fn response_header(&self, name: &str) -> Option<String> {
         get(&self.response_headers, name)

@@ -68,12 +68,6 @@ fn set(headers: &mut Vec<(String, String)>, name: &str, value: &str) {
 }
 
 impl Host for MemHost {
-    fn request_header(&self, name: &str) -> Option<String> {
-        get(&self.request_headers, name)
-    }
-    fn request_header_names(&self) -> Vec<String> {
-        self.request_headers.iter().map(|(n, _)| n.to_ascii_lowercase()).collect()
-    }
     fn set_request_header(&mut self, name: &str, value: &str) {
         untracked(|| {
             self.check("request header", name, value);
@@ -94,6 +88,9 @@ impl Host for MemHost {
             let size = size.min(self.request_body.len());
             self.request_body.splice(..size, body.iter().copied());
         })
+    }
+    fn response_headers(&self) -> Vec<(String, String)> {
+        self.response_headers.clone()
     }
     fn response_header(&self, name: &str) -> Option<String> {
         get(&self.response_headers, name)
