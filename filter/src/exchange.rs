@@ -272,9 +272,8 @@ impl Exchange {
 
     pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
         if matches!(self.phase, Phase::Delegated { .. }) {
-            if host.response_header(BACKEND_HEADER).is_some() {
-                // The upstream copy answered in the client's shape, and counts it.
-                host.remove_response_header(BACKEND_HEADER);
+            if host.property(CODE_DETAILS_PROPERTY).as_deref() == Some(VIA_UPSTREAM) {
+                // An attempt's answer: the upstream copy made it client-shaped, and counts it.
                 self.phase = Phase::Ignored;
                 return Flow::Continue;
             }
@@ -598,6 +597,10 @@ const CLIENT_HEADERS: &str = "llmgw_client_headers";
 /// The picked endpoint's metadata naming its rule and backend (`"<rule>/<backend in the rule>"`).
 const TARGET_PROPERTY: &[&str] = &["xds", "upstream_host_metadata", "filter_metadata", "llmgw", "target"];
 const ATTEMPT_PROPERTY: &[&str] = &["upstream", "request_attempt_count"];
+/// Why the response is what it is: `via_upstream` for a provider's (an attempt's) answer, else
+/// Envoy's own (no healthy upstream, timeouts, overflow).
+const CODE_DETAILS_PROPERTY: &[&str] = &["response", "code_details"];
+const VIA_UPSTREAM: &[u8] = b"via_upstream";
 
 /// Envoy builds each retry from the headers the previous attempt left (its path, credential,
 /// removed headers): the first attempt saves the client's, later ones start from them again.
@@ -666,8 +669,8 @@ enum AttemptFate {
     Retried,
 }
 
-/// An attempt's answer on the upstream copy: marks it as the gateway's (so the downstream filter
-/// lets it through), counts it, and tells whether Envoy will retry it elsewhere.
+/// An attempt's answer on the upstream copy: counts it, and tells whether Envoy will retry it
+/// elsewhere.
 fn on_attempt_answer(host: &mut dyn Host, config: &Compiled, routed: &mut Routed) -> AttemptFate {
     let Some(attempt) = routed.attempt else { return AttemptFate::Served };
     let status = routed.status;
@@ -678,7 +681,6 @@ fn on_attempt_answer(host: &mut dyn Host, config: &Compiled, routed: &mut Routed
     let fallback = config.rules.get(attempt.rule).and_then(|r| r.fallback.as_ref());
     let retried = fallback.is_some_and(|f| number < u64::from(f.attempts) && f.retries_status(status));
     let name = config.backends.get(attempt.backend).map_or("", |b| b.name.as_str());
-    host.set_response_header(BACKEND_HEADER, name);
     if retried && !(500..600).contains(&status) {
         // Envoy's outlier detection counts 5xx only: a retried 429 is reported as the 503 it
         // means for this backend, so a rate-limited backend is ejected like a failing one (the
@@ -952,16 +954,14 @@ rules:
         assert_eq!(host.request_body, body, "the body is translated per attempt, upstream");
         assert_eq!(host.route_cache_clears, 1);
 
-        // The upstream copy answered (it marks its answers): passed through, the mark removed.
-        respond(&mut x, &mut host, "200", b"");
-        assert_eq!(host.response_header("x-llmgw-backend"), None);
-        host.response_headers.push(("x-llmgw-backend".into(), "claude".into()));
+        // An attempt's answer (Envoy says it came via the upstream): the upstream copy made it
+        // client-shaped, so it passes through untouched.
         let mut y = fallback("downstream");
         let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        host.properties.push(("response.code_details".into(), b"via_upstream".to_vec()));
         send(&mut y, &mut host, body);
-        host.response_headers = vec![(":status".into(), "200".into()), ("x-llmgw-backend".into(), "claude".into())];
+        host.response_headers = vec![(":status".into(), "200".into())];
         assert_eq!(y.on_response_headers(&mut host, false), Flow::Continue);
-        assert_eq!(host.response_header("x-llmgw-backend"), None);
         host.response_body = b"{\"choices\":[]}".to_vec();
         let size = host.response_body.len();
         assert_eq!(y.on_response_body(&mut host, size, true), Flow::Continue);
@@ -1034,7 +1034,6 @@ rules:
         // The last attempt's error is the client's answer, in its shape, with its status.
         respond(&mut y, &mut host2, "429", b"slow down");
         assert_eq!(host2.response_header(":status").as_deref(), Some("429"));
-        assert_eq!(host2.response_header("x-llmgw-backend").as_deref(), Some("claude"));
         let v: serde_json::Value = serde_json::from_slice(&host2.response_body).unwrap();
         assert!(v["error"]["message"].as_str().unwrap().contains("slow down"), "{v}");
         y.on_done(&mut host2);
