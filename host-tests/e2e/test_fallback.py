@@ -72,6 +72,7 @@ def config(m: dict, refused: int) -> dict:
         openai_backend("fail429", m["fail429"].url, "sk-fail429"),
         openai_backend("hang", m["hang"].url, "sk-hang"),
         openai_backend("refused", f"http://127.0.0.1:{refused}", "sk-refused"),
+        openai_backend("refused2", f"http://127.0.0.1:{refused}", "sk-refused2"),
         # One model on two servers (as an AIBrix endpoints file gives it), one of them down.
         {**{k: v for k, v in openai_backend("pair", m["ok"].url, "sk-pair").items() if k != "url"},
          "endpoints": [f"127.0.0.1:{refused}", f"127.0.0.1:{m['ok'].port}"], "prefix": "/v1"},
@@ -100,6 +101,7 @@ def config(m: dict, refused: int) -> dict:
         rule("fb-to-anthropic", p0("fail503"), p1("claude", model_override="claude-fallback")),
         rule("fb-from-bedrock", p0("bedrock-down", model_override="anthropic.claude-3-haiku"), p1("ok2")),
         rule("fb-all-fail", p0("fail500"), p1("fail429")),
+        rule("fb-unreachable", p0("refused"), p1("refused2")),
         rule("fb-abort", p0("ok", model_override="mock-stream-abort"), p1("ok2")),
         rule("claude-fb", p0("claude-down"), p1("ok2", model_override="gpt-fallback")),
         rule("fb-endpoints", p0("pair"), retry={"attempts": 2, "on": ["connect-failure"]}),
@@ -219,6 +221,25 @@ def test_when_every_backend_fails_the_client_gets_one_clean_error(gw, mocks):
     assert err.value.status_code == 429, "the last attempt's status"
     body = err.value.body
     assert isinstance(body, dict) and "fail429" in body.get("message", ""), body
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_when_no_backend_is_reachable_envoys_own_answer_is_client_shaped(gw, mocks, stream):
+    # No attempt answered: the 503 is Envoy's own (`upstream connect error ...`, not via_upstream),
+    # and the downstream copy puts it in the client's API shape.
+    with pytest.raises(openai.InternalServerError) as err:
+        if stream:
+            list(oa(gw).chat.completions.create(model="fb-unreachable", messages=MSGS, stream=True))
+        else:
+            oa(gw).chat.completions.create(model="fb-unreachable", messages=MSGS)
+    assert err.value.status_code == 503
+    body = err.value.body
+    assert isinstance(body, dict) and body.get("message"), body
+    ac = anthropic.Anthropic(base_url=f"http://127.0.0.1:{gw.port}", api_key="client-key", max_retries=0)
+    with pytest.raises(anthropic.InternalServerError) as aerr:
+        ac.messages.create(model="fb-unreachable", max_tokens=16, messages=MSGS)
+    assert aerr.value.status_code == 503
+    assert aerr.value.body["type"] == "error" and aerr.value.body["error"]["message"], aerr.value.body
 
 
 def test_a_stream_that_fails_after_its_first_byte_is_not_retried(gw, mocks):
