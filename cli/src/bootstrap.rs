@@ -122,10 +122,7 @@ fn listener(g: &Gateway, o: &Options, buffer: u64, fallbacks: &[fallback::Rule])
                 "stream_idle_timeout": to_envoy(DEFAULT_TIMEOUT),
                 "request_timeout": "0s",
                 "access_log": [access_log()],
-                "http_filters": [wasm_filter(g, o, PLUGIN_NAME, &g.plugin), headers_to_metadata(), {
-                    "name": "envoy.filters.http.router",
-                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-                }],
+                "http_filters": [wasm_filter(g, o, PLUGIN_NAME, &g.plugin), headers_to_metadata(), router(fallbacks)],
                 "route_config": {"name": "llmgw", "virtual_hosts": [{
                     "name": "llmgw",
                     "domains": ["*"],
@@ -171,6 +168,39 @@ fn logged_backend() -> String {
          ? metadata.filter_metadata['{ns}']['backend'] : ('{BACKEND_HEADER}' in request.headers \
          ? request.headers['{BACKEND_HEADER}'] : xds.upstream_host_metadata.filter_metadata['{up}']['backend']))%"
     )
+}
+
+/// The router. With fallback rules it also logs every attempt (`upstream_log`): which backend each
+/// went to and what it answered, besides the request's own line.
+fn router(fallbacks: &[fallback::Rule]) -> Value {
+    let mut config = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"});
+    if !fallbacks.is_empty() {
+        config["upstream_log"] = json!([attempt_log()]);
+    }
+    json!({"name": "envoy.filters.http.router", "typed_config": config})
+}
+
+fn attempt_log() -> Value {
+    let up = fallback::METADATA_NAMESPACE;
+    json!({
+        "name": "envoy.access_loggers.stdout",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {"json_format": {
+                "time": "%START_TIME%",
+                "attempt_of": "%REQ(x-request-id)%",
+                "backend": format!("%UPSTREAM_METADATA({up}:backend)%"),
+                "upstream": "%UPSTREAM_HOST%",
+                "status": "%RESPONSE_CODE%",
+                // A retried 429 is reported to Envoy as 503 (outlier detection counts 5xx): this is
+                // what the provider said.
+                "upstream_status": "%RESP(x-llmgw-upstream-status)%",
+                "flags": "%RESPONSE_FLAGS%",
+                "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+                "duration_ms": "%DURATION%",
+            }},
+        },
+    })
 }
 
 fn access_log() -> Value {

@@ -102,6 +102,8 @@ def config(m: dict, refused: int) -> dict:
         rule("fb-from-bedrock", p0("bedrock-down", model_override="anthropic.claude-3-haiku"), p1("ok2")),
         rule("fb-all-fail", p0("fail500"), p1("fail429")),
         rule("fb-unreachable", p0("refused"), p1("refused2")),
+        # Its own cluster: no other test's failures have ejected its primary.
+        rule("fb-log", p0("fail500"), p1("ok2")),
         rule("fb-abort", p0("ok", model_override="mock-stream-abort"), p1("ok2")),
         rule("claude-fb", p0("claude-down"), p1("ok2", model_override="gpt-fallback")),
         rule("fb-endpoints", p0("pair"), retry={"attempts": 2, "on": ["connect-failure"]}),
@@ -266,6 +268,19 @@ def test_anthropic_client_falls_back_to_an_openai_backend(gw, mocks, stream):
         assert m.type == "message" and m.usage.input_tokens == 2 and m.usage.cache_read_input_tokens == 2
         text = m.content[0].text
     assert reply_from(text, "ok2"), text
+
+
+def test_the_access_log_names_every_attempt(gw, mocks):
+    rid = f"fb-log-{time.monotonic_ns()}"
+    r = oa(gw).chat.completions.with_raw_response.create(model="fb-log", messages=MSGS,
+                                                        extra_headers={"x-request-id": rid})
+    assert r.status_code == 200
+    attempts = gw.wait_access_log(lambda e: e.get("attempt_of") == rid and e.get("status") == 200)
+    # One line per attempt, written as each ends: in the order they were made.
+    lines = [e for e in gw.access_log() if e.get("attempt_of") == rid]
+    assert attempts and [(e["backend"], e["status"]) for e in lines] == [("fail500", 500), ("ok2", 200)], lines
+    request = gw.wait_access_log(lambda e: e.get("request_id") == rid)
+    assert request and request[0]["backend"] == "ok2" and request[0]["attempts"] == 2, request
 
 
 def test_attempts_and_the_serving_backend_are_counted(gw, mocks):
