@@ -104,6 +104,7 @@ def config(m: dict, refused: int) -> dict:
         rule("fb-unreachable", p0("refused"), p1("refused2")),
         # Its own cluster: no other test's failures have ejected its primary.
         rule("fb-log", p0("fail500"), p1("ok2")),
+        rule("fb-log-429", p0("fail429"), p1("ok2")),
         rule("fb-abort", p0("ok", model_override="mock-stream-abort"), p1("ok2")),
         rule("claude-fb", p0("claude-down"), p1("ok2", model_override="gpt-fallback")),
         rule("fb-endpoints", p0("pair"), retry={"attempts": 2, "on": ["connect-failure"]}),
@@ -281,6 +282,13 @@ def test_the_access_log_names_every_attempt(gw, mocks):
     assert attempts and [(e["backend"], e["status"]) for e in lines] == [("fail500", 500), ("ok2", 200)], lines
     request = gw.wait_access_log(lambda e: e.get("request_id") == rid)
     assert request and request[0]["backend"] == "ok2" and request[0]["attempts"] == 2, request
+    # A retried 429 is a 503 to Envoy; the line says what the provider answered.
+    rid = f"fb-log-429-{time.monotonic_ns()}"
+    oa(gw).chat.completions.create(model="fb-log-429", messages=MSGS, extra_headers={"x-request-id": rid})
+    gw.wait_access_log(lambda e: e.get("attempt_of") == rid and e.get("status") == 200)
+    lines = [e for e in gw.access_log() if e.get("attempt_of") == rid]
+    assert [(e["backend"], e["status"], e["upstream_status"]) for e in lines] == [
+        ("fail429", 503, "429"), ("ok2", 200, None)], lines
 
 
 def test_attempts_and_the_serving_backend_are_counted(gw, mocks):
