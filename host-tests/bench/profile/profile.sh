@@ -11,19 +11,21 @@
 #   profile.sh update                           measures every scenario, rewrites baseline.json
 #   profile.sh list | build | help
 #
-# All but run/list need valgrind (apt-get install valgrind). Output files go to $PROFILE_OUT
-# (default target/bench/profile); the build to $PROFILE_TARGET_DIR (default
-# ${CARGO_TARGET_DIR:-target}/bench/profile-target: its own release profile, opt-level s like the .wasm).
+# All but run/list need valgrind (apt-get install valgrind; `make bench-check` installs it). Output
+# files go to $PROFILE_OUT (default ${CARGO_TARGET_DIR:-target}/bench/profile), the build to
+# $PROFILE_TARGET_DIR (default ${CARGO_TARGET_DIR:-target}/bench/profile-target): the tool is a Cargo
+# project of its own, release profile opt-level s like the .wasm, with symbols for callgrind.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../../.." && pwd)"
-out="${PROFILE_OUT:-$repo/target/bench/profile}"
-export CARGO_TARGET_DIR="${PROFILE_TARGET_DIR:-${CARGO_TARGET_DIR:-$repo/target}/bench/profile-target}"
+base="${CARGO_TARGET_DIR:-$repo/target}"
+out="${PROFILE_OUT:-$base/bench/profile}"
+export CARGO_TARGET_DIR="${PROFILE_TARGET_DIR:-$base/bench/profile-target}"
 bin="$CARGO_TARGET_DIR/release/llmgw-bench-profile"
 cmd="${1:-annotate}"
 [ $# -gt 0 ] && shift
 
-cargo build --quiet --release --manifest-path "$here/Cargo.toml"
+cargo build --release --manifest-path "$here/Cargo.toml" >&2
 mkdir -p "$out"
 case "$cmd" in
   build) echo "$bin"; exit 0 ;;

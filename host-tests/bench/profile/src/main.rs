@@ -260,11 +260,24 @@ fn cmd_loop(rest: &[String]) -> Result<ExitCode, String> {
         None => Collect::All,
         Some(c) => Collect::parse(c).ok_or_else(|| format!("unknown filter instance {c:?}"))?,
     };
-    let p = Prepared::new(s)?;
-    p.request(0, Collect::None, true).map_err(|e| format!("{}: {e}", s.name))?;
-    for i in 1..=n {
-        p.request(i, collect, false).map_err(|e| format!("{}: {e}", s.name))?;
-    }
+    // A thread of its own: glibc gives it a fresh malloc arena and stack, so the heap layout (and
+    // with it malloc's and memcpy's instruction counts) does not depend on what the process did
+    // before, such as the length of its own path in argv.
+    let measure = move || -> Result<(), String> {
+        let p = Prepared::new(s)?;
+        p.request(0, Collect::None, true).map_err(|e| format!("{}: {e}", s.name))?;
+        for i in 1..=n {
+            p.request(i, collect, false).map_err(|e| format!("{}: {e}", s.name))?;
+        }
+        Ok(())
+    };
+    std::thread::Builder::new()
+        .name("measure".into())
+        .stack_size(64 << 20)
+        .spawn(measure)
+        .map_err(|e| format!("thread: {e}"))?
+        .join()
+        .map_err(|_| "the measured thread panicked".to_string())??;
     Ok(ExitCode::SUCCESS)
 }
 
