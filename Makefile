@@ -124,6 +124,7 @@ lint: fmt-check clippy
 
 fmt-check: rust-tools
 	$(CARGO) fmt --all --check
+	$(CARGO) fmt --manifest-path host-tests/bench/profile/Cargo.toml --check
 
 clippy: rust-tools
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

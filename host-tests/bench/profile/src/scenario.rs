@@ -549,3 +549,30 @@ fn mock_reply(anthropic: bool, stream: bool) -> (&'static str, Vec<Vec<u8>>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_does_what_the_bench_request_does() {
+        for s in SCENARIOS {
+            let p = Prepared::new(s).unwrap();
+            p.request(0, Collect::None, true).unwrap_or_else(|e| panic!("{}: {e}", s.name));
+            let o = p.request(1, Collect::None, false).unwrap();
+            assert_eq!(o.upstream.is_some(), s.fallback, "{}", s.name);
+        }
+    }
+
+    #[test]
+    fn a_local_reply_is_an_error_not_a_panic() {
+        let mut p = Prepared::new(find("fallback-openai-json-1k").unwrap()).unwrap();
+        for (name, value) in &mut p.client_headers {
+            if name == ":method" {
+                *value = "GET".into();
+            }
+        }
+        let e = p.request(0, Collect::None, true).err().unwrap();
+        assert!(e.contains("downstream filter answered locally (405)"), "{e}");
+    }
+}
