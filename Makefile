@@ -37,7 +37,7 @@ export ENVOY_BIN
 help:
 	@echo "make run       llmgw run: gateway on :1975, admin :1064, configured from the environment (demo mode without keys)"
 	@echo "make run-mocks envoy-configs/local/envoy.yaml with two mock providers"
-	@echo "make test      lint + unit + harness + cli-test + e2e + bench-smoke (what .ci/run does)"
+	@echo "make test      lint + unit + harness + cli-test + e2e + bench-smoke + bench-check (what .ci/run does)"
 	@echo "make build     release filter wasm, mock-provider, wasi-runner, llmgw CLI"
 	@echo "make lint      cargo fmt --check and clippy (host and wasm32)"
 	@echo "make unit      filter unit tests, native and on wasmtime (wasm32-wasip1)"
@@ -45,6 +45,7 @@ help:
 	@echo "make cli-test  cargo test -p llmgw (config formats, golden bootstraps, llmgw run e2e)"
 	@echo "make oci       the filter as an OCI image layout in $(OCI_DIR); make oci-push IMAGE=reg/name:tag"
 	@echo "make bench     llmgw vs plain Envoy vs LiteLLM (not in CI); make bench-smoke is"
+	@echo "make bench-check  callgrind instructions per request in the filter vs host-tests/bench/profile/baseline.json"
 	@echo "make e2e       pytest host-tests/e2e (real Envoy, openai SDK); PYTEST_ARGS=... to pass options"
 	@echo "make validate  envoy --mode validate on every bootstrap under envoy-configs/"
 	@echo "make tools     rust target/components and the Python venv ($(VENV))"
@@ -116,13 +117,14 @@ cli:
 
 # --- tests -------------------------------------------------------------------------------------
 
-test: lint unit harness cli-test e2e bench-smoke
+test: lint unit harness cli-test e2e bench-smoke bench-check
 	@echo "make test: all passed"
 
 lint: fmt-check clippy
 
 fmt-check: rust-tools
 	$(CARGO) fmt --all --check
+	$(CARGO) fmt --manifest-path host-tests/bench/profile/Cargo.toml --check
 
 clippy: rust-tools
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -208,32 +210,50 @@ deb-tools:
 clean-venv:
 	rm -rf "$(VENV)"
 
-# --- bench (not part of CI; bench-smoke is, through `make test`) -------------------------------
+# --- bench (not part of CI; bench-smoke and bench-check are, through `make test`) ---------------
 #   make bench        llmgw vs plain Envoy vs LiteLLM on one mock: target/bench/results.{json,md,svg}
 #   make bench-smoke  the same driver with a tiny load (seconds): every configuration still works
+#   make bench-check  instructions per request inside the filter (callgrind, deterministic) for each
+#                     scenario of host-tests/bench/profile against its committed baseline.json: fails
+#                     naming a scenario that grew by > 10%. Accept a change with
+#                     `host-tests/bench/profile/profile.sh update` and commit baseline.json.
 # BENCH_ARGS=... passes options to host-tests/bench/bench.py (--rounds N, --only llmgw, --litellm off).
 BENCH_ARGS    ?=
 BENCH_LITELLM := target/bench/litellm-venv
-.PHONY: bench bench-smoke bench-tools
+# The profile tool is a Cargo project of its own (release profile opt-level s like the .wasm, with
+# symbols for callgrind), built here.
+PROFILE_ENV   := PROFILE_TARGET_DIR=$(abspath $(TARGET))/bench/profile-target PROFILE_OUT=$(abspath $(TARGET))/bench/profile
+PROFILE_BIN   := $(abspath $(TARGET))/bench/profile-target/release/llmgw-bench-profile
+.PHONY: bench bench-smoke bench-tools bench-check valgrind-tools
 
 bench-tools:
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }
 
+valgrind-tools:
+	@command -v valgrind >/dev/null 2>&1 || { echo "installing valgrind (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
+
 # The mock is built optimized but without the workspace's LTO (sized for the .wasm, slow for wasmtime).
 # The baseline filter (a no-op proxy-wasm filter and llmgw's skeleton) gives the cost of wasm itself.
-bench: wasm cli py-tools bench-tools
+# bench.py also runs the callgrind check (its table and verdict are part of the report).
+bench: wasm cli py-tools bench-tools valgrind-tools
 	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
 	  $(CARGO) build --release -p llmgw-host-tests --bin bench-mock
 	CARGO_TARGET_DIR=target/bench/baseline-target $(CARGO) build --release --target wasm32-wasip1 \
 	  --manifest-path host-tests/bench/baseline-filter/Cargo.toml
+	$(PROFILE_ENV) host-tests/bench/profile/profile.sh build
 	@[ -x $(BENCH_LITELLM)/bin/litellm ] || { $(PYTHON) -m venv $(BENCH_LITELLM) && \
 	  $(BENCH_LITELLM)/bin/pip install -q --disable-pip-version-check -r host-tests/bench/litellm-requirements.txt; } || \
 	  echo "bench: LiteLLM did not install; its configuration will be skipped" >&2
 	"$(abspath $(VENV))/bin/python" host-tests/bench/bench.py --mock-bin $(TARGET)/release/bench-mock \
-	  --baseline-wasm target/bench/baseline-target/wasm32-wasip1/release/llmgw_bench_baseline_filter.wasm $(BENCH_ARGS)
+	  --baseline-wasm target/bench/baseline-target/wasm32-wasip1/release/llmgw_bench_baseline_filter.wasm \
+	  --profile-bin $(PROFILE_BIN) $(BENCH_ARGS)
 
 bench-smoke: wasm host-bins cli py-tools bench-tools
 	"$(abspath $(VENV))/bin/python" host-tests/bench/bench.py --smoke --mock-bin $(TARGET)/debug/bench-mock $(BENCH_ARGS)
+
+bench-check: valgrind-tools
+	$(PROFILE_ENV) host-tests/bench/profile/profile.sh check --json-out $(abspath $(TARGET))/bench/profile/check.json
 
 # --- fuzzing (not in CI: cargo-fuzz needs a nightly toolchain and minutes per target) -----------
 include fuzz/fuzz.mk

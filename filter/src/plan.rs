@@ -93,7 +93,7 @@ pub fn plan_request(input: &PlanInput, sink: &mut dyn Sink) -> Result<RequestPla
                 edited.set(RULE_HEADER, &rule.to_string());
                 return Ok(RequestPlan {
                     destination: Destination::Rule(rule),
-                    headers: edited.diff(headers),
+                    headers: edited.diff(),
                     body: None,
                     reroute: true,
                 });
@@ -168,7 +168,7 @@ pub fn plan_request(input: &PlanInput, sink: &mut dyn Sink) -> Result<RequestPla
     }
     Ok(RequestPlan {
         destination: Destination::Backend { index, translator },
-        headers: edited.diff(headers),
+        headers: edited.diff(),
         body: edits.body,
         reroute: downstream,
     })
@@ -217,52 +217,56 @@ impl Sink for HashingSink<'_> {
     }
 }
 
-/// The request headers as the edits so far leave them: names that were set hold one value.
-struct Edited {
-    headers: Vec<(String, String)>,
+/// The request headers as the edits so far leave them: the client's, overlaid with the last edit
+/// of each name (set to one value, or removed).
+struct Edited<'h> {
+    original: &'h [(String, String)],
+    /// In the order names were first edited; `None`: removed.
+    edits: Vec<(String, Option<String>)>,
 }
 
-impl Edited {
-    fn new(headers: &[(String, String)]) -> Self {
-        Edited { headers: headers.to_vec() }
+impl<'h> Edited<'h> {
+    fn new(original: &'h [(String, String)]) -> Self {
+        Edited { original, edits: Vec::with_capacity(8) }
     }
 
     fn get(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
+        match self.edits.iter().find(|(n, _)| n == name) {
+            Some((_, value)) => value.as_deref(),
+            None => header(self.original, name),
+        }
+    }
+
+    fn edit(&mut self, name: &str, value: Option<&str>) {
+        match self.edits.iter_mut().find(|(n, _)| n == name) {
+            Some((_, slot)) => *slot = value.map(str::to_string),
+            None => self.edits.push((name.to_string(), value.map(str::to_string))),
+        }
     }
 
     fn set(&mut self, name: &str, value: &str) {
-        self.remove(name);
-        self.headers.push((name.to_string(), value.to_string()));
+        self.edit(name, Some(value));
     }
 
     fn remove(&mut self, name: &str) {
-        self.headers.retain(|(n, _)| n != name);
+        self.edit(name, None);
     }
 
-    /// The edits that turn `original` into these headers, each name once.
-    fn diff(self, original: &[(String, String)]) -> Vec<HeaderEdit> {
-        let values = |list: &[(String, String)], name: &str| -> Vec<String> {
-            list.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect()
-        };
-        let mut edits = Vec::new();
-        let mut seen: Vec<&str> = Vec::new();
-        for (name, value) in &self.headers {
-            if seen.contains(&name.as_str()) {
-                continue;
-            }
-            seen.push(name);
-            if values(original, name) != values(&self.headers, name) {
-                edits.push(HeaderEdit::Set(name.clone(), value.clone()));
-            }
-        }
-        for (name, _) in original {
-            if !seen.contains(&name.as_str()) && !edits.iter().any(|e| matches!(e, HeaderEdit::Remove(n) if n == name))
-            {
-                edits.push(HeaderEdit::Remove(name.clone()));
-            }
-        }
-        edits
+    /// The edits that change something, each name once.
+    fn diff(self) -> Vec<HeaderEdit> {
+        let original = self.original;
+        self.edits
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let mut values = original.iter().filter(|(n, _)| *n == name).map(|(_, v)| v.as_str());
+                match value {
+                    None if values.next().is_none() => None,
+                    None => Some(HeaderEdit::Remove(name)),
+                    Some(value) if values.next() == Some(value.as_str()) && values.next().is_none() => None,
+                    Some(value) => Some(HeaderEdit::Set(name, value)),
+                }
+            })
+            .collect()
     }
 }
 
@@ -290,12 +294,15 @@ mod tests {
         edited.set("x-new", "v");
         edited.set("x-new", "w");
         edited.remove("absent");
+        assert_eq!(edited.get(":path"), Some("/v1/messages"));
+        assert_eq!(edited.get("cookie"), None);
+        assert_eq!(edited.get("x-keep"), Some("1"));
         assert_eq!(
-            edited.diff(&original),
+            edited.diff(),
             vec![
                 HeaderEdit::Set(":path".into(), "/v1/messages".into()),
-                HeaderEdit::Set("x-new".into(), "w".into()),
                 HeaderEdit::Remove("cookie".into()),
+                HeaderEdit::Set("x-new".into(), "w".into()),
             ]
         );
     }
@@ -305,6 +312,6 @@ mod tests {
         let original = list(&[("x-a", "1"), ("x-a", "2")]);
         let mut edited = Edited::new(&original);
         edited.set("x-a", "1");
-        assert_eq!(edited.diff(&original), vec![HeaderEdit::Set("x-a".into(), "1".into())]);
+        assert_eq!(edited.diff(), vec![HeaderEdit::Set("x-a".into(), "1".into())]);
     }
 }

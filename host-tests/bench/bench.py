@@ -22,7 +22,12 @@ generator (wrk), the stream client and the mock to core 0. Every round starts fr
 measures in it every configuration (order rotated per round); ratios and "added" figures are
 computed within a round, then the median over rounds is reported with its spread (min-max).
 
-Outputs: a table on stdout, <out>/results.json, <out>/results.md, <out>/results.svg.
+With --profile-bin (host-tests/bench/profile, built by `make bench`), the filter's own work per request
+is measured too, natively and deterministically: callgrind instructions inside the filter's callbacks
+and host calls (VM boundary crossings) per request, per scenario, checked against the committed
+host-tests/bench/profile/baseline.json (a scenario > 10% above it is a failure, as in `make bench-check`).
+
+Outputs: a table on stdout, <out>/results.json, <out>/results.md, <out>/results.svg (and <out>/profile.json).
 """
 
 from __future__ import annotations
@@ -483,11 +488,98 @@ ROWS = [
     (None, "added TTFT over plain Envoy", "ttft_add_envoy_us", 0, True),
     (None, "inter-chunk gap p50", "gap_p50_us", 0, False),
     (None, "added gap over direct", "gap_add_direct_us", 0, True),
+    ("Filter work per request (callgrind, native build: deterministic; see below)",
+     "1 KB: filter instructions per request (callgrind)", "prof_1k_instructions", 0, False),
+    (None, "1 KB: host calls per request", "prof_1k_host_calls", 0, False),
+    (None, "100 KB: filter instructions per request (callgrind)", "prof_100k_instructions", 0, False),
+    (None, "stream, 1 KB: filter instructions per request (callgrind)", "prof_stream_instructions", 0, False),
+    (None, "stream, 1 KB: host calls per request", "prof_stream_host_calls", 0, False),
     ("Memory", "RSS idle (MB)", "rss_idle_mb", 1, False),
     (None, "RSS under load (MB)", "rss_load_mb", 1, False),
     (None, "RSS per open stream (KB)", "rss_per_stream_kb", 1, False),
     (None, "heap per open stream (KB, Envoy allocator)", "heap_per_stream_kb", 1, False),
 ]
+
+
+# The profile tool's scenario for each configuration's request (host-tests/bench/profile).
+PROFILE_SCENARIOS = {
+    "llmgw": {"1k": "openai-json-1k", "100k": "openai-json-100k", "stream": "openai-stream-1k"},
+    "llmgw-anthropic": {"1k": "anthropic-json-1k", "100k": "anthropic-json-100k", "stream": "anthropic-stream-1k"},
+    "llmgw-fallback": {"1k": "fallback-openai-json-1k", "100k": "fallback-openai-json-100k",
+                       "stream": "fallback-openai-stream-1k"},
+}
+
+
+def run_profile(bin_: Path, baseline: Path, out: Path) -> tuple[dict | None, list[str]]:
+    """`llmgw-bench-profile check`: callgrind instructions and host calls per request for every
+    scenario, against the baseline. Returns its JSON report and failures."""
+    if not bin_.is_file():
+        return None, [f"profile: {bin_} not found (make bench builds it: host-tests/bench/profile/profile.sh build)"]
+    if not shutil.which("valgrind"):
+        return None, ["profile: valgrind not found (apt-get install valgrind; make bench installs it)"]
+    report_path = out / "profile.json"
+    report_path.unlink(missing_ok=True)
+    log(f"profile: callgrind, every scenario of {bin_.name} against {baseline}")
+    r = subprocess.run([str(bin_), "check", str(baseline), "--out", str(out / "profile" / "callgrind"), "--json-out", str(report_path)],
+                       capture_output=True, text=True, timeout=1800)
+    sys.stderr.write(r.stdout)
+    if not report_path.is_file():
+        return None, [f"profile: llmgw-bench-profile check failed ({r.returncode}): {r.stderr[-2000:]}"]
+    report = json.loads(report_path.read_text())
+    failures = [f"profile: {name}: filter instructions per request more than {report['tolerance']:.0%} above "
+                f"{baseline.name} (see the filter work table; host-tests/bench/profile/profile.sh update if intended)"
+                for name in report.get("failed", [])]
+    if r.returncode not in (0, 1) or (r.returncode == 1 and not failures):
+        failures.append(f"profile: llmgw-bench-profile check exited {r.returncode}: {r.stderr[-2000:]}")
+    return report, failures
+
+
+def with_profile(summary: dict, profile: dict | None) -> dict:
+    """The summary with the profile's figures as rows of the llmgw configurations (exact: no spread)."""
+    if not profile:
+        return summary
+    by_name = {s["name"]: s for s in profile.get("scenarios", [])}
+    out = {n: dict(v) for n, v in summary.items()}
+    for config, scenarios in PROFILE_SCENARIOS.items():
+        if config not in out:
+            continue
+        for size, name in scenarios.items():
+            s = by_name.get(name)
+            if not s:
+                continue
+            for key, value in (("instructions", s.get("instructions_per_request")),
+                               ("host_calls", (s.get("host_calls") or {}).get("total"))):
+                if value is not None:
+                    out[config][f"prof_{size}_{key}"] = {"median": value, "min": value, "max": value, "n": 1}
+    return out
+
+
+def profile_md(profile: dict) -> str:
+    """Every scenario of the profile tool: instructions (and the baseline), host calls by filter instance."""
+    lines = [
+        f"Filter work per request ({profile.get('valgrind', 'valgrind')}, {profile.get('rustc', '')}): callgrind "
+        "instructions inside the filter's callbacks, native build (opt-level s) with an in-memory host that counts "
+        "the host calls (each one a VM boundary crossing in Envoy); checked against "
+        f"`host-tests/bench/profile/baseline.json` (fails above +{profile.get('tolerance', 0.1):.0%}).",
+        "",
+        "| scenario | filter instructions per request (callgrind) | baseline | × baseline | "
+        "host calls per request | downstream + upstream filter |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for s in profile.get("scenarios", []):
+        hc = s.get("host_calls") or {}
+        split = ""
+        if "upstream" in hc:
+            by = s.get("instructions_by_filter") or {}
+            split = (f"{hc['downstream']['total']:,.0f} + {hc['upstream']['total']:,.0f} calls"
+                     + (f"; {by['downstream']:,} + {by['upstream']:,} instructions" if by else ""))
+        base, ratio = s.get("baseline"), s.get("ratio")
+        verdict = s.get("verdict", "")
+        lines.append(
+            f"| {s['name']} | {s['instructions_per_request']:,} | {'—' if base is None else f'{base:,}'} | "
+            f"{'—' if ratio is None else f'{ratio:.3f}'}{'' if verdict in ('', 'ok') else ' ' + verdict} | "
+            f"{hc.get('total', 0):,.0f} | {split} |")
+    return "\n".join(lines)
 
 
 def table_rows(summary: dict, names: list[str]) -> list[tuple[str | None, str, list[str]]]:
@@ -674,6 +766,10 @@ def main(argv: list[str]) -> int:
                     help="the baseline-filter .wasm: adds the wasm-noop and wasm-buffer configurations "
                          "(default: target/bench/baseline-target/... when built, except with --smoke)")
     ap.add_argument("--only", help="comma-separated configurations to run (direct and envoy are always run)")
+    ap.add_argument("--profile-bin", type=Path, default=None,
+                    help="llmgw-bench-profile (host-tests/bench/profile): adds callgrind instructions and host calls "
+                         "per request in the filter, checked against --profile-baseline")
+    ap.add_argument("--profile-baseline", type=Path, default=HERE / "profile" / "baseline.json")
     ap.add_argument("--report", type=Path, metavar="RESULTS_JSON",
                     help="only re-render the table, results.md and results.svg from a results.json")
     a = ap.parse_args(argv)
@@ -903,6 +999,11 @@ def main(argv: list[str]) -> int:
         if mock:
             mock.stop()
 
+    profile = None
+    if a.profile_bin:
+        profile, profile_failures = run_profile(a.profile_bin.resolve(), a.profile_baseline.resolve(), out)
+        failures.extend(profile_failures)
+
     names_run = [n for n in names if any(n in rd for rd in rounds)]
     summary: dict[str, dict] = {}
     for n in names_run:
@@ -916,7 +1017,7 @@ def main(argv: list[str]) -> int:
         "envoy_version": subprocess.run([str(envoy), "--version"], capture_output=True, text=True).stdout.strip(),
         "pinning": {"proxy_cpu": proxy_cpu, "client_cpu": client_cpu},
         "configs": {n: {"label": LABELS[n], "skipped": skipped.get(n)} for n in names},
-        "names_run": names_run, "rounds": rounds, "summary": summary, "failures": failures,
+        "names_run": names_run, "rounds": rounds, "summary": summary, "failures": failures, "filter_profile": profile,
         "duration_s": round(time.monotonic() - t_start, 1),
     }
     return report(result, out)
@@ -924,7 +1025,8 @@ def main(argv: list[str]) -> int:
 
 def report(result: dict, out: Path) -> int:
     """Writes results.json/.md/.svg into `out` and prints the table; the exit status."""
-    summary, names_run, meta = result["summary"], result["names_run"], result["machine"]
+    names_run, meta, profile = result["names_run"], result["machine"], result.get("filter_profile")
+    summary = with_profile(result["summary"], profile)
     rounds, failures = result["rounds"], result["failures"]
     skipped = {n: c["skipped"] for n, c in result["configs"].items() if c["skipped"]}
     meta_line = (f"{len(rounds)} round(s), {meta['nproc']} cores ({meta['cpu_model']}), "
@@ -943,6 +1045,7 @@ def report(result: dict, out: Path) -> int:
         "",
         *(["Targets (reported, not asserted):", "", *tgt_lines, ""] if tg else []),
         *[f"- {v}" for v in skipped.values()],
+        *(["", profile_md(profile)] if profile else []),
     ]) + "\n"
     (out / "results.md").write_text(md)
     (out / "results.svg").write_text(svg_chart(summary, names_run, meta_line))
@@ -952,6 +1055,9 @@ def report(result: dict, out: Path) -> int:
         print(line)
     for v in skipped.values():
         print(v)
+    if profile:
+        print()
+        print(profile_md(profile))
     print(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'results.svg'}")
     for f in failures:
         print("FAIL", f)
