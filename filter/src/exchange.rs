@@ -9,7 +9,7 @@ use crate::config::{Compiled, Role, Schema, BACKEND_HEADER, MODEL_HEADER, RULE_H
 use crate::error::{ApiError, ErrorKind};
 use crate::headers;
 use crate::host::{Flow, Host};
-use crate::metrics::{self, LabelLimiter, Labels};
+use crate::metrics::{self, LabelLimiter, Labels, MetricSets, Slot};
 use crate::plan::{header, plan_request, Attempt, Destination, HeaderEdit, HeaderList, PlanInput, RequestPlan};
 use crate::request::{self, RequestInfo};
 use crate::translate::{self, BodyMode, Translator};
@@ -22,12 +22,13 @@ const NANOS_PER_MS: u64 = 1_000_000;
 pub struct Shared {
     pub config: Compiled,
     pub limiter: LabelLimiter,
+    pub metric_sets: MetricSets,
 }
 
 impl Shared {
     pub fn new(config: Compiled) -> Self {
         let limiter = LabelLimiter::new(config.max_metric_label_sets);
-        Shared { config, limiter }
+        Shared { config, limiter, metric_sets: MetricSets::default() }
     }
 }
 
@@ -493,33 +494,20 @@ impl Exchange {
         // An answer Envoy made itself (no backend reached) has no backend.
         let backend = shared.config.backends.get(routed.backend).map_or("", |b| b.name.as_str());
         let ended_at = routed.ended_at.unwrap_or_else(|| host.now_nanos());
-        let labels = Labels {
-            model: shared.limiter.model_label(backend, &routed.info.model),
-            backend: backend.to_string(),
-            operation: routed.endpoint.operation(),
-        };
+        let metrics = shared.metric_sets.get(&shared.limiter, backend, routed.endpoint.operation(), &routed.info.model);
         let success = !routed.error && routed.ended_at.is_some();
-        let mut samples = vec![
-            labels.counter(metrics::REQUESTS, &[("outcome", if success { "success" } else { "failure" })], 1),
-            labels.histogram(metrics::REQUEST_DURATION, &[], ended_at.saturating_sub(self.started_at) / NANOS_PER_MS),
-        ];
+        metrics.record(host, if success { Slot::Success } else { Slot::Failure }, 1);
+        metrics.record(host, Slot::Duration, ended_at.saturating_sub(self.started_at) / NANOS_PER_MS);
         if let Some(usage) = routed.usage {
-            samples.push(labels.histogram(metrics::TOKEN_USAGE, &[("gen_ai_token_type", "input")], usage.input));
-            samples.push(labels.histogram(metrics::TOKEN_USAGE, &[("gen_ai_token_type", "output")], usage.output));
+            metrics.record(host, Slot::InputTokens, usage.input);
+            metrics.record(host, Slot::OutputTokens, usage.output);
         }
         if let (true, Some(first)) = (routed.info.stream, routed.first_content_at) {
-            samples.push(labels.histogram(
-                metrics::TIME_TO_FIRST_TOKEN,
-                &[],
-                first.saturating_sub(self.started_at) / NANOS_PER_MS,
-            ));
+            metrics.record(host, Slot::TimeToFirstToken, first.saturating_sub(self.started_at) / NANOS_PER_MS);
             if let Some(output) = routed.usage.map(|u| u.output).filter(|&n| n > 1) {
                 let per_token = ended_at.saturating_sub(first) / (output - 1) / NANOS_PER_MS;
-                samples.push(labels.histogram(metrics::TIME_PER_OUTPUT_TOKEN, &[], per_token));
+                metrics.record(host, Slot::TimePerOutputToken, per_token);
             }
-        }
-        for sample in &samples {
-            host.record(sample);
         }
     }
 

@@ -13,7 +13,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 use crate::config::{self, ProcessEnv};
 use crate::exchange::{Exchange, Shared};
 use crate::host::{Flow, Host};
-use crate::metrics::{Kind, Sample};
+use crate::metrics::Kind;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -25,17 +25,17 @@ proxy_wasm::main! {{
 struct MetricIds(RefCell<HashMap<String, u32>>);
 
 impl MetricIds {
-    fn id(&self, sample: &Sample) -> Option<u32> {
+    fn id(&self, kind: Kind, name: &str) -> Option<u32> {
         let mut ids = self.0.try_borrow_mut().ok()?;
-        if let Some(id) = ids.get(&sample.name) {
+        if let Some(id) = ids.get(name) {
             return Some(*id);
         }
-        let kind = match sample.kind {
+        let metric_type = match kind {
             Kind::Counter => MetricType::Counter,
             Kind::Histogram => MetricType::Histogram,
         };
-        let id = hostcalls::define_metric(kind, &sample.name).ok()?;
-        ids.insert(sample.name.clone(), id);
+        let id = hostcalls::define_metric(metric_type, name).ok()?;
+        ids.insert(name.to_string(), id);
         Some(id)
     }
 }
@@ -216,11 +216,13 @@ impl Host for WasmHost<'_> {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
     }
-    fn record(&mut self, sample: &Sample) {
-        let Some(id) = self.metrics.id(sample) else { return };
-        let result = match sample.kind {
-            Kind::Counter => hostcalls::increment_metric(id, i64::try_from(sample.value).unwrap_or(i64::MAX)),
-            Kind::Histogram => hostcalls::record_metric(id, sample.value),
+    fn define_metric(&mut self, kind: Kind, name: &str) -> Option<u32> {
+        self.metrics.id(kind, name)
+    }
+    fn record_metric(&mut self, id: u32, kind: Kind, value: u64) {
+        let result = match kind {
+            Kind::Counter => hostcalls::increment_metric(id, i64::try_from(value).unwrap_or(i64::MAX)),
+            Kind::Histogram => hostcalls::record_metric(id, value),
         };
         checked("record metric", result)
     }

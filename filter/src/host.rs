@@ -1,7 +1,7 @@
 //! The small set of host operations the gateway logic needs. `glue` implements it on proxy-wasm;
 //! tests implement it in memory. Keeping the logic behind this trait keeps it plain, testable Rust.
 
-use crate::metrics::Sample;
+use crate::metrics::{Kind, Sample};
 
 pub trait Host {
     fn set_request_header(&mut self, name: &str, value: &str);
@@ -35,7 +35,15 @@ pub trait Host {
     /// Makes Envoy choose the route again, after headers it routes on changed.
     fn clear_route_cache(&mut self);
     fn now_nanos(&self) -> u64;
-    fn record(&mut self, sample: &Sample);
+    /// The VM's id of a metric (defined on first use), or `None` when the host refuses it.
+    fn define_metric(&mut self, kind: Kind, name: &str) -> Option<u32>;
+    fn record_metric(&mut self, id: u32, kind: Kind, value: u64);
+    /// Defines (or finds) the sample's metric and records it.
+    fn record(&mut self, sample: &Sample) {
+        if let Some(id) = self.define_metric(sample.kind, &sample.name) {
+            self.record_metric(id, sample.kind, sample.value);
+        }
+    }
 }
 
 /// What the filter chain should do after a callback.

@@ -1,8 +1,11 @@
 //! Metric names. Labels travel inside the Envoy stat name (`<metric>.<label>=.=<value>;.;`) and the
 //! bootstrap's `stats_tags` turn them into Prometheus labels; Envoy strips the `wasmcustom.` prefix.
 
-use std::cell::Cell;
-use std::collections::HashSet;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+use crate::host::Host;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -105,6 +108,106 @@ impl LabelLimiter {
         };
         self.seen.set(seen);
         label
+    }
+}
+
+/// The metrics a served request records, one set per label set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Success,
+    Failure,
+    Duration,
+    InputTokens,
+    OutputTokens,
+    TimeToFirstToken,
+    TimePerOutputToken,
+}
+
+const SLOTS: usize = 7;
+
+impl Slot {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            Slot::Success | Slot::Failure => Kind::Counter,
+            _ => Kind::Histogram,
+        }
+    }
+
+    fn sample(self, labels: &Labels, value: u64) -> Sample {
+        match self {
+            Slot::Success => labels.counter(REQUESTS, &[("outcome", "success")], value),
+            Slot::Failure => labels.counter(REQUESTS, &[("outcome", "failure")], value),
+            Slot::Duration => labels.histogram(REQUEST_DURATION, &[], value),
+            Slot::InputTokens => labels.histogram(TOKEN_USAGE, &[("gen_ai_token_type", "input")], value),
+            Slot::OutputTokens => labels.histogram(TOKEN_USAGE, &[("gen_ai_token_type", "output")], value),
+            Slot::TimeToFirstToken => labels.histogram(TIME_TO_FIRST_TOKEN, &[], value),
+            Slot::TimePerOutputToken => labels.histogram(TIME_PER_OUTPUT_TOKEN, &[], value),
+        }
+    }
+}
+
+/// One label set's metrics: each stat name is built and its Envoy id resolved on first use, then
+/// recording is one host call.
+#[derive(Debug)]
+pub struct MetricSet {
+    labels: Labels,
+    ids: [Cell<Option<u32>>; SLOTS],
+}
+
+impl MetricSet {
+    fn new(labels: Labels) -> Self {
+        MetricSet { labels, ids: Default::default() }
+    }
+
+    pub fn record(&self, host: &mut dyn Host, slot: Slot, value: u64) {
+        let cell = &self.ids[slot.index()];
+        let id = match cell.get() {
+            Some(id) => id,
+            None => {
+                let sample = slot.sample(&self.labels, value);
+                let Some(id) = host.define_metric(sample.kind, &sample.name) else { return };
+                cell.set(Some(id));
+                id
+            }
+        };
+        host.record_metric(id, slot.kind(), value);
+    }
+}
+
+/// The metric sets of a VM, by backend, operation and model. Bounded: model labels are capped by
+/// the `LabelLimiter` (over the cap a request counts under `other`), backends and operations are
+/// the configuration's.
+#[derive(Debug, Default)]
+pub struct MetricSets {
+    /// operation → backend → model (as the client named it) → set.
+    sets: RefCell<HashMap<&'static str, HashMap<String, HashMap<String, Rc<MetricSet>>>>>,
+}
+
+impl MetricSets {
+    pub fn get(&self, limiter: &LabelLimiter, backend: &str, operation: &'static str, model: &str) -> Rc<MetricSet> {
+        let Ok(mut sets) = self.sets.try_borrow_mut() else {
+            let labels = Labels { backend: backend.to_string(), model: limiter.model_label(backend, model), operation };
+            return Rc::new(MetricSet::new(labels));
+        };
+        let by_backend = sets.entry(operation).or_default();
+        if let Some(set) = by_backend.get(backend).and_then(|by_model| by_model.get(model)) {
+            return set.clone();
+        }
+        // First time for this model here: a model over the cap counts under `other`, and is not
+        // remembered by name.
+        let label = limiter.model_label(backend, model);
+        by_backend
+            .entry(backend.to_string())
+            .or_default()
+            .entry(label.clone())
+            .or_insert_with(|| {
+                Rc::new(MetricSet::new(Labels { backend: backend.to_string(), model: label, operation }))
+            })
+            .clone()
     }
 }
 

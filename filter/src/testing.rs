@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::config::{Backend, Schema};
 use crate::host::Host;
-use crate::metrics::Sample;
+use crate::metrics::{Kind, Sample};
 
 /// A local reply: status, headers, body.
 pub type Reply = (u16, Vec<(String, String)>, Vec<u8>);
@@ -20,6 +20,8 @@ pub struct FakeHost {
     pub route_cache_clears: usize,
     pub now: u64,
     pub samples: Vec<Sample>,
+    /// Metric ids: indexes into this.
+    pub metric_names: Vec<String>,
     /// Envoy attributes the host answers `property` with (dotted path → value); filter state set
     /// by the exchange is read back too.
     pub properties: Vec<(String, Vec<u8>)>,
@@ -113,8 +115,16 @@ impl Host for FakeHost {
     fn now_nanos(&self) -> u64 {
         self.now
     }
-    fn record(&mut self, sample: &Sample) {
-        self.samples.push(sample.clone());
+    fn define_metric(&mut self, _kind: Kind, name: &str) -> Option<u32> {
+        let id = self.metric_names.iter().position(|n| n == name).unwrap_or_else(|| {
+            self.metric_names.push(name.to_string());
+            self.metric_names.len() - 1
+        });
+        u32::try_from(id).ok()
+    }
+    fn record_metric(&mut self, id: u32, kind: Kind, value: u64) {
+        let name = self.metric_names.get(id as usize).cloned().unwrap_or_default();
+        self.samples.push(Sample { name, kind, value });
     }
 }
 

@@ -6,7 +6,7 @@
 //! VM's linear memory.
 
 use llmgw_filter::host::Host;
-use llmgw_filter::metrics::Sample;
+use llmgw_filter::metrics::Kind;
 
 use crate::alloc::untracked;
 
@@ -142,8 +142,10 @@ impl Host for MemHost {
     fn now_nanos(&self) -> u64 {
         self.now
     }
-    fn record(&mut self, sample: &Sample) {
-        let _ = sample;
+    fn define_metric(&mut self, _kind: Kind, name: &str) -> Option<u32> {
+        Some(name.len() as u32)
+    }
+    fn record_metric(&mut self, _id: u32, _kind: Kind, _value: u64) {
         self.samples += 1;
     }
 }

@@ -283,22 +283,27 @@ impl Host for MemHost<'_> {
         self.count(Call::GetCurrentTime, 8, 0);
         self.now
     }
-    fn record(&mut self, sample: &Sample) {
-        // glue.rs: the metric id by name (defined on first use per plugin), then one call.
-        let known = self.metric_ids.borrow().get(&sample.name).copied();
-        if known.is_none() {
-            self.count(Call::DefineMetric, 4, sample.name.len());
-            let mut ids = self.metric_ids.borrow_mut();
-            let id = ids.len() as u32;
-            ids.insert(sample.name.clone(), id);
+    fn define_metric(&mut self, _kind: Kind, name: &str) -> Option<u32> {
+        // glue.rs: the metric id by name (defined on first use per plugin).
+        let known = self.metric_ids.borrow().get(name).copied();
+        if let Some(id) = known {
+            return Some(id);
         }
-        let call = match sample.kind {
+        self.count(Call::DefineMetric, 4, name.len());
+        let mut ids = self.metric_ids.borrow_mut();
+        let id = ids.len() as u32;
+        ids.insert(name.to_string(), id);
+        Some(id)
+    }
+    fn record_metric(&mut self, id: u32, kind: Kind, value: u64) {
+        let call = match kind {
             Kind::Counter => Call::IncrementMetric,
             Kind::Histogram => Call::RecordMetric,
         };
         self.count(call, 0, 8);
         if let Some(samples) = &mut self.samples {
-            samples.push(sample.clone());
+            let name = self.metric_ids.borrow().iter().find(|(_, &i)| i == id).map(|(n, _)| n.clone()).unwrap_or_default();
+            samples.push(Sample { name, kind, value });
         }
     }
 }
