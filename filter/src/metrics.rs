@@ -164,7 +164,7 @@ impl MetricSet {
     }
 
     pub fn record(&self, host: &mut dyn Host, slot: Slot, value: u64) {
-        let cell = &self.ids[slot.index()];
+        let Some(cell) = self.ids.get(slot.index()) else { return };
         let id = match cell.get() {
             Some(id) => id,
             None => {
@@ -181,10 +181,12 @@ impl MetricSet {
 /// The metric sets of a VM, by backend, operation and model. Bounded: model labels are capped by
 /// the `LabelLimiter` (over the cap a request counts under `other`), backends and operations are
 /// the configuration's.
+type ByModel = HashMap<String, Rc<MetricSet>>;
+
 #[derive(Debug, Default)]
 pub struct MetricSets {
     /// operation → backend → model (as the client named it) → set.
-    sets: RefCell<HashMap<&'static str, HashMap<String, HashMap<String, Rc<MetricSet>>>>>,
+    sets: RefCell<HashMap<&'static str, HashMap<String, ByModel>>>,
 }
 
 impl MetricSets {
