@@ -237,4 +237,22 @@ mod tests {
         assert_eq!(l.model_label("b", "m3"), "other");
         assert_eq!(l.model_label("b", "m1"), "m1");
     }
+
+    #[test]
+    fn a_label_set_defines_each_metric_once_and_models_over_the_cap_count_as_other() {
+        let mut host = crate::testing::FakeHost::default();
+        let sets = MetricSets::default();
+        let limiter = LabelLimiter::new(1);
+        for _ in 0..3 {
+            sets.get(&limiter, "b", "chat", "m1").record(&mut host, Slot::Success, 1);
+        }
+        assert_eq!(host.metric_names.len(), 1, "defined once");
+        assert_eq!(host.samples.len(), 3);
+        assert!(host.samples.iter().all(|s| s.name.contains("gen_ai_request_model=.=m1;.;")));
+        sets.get(&limiter, "b", "chat", "m2").record(&mut host, Slot::Duration, 7);
+        sets.get(&limiter, "b", "chat", "m3").record(&mut host, Slot::Duration, 8);
+        let last = &host.samples[3..];
+        assert!(last.iter().all(|s| s.name.contains("gen_ai_request_model=.=other;.;") && s.kind == Kind::Histogram));
+        assert_eq!(host.metric_names.len(), 2, "m2 and m3 share `other`");
+    }
 }
