@@ -223,7 +223,9 @@ impl Exchange {
             return Flow::Continue;
         };
         let body = host.request_body(size).unwrap_or_default();
-        let info = match request::read(&body) {
+        // The upstream copy takes what the downstream one read from this same body.
+        let known = attempt.and_then(|_| host.property(&[REQUEST_INFO_STATE])).and_then(|b| RequestInfo::decode(&b));
+        let info = match known.map_or_else(|| request::read(&body), Ok) {
             Ok(info) => info,
             Err(e) => return self.reply_as(host, e, api),
         };
@@ -266,7 +268,10 @@ impl Exchange {
             Destination::Backend { index, translator } => {
                 Phase::Forwarded(Box::new(Routed::new(endpoint, index, attempt, info, translator)))
             }
-            Destination::Rule(_) => Phase::Delegated { endpoint, info },
+            Destination::Rule(_) => {
+                host.set_filter_state(REQUEST_INFO_STATE, &info.encode());
+                Phase::Delegated { endpoint, info }
+            }
         };
         Flow::Continue
     }
@@ -580,6 +585,8 @@ fn empty_stream_error(api: ClientApi, stream: bool, status: u16) -> Vec<u8> {
 
 /// Turns the response into a 502 with `body`, decided while its headers are still held: the
 /// provider's bytes that follow are dropped.
+/// Filter state holding what the downstream copy read from the body, for every attempt.
+const REQUEST_INFO_STATE: &str = "llmgw_request_info";
 /// Filter state holding the client's request headers, for the attempts after the first.
 const CLIENT_HEADERS: &str = "llmgw_client_headers";
 /// The picked endpoint's metadata naming its rule and backend (`"<rule>/<backend in the rule>"`).

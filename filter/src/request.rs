@@ -20,6 +20,34 @@ pub struct RequestInfo {
     pub has_stream_options: bool,
 }
 
+impl RequestInfo {
+    /// Three flag bytes, then the model (handed from the downstream copy to the upstream one).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(3 + self.model.len());
+        out.extend([self.stream, self.client_wants_usage, self.has_stream_options].map(u8::from));
+        out.extend_from_slice(self.model.as_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let flag = |i: usize| match bytes.get(i) {
+            Some(0) => Some(false),
+            Some(1) => Some(true),
+            _ => None,
+        };
+        let model = std::str::from_utf8(bytes.get(3..)?).ok()?;
+        if model.is_empty() || model.len() > MAX_MODEL_LEN || !is_header_value(model) {
+            return None;
+        }
+        Some(RequestInfo {
+            model: model.to_string(),
+            stream: flag(0)?,
+            client_wants_usage: flag(1)?,
+            has_stream_options: flag(2)?,
+        })
+    }
+}
+
 #[derive(Deserialize)]
 struct Fields<'a> {
     // Raw: a hostile value (a huge array for `stream_options`) is never built; present-but-null
@@ -152,5 +180,14 @@ mod tests {
         assert_eq!(read(deep.as_bytes()).unwrap().model, "a");
         let deep = format!("{{\"model\":\"a\",\"stream_options\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(!read(deep.as_bytes()).unwrap().client_wants_usage);
+    }
+
+    #[test]
+    fn info_round_trips_and_garbage_is_not_info() {
+        let info = read(br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
+        assert_eq!(RequestInfo::decode(&info.encode()), Some(info));
+        for bad in [&b""[..], b"\x01\x00", b"\x02\x00\x00m", b"\x00\x00\x00", b"\x00\x00\x00a\nb"] {
+            assert_eq!(RequestInfo::decode(bad), None, "{bad:?}");
+        }
     }
 }

@@ -365,6 +365,8 @@ impl Prepared {
         up.req_headers =
             dn.req_headers.iter().filter(|(n, _)| !RULE_ROUTE_REMOVES.contains(&n.as_str())).cloned().collect();
         up.req_body = dn.req_body.clone();
+        // One request's filter state: the upstream filters see what the downstream one wrote.
+        up.filter_state = dn.filter_state.clone();
         up.attributes = vec![(TARGET_PROPERTY, b"0/0".to_vec()), (ATTEMPT_PROPERTY, 1u64.to_le_bytes().to_vec())];
         up.now = dn.now + 10_000;
         let mut ux = call(on_up, || Exchange::new(Some(up_plugin.shared.clone())));
