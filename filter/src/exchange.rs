@@ -225,6 +225,14 @@ impl Exchange {
         let body = host.request_body(size).unwrap_or_default();
         // The upstream copy takes what the downstream one read from this same body.
         let known = attempt.and_then(|_| host.property(&[REQUEST_INFO_STATE])).and_then(|b| RequestInfo::decode(&b));
+        if let (Some(attempt), Some(info)) = (attempt, &known) {
+            log::debug!(
+                "llmgw: rule {} attempt on backend {}: {:?} as the downstream copy read it",
+                attempt.rule,
+                attempt.backend,
+                info.model
+            );
+        }
         let info = match known.map_or_else(|| request::read(&body), Ok) {
             Ok(info) => info,
             Err(e) => return self.reply_as(host, e, api),
