@@ -363,7 +363,11 @@ fn deserialize(text: &[u8]) -> Result<raw::Config, ConfigError> {
     }
 }
 
-/// serde_path_to_error names the field at fault (`rules[0].backends[1].weight`).
+/// serde_path_to_error names the field at fault (`rules[0].backends[1].weight`). Only where the
+/// size does not matter (`llmgw check`/`run`/`render`, which validate every configuration before
+/// Envoy sees it, and tests): in the .wasm it would cost ~60 KiB, and serde_json's line and column
+/// locate the fault.
+#[cfg(any(test, feature = "config-error-paths"))]
 fn from_json(body: &[u8]) -> Result<raw::Config, ConfigError> {
     let mut json = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut json).map_err(|e| {
@@ -371,6 +375,11 @@ fn from_json(body: &[u8]) -> Result<raw::Config, ConfigError> {
         let reason = e.into_inner().to_string();
         ConfigError::new(if path == "." { String::new() } else { path }, reason)
     })
+}
+
+#[cfg(not(any(test, feature = "config-error-paths")))]
+fn from_json(body: &[u8]) -> Result<raw::Config, ConfigError> {
+    serde_json::from_slice(body).map_err(|e| ConfigError::new("", e.to_string()))
 }
 
 /// The filter takes JSON only (YAML would cost the module a tenth of its size); `llmgw run` and
