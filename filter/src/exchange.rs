@@ -9,7 +9,7 @@ use crate::config::{Compiled, Role, Schema, BACKEND_HEADER, MODEL_HEADER, RULE_H
 use crate::error::{ApiError, ErrorKind};
 use crate::headers;
 use crate::host::{Flow, Host};
-use crate::metrics::{self, LabelLimiter, Labels, MetricSets, Slot};
+use crate::metrics::{self, LabelLimiter, Labels, MetricIds, MetricSets, Slot};
 use crate::plan::{header, plan_request, Attempt, Destination, HeaderEdit, HeaderList, PlanInput, RequestPlan};
 use crate::request::{self, RequestInfo};
 use crate::translate::{self, BodyMode, Translator};
@@ -23,12 +23,14 @@ pub struct Shared {
     pub config: Compiled,
     pub limiter: LabelLimiter,
     pub metric_sets: MetricSets,
+    /// `llmgw.attempts_total` by backend, operation, outcome and status.
+    pub attempt_metrics: MetricIds<(usize, &'static str, bool, u16)>,
 }
 
 impl Shared {
     pub fn new(config: Compiled) -> Self {
         let limiter = LabelLimiter::new(config.max_metric_label_sets);
-        Shared { config, limiter, metric_sets: MetricSets::default() }
+        Shared { config, limiter, metric_sets: MetricSets::default(), attempt_metrics: MetricIds::default() }
     }
 }
 
@@ -307,7 +309,7 @@ impl Exchange {
         // Read once, in one host call.
         let response = host.response_headers();
         routed.status = header(&response, ":status").and_then(|s| s.parse().ok()).unwrap_or(0);
-        if upstream && on_attempt_answer(host, &shared.config, routed) == AttemptFate::Retried {
+        if upstream && on_attempt_answer(host, &shared, routed) == AttemptFate::Retried {
             // Envoy tries the next backend; nothing of this answer reaches the client.
             routed.error = true;
             routed.ended_at = Some(host.now_nanos());
@@ -674,15 +676,21 @@ enum AttemptFate {
 
 /// An attempt's answer on the upstream copy: counts it, and tells whether Envoy will retry it
 /// elsewhere.
-fn on_attempt_answer(host: &mut dyn Host, config: &Compiled, routed: &mut Routed) -> AttemptFate {
+fn on_attempt_answer(host: &mut dyn Host, shared: &Shared, routed: &mut Routed) -> AttemptFate {
     let Some(attempt) = routed.attempt else { return AttemptFate::Served };
+    let config = &shared.config;
     let status = routed.status;
-    let number = host
-        .property(ATTEMPT_PROPERTY)
-        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-        .map_or(1, u64::from_le_bytes);
     let fallback = config.rules.get(attempt.rule).and_then(|r| r.fallback.as_ref());
-    let retried = fallback.is_some_and(|f| number < u64::from(f.attempts) && f.retries_status(status));
+    // Which attempt this is matters only for an answer Envoy would retry.
+    let retried = fallback.is_some_and(|f| {
+        f.retries_status(status) && {
+            let number = host
+                .property(ATTEMPT_PROPERTY)
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map_or(1, u64::from_le_bytes);
+            number < u64::from(f.attempts)
+        }
+    });
     let name = config.backends.get(attempt.backend).map_or("", |b| b.name.as_str());
     if retried && !(500..600).contains(&status) {
         // Envoy's outlier detection counts 5xx only: a retried 429 is reported as the 503 it
@@ -691,10 +699,12 @@ fn on_attempt_answer(host: &mut dyn Host, config: &Compiled, routed: &mut Routed
         host.set_response_header("x-llmgw-upstream-status", &status.to_string());
         host.set_response_header(":status", "503");
     }
-    let labels = Labels { backend: name.to_string(), model: String::new(), operation: routed.endpoint.operation() };
-    let status = status.to_string();
-    let outcome = if retried { "retried" } else { "served" };
-    host.record(&labels.counter(metrics::ATTEMPTS, &[("outcome", outcome), ("http_status", &status)], 1));
+    let operation = routed.endpoint.operation();
+    shared.attempt_metrics.record(host, (attempt.backend, operation, retried, status), 1, || {
+        let labels = Labels { backend: name.to_string(), model: String::new(), operation };
+        let outcome = if retried { "retried" } else { "served" };
+        labels.counter(metrics::ATTEMPTS, &[("outcome", outcome), ("http_status", &status.to_string())], 1)
+    });
     routed.retried = retried;
     if retried {
         AttemptFate::Retried

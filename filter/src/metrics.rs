@@ -213,6 +213,38 @@ impl MetricSets {
     }
 }
 
+/// Ids of counters keyed by a small value (bounded by the caller's key space), each defined once.
+/// Counters only: a known id is recorded as one.
+#[derive(Debug)]
+pub struct MetricIds<K> {
+    ids: RefCell<HashMap<K, u32>>,
+}
+
+impl<K> Default for MetricIds<K> {
+    fn default() -> Self {
+        MetricIds { ids: RefCell::new(HashMap::new()) }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> MetricIds<K> {
+    /// Records `value` on the metric of `key`; `sample` builds its name and kind the first time.
+    pub fn record(&self, host: &mut dyn Host, key: K, value: u64, sample: impl FnOnce() -> Sample) {
+        let known = self.ids.try_borrow().ok().and_then(|ids| ids.get(&key).copied());
+        let (id, kind) = match known {
+            Some(id) => (id, Kind::Counter),
+            None => {
+                let sample = sample();
+                let Some(id) = host.define_metric(sample.kind, &sample.name) else { return };
+                if let Ok(mut ids) = self.ids.try_borrow_mut() {
+                    ids.insert(key, id);
+                }
+                (id, sample.kind)
+            }
+        };
+        host.record_metric(id, kind, value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
