@@ -599,13 +599,13 @@ fn route(
     let backend = config.backends.get(backend_index).ok_or_else(|| {
         ApiError::new(500, ErrorKind::Server, "internal", "routing chose a backend that does not exist")
     })?;
-    let mut translator = translate::for_backend(endpoint, backend.schema, config.stream_include_usage)?;
+    let mut translator = translate::for_backend(endpoint, backend.schema(), config.stream_include_usage)?;
 
     let now = host.now_nanos();
     let now_unix = now / 1_000_000_000;
     // A whole new body leaves the VM chunk by chunk as it is written (hashed on the way when it is
     // to be signed): memory holds the client's body and one chunk, whatever the translation's size.
-    let signs_body = matches!(backend.credential, Some(Credential::Aws(_)));
+    let signs_body = matches!(backend.credential(), Some(Credential::Aws { .. }));
     let mut sink =
         HostBodySink { host: &mut *host, original: size, handed_out: 0, hash: signs_body.then(BodyHash::default) };
     let edits = translator.request_body(&RequestContext {
@@ -649,7 +649,7 @@ fn route(
             host.set_request_header("content-length", &new_body.len(size).to_string());
         }
     }
-    if let Some(credential) = &backend.credential {
+    if let Some(credential) = backend.credential() {
         // Signed last: the signature covers the final path, authority and body.
         let path = host.request_header(":path").unwrap_or_default();
         let authority = host.request_header(":authority").unwrap_or_default();
@@ -664,7 +664,7 @@ fn route(
             body_hashed: hashed.as_ref(),
             time: std::time::UNIX_EPOCH + std::time::Duration::from_nanos(now),
         };
-        for (name, value) in auth::headers(credential, &backend.region, &outgoing)? {
+        for (name, value) in auth::headers(credential, &outgoing)? {
             host.set_request_header(&name, &value);
         }
     }
