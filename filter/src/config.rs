@@ -614,7 +614,7 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
         Some(auth) => Some(compile_auth(auth, &format!("{field}.auth"), env)?),
     };
 
-    // What each schema reads beyond the common fields (the others are ignored).
+    // What each schema reads beyond the common fields; what it leaves does not apply to it.
     let mut fields = SchemaFields {
         field,
         api_version: b.api_version,
@@ -660,6 +660,7 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
             default_max_tokens: fields.default_max_tokens()?,
         },
     };
+    fields.none_left(schema)?;
     let authority = b.host.or_else(|| api.default_authority());
     let mut forward_headers = Vec::with_capacity(b.forward_headers.len());
     for (i, name) in b.forward_headers.iter().enumerate() {
@@ -705,7 +706,8 @@ fn aws_credential(auth: Option<AnyCredential>, field: &str) -> Result<AwsCredent
     }
 }
 
-/// The backend fields only some schemas read. A schema takes each one it reads.
+/// The backend fields only some schemas read. A schema takes each one it reads; one still set
+/// afterwards would be silently ignored, so it is an error naming the field.
 struct SchemaFields<'a> {
     /// The backend's path, `backends[i]`.
     field: &'a str,
@@ -760,6 +762,29 @@ impl SchemaFields<'_> {
 
     fn allow_gcs_uris(&mut self) -> bool {
         self.allow_gcs_uris.take().unwrap_or(false)
+    }
+
+    /// An error naming the first field `schema` did not take.
+    fn none_left(self, schema: Schema) -> Result<(), ConfigError> {
+        let left = [
+            ("api_version", self.api_version.is_some(), "AzureOpenAI"),
+            ("anthropic_version", self.anthropic_version.is_some(), "Anthropic, AWSAnthropic and GCPAnthropic"),
+            ("region", self.region.is_some(), "AWSBedrock, AWSAnthropic, GCPVertexAI and GCPAnthropic"),
+            ("project", self.project.is_some(), "GCPVertexAI and GCPAnthropic"),
+            (
+                "default_max_tokens",
+                self.default_max_tokens.is_some(),
+                "Anthropic, AWSAnthropic, GCPAnthropic and AWSBedrock",
+            ),
+            ("allow_gcs_uris", self.allow_gcs_uris.is_some(), "GCPVertexAI"),
+        ];
+        match left.into_iter().find(|(_, set, _)| *set) {
+            None => Ok(()),
+            Some((name, _, applies_to)) => Err(ConfigError::new(
+                format!("{}.{name}", self.field),
+                format!("does not apply to {} backends (only to {applies_to}); remove it", schema.name()),
+            )),
+        }
     }
 }
 
@@ -1271,6 +1296,53 @@ rules: [{backends: [{name: o}]}]",
             if anthropic_version == "vertex-2023-10-16"));
         assert_eq!(ga.authority.as_deref(), Some("us-east5-aiplatform.googleapis.com"));
         assert_eq!((o.authority.as_deref(), ga.credential()), (None, None));
+    }
+
+    #[test]
+    fn fields_the_schema_does_not_read_are_refused_by_name() {
+        for (backend, field, applies_to) in [
+            ("{name: a, schema: OpenAI, region: us-east-1}", "region", "AWSBedrock, AWSAnthropic, GCPVertexAI"),
+            ("{name: a, schema: OpenAI, api_version: '2024-10-21'}", "api_version", "AzureOpenAI"),
+            ("{name: a, schema: AzureOpenAI, api_version: v, project: p}", "project", "GCPVertexAI and GCPAnthropic"),
+            ("{name: a, schema: OpenAI, default_max_tokens: 10}", "default_max_tokens", "Anthropic, AWSAnthropic"),
+            ("{name: a, schema: GCPVertexAI, region: r, project: p, default_max_tokens: 10}", "default_max_tokens", ""),
+            ("{name: a, schema: OpenAI, anthropic_version: '2023-06-01'}", "anthropic_version", "Anthropic, "),
+            (
+                "{name: a, schema: AWSBedrock, region: r, auth: {aws: {access_key_id: a, secret_access_key: b}}, \
+              anthropic_version: x}",
+                "anthropic_version",
+                "",
+            ),
+            ("{name: a, schema: Anthropic, allow_gcs_uris: false}", "allow_gcs_uris", "GCPVertexAI"),
+            ("{name: a, schema: GCPAnthropic, region: r, project: p, allow_gcs_uris: true}", "allow_gcs_uris", ""),
+        ] {
+            let e = err(&format!("backends: [{backend}]"));
+            assert_eq!(e.field, format!("backends[0].{field}"), "{backend}: {e}");
+            assert!(e.reason.starts_with("does not apply to ") && e.reason.contains(applies_to), "{e}");
+        }
+        let e = err("backends: [{name: a, schema: OpenAI, region: us-east-1}]");
+        assert_eq!(e.to_string(), "backends[0].region: does not apply to OpenAI backends (only to AWSBedrock, AWSAnthropic, GCPVertexAI and GCPAnthropic); remove it");
+        // A credential of the wrong kind is reported first, as before.
+        let e = err(
+            "backends: [{name: a, schema: OpenAI, region: r, auth: {aws: {access_key_id: a, secret_access_key: b}}}]",
+        );
+        assert_eq!(e.field, "backends[0].auth", "{e}");
+        // Required fields, as before.
+        for (backend, field) in [
+            ("{name: a, schema: AzureOpenAI}", "backends[0].api_version"),
+            (
+                "{name: a, schema: AWSBedrock, auth: {aws: {access_key_id: a, secret_access_key: b}}}",
+                "backends[0].region",
+            ),
+            ("{name: a, schema: AWSAnthropic, region: r}", "backends[0].auth"),
+            ("{name: a, schema: AWSAnthropic, region: r, auth: {bearer: t}}", "backends[0].auth"),
+            ("{name: a, schema: GCPAnthropic, region: r}", "backends[0].project"),
+            ("{name: a, schema: GCPVertexAI, region: ' ', project: p}", "backends[0].region"),
+            ("{name: a, schema: GCPVertexAI, region: 'a/b', project: p}", "backends[0]"),
+            ("{name: a, schema: Anthropic, default_max_tokens: 0}", "backends[0].default_max_tokens"),
+        ] {
+            assert_eq!(err(&format!("backends: [{backend}]")).field, field, "{backend}");
+        }
     }
 
     #[test]
