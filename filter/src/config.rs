@@ -774,7 +774,7 @@ impl SchemaFields<'_> {
             (
                 "default_max_tokens",
                 self.default_max_tokens.is_some(),
-                "Anthropic, AWSAnthropic, GCPAnthropic and AWSBedrock",
+                "Anthropic, AWSBedrock, AWSAnthropic and GCPAnthropic",
             ),
             ("allow_gcs_uris", self.allow_gcs_uris.is_some(), "GCPVertexAI"),
         ];
@@ -1304,7 +1304,7 @@ rules: [{backends: [{name: o}]}]",
             ("{name: a, schema: OpenAI, region: us-east-1}", "region", "AWSBedrock, AWSAnthropic, GCPVertexAI"),
             ("{name: a, schema: OpenAI, api_version: '2024-10-21'}", "api_version", "AzureOpenAI"),
             ("{name: a, schema: AzureOpenAI, api_version: v, project: p}", "project", "GCPVertexAI and GCPAnthropic"),
-            ("{name: a, schema: OpenAI, default_max_tokens: 10}", "default_max_tokens", "Anthropic, AWSAnthropic"),
+            ("{name: a, schema: OpenAI, default_max_tokens: 10}", "default_max_tokens", "Anthropic, AWSBedrock"),
             ("{name: a, schema: GCPVertexAI, region: r, project: p, default_max_tokens: 10}", "default_max_tokens", ""),
             ("{name: a, schema: OpenAI, anthropic_version: '2023-06-01'}", "anthropic_version", "Anthropic, "),
             (
@@ -1342,6 +1342,59 @@ rules: [{backends: [{name: o}]}]",
             ("{name: a, schema: Anthropic, default_max_tokens: 0}", "backends[0].default_max_tokens"),
         ] {
             assert_eq!(err(&format!("backends: [{backend}]")).field, field, "{backend}");
+        }
+    }
+
+    #[test]
+    fn the_refusal_names_exactly_the_schemas_that_read_the_field() {
+        let aws = "auth: {aws: {access_key_id: a, secret_access_key: b}}";
+        let bases = [
+            ("OpenAI", String::new()),
+            ("AzureOpenAI", "api_version: v".to_string()),
+            ("Anthropic", String::new()),
+            ("AWSBedrock", format!("region: r, {aws}")),
+            ("AWSAnthropic", format!("region: r, {aws}")),
+            ("GCPVertexAI", "region: r, project: p".to_string()),
+            ("GCPAnthropic", "region: r, project: p".to_string()),
+        ];
+        let fields = [
+            ("api_version", "v"),
+            ("anthropic_version", "v"),
+            ("region", "r"),
+            ("project", "p"),
+            ("default_max_tokens", "5"),
+            ("allow_gcs_uris", "true"),
+        ];
+        for (name, value) in fields {
+            let mut reads = Vec::new();
+            let mut refusals = Vec::new();
+            for (schema, base) in &bases {
+                let others = base.split(", ").filter(|f| !f.is_empty() && !f.starts_with(&format!("{name}:")));
+                let all: Vec<String> = others.map(String::from).chain([format!("{name}: {value}")]).collect();
+                match parse(
+                    format!("backends: [{{name: a, schema: {schema}, {}}}]", all.join(", ")).as_bytes(),
+                    &no_env(),
+                    0,
+                ) {
+                    Ok(c) => {
+                        assert_eq!(c.backends[0].schema().name(), *schema);
+                        reads.push(*schema);
+                    }
+                    Err(e) => {
+                        assert_eq!(e.field, format!("backends[0].{name}"), "{schema}: {e}");
+                        refusals.push(e.reason);
+                    }
+                }
+            }
+            let list = match reads.as_slice() {
+                [one] => one.to_string(),
+                [init @ .., last] => format!("{} and {last}", init.join(", ")),
+                [] => panic!("{name} is read by no schema"),
+            };
+            assert!(!refusals.is_empty(), "{name} applies everywhere");
+            for reason in refusals {
+                assert!(reason.contains(&format!("(only to {list});")), "{name}: {reason}");
+            }
         }
     }
 
