@@ -79,8 +79,7 @@ mod raw {
         pub forward_billing_headers: bool,
         #[serde(default)]
         pub forward_headers: Vec<String>,
-        #[serde(default)]
-        pub allow_gcs_uris: bool,
+        pub allow_gcs_uris: Option<bool>,
     }
 
     #[derive(Deserialize, Default)]
@@ -225,14 +224,6 @@ impl Schema {
             Schema::AzureOpenAI | Schema::AWSBedrock | Schema::AWSAnthropic => "",
         }
     }
-
-    fn is_aws(self) -> bool {
-        matches!(self, Schema::AWSBedrock | Schema::AWSAnthropic)
-    }
-
-    fn is_gcp(self) -> bool {
-        matches!(self, Schema::GCPVertexAI | Schema::GCPAnthropic)
-    }
 }
 
 /// A header value that must never reach a log line.
@@ -255,13 +246,11 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// How the gateway authenticates to a backend.
+/// A fixed header that authenticates the gateway, e.g. `authorization: Bearer sk-...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credential {
-    /// A header with a fixed value, e.g. `authorization: Bearer sk-...`.
-    Header { header: &'static str, value: Secret },
-    /// AWS SigV4 signing of each request.
-    Aws(AwsCredential),
+pub struct HeaderCredential {
+    pub header: &'static str,
+    pub value: Secret,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,36 +260,132 @@ pub struct AwsCredential {
     pub session_token: Option<Secret>,
 }
 
+/// How the gateway authenticates one request to a backend (lent by [`Backend::credential`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// A header with a fixed value.
+    Header(&'a HeaderCredential),
+    /// AWS SigV4 signing of each request, in the backend's region.
+    Aws { credential: &'a AwsCredential, region: &'a str },
+}
+
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub name: String,
-    pub schema: Schema,
     pub prefix: String,
     pub model_override: Option<String>,
     pub set_headers: Vec<(String, String)>,
     pub remove_headers: Vec<String>,
-    pub credential: Option<Credential>,
     pub pass_through_authorization: bool,
     /// `:authority` sent upstream (needed where it is signed, as with SigV4).
     pub authority: Option<String>,
-    /// Azure OpenAI `api-version`.
-    pub api_version: Option<String>,
-    /// `anthropic-version` header (Anthropic) or body field (AWS/GCP Anthropic).
-    pub anthropic_version: String,
-    /// AWS or GCP region.
-    pub region: String,
-    /// GCP project.
-    pub project: String,
-    /// `max_tokens` sent to APIs that require one when the client gave none.
-    pub default_max_tokens: u32,
     /// Client billing/identity headers (`openai-organization`, `openai-project`,
     /// `x-goog-user-project`) reach this backend only when set: they choose whose bill it is.
     pub forward_billing_headers: bool,
     /// Client request headers forwarded besides the per-schema allowlist (lower-case).
     pub forward_headers: Vec<String>,
-    /// `gs://` URIs from clients may be sent to this (Vertex) backend: they read the operator's
-    /// buckets with the gateway's credentials, so they are refused unless allowed.
-    pub allow_gcs_uris: bool,
+    /// The schema, with the settings only it reads.
+    pub api: BackendApi,
+}
+
+/// One variant per [`Schema`], holding exactly the settings that schema reads.
+///
+/// `anthropic_version` is the `anthropic-version` header (Anthropic) or body field (AWS/GCP
+/// Anthropic); `default_max_tokens` is the `max_tokens` sent to APIs that require one when the
+/// client gave none; `region` is the AWS region (also the SigV4 region) or the GCP location.
+#[derive(Debug, Clone)]
+pub enum BackendApi {
+    OpenAI {
+        credential: Option<HeaderCredential>,
+    },
+    AzureOpenAI {
+        /// The `api-version` query parameter.
+        api_version: String,
+        credential: Option<HeaderCredential>,
+    },
+    Anthropic {
+        anthropic_version: String,
+        default_max_tokens: u32,
+        credential: Option<HeaderCredential>,
+    },
+    AWSBedrock {
+        region: String,
+        /// Required: every request is SigV4-signed.
+        credential: AwsCredential,
+        default_max_tokens: u32,
+    },
+    AWSAnthropic {
+        region: String,
+        /// Required: every request is SigV4-signed.
+        credential: AwsCredential,
+        anthropic_version: String,
+        default_max_tokens: u32,
+    },
+    GCPVertexAI {
+        project: String,
+        region: String,
+        /// `gs://` URIs from clients may be sent: they read the operator's buckets with the
+        /// gateway's credentials, so they are refused unless allowed.
+        allow_gcs_uris: bool,
+        credential: Option<HeaderCredential>,
+    },
+    GCPAnthropic {
+        project: String,
+        region: String,
+        anthropic_version: String,
+        default_max_tokens: u32,
+        credential: Option<HeaderCredential>,
+    },
+}
+
+impl Backend {
+    pub fn schema(&self) -> Schema {
+        self.api.schema()
+    }
+
+    /// The credential each request to this backend carries, if any.
+    pub fn credential(&self) -> Option<Credential<'_>> {
+        match &self.api {
+            BackendApi::OpenAI { credential }
+            | BackendApi::AzureOpenAI { credential, .. }
+            | BackendApi::Anthropic { credential, .. }
+            | BackendApi::GCPVertexAI { credential, .. }
+            | BackendApi::GCPAnthropic { credential, .. } => credential.as_ref().map(Credential::Header),
+            BackendApi::AWSBedrock { region, credential, .. } | BackendApi::AWSAnthropic { region, credential, .. } => {
+                Some(Credential::Aws { credential, region })
+            }
+        }
+    }
+}
+
+impl BackendApi {
+    pub fn schema(&self) -> Schema {
+        match self {
+            BackendApi::OpenAI { .. } => Schema::OpenAI,
+            BackendApi::AzureOpenAI { .. } => Schema::AzureOpenAI,
+            BackendApi::Anthropic { .. } => Schema::Anthropic,
+            BackendApi::AWSBedrock { .. } => Schema::AWSBedrock,
+            BackendApi::AWSAnthropic { .. } => Schema::AWSAnthropic,
+            BackendApi::GCPVertexAI { .. } => Schema::GCPVertexAI,
+            BackendApi::GCPAnthropic { .. } => Schema::GCPAnthropic,
+        }
+    }
+
+    /// The `:authority` of the provider's public endpoint, where the schema implies one.
+    fn default_authority(&self) -> Option<String> {
+        match self {
+            BackendApi::AWSBedrock { region, .. } | BackendApi::AWSAnthropic { region, .. } => {
+                Some(format!("bedrock-runtime.{region}.amazonaws.com"))
+            }
+            BackendApi::GCPVertexAI { region, .. } | BackendApi::GCPAnthropic { region, .. } if region == "global" => {
+                Some("aiplatform.googleapis.com".into())
+            }
+            BackendApi::GCPVertexAI { region, .. } | BackendApi::GCPAnthropic { region, .. } => {
+                Some(format!("{region}-aiplatform.googleapis.com"))
+            }
+            BackendApi::OpenAI { .. } | BackendApi::AzureOpenAI { .. } | BackendApi::Anthropic { .. } => None,
+        }
+    }
 }
 
 /// The validated configuration, built once per `on_configure` and shared read-only by every request.
@@ -538,84 +623,185 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
         Some(auth) => Some(compile_auth(auth, &format!("{field}.auth"), env)?),
     };
 
-    // What each schema needs beyond the common fields.
-    let required = |value: Option<String>, name: &str, why: &str| {
-        value
-            .filter(|v| !v.trim().is_empty())
-            .ok_or_else(|| ConfigError::new(format!("{field}.{name}"), why.to_string()))
+    // What each schema reads beyond the common fields; what it leaves does not apply to it.
+    let mut fields = SchemaFields {
+        field,
+        api_version: b.api_version,
+        anthropic_version: b.anthropic_version,
+        region: b.region,
+        project: b.project,
+        default_max_tokens: b.default_max_tokens,
+        allow_gcs_uris: b.allow_gcs_uris,
     };
-    let region = if schema.is_aws() || schema.is_gcp() {
-        required(b.region, "region", "is required for this schema (e.g. us-east-1 or us-central1)")?
-    } else {
-        b.region.unwrap_or_default()
+    let api = match schema {
+        Schema::OpenAI => BackendApi::OpenAI { credential: header_credential(credential, field)? },
+        Schema::AzureOpenAI => BackendApi::AzureOpenAI {
+            api_version: fields.api_version()?,
+            credential: header_credential(credential, field)?,
+        },
+        Schema::Anthropic => BackendApi::Anthropic {
+            credential: header_credential(credential, field)?,
+            anthropic_version: fields.anthropic_version(DEFAULT_ANTHROPIC_VERSION)?,
+            default_max_tokens: fields.default_max_tokens()?,
+        },
+        Schema::AWSBedrock => BackendApi::AWSBedrock {
+            region: fields.region()?,
+            credential: aws_credential(credential, field)?,
+            default_max_tokens: fields.default_max_tokens()?,
+        },
+        Schema::AWSAnthropic => BackendApi::AWSAnthropic {
+            region: fields.region()?,
+            credential: aws_credential(credential, field)?,
+            anthropic_version: fields.anthropic_version("bedrock-2023-05-31")?,
+            default_max_tokens: fields.default_max_tokens()?,
+        },
+        Schema::GCPVertexAI => BackendApi::GCPVertexAI {
+            region: fields.region()?,
+            project: fields.project()?,
+            credential: header_credential(credential, field)?,
+            allow_gcs_uris: fields.allow_gcs_uris(),
+        },
+        Schema::GCPAnthropic => BackendApi::GCPAnthropic {
+            region: fields.region()?,
+            project: fields.project()?,
+            credential: header_credential(credential, field)?,
+            anthropic_version: fields.anthropic_version("vertex-2023-10-16")?,
+            default_max_tokens: fields.default_max_tokens()?,
+        },
     };
-    let project =
-        if schema.is_gcp() { required(b.project, "project", "is required for GCP schemas")? } else { String::new() };
-    let api_version = if schema == Schema::AzureOpenAI {
-        Some(required(b.api_version, "api_version", "is required for AzureOpenAI (e.g. 2024-10-21)")?)
-    } else {
-        b.api_version
-    };
-    let is_aws_credential = matches!(credential, Some(Credential::Aws(_)));
-    if schema.is_aws() != is_aws_credential && credential.is_some() || schema.is_aws() && credential.is_none() {
-        let reason = if schema.is_aws() {
-            "AWS schemas need `auth: {aws: {...}}` (SigV4)"
-        } else {
-            "`aws` credentials only apply to AWSBedrock and AWSAnthropic"
-        };
-        return Err(ConfigError::new(format!("{field}.auth"), reason));
-    }
-    let authority = b.host.or_else(|| match schema {
-        Schema::AWSBedrock | Schema::AWSAnthropic => Some(format!("bedrock-runtime.{region}.amazonaws.com")),
-        Schema::GCPVertexAI | Schema::GCPAnthropic if region == "global" => Some("aiplatform.googleapis.com".into()),
-        Schema::GCPVertexAI | Schema::GCPAnthropic => Some(format!("{region}-aiplatform.googleapis.com")),
-        Schema::OpenAI | Schema::AzureOpenAI | Schema::Anthropic => None,
-    });
-    let anthropic_version = b.anthropic_version.unwrap_or_else(|| {
-        match schema {
-            Schema::AWSAnthropic => "bedrock-2023-05-31",
-            Schema::GCPAnthropic => "vertex-2023-10-16",
-            _ => DEFAULT_ANTHROPIC_VERSION,
-        }
-        .to_string()
-    });
-    if !is_header_value(&anthropic_version) || [&region, &project].iter().any(|v| !is_path_segment(v)) {
-        return Err(ConfigError::new(field, "anthropic_version, region and project must be plain names"));
-    }
-    let default_max_tokens = b.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
-    if default_max_tokens == 0 {
-        return Err(ConfigError::new(format!("{field}.default_max_tokens"), "must be greater than 0"));
-    }
+    fields.none_left(schema)?;
+    let authority = b.host.or_else(|| api.default_authority());
     let mut forward_headers = Vec::with_capacity(b.forward_headers.len());
     for (i, name) in b.forward_headers.iter().enumerate() {
         forward_headers.push(header_name(name, &format!("{field}.forward_headers[{i}]"))?);
     }
     Ok(Backend {
         name: b.name,
-        schema,
         prefix,
         model_override: b.model_override,
         set_headers,
         remove_headers,
-        credential,
         pass_through_authorization: b.pass_through_authorization,
         authority,
-        api_version,
-        anthropic_version,
-        region,
-        project,
-        default_max_tokens,
         forward_billing_headers: b.forward_billing_headers,
         forward_headers,
-        allow_gcs_uris: b.allow_gcs_uris,
+        api,
     })
+}
+
+/// A backend's `auth`, before its schema says which kind it takes.
+enum AnyCredential {
+    Header(HeaderCredential),
+    Aws(AwsCredential),
+}
+
+fn header_credential(auth: Option<AnyCredential>, field: &str) -> Result<Option<HeaderCredential>, ConfigError> {
+    match auth {
+        None => Ok(None),
+        Some(AnyCredential::Header(header)) => Ok(Some(header)),
+        Some(AnyCredential::Aws(_)) => Err(ConfigError::new(
+            format!("{field}.auth"),
+            "`aws` credentials only apply to AWSBedrock and AWSAnthropic",
+        )),
+    }
+}
+
+fn aws_credential(auth: Option<AnyCredential>, field: &str) -> Result<AwsCredential, ConfigError> {
+    match auth {
+        Some(AnyCredential::Aws(aws)) => Ok(aws),
+        None | Some(AnyCredential::Header(_)) => {
+            Err(ConfigError::new(format!("{field}.auth"), "AWS schemas need `auth: {aws: {...}}` (SigV4)"))
+        }
+    }
+}
+
+/// The backend fields only some schemas read. A schema takes each one it reads; one still set
+/// afterwards would be silently ignored, so it is an error naming the field.
+struct SchemaFields<'a> {
+    /// The backend's path, `backends[i]`.
+    field: &'a str,
+    api_version: Option<String>,
+    anthropic_version: Option<String>,
+    region: Option<String>,
+    project: Option<String>,
+    default_max_tokens: Option<u32>,
+    allow_gcs_uris: Option<bool>,
+}
+
+impl SchemaFields<'_> {
+    fn required(field: &str, value: Option<String>, name: &str, why: &str) -> Result<String, ConfigError> {
+        value.filter(|v| !v.trim().is_empty()).ok_or_else(|| ConfigError::new(format!("{field}.{name}"), why))
+    }
+
+    fn plain_name(&self, value: String, is_plain: fn(&str) -> bool) -> Result<String, ConfigError> {
+        if is_plain(&value) {
+            Ok(value)
+        } else {
+            Err(ConfigError::new(self.field, "anthropic_version, region and project must be plain names"))
+        }
+    }
+
+    fn api_version(&mut self) -> Result<String, ConfigError> {
+        let why = "is required for AzureOpenAI (e.g. 2024-10-21)";
+        Self::required(self.field, self.api_version.take(), "api_version", why)
+    }
+
+    fn region(&mut self) -> Result<String, ConfigError> {
+        let why = "is required for this schema (e.g. us-east-1 or us-central1)";
+        let region = Self::required(self.field, self.region.take(), "region", why)?;
+        self.plain_name(region, is_path_segment)
+    }
+
+    fn project(&mut self) -> Result<String, ConfigError> {
+        let project = Self::required(self.field, self.project.take(), "project", "is required for GCP schemas")?;
+        self.plain_name(project, is_path_segment)
+    }
+
+    fn anthropic_version(&mut self, default: &str) -> Result<String, ConfigError> {
+        let version = self.anthropic_version.take().unwrap_or_else(|| default.to_string());
+        self.plain_name(version, is_header_value)
+    }
+
+    fn default_max_tokens(&mut self) -> Result<u32, ConfigError> {
+        match self.default_max_tokens.take().unwrap_or(DEFAULT_MAX_TOKENS) {
+            0 => Err(ConfigError::new(format!("{}.default_max_tokens", self.field), "must be greater than 0")),
+            n => Ok(n),
+        }
+    }
+
+    fn allow_gcs_uris(&mut self) -> bool {
+        self.allow_gcs_uris.take().unwrap_or(false)
+    }
+
+    /// An error naming the first field `schema` did not take.
+    fn none_left(self, schema: Schema) -> Result<(), ConfigError> {
+        let left = [
+            ("api_version", self.api_version.is_some(), "AzureOpenAI"),
+            ("anthropic_version", self.anthropic_version.is_some(), "Anthropic, AWSAnthropic and GCPAnthropic"),
+            ("region", self.region.is_some(), "AWSBedrock, AWSAnthropic, GCPVertexAI and GCPAnthropic"),
+            ("project", self.project.is_some(), "GCPVertexAI and GCPAnthropic"),
+            (
+                "default_max_tokens",
+                self.default_max_tokens.is_some(),
+                "Anthropic, AWSBedrock, AWSAnthropic and GCPAnthropic",
+            ),
+            ("allow_gcs_uris", self.allow_gcs_uris.is_some(), "GCPVertexAI"),
+        ];
+        match left.into_iter().find(|(_, set, _)| *set) {
+            None => Ok(()),
+            Some((name, _, applies_to)) => Err(ConfigError::new(
+                format!("{}.{name}", self.field),
+                format!("does not apply to {} backends (only to {applies_to}); remove it", schema.name()),
+            )),
+        }
+    }
 }
 
 fn is_path_segment(v: &str) -> bool {
     v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-fn compile_auth(a: raw::Auth, field: &str, env: &dyn Env) -> Result<Credential, ConfigError> {
+fn compile_auth(a: raw::Auth, field: &str, env: &dyn Env) -> Result<AnyCredential, ConfigError> {
     let options: [(&str, Option<String>, &'static str, &str); 6] = [
         ("bearer", a.bearer, "authorization", "Bearer "),
         ("bearer_env", a.bearer_env, "authorization", "Bearer "),
@@ -637,13 +823,13 @@ fn compile_auth(a: raw::Auth, field: &str, env: &dyn Env) -> Result<Credential, 
         if chosen.is_some() {
             return Err(ConfigError::new(field, ONE_OF));
         }
-        return compile_aws(aws, &format!("{field}.aws"), env).map(Credential::Aws);
+        return compile_aws(aws, &format!("{field}.aws"), env).map(AnyCredential::Aws);
     }
     let Some((key, value, header, value_prefix)) = chosen else {
         return Err(ConfigError::new(field, ONE_OF));
     };
     let secret = secret_value(Some(value), key.ends_with("_env"), &format!("{field}.{key}"), env)?;
-    Ok(Credential::Header { header, value: Secret(format!("{value_prefix}{secret}")) })
+    Ok(AnyCredential::Header(HeaderCredential { header, value: Secret(format!("{value_prefix}{secret}")) }))
 }
 
 /// A literal value, or the value of the environment variable it names.
@@ -1053,15 +1239,172 @@ mod tests {
         let creds: Vec<_> = c
             .backends
             .iter()
-            .map(|b| match b.credential.clone().unwrap() {
-                Credential::Header { header, value } => (header, value.expose().to_string()),
-                Credential::Aws(_) => panic!("not a header credential"),
+            .map(|b| match b.credential() {
+                Some(Credential::Header(h)) => (h.header, h.value.expose().to_string()),
+                other => panic!("not a header credential: {other:?}"),
             })
             .collect();
         assert_eq!(creds[0], ("authorization", "Bearer sk-env".to_string()));
         assert_eq!(creds[1], ("api-key", "az".to_string()));
         assert_eq!(creds[2], ("x-api-key", "an".to_string()));
         assert!(!format!("{:?}", c).contains("sk-env"));
+    }
+
+    #[test]
+    fn each_schema_compiles_to_its_own_settings() {
+        let env = MapEnv(HashMap::from([("AWS_ACCESS_KEY_ID", "AKID"), ("AWS_SECRET_ACCESS_KEY", "secret")]));
+        let c = parse(
+            b"backends:
+ - {name: o, schema: OpenAI, auth: {bearer: k}}
+ - {name: az, schema: AzureOpenAI, api_version: 2024-10-21}
+ - {name: an, schema: Anthropic, default_max_tokens: 100}
+ - {name: br, schema: AWSBedrock, region: us-west-2, auth: {aws: {}}}
+ - {name: aa, schema: AWSAnthropic, region: us-east-1, auth: {aws: {}}, anthropic_version: v1}
+ - {name: vx, schema: GCPVertexAI, region: global, project: p, allow_gcs_uris: true}
+ - {name: ga, schema: GCPAnthropic, region: us-east5, project: p}
+rules: [{backends: [{name: o}]}]",
+            &env,
+            0,
+        )
+        .unwrap();
+        let schemas: Vec<Schema> = c.backends.iter().map(Backend::schema).collect();
+        assert_eq!(
+            schemas,
+            [
+                Schema::OpenAI,
+                Schema::AzureOpenAI,
+                Schema::Anthropic,
+                Schema::AWSBedrock,
+                Schema::AWSAnthropic,
+                Schema::GCPVertexAI,
+                Schema::GCPAnthropic
+            ]
+        );
+        let [o, az, an, br, aa, vx, ga] = &c.backends[..] else { panic!("seven backends") };
+        assert!(matches!(&o.api, BackendApi::OpenAI { credential: Some(h) } if h.header == "authorization"));
+        assert!(
+            matches!(&az.api, BackendApi::AzureOpenAI { api_version, credential: None } if api_version == "2024-10-21")
+        );
+        assert!(
+            matches!(&an.api, BackendApi::Anthropic { anthropic_version, default_max_tokens: 100, credential: None }
+            if anthropic_version == "2023-06-01")
+        );
+        match &br.api {
+            BackendApi::AWSBedrock { region, credential, default_max_tokens: 4096 } => {
+                assert_eq!((region.as_str(), credential.access_key_id.as_str()), ("us-west-2", "AKID"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(br.credential(), Some(Credential::Aws { region: "us-west-2", .. })));
+        assert_eq!(br.authority.as_deref(), Some("bedrock-runtime.us-west-2.amazonaws.com"));
+        assert!(matches!(&aa.api, BackendApi::AWSAnthropic { anthropic_version, .. } if anthropic_version == "v1"));
+        assert!(matches!(&vx.api, BackendApi::GCPVertexAI { project, region, allow_gcs_uris: true, credential: None }
+            if project == "p" && region == "global"));
+        assert_eq!(vx.authority.as_deref(), Some("aiplatform.googleapis.com"));
+        assert!(matches!(&ga.api, BackendApi::GCPAnthropic { anthropic_version, default_max_tokens: 4096, .. }
+            if anthropic_version == "vertex-2023-10-16"));
+        assert_eq!(ga.authority.as_deref(), Some("us-east5-aiplatform.googleapis.com"));
+        assert_eq!((o.authority.as_deref(), ga.credential()), (None, None));
+    }
+
+    #[test]
+    fn fields_the_schema_does_not_read_are_refused_by_name() {
+        for (backend, field, applies_to) in [
+            ("{name: a, schema: OpenAI, region: us-east-1}", "region", "AWSBedrock, AWSAnthropic, GCPVertexAI"),
+            ("{name: a, schema: OpenAI, api_version: '2024-10-21'}", "api_version", "AzureOpenAI"),
+            ("{name: a, schema: AzureOpenAI, api_version: v, project: p}", "project", "GCPVertexAI and GCPAnthropic"),
+            ("{name: a, schema: OpenAI, default_max_tokens: 10}", "default_max_tokens", "Anthropic, AWSBedrock"),
+            ("{name: a, schema: GCPVertexAI, region: r, project: p, default_max_tokens: 10}", "default_max_tokens", ""),
+            ("{name: a, schema: OpenAI, anthropic_version: '2023-06-01'}", "anthropic_version", "Anthropic, "),
+            (
+                "{name: a, schema: AWSBedrock, region: r, auth: {aws: {access_key_id: a, secret_access_key: b}}, \
+              anthropic_version: x}",
+                "anthropic_version",
+                "",
+            ),
+            ("{name: a, schema: Anthropic, allow_gcs_uris: false}", "allow_gcs_uris", "GCPVertexAI"),
+            ("{name: a, schema: GCPAnthropic, region: r, project: p, allow_gcs_uris: true}", "allow_gcs_uris", ""),
+        ] {
+            let e = err(&format!("backends: [{backend}]"));
+            assert_eq!(e.field, format!("backends[0].{field}"), "{backend}: {e}");
+            assert!(e.reason.starts_with("does not apply to ") && e.reason.contains(applies_to), "{e}");
+        }
+        let e = err("backends: [{name: a, schema: OpenAI, region: us-east-1}]");
+        assert_eq!(e.to_string(), "backends[0].region: does not apply to OpenAI backends (only to AWSBedrock, AWSAnthropic, GCPVertexAI and GCPAnthropic); remove it");
+        // A credential of the wrong kind is reported first, as before.
+        let e = err(
+            "backends: [{name: a, schema: OpenAI, region: r, auth: {aws: {access_key_id: a, secret_access_key: b}}}]",
+        );
+        assert_eq!(e.field, "backends[0].auth", "{e}");
+        // Required fields, as before.
+        for (backend, field) in [
+            ("{name: a, schema: AzureOpenAI}", "backends[0].api_version"),
+            (
+                "{name: a, schema: AWSBedrock, auth: {aws: {access_key_id: a, secret_access_key: b}}}",
+                "backends[0].region",
+            ),
+            ("{name: a, schema: AWSAnthropic, region: r}", "backends[0].auth"),
+            ("{name: a, schema: AWSAnthropic, region: r, auth: {bearer: t}}", "backends[0].auth"),
+            ("{name: a, schema: GCPAnthropic, region: r}", "backends[0].project"),
+            ("{name: a, schema: GCPVertexAI, region: ' ', project: p}", "backends[0].region"),
+            ("{name: a, schema: GCPVertexAI, region: 'a/b', project: p}", "backends[0]"),
+            ("{name: a, schema: Anthropic, default_max_tokens: 0}", "backends[0].default_max_tokens"),
+        ] {
+            assert_eq!(err(&format!("backends: [{backend}]")).field, field, "{backend}");
+        }
+    }
+
+    #[test]
+    fn the_refusal_names_exactly_the_schemas_that_read_the_field() {
+        let aws = "auth: {aws: {access_key_id: a, secret_access_key: b}}";
+        let bases = [
+            ("OpenAI", String::new()),
+            ("AzureOpenAI", "api_version: v".to_string()),
+            ("Anthropic", String::new()),
+            ("AWSBedrock", format!("region: r, {aws}")),
+            ("AWSAnthropic", format!("region: r, {aws}")),
+            ("GCPVertexAI", "region: r, project: p".to_string()),
+            ("GCPAnthropic", "region: r, project: p".to_string()),
+        ];
+        let fields = [
+            ("api_version", "v"),
+            ("anthropic_version", "v"),
+            ("region", "r"),
+            ("project", "p"),
+            ("default_max_tokens", "5"),
+            ("allow_gcs_uris", "true"),
+        ];
+        for (name, value) in fields {
+            let mut reads = Vec::new();
+            let mut refusals = Vec::new();
+            for (schema, base) in &bases {
+                let others = base.split(", ").filter(|f| !f.is_empty() && !f.starts_with(&format!("{name}:")));
+                let all: Vec<String> = others.map(String::from).chain([format!("{name}: {value}")]).collect();
+                match parse(
+                    format!("backends: [{{name: a, schema: {schema}, {}}}]", all.join(", ")).as_bytes(),
+                    &no_env(),
+                    0,
+                ) {
+                    Ok(c) => {
+                        assert_eq!(c.backends[0].schema().name(), *schema);
+                        reads.push(*schema);
+                    }
+                    Err(e) => {
+                        assert_eq!(e.field, format!("backends[0].{name}"), "{schema}: {e}");
+                        refusals.push(e.reason);
+                    }
+                }
+            }
+            let list = match reads.as_slice() {
+                [one] => one.to_string(),
+                [init @ .., last] => format!("{} and {last}", init.join(", ")),
+                [] => panic!("{name} is read by no schema"),
+            };
+            assert!(!refusals.is_empty(), "{name} applies everywhere");
+            for reason in refusals {
+                assert!(reason.contains(&format!("(only to {list});")), "{name}: {reason}");
+            }
+        }
     }
 
     #[test]

@@ -60,8 +60,8 @@ pub fn forwarded(name: &str, backend: &Backend) -> bool {
         || name.starts_with("x-envoy-")
         || COMMON.contains(&name)
         || GATEWAY_HEADERS.contains(&name)
-        || schema_headers(backend.schema).contains(&name)
-        || (backend.forward_billing_headers && billing_headers(backend.schema).contains(&name))
+        || schema_headers(backend.schema()).contains(&name)
+        || (backend.forward_billing_headers && billing_headers(backend.schema()).contains(&name))
         || (backend.pass_through_authorization && CLIENT_CREDENTIALS.contains(&name))
         || backend.forward_headers.iter().any(|h| h == name)
 }

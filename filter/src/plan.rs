@@ -103,7 +103,7 @@ pub fn plan_request(input: &PlanInput, sink: &mut dyn Sink) -> Result<RequestPla
     let backend = config.backends.get(index).ok_or_else(|| {
         ApiError::new(500, ErrorKind::Server, "internal", "routing chose a backend that does not exist")
     })?;
-    let mut translator = translate::for_backend(endpoint, backend.schema, config.stream_include_usage)?;
+    let mut translator = translate::for_backend(endpoint, backend.schema(), config.stream_include_usage)?;
     let mut hashing = HashingSink { inner: sink, hash: signs_body(backend).then(BodyHash::default) };
     let edits = translator.request_body(&RequestContext {
         info,
@@ -147,7 +147,7 @@ pub fn plan_request(input: &PlanInput, sink: &mut dyn Sink) -> Result<RequestPla
             edited.set("content-length", &new_body.len(body.len()).to_string());
         }
     }
-    if let Some(credential) = &backend.credential {
+    if let Some(credential) = backend.credential() {
         // Signed last: the signature covers the final path, authority and body.
         let content_type = edited.get("content-type").unwrap_or("application/json").to_string();
         let signed_headers = [("content-type", content_type.as_str())];
@@ -161,7 +161,7 @@ pub fn plan_request(input: &PlanInput, sink: &mut dyn Sink) -> Result<RequestPla
             body_hashed: hashed.as_ref(),
             time: std::time::UNIX_EPOCH + std::time::Duration::from_nanos(now_nanos),
         };
-        let signed = auth::headers(credential, &backend.region, &outgoing)?;
+        let signed = auth::headers(credential, &outgoing)?;
         for (name, value) in signed {
             edited.set(&name, &value);
         }
@@ -175,7 +175,7 @@ pub fn plan_request(input: &PlanInput, sink: &mut dyn Sink) -> Result<RequestPla
 }
 
 fn signs_body(backend: &Backend) -> bool {
-    matches!(backend.credential, Some(Credential::Aws(_)))
+    matches!(backend.credential(), Some(Credential::Aws { .. }))
 }
 
 /// Where the downstream filter sends a request: one backend, or a fallback rule's cluster.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{Backend, Schema};
+use crate::config::{AwsCredential, Backend, BackendApi, Schema, Secret};
 use crate::host::Host;
 use crate::metrics::{Kind, Sample};
 
@@ -128,25 +128,53 @@ impl Host for FakeHost {
     }
 }
 
-/// A backend with every optional setting at its default.
+/// A backend with every optional setting at its default (as the configuration's), in AWS region
+/// `us-east-1` (with a test key) or GCP project `p`, region `us-central1`.
 pub fn backend(schema: Schema) -> Backend {
+    let aws = || AwsCredential {
+        access_key_id: "AKIDEXAMPLE".into(),
+        secret_access_key: Secret::new("secret".into()),
+        session_token: None,
+    };
+    let api = match schema {
+        Schema::OpenAI => BackendApi::OpenAI { credential: None },
+        Schema::AzureOpenAI => BackendApi::AzureOpenAI { api_version: "2024-10-21".into(), credential: None },
+        Schema::Anthropic => {
+            BackendApi::Anthropic { anthropic_version: "2023-06-01".into(), default_max_tokens: 4096, credential: None }
+        }
+        Schema::AWSBedrock => {
+            BackendApi::AWSBedrock { region: "us-east-1".into(), credential: aws(), default_max_tokens: 4096 }
+        }
+        Schema::AWSAnthropic => BackendApi::AWSAnthropic {
+            region: "us-east-1".into(),
+            credential: aws(),
+            anthropic_version: "bedrock-2023-05-31".into(),
+            default_max_tokens: 4096,
+        },
+        Schema::GCPVertexAI => BackendApi::GCPVertexAI {
+            project: "p".into(),
+            region: "us-central1".into(),
+            allow_gcs_uris: false,
+            credential: None,
+        },
+        Schema::GCPAnthropic => BackendApi::GCPAnthropic {
+            project: "p".into(),
+            region: "us-central1".into(),
+            anthropic_version: "vertex-2023-10-16".into(),
+            default_max_tokens: 4096,
+            credential: None,
+        },
+    };
     Backend {
         name: "b".into(),
-        schema,
         prefix: schema.default_prefix().into(),
         model_override: None,
         set_headers: vec![],
         remove_headers: vec![],
-        credential: None,
         pass_through_authorization: false,
         authority: None,
-        api_version: None,
-        anthropic_version: "2023-06-01".into(),
-        region: String::new(),
-        project: String::new(),
-        default_max_tokens: 4096,
         forward_billing_headers: false,
         forward_headers: vec![],
-        allow_gcs_uris: false,
+        api,
     }
 }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use common::{check_json, check_text, read_json, usage_json};
 use llmgw_filter::api::Endpoint;
-use llmgw_filter::config::{Backend, Schema};
+use llmgw_filter::config::{Backend, BackendApi, Schema};
 use llmgw_filter::translate::{for_backend, BodyMode, RequestContext, Translator};
 use llmgw_filter::usage::TokenUsage;
 use serde_json::Value;
@@ -199,7 +199,8 @@ fn gcs_uris_from_clients_are_refused() {
     assert_eq!((e.status, e.code), (400, "gcs_uri_not_allowed"));
     assert!(e.message.starts_with("messages[3].content[1]: gs://"), "{}", e.message);
     // A backend that allows them sends the URI on as `fileData`.
-    backend.allow_gcs_uris = true;
+    let BackendApi::GCPVertexAI { allow_gcs_uris, .. } = &mut backend.api else { panic!("a Vertex backend") };
+    *allow_gcs_uris = true;
     let mut t = for_backend(Endpoint::ChatCompletions, Schema::GCPVertexAI, true).unwrap();
     let edits = t.request_body(&RequestContext::new(&info, body.as_bytes(), &backend)).unwrap();
     let sent = String::from_utf8(edits.body.unwrap().apply_to(b"")).unwrap();

@@ -23,17 +23,19 @@ pub struct Outgoing<'a> {
 }
 
 /// The headers that authenticate `outgoing` with `credential`.
-pub fn headers(credential: &Credential, region: &str, outgoing: &Outgoing) -> Result<Vec<(String, String)>, ApiError> {
+pub fn headers(credential: Credential<'_>, outgoing: &Outgoing) -> Result<Vec<(String, String)>, ApiError> {
     match credential {
-        Credential::Header { header, value } => Ok(vec![(header.to_string(), value.expose().to_string())]),
-        Credential::Aws(aws) => sigv4::sign(aws, region, "bedrock", outgoing).map_err(|reason| {
-            ApiError::new(
-                500,
-                ErrorKind::Server,
-                "signing_failed",
-                format!("could not sign the upstream request: {reason}"),
-            )
-        }),
+        Credential::Header(h) => Ok(vec![(h.header.to_string(), h.value.expose().to_string())]),
+        Credential::Aws { credential, region } => {
+            sigv4::sign(credential, region, "bedrock", outgoing).map_err(|reason| {
+                ApiError::new(
+                    500,
+                    ErrorKind::Server,
+                    "signing_failed",
+                    format!("could not sign the upstream request: {reason}"),
+                )
+            })
+        }
     }
 }
 

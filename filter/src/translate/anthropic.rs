@@ -14,7 +14,7 @@ mod request;
 use jsontext::{compact, string_body, unescape_small, write_as_string};
 
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
-use crate::config::{Backend, Schema};
+use crate::config::{Backend, BackendApi, Schema};
 use crate::error::{ApiError, ErrorKind};
 use crate::json::{each, from_raw, json_string, EachError};
 use crate::sse::{parse_event, Splitter};
@@ -27,30 +27,40 @@ use crate::wire::openai as o;
 /// The upstream path of a Messages call for each Anthropic-speaking schema.
 pub(super) fn messages_path(backend: &Backend, model: &str, stream: bool) -> String {
     let prefix = &backend.prefix;
-    match backend.schema {
-        Schema::AWSAnthropic => {
+    match &backend.api {
+        BackendApi::AWSAnthropic { .. } => {
             let action = if stream { "invoke-with-response-stream" } else { "invoke" };
             format!("{prefix}/model/{}/{action}", percent_encode(model))
         }
-        Schema::GCPAnthropic => {
+        BackendApi::GCPAnthropic { project, region, .. } => {
             let action = if stream { "streamRawPredict" } else { "rawPredict" };
             format!(
-                "{prefix}/projects/{}/locations/{}/publishers/anthropic/models/{}:{action}",
-                backend.project,
-                backend.region,
+                "{prefix}/projects/{project}/locations/{region}/publishers/anthropic/models/{}:{action}",
                 percent_encode(model)
             )
         }
-        _ => format!("{prefix}/messages"),
+        BackendApi::Anthropic { .. }
+        | BackendApi::OpenAI { .. }
+        | BackendApi::AzureOpenAI { .. }
+        | BackendApi::AWSBedrock { .. }
+        | BackendApi::GCPVertexAI { .. } => format!("{prefix}/messages"),
     }
 }
 
 /// Headers a Messages call needs on each platform.
 pub(super) fn platform_headers(backend: &Backend, client_version: Option<&str>) -> Vec<(String, String)> {
     let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
-    if backend.schema == Schema::Anthropic {
-        let version = client_version.unwrap_or(&backend.anthropic_version);
-        headers.push(("anthropic-version".to_string(), version.to_string()));
+    match &backend.api {
+        BackendApi::Anthropic { anthropic_version, .. } => {
+            let version = client_version.unwrap_or(anthropic_version);
+            headers.push(("anthropic-version".to_string(), version.to_string()));
+        }
+        // The version is in the body there.
+        BackendApi::AWSAnthropic { .. } | BackendApi::GCPAnthropic { .. } => {}
+        BackendApi::OpenAI { .. }
+        | BackendApi::AzureOpenAI { .. }
+        | BackendApi::AWSBedrock { .. }
+        | BackendApi::GCPVertexAI { .. } => {}
     }
     headers
 }
@@ -631,10 +641,8 @@ pub(crate) mod tests {
 
     fn translate(schema: Schema, body: &str) -> (RequestEdits, OpenAIToAnthropic) {
         let mut backend = crate::testing::backend(schema);
-        backend.project = "proj".into();
-        backend.region = "us-east5".into();
-        if schema == Schema::AWSAnthropic {
-            backend.anthropic_version = "bedrock-2023-05-31".into();
+        if let BackendApi::GCPAnthropic { project, region, .. } = &mut backend.api {
+            (*project, *region) = ("proj".into(), "us-east5".into());
         }
         let mut t = OpenAIToAnthropic::new(schema);
         let info = read(body.as_bytes()).unwrap();

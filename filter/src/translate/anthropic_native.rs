@@ -4,7 +4,7 @@
 
 use super::anthropic::{messages_path, platform_headers, upstream_message, Framing};
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
-use crate::config::Schema;
+use crate::config::{BackendApi, Schema};
 use crate::error::{anthropic_error_json, ApiError, ErrorKind};
 use crate::json::{json_string, Splice, TopLevelCapture};
 use crate::wire::anthropic as a;
@@ -77,18 +77,22 @@ impl Translator for AnthropicNative {
         // gateway has never heard of reach the provider byte for byte.
         let mut splice = Splice::new(body, &["model", "stream", "anthropic_version"])
             .ok_or_else(|| ApiError::bad_request("invalid_request", "request body must be a JSON object"))?;
-        match backend.schema {
-            Schema::AWSAnthropic | Schema::GCPAnthropic => {
+        match &backend.api {
+            BackendApi::AWSAnthropic { anthropic_version, .. } | BackendApi::GCPAnthropic { anthropic_version, .. } => {
                 // The model is in the path, the API version in the body; AWS also refuses `stream`
                 // (the path says it), Vertex wants it only when true.
                 splice.remove("model");
                 splice.remove("stream");
-                if backend.schema == Schema::GCPAnthropic && info.stream {
+                if matches!(backend.api, BackendApi::GCPAnthropic { .. }) && info.stream {
                     splice.insert("stream", b"true");
                 }
-                splice.set("anthropic_version", &json_string(&backend.anthropic_version));
+                splice.set("anthropic_version", &json_string(anthropic_version));
             }
-            _ => {
+            BackendApi::Anthropic { .. }
+            | BackendApi::OpenAI { .. }
+            | BackendApi::AzureOpenAI { .. }
+            | BackendApi::AWSBedrock { .. }
+            | BackendApi::GCPVertexAI { .. } => {
                 if backend.model_override.as_deref().is_some_and(|m| m != info.model) {
                     splice.set("model", &json_string(&model));
                 }
@@ -198,12 +202,9 @@ mod tests {
     fn translate(schema: Schema, body: &str, model_override: Option<&str>) -> (RequestEdits, AnthropicNative) {
         let mut backend = crate::testing::backend(schema);
         backend.model_override = model_override.map(String::from);
-        backend.project = "p".into();
-        backend.region = "europe-west1".into();
-        backend.anthropic_version = match schema {
-            Schema::GCPAnthropic => "vertex-2023-10-16".into(),
-            _ => "2023-06-01".into(),
-        };
+        if let BackendApi::GCPAnthropic { project, region, .. } = &mut backend.api {
+            (*project, *region) = ("p".into(), "europe-west1".into());
+        }
         let mut t = AnthropicNative::new(schema);
         let info = read(body.as_bytes()).unwrap();
         let ctx = RequestContext::new(&info, body.as_bytes(), &backend);

@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
 use crate::body::{BodyWriter, ChunkedBody, NewBody};
+use crate::config::BackendApi;
 use crate::error::{error_json, ApiError, ErrorKind};
 use crate::eventstream::{self, Kind};
 use crate::json::{self, each, EachError};
@@ -1543,7 +1544,16 @@ impl Translator for OpenAIToBedrock {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
         let RequestContext { info, body, backend, query: _, now_unix, sink: _ } = request;
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
-        let (new_body, include_usage) = to_converse(body, &model, backend.default_max_tokens, request.writer())?;
+        let default_max_tokens = match &backend.api {
+            BackendApi::AWSBedrock { default_max_tokens, .. } => *default_max_tokens,
+            BackendApi::OpenAI { .. }
+            | BackendApi::AzureOpenAI { .. }
+            | BackendApi::Anthropic { .. }
+            | BackendApi::AWSAnthropic { .. }
+            | BackendApi::GCPVertexAI { .. }
+            | BackendApi::GCPAnthropic { .. } => return Err(super::wrong_backend(backend, "Bedrock Converse")),
+        };
+        let (new_body, include_usage) = to_converse(body, &model, default_max_tokens, request.writer())?;
         self.id = response_id(body, *now_unix);
         self.model = model.clone();
         self.created = *now_unix;
@@ -1664,8 +1674,7 @@ mod tests {
     use serde_json::Value;
 
     fn translate(body: &str) -> Result<(RequestEdits, OpenAIToBedrock), ApiError> {
-        let mut backend = crate::testing::backend(Schema::AWSBedrock);
-        backend.region = "us-east-1".into();
+        let backend = crate::testing::backend(Schema::AWSBedrock);
         let mut t = OpenAIToBedrock::new();
         let info = read(body.as_bytes()).unwrap();
         let ctx = RequestContext {
@@ -2045,7 +2054,8 @@ mod tests {
             0,
         )
         .unwrap();
-        let Some(Credential::Aws(credential)) = config.backends[0].credential.clone() else { panic!() };
+        let Some(Credential::Aws { credential, .. }) = config.backends[0].credential() else { panic!() };
+        let credential = credential.clone();
         let mut x = Exchange::new(Some(Rc::new(Shared::new(config))));
         // Thousands of turns: the new body is several chunks, handed to the host as it is written.
         let turns: Vec<String> = (0..12000).map(|i| format!(r#"{{"role":"user","content":"hello {i}"}}"#)).collect();

@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use super::openai::percent_encode;
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
 use crate::body::{BodyWriter, ChunkedBody, NewBody};
-use crate::config::Backend;
+use crate::config::{Backend, BackendApi};
 use crate::error::{error_json, ApiError, ErrorKind};
 use crate::json::{each, from_raw, EachError};
 use crate::sse::{parse_event, Splitter};
@@ -52,15 +52,37 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(500, ErrorKind::Server, "internal", format!("encoding the request failed: {e}"))
 }
 
-/// `{prefix}/projects/{project}/locations/{region}/publishers/google/models/{model}:{method}`.
-fn model_path(backend: &Backend, model: &str, method: &str) -> String {
-    format!(
-        "{}/projects/{}/locations/{}/publishers/google/models/{}:{method}",
-        backend.prefix,
-        backend.project,
-        backend.region,
-        percent_encode(model)
-    )
+/// What the Vertex AI translators read of their (GCPVertexAI) backend.
+struct Vertex<'a> {
+    prefix: &'a str,
+    project: &'a str,
+    region: &'a str,
+    allow_gcs_uris: bool,
+}
+
+impl<'a> Vertex<'a> {
+    fn of(backend: &'a Backend) -> Result<Self, ApiError> {
+        match &backend.api {
+            BackendApi::GCPVertexAI { project, region, allow_gcs_uris, credential: _ } => {
+                Ok(Vertex { prefix: &backend.prefix, project, region, allow_gcs_uris: *allow_gcs_uris })
+            }
+            BackendApi::OpenAI { .. }
+            | BackendApi::AzureOpenAI { .. }
+            | BackendApi::Anthropic { .. }
+            | BackendApi::AWSBedrock { .. }
+            | BackendApi::AWSAnthropic { .. }
+            | BackendApi::GCPAnthropic { .. } => Err(super::wrong_backend(backend, "Vertex AI")),
+        }
+    }
+
+    /// `{prefix}/projects/{project}/locations/{region}/publishers/google/models/{model}:{method}`.
+    fn model_path(&self, model: &str, method: &str) -> String {
+        let Vertex { prefix, project, region, allow_gcs_uris: _ } = self;
+        format!(
+            "{prefix}/projects/{project}/locations/{region}/publishers/google/models/{}:{method}",
+            percent_encode(model)
+        )
+    }
 }
 
 fn fnv1a(data: &[u8], seed: u64) -> u64 {
@@ -1769,12 +1791,12 @@ impl Translator for OpenAIToGemini {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
         let RequestContext { info, body, backend, query: _, now_unix, sink: _ } = request;
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
-        let allow_gcs_uris = backend.allow_gcs_uris;
-        let new_body = write_request(body, &model, allow_gcs_uris, request.writer())?;
+        let vertex = Vertex::of(backend)?;
+        let new_body = write_request(body, &model, vertex.allow_gcs_uris, request.writer())?;
         let path = if info.stream {
-            model_path(backend, &model, "streamGenerateContent") + "?alt=sse"
+            vertex.model_path(&model, "streamGenerateContent") + "?alt=sse"
         } else {
-            model_path(backend, &model, "generateContent")
+            vertex.model_path(&model, "generateContent")
         };
         self.fallback_id = format!("chatcmpl-{:016x}", fnv1a(body, *now_unix));
         self.created = *now_unix;
@@ -2114,9 +2136,10 @@ fn translate_embeddings(body: &[u8], model: &str, base64: bool) -> ChunkEdits {
 impl Translator for OpenAIToVertexEmbeddings {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
         let RequestContext { info, body, backend, query: _, now_unix: _, sink: _ } = request;
+        let vertex = Vertex::of(backend)?;
         let (new_body, base64) = write_predict(body, request.writer())?;
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
-        let path = model_path(backend, &model, "predict");
+        let path = vertex.model_path(&model, "predict");
         self.model = model;
         self.base64 = base64;
         Ok(RequestEdits { path: Some(path), body: Some(NewBody::Whole(new_body)), set_headers: Vec::new() })
@@ -2295,7 +2318,8 @@ mod tests {
         let mut t = OpenAIToGemini::new();
         let info = crate::request::read(body.as_bytes()).unwrap();
         let mut backend = crate::testing::backend(crate::config::Schema::GCPVertexAI);
-        (backend.project, backend.region) = ("p".into(), "r".into());
+        let BackendApi::GCPVertexAI { project, region, .. } = &mut backend.api else { panic!("a Vertex backend") };
+        (*project, *region) = ("p".into(), "r".into());
         let ctx = RequestContext {
             info: &info,
             body: body.as_bytes(),

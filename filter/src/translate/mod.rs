@@ -136,6 +136,17 @@ pub fn for_backend(endpoint: Endpoint, schema: Schema, include_usage: bool) -> R
     })
 }
 
+/// A translator handed a backend of a schema it does not speak (`for_backend` pairs them by schema,
+/// so the exchange never does).
+fn wrong_backend(backend: &Backend, speaks: &str) -> ApiError {
+    ApiError::new(
+        500,
+        ErrorKind::Server,
+        "internal",
+        format!("backend {:?} is {}, not a {speaks} backend", backend.name, backend.schema().name()),
+    )
+}
+
 fn unsupported(endpoint: Endpoint, schema: Schema) -> ApiError {
     ApiError::bad_request(
         "unsupported_endpoint",

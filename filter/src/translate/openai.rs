@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
 use crate::api::Endpoint;
-use crate::config::{Backend, Schema};
+use crate::config::{Backend, BackendApi};
 use crate::error::ApiError;
 use crate::json::{json_string, Splice, TopLevelCapture};
 use crate::sse::{parse_event, Splitter};
@@ -189,8 +189,8 @@ impl Translator for Passthrough {
 
 /// The upstream path of an OpenAI-style endpoint: prefix + endpoint, or Azure's deployment form.
 pub(super) fn upstream_path(backend: &Backend, endpoint: Endpoint, model: &str, query: &str) -> String {
-    match (backend.schema, &backend.api_version) {
-        (Schema::AzureOpenAI, Some(version)) => {
+    match &backend.api {
+        BackendApi::AzureOpenAI { api_version: version, .. } => {
             // Azure names the deployment in the path; the body's model is ignored there.
             let deployment = percent_encode(model);
             let extra = query.strip_prefix('?').map(|q| format!("&{q}")).unwrap_or_default();
@@ -200,7 +200,12 @@ pub(super) fn upstream_path(backend: &Backend, endpoint: Endpoint, model: &str, 
                 endpoint.suffix()
             )
         }
-        _ => format!("{}{}{}", backend.prefix, endpoint.suffix(), query),
+        BackendApi::OpenAI { .. }
+        | BackendApi::Anthropic { .. }
+        | BackendApi::AWSBedrock { .. }
+        | BackendApi::AWSAnthropic { .. }
+        | BackendApi::GCPVertexAI { .. }
+        | BackendApi::GCPAnthropic { .. } => format!("{}{}{}", backend.prefix, endpoint.suffix(), query),
     }
 }
 
@@ -235,7 +240,7 @@ impl Passthrough {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Backend, Schema};
+    use crate::config::{Backend, BackendApi, Schema};
     use crate::request::read;
 
     fn backend(model_override: Option<&str>) -> Backend {
@@ -248,7 +253,7 @@ mod tests {
     #[test]
     fn azure_path_names_the_deployment() {
         let mut b = crate::testing::backend(Schema::AzureOpenAI);
-        b.api_version = Some("2024-10-21".into());
+        b.api = BackendApi::AzureOpenAI { api_version: "2024-10-21".into(), credential: None };
         let mut t = Passthrough::new(Endpoint::ChatCompletions, true);
         let edits = request(&mut t, br#"{"model":"gpt 4o","messages":[]}"#, &b);
         assert_eq!(edits.path.unwrap(), "/openai/deployments/gpt%204o/chat/completions?api-version=2024-10-21&q=1");

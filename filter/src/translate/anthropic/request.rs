@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use super::jsontext::{check_json_inside, decodes_to_blank, string_body, unescape_small, write_decoded};
 use crate::body::{BodyWriter, ChunkedBody};
-use crate::config::{Backend, Schema};
+use crate::config::{Backend, BackendApi};
 use crate::error::ApiError;
 use crate::json::{each, from_raw, json_string, EachError};
 use crate::wire::chat_view::{self, ChatRequestView};
@@ -680,6 +680,21 @@ pub(in crate::translate) fn write_request(
     stream: bool,
     mut out: BodyWriter<'_>,
 ) -> Result<Written, ApiError> {
+    // AWS and GCP take the model in the path and the API version in the body; AWS also takes
+    // streaming in the path.
+    let (default_max_tokens, body_version, stream_in_body) = match &backend.api {
+        BackendApi::Anthropic { default_max_tokens, .. } => (*default_max_tokens, None, true),
+        BackendApi::AWSAnthropic { default_max_tokens, anthropic_version, .. } => {
+            (*default_max_tokens, Some(anthropic_version), false)
+        }
+        BackendApi::GCPAnthropic { default_max_tokens, anthropic_version, .. } => {
+            (*default_max_tokens, Some(anthropic_version), true)
+        }
+        BackendApi::OpenAI { .. }
+        | BackendApi::AzureOpenAI { .. }
+        | BackendApi::AWSBedrock { .. }
+        | BackendApi::GCPVertexAI { .. } => return Err(crate::translate::wrong_backend(backend, "Anthropic Messages")),
+    };
     let view: ChatRequestView = serde_json::from_slice(body).map_err(invalid)?;
     let ChatRequestView {
         model: _,
@@ -751,7 +766,7 @@ pub(in crate::translate) fn write_request(
     }
     let tool_choice = tool_choice.map(from_raw::<o::ToolChoice>).transpose().map_err(invalid)?;
 
-    let mut max_tokens = max_completion_tokens.or(max_tokens).unwrap_or(backend.default_max_tokens);
+    let mut max_tokens = max_completion_tokens.or(max_tokens).unwrap_or(default_max_tokens);
     let budget = thinking_budget(thinking, reasoning_effort.as_deref())?;
     if let Some(budget) = budget {
         // Anthropic requires the thinking budget to be below max_tokens.
@@ -761,7 +776,7 @@ pub(in crate::translate) fn write_request(
     }
 
     out.extend_from_slice(b"{");
-    if !matches!(backend.schema, Schema::AWSAnthropic | Schema::GCPAnthropic) {
+    if body_version.is_none() {
         out.extend_from_slice(b"\"model\":");
         out.extend_from_slice(&json_string(model));
         out.extend_from_slice(b",");
@@ -792,7 +807,7 @@ pub(in crate::translate) fn write_request(
     if let Some(p) = top_p {
         put_number(&mut out, b",\"top_p\":", p)?;
     }
-    if stream && backend.schema != Schema::AWSAnthropic {
+    if stream && stream_in_body {
         out.extend_from_slice(b",\"stream\":true");
     }
     if let Some(tools) = tools {
@@ -809,9 +824,9 @@ pub(in crate::translate) fn write_request(
         out.extend_from_slice(&json_string(&user));
         out.extend_from_slice(b"}");
     }
-    if matches!(backend.schema, Schema::AWSAnthropic | Schema::GCPAnthropic) {
+    if let Some(version) = body_version {
         out.extend_from_slice(b",\"anthropic_version\":");
-        out.extend_from_slice(&json_string(&backend.anthropic_version));
+        out.extend_from_slice(&json_string(version));
     }
     out.extend_from_slice(b"}");
     Ok(Written { body: out.finish(), include_usage })
