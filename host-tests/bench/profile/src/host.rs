@@ -302,7 +302,8 @@ impl Host for MemHost<'_> {
         };
         self.count(call, 0, 8);
         if let Some(samples) = &mut self.samples {
-            let name = self.metric_ids.borrow().iter().find(|(_, &i)| i == id).map(|(n, _)| n.clone()).unwrap_or_default();
+            let name =
+                self.metric_ids.borrow().iter().find(|(_, &i)| i == id).map(|(n, _)| n.clone()).unwrap_or_default();
             samples.push(Sample { name, kind, value });
         }
     }
