@@ -409,8 +409,28 @@ impl TopLevelCapture {
     }
 
     pub fn push(&mut self, chunk: &[u8]) {
-        for &b in chunk {
+        let mut rest = chunk;
+        loop {
+            if !self.capturing {
+                // Bytes that cannot change the state are skipped in bulk: inside a string nobody
+                // reads, all but a quote or backslash; outside strings, all but the structure.
+                let next = if self.in_string {
+                    if self.escaped || (self.depth == 1 && self.expect_key) {
+                        Some(0)
+                    } else {
+                        memchr::memchr2(b'"', b'\\', rest)
+                    }
+                } else {
+                    rest.iter().position(|&c| matches!(c, b'"' | b'{' | b'}' | b'[' | b']' | b',' | b':'))
+                };
+                match next {
+                    Some(skip) => rest = rest.get(skip..).unwrap_or_default(),
+                    None => return,
+                }
+            }
+            let Some((&b, tail)) = rest.split_first() else { return };
             self.byte(b);
+            rest = tail;
         }
     }
 
@@ -616,6 +636,17 @@ mod tests {
             c.push(&body[split..]);
             assert_eq!(c.value(), Some(&br#"{"prompt_tokens":3,"s":"},"}"#[..]), "split {split}");
         }
+        // Escapes next to quotes, at every split and pushed a byte at a time.
+        let body = br#"{"a\"usage":"x\\","b":"\"usage\":1","usage":{"n":"\\\""},"z":[{"usage":0}]}"#;
+        for split in 0..body.len() {
+            let mut c = TopLevelCapture::new("usage", 1024);
+            c.push(&body[..split]);
+            c.push(&body[split..]);
+            assert_eq!(c.value(), Some(&br#"{"n":"\\\""}"#[..]), "split {split}");
+        }
+        let mut c = TopLevelCapture::new("usage", 1024);
+        body.chunks(1).for_each(|b| c.push(b));
+        assert_eq!(c.value(), Some(&br#"{"n":"\\\""}"#[..]));
         let mut c = TopLevelCapture::new("usage", 4);
         c.push(br#"{"usage":{"prompt_tokens":3}}"#);
         assert_eq!(c.value(), None);
