@@ -105,6 +105,7 @@ wasm: rust-tools
 
 host-bins:
 	$(CARGO) build -p llmgw-host-tests --bins
+	$(CARGO) build -p llmgw-mocks --bins
 
 # A test-only module that traps on `x-llmgw-test-trap` (FAIL_RELOAD e2e); never shipped.
 WASM_TRAP := $(TARGET)/wasm-trap/wasm32-wasip1/release/llmgw_filter.wasm
@@ -148,6 +149,7 @@ unit-wasm: rust-tools
 
 harness: wasm
 	$(CARGO) test -p llmgw-host-tests
+	$(CARGO) test -p llmgw-mocks
 
 # The CLI's unit, golden (each config format -> plugin config + bootstrap, envoy --mode validate)
 # and e2e tests (`llmgw run` as a subprocess against mock providers).
@@ -238,7 +240,7 @@ valgrind-tools:
 # bench.py also runs the callgrind check (its table and verdict are part of the report).
 bench: wasm cli py-tools bench-tools valgrind-tools
 	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
-	  $(CARGO) build --release -p llmgw-host-tests --bin bench-mock
+	  $(CARGO) build --release -p llmgw-mocks --bin bench-mock
 	CARGO_TARGET_DIR=target/bench/baseline-target $(CARGO) build --release --target wasm32-wasip1 \
 	  --manifest-path host-tests/bench/baseline-filter/Cargo.toml
 	$(PROFILE_ENV) host-tests/bench/profile/profile.sh build

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make bench` / `make bench-smoke`: llmgw side by side with plain Envoy and LiteLLM, in one run.
 
-Configurations, all against one `bench-mock serve` (host-tests/src/bin/bench_mock.rs):
+Configurations, all against one `bench-mock serve` (mocks/src/bin/bench_mock.rs):
   direct           the client talks to the mock
   envoy            plain Envoy: the local bootstrap (envoy-configs/local/envoy.yaml) without the wasm
                    filter, route straight to the cluster
@@ -789,7 +789,7 @@ def main(argv: list[str]) -> int:
     envoy = e2e.envoy_bin()
     mock_bin = a.mock_bin
     if not mock_bin.is_file():
-        log(f"{mock_bin} not found: build it with `cargo build -p llmgw-host-tests --bin bench-mock` (or set BENCH_MOCK_BIN)")
+        log(f"{mock_bin} not found: build it with `cargo build -p llmgw-mocks --bin bench-mock` (or set BENCH_MOCK_BIN)")
         return 2
     if not shutil.which("wrk"):
         log("wrk not found: `apt-get install wrk` (the Makefile's bench targets do it)")

@@ -46,7 +46,7 @@ def mock_bin() -> Path:
     p = Path(os.environ.get("LLMGW_MOCK_BIN", REPO / "target" / "debug" / "mock-provider"))
     if not p.is_file():
         raise FileNotFoundError(
-            f"mock provider binary not found at {p}: run `cargo build -p llmgw-host-tests --bin mock-provider` "
+            f"mock provider binary not found at {p}: run `cargo build -p llmgw-mocks --bin mock-provider` "
             "(or `make build`), or set LLMGW_MOCK_BIN"
         )
     return p

@@ -5,7 +5,7 @@
 - the official `anthropic` SDK on `/v1/messages`: natively to Anthropic backends, and translated to an
   OpenAI-compatible backend.
 
-mock-provider answers in each wire format (host-tests/src/bin/mock_provider/anthropic.rs) and records
+mock-provider answers in each wire format (mocks/src/bin/mock_provider/anthropic.rs) and records
 the exact request it received, which each test checks."""
 
 from __future__ import annotations

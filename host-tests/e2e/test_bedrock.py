@@ -1,7 +1,7 @@
 """The official openai SDK against an AWSBedrock backend: the gateway translates OpenAI chat
 completions to the Bedrock Converse API (`/model/{id}/converse`, `/converse-stream`), signs every
 request with SigV4, and turns Bedrock's eventstream frames back into OpenAI SSE. mock-provider answers
-as Bedrock does (see host-tests/src/bin/mock_provider/bedrock.rs): it knows the secret key, recomputes
+as Bedrock does (see mocks/src/bin/mock_provider/bedrock.rs): it knows the secret key, recomputes
 each signature independently and refuses a mismatch. Each test checks what the client got and the
 exact request the mock received. An AWSAnthropic backend (Anthropic body on `/invoke`) is checked too."""
 

@@ -1,6 +1,6 @@
 """The official openai SDK against a GCPVertexAI backend: the gateway translates OpenAI chat
 completions and embeddings to Gemini on Vertex AI (`:generateContent`, `:streamGenerateContent?alt=sse`,
-`:predict`), and mock-provider answers as Vertex does (see host-tests/src/bin/mock_provider/gemini.rs).
+`:predict`), and mock-provider answers as Vertex does (see mocks/src/bin/mock_provider/gemini.rs).
 Each test checks what the client got and the exact request the mock received."""
 
 from __future__ import annotations
