@@ -409,46 +409,58 @@ impl TopLevelCapture {
     }
 
     pub fn push(&mut self, chunk: &[u8]) {
-        let mut rest = chunk;
+        // Where the value being captured starts in this chunk: it is copied in slices, not bytes.
+        let mut captured_from = self.capturing.then_some(0);
+        let mut at = 0;
         loop {
-            if !self.capturing {
-                // Bytes that cannot change the state are skipped in bulk: inside a string nobody
-                // reads, all but a quote or backslash; outside strings, all but the structure.
-                let next = if self.in_string {
-                    if self.escaped || (self.depth == 1 && self.expect_key) {
-                        Some(0)
-                    } else {
-                        memchr::memchr2(b'"', b'\\', rest)
-                    }
+            // Bytes that cannot change the state are skipped in bulk: inside a string, all but a
+            // quote or backslash (unless it is a key being read); outside strings, all but the
+            // structure.
+            let rest = chunk.get(at..).unwrap_or_default();
+            let next = if self.in_string {
+                if self.escaped || (self.depth == 1 && self.expect_key) {
+                    Some(0)
                 } else {
-                    rest.iter().position(|&c| matches!(c, b'"' | b'{' | b'}' | b'[' | b']' | b',' | b':'))
-                };
-                match next {
-                    Some(skip) => rest = rest.get(skip..).unwrap_or_default(),
-                    None => return,
+                    memchr::memchr2(b'"', b'\\', rest)
                 }
+            } else {
+                rest.iter().position(|&c| matches!(c, b'"' | b'{' | b'}' | b'[' | b']' | b',' | b':'))
+            };
+            let Some(skip) = next else { break };
+            at += skip;
+            let Some(&b) = chunk.get(at) else { break };
+            let was_capturing = self.capturing;
+            if was_capturing && self.depth == 1 && !self.in_string && (b == b',' || b == b'}') {
+                let part = captured_from.and_then(|from| chunk.get(from..at)).unwrap_or_default();
+                self.take_captured(part);
+                self.capturing = false;
+                self.done = (!self.overflow).then(|| std::mem::take(&mut self.value));
+                self.value = Vec::new();
+                self.overflow = false;
+                captured_from = None;
             }
-            let Some((&b, tail)) = rest.split_first() else { return };
             self.byte(b);
-            rest = tail;
+            at += 1;
+            if self.capturing && !was_capturing {
+                captured_from = Some(at);
+            }
+        }
+        if self.capturing {
+            let part = captured_from.and_then(|from| chunk.get(from..)).unwrap_or_default();
+            self.take_captured(part);
         }
     }
 
-    fn byte(&mut self, b: u8) {
-        if self.capturing {
-            if self.depth == 1 && !self.in_string && (b == b',' || b == b'}') {
-                self.capturing = false;
-                if !self.overflow {
-                    self.done = Some(std::mem::take(&mut self.value));
-                }
-                self.value = Vec::new();
-                self.overflow = false;
-            } else if self.value.len() < self.cap {
-                self.value.push(b);
-            } else {
-                self.overflow = true;
-            }
+    fn take_captured(&mut self, part: &[u8]) {
+        if self.overflow || self.value.len() + part.len() > self.cap {
+            self.overflow = true;
+        } else {
+            self.value.extend_from_slice(part);
         }
+    }
+
+    /// One byte that may change the state (the capture itself is copied by `push`).
+    fn byte(&mut self, b: u8) {
         if self.in_string {
             if self.escaped {
                 self.escaped = false;
