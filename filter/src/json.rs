@@ -522,6 +522,100 @@ pub fn from_raw<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Result<T, serde_js
     T::deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
 }
 
+/// Reads an internally tagged enum (`#[serde(tag = "...")]`) without the derive, which buffers the
+/// object in serde's private content tree and compiles every variant's deserializer a second time
+/// for it (Anthropic's stream event alone cost the .wasm over 100 KiB). The object is read once as
+/// raw JSON; `K`, an enum of the variants' names (`#[serde(variant_identifier)]`, or for one with
+/// a `#[serde(other)]` variant, which that refuses, `#[serde(field_identifier, expecting = "variant
+/// identifier")]`), is read from its `tag` member: an error when missing, repeated, not a string,
+/// or unknown without `other`, as with the derive (which took a variant's index as well, but only
+/// where the enum was nested in another internally tagged one). `body` then reads the variant's
+/// members from the same text, where the tag is one more member to ignore. Errors read as the
+/// derive's (their position may differ): `expecting` names what a value other than an object is
+/// not ("internally tagged enum NAME"). Unlike the derive, an array (the tag, then the members in
+/// order) is refused. JSON only, read from a slice or a string (the object is borrowed).
+pub fn by_tag<'de, D, K, T>(
+    d: D,
+    tag: &'static str,
+    expecting: &'static str,
+    body: impl FnOnce(K, &'de str) -> Result<T, serde_json::Error>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    K: Deserialize<'de>,
+{
+    let text = <&'de RawValue>::deserialize(d)?.get();
+    let mut de = serde_json::Deserializer::from_str(text);
+    let kind =
+        de::Deserializer::deserialize_map(&mut de, TagProbe { tag, expecting, kind: PhantomData }).map_err(relay)?;
+    body(kind, text).map_err(relay)
+}
+
+/// A variant's members, from the object's text (for [`by_tag`]).
+pub fn tagged_body<'de, B: Deserialize<'de>>(text: &'de str) -> Result<B, serde_json::Error> {
+    B::deserialize(&mut serde_json::Deserializer::from_str(text))
+}
+
+/// An error from reading a value's own text, without its position there: the outer deserializer
+/// puts its own position on it, as on the derive's errors.
+fn relay<E: de::Error>(e: serde_json::Error) -> E {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    E::custom(if e.line() == 0 { &text[..] } else { text.strip_suffix(&suffix[..]).unwrap_or(&text) })
+}
+
+/// Reads the tag member of an object, skipping the others.
+struct TagProbe<K> {
+    tag: &'static str,
+    expecting: &'static str,
+    kind: PhantomData<K>,
+}
+
+impl<'de, K: Deserialize<'de>> Visitor<'de> for TagProbe<K> {
+    type Value = K;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<K, A::Error> {
+        let mut kind = None;
+        while let Some(is_tag) = map.next_key_seed(IsKey(self.tag))? {
+            if !is_tag {
+                map.next_value::<de::IgnoredAny>()?;
+            } else if kind.is_some() {
+                return Err(de::Error::duplicate_field(self.tag));
+            } else {
+                kind = Some(map.next_value()?);
+            }
+        }
+        kind.ok_or_else(|| de::Error::missing_field(self.tag))
+    }
+}
+
+/// Whether a key is the given one.
+struct IsKey(&'static str);
+
+impl<'de> de::DeserializeSeed<'de> for IsKey {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IsKey {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(v == self.0)
+    }
+}
+
 /// Borrowed view of a raw JSON value as bytes.
 pub fn raw_bytes(raw: &RawValue) -> &[u8] {
     raw.get().as_bytes()

@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::de::str_or_seq_enum;
+use crate::json::{by_tag, tagged_body};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct MessagesRequest {
@@ -104,7 +105,8 @@ impl MessageContent {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// `Deserialize` by hand, below: the derive costs the .wasm (see [`crate::json::by_tag`]).
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentBlock {
     Text {
@@ -139,7 +141,8 @@ pub enum ContentBlock {
     Unknown,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// `Deserialize` by hand, below: the derive costs the .wasm (see [`crate::json::by_tag`]).
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ImageSource {
     Base64 {
@@ -151,6 +154,121 @@ pub enum ImageSource {
     },
     #[serde(other)]
     Unknown,
+}
+
+impl<'de> Deserialize<'de> for ContentBlock {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "snake_case", expecting = "variant identifier")]
+        enum Kind {
+            Text,
+            Image,
+            ToolUse,
+            ToolResult,
+            Thinking,
+            RedactedThinking,
+            #[serde(other)]
+            Unknown,
+        }
+        #[derive(Deserialize)]
+        struct Text {
+            text: String,
+            #[serde(default)]
+            cache_control: Option<Value>,
+        }
+        #[derive(Deserialize)]
+        struct Image {
+            source: ImageSource,
+        }
+        #[derive(Deserialize)]
+        struct ToolUse {
+            id: String,
+            name: String,
+            input: Value,
+        }
+        #[derive(Deserialize)]
+        struct ToolResult {
+            tool_use_id: String,
+            #[serde(default)]
+            content: Option<ToolResultContent>,
+            #[serde(default)]
+            is_error: Option<bool>,
+        }
+        #[derive(Deserialize)]
+        struct Thinking {
+            thinking: String,
+            #[serde(default)]
+            signature: String,
+        }
+        #[derive(Deserialize)]
+        struct RedactedThinking {
+            data: String,
+        }
+        by_tag(d, "type", "internally tagged enum ContentBlock", |kind, text| {
+            Ok(match kind {
+                Kind::Text => {
+                    let Text { text, cache_control } = tagged_body(text)?;
+                    ContentBlock::Text { text, cache_control }
+                }
+                Kind::Image => {
+                    let Image { source } = tagged_body(text)?;
+                    ContentBlock::Image { source }
+                }
+                Kind::ToolUse => {
+                    let ToolUse { id, name, input } = tagged_body(text)?;
+                    ContentBlock::ToolUse { id, name, input }
+                }
+                Kind::ToolResult => {
+                    let ToolResult { tool_use_id, content, is_error } = tagged_body(text)?;
+                    ContentBlock::ToolResult { tool_use_id, content, is_error }
+                }
+                Kind::Thinking => {
+                    let Thinking { thinking, signature } = tagged_body(text)?;
+                    ContentBlock::Thinking { thinking, signature }
+                }
+                Kind::RedactedThinking => {
+                    let RedactedThinking { data } = tagged_body(text)?;
+                    ContentBlock::RedactedThinking { data }
+                }
+                Kind::Unknown => ContentBlock::Unknown,
+            })
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ImageSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "snake_case", expecting = "variant identifier")]
+        enum Kind {
+            Base64,
+            Url,
+            #[serde(other)]
+            Unknown,
+        }
+        #[derive(Deserialize)]
+        struct Base64 {
+            media_type: String,
+            data: String,
+        }
+        #[derive(Deserialize)]
+        struct Url {
+            url: String,
+        }
+        by_tag(d, "type", "internally tagged enum ImageSource", |kind, text| {
+            Ok(match kind {
+                Kind::Base64 => {
+                    let Base64 { media_type, data } = tagged_body(text)?;
+                    ImageSource::Base64 { media_type, data }
+                }
+                Kind::Url => {
+                    let Url { url } = tagged_body(text)?;
+                    ImageSource::Url { url }
+                }
+                Kind::Unknown => ImageSource::Unknown,
+            })
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -303,7 +421,8 @@ impl Usage {
 
 // ---- stream events ----
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// `Deserialize` by hand, below: the derive costs the .wasm (see [`crate::json::by_tag`]).
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StreamEvent {
     MessageStart {
@@ -337,7 +456,8 @@ pub enum StreamEvent {
     Unknown,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// `Deserialize` by hand, below: the derive costs the .wasm (see [`crate::json::by_tag`]).
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BlockDelta {
     TextDelta {
@@ -354,6 +474,133 @@ pub enum BlockDelta {
     },
     #[serde(other)]
     Unknown,
+}
+
+impl<'de> Deserialize<'de> for StreamEvent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "snake_case", expecting = "variant identifier")]
+        enum Kind {
+            MessageStart,
+            ContentBlockStart,
+            ContentBlockDelta,
+            ContentBlockStop,
+            MessageDelta,
+            MessageStop,
+            Ping,
+            Error,
+            #[serde(other)]
+            Unknown,
+        }
+        #[derive(Deserialize)]
+        struct MessageStart {
+            message: MessagesResponse,
+        }
+        #[derive(Deserialize)]
+        struct ContentBlockStart {
+            #[serde(default)]
+            index: u32,
+            content_block: ContentBlock,
+        }
+        #[derive(Deserialize)]
+        struct ContentBlockDelta {
+            #[serde(default)]
+            index: u32,
+            delta: BlockDelta,
+        }
+        #[derive(Deserialize)]
+        struct ContentBlockStop {
+            #[serde(default)]
+            index: u32,
+        }
+        #[derive(Deserialize)]
+        struct MessageDeltaEvent {
+            delta: MessageDelta,
+            #[serde(default)]
+            usage: Option<DeltaUsage>,
+        }
+        #[derive(Deserialize)]
+        struct Error {
+            error: ErrorBody,
+        }
+        by_tag(d, "type", "internally tagged enum StreamEvent", |kind, text| {
+            Ok(match kind {
+                Kind::MessageStart => {
+                    let MessageStart { message } = tagged_body(text)?;
+                    StreamEvent::MessageStart { message }
+                }
+                Kind::ContentBlockStart => {
+                    let ContentBlockStart { index, content_block } = tagged_body(text)?;
+                    StreamEvent::ContentBlockStart { index, content_block }
+                }
+                Kind::ContentBlockDelta => {
+                    let ContentBlockDelta { index, delta } = tagged_body(text)?;
+                    StreamEvent::ContentBlockDelta { index, delta }
+                }
+                Kind::ContentBlockStop => {
+                    let ContentBlockStop { index } = tagged_body(text)?;
+                    StreamEvent::ContentBlockStop { index }
+                }
+                Kind::MessageDelta => {
+                    let MessageDeltaEvent { delta, usage } = tagged_body(text)?;
+                    StreamEvent::MessageDelta { delta, usage }
+                }
+                Kind::MessageStop => StreamEvent::MessageStop,
+                Kind::Ping => StreamEvent::Ping,
+                Kind::Error => {
+                    let Error { error } = tagged_body(text)?;
+                    StreamEvent::Error { error }
+                }
+                Kind::Unknown => StreamEvent::Unknown,
+            })
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for BlockDelta {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "snake_case", expecting = "variant identifier")]
+        enum Kind {
+            TextDelta,
+            InputJsonDelta,
+            ThinkingDelta,
+            SignatureDelta,
+            #[serde(other)]
+            Unknown,
+        }
+        #[derive(Deserialize)]
+        struct TextDelta {
+            text: String,
+        }
+        #[derive(Deserialize)]
+        struct InputJsonDelta {
+            partial_json: String,
+        }
+        #[derive(Deserialize)]
+        struct ThinkingDelta {
+            thinking: String,
+        }
+        #[derive(Deserialize)]
+        struct SignatureDelta {
+            signature: String,
+        }
+        by_tag(d, "type", "internally tagged enum BlockDelta", |kind, text| {
+            Ok(match kind {
+                Kind::TextDelta => BlockDelta::TextDelta { text: tagged_body::<TextDelta>(text)?.text },
+                Kind::InputJsonDelta => {
+                    BlockDelta::InputJsonDelta { partial_json: tagged_body::<InputJsonDelta>(text)?.partial_json }
+                }
+                Kind::ThinkingDelta => {
+                    BlockDelta::ThinkingDelta { thinking: tagged_body::<ThinkingDelta>(text)?.thinking }
+                }
+                Kind::SignatureDelta => {
+                    BlockDelta::SignatureDelta { signature: tagged_body::<SignatureDelta>(text)?.signature }
+                }
+                Kind::Unknown => BlockDelta::Unknown,
+            })
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
