@@ -26,6 +26,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
 
 #[derive(serde::Deserialize)]
@@ -116,7 +117,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("listening {}", listener.local_addr()?);
         use std::io::Write;
         std::io::stdout().flush()?;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // TCP_NODELAY on every connection, as gRPC servers do (grpc-go's default): without it, Nagle
+        // holds the body response behind Envoy's delayed ACK (~40 ms per request).
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+            conn.and_then(|c| {
+                c.set_nodelay(true)?;
+                Ok(c)
+            })
+        });
         tonic::transport::Server::builder()
             .add_service(ExternalProcessorServer::new(Skeleton { bodies: Arc::new(AtomicU64::new(0)) }))
             .serve_with_incoming(incoming)
