@@ -16,6 +16,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     external_processor_server::{ExternalProcessor, ExternalProcessorServer},
@@ -50,6 +51,8 @@ fn on_body(body: &[u8]) -> CommonResponse {
                         raw_value: model.into_bytes(),
                         ..Default::default()
                     }),
+                    // Set, not append: a client's own x-ai-eg-model is replaced.
+                    append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
                     ..Default::default()
                 }],
                 ..Default::default()
