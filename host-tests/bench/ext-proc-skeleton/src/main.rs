@@ -69,7 +69,7 @@ fn answer(req: ProcessingRequest, bodies: &AtomicU64) -> Option<Response> {
         Request::RequestHeaders(_) => Response::RequestHeaders(HeadersResponse { response: None }),
         Request::RequestBody(b) => {
             let n = bodies.fetch_add(1, Ordering::Relaxed) + 1;
-            if n % 10_000 == 0 {
+            if n.is_multiple_of(10_000) {
                 eprintln!("ext-proc-skeleton: {n} request bodies answered");
             }
             Response::RequestBody(BodyResponse { response: Some(on_body(&b.body)) })
