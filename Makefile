@@ -126,6 +126,7 @@ lint: fmt-check clippy
 fmt-check: rust-tools
 	$(CARGO) fmt --all --check
 	$(CARGO) fmt --manifest-path host-tests/bench/profile/Cargo.toml --check
+	$(CARGO) fmt --manifest-path host-tests/bench/ext-proc-skeleton/Cargo.toml --check
 
 clippy: rust-tools
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -226,6 +227,10 @@ BENCH_LITELLM := target/bench/litellm-venv
 # symbols for callgrind), built here.
 PROFILE_ENV   := PROFILE_TARGET_DIR=$(abspath $(TARGET))/bench/profile-target PROFILE_OUT=$(abspath $(TARGET))/bench/profile
 PROFILE_BIN   := $(abspath $(TARGET))/bench/profile-target/release/llmgw-bench-profile
+# The ext_proc skeleton (the "Envoy + ext_proc skeleton" configuration) is a Cargo project of its own:
+# release for bench, debug for bench-smoke (it only has to work there; ~2/3 of the build's CPU time).
+EXT_PROC_BUILD := CARGO_TARGET_DIR=target/bench/ext-proc-target $(CARGO) build \
+	  --manifest-path host-tests/bench/ext-proc-skeleton/Cargo.toml
 .PHONY: bench bench-smoke bench-tools bench-check valgrind-tools
 
 bench-tools:
@@ -236,7 +241,8 @@ valgrind-tools:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
 
 # The mock is built optimized but without the workspace's LTO (sized for the .wasm, slow for wasmtime).
-# The baseline filter (a no-op proxy-wasm filter and llmgw's skeleton) gives the cost of wasm itself.
+# The baseline filter (a no-op proxy-wasm filter and llmgw's skeleton) gives the cost of wasm itself;
+# the ext_proc skeleton the cost of the ext_proc gRPC hop (Envoy AI Gateway's architecture).
 # bench.py also runs the callgrind check (its table and verdict are part of the report).
 bench: wasm cli py-tools bench-tools valgrind-tools
 	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
@@ -244,15 +250,18 @@ bench: wasm cli py-tools bench-tools valgrind-tools
 	CARGO_TARGET_DIR=target/bench/baseline-target $(CARGO) build --release --target wasm32-wasip1 \
 	  --manifest-path host-tests/bench/baseline-filter/Cargo.toml
 	$(PROFILE_ENV) host-tests/bench/profile/profile.sh build
+	$(EXT_PROC_BUILD) --release
 	@[ -x $(BENCH_LITELLM)/bin/litellm ] || { $(PYTHON) -m venv $(BENCH_LITELLM) && \
 	  $(BENCH_LITELLM)/bin/pip install -q --disable-pip-version-check -r host-tests/bench/litellm-requirements.txt; } || \
 	  echo "bench: LiteLLM did not install; its configuration will be skipped" >&2
 	"$(abspath $(VENV))/bin/python" host-tests/bench/bench.py --mock-bin $(TARGET)/release/bench-mock \
 	  --baseline-wasm target/bench/baseline-target/wasm32-wasip1/release/llmgw_bench_baseline_filter.wasm \
-	  --profile-bin $(PROFILE_BIN) $(BENCH_ARGS)
+	  --ext-proc-bin target/bench/ext-proc-target/release/ext-proc-skeleton --profile-bin $(PROFILE_BIN) $(BENCH_ARGS)
 
 bench-smoke: wasm host-bins cli py-tools bench-tools
-	"$(abspath $(VENV))/bin/python" host-tests/bench/bench.py --smoke --mock-bin $(TARGET)/debug/bench-mock $(BENCH_ARGS)
+	$(EXT_PROC_BUILD)
+	"$(abspath $(VENV))/bin/python" host-tests/bench/bench.py --smoke --mock-bin $(TARGET)/debug/bench-mock \
+	  --ext-proc-bin target/bench/ext-proc-target/debug/ext-proc-skeleton $(BENCH_ARGS)
 
 bench-check: valgrind-tools
 	$(PROFILE_ENV) host-tests/bench/profile/profile.sh check --json-out $(abspath $(TARGET))/bench/profile/check.json

@@ -16,6 +16,12 @@ points for the cost of any Rust proxy-wasm filter in Envoy's V8:
   wasm-noop        Envoy + a wasm filter whose callbacks all return Continue
   wasm-buffer      Envoy + llmgw's skeleton without its logic: buffer and read the body once, set two
                    headers, clear the route cache, route on x-llmgw-backend
+and, with --ext-proc-bin (host-tests/bench/ext-proc-skeleton, built by `make bench`), the architecture
+llmgw replaces (Envoy AI Gateway's: Envoy → an ext_proc gRPC server) doing the least it can do:
+  extproc          Envoy + envoy.filters.http.ext_proc → ext-proc-skeleton (Rust, tonic, one thread,
+                   pinned with the proxy; its CPU and memory count as the proxy's): request headers
+                   (CONTINUE), then the BUFFERED body, from which it reads `model` and sets
+                   x-ai-eg-model + clear_route_cache; the route picks the cluster on x-ai-eg-model
 
 Envoy runs with --concurrency 1. With 2+ cores, the proxy is pinned to core 1 and the load
 generator (wrk), the stream client and the mock to core 0. Every round starts fresh proxies, and
@@ -46,6 +52,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -80,6 +87,7 @@ LABELS = {
     "envoy": "plain Envoy",
     "wasm-noop": "Envoy + no-op wasm",
     "wasm-buffer": "Envoy + wasm skeleton",
+    "extproc": "Envoy + ext_proc skeleton",
     "llmgw": "Envoy + llmgw (OpenAI)",
     "llmgw-anthropic": "Envoy + llmgw → Anthropic",
     "llmgw-fallback": "Envoy + llmgw, fallback rule",
@@ -186,12 +194,16 @@ class Server:
 
     def __init__(self, name: str, proc: subprocess.Popen, url: str, admin: str | None = None, log_path=None):
         self.name, self.proc, self.url, self.admin, self.log_path = name, proc, url, admin, log_path
+        # Processes on the proxy path beside the proxy (the ext_proc server): counted in its CPU and RSS.
+        self.sidecars: list[subprocess.Popen] = []
 
     def pids(self) -> list[int]:
-        return tree(self.proc.pid)
+        return [p for proc in (self.proc, *self.sidecars) for p in tree(proc.pid)]
 
     def stop(self) -> None:
         stop(self.proc)
+        for proc in self.sidecars:
+            stop(proc)
 
     def heap_bytes(self) -> int | None:
         if not self.admin:
@@ -266,6 +278,55 @@ def baseline_config(mock_port: int, baseline_wasm: Path, kind: str) -> dict:
             {"match": {"prefix": "/"}, "route": {"cluster": "openai", "timeout": "300s"}}
         ]
     return cfg
+
+
+EXT_PROC_CLUSTER = "ext_proc_skeleton"
+
+
+def extproc_config(mock_port: int, wasm: Path, ext_proc_port: int) -> dict:
+    """The wasm skeleton's bootstrap with Envoy's ext_proc filter in place of the wasm filter, pointed at
+    ext-proc-skeleton over HTTP/2; the route picks the cluster on the x-ai-eg-model it sets (the request
+    is re-routed after the body, like the wasm skeleton's)."""
+    cfg = envoy_config(mock_port, wasm, plain=False)
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"] = [
+        {"name": "envoy.filters.http.ext_proc", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER}, "timeout": "10s"},
+            "processing_mode": {"request_header_mode": "SEND", "request_body_mode": "BUFFERED",
+                                "response_header_mode": "SKIP", "response_body_mode": "NONE"},
+            "allow_mode_override": False,
+            "failure_mode_allow": False,
+            "message_timeout": "10s",
+        }} if f["name"] == "envoy.filters.http.wasm" else f
+        for f in hcm["http_filters"]
+    ]
+    hcm["route_config"]["virtual_hosts"][0]["routes"] = [
+        {"match": {"prefix": "/", "headers": [{"name": "x-ai-eg-model", "string_match": {"prefix": "gpt-"}}]},
+         "route": {"cluster": "openai", "timeout": "300s"}, "request_headers_to_remove": ["x-ai-eg-model"]},
+        {"match": {"prefix": "/"}, "direct_response": {"status": 404, "body": {"inline_string": "no x-ai-eg-model"}}},
+    ]
+    cfg["static_resources"]["clusters"].append({
+        "name": EXT_PROC_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+        "load_assignment": {"cluster_name": EXT_PROC_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": ext_proc_port}}}}]}]},
+    })
+    return cfg
+
+
+def start_ext_proc(bin_: Path, cpus, out: Path, name: str) -> tuple[subprocess.Popen, int]:
+    """ext-proc-skeleton on a free port, pinned like the proxy: (process, port)."""
+    proc = subprocess.Popen([str(bin_), "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=open(out / "logs" / f"{name}-ext-proc.log", "wb"), preexec_fn=pinner(cpus))
+    line = e2e._read_line(proc, 15.0)
+    m = re.fullmatch(r"listening (\S+):(\d+)", line.strip())
+    if not m:
+        stop(proc)
+        raise RuntimeError(f"ext-proc-skeleton: unexpected first line {line!r}")
+    return proc, int(m.group(2))
 
 
 def start_envoy(name: str, cfg: dict, envoy: Path, cpus, out: Path, env: dict | None = None) -> Server:
@@ -480,8 +541,12 @@ ROWS = [
     (None, "100 KB: requests/s", "thr_100k_rps", 0, False),
     (None, "100 KB: × plain Envoy", "thr_100k_ratio_envoy", 2, False),
     (None, "100 KB: proxy CPU s per 1k requests", "thr_100k_cpu_per_1k", 3, False),
+    (None, "1 KB: of which the ext_proc server", "thr_1k_sidecar_cpu_per_1k", 3, False),
+    (None, "100 KB: of which the ext_proc server", "thr_100k_sidecar_cpu_per_1k", 3, False),
     (None, "1 KB: proxy CPU × llmgw (OpenAI)", "thr_1k_cpu_ratio_llmgw", 2, False),
     (None, "100 KB: proxy CPU × llmgw (OpenAI)", "thr_100k_cpu_ratio_llmgw", 2, False),
+    (None, "1 KB: proxy CPU × ext_proc skeleton", "thr_1k_cpu_ratio_extproc", 2, False),
+    (None, "100 KB: proxy CPU × ext_proc skeleton", "thr_100k_cpu_ratio_extproc", 2, False),
     (None, "client core busy (1 KB run)", "thr_1k_client_busy", 2, False),
     ("Streaming (µs; 1 KB request, concurrency 1)", "time to first token p50", "ttft_p50_us", 0, False),
     (None, "added TTFT over direct", "ttft_add_direct_us", 0, True),
@@ -647,7 +712,7 @@ def svg_chart(summary: dict, names: list[str], meta: str) -> str:
     bar columns (throughput, linear; p99 at concurrency 1, log), whiskers for the min-max spread."""
     import math
 
-    colors = {"direct": "#a7b0ba", "envoy": "#4a7ab7", "wasm-noop": "#8fb3de", "wasm-buffer": "#b9a3d6", "llmgw": "#e07b39", "llmgw-anthropic": "#c2553a", "llmgw-fallback": "#8c3b2a",
+    colors = {"direct": "#a7b0ba", "envoy": "#4a7ab7", "wasm-noop": "#8fb3de", "wasm-buffer": "#b9a3d6", "extproc": "#7d6aa8", "llmgw": "#e07b39", "llmgw-anthropic": "#c2553a", "llmgw-fallback": "#8c3b2a",
               "litellm": "#6b8e4e"}
     esc = lambda s: s.replace("&", "&amp;").replace("<", "&lt;")  # noqa: E731
     label_x, bw, text_w, gap_w = 215, 330, 95, 30
@@ -765,6 +830,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--baseline-wasm", type=Path, default=None,
                     help="the baseline-filter .wasm: adds the wasm-noop and wasm-buffer configurations "
                          "(default: target/bench/baseline-target/... when built, except with --smoke)")
+    ap.add_argument("--ext-proc-bin", type=Path, default=None,
+                    help="ext-proc-skeleton (host-tests/bench/ext-proc-skeleton): adds the extproc configuration "
+                         "(default: target/bench/ext-proc-target/release/ext-proc-skeleton when built, except with --smoke)")
     ap.add_argument("--only", help="comma-separated configurations to run (direct and envoy are always run)")
     ap.add_argument("--profile-bin", type=Path, default=None,
                     help="llmgw-bench-profile (host-tests/bench/profile): adds callgrind instructions and host calls "
@@ -800,7 +868,7 @@ def main(argv: list[str]) -> int:
     client_cpu = cpu_list[0] if client_cpus else None
     proxy_cpu = cpu_list[1] if proxy_cpus else None
 
-    names = ["direct", "envoy", "wasm-noop", "wasm-buffer", "llmgw", "llmgw-anthropic", "llmgw-fallback", "litellm"]
+    names = ["direct", "envoy", "wasm-noop", "wasm-buffer", "extproc", "llmgw", "llmgw-anthropic", "llmgw-fallback", "litellm"]
     skipped: dict[str, str] = {}
     baseline = a.baseline_wasm
     default_baseline = REPO / "target/bench/baseline-target/wasm32-wasip1/release/llmgw_bench_baseline_filter.wasm"
@@ -812,6 +880,15 @@ def main(argv: list[str]) -> int:
                           "build host-tests/bench/baseline-filter, or --baseline-wasm)"))
     else:
         baseline = baseline.resolve()
+    ext_proc_bin = a.ext_proc_bin
+    default_ext_proc = REPO / "target/bench/ext-proc-target/release/ext-proc-skeleton"
+    if ext_proc_bin is None and not a.smoke and default_ext_proc.is_file():
+        ext_proc_bin = default_ext_proc
+    if ext_proc_bin is None or not ext_proc_bin.is_file():
+        skipped["extproc"] = ("extproc skipped: no ext_proc server (" + (f"{ext_proc_bin} not found)" if ext_proc_bin
+                              else "build host-tests/bench/ext-proc-skeleton, or --ext-proc-bin)"))
+    else:
+        ext_proc_bin = ext_proc_bin.resolve()
     litellm_mode = a.litellm or ("off" if a.smoke else "auto")
     if litellm_mode == "off":
         skipped["litellm"] = "LiteLLM skipped (--litellm off" + (", the default of --smoke)" if a.smoke else ")")
@@ -866,6 +943,15 @@ def main(argv: list[str]) -> int:
                 elif n in ("wasm-noop", "wasm-buffer"):
                     servers[n] = start_envoy(f"{n}-r{r}", baseline_config(mock_port, baseline, n), envoy,
                                              proxy_cpus, out)
+                elif n == "extproc":
+                    ep, ep_port = start_ext_proc(ext_proc_bin, proxy_cpus, out, f"{n}-r{r}")
+                    try:
+                        servers[n] = start_envoy(f"{n}-r{r}", extproc_config(mock_port, wasm, ep_port), envoy,
+                                                 proxy_cpus, out)
+                    except BaseException:
+                        stop(ep)
+                        raise
+                    servers[n].sidecars.append(ep)
                 elif n == "litellm":
                     try:
                         servers[n] = start_litellm(a.litellm_venv, mock_port, proxy_cpus, out)
@@ -925,7 +1011,9 @@ def main(argv: list[str]) -> int:
                     res[n][f"lat_{size}_p99_us"] = lat["p99_us"]
                     res[n][f"lat_{size}_errors"] = lat["errors"]
                     pids = srv.pids() if n != "direct" else [mock.proc.pid]
+                    side = [p for proc in getattr(srv, "sidecars", []) for p in tree(proc.pid)]
                     c0, m0, k0 = cpu_seconds(pids), cpu_seconds([mock.proc.pid]), core_times()
+                    s0 = cpu_seconds(side)
                     peak = [0]
                     stop_ev = threading.Event()
 
@@ -939,6 +1027,7 @@ def main(argv: list[str]) -> int:
                     stop_ev.set()
                     th.join()
                     c1, m1, k1 = cpu_seconds(pids), cpu_seconds([mock.proc.pid]), core_times()
+                    s1 = cpu_seconds(side)
                     res[n][f"thr_{size}_rps"] = thr["rps"]
                     res[n][f"thr_{size}_errors"] = thr["errors"]
                     res[n][f"thr_{size}_mock_cpu_per_1k"] = (m1 - m0) / thr["requests"] * 1000
@@ -946,6 +1035,8 @@ def main(argv: list[str]) -> int:
                     res[n][f"thr_{size}_proxy_busy"] = busy(k0, k1, proxy_cpu)
                     if n != "direct":
                         res[n][f"thr_{size}_cpu_per_1k"] = (c1 - c0) / thr["requests"] * 1000
+                        if side:  # the ext_proc server's share (included above)
+                            res[n][f"thr_{size}_sidecar_cpu_per_1k"] = (s1 - s0) / thr["requests"] * 1000
                         res[n]["rss_load_mb"] = max(res[n].get("rss_load_mb", 0), peak[0] / 1024)
                     for kind, d in (("lat", lat), ("thr", thr)):
                         if d["errors"]:
@@ -981,12 +1072,31 @@ def main(argv: list[str]) -> int:
                 k = f"thr_{size}_cpu_per_1k"
                 if fb.get(k) and one.get(k):
                     fb[f"thr_{size}_cpu_ratio_llmgw"] = fb[k] / one[k]
+            # llmgw doing its whole job in-process against the ext_proc hop doing the least, within the round.
+            ep = res.get("extproc", {})
+            for n in ("llmgw", "llmgw-anthropic", "llmgw-fallback"):
+                for size in SIZES:
+                    k = f"thr_{size}_cpu_per_1k"
+                    if n in res and res[n].get(k) and ep.get(k):
+                        res[n][f"thr_{size}_cpu_ratio_extproc"] = res[n][k] / ep[k]
             # The filter really counted: its metrics are in Envoy's stats.
             for n in ("llmgw", "llmgw-anthropic"):
                 if n in servers:
                     text = e2e.http("GET", servers[n].admin + "/stats/prometheus", timeout=10)[2].decode()
                     if "llmgw_requests_total" not in text or "gen_ai_client_token_usage" not in text:
                         failures.append(f"round {r + 1} {n}: llmgw metrics missing from /stats/prometheus")
+            # The ext_proc path was taken: Envoy's ext_proc filter (stats http.<prefix>.ext_proc.*) had its
+            # streams answered, the body messages too (more answers than streams; a client closing a
+            # connection mid-request leaves a stream with its headers answered only), and the mock's
+            # replies above came through the route on the x-ai-eg-model it set.
+            if "extproc" in servers:
+                query = "/stats?format=json&filter=" + urllib.parse.quote(r"^http\..*\.ext_proc\.")
+                st = json.loads(e2e.http("GET", servers["extproc"].admin + query, timeout=10)[2])
+                c = {s_["name"].rsplit(".", 1)[-1]: s_["value"] for s_ in st.get("stats", []) if "value" in s_}
+                res["extproc"]["ext_proc_streams"] = c.get("streams_started", 0)
+                if (not c.get("streams_started") or c.get("stream_msgs_received", 0) <= c["streams_started"]
+                        or c.get("rejected_header_mutations") or c.get("streams_failed")):
+                    failures.append(f"round {r + 1} extproc: ext_proc stats show no (or failed) processing: {c}")
             rounds.append(res)
             for n, srv in list(servers.items()):
                 if n != "direct":
