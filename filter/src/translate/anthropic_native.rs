@@ -39,21 +39,41 @@ impl AnthropicNative {
     }
 }
 
-/// Folds one stream event's usage into `usage`; returns whether it carried content.
+/// What usage tracking reads of a stream event: its type and usage, nothing else (the events pass
+/// through untouched; parsing them whole would cost the module ~50 KB of deserializers).
+#[derive(serde::Deserialize)]
+struct EventUsage<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    message: Option<MessageUsage>,
+    #[serde(default)]
+    usage: Option<a::DeltaUsage>,
+}
+
+#[derive(serde::Deserialize)]
+struct MessageUsage {
+    #[serde(default)]
+    usage: Option<a::Usage>,
+}
+
+/// Folds one stream event's usage into `usage`; returns whether it carried content. A sloppy
+/// event still counts for what it says: usage is taken wherever it parses.
 pub(super) fn track_event(json: &[u8], usage: &mut a::Usage) -> bool {
-    match serde_json::from_slice::<a::StreamEvent>(json) {
-        Ok(a::StreamEvent::MessageStart { message }) => {
-            *usage = message.usage;
+    let Ok(event) = serde_json::from_slice::<EventUsage>(json) else { return false };
+    match (event.kind.as_ref(), event.message, event.usage) {
+        ("message_start", Some(MessageUsage { usage: Some(start) }), _) => {
+            *usage = start;
             false
         }
-        Ok(a::StreamEvent::MessageDelta { usage: Some(u), .. }) => {
+        ("message_delta", _, Some(u)) => {
             usage.output_tokens = u.output_tokens;
             usage.input_tokens = u.input_tokens.unwrap_or(usage.input_tokens);
             usage.cache_read_input_tokens = u.cache_read_input_tokens.or(usage.cache_read_input_tokens);
             usage.cache_creation_input_tokens = u.cache_creation_input_tokens.or(usage.cache_creation_input_tokens);
             false
         }
-        Ok(a::StreamEvent::ContentBlockStart { .. } | a::StreamEvent::ContentBlockDelta { .. }) => true,
+        ("content_block_start" | "content_block_delta", _, _) => true,
         _ => false,
     }
 }
