@@ -88,19 +88,28 @@ WASM_OPT_ARGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-glo
 
 wasm: rust-tools
 	$(CARGO) build --release -p llmgw-filter --target wasm32-wasip1
-	@if [ ! -f "$(WASM).opt-stamp" ] || [ "$(WASM)" -nt "$(WASM).opt-stamp" ]; then \
-	  if [ ! -x "$(WASM_OPT)" ] && command -v npm >/dev/null 2>&1; then \
-	    echo "installing binaryen (wasm-opt) from npm into $(BINARYEN)"; \
-	    mkdir -p "$(BINARYEN)" && npm install --silent --no-audit --no-fund --prefix "$(BINARYEN)" binaryen@132.0.0 >/dev/null; \
-	  fi; \
-	  if [ -x "$(WASM_OPT)" ] && command -v node >/dev/null 2>&1; then \
-	    before=$$(stat -c %s "$(WASM)"); \
-	    node "$(WASM_OPT)" $(WASM_OPT_ARGS) "$(WASM)" -o "$(WASM).tmp" && mv "$(WASM).tmp" "$(WASM)"; \
-	    echo "wasm-opt: $$before -> $$(stat -c %s "$(WASM)") bytes"; \
+	@# Cargo re-links its own (unoptimized) artifact here on every build, even one with nothing to do,
+	@# keeping its old mtime: compare contents, not times. The last input and output are kept so an
+	@# unchanged module is not optimized again.
+	@if ! cmp -s "$(WASM)" "$(WASM).optimized"; then \
+	  if [ -f "$(WASM).input" ] && cmp -s "$(WASM)" "$(WASM).input" && [ -f "$(WASM).optimized" ]; then \
+	    rm -f "$(WASM)" && cp "$(WASM).optimized" "$(WASM)"; \
+	    echo "wasm-opt: unchanged module, optimized copy restored ($$(stat -c %s "$(WASM)") bytes)"; \
 	  else \
-	    echo "warning: node/npm not found; $(WASM) left unoptimized ($$(stat -c %s "$(WASM)") bytes)" >&2; \
+	    if [ ! -x "$(WASM_OPT)" ] && command -v npm >/dev/null 2>&1; then \
+	      echo "installing binaryen (wasm-opt) from npm into $(BINARYEN)"; \
+	      mkdir -p "$(BINARYEN)" && npm install --silent --no-audit --no-fund --prefix "$(BINARYEN)" binaryen@132.0.0 >/dev/null; \
+	    fi; \
+	    if [ -x "$(WASM_OPT)" ] && command -v node >/dev/null 2>&1; then \
+	      before=$$(stat -c %s "$(WASM)"); \
+	      cp "$(WASM)" "$(WASM).input.tmp" && \
+	      node "$(WASM_OPT)" $(WASM_OPT_ARGS) "$(WASM)" -o "$(WASM).tmp" && rm -f "$(WASM)" && mv "$(WASM).tmp" "$(WASM)" && \
+	      mv "$(WASM).input.tmp" "$(WASM).input" && cp "$(WASM)" "$(WASM).optimized"; \
+	      echo "wasm-opt: $$before -> $$(stat -c %s "$(WASM)") bytes"; \
+	    else \
+	      echo "warning: node/npm not found; $(WASM) left unoptimized ($$(stat -c %s "$(WASM)") bytes)" >&2; \
+	    fi; \
 	  fi; \
-	  touch "$(WASM).opt-stamp"; \
 	fi
 
 host-bins:
