@@ -232,6 +232,7 @@ clean-venv:
 # BENCH_ARGS=... passes options to host-tests/bench/bench.py (--rounds N, --only llmgw, --litellm off).
 BENCH_ARGS    ?=
 BENCH_LITELLM := target/bench/litellm-venv
+BENCH_PORTKEY := target/bench/portkey
 # The profile tool is a Cargo project of its own (release profile opt-level s like the .wasm, with
 # symbols for callgrind), built here.
 PROFILE_ENV   := PROFILE_TARGET_DIR=$(abspath $(TARGET))/bench/profile-target PROFILE_OUT=$(abspath $(TARGET))/bench/profile
@@ -263,7 +264,13 @@ bench: wasm cli py-tools bench-tools valgrind-tools
 	@[ -x $(BENCH_LITELLM)/bin/litellm ] || { $(PYTHON) -m venv $(BENCH_LITELLM) && \
 	  $(BENCH_LITELLM)/bin/pip install -q --disable-pip-version-check -r host-tests/bench/litellm-requirements.txt; } || \
 	  echo "bench: LiteLLM did not install; its configuration will be skipped" >&2
+	@command -v node >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; } || true
+	@[ -f $(BENCH_PORTKEY)/node_modules/@portkey-ai/gateway/build/start-server.js ] || { mkdir -p $(BENCH_PORTKEY) && \
+	  cp host-tests/bench/portkey/package.json host-tests/bench/portkey/package-lock.json $(BENCH_PORTKEY)/ && \
+	  cd $(BENCH_PORTKEY) && npm ci --no-audit --no-fund --loglevel=error; } || \
+	  echo "bench: Portkey did not install; its configuration will be skipped" >&2
 	"$(abspath $(VENV))/bin/python" host-tests/bench/bench.py --mock-bin $(TARGET)/release/bench-mock \
+	  --portkey-dir $(BENCH_PORTKEY) \
 	  --baseline-wasm target/bench/baseline-target/wasm32-wasip1/release/llmgw_bench_baseline_filter.wasm \
 	  --ext-proc-bin target/bench/ext-proc-target/release/ext-proc-skeleton --profile-bin $(PROFILE_BIN) $(BENCH_ARGS)
 

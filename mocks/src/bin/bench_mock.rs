@@ -4,6 +4,7 @@
 //! bench-mock serve   [--port 0] [--chunks 8] [--gap-ms 0] [--latency-ms 0] [--hold-ms 120000]
 //! bench-mock streams --url URL --body FILE [--n 50] [--header 'k: v']...
 //! bench-mock hold    --url URL --body FILE --streams N [--timeout-s 60]
+//! bench-mock rate    --url URL --body FILE --rps R [--seconds 3] [--conns 64] [--header 'k: v']...
 //! ```
 //!
 //! `serve` is a minimal HTTP/1.1 server on one thread (tokio current-thread) whose CPU cost per
@@ -24,6 +25,12 @@
 //! one JSON line: per stream the time to the first content chunk (`ttft_us`), the gaps between
 //! content chunks (`gap_us`), the content chunk count, and errors. Content chunk = an SSE event
 //! whose `"content"` or `"text"` is a non-empty string.
+//!
+//! `rate` is an open-loop load at a fixed rate (wrk2's model): request i is due at start + i/R and is
+//! sent on the first idle keep-alive connection of a pool; its latency counts from when it was due if
+//! it had to wait for a connection (queueing is charged, no coordinated omission), else from when it
+//! was sent (the client's timer lateness is not). Prints one JSON line: achieved rate, latency
+//! percentiles, errors, and how many requests could not be sent within the run (`unsent`).
 //!
 //! `hold` opens N streams at once, waits until each has its first content chunk, prints
 //! `ready N`, and keeps them open until stdin has a line or closes; then it exits.
@@ -52,6 +59,8 @@ enum Cmd {
     Streams(StreamsArgs),
     /// Open N streams at once and keep them open until stdin has a line.
     Hold(HoldArgs),
+    /// Fixed-rate (open-loop) load: latency percentiles at a given request rate.
+    Rate(RateArgs),
 }
 
 #[derive(Args, Clone)]
@@ -108,12 +117,35 @@ struct HoldArgs {
     timeout_s: u64,
 }
 
+#[derive(Args)]
+struct RateArgs {
+    #[arg(long)]
+    url: String,
+    /// File with the request body (a non-streaming request).
+    #[arg(long)]
+    body: String,
+    /// Requests per second.
+    #[arg(long)]
+    rps: u32,
+    #[arg(long, default_value_t = 3)]
+    seconds: u32,
+    /// Keep-alive connections in the pool.
+    #[arg(long, default_value_t = 64)]
+    conns: usize,
+    #[arg(long)]
+    header: Vec<String>,
+    /// Bound on every response, in seconds.
+    #[arg(long, default_value_t = 10)]
+    timeout_s: u64,
+}
+
 fn main() {
     let cli = Cli::parse();
     let code = match cli.cmd {
         Cmd::Serve(a) => serve(a),
         Cmd::Streams(a) => streams(a),
         Cmd::Hold(a) => hold(a),
+        Cmd::Rate(a) => rate(a),
     };
     std::process::exit(code);
 }
@@ -772,6 +804,152 @@ fn hold(a: HoldArgs) -> i32 {
         Err(e) => {
             println!("failed {e}");
             eprintln!("bench-mock hold: {e}");
+            1
+        }
+    }
+}
+
+fn rate(a: RateArgs) -> i32 {
+    use std::cell::{Cell, RefCell};
+    use tokio::time::Instant as TInstant;
+
+    #[derive(Default)]
+    struct Tally {
+        latencies_us: Vec<f64>,
+        errors: usize,
+        samples: Vec<String>,
+        /// Slots taken: sent, or lost to a failed connect.
+        taken: usize,
+    }
+
+    async fn one(sock: &mut AsyncTcpStream, req: &[u8], timeout: Duration) -> Result<(), String> {
+        sock.write_all(req).await.map_err(|e| format!("write: {e}"))?;
+        let mut resp = SseResponse::new();
+        let mut buf = vec![0u8; 16 << 10];
+        while !resp.done {
+            let n = tokio::time::timeout(timeout, sock.read(&mut buf))
+                .await
+                .map_err(|_| "response timeout".to_string())?
+                .map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("connection closed".into());
+            }
+            resp.feed(&buf[..n])?;
+            if resp.head_done && resp.remaining.is_none() && !resp.chunked && resp.status != 0 {
+                return Err("response without content-length or chunked encoding".into());
+            }
+        }
+        match resp.status {
+            200 => Ok(()),
+            s => Err(format!("status {s}")),
+        }
+    }
+
+    let run = || -> Result<String, String> {
+        if a.rps == 0 || a.seconds == 0 || a.conns == 0 {
+            return Err("--rps, --seconds and --conns must be positive".into());
+        }
+        let t = parse_url(&a.url)?;
+        let body = std::fs::read(&a.body).map_err(|e| format!("{}: {e}", a.body))?;
+        let req = Rc::new(request_bytes(&t, &body, &a.header));
+        let total = a.rps as usize * a.seconds as usize;
+        let timeout = Duration::from_secs(a.timeout_s);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let local = tokio::task::LocalSet::new();
+        let next = Rc::new(Cell::new(0usize));
+        let tally = Rc::new(RefCell::new(Tally::default()));
+        let elapsed = local.block_on(&rt, async {
+            let start = TInstant::now() + Duration::from_millis(50);
+            // Requests still due after the run's end + a grace period are not sent (`unsent`).
+            let stop_at = start + Duration::from_secs(a.seconds as u64) + Duration::from_secs(5);
+            let interval = Duration::from_secs_f64(1.0 / a.rps as f64);
+            let mut tasks = Vec::new();
+            for _ in 0..a.conns {
+                let (next, tally, req, addr) = (next.clone(), tally.clone(), req.clone(), t.addr.clone());
+                tasks.push(tokio::task::spawn_local(async move {
+                    let mut sock: Option<AsyncTcpStream> = None;
+                    loop {
+                        let i = next.get();
+                        if i >= total {
+                            break;
+                        }
+                        next.set(i + 1);
+                        let due = start + interval * i as u32;
+                        let picked = TInstant::now();
+                        if picked > stop_at {
+                            break;
+                        }
+                        tally.borrow_mut().taken += 1;
+                        tokio::time::sleep_until(due).await;
+                        let sent = TInstant::now();
+                        let from = if picked > due { due } else { sent };
+                        if sock.is_none() {
+                            match AsyncTcpStream::connect(&addr).await {
+                                Ok(s) => {
+                                    let _ = s.set_nodelay(true);
+                                    sock = Some(s);
+                                }
+                                Err(e) => {
+                                    let mut t = tally.borrow_mut();
+                                    t.errors += 1;
+                                    t.samples.push(format!("connect: {e}"));
+                                    continue;
+                                }
+                            }
+                        }
+                        let Some(s) = sock.as_mut() else { continue };
+                        let r = one(s, &req, timeout).await;
+                        let mut t = tally.borrow_mut();
+                        match r {
+                            Ok(()) => t.latencies_us.push(from.elapsed().as_secs_f64() * 1e6),
+                            Err(e) => {
+                                t.errors += 1;
+                                if t.samples.len() < 5 {
+                                    t.samples.push(e);
+                                }
+                                sock = None;
+                            }
+                        }
+                    }
+                }));
+            }
+            for task in tasks {
+                let _ = task.await;
+            }
+            start.elapsed()
+        });
+        let t = tally.borrow();
+        let mut l = t.latencies_us.clone();
+        l.sort_by(|x, y| x.total_cmp(y));
+        let pct = |p: f64| -> f64 {
+            if l.is_empty() {
+                return -1.0;
+            }
+            let k = ((l.len() - 1) as f64 * p / 100.0).round() as usize;
+            l[k.min(l.len() - 1)]
+        };
+        let samples: Vec<String> = t.samples.iter().map(|e| format!("{e:?}")).collect();
+        Ok(format!(
+            r#"{{"target_rps":{},"ok":{},"errors":{},"unsent":{},"achieved_rps":{:.1},"p50_us":{:.1},"p90_us":{:.1},"p99_us":{:.1},"max_us":{:.1},"error_samples":[{}]}}"#,
+            a.rps,
+            l.len(),
+            t.errors,
+            total.saturating_sub(t.taken),
+            l.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+            pct(50.0),
+            pct(90.0),
+            pct(99.0),
+            pct(100.0),
+            samples.join(",")
+        ))
+    };
+    match run() {
+        Ok(line) => {
+            println!("{line}");
+            0
+        }
+        Err(e) => {
+            eprintln!("bench-mock rate: {e}");
             1
         }
     }
