@@ -859,7 +859,7 @@ fn rate(a: RateArgs) -> i32 {
         let next = Rc::new(Cell::new(0usize));
         let tally = Rc::new(RefCell::new(Tally::default()));
         let elapsed = local.block_on(&rt, async {
-            let start = TInstant::now() + Duration::from_millis(50);
+            let start = TInstant::now() + Duration::from_millis(200);
             // Requests still due after the run's end + a grace period are not sent (`unsent`).
             let stop_at = start + Duration::from_secs(a.seconds as u64) + Duration::from_secs(5);
             let interval = Duration::from_secs_f64(1.0 / a.rps as f64);
@@ -867,7 +867,11 @@ fn rate(a: RateArgs) -> i32 {
             for _ in 0..a.conns {
                 let (next, tally, req, addr) = (next.clone(), tally.clone(), req.clone(), t.addr.clone());
                 tasks.push(tokio::task::spawn_local(async move {
-                    let mut sock: Option<AsyncTcpStream> = None;
+                    // Connected before the first request is due: connection setup is not request latency.
+                    let mut sock = AsyncTcpStream::connect(&addr).await.ok();
+                    if let Some(s) = &sock {
+                        let _ = s.set_nodelay(true);
+                    }
                     loop {
                         let i = next.get();
                         if i >= total {
