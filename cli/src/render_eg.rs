@@ -573,7 +573,7 @@ pub fn no_route_body(plugin: &serde_json::Map<String, Value>) -> String {
         plugin.get("anthropic_prefix").and_then(Value::as_str).unwrap_or(llmgw_filter::api::DEFAULT_ANTHROPIC_PREFIX);
     let message = format!(
         "no route: llmgw handles /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, \
-         /v1/messages, /v1/messages/count_tokens, and Anthropic's API under {prefix}/v1 \
+         /v1/messages, /v1/messages/count_tokens, and the Anthropic API under {prefix}/v1 \
          ({prefix}/v1/messages, {prefix}/v1/messages/count_tokens, {prefix}/v1/models)"
     );
     serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "code": "no_route"}}).to_string()
