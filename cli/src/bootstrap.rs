@@ -287,8 +287,7 @@ fn routes(g: &Gateway, fallbacks: &[fallback::Rule]) -> Vec<Value> {
     routes.push(json!({
         "name": "no_backend",
         "match": {"prefix": "/"},
-        "direct_response": {"status": 404, "body": {"inline_string":
-            r#"{"error":{"message":"no route: llmgw handles /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models","type":"invalid_request_error","code":"no_route"}}"#}},
+        "direct_response": {"status": 404, "body": {"inline_string": crate::render_eg::no_route_body(&g.plugin)}},
         "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}],
     }));
     routes
@@ -693,5 +692,37 @@ rules:
         let b = render(&g, &o);
         assert_eq!(b["static_resources"]["clusters"].as_array().unwrap().len(), 1);
         assert!(!b.to_string().contains("x-llmgw-rule"));
+    }
+
+    #[test]
+    fn the_anthropic_prefix_reaches_the_filter_and_the_no_route_answer() {
+        let text =
+            "backends: [{name: a, url: 'http://127.0.0.1:8000/v1', schema: OpenAI}]\nanthropic_prefix: /claude\n";
+        let g = crate::formats::load_text("t.yaml", text, &MapEnv::default(), None).unwrap();
+        crate::validate::validate(&g, &MapEnv::default()).unwrap();
+        let o = Options {
+            address: "127.0.0.1".into(),
+            port: 1975,
+            admin_address: "127.0.0.1".into(),
+            admin_port: 9901,
+            wasm: "/x.wasm".into(),
+            ca_bundle: "/ca.pem".into(),
+        };
+        let b = render(&g, &o);
+        let hcm = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        let plugin = hcm["http_filters"][0]["typed_config"]["config"]["configuration"]["value"].as_str().unwrap();
+        let plugin: Value = serde_json::from_str(plugin).unwrap();
+        assert_eq!(plugin["anthropic_prefix"], "/claude");
+        // Every path reaches the filter: the routes match on the backend header, under "/".
+        let routes = hcm["route_config"]["virtual_hosts"][0]["routes"].as_array().unwrap();
+        assert!(routes.iter().all(|r| r["match"]["prefix"] == "/"));
+        let no_route = routes.last().unwrap()["direct_response"]["body"]["inline_string"].as_str().unwrap();
+        let v: Value = serde_json::from_str(no_route).unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains("/claude/v1/messages"), "{v}");
+
+        let bad = text.replace("/claude", "/v1");
+        let g = crate::formats::load_text("t.yaml", &bad, &MapEnv::default(), None).unwrap();
+        let e = crate::validate::validate(&g, &MapEnv::default()).unwrap_err();
+        assert!(e.to_string().contains("anthropic_prefix"), "{e}");
     }
 }

@@ -331,10 +331,12 @@ spec:
         refs.push(format!("        - group: gateway.envoyproxy.io\n          kind: Backend\n          name: {rule}\n"));
     }
 
+    // A YAML single-quoted string: its quotes are doubled.
+    let no_route = no_route_body(plugin_map).replace('\'', "''");
     out += &format!(
         "---
-# What a request that no backend rule matches gets (the filter answers /v1/* itself, so this
-# is only reached by paths it passes through).
+# What a request that no backend rule matches gets (the filter answers /v1/* and Anthropic's
+# prefix itself, so this is only reached by paths it passes through).
 apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: HTTPRouteFilter
 metadata:
@@ -346,7 +348,7 @@ spec:
     contentType: application/json
     body:
       type: Inline
-      inline: '{{\"error\":{{\"message\":\"no route: llmgw handles /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages and /v1/models\",\"type\":\"invalid_request_error\",\"code\":\"no_route\"}}}}'
+      inline: '{no_route}'
 ---
 # One rule per backend of the plugin configuration, matching the {BACKEND_HEADER} header the
 # filter sets, plus a catch-all rule. A request first matches the catch-all (the header is not
@@ -562,6 +564,19 @@ spec:
 "
     );
     Ok(out)
+}
+
+/// What a request no route takes gets (the filter answers its own paths, Anthropic's under the
+/// configuration's `anthropic_prefix` too, so only other paths get here): where the API is.
+pub fn no_route_body(plugin: &serde_json::Map<String, Value>) -> String {
+    let prefix =
+        plugin.get("anthropic_prefix").and_then(Value::as_str).unwrap_or(llmgw_filter::api::DEFAULT_ANTHROPIC_PREFIX);
+    let message = format!(
+        "no route: llmgw handles /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, \
+         /v1/messages, /v1/messages/count_tokens, and the Anthropic API under {prefix}/v1 \
+         ({prefix}/v1/messages, {prefix}/v1/messages/count_tokens, {prefix}/v1/models)"
+    );
+    serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "code": "no_route"}}).to_string()
 }
 
 /// The plugin configuration as the Gateway runs it: every backend also forwards the client id

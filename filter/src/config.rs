@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::api::DEFAULT_ANTHROPIC_PREFIX;
+use crate::models::ListedModel;
 use crate::routing::{Balancer, Fallback, HeaderMatcher, ModelMatcher, RetryOn, Rule, Target, WeightedBackend};
 
 pub const BACKEND_HEADER: &str = "x-llmgw-backend";
@@ -48,13 +50,32 @@ mod raw {
         #[serde(default)]
         pub rules: Vec<Rule>,
         #[serde(default)]
-        pub models: Vec<String>,
+        pub models: Vec<ModelEntry>,
+        /// Where Anthropic's API is also served (`{prefix}/v1/messages`, ...).
+        pub anthropic_prefix: Option<String>,
         pub max_request_body_bytes: Option<usize>,
         pub max_response_body_bytes: Option<usize>,
         pub stream_include_usage: Option<bool>,
         pub max_metric_label_sets: Option<usize>,
         /// `downstream` (default) or `upstream` (the copy running as a cluster filter).
         pub role: Option<String>,
+    }
+
+    /// A listed model: its id, or its id and how the model lists describe it.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub enum ModelEntry {
+        Id(String),
+        Described(DescribedModel),
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct DescribedModel {
+        pub id: String,
+        pub owned_by: Option<String>,
+        pub created: Option<u64>,
+        pub display_name: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -398,8 +419,12 @@ pub struct Compiled {
     pub rules: Vec<Rule>,
     /// Request header names some rule matches on, so a request fetches only those.
     pub matched_header_names: Vec<String>,
+    /// What `GET /v1/models` and the Anthropic-shaped model list list.
+    pub models: Vec<ListedModel>,
     /// The `GET /v1/models` response, rendered once.
     pub models_body: Vec<u8>,
+    /// Where Anthropic's API is also served: `{anthropic_prefix}/v1/messages`, ...
+    pub anthropic_prefix: String,
     pub max_request_body_bytes: usize,
     /// Answers the filter must hold whole (translated, non-streaming) are refused past this (502).
     pub max_response_body_bytes: usize,
@@ -531,12 +556,12 @@ fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, Co
         }
     }
 
-    for (i, m) in raw.models.iter().enumerate() {
-        if m.is_empty() {
-            return Err(ConfigError::new(format!("models[{i}]"), "model id must not be empty"));
-        }
-    }
-    let models_body = render_models(&rules, &backends, &raw.models, created);
+    let models = list_models(&rules, &backends, raw.models, created)?;
+    let models_body = crate::models::openai_body(&models);
+    let anthropic_prefix = match raw.anthropic_prefix {
+        None => DEFAULT_ANTHROPIC_PREFIX.to_string(),
+        Some(p) => check_anthropic_prefix(p)?,
+    };
 
     let max_request_body_bytes = raw.max_request_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
     if max_request_body_bytes == 0 {
@@ -553,7 +578,9 @@ fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, Co
         role,
         rules,
         matched_header_names,
+        models,
         models_body,
+        anthropic_prefix,
         max_request_body_bytes,
         max_response_body_bytes,
         stream_include_usage: raw.stream_include_usage.unwrap_or(true),
@@ -1048,34 +1075,83 @@ pub fn is_header_value(value: &str) -> bool {
     !value.chars().any(|c| c.is_control())
 }
 
-fn render_models(rules: &[Rule], backends: &[Backend], extra: &[String], created: u64) -> Vec<u8> {
-    #[derive(serde::Serialize)]
-    struct Model<'a> {
-        id: &'a str,
-        object: &'static str,
-        created: u64,
-        owned_by: &'a str,
-    }
-    #[derive(serde::Serialize)]
-    struct List<'a> {
-        object: &'static str,
-        data: Vec<Model<'a>>,
-    }
-    let mut data: Vec<Model> = Vec::new();
+/// Every `exact` model of the rules (owned by the rule's first backend), then the `models`
+/// entries: an entry naming a model already listed describes it, any other adds one.
+fn list_models(
+    rules: &[Rule],
+    backends: &[Backend],
+    entries: Vec<raw::ModelEntry>,
+    created: u64,
+) -> Result<Vec<ListedModel>, ConfigError> {
+    let mut models: Vec<ListedModel> = Vec::new();
     for rule in rules {
         if let Some(ModelMatcher::Exact(id)) = &rule.model {
-            if data.iter().all(|m| m.id != id) {
+            if models.iter().all(|m| &m.id != id) {
                 let owner = rule.targets.first().and_then(|t| backends.get(t.backend));
-                data.push(Model { id, object: "model", created, owned_by: owner.map_or("llmgw", |b| &b.name) });
+                let owned_by = owner.map_or("llmgw", |b| &b.name).to_string();
+                models.push(ListedModel { id: id.clone(), owned_by, created, display_name: None });
             }
         }
     }
-    for id in extra {
-        if data.iter().all(|m| m.id != id) {
-            data.push(Model { id, object: "model", created, owned_by: "llmgw" });
+    for (i, entry) in entries.into_iter().enumerate() {
+        let field = format!("models[{i}]");
+        let described = match entry {
+            raw::ModelEntry::Id(id) => raw::DescribedModel { id, owned_by: None, created: None, display_name: None },
+            raw::ModelEntry::Described(d) => d,
+        };
+        for (name, value) in [
+            ("id", Some(&described.id)),
+            ("owned_by", described.owned_by.as_ref()),
+            ("display_name", described.display_name.as_ref()),
+        ] {
+            if value.is_some_and(|v| v.is_empty() || !is_header_value(v)) {
+                return Err(ConfigError::new(
+                    format!("{field}.{name}"),
+                    "must be non-empty, without control characters",
+                ));
+            }
+        }
+        if described.created.is_some_and(|c| c > crate::utc::MAX_RFC3339_SECONDS) {
+            return Err(ConfigError::new(format!("{field}.created"), "must be unix seconds before the year 10000"));
+        }
+        let at = match models.iter().position(|m| m.id == described.id) {
+            Some(at) => at,
+            None => {
+                let id = described.id.clone();
+                models.push(ListedModel { id, owned_by: "llmgw".into(), created, display_name: None });
+                models.len() - 1
+            }
+        };
+        if let Some(model) = models.get_mut(at) {
+            model.owned_by = described.owned_by.unwrap_or(std::mem::take(&mut model.owned_by));
+            model.created = described.created.unwrap_or(model.created);
+            model.display_name = described.display_name.or(model.display_name.take());
         }
     }
-    serde_json::to_vec(&List { object: "list", data }).unwrap_or_else(|_| br#"{"object":"list","data":[]}"#.to_vec())
+    Ok(models)
+}
+
+/// `anthropic_prefix`: a path of its own, outside `/v1` (which OpenAI's API holds).
+fn check_anthropic_prefix(prefix: String) -> Result<String, ConfigError> {
+    let ok = prefix.len() > 1
+        && prefix.starts_with('/')
+        && !prefix.ends_with('/')
+        && prefix != "/v1"
+        && !prefix.starts_with("/v1/")
+        && !prefix.contains(['?', '#', ' '])
+        && !prefix.contains("//")
+        && is_header_value(&prefix);
+    if ok {
+        Ok(prefix)
+    } else {
+        Err(ConfigError::new(
+            "anthropic_prefix",
+            format!(
+                "{prefix:?} must be a path like \"/anthropic\": starting with '/', without a trailing '/', \
+                 a query or spaces, and not /v1 or under it"
+            ),
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -1422,5 +1498,50 @@ rules: [{backends: [{name: o}]}]",
                 {"id":"m1","object":"model","created":1700000000u64,"owned_by":"b"},
                 {"id":"extra","object":"model","created":1700000000u64,"owned_by":"llmgw"}]})
         );
+    }
+
+    #[test]
+    fn models_entries_describe_listed_models_or_add_them() {
+        let c = parse(
+            b"backends: [{name: a, schema: OpenAI}]\nrules: [{match: {model: {exact: m1}}, backends: [{name: a}]}]\n\
+              models: [{id: m1, owned_by: openai, created: 1715367049, display_name: Model One}, plain, {id: x, created: 5}]",
+            &no_env(),
+            1700000000,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&c.models_body).unwrap();
+        assert_eq!(
+            v["data"],
+            serde_json::json!([
+                {"id":"m1","object":"model","created":1715367049u64,"owned_by":"openai"},
+                {"id":"plain","object":"model","created":1700000000u64,"owned_by":"llmgw"},
+                {"id":"x","object":"model","created":5,"owned_by":"llmgw"}])
+        );
+        assert_eq!(c.models[0].display_name.as_deref(), Some("Model One"));
+        for (bad, field) in [
+            ("[{id: ''}]", "models[0].id"),
+            ("['']", "models[0].id"),
+            ("[a, {id: b, owned_by: ''}]", "models[1].owned_by"),
+            ("[{id: b, created: 999999999999}]", "models[0].created"),
+        ] {
+            let text = format!("backends: [{{name: a, schema: OpenAI}}]\nmodels: {bad}");
+            assert_eq!(parse(text.as_bytes(), &no_env(), 0).unwrap_err().field, field, "{bad}");
+        }
+        let text = "backends: [{name: a, schema: OpenAI}]\nmodels: [{id: b, owner: x}]";
+        assert!(parse(text.as_bytes(), &no_env(), 0).is_err());
+    }
+
+    #[test]
+    fn anthropic_prefix_is_a_path_of_its_own() {
+        let prefix = |extra: &str| {
+            parse(format!("backends: [{{name: a, schema: OpenAI}}]\n{extra}").as_bytes(), &no_env(), 0)
+                .map(|c| c.anthropic_prefix)
+        };
+        assert_eq!(prefix("").unwrap(), "/anthropic");
+        assert_eq!(prefix("anthropic_prefix: /claude/api").unwrap(), "/claude/api");
+        for bad in ["claude", "/", "/claude/", "/v1", "/v1/anthropic", "/a?b", "/a b", "", "/a//b"] {
+            let e = prefix(&format!("anthropic_prefix: '{bad}'")).unwrap_err();
+            assert_eq!(e.field, "anthropic_prefix", "{bad}: {e}");
+        }
     }
 }

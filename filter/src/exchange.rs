@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 
-use crate::api::{query_of, ClientApi, Endpoint, PathKind};
+use crate::api::{query_of, ClientApi, Endpoint, PathKind, DEFAULT_ANTHROPIC_PREFIX};
 use crate::body::{NewBody, Sink};
 use crate::config::{Compiled, Role, Schema, BACKEND_HEADER, MODEL_HEADER, RULE_HEADER};
 use crate::error::{ApiError, ErrorKind};
@@ -148,8 +148,19 @@ impl Exchange {
             headers
         };
         let path = header(&headers, ":path").unwrap_or_default();
-        let endpoint = match Endpoint::classify(path) {
+        let anthropic_prefix =
+            self.shared.as_ref().map_or(DEFAULT_ANTHROPIC_PREFIX, |s| s.config.anthropic_prefix.as_str());
+        let endpoint = match Endpoint::classify(path, anthropic_prefix) {
             PathKind::Other => return Flow::Continue,
+            PathKind::UnknownAnthropic => {
+                let message = format!(
+                    "unknown endpoint {:?}; served: {anthropic_prefix}/v1/messages, \
+                     {anthropic_prefix}/v1/messages/count_tokens, {anthropic_prefix}/v1/models",
+                    path_only(path)
+                );
+                let e = ApiError::new(404, ErrorKind::NotFound, "unknown_endpoint", message);
+                return self.reply_as(host, e, ClientApi::Anthropic);
+            }
             PathKind::UnknownV1 => {
                 let message = format!(
                     "unknown endpoint {:?}; served: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models",
@@ -186,6 +197,16 @@ impl Exchange {
             let headers = [("content-type", "application/json")];
             host.send_reply(200, &headers, &shared.config.models_body);
             return Flow::Pause;
+        }
+        if endpoint == Endpoint::AnthropicModels {
+            return match crate::models::anthropic_page(&shared.config.models, query_of(path)) {
+                Ok(body) => {
+                    self.phase = Phase::Answered;
+                    host.send_reply(200, &[("content-type", "application/json")], &body);
+                    Flow::Pause
+                }
+                Err(e) => self.reply_as(host, e, api),
+            };
         }
         if end_of_stream {
             let e = ApiError::bad_request("invalid_request", "request body is empty; expected a JSON object");
@@ -1098,6 +1119,85 @@ role: upstream
         assert_eq!(x.on_request_headers(&mut host, true), Flow::Continue);
         assert_eq!(host.header("x-llmgw-backend"), None);
         assert!(host.reply.is_none());
+    }
+
+    #[test]
+    fn anthropic_api_under_its_prefix() {
+        let config = "backends: [{name: claude, schema: Anthropic, auth: {x_api_key: k}}, {name: openai, schema: OpenAI}]\n\
+                      rules: [{match: {model: {exact: claude-x}}, backends: [{name: claude}]}, {backends: [{name: openai}]}]\n\
+                      models: [{id: claude-x, display_name: Claude X, created: 1740000000}]\n\
+                      anthropic_prefix: /claude";
+        // Messages under the configured prefix reach the backend at its own path.
+        let mut x = anthropic_exchange(config);
+        let mut host = FakeHost::request("POST", "/claude/v1/messages", &[]);
+        let body = br#"{"model":"claude-x","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+        assert_eq!(send(&mut x, &mut host, body), Flow::Continue);
+        assert_eq!(host.header(":path").as_deref(), Some("/v1/messages"));
+        assert_eq!(host.header("x-llmgw-backend").as_deref(), Some("claude"));
+
+        // count_tokens: passed through to Anthropic, refused in Anthropic's shape elsewhere.
+        for path in ["/claude/v1/messages/count_tokens", "/v1/messages/count_tokens"] {
+            let mut x = anthropic_exchange(config);
+            let mut host = FakeHost::request("POST", path, &[]);
+            let body = br#"{"model":"claude-x","messages":[{"role":"user","content":"hi"}]}"#;
+            assert_eq!(send(&mut x, &mut host, body), Flow::Continue, "{path}");
+            assert_eq!(host.header(":path").as_deref(), Some("/v1/messages/count_tokens"));
+            answer(
+                &mut x,
+                &mut host,
+                &[(":status", "200"), ("content-type", "application/json")],
+                br#"{"input_tokens":3}"#,
+            );
+            assert_eq!(host.response_body, br#"{"input_tokens":3}"#);
+            x.on_log(&mut host);
+            assert!(!host.samples.iter().any(|s| s.name.starts_with("gen_ai.client.token.usage")));
+            assert!(host.samples.iter().any(|s| s.name.contains("gen_ai_operation_name=.=count_tokens")));
+        }
+        let mut x = anthropic_exchange(config);
+        let mut host = FakeHost::request("POST", "/claude/v1/messages/count_tokens", &[]);
+        send(&mut x, &mut host, br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#);
+        let (status, v) = host.reply_json();
+        assert_eq!(
+            (status, v["type"].as_str(), v["error"]["type"].as_str()),
+            (400, Some("error"), Some("invalid_request_error"))
+        );
+        assert!(v["error"]["message"].as_str().unwrap().contains("cannot count tokens"), "{v}");
+
+        // The model list in Anthropic's shape under the prefix; OpenAI's stays at /v1/models.
+        let mut x = anthropic_exchange(config);
+        let mut host = FakeHost::request("GET", "/claude/v1/models?limit=10", &[]);
+        assert_eq!(x.on_request_headers(&mut host, true), Flow::Pause);
+        let (status, v) = host.reply_json();
+        assert_eq!(status, 200);
+        assert_eq!(
+            v["data"][0],
+            serde_json::json!({"type":"model","id":"claude-x","display_name":"Claude X","created_at":"2025-02-19T21:20:00Z"})
+        );
+        assert_eq!((v["has_more"].as_bool(), v["last_id"].as_str()), (Some(false), Some("claude-x")));
+        let mut x = anthropic_exchange(config);
+        let mut host = FakeHost::request("GET", "/claude/v1/models?limit=0", &[]);
+        x.on_request_headers(&mut host, true);
+        assert_eq!(host.reply_json().1["error"]["type"], "invalid_request_error");
+        let mut x = anthropic_exchange(config);
+        let mut host = FakeHost::request("GET", "/v1/models", &[]);
+        x.on_request_headers(&mut host, true);
+        assert_eq!(host.reply_json().1["data"][0]["object"], "model");
+
+        // Unknown paths under the prefix are the gateway's: 404 in Anthropic's shape. The default
+        // prefix is not served when another is configured.
+        let mut x = anthropic_exchange(config);
+        let mut host = FakeHost::request("POST", "/claude/v1/complete", &[]);
+        x.on_request_headers(&mut host, false);
+        let (status, v) = host.reply_json();
+        assert_eq!((status, v["error"]["type"].as_str()), (404, Some("not_found_error")));
+        let mut x = anthropic_exchange(config);
+        let mut host = FakeHost::request("POST", "/anthropic/v1/messages", &[]);
+        assert_eq!(x.on_request_headers(&mut host, false), Flow::Continue);
+        // Without a configuration the default prefix still gets Anthropic-shaped errors.
+        let mut x = Exchange::new(None);
+        let mut host = FakeHost::request("POST", "/anthropic/v1/messages", &[]);
+        x.on_request_headers(&mut host, false);
+        assert_eq!(host.reply_json().1["type"], "error");
     }
 
     #[test]

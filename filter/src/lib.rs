@@ -14,12 +14,14 @@ pub mod headers;
 pub mod host;
 pub mod json;
 pub mod metrics;
+pub mod models;
 pub mod plan;
 pub mod request;
 pub mod routing;
 pub mod sse;
 pub mod translate;
 pub mod usage;
+pub mod utc;
 pub mod wire;
 
 #[cfg(target_arch = "wasm32")]

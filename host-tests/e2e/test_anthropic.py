@@ -3,7 +3,9 @@
 - the official `openai` SDK against Anthropic backends (`Anthropic` and Vertex's `GCPAnthropic`): the
   filter translates chat completions to the Messages API and the answers (streams included) back;
 - the official `anthropic` SDK on `/v1/messages`: natively to Anthropic backends, and translated to an
-  OpenAI-compatible backend.
+  OpenAI-compatible backend;
+- the same SDK with `base_url=<gateway>/anthropic` (as Envoy AI Gateway serves Claude-Code-style
+  clients): messages, `count_tokens` and the model list in Anthropic's shape.
 
 mock-provider answers in each wire format (mocks/src/bin/mock_provider/anthropic.rs) and records
 the exact request it received, which each test checks."""
@@ -42,6 +44,11 @@ PLUGIN = {
         {"match": {"model": {"prefix": "claude-"}}, "backends": [{"name": "anthropic"}]},
         {"match": {"model": {"prefix": "mock-error-"}}, "backends": [{"name": "anthropic"}]},
         {"backends": [{"name": "openai"}]},
+    ],
+    "models": [
+        {"id": "claude-sonnet-mock", "owned_by": "anthropic", "created": 1740000000,
+         "display_name": "Claude Sonnet (mock)"},
+        "gpt-4o-mini",
     ],
 }
 
@@ -94,6 +101,18 @@ def ant(agw, providers):
     for m in providers.values():
         m.clear()
     c = anthropic.Anthropic(base_url=agw.url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def ant_prefixed(agw, providers):
+    """The Anthropic SDK as Claude-Code-style clients configure it: under the gateway's /anthropic."""
+    for m in providers.values():
+        m.clear()
+    c = anthropic.Anthropic(base_url=agw.url + "/anthropic", api_key=CLIENT_KEY, max_retries=0, timeout=30)
     try:
         yield c
     finally:
@@ -290,8 +309,18 @@ def test_anthropic_sdk_to_openai_backend(ant, providers):
     rec, body = only_request(providers["openai"])
     assert rec["path"] == "/v1/chat/completions"
     assert rec["headers"]["authorization"] == f"Bearer {OPENAI_KEY}"
+    # OpenAI deprecated `max_tokens`: the limit goes as `max_completion_tokens`.
     assert body == {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "be brief"},
-                                                        {"role": "user", "content": "hello there"}], "max_tokens": 64}
+                                                        {"role": "user", "content": "hello there"}],
+                    "max_completion_tokens": 64}
+
+
+def test_anthropic_sdk_to_openai_reasoning_model(ant, providers):
+    # The mock refuses `max_tokens` for o-series models, as OpenAI does.
+    m = ant.messages.create(model="o3-mini", max_tokens=64, messages=[{"role": "user", "content": "think"}])
+    assert m.content[0].text == REPLY_OPENAI
+    _, body = only_request(providers["openai"])
+    assert body["max_completion_tokens"] == 64 and "max_tokens" not in body
 
 
 def test_anthropic_sdk_stream_from_openai_backend(ant, providers):
@@ -327,3 +356,66 @@ def test_anthropic_sdk_sees_anthropic_shaped_errors(ant):
         ant.messages.create(model="claude-x", max_tokens=5, messages=[{"role": "user", "content": "x"}],
                             extra_headers={"content-type": "application/json"}, extra_body={"model": 5})
     assert e.value.body["type"] == "error"
+
+
+# ---- Anthropic SDK under /anthropic ---------------------------------------------------------
+
+
+def test_anthropic_sdk_under_the_prefix(ant_prefixed, providers):
+    m = ant_prefixed.messages.create(
+        model="claude-sonnet-mock", max_tokens=64, messages=[{"role": "user", "content": "hello there"}]
+    )
+    assert m.content[0].text == REPLY_ANTHROPIC
+    rec, _ = only_request(providers["anthropic"])
+    assert rec["path"] == "/v1/messages", "the provider gets its own path, not the gateway's prefix"
+    providers["anthropic"].clear()
+    with ant_prefixed.messages.stream(
+        model="claude-stream-mock", max_tokens=64, messages=[{"role": "user", "content": "stream it"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == REPLY_ANTHROPIC and final.usage.output_tokens == 8
+    # Translated to an OpenAI-compatible backend under the prefix too.
+    m = ant_prefixed.messages.create(model="gpt-4o-mini", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+    assert m.content[0].text == REPLY_OPENAI
+
+
+def test_anthropic_sdk_count_tokens(ant, ant_prefixed, providers):
+    for client in (ant_prefixed, ant):
+        providers["anthropic"].clear()
+        counted = client.messages.count_tokens(
+            model="claude-sonnet-mock", system="be brief",
+            messages=[{"role": "user", "content": "count these four words"}],
+        )
+        assert counted.input_tokens == 6  # 2 system words + 4
+        rec, body = only_request(providers["anthropic"])
+        assert rec["path"] == "/v1/messages/count_tokens"
+        assert rec["headers"]["x-api-key"] == ANTHROPIC_KEY
+        assert body["model"] == "claude-sonnet-mock" and "max_tokens" not in body
+    # Backends other than Anthropic's own cannot count: a clear 400 in Anthropic's shape, nothing sent.
+    for m in providers.values():
+        m.clear()
+    for model in ("gpt-4o-mini", "claude-opus-4@20250514"):
+        with pytest.raises(anthropic.BadRequestError) as e:
+            ant_prefixed.messages.count_tokens(model=model, messages=[{"role": "user", "content": "x"}])
+        assert e.value.body["type"] == "error"
+        assert e.value.body["error"]["type"] == "invalid_request_error"
+        assert "cannot count tokens" in e.value.body["error"]["message"]
+    assert providers["openai"].requests() == []
+    assert providers["anthropic"].requests() == []
+
+
+def test_anthropic_sdk_lists_models(ant_prefixed, oai):
+    page = ant_prefixed.models.list()
+    assert [m.id for m in page.data] == ["claude-sonnet-mock", "gpt-4o-mini"]
+    first = page.data[0]
+    assert first.type == "model" and first.display_name == "Claude Sonnet (mock)"
+    assert first.created_at.isoformat() == "2025-02-19T21:20:00+00:00"
+    assert page.data[1].display_name == "gpt-4o-mini"
+    assert (page.has_more, page.first_id, page.last_id) == (False, "claude-sonnet-mock", "gpt-4o-mini")
+    # The SDK walks pages with after_id.
+    assert [m.id for m in ant_prefixed.models.list(limit=1)] == ["claude-sonnet-mock", "gpt-4o-mini"]
+    # /v1/models stays OpenAI's, with the configured owner and date.
+    listed = {m.id: m for m in oai.models.list()}
+    assert (listed["claude-sonnet-mock"].owned_by, listed["claude-sonnet-mock"].created) == ("anthropic", 1740000000)
+    assert listed["gpt-4o-mini"].owned_by == "llmgw"

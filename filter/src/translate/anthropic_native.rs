@@ -11,6 +11,8 @@ use crate::wire::anthropic as a;
 
 pub struct AnthropicNative {
     schema: Schema,
+    /// `count_tokens` rather than a message: its answer is a count, not token usage.
+    count_tokens: bool,
     stream: bool,
     streaming_response: bool,
     framing: Framing,
@@ -27,6 +29,7 @@ impl AnthropicNative {
     pub fn new(schema: Schema) -> Self {
         AnthropicNative {
             schema,
+            count_tokens: false,
             stream: false,
             streaming_response: false,
             framing: Framing::for_schema(schema),
@@ -36,6 +39,11 @@ impl AnthropicNative {
             ended: false,
             saw_content: false,
         }
+    }
+
+    /// `POST /v1/messages/count_tokens`, passed through to an Anthropic backend.
+    pub fn count_tokens(schema: Schema) -> Self {
+        AnthropicNative { count_tokens: true, ..AnthropicNative::new(schema) }
     }
 }
 
@@ -119,11 +127,13 @@ impl Translator for AnthropicNative {
             }
         }
         let new_body = splice.finish();
-        Ok(RequestEdits {
-            path: Some(messages_path(backend, &model, info.stream)),
-            body: new_body,
-            set_headers: platform_headers(backend, None),
-        })
+        let path = if self.count_tokens {
+            // `for_backend` pairs count_tokens with Anthropic backends only.
+            format!("{}/messages/count_tokens", backend.prefix)
+        } else {
+            messages_path(backend, &model, info.stream)
+        };
+        Ok(RequestEdits { path: Some(path), body: new_body, set_headers: platform_headers(backend, None) })
     }
 
     fn response_headers(&mut self, _status: u16, content_type: &str) -> ResponsePlan {
@@ -145,6 +155,10 @@ impl Translator for AnthropicNative {
 
     fn response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkEdits {
         let mut edits = ChunkEdits::default();
+        if self.count_tokens {
+            // `{"input_tokens": N}` is a count for the client, not tokens this request used.
+            return edits;
+        }
         if !self.streaming_response {
             // Only `usage` is kept from the answer as it passes.
             self.usage_capture.push(chunk);
@@ -242,6 +256,21 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&edits.body.unwrap().apply_to(body.as_bytes())).unwrap();
         assert_eq!(v["model"], "claude-real");
         assert_eq!(v["new_feature"], serde_json::json!({"a":1}));
+    }
+
+    #[test]
+    fn count_tokens_passes_through_and_is_not_usage() {
+        let body = r#"{"model":"claude-x","messages":[{"role":"user","content":"hi"}],"tools":[]}"#;
+        let backend = crate::testing::backend(Schema::Anthropic);
+        let info = read(body.as_bytes()).unwrap();
+        let mut t = AnthropicNative::count_tokens(Schema::Anthropic);
+        let edits = t.request_body(&RequestContext::new(&info, body.as_bytes(), &backend)).unwrap();
+        assert_eq!(edits.body, None);
+        assert_eq!(edits.path.as_deref(), Some("/v1/messages/count_tokens"));
+        assert!(edits.set_headers.iter().any(|(n, _)| n == "anthropic-version"), "{:?}", edits.set_headers);
+        t.response_headers(200, "application/json");
+        let answer = t.response_body(br#"{"input_tokens":14,"usage":{"input_tokens":14,"output_tokens":0}}"#, true);
+        assert_eq!((answer.replace, answer.usage), (None, None));
     }
 
     #[test]

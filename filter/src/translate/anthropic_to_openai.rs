@@ -19,6 +19,7 @@ use super::openai::upstream_path;
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
 use crate::api::Endpoint;
 use crate::body::{BodyWriter, NewBody};
+use crate::config::{Backend, BackendApi};
 use crate::error::{anthropic_error_json, ApiError, ErrorKind};
 use crate::json::{each, json_string, EachError};
 use crate::sse::{parse_event, Splitter};
@@ -208,6 +209,22 @@ struct Dropped {
     citations: usize,
 }
 
+const MAX_COMPLETION_TOKENS: &str = "max_completion_tokens";
+
+/// How the backend takes Anthropic's `max_tokens`: OpenAI deprecated `max_tokens` for
+/// `max_completion_tokens` (its o-series models refuse the old name); Azure takes the new name
+/// from api-version 2024-09-01-preview on, and refuses it before.
+fn output_limit_field(backend: &Backend) -> &'static str {
+    match &backend.api {
+        BackendApi::AzureOpenAI { api_version, .. }
+            if api_version.starts_with(|c: char| c.is_ascii_digit()) && api_version.as_str() < "2024-09-01" =>
+        {
+            "max_tokens"
+        }
+        _ => MAX_COMPLETION_TOKENS,
+    }
+}
+
 struct RequestWriter<'o, 's> {
     out: &'o mut BodyWriter<'s>,
     dropped: Dropped,
@@ -215,7 +232,15 @@ struct RequestWriter<'o, 's> {
 
 impl<'o> RequestWriter<'o, '_> {
     /// The whole chat request. Every field of the view is decided here.
-    fn request(&mut self, req: MessagesRequestView, body: &[u8], model: &str, stream: bool) -> Result<(), ApiError> {
+    /// `limit_field`: the name the backend takes `max_tokens` by (see [`output_limit_field`]).
+    fn request(
+        &mut self,
+        req: MessagesRequestView,
+        body: &[u8],
+        model: &str,
+        stream: bool,
+        limit_field: &str,
+    ) -> Result<(), ApiError> {
         let MessagesRequestView {
             model: _,
             max_tokens,
@@ -313,7 +338,10 @@ impl<'o> RequestWriter<'o, '_> {
         walk(messages, "messages", |m: MessageView| self.message(m, &mut seq))?;
         self.out.s("]");
         // OpenAI's reasoning models refuse `max_tokens`; both count reasoning as output.
-        self.out.s(if effort.is_some() { ",\"max_completion_tokens\":" } else { ",\"max_tokens\":" });
+        let limit_field = if effort.is_some() { MAX_COMPLETION_TOKENS } else { limit_field };
+        self.out.s(",\"");
+        self.out.s(limit_field);
+        self.out.s("\":");
         self.out.s(&max_tokens.to_string());
         if let Some(effort) = effort {
             self.out.s(",\"reasoning_effort\":\"");
@@ -1292,7 +1320,14 @@ impl Translator for AnthropicToOpenAI {
             serde_json::from_slice(body).map_err(|e| invalid(format!("invalid Messages request: {e}")))?;
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
         let mut out = request.writer();
-        RequestWriter { out: &mut out, dropped: Dropped::default() }.request(view, body, &model, info.stream)?;
+        let limit_field = output_limit_field(backend);
+        RequestWriter { out: &mut out, dropped: Dropped::default() }.request(
+            view,
+            body,
+            &model,
+            info.stream,
+            limit_field,
+        )?;
         self.stream = info.stream;
         self.writer = EventWriter { model: model.clone(), ..Default::default() };
         self.model = model;
@@ -1430,10 +1465,36 @@ mod tests {
                 {"role":"assistant","content":"let me check","tool_calls":[{"id":"toolu_1","type":"function","function":{"name":"get","arguments":"{\"q\":1}"}}]},
                 {"role":"tool","tool_call_id":"toolu_1","content":"42"},
                 {"role":"user","content":"and?"}],
-              "max_tokens":64,"stop":["Z"],"stream":true,"stream_options":{"include_usage":true},
+              "max_completion_tokens":64,"stop":["Z"],"stream":true,"stream_options":{"include_usage":true},
               "tools":[{"type":"function","function":{"name":"get","parameters":{"type":"object"},"description":"d"}}],
               "tool_choice":"required","parallel_tool_calls":false,"user":"u"})
         );
+    }
+
+    #[test]
+    fn max_tokens_goes_as_max_completion_tokens_where_the_backend_takes_it() {
+        let body = br#"{"model":"o3-mini","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
+        let limit = |backend: &Backend| {
+            let info = read(body).unwrap();
+            let edits = AnthropicToOpenAI::new().request_body(&RequestContext::new(&info, body, backend)).unwrap();
+            let v: Value = serde_json::from_slice(&edits.body.unwrap().apply_to(b"")).unwrap();
+            let names = ["max_tokens", "max_completion_tokens"];
+            names.into_iter().filter(|n| v.get(n) == Some(&json!(64))).collect::<Vec<_>>()
+        };
+        assert_eq!(limit(&crate::testing::backend(Schema::OpenAI)), ["max_completion_tokens"]);
+        let mut azure = crate::testing::backend(Schema::AzureOpenAI);
+        for (version, field) in [
+            ("2024-10-21", "max_completion_tokens"),
+            ("2024-09-01-preview", "max_completion_tokens"),
+            ("preview", "max_completion_tokens"),
+            ("2024-08-01-preview", "max_tokens"),
+            ("2024-06-01", "max_tokens"),
+        ] {
+            if let BackendApi::AzureOpenAI { api_version, .. } = &mut azure.api {
+                *api_version = version.into();
+            }
+            assert_eq!(limit(&azure), [field], "{version}");
+        }
     }
 
     #[test]
@@ -1611,7 +1672,7 @@ data: [DONE]\n\n";
         .unwrap();
         assert_eq!(
             v,
-            json!({"model":"m","max_tokens":9,"messages":[
+            json!({"model":"m","max_completion_tokens":9,"messages":[
                 {"role":"system","content":"a\"b\né\n"},
                 {"role":"user","content":"q\\"},
                 {"role":"assistant","content":"AB","tool_calls":[{"id":"t1","type":"function","function":{"name":"f",
@@ -1666,7 +1727,7 @@ data: [DONE]\n\n";
                "tool_choice":{"type":"any"},"metadata":{"user_id":null},"top_k":3,"service_tier":"auto","x_new":{"deep":[[[]]]}}"#,
         )
         .unwrap();
-        assert_eq!(v, json!({"model":"m","messages":[],"max_tokens":5}));
+        assert_eq!(v, json!({"model":"m","messages":[],"max_completion_tokens":5}));
         let v = try_translate(
             r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"image","source":{"type":"url","url":"https://x/a.png"}}]},
                {"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":{}}]},
@@ -1680,7 +1741,7 @@ data: [DONE]\n\n";
                 {"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/a.png"}}]},
                 {"role":"assistant","content":null,"tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{}"}}]},
                 {"role":"assistant","content":""}],
-              "max_tokens":5,"temperature":0.5,"top_p":1.0,
+              "max_completion_tokens":5,"temperature":0.5,"top_p":1.0,
               "tools":[{"type":"function","function":{"name":"f","description":"d","parameters":{"type":"object","properties":{}}}}],
               "tool_choice":{"type":"function","function":{"name":"f"}}})
         );

@@ -126,13 +126,15 @@ pub fn for_backend(endpoint: Endpoint, schema: Schema, include_usage: bool) -> R
             Box::new(anthropic_native::AnthropicNative::new(schema))
         }
         (E::Messages, S::OpenAI | S::AzureOpenAI) => Box::new(anthropic_to_openai::AnthropicToOpenAI::new()),
+        (E::CountTokens, S::Anthropic) => Box::new(anthropic_native::AnthropicNative::count_tokens(schema)),
+        (E::CountTokens, _) => return Err(cannot_count_tokens(schema)),
         (E::ChatCompletions, S::GCPVertexAI) => Box::new(gemini::OpenAIToGemini::new()),
         (E::Embeddings, S::GCPVertexAI) => Box::new(gemini::OpenAIToVertexEmbeddings::new()),
         (E::ChatCompletions, S::AWSBedrock) => Box::new(bedrock::OpenAIToBedrock::new()),
         (E::Messages, S::AWSBedrock | S::GCPVertexAI)
         | (E::Completions | E::Embeddings, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic | S::AWSBedrock)
         | (E::Completions, S::GCPVertexAI)
-        | (E::Models, _) => return Err(unsupported(endpoint, schema)),
+        | (E::Models | E::AnthropicModels, _) => return Err(unsupported(endpoint, schema)),
     })
 }
 
@@ -151,6 +153,20 @@ fn unsupported(endpoint: Endpoint, schema: Schema) -> ApiError {
     ApiError::bad_request(
         "unsupported_endpoint",
         format!("the backend for this model speaks {} and cannot serve {}", schema.name(), endpoint.suffix()),
+    )
+}
+
+/// Only Anthropic's own API counts tokens the way `count_tokens` promises. Bedrock's and Vertex's
+/// count-tokens calls take other bodies and paths than this gateway can vouch for, and other
+/// providers have no such call: a guess would be a wrong number.
+fn cannot_count_tokens(schema: Schema) -> ApiError {
+    ApiError::bad_request(
+        "unsupported_endpoint",
+        format!(
+            "the backend for this model speaks {} and cannot count tokens: /v1/messages/count_tokens is \
+             served for Anthropic backends only",
+            schema.name()
+        ),
     )
 }
 
@@ -204,6 +220,28 @@ fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_anthropic_backends_count_tokens() {
+        use Schema as S;
+        let all =
+            [S::OpenAI, S::AzureOpenAI, S::Anthropic, S::AWSBedrock, S::AWSAnthropic, S::GCPVertexAI, S::GCPAnthropic];
+        assert_eq!(all.len(), Schema::SUPPORTED.len());
+        for schema in all {
+            match for_backend(Endpoint::CountTokens, schema, true) {
+                Ok(_) => assert_eq!(schema, Schema::Anthropic),
+                Err(e) => {
+                    assert_ne!(schema, Schema::Anthropic);
+                    assert_eq!(e.status, 400);
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&e.body(crate::api::ClientApi::Anthropic)).unwrap();
+                    assert_eq!(v["type"], "error");
+                    assert_eq!(v["error"]["type"], "invalid_request_error");
+                    assert!(v["error"]["message"].as_str().unwrap().contains("cannot count tokens"), "{v}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn openai_errors_are_kept_and_others_wrapped() {

@@ -21,6 +21,8 @@
 //!   contents, `prompt`, or embeddings `input`; a token array counts its length), at least 1.
 //! * `completion_tokens` = number of reply words = `--chunks` (header `x-mock-chunks` overrides),
 //!   capped by `max_completion_tokens`/`max_tokens` when given (then `finish_reason` is `length`).
+//!   Like OpenAI, o-series models (`o1…`, `o3-mini`, …) refuse `max_tokens` on chat completions
+//!   (400 `unsupported_parameter`): they take `max_completion_tokens` only.
 //! * `total_tokens` = prompt + completion; `prompt_tokens_details.cached_tokens` = prompt / 2;
 //!   `completion_tokens_details.reasoning_tokens` = completion / 2 (integer division).
 //!
@@ -634,11 +636,28 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Re
             &error_json(&format!("mock error {code} for model {model}"), typ, Some(c)),
         ));
     }
+    if kind == "chat" && is_reasoning_model(&model) && json.get("max_tokens").is_some() {
+        return Ok(json_response(
+            &state,
+            StatusCode::BAD_REQUEST,
+            &error_json(
+                "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+                "invalid_request_error",
+                Some("unsupported_parameter"),
+            ),
+        ));
+    }
     Ok(match kind {
         "chat" => chat(&state, &parts.headers, &json, &model),
         "completions" => completions(&state, &parts.headers, &json, &model),
         _ => embeddings(&state, &json, &model),
     })
+}
+
+/// OpenAI's o-series reasoning models (`o1`, `o3-mini`, `o4-mini`, ...).
+fn is_reasoning_model(model: &str) -> bool {
+    let mut chars = model.chars();
+    chars.next() == Some('o') && chars.next().is_some_and(|c| c.is_ascii_digit())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

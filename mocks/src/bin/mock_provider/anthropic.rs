@@ -1,5 +1,7 @@
 //! Anthropic Messages API mock: `POST …/v1/messages` (Anthropic) and Vertex AI's
-//! `…/publishers/anthropic/models/{model}:rawPredict` / `:streamRawPredict` (GCPAnthropic).
+//! `…/publishers/anthropic/models/{model}:rawPredict` / `:streamRawPredict` (GCPAnthropic), and
+//! Anthropic's `POST …/v1/messages/count_tokens` (`{"input_tokens": N}`, N = words of system + text
+//! content, as `input_tokens` of a message before its cache reads are taken out).
 //!
 //! It checks what the real API checks (auth and version headers, `max_tokens`, alternating roles,
 //! known block types; on Vertex: `anthropic_version` in the body and no `model`), and answers in the
@@ -35,6 +37,9 @@ enum Platform {
 
 /// Answers Anthropic-shaped paths; `None` lets other routes try.
 pub fn route(state: &State, parts: &Parts, path: &str, body: &[u8]) -> Option<Response<RespBody>> {
+    if path.ends_with("/v1/messages/count_tokens") {
+        return Some(count_tokens(state, parts, body));
+    }
     let (platform, stream_path, path_model) = if path.ends_with("/v1/messages") {
         (Platform::Anthropic, false, None)
     } else if let Some(at) = path.find(VERTEX_MODELS) {
@@ -82,9 +87,60 @@ fn text_words(content: &Value) -> u64 {
     }
 }
 
+/// Words of system + text content: the request's input tokens.
+fn input_words(body: &Value) -> u64 {
+    let system_words = body.get("system").map_or(0, |s| match s {
+        Value::String(s) => words(s),
+        other => text_words(other),
+    });
+    system_words
+        + body
+            .get("messages")
+            .and_then(Value::as_array)
+            .map_or(0, |m| m.iter().map(|m| text_words(&m["content"])).sum())
+}
+
+/// Checks the headers Anthropic's API requires; the refusal when one is missing.
+fn check_anthropic_headers(state: &State, parts: &Parts) -> Option<Response<RespBody>> {
+    if parts.headers.get("x-api-key").is_none() {
+        return Some(error(state, StatusCode::UNAUTHORIZED, "authentication_error", "x-api-key header is required"));
+    }
+    if parts.headers.get("anthropic-version").is_none() {
+        return Some(invalid(state, "anthropic-version: header is required"));
+    }
+    None
+}
+
+/// `POST /v1/messages/count_tokens`: a Messages request without `max_tokens`, answered with its
+/// input token count in Anthropic's exact format.
+fn count_tokens(state: &State, parts: &Parts, raw: &[u8]) -> Response<RespBody> {
+    if parts.method != Method::POST {
+        return error(state, StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "use POST");
+    }
+    if let Some(refusal) = check_anthropic_headers(state, parts) {
+        return refusal;
+    }
+    let body: Value = match serde_json::from_slice(raw) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => return invalid(state, "request body is not a JSON object"),
+    };
+    for field in ["max_tokens", "stream"] {
+        if body.get(field).is_some() {
+            return invalid(state, &format!("{field}: Extra inputs are not permitted"));
+        }
+    }
+    if let Err(message) = validate(Platform::Anthropic, &body, false) {
+        return invalid(state, &message);
+    }
+    let mut r = Response::new(full(json!({"input_tokens": input_words(&body)}).to_string()));
+    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    insert_name(r.headers_mut(), &state.args.name);
+    r
+}
+
 /// Validates the request as the real API would; returns the message for a 400.
-fn validate(platform: Platform, body: &Value) -> Result<(), String> {
-    if body.get("max_tokens").and_then(Value::as_u64).is_none() {
+fn validate(platform: Platform, body: &Value, needs_max_tokens: bool) -> Result<(), String> {
+    if needs_max_tokens && body.get("max_tokens").and_then(Value::as_u64).is_none() {
         return Err("max_tokens: Field required".into());
     }
     match platform {
@@ -166,11 +222,8 @@ fn serve(
     }
     match platform {
         Platform::Anthropic => {
-            if parts.headers.get("x-api-key").is_none() {
-                return error(state, StatusCode::UNAUTHORIZED, "authentication_error", "x-api-key header is required");
-            }
-            if parts.headers.get("anthropic-version").is_none() {
-                return invalid(state, "anthropic-version: header is required");
+            if let Some(refusal) = check_anthropic_headers(state, parts) {
+                return refusal;
             }
         }
         Platform::Vertex => {
@@ -184,7 +237,7 @@ fn serve(
         Ok(v @ Value::Object(_)) => v,
         _ => return invalid(state, "request body is not a JSON object"),
     };
-    if let Err(message) = validate(platform, &body) {
+    if let Err(message) = validate(platform, &body, true) {
         return invalid(state, &message);
     }
     let model = path_model.or_else(|| body.get("model").and_then(Value::as_str).map(String::from)).unwrap_or_default();
@@ -203,15 +256,7 @@ fn serve(
         Platform::Anthropic => body.get("stream").and_then(Value::as_bool).unwrap_or(false),
         Platform::Vertex => stream_path,
     };
-    let system_words = body.get("system").map_or(0, |s| match s {
-        Value::String(s) => words(s),
-        other => text_words(other),
-    });
-    let input: u64 = system_words
-        + body
-            .get("messages")
-            .and_then(Value::as_array)
-            .map_or(0, |m| m.iter().map(|m| text_words(&m["content"])).sum());
+    let input = input_words(&body);
     let cached = input / 4;
     let max_tokens = body.get("max_tokens").and_then(Value::as_u64).unwrap_or(0);
     let wanted = header_u64(&parts.headers, "x-mock-chunks").unwrap_or(state.args.chunks).min(MAX_TOKENS);
