@@ -14,6 +14,7 @@ pub mod headers;
 pub mod host;
 pub mod json;
 pub mod metrics;
+pub mod mutation;
 pub mod plan;
 pub mod request;
 pub mod routing;

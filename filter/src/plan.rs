@@ -7,7 +7,7 @@
 use crate::api::Endpoint;
 use crate::auth::{self, BodyHash};
 use crate::body::{NewBody, Sink};
-use crate::config::{Backend, Compiled, Credential, BACKEND_HEADER, MODEL_HEADER, RULE_HEADER};
+use crate::config::{Compiled, Credential, BACKEND_HEADER, MODEL_HEADER, RULE_HEADER};
 use crate::error::{ApiError, ErrorKind};
 use crate::headers;
 use crate::request::RequestInfo;
@@ -103,18 +103,27 @@ pub fn plan_request(input: &PlanInput, sink: &mut dyn Sink) -> Result<RequestPla
     let backend = config.backends.get(index).ok_or_else(|| {
         ApiError::new(500, ErrorKind::Server, "internal", "routing chose a backend that does not exist")
     })?;
+    // Before any work: a request missing its own required credential is refused.
+    let chosen = auth::choose(backend, headers)?;
     let mut translator = translate::for_backend(endpoint, backend.schema(), config.stream_include_usage)?;
-    let mut hashing = HashingSink { inner: sink, hash: signs_body(backend).then(BodyHash::default) };
+    let signs_body = matches!(chosen.as_ref().map(auth::Chosen::credential), Some(Credential::Aws { .. }));
+    let mut hashing = HashingSink { inner: sink, hash: signs_body.then(BodyHash::default) };
+    // A body to be mutated stays in memory until it is: nothing of it goes to the host early.
+    let sink: Option<&mut dyn Sink> = if backend.body_mutation.is_some() { None } else { Some(&mut hashing) };
     let edits = translator.request_body(&RequestContext {
         info,
         body,
         backend,
         query,
         now_unix: now_nanos / 1_000_000_000,
-        sink: Cell::new(Some(&mut hashing)),
+        sink: Cell::new(sink),
     });
     let hashed = hashing.hash.take();
-    let edits = edits?;
+    let mut edits = edits?;
+    if let Some(mutation) = &backend.body_mutation {
+        // After translation: it applies to what the provider receives.
+        edits.body = mutation.apply(body, edits.body.take())?;
+    }
 
     // An allowlist: what nobody decided to forward does not reach the provider.
     for (name, _) in headers {
@@ -147,7 +156,13 @@ pub fn plan_request(input: &PlanInput, sink: &mut dyn Sink) -> Result<RequestPla
             edited.set("content-length", &new_body.len(body.len()).to_string());
         }
     }
-    if let Some(credential) = backend.credential() {
+    if let Some(over) = &backend.credential_override {
+        // A client's own credential never travels further than this (used or not).
+        for name in over.headers() {
+            edited.remove(name);
+        }
+    }
+    if let Some(credential) = chosen.as_ref().map(auth::Chosen::credential) {
         // Signed last: the signature covers the final path, authority and body.
         let content_type = edited.get("content-type").unwrap_or("application/json").to_string();
         let signed_headers = [("content-type", content_type.as_str())];
@@ -172,10 +187,6 @@ pub fn plan_request(input: &PlanInput, sink: &mut dyn Sink) -> Result<RequestPla
         body: edits.body,
         reroute: downstream,
     })
-}
-
-fn signs_body(backend: &Backend) -> bool {
-    matches!(backend.credential(), Some(Credential::Aws { .. }))
 }
 
 /// Where the downstream filter sends a request: one backend, or a fallback rule's cluster.
