@@ -1377,6 +1377,99 @@ mod tests {
     }
 
     #[test]
+    fn body_mutations_are_validated_once_and_copied_per_rule_reference() {
+        let c = parse(
+            b"backends: [{name: a, schema: OpenAI, body_mutation: {set: {temperature: 0.5, tags: [1, {x: null}]}, remove: [user]}}]
+rules:
+  - {match: {model: {exact: m}}, backends: [{name: a, body_mutation: {remove: [temperature]}}]}
+  - {backends: [{name: a}]}",
+            &no_env(),
+            0,
+        )
+        .unwrap();
+        let own = c.backends[0].body_mutation.as_ref().unwrap();
+        assert_eq!(
+            own.set,
+            [("temperature".to_string(), b"0.5".to_vec()), ("tags".into(), br#"[1,{"x":null}]"#.to_vec())]
+        );
+        assert_eq!(own.remove, ["user"]);
+        // The reference's copy: its remove wins over the backend's set of the same field.
+        assert_eq!(c.rules[0].targets[0].backend, 1);
+        let copy = c.backends[1].body_mutation.as_ref().unwrap();
+        assert_eq!((copy.set.len(), copy.remove.clone()), (1, vec!["temperature".to_string(), "user".to_string()]));
+        assert_eq!((c.backends[1].name.as_str(), c.rules[1].targets[0].backend), ("a", 0));
+
+        for (bad, field) in [
+            ("backends: [{name: a, schema: OpenAI, body_mutation: {set: {model: x}}}]", "backends[0].body_mutation.set.model"),
+            ("backends: [{name: a, schema: OpenAI, body_mutation: {remove: [stream]}}]", "backends[0].body_mutation.remove[0]"),
+            ("backends: [{name: a, schema: OpenAI, body_mutation: {set: {a: 1}, remove: [a]}}]", "backends[0].body_mutation.remove[0]"),
+            ("backends: [{name: a, schema: OpenAI, body_mutation: {set: {a.b: 1}}}]", "backends[0].body_mutation.set.a.b"),
+            ("backends: [{name: a, schema: OpenAI, body_mutation: {add: {a: 1}}}]", "backends[0].body_mutation.add"),
+            (
+                "backends: [{name: a, schema: OpenAI}]\nrules: [{backends: [{name: a, body_mutation: {remove: [x, x]}}]}]",
+                "rules[0].backends[0].body_mutation.remove[1]",
+            ),
+        ] {
+            assert_eq!(err(bad).field, field, "{bad}");
+        }
+        // A field set twice in JSON (where a map would silently keep the last) is refused.
+        let e = err(r#"{"backends": [{"name": "a", "schema": "OpenAI", "body_mutation": {"set": {"t": 1, "t": 2}}}]}"#);
+        assert!(e.reason.contains("\"t\" is set twice"), "{e}");
+        let many: Vec<String> = (0..17).map(|i| format!("f{i}")).collect();
+        let e =
+            err(&format!("backends: [{{name: a, schema: OpenAI, body_mutation: {{remove: [{}]}}}}]", many.join(", ")));
+        assert_eq!(e.field, "backends[0].body_mutation.remove");
+    }
+
+    #[test]
+    fn credential_overrides_take_the_backends_auth_header() {
+        let env = MapEnv(HashMap::from([("AWS_ACCESS_KEY_ID", "AKID"), ("AWS_SECRET_ACCESS_KEY", "secret")]));
+        let c = parse(
+            b"backends:
+ - {name: o, schema: OpenAI, credential_override: {header: X-Upstream-Key}}
+ - {name: az, schema: AzureOpenAI, api_version: v, credential_override: {header: x-k}, auth: {bearer: t}}
+ - {name: an, schema: Anthropic, credential_override: {header: x-k, fallback_to_configured: false}, auth: {x_api_key: k}}
+ - {name: br, schema: AWSBedrock, region: r, credential_override: {access_key_id_header: x-a, secret_access_key_header: x-s}}
+ - {name: aa, schema: AWSAnthropic, region: r, auth: {aws: {}}, credential_override: {access_key_id_header: x-a, secret_access_key_header: x-s, session_token_header: x-t}}
+rules: [{backends: [{name: o}]}]",
+            &env,
+            0,
+        )
+        .unwrap();
+        let overrides: Vec<_> = c.backends.iter().map(|b| b.credential_override.clone().unwrap()).collect();
+        let header = |o: &CredentialOverride| match o {
+            CredentialOverride::Header { from, to, prefix, fallback_to_configured } => {
+                (from.clone(), *to, *prefix, *fallback_to_configured)
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(header(&overrides[0]), ("x-upstream-key".into(), "authorization", "Bearer ", false));
+        // Azure with a bearer configured: the configured header is used.
+        assert_eq!(header(&overrides[1]), ("x-k".into(), "authorization", "Bearer ", true));
+        assert_eq!(header(&overrides[2]), ("x-k".into(), "x-api-key", "", false));
+        assert_eq!(overrides[3].headers(), ["x-a", "x-s"]);
+        assert!(!overrides[3].fallback_to_configured() && c.backends[3].credential().is_none());
+        assert_eq!(overrides[4].headers(), ["x-a", "x-s", "x-t"]);
+        assert!(overrides[4].fallback_to_configured());
+
+        for (bad, field) in [
+            ("{name: a, schema: OpenAI, credential_override: {}}", "backends[0].credential_override.header"),
+            ("{name: a, schema: OpenAI, credential_override: {header: x, fallback_to_configured: true}}", "backends[0].credential_override.fallback_to_configured"),
+            ("{name: a, schema: OpenAI, credential_override: {header: content-length}}", "backends[0].credential_override.header"),
+            ("{name: a, schema: OpenAI, credential_override: {header: x-llmgw-backend}}", "backends[0].credential_override.header"),
+            ("{name: a, schema: OpenAI, credential_override: {header: 'bad name'}}", "backends[0].credential_override.header"),
+            ("{name: a, schema: OpenAI, credential_override: {header: x, access_key_id_header: y}}", "backends[0].credential_override"),
+            ("{name: a, schema: AWSBedrock, region: r, credential_override: {header: x}}", "backends[0].credential_override.header"),
+            ("{name: a, schema: AWSBedrock, region: r, credential_override: {access_key_id_header: x}}", "backends[0].credential_override"),
+            ("{name: a, schema: AWSBedrock, region: r, credential_override: {access_key_id_header: x, secret_access_key_header: x}}", "backends[0].credential_override"),
+            ("{name: a, schema: AWSBedrock, region: r}", "backends[0].auth"),
+            ("{name: a, schema: OpenAI, credential_override: {header: x, bearer: y}}", "backends[0].credential_override.bearer"),
+        ] {
+            assert_eq!(err(&format!("backends: [{bad}]")).field, field, "{bad}");
+        }
+    }
+
+    #[test]
     fn single_backend_needs_no_rules() {
         let c = parse(b"backends: [{name: ollama, schema: OpenAI}]", &no_env(), 0).unwrap();
         assert_eq!(c.rules.len(), 1);
