@@ -96,8 +96,9 @@ mod raw {
     }
 
     /// An object's members in order, refusing a name given twice (a map would keep the last).
+    /// Values stay JSON text: nothing is built from them.
     #[derive(Default)]
-    pub struct Fields(pub Vec<(String, serde_json::Value)>);
+    pub struct Fields(pub Vec<(String, Box<serde_json::value::RawValue>)>);
 
     impl<'de> Deserialize<'de> for Fields {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -108,8 +109,8 @@ mod raw {
                     f.write_str("an object of field names and JSON values")
                 }
                 fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
-                    let mut out: Vec<(String, serde_json::Value)> = Vec::new();
-                    while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
+                    let mut out: Vec<(String, Box<serde_json::value::RawValue>)> = Vec::new();
+                    while let Some((name, value)) = map.next_entry::<String, Box<serde_json::value::RawValue>>()? {
                         if out.iter().any(|(n, _)| *n == name) {
                             return Err(serde::de::Error::custom(format!("field {name:?} is set twice")));
                         }

@@ -9,6 +9,7 @@
 use crate::body::NewBody;
 use crate::error::{ApiError, ErrorKind};
 use crate::json::Splice;
+use serde_json::value::RawValue;
 
 /// Envoy AI Gateway's limit on each of `set` and `remove`.
 pub const MAX_ITEMS: usize = 16;
@@ -54,7 +55,7 @@ fn check_name(name: &str, field: &str) -> Result<(), MutationError> {
 
 impl BodyMutation {
     /// Validates `set` (name, JSON value) and `remove` as configured.
-    pub fn compile(set: Vec<(String, serde_json::Value)>, remove: Vec<String>) -> Result<Self, MutationError> {
+    pub fn compile(set: Vec<(String, Box<RawValue>)>, remove: Vec<String>) -> Result<Self, MutationError> {
         if set.len() > MAX_ITEMS {
             return Err(error("set", format!("at most {MAX_ITEMS} fields")));
         }
@@ -65,9 +66,9 @@ impl BodyMutation {
         for (name, value) in set {
             let field = format!("set.{name}");
             check_name(&name, &field)?;
-            // Duplicate keys in the configuration's object are caught where it is deserialized.
-            let json = serde_json::to_vec(&value).map_err(|e| error(&field, e.to_string()))?;
-            out.set.push((name, json));
+            // Duplicate keys in the configuration's object are caught where it is deserialized;
+            // the value is JSON already (the parser checked it) and goes in as written.
+            out.set.push((name, value.get().trim().as_bytes().to_vec()));
         }
         for (i, name) in remove.into_iter().enumerate() {
             let field = format!("remove[{i}]");
@@ -176,9 +177,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn raw(v: &serde_json::Value) -> Box<RawValue> {
+        RawValue::from_string(v.to_string()).unwrap()
+    }
+
     fn mutation(set: &[(&str, serde_json::Value)], remove: &[&str]) -> BodyMutation {
         BodyMutation::compile(
-            set.iter().map(|(n, v)| (n.to_string(), v.clone())).collect(),
+            set.iter().map(|(n, v)| (n.to_string(), raw(v))).collect(),
             remove.iter().map(|s| s.to_string()).collect(),
         )
         .unwrap()
@@ -279,7 +284,7 @@ mod tests {
     fn configuration_is_validated_once() {
         let bad = |set: Vec<(&str, serde_json::Value)>, remove: Vec<&str>| {
             BodyMutation::compile(
-                set.into_iter().map(|(n, v)| (n.to_string(), v)).collect(),
+                set.into_iter().map(|(n, v)| (n.to_string(), raw(&v))).collect(),
                 remove.into_iter().map(String::from).collect(),
             )
             .unwrap_err()
