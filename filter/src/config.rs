@@ -5,6 +5,7 @@ use std::fmt;
 
 use crate::api::DEFAULT_ANTHROPIC_PREFIX;
 use crate::models::ListedModel;
+use crate::mutation::BodyMutation;
 use crate::routing::{Balancer, Fallback, HeaderMatcher, ModelMatcher, RetryOn, Rule, Target, WeightedBackend};
 
 pub const BACKEND_HEADER: &str = "x-llmgw-backend";
@@ -101,6 +102,57 @@ mod raw {
         #[serde(default)]
         pub forward_headers: Vec<String>,
         pub allow_gcs_uris: Option<bool>,
+        pub body_mutation: Option<BodyMutation>,
+        pub credential_override: Option<CredentialOverride>,
+    }
+
+    /// `set`: field name → any JSON value; `remove`: field names.
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct BodyMutation {
+        #[serde(default)]
+        pub set: Fields,
+        #[serde(default)]
+        pub remove: Vec<String>,
+    }
+
+    /// An object's members in order, refusing a name given twice (a map would keep the last).
+    /// Values stay JSON text: nothing is built from them.
+    #[derive(Default)]
+    pub struct Fields(pub Vec<(String, Box<serde_json::value::RawValue>)>);
+
+    impl<'de> Deserialize<'de> for Fields {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Fields;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object of field names and JSON values")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+                    let mut out: Vec<(String, Box<serde_json::value::RawValue>)> = Vec::new();
+                    while let Some((name, value)) = map.next_entry::<String, Box<serde_json::value::RawValue>>()? {
+                        if out.iter().any(|(n, _)| *n == name) {
+                            return Err(serde::de::Error::custom(format!("field {name:?} is set twice")));
+                        }
+                        out.push((name, value));
+                    }
+                    Ok(Fields(out))
+                }
+            }
+            d.deserialize_map(Visit)
+        }
+    }
+
+    /// Request headers a request's own upstream credential comes from.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CredentialOverride {
+        pub header: Option<String>,
+        pub access_key_id_header: Option<String>,
+        pub secret_access_key_header: Option<String>,
+        pub session_token_header: Option<String>,
+        pub fallback_to_configured: Option<bool>,
     }
 
     #[derive(Deserialize, Default)]
@@ -188,6 +240,7 @@ mod raw {
         pub weight: Option<u32>,
         pub priority: Option<u32>,
         pub model_override: Option<String>,
+        pub body_mutation: Option<BodyMutation>,
     }
 }
 
@@ -305,8 +358,50 @@ pub struct Backend {
     pub forward_billing_headers: bool,
     /// Client request headers forwarded besides the per-schema allowlist (lower-case).
     pub forward_headers: Vec<String>,
+    /// Top-level fields set or removed in the body the provider receives (after translation).
+    pub body_mutation: Option<BodyMutation>,
+    /// Request headers that carry this request's own upstream credential.
+    pub credential_override: Option<CredentialOverride>,
     /// The schema, with the settings only it reads.
     pub api: BackendApi,
+}
+
+/// Where a request's own upstream credential comes from (`credential_override`). Its headers are
+/// removed from every request to the backend, used or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialOverride {
+    /// The value of request header `from` is the key sent in header `to` (after `prefix`, e.g.
+    /// `Bearer `), instead of the configured one.
+    Header { from: String, to: &'static str, prefix: &'static str, fallback_to_configured: bool },
+    /// SigV4 keys from these request headers sign the request.
+    Aws {
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: Option<String>,
+        fallback_to_configured: bool,
+    },
+}
+
+impl CredentialOverride {
+    /// The request headers it reads (lower-case).
+    pub fn headers(&self) -> Vec<&str> {
+        match self {
+            CredentialOverride::Header { from, .. } => vec![from.as_str()],
+            CredentialOverride::Aws { access_key_id, secret_access_key, session_token, .. } => {
+                let mut out = vec![access_key_id.as_str(), secret_access_key.as_str()];
+                out.extend(session_token.as_deref());
+                out
+            }
+        }
+    }
+
+    /// Without its headers, the request uses the configured credential (else it is refused).
+    pub fn fallback_to_configured(&self) -> bool {
+        match self {
+            CredentialOverride::Header { fallback_to_configured, .. }
+            | CredentialOverride::Aws { fallback_to_configured, .. } => *fallback_to_configured,
+        }
+    }
 }
 
 /// One variant per [`Schema`], holding exactly the settings that schema reads.
@@ -331,14 +426,15 @@ pub enum BackendApi {
     },
     AWSBedrock {
         region: String,
-        /// Required: every request is SigV4-signed.
-        credential: AwsCredential,
+        /// Every request is SigV4-signed: with these keys, or (`None` only with a
+        /// `credential_override`) with the request's own.
+        credential: Option<AwsCredential>,
         default_max_tokens: u32,
     },
     AWSAnthropic {
         region: String,
-        /// Required: every request is SigV4-signed.
-        credential: AwsCredential,
+        /// As for `AWSBedrock`.
+        credential: Option<AwsCredential>,
         anthropic_version: String,
         default_max_tokens: u32,
     },
@@ -373,8 +469,20 @@ impl Backend {
             | BackendApi::GCPVertexAI { credential, .. }
             | BackendApi::GCPAnthropic { credential, .. } => credential.as_ref().map(Credential::Header),
             BackendApi::AWSBedrock { region, credential, .. } | BackendApi::AWSAnthropic { region, credential, .. } => {
-                Some(Credential::Aws { credential, region })
+                credential.as_ref().map(|credential| Credential::Aws { credential, region })
             }
+        }
+    }
+
+    /// The SigV4 region of an AWS backend (every request to one is signed).
+    pub fn aws_region(&self) -> Option<&str> {
+        match &self.api {
+            BackendApi::AWSBedrock { region, .. } | BackendApi::AWSAnthropic { region, .. } => Some(region),
+            BackendApi::OpenAI { .. }
+            | BackendApi::AzureOpenAI { .. }
+            | BackendApi::Anthropic { .. }
+            | BackendApi::GCPVertexAI { .. }
+            | BackendApi::GCPAnthropic { .. } => None,
         }
     }
 }
@@ -649,6 +757,8 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
         None => None,
         Some(auth) => Some(compile_auth(auth, &format!("{field}.auth"), env)?),
     };
+    let per_request = b.credential_override.is_some();
+    let body_mutation = compile_body_mutation(b.body_mutation, &format!("{field}.body_mutation"))?;
 
     // What each schema reads beyond the common fields; what it leaves does not apply to it.
     let mut fields = SchemaFields {
@@ -673,12 +783,12 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
         },
         Schema::AWSBedrock => BackendApi::AWSBedrock {
             region: fields.region()?,
-            credential: aws_credential(credential, field)?,
+            credential: aws_credential(credential, field, per_request)?,
             default_max_tokens: fields.default_max_tokens()?,
         },
         Schema::AWSAnthropic => BackendApi::AWSAnthropic {
             region: fields.region()?,
-            credential: aws_credential(credential, field)?,
+            credential: aws_credential(credential, field, per_request)?,
             anthropic_version: fields.anthropic_version("bedrock-2023-05-31")?,
             default_max_tokens: fields.default_max_tokens()?,
         },
@@ -697,6 +807,10 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
         },
     };
     fields.none_left(schema)?;
+    let credential_override = match b.credential_override {
+        None => None,
+        Some(o) => Some(compile_credential_override(o, &format!("{field}.credential_override"), &api)?),
+    };
     let authority = b.host.or_else(|| api.default_authority());
     let mut forward_headers = Vec::with_capacity(b.forward_headers.len());
     for (i, name) in b.forward_headers.iter().enumerate() {
@@ -712,8 +826,98 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
         authority,
         forward_billing_headers: b.forward_billing_headers,
         forward_headers,
+        body_mutation,
+        credential_override,
         api,
     })
+}
+
+/// A `body_mutation`, validated (`None` when it changes nothing).
+fn compile_body_mutation(raw: Option<raw::BodyMutation>, field: &str) -> Result<Option<BodyMutation>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let mutation = BodyMutation::compile(raw.set.0, raw.remove)
+        .map_err(|e| ConfigError::new(format!("{field}.{}", e.field), e.reason))?;
+    Ok((!mutation.is_empty()).then_some(mutation))
+}
+
+/// Headers a credential must not be read from: the body's framing, and what Envoy or the
+/// gateway manage.
+fn reserved_for_credentials(name: &str) -> bool {
+    matches!(name, "content-type" | "content-length" | "host" | "te" | "transfer-encoding" | RULE_HEADER)
+        || name.starts_with("x-envoy-")
+        || name.starts_with("x-forwarded-")
+}
+
+fn compile_credential_override(
+    raw: raw::CredentialOverride,
+    field: &str,
+    api: &BackendApi,
+) -> Result<CredentialOverride, ConfigError> {
+    let configured = match api {
+        BackendApi::OpenAI { credential }
+        | BackendApi::AzureOpenAI { credential, .. }
+        | BackendApi::Anthropic { credential, .. }
+        | BackendApi::GCPVertexAI { credential, .. }
+        | BackendApi::GCPAnthropic { credential, .. } => credential.as_ref().map(|c| c.header),
+        BackendApi::AWSBedrock { credential, .. } | BackendApi::AWSAnthropic { credential, .. } => {
+            credential.as_ref().map(|_| "authorization")
+        }
+    };
+    let fallback_to_configured = match raw.fallback_to_configured {
+        Some(true) if configured.is_none() => {
+            return Err(ConfigError::new(
+                format!("{field}.fallback_to_configured"),
+                "the backend has no `auth` to fall back to",
+            ))
+        }
+        Some(v) => v,
+        None => configured.is_some(),
+    };
+    let name = |value: Option<String>, key: &str| -> Result<Option<String>, ConfigError> {
+        let Some(value) = value else { return Ok(None) };
+        let at = format!("{field}.{key}");
+        let name = header_name(&value, &at)?;
+        if reserved_for_credentials(&name) {
+            return Err(ConfigError::new(at, format!("{name} cannot carry a credential")));
+        }
+        Ok(Some(name))
+    };
+    let header = name(raw.header, "header")?;
+    let access_key_id = name(raw.access_key_id_header, "access_key_id_header")?;
+    let secret_access_key = name(raw.secret_access_key_header, "secret_access_key_header")?;
+    let session_token = name(raw.session_token_header, "session_token_header")?;
+    let aws = matches!(api, BackendApi::AWSBedrock { .. } | BackendApi::AWSAnthropic { .. });
+    if !aws {
+        let Some(from) = header else {
+            return Err(ConfigError::new(format!("{field}.header"), "is required: the request header with the key"));
+        };
+        if access_key_id.is_some() || secret_access_key.is_some() || session_token.is_some() {
+            return Err(ConfigError::new(field, "the *_header fields are for AWS backends; this one takes `header`"));
+        }
+        // The key goes where the configured one would: the backend's auth header, or its API's.
+        let to = configured.unwrap_or(match api.schema() {
+            Schema::AzureOpenAI => "api-key",
+            Schema::Anthropic => "x-api-key",
+            _ => "authorization",
+        });
+        let prefix = if to == "authorization" { "Bearer " } else { "" };
+        return Ok(CredentialOverride::Header { from, to, prefix, fallback_to_configured });
+    }
+    if header.is_some() {
+        return Err(ConfigError::new(
+            format!("{field}.header"),
+            "AWS backends sign each request: give access_key_id_header and secret_access_key_header",
+        ));
+    }
+    let (Some(access_key_id), Some(secret_access_key)) = (access_key_id, secret_access_key) else {
+        return Err(ConfigError::new(field, "AWS backends need access_key_id_header and secret_access_key_header"));
+    };
+    let distinct = access_key_id != secret_access_key
+        && session_token.as_ref().is_none_or(|t| *t != access_key_id && *t != secret_access_key);
+    if !distinct {
+        return Err(ConfigError::new(field, "each key needs its own header"));
+    }
+    Ok(CredentialOverride::Aws { access_key_id, secret_access_key, session_token, fallback_to_configured })
 }
 
 /// A backend's `auth`, before its schema says which kind it takes.
@@ -733,12 +937,19 @@ fn header_credential(auth: Option<AnyCredential>, field: &str) -> Result<Option<
     }
 }
 
-fn aws_credential(auth: Option<AnyCredential>, field: &str) -> Result<AwsCredential, ConfigError> {
+fn aws_credential(
+    auth: Option<AnyCredential>,
+    field: &str,
+    per_request: bool,
+) -> Result<Option<AwsCredential>, ConfigError> {
     match auth {
-        Some(AnyCredential::Aws(aws)) => Ok(aws),
-        None | Some(AnyCredential::Header(_)) => {
-            Err(ConfigError::new(format!("{field}.auth"), "AWS schemas need `auth: {aws: {...}}` (SigV4)"))
-        }
+        Some(AnyCredential::Aws(aws)) => Ok(Some(aws)),
+        // Each request brings its own keys.
+        None if per_request => Ok(None),
+        None | Some(AnyCredential::Header(_)) => Err(ConfigError::new(
+            format!("{field}.auth"),
+            "AWS schemas need `auth: {aws: {...}}` (SigV4), or a credential_override",
+        )),
     }
 }
 
@@ -921,12 +1132,22 @@ fn compile_rule(r: raw::Rule, field: &str, backends: &mut Vec<Backend>) -> Resul
         if priority > MAX_PRIORITY {
             return Err(ConfigError::new(format!("{at}.priority"), format!("must be 0 to {MAX_PRIORITY}")));
         }
-        if let Some(model) = br.model_override {
-            if model.is_empty() || !is_header_value(&model) {
+        if let Some(model) = &br.model_override {
+            if model.is_empty() || !is_header_value(model) {
                 return Err(ConfigError::new(format!("{at}.model_override"), "must be a non-empty model name"));
             }
+        }
+        let mutation = compile_body_mutation(br.body_mutation, &format!("{at}.body_mutation"))?;
+        if br.model_override.is_some() || mutation.is_some() {
+            // A copy of the backend with the reference's settings (its mutation over the backend's).
             let mut variant = backends.get(index).cloned().ok_or_else(|| ConfigError::new(&at, "unknown backend"))?;
-            variant.model_override = Some(model);
+            if let Some(model) = br.model_override {
+                variant.model_override = Some(model);
+            }
+            if let Some(over) = mutation {
+                let merged = variant.body_mutation.as_ref().map_or_else(|| over.clone(), |m| m.overlaid_by(&over));
+                variant.body_mutation = Some(merged);
+            }
             index = backends.len();
             backends.push(variant);
         }
@@ -1233,6 +1454,99 @@ mod tests {
     }
 
     #[test]
+    fn body_mutations_are_validated_once_and_copied_per_rule_reference() {
+        let c = parse(
+            b"backends: [{name: a, schema: OpenAI, body_mutation: {set: {temperature: 0.5, tags: [1, {x: null}]}, remove: [user]}}]
+rules:
+  - {match: {model: {exact: m}}, backends: [{name: a, body_mutation: {remove: [temperature]}}]}
+  - {backends: [{name: a}]}",
+            &no_env(),
+            0,
+        )
+        .unwrap();
+        let own = c.backends[0].body_mutation.as_ref().unwrap();
+        assert_eq!(
+            own.set,
+            [("temperature".to_string(), b"0.5".to_vec()), ("tags".into(), br#"[1,{"x":null}]"#.to_vec())]
+        );
+        assert_eq!(own.remove, ["user"]);
+        // The reference's copy: its remove wins over the backend's set of the same field.
+        assert_eq!(c.rules[0].targets[0].backend, 1);
+        let copy = c.backends[1].body_mutation.as_ref().unwrap();
+        assert_eq!((copy.set.len(), copy.remove.clone()), (1, vec!["temperature".to_string(), "user".to_string()]));
+        assert_eq!((c.backends[1].name.as_str(), c.rules[1].targets[0].backend), ("a", 0));
+
+        for (bad, field) in [
+            ("backends: [{name: a, schema: OpenAI, body_mutation: {set: {model: x}}}]", "backends[0].body_mutation.set.model"),
+            ("backends: [{name: a, schema: OpenAI, body_mutation: {remove: [stream]}}]", "backends[0].body_mutation.remove[0]"),
+            ("backends: [{name: a, schema: OpenAI, body_mutation: {set: {a: 1}, remove: [a]}}]", "backends[0].body_mutation.remove[0]"),
+            ("backends: [{name: a, schema: OpenAI, body_mutation: {set: {a.b: 1}}}]", "backends[0].body_mutation.set.a.b"),
+            ("backends: [{name: a, schema: OpenAI, body_mutation: {add: {a: 1}}}]", "backends[0].body_mutation.add"),
+            (
+                "backends: [{name: a, schema: OpenAI}]\nrules: [{backends: [{name: a, body_mutation: {remove: [x, x]}}]}]",
+                "rules[0].backends[0].body_mutation.remove[1]",
+            ),
+        ] {
+            assert_eq!(err(bad).field, field, "{bad}");
+        }
+        // A field set twice in JSON (where a map would silently keep the last) is refused.
+        let e = err(r#"{"backends": [{"name": "a", "schema": "OpenAI", "body_mutation": {"set": {"t": 1, "t": 2}}}]}"#);
+        assert!(e.reason.contains("\"t\" is set twice"), "{e}");
+        let many: Vec<String> = (0..17).map(|i| format!("f{i}")).collect();
+        let e =
+            err(&format!("backends: [{{name: a, schema: OpenAI, body_mutation: {{remove: [{}]}}}}]", many.join(", ")));
+        assert_eq!(e.field, "backends[0].body_mutation.remove");
+    }
+
+    #[test]
+    fn credential_overrides_take_the_backends_auth_header() {
+        let env = MapEnv(HashMap::from([("AWS_ACCESS_KEY_ID", "AKID"), ("AWS_SECRET_ACCESS_KEY", "secret")]));
+        let c = parse(
+            b"backends:
+ - {name: o, schema: OpenAI, credential_override: {header: X-Upstream-Key}}
+ - {name: az, schema: AzureOpenAI, api_version: v, credential_override: {header: x-k}, auth: {bearer: t}}
+ - {name: an, schema: Anthropic, credential_override: {header: x-k, fallback_to_configured: false}, auth: {x_api_key: k}}
+ - {name: br, schema: AWSBedrock, region: r, credential_override: {access_key_id_header: x-a, secret_access_key_header: x-s}}
+ - {name: aa, schema: AWSAnthropic, region: r, auth: {aws: {}}, credential_override: {access_key_id_header: x-a, secret_access_key_header: x-s, session_token_header: x-t}}
+rules: [{backends: [{name: o}]}]",
+            &env,
+            0,
+        )
+        .unwrap();
+        let overrides: Vec<_> = c.backends.iter().map(|b| b.credential_override.clone().unwrap()).collect();
+        let header = |o: &CredentialOverride| match o {
+            CredentialOverride::Header { from, to, prefix, fallback_to_configured } => {
+                (from.clone(), *to, *prefix, *fallback_to_configured)
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(header(&overrides[0]), ("x-upstream-key".into(), "authorization", "Bearer ", false));
+        // Azure with a bearer configured: the configured header is used.
+        assert_eq!(header(&overrides[1]), ("x-k".into(), "authorization", "Bearer ", true));
+        assert_eq!(header(&overrides[2]), ("x-k".into(), "x-api-key", "", false));
+        assert_eq!(overrides[3].headers(), ["x-a", "x-s"]);
+        assert!(!overrides[3].fallback_to_configured() && c.backends[3].credential().is_none());
+        assert_eq!(overrides[4].headers(), ["x-a", "x-s", "x-t"]);
+        assert!(overrides[4].fallback_to_configured());
+
+        for (bad, field) in [
+            ("{name: a, schema: OpenAI, credential_override: {}}", "backends[0].credential_override.header"),
+            ("{name: a, schema: OpenAI, credential_override: {header: x, fallback_to_configured: true}}", "backends[0].credential_override.fallback_to_configured"),
+            ("{name: a, schema: OpenAI, credential_override: {header: content-length}}", "backends[0].credential_override.header"),
+            ("{name: a, schema: OpenAI, credential_override: {header: x-llmgw-backend}}", "backends[0].credential_override.header"),
+            ("{name: a, schema: OpenAI, credential_override: {header: 'bad name'}}", "backends[0].credential_override.header"),
+            ("{name: a, schema: OpenAI, credential_override: {header: x, access_key_id_header: y}}", "backends[0].credential_override"),
+            ("{name: a, schema: AWSBedrock, region: r, credential_override: {header: x}}", "backends[0].credential_override.header"),
+            ("{name: a, schema: AWSBedrock, region: r, credential_override: {access_key_id_header: x}}", "backends[0].credential_override"),
+            ("{name: a, schema: AWSBedrock, region: r, credential_override: {access_key_id_header: x, secret_access_key_header: x}}", "backends[0].credential_override"),
+            ("{name: a, schema: AWSBedrock, region: r}", "backends[0].auth"),
+            ("{name: a, schema: OpenAI, credential_override: {header: x, bearer: y}}", "backends[0].credential_override.bearer"),
+        ] {
+            assert_eq!(err(&format!("backends: [{bad}]")).field, field, "{bad}");
+        }
+    }
+
+    #[test]
     fn single_backend_needs_no_rules() {
         let c = parse(b"backends: [{name: ollama, schema: OpenAI}]", &no_env(), 0).unwrap();
         assert_eq!(c.rules.len(), 1);
@@ -1367,7 +1681,10 @@ rules: [{backends: [{name: o}]}]",
         );
         match &br.api {
             BackendApi::AWSBedrock { region, credential, default_max_tokens: 4096 } => {
-                assert_eq!((region.as_str(), credential.access_key_id.as_str()), ("us-west-2", "AKID"));
+                assert_eq!(
+                    (region.as_str(), credential.as_ref().map(|c| c.access_key_id.as_str())),
+                    ("us-west-2", Some("AKID"))
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -7,7 +7,7 @@
 use crate::api::Endpoint;
 use crate::auth::{self, BodyHash};
 use crate::body::{NewBody, Sink};
-use crate::config::{Backend, Compiled, Credential, BACKEND_HEADER, MODEL_HEADER, RULE_HEADER};
+use crate::config::{Compiled, Credential, BACKEND_HEADER, MODEL_HEADER, RULE_HEADER};
 use crate::error::{ApiError, ErrorKind};
 use crate::headers;
 use crate::request::RequestInfo;
@@ -103,18 +103,27 @@ pub fn plan_request(input: &PlanInput, sink: &mut dyn Sink) -> Result<RequestPla
     let backend = config.backends.get(index).ok_or_else(|| {
         ApiError::new(500, ErrorKind::Server, "internal", "routing chose a backend that does not exist")
     })?;
+    // Before any work: a request missing its own required credential is refused.
+    let chosen = auth::choose(backend, headers)?;
     let mut translator = translate::for_backend(endpoint, backend.schema(), config.stream_include_usage)?;
-    let mut hashing = HashingSink { inner: sink, hash: signs_body(backend).then(BodyHash::default) };
+    let signs_body = matches!(chosen.as_ref().map(auth::Chosen::credential), Some(Credential::Aws { .. }));
+    let mut hashing = HashingSink { inner: sink, hash: signs_body.then(BodyHash::default) };
+    // A body to be mutated stays in memory until it is: nothing of it goes to the host early.
+    let sink: Option<&mut dyn Sink> = if backend.body_mutation.is_some() { None } else { Some(&mut hashing) };
     let edits = translator.request_body(&RequestContext {
         info,
         body,
         backend,
         query,
         now_unix: now_nanos / 1_000_000_000,
-        sink: Cell::new(Some(&mut hashing)),
+        sink: Cell::new(sink),
     });
     let hashed = hashing.hash.take();
-    let edits = edits?;
+    let mut edits = edits?;
+    if let Some(mutation) = &backend.body_mutation {
+        // After translation: it applies to what the provider receives.
+        edits.body = mutation.apply(body, edits.body.take())?;
+    }
 
     // An allowlist: what nobody decided to forward does not reach the provider.
     for (name, _) in headers {
@@ -147,7 +156,13 @@ pub fn plan_request(input: &PlanInput, sink: &mut dyn Sink) -> Result<RequestPla
             edited.set("content-length", &new_body.len(body.len()).to_string());
         }
     }
-    if let Some(credential) = backend.credential() {
+    if let Some(over) = &backend.credential_override {
+        // A client's own credential never travels further than this (used or not).
+        for name in over.headers() {
+            edited.remove(name);
+        }
+    }
+    if let Some(credential) = chosen.as_ref().map(auth::Chosen::credential) {
         // Signed last: the signature covers the final path, authority and body.
         let content_type = edited.get("content-type").unwrap_or("application/json").to_string();
         let signed_headers = [("content-type", content_type.as_str())];
@@ -172,10 +187,6 @@ pub fn plan_request(input: &PlanInput, sink: &mut dyn Sink) -> Result<RequestPla
         body: edits.body,
         reroute: downstream,
     })
-}
-
-fn signs_body(backend: &Backend) -> bool {
-    matches!(backend.credential(), Some(Credential::Aws { .. }))
 }
 
 /// Where the downstream filter sends a request: one backend, or a fallback rule's cluster.
@@ -305,6 +316,184 @@ mod tests {
                 HeaderEdit::Set("x-new".into(), "w".into()),
             ]
         );
+    }
+
+    mod through_the_exchange {
+        //! Body mutation and per-request credentials as a request meets them: the exchange on a
+        //! fake host, which holds the body and headers that leave for the provider.
+        use std::rc::Rc;
+
+        use crate::auth::sigv4;
+        use crate::config::{parse, AwsCredential, Env, Secret};
+        use crate::exchange::{Exchange, Shared};
+        use crate::host::Flow;
+        use crate::testing::FakeHost;
+
+        struct NoEnv;
+        impl Env for NoEnv {
+            fn var(&self, _: &str) -> Option<String> {
+                None
+            }
+        }
+
+        const CONFIG: &str = r#"
+backends:
+  - {name: openai, schema: OpenAI, auth: {bearer: sk-configured},
+     body_mutation: {set: {temperature: 0.5, service_tier: scale}, remove: [stream_options, user]}}
+  - {name: own-key, schema: OpenAI, credential_override: {header: x-upstream-key, fallback_to_configured: false},
+     auth: {bearer: sk-configured}}
+  - {name: maybe-own, schema: OpenAI, auth: {bearer: sk-configured}, credential_override: {header: x-upstream-key}}
+  - {name: claude, schema: Anthropic, credential_override: {header: x-upstream-key},
+     body_mutation: {set: {top_k: 3}, remove: [system]}}
+  - {name: bedrock, schema: AWSBedrock, region: us-west-2, host: bedrock-runtime.us-west-2.amazonaws.com,
+     credential_override: {access_key_id_header: x-aws-key, secret_access_key_header: x-aws-secret,
+                           session_token_header: x-aws-token},
+     body_mutation: {set: {additionalModelRequestFields: {top_k: 5}}}}
+rules:
+  - {match: {model: {exact: ref}}, backends: [{name: openai, body_mutation: {set: {user: ref}, remove: [temperature]}}]}
+  - {match: {model: {prefix: gpt}}, backends: [{name: openai}]}
+  - {match: {model: {exact: own}}, backends: [{name: own-key}]}
+  - {match: {model: {exact: maybe}}, backends: [{name: maybe-own}]}
+  - {match: {model: {prefix: claude}}, backends: [{name: claude}]}
+  - {match: {model: {prefix: amazon}}, backends: [{name: bedrock}]}
+"#;
+
+        /// The request as it leaves: (headers, body), or the local reply's status and JSON.
+        fn send(
+            path: &str,
+            headers: &[(&str, &str)],
+            body: &str,
+        ) -> Result<FakeHost, (u16, serde_json::Value, FakeHost)> {
+            let config = parse(CONFIG.as_bytes(), &NoEnv, 0).unwrap();
+            let mut x = Exchange::new(Some(Rc::new(Shared::new(config))));
+            let len = body.len().to_string();
+            let mut all = vec![("content-type", "application/json"), ("content-length", len.as_str())];
+            all.extend_from_slice(headers);
+            let mut host = FakeHost::request("POST", path, &all);
+            host.now = 1_764_460_800_000_000_000;
+            host.request_body = body.as_bytes().to_vec();
+            assert_eq!(x.on_request_headers(&mut host, false), Flow::Pause);
+            x.on_request_body(&mut host, body.len(), true);
+            match host.reply.is_some() {
+                true => {
+                    let (status, v) = host.reply_json();
+                    Err((status, v, host))
+                }
+                false => Ok(host),
+            }
+        }
+
+        fn body_of(host: &FakeHost) -> serde_json::Value {
+            let length: usize = host.header("content-length").unwrap().parse().unwrap();
+            assert_eq!(length, host.request_body.len(), "content-length follows the mutation");
+            serde_json::from_slice(&host.request_body).unwrap()
+        }
+
+        #[test]
+        fn a_streaming_pass_through_body_is_mutated_in_place() {
+            let body = r#"{"model":"gpt-4o", "stream":true,"stream_options":{"include_usage":false},"user":"u","messages":[{"role":"user","content":"hi","user":"nested"}]}"#;
+            let host = send("/v1/chat/completions", &[], body).unwrap();
+            let sent = String::from_utf8(host.request_body.clone()).unwrap();
+            // The client's bytes stay as they were (the space after the first comma included);
+            // stream_options is removed after the gateway added include_usage to it.
+            assert_eq!(
+                sent,
+                r#"{"temperature":0.5,"service_tier":"scale","model":"gpt-4o", "stream":true,"messages":[{"role":"user","content":"hi","user":"nested"}]}"#
+            );
+            body_of(&host);
+            assert_eq!(host.header("authorization").as_deref(), Some("Bearer sk-configured"));
+        }
+
+        #[test]
+        fn a_rule_reference_mutation_wins_over_the_backends() {
+            let host = send("/v1/chat/completions", &[], r#"{"model":"ref","temperature":1,"user":"u"}"#).unwrap();
+            let v = body_of(&host);
+            assert_eq!(v, serde_json::json!({"service_tier":"scale","user":"ref","model":"ref"}));
+        }
+
+        #[test]
+        fn a_translated_body_is_mutated_and_the_client_key_replaced() {
+            let body = r#"{"model":"claude-x","max_tokens":9,"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#;
+            let host = send("/v1/chat/completions", &[("x-upstream-key", "sk-ant-own")], body).unwrap();
+            let v = body_of(&host);
+            assert_eq!(v["top_k"], 3);
+            assert!(v.get("system").is_none(), "{v}");
+            assert_eq!(v["messages"], serde_json::json!([{"role": "user", "content": "hi"}]), "{v}");
+            assert_eq!(host.header("x-api-key").as_deref(), Some("sk-ant-own"));
+            assert_eq!(host.header("x-upstream-key"), None);
+        }
+
+        #[test]
+        fn the_own_key_replaces_the_configured_one_and_never_travels() {
+            let body = r#"{"model":"own","messages":[]}"#;
+            let host = send("/v1/chat/completions", &[("x-upstream-key", "sk-own-1")], body).unwrap();
+            assert_eq!(host.header("authorization").as_deref(), Some("Bearer sk-own-1"));
+            assert_eq!(host.header("x-upstream-key"), None);
+            // A `Bearer ` the client put in front is not doubled.
+            let host = send("/v1/chat/completions", &[("x-upstream-key", "Bearer sk-own-2")], body).unwrap();
+            assert_eq!(host.header("authorization").as_deref(), Some("Bearer sk-own-2"));
+
+            // Required and missing (or empty): a 401 in the client's shape, naming the header only.
+            for headers in [&[][..], &[("x-upstream-key", " ")][..]] {
+                let (status, v, host) = send("/v1/chat/completions", headers, body).unwrap_err();
+                assert_eq!((status, v["error"]["type"].as_str()), (401, Some("authentication_error")));
+                assert_eq!(v["error"]["code"], "missing_upstream_credential");
+                assert!(v["error"]["message"].as_str().unwrap().contains("x-upstream-key"));
+                assert!(!String::from_utf8_lossy(&host.reply.unwrap().2).contains("sk-configured"));
+            }
+            let (status, v, _) =
+                send("/v1/messages", &[], r#"{"model":"own","max_tokens":5,"messages":[]}"#).unwrap_err();
+            assert_eq!(
+                (status, v["type"].as_str(), v["error"]["type"].as_str()),
+                (401, Some("error"), Some("authentication_error"))
+            );
+
+            // With a fallback, the configured key serves a request without its own.
+            let body = r#"{"model":"maybe","messages":[]}"#;
+            let host = send("/v1/chat/completions", &[], body).unwrap();
+            assert_eq!(host.header("authorization").as_deref(), Some("Bearer sk-configured"));
+            let host = send("/v1/chat/completions", &[("x-upstream-key", "sk-own-3")], body).unwrap();
+            assert_eq!(host.header("authorization").as_deref(), Some("Bearer sk-own-3"));
+            assert_eq!(host.header("x-upstream-key"), None);
+        }
+
+        #[test]
+        fn aws_requests_are_signed_with_the_requests_own_keys_over_the_mutated_body() {
+            let body = r#"{"model":"amazon.nova-lite-v1:0","messages":[{"role":"user","content":"hi"}]}"#;
+            let own = [("x-aws-key", "AKIDOWN"), ("x-aws-secret", "own-secret"), ("x-aws-token", "own-token")];
+            let host = send("/v1/chat/completions", &own, body).unwrap();
+            let v = body_of(&host);
+            assert_eq!(v["additionalModelRequestFields"], serde_json::json!({"top_k": 5}));
+            for (name, _) in own {
+                assert_eq!(host.header(name), None, "{name} left the gateway");
+            }
+            assert_eq!(host.header("x-amz-security-token").as_deref(), Some("own-token"));
+            // The signature is the one the request's keys make over the body that leaves.
+            let credential = AwsCredential {
+                access_key_id: "AKIDOWN".into(),
+                secret_access_key: Secret::new("own-secret".into()),
+                session_token: Some(Secret::new("own-token".into())),
+            };
+            let path = host.header(":path").unwrap();
+            let outgoing = crate::auth::Outgoing {
+                method: "POST",
+                authority: "bedrock-runtime.us-west-2.amazonaws.com",
+                path: &path,
+                headers: &[("content-type", "application/json")],
+                body: &[&host.request_body],
+                body_hashed: None,
+                time: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_764_460_800),
+            };
+            let expected = sigv4::sign(&credential, "us-west-2", "bedrock", &outgoing).unwrap();
+            let auth = &expected.iter().find(|(n, _)| n == "authorization").unwrap().1;
+            assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDOWN/20251130/us-west-2/bedrock/"));
+            assert_eq!(host.header("authorization").as_ref(), Some(auth));
+
+            // No configured keys and none of its own: refused before anything is signed.
+            let (status, v, _) = send("/v1/chat/completions", &own[..1], body).unwrap_err();
+            assert_eq!(status, 401);
+            assert!(v["error"]["message"].as_str().unwrap().contains("x-aws-secret"), "{v}");
+        }
     }
 
     #[test]

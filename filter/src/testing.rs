@@ -143,11 +143,11 @@ pub fn backend(schema: Schema) -> Backend {
             BackendApi::Anthropic { anthropic_version: "2023-06-01".into(), default_max_tokens: 4096, credential: None }
         }
         Schema::AWSBedrock => {
-            BackendApi::AWSBedrock { region: "us-east-1".into(), credential: aws(), default_max_tokens: 4096 }
+            BackendApi::AWSBedrock { region: "us-east-1".into(), credential: Some(aws()), default_max_tokens: 4096 }
         }
         Schema::AWSAnthropic => BackendApi::AWSAnthropic {
             region: "us-east-1".into(),
-            credential: aws(),
+            credential: Some(aws()),
             anthropic_version: "bedrock-2023-05-31".into(),
             default_max_tokens: 4096,
         },
@@ -175,6 +175,8 @@ pub fn backend(schema: Schema) -> Backend {
         authority: None,
         forward_billing_headers: false,
         forward_headers: vec![],
+        body_mutation: None,
+        credential_override: None,
         api,
     }
 }

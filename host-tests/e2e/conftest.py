@@ -18,7 +18,7 @@ ALPHA_KEY = "sk-alpha-upstream-key"
 BETA_KEY = "sk-beta-upstream-key"
 
 # Plugin configuration of the shared gateway (backend name = cluster name):
-#   alpha, gamma -> mock "alpha";  beta -> mock "beta" (prefix /beta/v1).
+#   alpha, gamma, delta, own-key, own-or-configured -> mock "alpha";  beta -> mock "beta" (prefix /beta/v1).
 PLUGIN = {
     "backends": [
         {"name": "alpha", "schema": "OpenAI", "auth": {"bearer": ALPHA_KEY}},
@@ -30,6 +30,12 @@ PLUGIN = {
             "headers": {"set": {"x-beta-org": "org-beta"}, "remove": ["x-debug"]},
         },
         {"name": "gamma", "schema": "OpenAI", "model_override": "upstream-real-model", "auth": {"bearer": ALPHA_KEY}},
+        {"name": "delta", "schema": "OpenAI", "auth": {"bearer": ALPHA_KEY},
+         "body_mutation": {"set": {"temperature": 0.5, "service_tier": "flex"}, "remove": ["stream_options", "user"]}},
+        {"name": "own-key", "schema": "OpenAI", "auth": {"bearer": ALPHA_KEY},
+         "credential_override": {"header": "x-upstream-key", "fallback_to_configured": False}},
+        {"name": "own-or-configured", "schema": "OpenAI", "auth": {"bearer": ALPHA_KEY},
+         "credential_override": {"header": "x-upstream-key"}},
     ],
     "rules": [
         {
@@ -42,6 +48,12 @@ PLUGIN = {
         {"name": "weighted-3-1", "match": {"model": {"exact": "weighted-3-1"}},
          "backends": [{"name": "alpha", "weight": 3}, {"name": "beta", "weight": 1}]},
         {"name": "override", "match": {"model": {"exact": "override-me"}}, "backends": [{"name": "gamma"}]},
+        {"name": "mutated-ref", "match": {"model": {"exact": "mutated-ref"}},
+         "backends": [{"name": "delta", "body_mutation": {"set": {"seed": 7}, "remove": ["temperature"]}}]},
+        {"name": "mutated", "match": {"model": {"prefix": "mutated-"}}, "backends": [{"name": "delta"}]},
+        {"name": "own-key", "match": {"model": {"exact": "own-key"}}, "backends": [{"name": "own-key"}]},
+        {"name": "own-or-configured", "match": {"model": {"exact": "own-or-configured"}},
+         "backends": [{"name": "own-or-configured"}]},
         {"name": "beta", "match": {"model": {"prefix": "beta-"}}, "backends": [{"name": "beta"}]},
         {"name": "alpha", "match": {"model": {"glob": "alpha-*"}}, "backends": [{"name": "alpha"}]},
         {"name": "team-default", "match": {"model": {"exact": "team-model"}}, "backends": [{"name": "alpha"}]},
@@ -67,7 +79,8 @@ def mocks():
 @pytest.fixture(scope="session")
 def gw(mocks):
     env = e2e.Envoy(
-        e2e.render({"alpha": mocks["alpha"].port, "beta": mocks["beta"].port, "gamma": mocks["alpha"].port}, PLUGIN),
+        e2e.render({"alpha": mocks["alpha"].port, "beta": mocks["beta"].port,
+                    **{n: mocks["alpha"].port for n in ("gamma", "delta", "own-key", "own-or-configured")}}, PLUGIN),
         name="gw",
     )
     try:

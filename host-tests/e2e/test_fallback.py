@@ -6,6 +6,7 @@ fail on purpose (`--fail-status`, `--delay-ms`, a closed port, a stream that res
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -77,6 +78,9 @@ def config(m: dict, refused: int) -> dict:
         {**{k: v for k, v in openai_backend("pair", m["ok"].url, "sk-pair").items() if k != "url"},
          "endpoints": [f"127.0.0.1:{refused}", f"127.0.0.1:{m['ok'].port}"], "prefix": "/v1"},
         {"name": "claude", "url": m["ok"].url, "schema": "Anthropic", "auth": {"x_api_key_env": "FB_ANT_KEY"}},
+        # Each attempt takes the request's own key (and never forwards its header).
+        {"name": "own-ok2", "url": m["ok2"].url + "/v1", "schema": "OpenAI",
+         "credential_override": {"header": "x-upstream-key"}},
         {"name": "claude-down", "url": m["fail500"].url, "schema": "Anthropic",
          "auth": {"x_api_key_env": "FB_ANT_DOWN_KEY"}},
         {"name": "bedrock-down", "url": m["bedrock"].url, "schema": "AWSBedrock", "region": "us-east-1",
@@ -109,6 +113,8 @@ def config(m: dict, refused: int) -> dict:
         rule("claude-fb", p0("claude-down"), p1("ok2", model_override="gpt-fallback")),
         rule("fb-endpoints", p0("pair"), retry={"attempts": 2, "on": ["connect-failure"]}),
         rule("plain", p0("ok")),
+        rule("fb-mutated", p0("fail500"), p1("ok2", body_mutation={"set": {"seed": 11}, "remove": ["user"]})),
+        rule("fb-own-key", p0("fail500"), p1("own-ok2")),
     ]
     return {"backends": backends, "rules": rules}
 
@@ -318,3 +324,26 @@ def test_endpoints_of_one_backend_fail_over_to_each_other(gw, mocks):
 def test_a_rule_without_fallback_is_unchanged(gw, mocks):
     r = oa(gw).chat.completions.create(model="plain", messages=MSGS)
     assert reply_from(r.choices[0].message.content, "ok")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_each_attempt_gets_its_body_mutation_and_the_requests_own_key(gw, mocks, stream):
+    mocks["ok2"].clear()
+    c = oa(gw)
+    r = c.chat.completions.create(model="fb-mutated", messages=MSGS, user="someone", stream=stream)
+    text = ("".join(ch.choices[0].delta.content or "" for ch in r if ch.choices) if stream
+            else r.choices[0].message.content)
+    assert reply_from(text, "ok2"), text
+    sent = json.loads(mocks["ok2"].requests()[-1]["body"])
+    assert sent["seed"] == 11 and "user" not in sent and sent["messages"] == MSGS
+
+    own = c.with_options(default_headers={"x-upstream-key": "sk-own-attempt"})
+    r = own.chat.completions.create(model="fb-own-key", messages=MSGS, stream=stream)
+    text = "".join(ch.choices[0].delta.content or "" for ch in r if ch.choices) if stream else r.choices[0].message.content
+    assert reply_from(text, "ok2"), text
+    headers = mocks["ok2"].requests()[-1]["headers"]
+    assert headers["authorization"] == "Bearer sk-own-attempt" and "x-upstream-key" not in headers
+    # Without the key, the attempt on the backend that needs it is refused in the client's shape.
+    with pytest.raises(openai.AuthenticationError) as exc:
+        c.chat.completions.create(model="fb-own-key", messages=MSGS)
+    assert exc.value.code == "missing_upstream_credential"

@@ -1,5 +1,5 @@
 """The official openai SDK against the gateway: chat (plain and streaming), completions,
-embeddings, the model list and error mapping."""
+embeddings, the model list, error mapping, body mutation and per-request upstream keys."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import struct
 import openai
 import pytest
 
-from conftest import PLUGIN
+from conftest import ALPHA_KEY, CLIENT_KEY, PLUGIN
 
 REPLY = "Hello from alpha: this is a mock reply."  # mock-provider's reply with --chunks 8 (default)
 MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "say hello to the gateway"}]
@@ -185,3 +185,59 @@ def test_stream_abort_then_gateway_still_serves(client):
         list(client.chat.completions.create(model="mock-stream-abort", messages=MSGS, stream=True))
     r = client.chat.completions.create(model="alpha-after-abort", messages=MSGS)
     assert r.choices[0].message.content == REPLY
+
+
+def test_body_mutation_reaches_the_upstream_and_the_answer_is_intact(client, mocks):
+    """Backend `delta` sets temperature and service_tier and removes user and stream_options."""
+    r = client.chat.completions.create(model="mutated-chat", messages=MSGS, temperature=1.0, user="someone")
+    assert r.choices[0].message.content == REPLY and r.usage.total_tokens == PROMPT_WORDS + 8
+    raw = mocks["alpha"].requests()[-1]["body"]
+    sent = json.loads(raw)
+    assert sent["temperature"] == 0.5 and sent["service_tier"] == "flex" and "user" not in sent
+    assert sent["messages"] == MSGS and sent["model"] == "mutated-chat"
+    # A rule's reference adds its own on top: its remove wins over the backend's set.
+    client.chat.completions.create(model="mutated-ref", messages=MSGS, temperature=1.0)
+    sent = last_body(mocks["alpha"])
+    assert sent["seed"] == 7 and "temperature" not in sent and sent["service_tier"] == "flex"
+
+
+def test_body_mutation_on_a_stream(client, mocks):
+    """stream_options is removed after the gateway asked for usage: the stream itself is intact."""
+    chunks = list(client.chat.completions.create(model="mutated-stream", messages=MSGS, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == REPLY
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    sent = last_body(mocks["alpha"])
+    assert sent["stream"] is True and "stream_options" not in sent and sent["temperature"] == 0.5
+
+
+def test_own_upstream_key_replaces_the_configured_one(client, mocks):
+    own = client.with_options(default_headers={"x-upstream-key": "sk-own-upstream-key"})
+    r = own.chat.completions.create(model="own-key", messages=MSGS)
+    assert r.choices[0].message.content == REPLY
+    headers = mocks["alpha"].requests()[-1]["headers"]
+    assert headers["authorization"] == "Bearer sk-own-upstream-key"
+    assert "x-upstream-key" not in headers
+    assert CLIENT_KEY not in json.dumps(headers) and ALPHA_KEY not in json.dumps(headers)
+    # Streaming too.
+    chunks = list(own.chat.completions.create(model="own-key", messages=MSGS, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == REPLY
+    assert mocks["alpha"].requests()[-1]["headers"]["authorization"] == "Bearer sk-own-upstream-key"
+
+
+def test_missing_required_upstream_key_is_401(client, mocks):
+    with pytest.raises(openai.AuthenticationError) as exc:
+        client.chat.completions.create(model="own-key", messages=MSGS)
+    assert exc.value.status_code == 401
+    assert exc.value.code == "missing_upstream_credential"
+    assert "x-upstream-key" in exc.value.message and ALPHA_KEY not in exc.value.message
+    assert mocks["alpha"].requests() == []
+
+
+def test_upstream_key_falls_back_to_the_configured_one(client, mocks):
+    r = client.chat.completions.create(model="own-or-configured", messages=MSGS)
+    assert r.choices[0].message.content == REPLY
+    assert mocks["alpha"].requests()[-1]["headers"]["authorization"] == f"Bearer {ALPHA_KEY}"
+    own = client.with_options(default_headers={"x-upstream-key": "sk-own-2"})
+    own.chat.completions.create(model="own-or-configured", messages=MSGS)
+    headers = mocks["alpha"].requests()[-1]["headers"]
+    assert headers["authorization"] == "Bearer sk-own-2" and "x-upstream-key" not in headers

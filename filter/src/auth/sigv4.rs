@@ -558,6 +558,59 @@ mod recorded {
         ],
     ];
 
+    /// A request's own keys (`credential_override`) sign exactly as configured ones would: the
+    /// recorded signatures come out of keys read from request headers, not the configured key.
+    #[test]
+    fn per_request_keys_make_the_recorded_signatures() {
+        use crate::config::{BackendApi, CredentialOverride, Schema};
+        let mut backend = crate::testing::backend(Schema::AWSBedrock);
+        backend.api = BackendApi::AWSBedrock {
+            region: "us-west-2".into(),
+            credential: Some(AwsCredential {
+                access_key_id: "AKIDCONFIGURED".into(),
+                secret_access_key: Secret::new("configured".into()),
+                session_token: None,
+            }),
+            default_max_tokens: 4096,
+        };
+        backend.credential_override = Some(CredentialOverride::Aws {
+            access_key_id: "x-aws-key".into(),
+            secret_access_key: "x-aws-secret".into(),
+            session_token: Some("x-aws-token".into()),
+            fallback_to_configured: true,
+        });
+        for case in [0, 1, 5] {
+            let (path, content_type, body, token) = CASES[case];
+            let mut headers: Vec<(String, String)> = vec![
+                ("x-aws-key".into(), "AKIDEXAMPLE".into()),
+                ("x-aws-secret".into(), "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into()),
+            ];
+            headers.extend(token.map(|t| ("x-aws-token".to_string(), t.to_string())));
+            let chosen = crate::auth::choose(&backend, &headers).unwrap().unwrap();
+            let outgoing = Outgoing {
+                method: "POST",
+                authority: "bedrock-runtime.us-west-2.amazonaws.com",
+                path,
+                headers: &[("content-type", content_type)],
+                body: &[body.as_bytes()],
+                body_hashed: None,
+                time: UNIX_EPOCH + Duration::from_secs(1_764_460_800 + case as u64 * 86_399),
+            };
+            let mut signed = crate::auth::headers(chosen.credential(), &outgoing).unwrap();
+            signed.sort();
+            assert_eq!(signed, sign_case(case), "case {case}");
+        }
+        // Without the request's keys, the configured ones sign (fallback_to_configured).
+        let chosen = crate::auth::choose(&backend, &[]).unwrap().unwrap();
+        assert!(matches!(chosen.credential(), crate::config::Credential::Aws { credential, .. }
+            if credential.access_key_id == "AKIDCONFIGURED"));
+        // Only one of the two keys is no credential: the configured one serves.
+        let half = [("x-aws-key".to_string(), "AKIDEXAMPLE".to_string())];
+        let chosen = crate::auth::choose(&backend, &half).unwrap().unwrap();
+        assert!(matches!(chosen.credential(), crate::config::Credential::Aws { credential, .. }
+            if credential.access_key_id == "AKIDCONFIGURED"));
+    }
+
     #[test]
     fn signatures_match_those_recorded_from_aws_sigv4() {
         for (i, expected) in EXPECTED.iter().enumerate() {

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value as Json};
 
-use super::route::{header_mutation, HeaderMutation, Routed, Variant};
+use super::route::{body_mutation, header_mutation, HeaderMutation, Routed, Variant};
 use super::{secret_value, Ctx};
 use crate::diag::ConfigError;
 use crate::duration;
@@ -61,7 +61,7 @@ fn service(ctx: &mut Ctx<'_>, si: usize, v: &Variant) -> Result<(Map<String, Jso
     let obj = &ctx.objs[si];
     let spec = obj.spec();
     let fail = |e: FieldError| ctx.err(&ctx.objs[si], e);
-    let mut notes: Vec<String> = spec.unknown_keys(&[
+    let notes: Vec<String> = spec.unknown_keys(&[
         "schema",
         "backendRef",
         "headerMutation",
@@ -69,9 +69,6 @@ fn service(ctx: &mut Ctx<'_>, si: usize, v: &Variant) -> Result<(Map<String, Jso
         "timeouts",
         "backendSecurityPolicyRef",
     ]);
-    if let Some(b) = spec.get("bodyMutation") {
-        notes.push(b.field().to_string());
-    }
     let schema = spec.req("schema").map_err(fail)?;
     let schema_name = schema.req_str("name").map_err(fail)?.to_string();
     let version = schema.opt_str("version").map_err(fail)?.filter(|s| !s.is_empty());
@@ -108,6 +105,9 @@ fn service(ctx: &mut Ctx<'_>, si: usize, v: &Variant) -> Result<(Map<String, Jso
     }
     if !mutation.is_empty() {
         plugin.insert("headers".into(), Json::Object(mutation));
+    }
+    if let Some(m) = spec.get("bodyMutation") {
+        plugin.insert("body_mutation".into(), body_mutation(&m).map_err(fail)?);
     }
     let legacy_timeout = match spec.get("timeouts").and_then(|t| t.get("request")) {
         Some(t) => Some(duration::parse(t.str().map_err(fail)?).map_err(|e| fail(t.err(e)))?),
@@ -514,5 +514,24 @@ mod tests {
         let m = merge_headers(Some(s), Some(r));
         assert_eq!(m.set, vec![("B".into(), "1".into()), ("a".into(), "2".into())]);
         assert_eq!(m.remove, vec!["x".to_string(), "y".to_string()]);
+    }
+
+    #[test]
+    fn body_mutation_values_are_json_text() {
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+            "set: [{path: service_tier, value: '\"flex\"'}, {path: n, value: '[1, 2]'}]\nremove: [user]",
+        )
+        .unwrap();
+        let m = body_mutation(&At::root(&doc)).unwrap();
+        assert_eq!(m, json!({"set": {"service_tier": "flex", "n": [1, 2]}, "remove": ["user"]}));
+        for (bad, field, reason) in [
+            ("set: [{path: a, value: flex}]", "set[0].value", "must be JSON text"),
+            ("set: [{path: a, value: '1'}, {path: a, value: '2'}]", "set[1].path", "set twice"),
+            ("add: []", "add", "unknown field"),
+        ] {
+            let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(bad).unwrap();
+            let e = body_mutation(&At::root(&doc)).unwrap_err();
+            assert!(e.field.ends_with(field) && e.reason.contains(reason), "{bad}: {} {}", e.field, e.reason);
+        }
     }
 }

@@ -195,6 +195,10 @@ fn convert_rule(
             Some(w) => w.u64()?,
         };
         let mut backend = json!({"name": name, "weight": weight});
+        // Applied by the filter over the AIServiceBackend's own, winning where both name a field.
+        if let Some(m) = r.get("bodyMutation") {
+            backend["body_mutation"] = body_mutation(&m)?;
+        }
         // Envoy priority levels: the backends of the lowest level serve, the next level's take over
         // when they fail (the rule becomes a fallback rule: Envoy retries on the next level).
         if let Some(p) = r.get("priority") {
@@ -300,11 +304,6 @@ fn variant(
     ]) {
         notes.push((field, "not supported by llmgw; ignored".into()));
     }
-    for key in ["bodyMutation"] {
-        if let Some(f) = r.get(key) {
-            notes.push((f.field().into(), "not supported by llmgw; ignored".into()));
-        }
-    }
     let kind = r.opt_str("kind")?.unwrap_or("AIServiceBackend");
     if kind != "AIServiceBackend" {
         return Err(r.req("kind")?.err(format!(
@@ -353,6 +352,34 @@ fn max_timeout(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// `bodyMutation` (`set: [{path, value}]` with `value` JSON text, `remove: [path]`) as the plugin's
+/// `body_mutation` (`set: {path: value}`, `remove`); the filter checks names and limits.
+pub(crate) fn body_mutation(at: &At<'_>) -> NResult<Json> {
+    if let Some(field) = at.unknown_keys(&["set", "remove"]).into_iter().next() {
+        return Err(FieldError { field, reason: "unknown field; bodyMutation knows set and remove".into() });
+    }
+    let mut set = Map::new();
+    for s in at.list("set")? {
+        let path = s.req_str("path")?;
+        let value = s.req("value")?;
+        let parsed: Json = serde_json::from_str(value.str()?)
+            .map_err(|e| value.err(format!("must be JSON text (a string is written \"\\\"scale\\\"\"): {e}")))?;
+        if set.insert(path.to_string(), parsed).is_some() {
+            return Err(s.req("path")?.err(format!("{path:?} is set twice")));
+        }
+    }
+    let mut out = Map::new();
+    if !set.is_empty() {
+        out.insert("set".into(), Json::Object(set));
+    }
+    let remove =
+        at.list("remove")?.iter().map(|r| r.str().map(|s| Json::String(s.to_string()))).collect::<NResult<Vec<_>>>()?;
+    if !remove.is_empty() {
+        out.insert("remove".into(), Json::Array(remove));
+    }
+    Ok(Json::Object(out))
 }
 
 /// Gateway API HTTPHeaderFilter subset: `set: [{name, value}]`, `remove: [name]`.
