@@ -1,5 +1,6 @@
-//! Configuration from the environment, with the OpenAI/Azure/Anthropic SDKs' variable names,
-//! like `aigw run`: one backend, every model goes there, no selector header.
+//! Configuration from the environment, with the provider SDKs' variable names, like `aigw run`:
+//! one backend, every model goes there, no selector header. OpenAI, Azure OpenAI and Anthropic,
+//! then the OpenAI-compatible presets (DeepSeek, Mistral, Groq, xAI, Together, OpenRouter, Cohere).
 
 use serde_json::{json, Map, Value};
 
@@ -10,25 +11,133 @@ use crate::url::BaseUrl;
 const OPENAI_DEFAULT_URL: &str = "https://api.openai.com/v1";
 const ANTHROPIC_DEFAULT_URL: &str = "https://api.anthropic.com";
 
-/// The keys auto-configuration looks for, in the order it prefers them.
-pub const KEY_VARS: [&str; 3] = ["OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "ANTHROPIC_API_KEY"];
+/// A provider with an OpenAI-compatible API: schema OpenAI, its key as `Authorization: Bearer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preset {
+    /// As the `run` banner names it.
+    pub provider: &'static str,
+    /// The backend and its Envoy cluster (a metrics label).
+    pub backend: &'static str,
+    /// The key variables its docs and SDKs use; the first one set is used.
+    pub key_vars: &'static [&'static str],
+    /// Overrides `default_url`, like `OPENAI_BASE_URL`.
+    pub base_url_var: &'static str,
+    /// The documented base URL the OpenAI SDK is given; its path is the backend's prefix.
+    pub default_url: &'static str,
+}
+
+/// The OpenAI-compatible presets, in the order auto-configuration prefers them (after OpenAI,
+/// Azure and Anthropic).
+pub const PRESETS: [Preset; 7] = [
+    // No path: the filter's default prefix `/v1` applies, which DeepSeek accepts (documented).
+    Preset {
+        provider: "DeepSeek",
+        backend: "deepseek",
+        key_vars: &["DEEPSEEK_API_KEY"],
+        base_url_var: "DEEPSEEK_BASE_URL",
+        default_url: "https://api.deepseek.com",
+    },
+    Preset {
+        provider: "Mistral",
+        backend: "mistral",
+        key_vars: &["MISTRAL_API_KEY"],
+        base_url_var: "MISTRAL_BASE_URL",
+        default_url: "https://api.mistral.ai/v1",
+    },
+    Preset {
+        provider: "Groq",
+        backend: "groq",
+        key_vars: &["GROQ_API_KEY"],
+        base_url_var: "GROQ_BASE_URL",
+        default_url: "https://api.groq.com/openai/v1",
+    },
+    Preset {
+        provider: "xAI",
+        backend: "xai",
+        key_vars: &["XAI_API_KEY"],
+        base_url_var: "XAI_BASE_URL",
+        default_url: "https://api.x.ai/v1",
+    },
+    Preset {
+        provider: "Together",
+        backend: "together",
+        key_vars: &["TOGETHER_API_KEY"],
+        base_url_var: "TOGETHER_BASE_URL",
+        default_url: "https://api.together.xyz/v1",
+    },
+    Preset {
+        provider: "OpenRouter",
+        backend: "openrouter",
+        key_vars: &["OPENROUTER_API_KEY"],
+        base_url_var: "OPENROUTER_BASE_URL",
+        default_url: "https://openrouter.ai/api/v1",
+    },
+    // Cohere's compatibility API; its SDK reads CO_API_KEY, its docs also use COHERE_API_KEY.
+    Preset {
+        provider: "Cohere",
+        backend: "cohere",
+        key_vars: &["COHERE_API_KEY", "CO_API_KEY"],
+        base_url_var: "COHERE_BASE_URL",
+        default_url: "https://api.cohere.ai/compatibility/v1",
+    },
+];
+
+#[derive(Debug, Clone, Copy)]
+enum Provider {
+    OpenAI,
+    Azure,
+    Anthropic,
+    Compatible(&'static Preset),
+}
+
+impl Provider {
+    fn key_vars(self) -> &'static [&'static str] {
+        match self {
+            Provider::OpenAI => &["OPENAI_API_KEY"],
+            Provider::Azure => &["AZURE_OPENAI_API_KEY"],
+            Provider::Anthropic => &["ANTHROPIC_API_KEY"],
+            Provider::Compatible(p) => p.key_vars,
+        }
+    }
+}
+
+/// Every provider, in the order auto-configuration prefers them.
+fn providers() -> impl Iterator<Item = Provider> {
+    [Provider::OpenAI, Provider::Azure, Provider::Anthropic].into_iter().chain(PRESETS.iter().map(Provider::Compatible))
+}
+
+/// The key variables auto-configuration looks for, in the order it prefers them.
+pub fn key_vars() -> Vec<&'static str> {
+    providers().flat_map(|p| p.key_vars().iter().copied()).collect()
+}
 
 /// `None` when no provider key is set (the caller falls back to demo mode).
 pub fn from_env(env: &dyn Env) -> Result<Option<Gateway>, ConfigError> {
-    let set: Vec<&str> = KEY_VARS.iter().copied().filter(|v| non_empty(env, v).is_some()).collect();
-    let Some(chosen) = set.first().copied() else {
+    // Each provider with a key set, and the variable that holds it.
+    let set: Vec<(Provider, &'static str)> = providers()
+        .filter_map(|p| p.key_vars().iter().find(|v| non_empty(env, v).is_some()).map(|v| (p, *v)))
+        .collect();
+    let Some(&(chosen, key_var)) = set.first() else {
         return Ok(None);
     };
     let mut gateway = match chosen {
-        "OPENAI_API_KEY" => openai(env)?,
-        "AZURE_OPENAI_API_KEY" => azure(env)?,
-        _ => anthropic(env)?,
+        Provider::OpenAI => openai(env)?,
+        Provider::Azure => azure(env)?,
+        Provider::Anthropic => anthropic(env)?,
+        Provider::Compatible(preset) => compatible(env, preset, key_var)?,
     };
-    for other in set.iter().skip(1) {
+    for (_, other) in set.iter().skip(1) {
         gateway.warnings.push(format!(
-            "{other} is set too, but auto-configuration uses one provider ({chosen}); to route to several, \
+            "{other} is set too, but auto-configuration uses one provider ({key_var}); to route to several, \
              write a config file (see examples/multi-provider)"
         ));
+    }
+    // A second key variable of the same provider (CO_API_KEY besides COHERE_API_KEY) is ignored:
+    // say so when it differs (without showing either value).
+    for unused in chosen.key_vars().iter().filter(|v| **v != key_var) {
+        if non_empty(env, unused).is_some_and(|v| Some(v) != non_empty(env, key_var)) {
+            gateway.warnings.push(format!("{unused} is set too and differs from {key_var}; {key_var} is used"));
+        }
     }
     Ok(Some(gateway))
 }
@@ -63,21 +172,45 @@ fn single_backend(provider: &'static str, vars: Vec<&'static str>, backend: Valu
 
 fn openai(env: &dyn Env) -> Result<Gateway, ConfigError> {
     let mut vars = vec!["OPENAI_API_KEY"];
-    let url = parse_url(env, "OPENAI_BASE_URL", OPENAI_DEFAULT_URL)?;
-    if non_empty(env, "OPENAI_BASE_URL").is_some() {
-        vars.push("OPENAI_BASE_URL");
-    }
-    let mut backend = json!({"name": "openai", "schema": "OpenAI"});
-    // The SDK appends /chat/completions to the base URL: its path is the prefix.
-    if !url.path.is_empty() {
-        backend["prefix"] = Value::String(url.path.clone());
-    }
+    let mut backend = openai_style(env, "openai", "OPENAI_BASE_URL", OPENAI_DEFAULT_URL, &mut vars)?;
     let headers = org_headers(env, &mut vars);
     if !headers.is_empty() {
-        backend["headers"] = json!({"set": headers});
+        backend.json["headers"] = json!({"set": headers});
     }
-    backend["auth"] = json!({"bearer_env": "OPENAI_API_KEY"});
-    Ok(single_backend("OpenAI", vars, backend, Upstream::from_url("openai", &url)))
+    backend.json["auth"] = json!({"bearer_env": "OPENAI_API_KEY"});
+    Ok(single_backend("OpenAI", vars, backend.json, backend.upstream))
+}
+
+fn compatible(env: &dyn Env, preset: &'static Preset, key_var: &'static str) -> Result<Gateway, ConfigError> {
+    let mut vars = vec![key_var];
+    let mut backend = openai_style(env, preset.backend, preset.base_url_var, preset.default_url, &mut vars)?;
+    backend.json["auth"] = json!({"bearer_env": key_var});
+    Ok(single_backend(preset.provider, vars, backend.json, backend.upstream))
+}
+
+struct Backend {
+    json: Value,
+    upstream: Upstream,
+}
+
+/// A backend of schema OpenAI at `url_var` (else `default_url`), as the OpenAI SDK takes a base URL.
+fn openai_style(
+    env: &dyn Env,
+    name: &str,
+    url_var: &'static str,
+    default_url: &str,
+    vars: &mut Vec<&'static str>,
+) -> Result<Backend, ConfigError> {
+    let url = parse_url(env, url_var, default_url)?;
+    if non_empty(env, url_var).is_some() {
+        vars.push(url_var);
+    }
+    let mut json = json!({"name": name, "schema": "OpenAI"});
+    // The SDK appends /chat/completions to the base URL: its path is the prefix.
+    if !url.path.is_empty() {
+        json["prefix"] = Value::String(url.path.clone());
+    }
+    Ok(Backend { json, upstream: Upstream::from_url(name, &url) })
 }
 
 fn azure(env: &dyn Env) -> Result<Gateway, ConfigError> {
@@ -231,6 +364,92 @@ mod tests {
         assert!(g.plugin_backend("openai").is_some());
         assert_eq!(g.warnings.len(), 1);
         assert!(g.warnings[0].contains("ANTHROPIC_API_KEY is set too"));
+    }
+
+    /// Each preset as its provider documents it: key variable, backend, host, path prefix.
+    const DOCUMENTED: [(&str, &str, &str, &str, Option<&str>); 7] = [
+        ("DEEPSEEK_API_KEY", "deepseek", "DeepSeek", "api.deepseek.com", None),
+        ("MISTRAL_API_KEY", "mistral", "Mistral", "api.mistral.ai", Some("/v1")),
+        ("GROQ_API_KEY", "groq", "Groq", "api.groq.com", Some("/openai/v1")),
+        ("XAI_API_KEY", "xai", "xAI", "api.x.ai", Some("/v1")),
+        ("TOGETHER_API_KEY", "together", "Together", "api.together.xyz", Some("/v1")),
+        ("OPENROUTER_API_KEY", "openrouter", "OpenRouter", "openrouter.ai", Some("/api/v1")),
+        ("COHERE_API_KEY", "cohere", "Cohere", "api.cohere.ai", Some("/compatibility/v1")),
+    ];
+
+    fn assert_no_secret(g: &Gateway, secret: &str) {
+        let text = crate::validate::plugin_text(g);
+        assert!(!text.contains(secret), "{text}");
+        assert!(g.warnings.iter().all(|w| !w.contains(secret)), "{:?}", g.warnings);
+        assert!(g.secret_env().next().is_none(), "the key stays in the environment, not in moved secrets");
+    }
+
+    #[test]
+    fn every_preset_with_its_documented_url() {
+        assert_eq!(PRESETS.len(), DOCUMENTED.len());
+        for (key_var, name, provider, host, prefix) in DOCUMENTED {
+            let g = gw(&[(key_var, "sk-preset-secret")]).unwrap().unwrap();
+            let mut want = json!({"name": name, "schema": "OpenAI", "auth": {"bearer_env": key_var}});
+            if let Some(p) = prefix {
+                want["prefix"] = json!(p);
+            }
+            assert_eq!(Value::Object(g.plugin.clone()), json!({"backends": [want]}), "{key_var}");
+            let u = &g.upstreams[0];
+            assert_eq!((u.name.as_str(), u.endpoints[0].host.as_str(), u.endpoints[0].port), (name, host, 443));
+            assert_eq!(u.tls, Some(Tls::to(host)), "{key_var}");
+            assert_eq!(u.host_rewrite.as_deref(), Some(host));
+            assert_eq!(g.source, Source::Env { provider, vars: vec![key_var] });
+            assert!(g.warnings.is_empty(), "{:?}", g.warnings);
+            assert_no_secret(&g, "sk-preset-secret");
+            // The filter accepts it as is (the key is read from the environment).
+            crate::validate::validate(&g, &MapEnv::from([(key_var, "k")])).unwrap();
+        }
+    }
+
+    #[test]
+    fn every_preset_takes_its_base_url_variable() {
+        for preset in PRESETS {
+            let key_var = preset.key_vars[0];
+            let g = gw(&[(key_var, "k"), (preset.base_url_var, "http://127.0.0.1:9000/proxy/v1/")]).unwrap().unwrap();
+            let b = g.plugin_backend(preset.backend).unwrap();
+            assert_eq!(b["prefix"], "/proxy/v1", "{}", preset.base_url_var);
+            let u = &g.upstreams[0];
+            assert!(u.tls.is_none());
+            assert_eq!((u.endpoints[0].host.as_str(), u.endpoints[0].port), ("127.0.0.1", 9000));
+            assert_eq!(g.source, Source::Env { provider: preset.provider, vars: vec![key_var, preset.base_url_var] });
+            let e = gw(&[(key_var, "sk-preset-secret"), (preset.base_url_var, "api.example.com")]).unwrap_err();
+            assert_eq!(e.field, preset.base_url_var);
+            assert!(!e.to_string().contains("sk-preset-secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn cohere_takes_either_documented_key_variable() {
+        let g = gw(&[("CO_API_KEY", "k")]).unwrap().unwrap();
+        assert_eq!(g.plugin_backend("cohere").unwrap()["auth"], json!({"bearer_env": "CO_API_KEY"}));
+        let g = gw(&[("CO_API_KEY", "k"), ("COHERE_API_KEY", "k")]).unwrap().unwrap();
+        assert_eq!(g.plugin_backend("cohere").unwrap()["auth"], json!({"bearer_env": "COHERE_API_KEY"}));
+        assert!(g.warnings.is_empty(), "{:?}", g.warnings);
+        let g = gw(&[("CO_API_KEY", "old-secret"), ("COHERE_API_KEY", "new-secret")]).unwrap().unwrap();
+        assert_eq!(g.warnings, ["CO_API_KEY is set too and differs from COHERE_API_KEY; COHERE_API_KEY is used"]);
+        assert_no_secret(&g, "old-secret");
+        assert_no_secret(&g, "new-secret");
+    }
+
+    #[test]
+    fn presets_come_after_openai_azure_anthropic_in_their_order() {
+        let g = gw(&[("GROQ_API_KEY", "k"), ("OPENAI_API_KEY", "k"), ("CO_API_KEY", "k")]).unwrap().unwrap();
+        assert!(g.plugin_backend("openai").is_some());
+        assert_eq!(g.warnings.len(), 2, "{:?}", g.warnings);
+        assert!(g.warnings[0]
+            .starts_with("GROQ_API_KEY is set too, but auto-configuration uses one provider (OPENAI_API_KEY)"));
+        assert!(g.warnings[1].starts_with("CO_API_KEY is set too"));
+        let g = gw(&[("GROQ_API_KEY", "k"), ("MISTRAL_API_KEY", "k")]).unwrap().unwrap();
+        assert!(g.plugin_backend("mistral").is_some());
+        assert!(g.warnings[0].starts_with("GROQ_API_KEY is set too"), "{:?}", g.warnings);
+        let all = key_vars();
+        assert_eq!(&all[..4], ["OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "ANTHROPIC_API_KEY", "DEEPSEEK_API_KEY"]);
+        assert_eq!(all.last(), Some(&"CO_API_KEY"));
     }
 
     #[test]

@@ -223,8 +223,9 @@ pub fn options(g: &Gateway, listen: &ListenArgs, wasm: &Path, admin_port: u16) -
 fn render(a: RenderArgs) -> anyhow::Result<i32> {
     let Some(g) = load(&a.config, &ProcessEnv)? else {
         anyhow::bail!(
-            "nothing to render: no config file and no provider key (OPENAI_API_KEY, AZURE_OPENAI_API_KEY, \
-             ANTHROPIC_API_KEY). The demo backend exists only inside `llmgw run`."
+            "nothing to render: no config file and no provider key ({}). The demo backend exists only inside \
+             `llmgw run`.",
+            autoconfig::key_vars().join(", ")
         );
     };
     print_warnings(&g);

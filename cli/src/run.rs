@@ -167,6 +167,10 @@ fn banner(g: &Gateway, args: &RunArgs, port: u16) {
             eprintln!("llmgw:   backend (canned replies, no real model). To use a real provider, stop and run e.g.");
             eprintln!("llmgw:     OPENAI_API_KEY=sk-... llmgw run");
             eprintln!(
+                "llmgw:     GROQ_API_KEY=gsk_... llmgw run   # or DEEPSEEK_, MISTRAL_, XAI_, TOGETHER_, OPENROUTER_, \
+                 COHERE_API_KEY"
+            );
+            eprintln!(
                 "llmgw:     OPENAI_BASE_URL=http://localhost:11434/v1 OPENAI_API_KEY=unused llmgw run   # Ollama"
             );
             eprintln!("llmgw:     llmgw run config.yaml   # llmgw, Envoy AI Gateway or AIBrix config");

@@ -9,9 +9,7 @@ use std::process::Command;
 
 fn llmgw() -> Command {
     let mut cmd = Command::new(common::LLMGW);
-    for v in common::PROVIDER_VARS {
-        cmd.env_remove(v);
-    }
+    common::clear_provider_env(&mut cmd);
     cmd.env("LLMGW_WASM", "/nonexistent/llmgw_filter.wasm");
     cmd
 }
@@ -42,6 +40,37 @@ fn render_prints_a_bootstrap_that_keeps_keys_in_the_environment() {
     assert!(std::fs::read_to_string(&file).unwrap().contains("cluster_name: openai"));
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Each OpenAI-compatible preset as `llmgw check --probe` runs it (no Envoy): its key and base URL
+/// variables, the base URL a mock under the preset's documented path. The mock sees that path and
+/// the key as `Authorization: Bearer`; the output names the variables and never shows the key.
+#[test]
+fn check_probes_every_preset_with_its_key() {
+    let mock = common::Mock::start("preset");
+    for preset in llmgw::autoconfig::PRESETS {
+        for key_var in preset.key_vars {
+            let path = llmgw::url::BaseUrl::parse(preset.default_url).unwrap().path;
+            let key = format!("sk-{}-{}-must-not-leak", preset.backend, key_var.len());
+            let mut cmd = llmgw();
+            cmd.env("ENVOY_BIN", "/nonexistent/envoy")
+                .env(key_var, &key)
+                .env(preset.base_url_var, format!("{}{path}", mock.url()))
+                .args(["check", "--probe", "--timeout", "5"]);
+            let (code, out, err) = common::output(cmd);
+            assert_eq!(code, 0, "{key_var}\n{out}\n{err}");
+            assert!(out.contains(&format!("config OK: environment ({key_var}, {})", preset.base_url_var)), "{out}");
+            let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+            assert!(rows.iter().any(|r| r.len() >= 3 && r[..3] == [preset.backend, "OpenAI", "YES"]), "{out}");
+            assert!(!out.contains(&key) && !err.contains(&key), "{key_var}: the key shows\n{out}\n{err}");
+            let requests = mock.requests();
+            let probe = requests.last().unwrap();
+            // No path in DeepSeek's base URL: the default /v1, which DeepSeek accepts.
+            let prefix = if path.is_empty() { "/v1" } else { path.as_str() };
+            assert_eq!(probe["path"], format!("{prefix}/models"), "{key_var}");
+            assert_eq!(probe["headers"]["authorization"], format!("Bearer {key}"), "{key_var}");
+        }
+    }
 }
 
 /// A config with literal keys: neither target's output, nor its messages, contain them; the

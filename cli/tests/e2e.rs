@@ -142,6 +142,44 @@ fn env_azure_style() {
     assert_eq!(header(r, "authorization"), None);
 }
 
+/// An OpenAI-compatible preset through the gateway (Groq: a base URL whose path is not /v1; every
+/// preset's variables, path and key are checked without Envoy in cli.rs): the mock sees the
+/// preset's path and `Authorization: Bearer <GROQ_API_KEY>`, the banner names Groq, and the key is in
+/// no output, no file and not in Envoy's config dump.
+#[test]
+fn env_openai_compatible_preset() {
+    let Some((envoy, wasm)) = common::runtime("env_openai_compatible_preset") else { return };
+    let mock = Mock::start("groq");
+    let key = "gsk-e2e-must-not-leak";
+    let mut cmd = common::llmgw(&envoy, &wasm);
+    cmd.env("GROQ_API_KEY", key).env("GROQ_BASE_URL", format!("{}/openai/v1", mock.url()));
+    let gw = Gateway::ready("env-groq", cmd, &[]);
+    let (status, text) = post(
+        &format!("{}/v1/chat/completions", gw.base()),
+        &chat("llama-3.3-70b-versatile", "hello groq"),
+        &[("authorization", "Bearer client-key-must-not-leak")],
+    );
+    assert_eq!(status, 200, "{text}");
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0]["path"], "/openai/v1/chat/completions");
+    assert_eq!(header(&reqs[0], "authorization"), Some(format!("Bearer {key}").as_str()));
+    let banner = "auto-configured from the environment (GROQ_API_KEY, GROQ_BASE_URL): every model goes to Groq";
+    let err = eventually(Duration::from_secs(5), || Some(gw.stderr()).filter(|e| e.contains(banner)));
+    let err = err.unwrap_or_else(|| panic!("no `{banner}` in:\n{}", gw.stderr()));
+    let run = gw.dir.join("run");
+    let envoy_admin = std::fs::read_to_string(run.join("admin-address.txt")).unwrap();
+    let (status, config_dump) = get(&format!("http://{}/config_dump", envoy_admin.trim()), &[]).unwrap();
+    assert_eq!(status, 200);
+    assert!(config_dump.contains("GROQ_API_KEY"), "the running config names the variable");
+    let bootstrap = std::fs::read_to_string(run.join("envoy.yaml")).unwrap();
+    for (what, text) in
+        [("stderr", &err), ("stdout", &gw.stdout()), ("/config_dump", &config_dump), ("bootstrap", &bootstrap)]
+    {
+        assert!(!text.contains(key), "the key is in {what}");
+    }
+}
+
 /// An Envoy AI Gateway multi-document config, unchanged except for `${VAR}`s: the Gateway's
 /// listener port, two providers by model, a default rule, API keys from Secrets.
 #[test]

@@ -305,6 +305,36 @@ def test_embeddings_refuse_token_arrays(vclient, vertex):
     assert vertex.requests() == []
 
 
+def test_embeddings_object_inputs_with_task_type_and_title(vclient, vertex):
+    # Envoy AI Gateway's input objects: Vertex instance fields per text, strings mixed in.
+    r = vclient.embeddings.create(
+        model="text-embedding-005",
+        input=[
+            {"content": "a document", "task_type": "RETRIEVAL_DOCUMENT", "title": "Doc"},
+            {"content": ["query one", "query two"], "task_type": "RETRIEVAL_QUERY"},
+            "plain",
+        ],
+        dimensions=4,
+        encoding_format="float",
+    )
+    assert [d.index for d in r.data] == [0, 1, 2, 3]
+    _, body = only_request(vertex)
+    assert body["instances"] == [
+        {"content": "a document", "task_type": "RETRIEVAL_DOCUMENT", "title": "Doc"},
+        {"content": "query one", "task_type": "RETRIEVAL_QUERY"},
+        {"content": "query two", "task_type": "RETRIEVAL_QUERY"},
+        {"content": "plain"},
+    ]
+    # A title without RETRIEVAL_DOCUMENT is refused before the upstream (Vertex would refuse it).
+    vertex.clear()
+    with pytest.raises(openai.BadRequestError) as exc:
+        vclient.embeddings.create(
+            model="text-embedding-005", input=[{"content": "x", "title": "T", "task_type": "RETRIEVAL_QUERY"}]
+        )
+    assert "input[0].title is only valid with task_type RETRIEVAL_DOCUMENT" in exc.value.body["message"]
+    assert vertex.requests() == []
+
+
 def test_upstream_errors_keep_status_and_message(vclient, vertex):
     with pytest.raises(openai.RateLimitError) as exc:
         vclient.chat.completions.create(model="mock-error-429", messages=[{"role": "user", "content": "hi"}])

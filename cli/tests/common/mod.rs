@@ -67,12 +67,23 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// A `llmgw` command with a clean provider environment and the runtime pieces set explicitly.
-pub fn llmgw(envoy: &Path, wasm: &Path) -> Command {
-    let mut cmd = Command::new(LLMGW);
+/// Removes `PROVIDER_VARS` and every preset's variables (DEEPSEEK_API_KEY, GROQ_BASE_URL, ...).
+pub fn clear_provider_env(cmd: &mut Command) {
     for v in PROVIDER_VARS {
         cmd.env_remove(v);
     }
+    for v in llmgw::autoconfig::key_vars() {
+        cmd.env_remove(v);
+    }
+    for p in llmgw::autoconfig::PRESETS {
+        cmd.env_remove(p.base_url_var);
+    }
+}
+
+/// A `llmgw` command with a clean provider environment and the runtime pieces set explicitly.
+pub fn llmgw(envoy: &Path, wasm: &Path) -> Command {
+    let mut cmd = Command::new(LLMGW);
+    clear_provider_env(&mut cmd);
     cmd.env("ENVOY_BIN", envoy).env("LLMGW_WASM", wasm).stdin(Stdio::null());
     cmd
 }

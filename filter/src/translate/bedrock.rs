@@ -1153,6 +1153,10 @@ fn each_block<'a>(
 struct AnswerSummary {
     text: bool,
     reasoning: bool,
+    /// Reasoning signatures or redacted (encrypted) reasoning: `reasoning_content` is text, and
+    /// Bedrock takes neither back through this API (earlier turns' reasoning is dropped), so they
+    /// are left out, with a debug note.
+    opaque_reasoning: bool,
     tool_calls: usize,
 }
 
@@ -1168,8 +1172,12 @@ fn summarize(content: Option<&RawValue>) -> io::Result<AnswerSummary> {
     let mut sum = AnswerSummary::default();
     each_block(content, |block| {
         sum.text |= text_of(block.text)?.is_some_and(|t| !t.is_empty());
-        if let Some(r) = block.reasoning_content.and_then(|r| r.reasoning_text) {
-            sum.reasoning |= text_of(r.text)?.is_some_and(|t| !t.is_empty());
+        if let Some(r) = block.reasoning_content {
+            sum.opaque_reasoning |= r.redacted_content.is_some();
+            if let Some(r) = r.reasoning_text {
+                sum.reasoning |= text_of(r.text)?.is_some_and(|t| !t.is_empty());
+                sum.opaque_reasoning |= r.signature.is_some();
+            }
         }
         if block.tool_use.is_some() {
             sum.tool_calls = sum.tool_calls.saturating_add(1);
@@ -1293,6 +1301,9 @@ fn completion(body: &[u8], answer: &Answer) -> Result<(Vec<u8>, Option<crate::us
     let resp: b::ConverseResponseView = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let content = resp.output.message.as_ref().and_then(|m| m.content);
     let sum = summarize(content).map_err(|e| e.to_string())?;
+    if sum.opaque_reasoning {
+        log::debug!("llmgw: Bedrock: reasoning signatures/redacted reasoning are not passed on (text only)");
+    }
     let mut counter = Counter(0);
     write_completion(&mut counter, &resp, &sum, answer).map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(counter.0);
@@ -1471,8 +1482,12 @@ impl ChunkWriter {
                         function: o::FunctionCallDelta { name: None, arguments: Some(tool_use.input) },
                     };
                     self.content(o::Delta { tool_calls: Some(vec![call]), ..Default::default() }, out);
-                } else if let Some(text) = reasoning_content.and_then(|r| r.text).filter(|t| !t.is_empty()) {
-                    self.content(o::Delta { reasoning_content: Some(text), ..Default::default() }, out);
+                } else if let Some(reasoning) = reasoning_content {
+                    if let Some(text) = reasoning.text.filter(|t| !t.is_empty()) {
+                        self.content(o::Delta { reasoning_content: Some(text), ..Default::default() }, out);
+                    } else if reasoning.signature.is_some() || reasoning.redacted_content.is_some() {
+                        log::debug!("llmgw: Bedrock: a reasoning signature/redacted reasoning is not passed on");
+                    }
                 }
             }
             b::StreamEvent::MessageStop(stop) => {
@@ -2308,6 +2323,123 @@ mod tests {
         assert_eq!(v["choices"][0]["message"]["content"], "");
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
         assert_eq!(edits.usage, None);
+    }
+
+    /// Several text blocks are one `content` string (joined as written, in order, with reasoning
+    /// and empty blocks between them); reasoning texts are one `reasoning_content`; signatures and
+    /// redacted reasoning are not text and are left out.
+    #[test]
+    fn text_and_reasoning_blocks_join_into_one_message() {
+        let (_, mut t) = translate(r#"{"model":"m","messages":[]}"#).unwrap();
+        t.response_headers(200, "application/json");
+        let body = br#"{"output":{"message":{"role":"assistant","content":[
+            {"reasoningContent":{"reasoningText":{"text":"First, \"think\"","signature":"SIG-ONE"}}},
+            {"text":"Hello"},
+            {"reasoningContent":{"redactedContent":"UkVEQUNURUQ="}},
+            {"text":""},
+            {"reasoningContent":{"reasoningText":{"text":"\nthen more.","signature":"SIG-TWO"}}},
+            {"text":", w\u00f6rld"},{"text":"!\n"}]}},
+            "stopReason":"end_turn","usage":{"inputTokens":3,"outputTokens":4,"totalTokens":7}}"#;
+        let out = t.response_body(body, true).replace.unwrap();
+        let text = String::from_utf8(out.clone()).unwrap();
+        for opaque in ["SIG-ONE", "SIG-TWO", "UkVEQUNURUQ="] {
+            assert!(!text.contains(opaque), "{opaque}: {text}");
+        }
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["choices"][0],
+            serde_json::json!({"index":0,"finish_reason":"stop","message":{"role":"assistant",
+                "content":"Hello, wörld!\n","reasoning_content":"First, \"think\"\nthen more."}})
+        );
+        // Only redacted reasoning: no `reasoning_content`; only reasoning: an empty `content`.
+        for (content, want) in [
+            (
+                r#"[{"reasoningContent":{"redactedContent":"UkVE"}},{"text":"a"},{"text":"b"}]"#,
+                serde_json::json!({"role":"assistant","content":"ab"}),
+            ),
+            (
+                r#"[{"reasoningContent":{"reasoningText":{"text":"r"}}}]"#,
+                serde_json::json!({"role":"assistant","content":"","reasoning_content":"r"}),
+            ),
+        ] {
+            let (_, mut t) = translate(r#"{"model":"m","messages":[]}"#).unwrap();
+            t.response_headers(200, "application/json");
+            let body = format!(r#"{{"output":{{"message":{{"content":{content}}}}},"stopReason":"end_turn"}}"#);
+            let v: Value = serde_json::from_slice(&t.response_body(body.as_bytes(), true).replace.unwrap()).unwrap();
+            assert_eq!(v["choices"][0]["message"], want, "{content}");
+        }
+    }
+
+    /// The stream form: text deltas of several blocks and reasoning deltas arrive in order as
+    /// `content` and `reasoning_content` deltas; signature and redacted deltas send nothing. The
+    /// same at every split of the frames.
+    #[test]
+    fn stream_text_and_reasoning_blocks_at_every_split() {
+        let frames = [
+            event_for_test("messageStart", r#"{"role":"assistant"}"#),
+            event_for_test(
+                "contentBlockDelta",
+                r#"{"contentBlockIndex":0,"delta":{"reasoningContent":{"text":"Fir"}}}"#,
+            ),
+            event_for_test(
+                "contentBlockDelta",
+                r#"{"contentBlockIndex":0,"delta":{"reasoningContent":{"text":"st \"x\""}}}"#,
+            ),
+            event_for_test(
+                "contentBlockDelta",
+                r#"{"contentBlockIndex":0,"delta":{"reasoningContent":{"signature":"SIG-ONE"}}}"#,
+            ),
+            event_for_test("contentBlockStop", r#"{"contentBlockIndex":0}"#),
+            event_for_test(
+                "contentBlockDelta",
+                r#"{"contentBlockIndex":1,"delta":{"reasoningContent":{"redactedContent":"UkVEQUNURUQ="}}}"#,
+            ),
+            event_for_test("contentBlockStop", r#"{"contentBlockIndex":1}"#),
+            event_for_test("contentBlockDelta", r#"{"contentBlockIndex":2,"delta":{"text":"Hel"}}"#),
+            event_for_test("contentBlockDelta", r#"{"contentBlockIndex":2,"delta":{"text":"lo"}}"#),
+            event_for_test("contentBlockStop", r#"{"contentBlockIndex":2}"#),
+            event_for_test(
+                "contentBlockDelta",
+                r#"{"contentBlockIndex":3,"delta":{"reasoningContent":{"text":", then"}}}"#,
+            ),
+            event_for_test("contentBlockStop", r#"{"contentBlockIndex":3}"#),
+            event_for_test("contentBlockDelta", r#"{"contentBlockIndex":4,"delta":{"text":", wörld"}}"#),
+            event_for_test("contentBlockStop", r#"{"contentBlockIndex":4}"#),
+            event_for_test("messageStop", r#"{"stopReason":"end_turn"}"#),
+            event_for_test("metadata", r#"{"usage":{"inputTokens":2,"outputTokens":5,"totalTokens":7}}"#),
+        ]
+        .concat();
+        let body = r#"{"model":"m","stream":true,"messages":[]}"#;
+        let (_, mut t) = translate(body).unwrap();
+        let (reference, _, firsts) = run_stream(&mut t, &[&frames, b""]);
+        assert_eq!(firsts, 1);
+        for opaque in ["SIG-ONE", "UkVEQUNURUQ="] {
+            assert!(!reference.contains(opaque), "{opaque}: {reference}");
+        }
+        let chunks = data_lines(&reference);
+        let deltas: Vec<Value> = chunks.iter().map(|c| c["choices"][0]["delta"].clone()).collect();
+        assert_eq!(
+            deltas,
+            [
+                serde_json::json!({"role":"assistant","content":""}),
+                serde_json::json!({"reasoning_content":"Fir"}),
+                serde_json::json!({"reasoning_content":"st \"x\""}),
+                serde_json::json!({"content":"Hel"}),
+                serde_json::json!({"content":"lo"}),
+                serde_json::json!({"reasoning_content":", then"}),
+                serde_json::json!({"content":", wörld"}),
+                serde_json::json!({}),
+            ]
+        );
+        assert_eq!(chunks[7]["choices"][0]["finish_reason"], "stop");
+        assert!(reference.ends_with("data: [DONE]\n\n"));
+        let id = chunks[0]["id"].as_str().unwrap().to_string();
+        for cut in 0..=frames.len() {
+            let (_, mut t) = translate(body).unwrap();
+            t.writer.id = id.clone();
+            let (a, b) = frames.split_at(cut);
+            assert_eq!(run_stream(&mut t, &[a, b, b""]).0, reference, "cut {cut}");
+        }
     }
 
     #[test]

@@ -1883,6 +1883,104 @@ struct EmbeddingsView<'a> {
 
 const EMBEDDINGS_MEMBERS: &[&str] = &["model", "input", "dimensions", "encoding_format", "user", "task_type"];
 
+/// An `input` item written as an object, as Envoy AI Gateway takes it: Vertex instance fields,
+/// `content` being one text or an array of texts (one instance each) that share its `task_type`
+/// and `title`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputItemView<'a> {
+    #[serde(borrow)]
+    content: &'a RawValue,
+    #[serde(default, borrow)]
+    task_type: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    title: Option<&'a RawValue>,
+}
+
+/// The only task type Vertex takes a `title` with.
+const TITLED_TASK: &str = "RETRIEVAL_DOCUMENT";
+
+/// A string member of an embeddings request or input item: `None` for absent or null, `Err` for
+/// another type.
+fn optional_string(raw: Option<&RawValue>) -> Result<Option<&RawValue>, ()> {
+    match raw.filter(|r| r.get() != "null") {
+        None => Ok(None),
+        Some(r) if r.get().starts_with('"') => Ok(Some(r)),
+        Some(_) => Err(()),
+    }
+}
+
+/// The `instances` array being written.
+struct Instances<'o, 'w> {
+    out: &'o mut BodyWriter<'w>,
+    count: usize,
+}
+
+impl Instances<'_, '_> {
+    fn push(&mut self, instance: &g::EmbedInstance) -> Result<(), ApiError> {
+        if self.count > 0 {
+            self.out.extend_from_slice(b",");
+        }
+        self.count += 1;
+        serde_json::to_writer(&mut *self.out, instance).map_err(internal)
+    }
+
+    /// The instances of one `input` item (a string, or an [`InputItemView`] object); `index` is
+    /// the item's place in an `input` array, `task_type` the request's.
+    fn item(&mut self, item: &RawValue, index: Option<usize>, task_type: Option<&RawValue>) -> Result<(), ApiError> {
+        if item.get().starts_with('"') {
+            return self.push(&g::EmbedInstance { content: item, task_type, title: None });
+        }
+        // Named only when refused.
+        let at = || index.map_or_else(|| "input".to_string(), |i| format!("input[{i}]"));
+        let view: InputItemView = from_raw(item).map_err(|e| bad(format!("{}: {e}", at())))?;
+        let own_task =
+            optional_string(view.task_type).map_err(|()| bad(format!("{}.task_type must be a string", at())))?;
+        // Envoy AI Gateway lets the request's task win, a client may expect the item's: refuse
+        // the conflict rather than pick one.
+        if let (Some(own), Some(request)) = (own_task, task_type) {
+            let text = |raw: &RawValue| from_raw::<Cow<str>>(raw).ok();
+            if text(own) != text(request) {
+                return Err(bad(format!(
+                    "{}.task_type {} differs from the request's task_type {}; give one",
+                    at(),
+                    own.get(),
+                    request.get()
+                )));
+            }
+        }
+        let task_type = own_task.or(task_type);
+        let title = optional_string(view.title).map_err(|()| bad(format!("{}.title must be a string", at())))?;
+        // Vertex refuses a title with any other task; say so in the client's terms.
+        let titled = task_type.and_then(|t| from_raw::<Cow<str>>(t).ok()).is_some_and(|t| t == TITLED_TASK);
+        if title.is_some() && !titled {
+            return Err(bad(format!("{}.title is only valid with task_type {TITLED_TASK}", at())));
+        }
+        let not_text = || bad(format!("{}.content must be a string or a non-empty array of strings", at()));
+        match view.content.get().as_bytes().first() {
+            Some(b'"') => self.push(&g::EmbedInstance { content: view.content, task_type, title }),
+            Some(b'[') => {
+                let before = self.count;
+                each(view.content, |text: &RawValue| -> Result<(), ApiError> {
+                    if !text.get().starts_with('"') {
+                        return Err(not_text());
+                    }
+                    self.push(&g::EmbedInstance { content: text, task_type, title })
+                })
+                .map_err(|e| match e {
+                    EachError::Stopped(e) => e,
+                    EachError::Json(_) => not_text(),
+                })?;
+                if self.count == before {
+                    return Err(not_text());
+                }
+                Ok(())
+            }
+            _ => Err(not_text()),
+        }
+    }
+}
+
 fn is_null(raw: Option<&RawValue>) -> bool {
     raw.is_none_or(|r| r.get() == "null")
 }
@@ -1929,43 +2027,38 @@ pub(super) fn write_predict(body: &[u8], mut out: BodyWriter<'_>) -> Result<(Chu
         Some("base64") => true,
         Some(other) => return Err(bad(format!("`encoding_format` must be float or base64; got {other:?}"))),
     };
-    let task_type = match task_type.filter(|t| t.get() != "null") {
-        None => None,
-        Some(raw) if raw.get().starts_with('"') => Some(raw),
-        Some(_) => return Err(bad("`task_type` must be a string (e.g. RETRIEVAL_QUERY)")),
+    let task_type =
+        optional_string(task_type).map_err(|()| bad("`task_type` must be a string (e.g. RETRIEVAL_QUERY)"))?;
+    let not_text = || {
+        bad("`input` must be a non-empty string, or a non-empty array of strings or of {content, task_type, title} objects")
     };
-    let not_text = || bad("`input` must be a non-empty string or a non-empty array of strings");
     out.extend_from_slice(b"{\"instances\":[");
-    let instance = |out: &mut BodyWriter, content: &RawValue| {
-        serde_json::to_writer(&mut *out, &g::EmbedInstance { content, task_type }).map_err(internal)
-    };
+    let mut instances = Instances { out: &mut out, count: 0 };
     match input.get().as_bytes().first() {
-        Some(b'"') => instance(&mut out, input)?,
+        Some(b'"' | b'{') => instances.item(input, None, task_type)?,
         Some(b'[') => {
-            // Classify first (strings, or token arrays), then write: two walks, nothing collected.
-            let (mut strings, mut tokens, mut others) = (0usize, 0usize, 0usize);
+            // Classify first (text, or token arrays), then write: two walks, nothing collected.
+            let (mut texts, mut tokens, mut others) = (0usize, 0usize, 0usize);
             each(input, |item: &RawValue| -> Result<(), ()> {
                 match item.get().as_bytes().first() {
-                    Some(b'"') => strings += 1,
+                    Some(b'"' | b'{') => texts += 1,
                     Some(b'[' | b'-' | b'0'..=b'9') => tokens += 1,
                     _ => others += 1,
                 }
                 Ok(())
             })
             .map_err(|_| not_text())?;
-            if tokens > 0 && strings == 0 && others == 0 {
+            if tokens > 0 && texts == 0 && others == 0 {
                 return Err(unsupported("input", "token arrays cannot be embedded by Vertex AI; send text"));
             }
-            if strings == 0 || tokens > 0 || others > 0 {
+            if texts == 0 || tokens > 0 || others > 0 {
                 return Err(not_text());
             }
-            let mut first = true;
+            let mut index = 0usize;
             each(input, |item: &RawValue| -> Result<(), ApiError> {
-                if !first {
-                    out.extend_from_slice(b",");
-                }
-                first = false;
-                instance(&mut out, item)
+                instances.item(item, Some(index), task_type)?;
+                index += 1;
+                Ok(())
             })
             .map_err(|e| match e {
                 EachError::Stopped(e) => e,
@@ -2801,6 +2894,55 @@ mod tests {
             json!({"index": 5, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop"})
         );
         assert_eq!(out.capacity(), out.len(), "written once, at its final size");
+    }
+
+    #[test]
+    fn embeddings_object_inputs_carry_task_type_and_title() {
+        let predict = |body: &[u8]| write_predict(body, BodyWriter::new(None)).map(|(p, _)| p.to_vec());
+        // Each object's own task and title; strings as before; written as the client wrote them.
+        let p = predict(
+            br#"{"model":"m","input":[{"content":"d\u00e9","task_type":"RETRIEVAL_DOCUMENT","title":"T\"1"},"plain",{"content":["q1","q2"],"task_type":"RETRIEVAL_QUERY"},{"content":"c"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            br#"{"instances":[{"content":"d\u00e9","task_type":"RETRIEVAL_DOCUMENT","title":"T\"1"},{"content":"plain"},{"content":"q1","task_type":"RETRIEVAL_QUERY"},{"content":"q2","task_type":"RETRIEVAL_QUERY"},{"content":"c"}]}"#
+        );
+        // The request's task applies to objects without one (and may repeat theirs); one object
+        // as the whole input, its texts sharing the title; nulls are absent.
+        let p = predict(
+            br#"{"model":"m","task_type":"RETRIEVAL_DOCUMENT","input":{"content":["a","b"],"title":"t","task_type":null}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            br#"{"instances":[{"content":"a","task_type":"RETRIEVAL_DOCUMENT","title":"t"},{"content":"b","task_type":"RETRIEVAL_DOCUMENT","title":"t"}]}"#
+        );
+        let p = predict(br#"{"model":"m","task_type":"CLUSTERING","input":["x",{"content":"a","task_type":"CLUSTERING","title":null}]}"#)
+            .unwrap();
+        assert_eq!(
+            p,
+            br#"{"instances":[{"content":"x","task_type":"CLUSTERING"},{"content":"a","task_type":"CLUSTERING"}]}"#
+        );
+        for (body, needle) in [
+            (&br#"{"model":"m","input":[{"content":"a","title":"t"}]}"#[..], "input[0].title is only valid with task_type RETRIEVAL_DOCUMENT"),
+            (br#"{"model":"m","input":["x",{"content":"a","title":"t","task_type":"RETRIEVAL_QUERY"}]}"#, "input[1].title is only valid"),
+            (br#"{"model":"m","task_type":"RETRIEVAL_QUERY","input":{"content":"a","title":"t"}}"#, "input.title is only valid"),
+            (br#"{"model":"m","task_type":"RETRIEVAL_QUERY","input":[{"content":"a","task_type":"RETRIEVAL_DOCUMENT"}]}"#, "input[0].task_type \"RETRIEVAL_DOCUMENT\" differs from the request's task_type \"RETRIEVAL_QUERY\""),
+            (br#"{"model":"m","input":[{"text":"a"}]}"#, "input[0]: unknown field `text`"),
+            (br#"{"model":"m","input":[{"task_type":"RETRIEVAL_QUERY"}]}"#, "input[0]: missing field `content`"),
+            (br#"{"model":"m","input":[{"content":7}]}"#, "input[0].content must be a string or a non-empty array of strings"),
+            (br#"{"model":"m","input":[{"content":[]}]}"#, "input[0].content must be"),
+            (br#"{"model":"m","input":[{"content":["a",[1]]}]}"#, "input[0].content must be"),
+            (br#"{"model":"m","input":[{"content":"a","task_type":7}]}"#, "input[0].task_type must be a string"),
+            (br#"{"model":"m","input":[{"content":"a","task_type":"RETRIEVAL_DOCUMENT","title":{}}]}"#, "input[0].title must be a string"),
+            (br#"{"model":"m","input":[{"content":"a"},[1]]}"#, "non-empty array of strings or of {content"),
+            (br#"{"model":"m","input":[{"content":"a","content":"b"}]}"#, "duplicate field `content`"),
+        ] {
+            let e = write_predict(body, BodyWriter::new(None)).unwrap_err();
+            assert_eq!(e.status, 400, "{needle}");
+            assert!(e.message.contains(needle), "{needle}: {}", e.message);
+        }
     }
 
     #[test]

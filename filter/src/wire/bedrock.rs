@@ -68,6 +68,9 @@ pub struct ToolUseView<'a> {
 pub struct ReasoningContentView<'a> {
     #[serde(default, borrow)]
     pub reasoning_text: Option<ReasoningTextView<'a>>,
+    /// Encrypted reasoning (base64), raw: only noted, never copied.
+    #[serde(default, borrow)]
+    pub redacted_content: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -75,6 +78,9 @@ pub struct ReasoningTextView<'a> {
     /// A JSON string, kept raw.
     #[serde(default, borrow)]
     pub text: Option<&'a RawValue>,
+    /// Raw: only noted, never copied.
+    #[serde(default, borrow)]
+    pub signature: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

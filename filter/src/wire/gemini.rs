@@ -313,6 +313,9 @@ pub struct EmbedInstance<'a> {
     pub content: &'a RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_type: Option<&'a RawValue>,
+    /// Only valid with task_type RETRIEVAL_DOCUMENT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]

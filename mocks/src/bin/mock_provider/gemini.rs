@@ -442,6 +442,12 @@ fn predict(state: &State, request: &Value) -> Response<RespBody> {
         let Some(content) = instance.get("content").and_then(Value::as_str) else {
             return error(state, 400, "Each instance needs a string `content`.");
         };
+        // Vertex takes a title only for documents.
+        if instance.get("title").is_some()
+            && instance.get("task_type").and_then(Value::as_str) != Some("RETRIEVAL_DOCUMENT")
+        {
+            return error(state, 400, "Title is only valid with task_type RETRIEVAL_DOCUMENT.");
+        }
         characters += content.chars().filter(|c| !c.is_whitespace()).count();
         let values: Vec<f64> = (0..dims)
             .map(|j| {
