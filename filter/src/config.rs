@@ -63,11 +63,31 @@ mod raw {
     }
 
     /// A listed model: its id, or its id and how the model lists describe it.
-    #[derive(Deserialize)]
-    #[serde(untagged)]
     pub enum ModelEntry {
         Id(String),
         Described(DescribedModel),
+    }
+
+    /// By hand: serde's `untagged` buffers the value and costs the module ~15 KB; this also
+    /// names the field at fault in an object entry.
+    impl<'de> Deserialize<'de> for ModelEntry {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Entry;
+            impl<'de> serde::de::Visitor<'de> for Entry {
+                type Value = ModelEntry;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a model id, or {id, owned_by, created, display_name}")
+                }
+                fn visit_str<E: serde::de::Error>(self, id: &str) -> Result<ModelEntry, E> {
+                    Ok(ModelEntry::Id(id.to_string()))
+                }
+                fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<ModelEntry, M::Error> {
+                    DescribedModel::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                        .map(ModelEntry::Described)
+                }
+            }
+            deserializer.deserialize_any(Entry)
+        }
     }
 
     #[derive(Deserialize)]
@@ -1844,8 +1864,11 @@ rules: [{backends: [{name: o}]}]",
             let text = format!("backends: [{{name: a, schema: OpenAI}}]\nmodels: {bad}");
             assert_eq!(parse(text.as_bytes(), &no_env(), 0).unwrap_err().field, field, "{bad}");
         }
-        let text = "backends: [{name: a, schema: OpenAI}]\nmodels: [{id: b, owner: x}]";
-        assert!(parse(text.as_bytes(), &no_env(), 0).is_err());
+        for bad in ["[{id: b, owner: x}]", "[5]", "[[a]]"] {
+            let text = format!("backends: [{{name: a, schema: OpenAI}}]\nmodels: {bad}");
+            let e = parse(text.as_bytes(), &no_env(), 0).unwrap_err();
+            assert!(e.field.starts_with("models[0]"), "{bad}: {e}");
+        }
     }
 
     #[test]
