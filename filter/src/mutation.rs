@@ -237,10 +237,9 @@ mod tests {
     fn hostile_bodies_are_refused_not_panicked_on() {
         let m = mutation(&[("t", json!(1))], &["u"]);
         for body in [&b""[..], b"[]", b"\"x\"", b"{", b"{\"a\":", b"{\"a\" 1}", b"{\"a\":1,}", b"{\"a\":[}", b"\xff"] {
-            match m.apply(body, None) {
-                Err(e) => assert_eq!(e.status, 400),
-                // The scanner accepts what it can read; the result is still the body, edited.
-                Ok(_) => {}
+            // The scanner may accept what it can read (then it edits it); what it cannot is a 400.
+            if let Err(e) = m.apply(body, None) {
+                assert_eq!(e.status, 400);
             }
         }
         // Deep nesting costs nothing (the scan is iterative) and is left alone.

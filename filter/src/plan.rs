@@ -363,7 +363,7 @@ rules:
             path: &str,
             headers: &[(&str, &str)],
             body: &str,
-        ) -> Result<FakeHost, (u16, serde_json::Value, FakeHost)> {
+        ) -> Result<FakeHost, Box<(u16, serde_json::Value, FakeHost)>> {
             let config = parse(CONFIG.as_bytes(), &NoEnv, 0).unwrap();
             let mut x = Exchange::new(Some(Rc::new(Shared::new(config))));
             let len = body.len().to_string();
@@ -377,7 +377,7 @@ rules:
             match host.reply.is_some() {
                 true => {
                     let (status, v) = host.reply_json();
-                    Err((status, v, host))
+                    Err(Box::new((status, v, host)))
                 }
                 false => Ok(host),
             }
@@ -435,14 +435,14 @@ rules:
 
             // Required and missing (or empty): a 401 in the client's shape, naming the header only.
             for headers in [&[][..], &[("x-upstream-key", " ")][..]] {
-                let (status, v, host) = send("/v1/chat/completions", headers, body).unwrap_err();
+                let (status, v, host) = *send("/v1/chat/completions", headers, body).unwrap_err();
                 assert_eq!((status, v["error"]["type"].as_str()), (401, Some("authentication_error")));
                 assert_eq!(v["error"]["code"], "missing_upstream_credential");
                 assert!(v["error"]["message"].as_str().unwrap().contains("x-upstream-key"));
                 assert!(!String::from_utf8_lossy(&host.reply.unwrap().2).contains("sk-configured"));
             }
             let (status, v, _) =
-                send("/v1/messages", &[], r#"{"model":"own","max_tokens":5,"messages":[]}"#).unwrap_err();
+                *send("/v1/messages", &[], r#"{"model":"own","max_tokens":5,"messages":[]}"#).unwrap_err();
             assert_eq!(
                 (status, v["type"].as_str(), v["error"]["type"].as_str()),
                 (401, Some("error"), Some("authentication_error"))
@@ -490,7 +490,7 @@ rules:
             assert_eq!(host.header("authorization").as_ref(), Some(auth));
 
             // No configured keys and none of its own: refused before anything is signed.
-            let (status, v, _) = send("/v1/chat/completions", &own[..1], body).unwrap_err();
+            let (status, v, _) = *send("/v1/chat/completions", &own[..1], body).unwrap_err();
             assert_eq!(status, 401);
             assert!(v["error"]["message"].as_str().unwrap().contains("x-aws-secret"), "{v}");
         }
