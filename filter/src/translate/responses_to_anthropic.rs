@@ -843,6 +843,9 @@ impl EventWriter {
 
     /// A delta for the open item (ignored when none is open, or it came from another block).
     fn delta(&mut self, block: Option<u32>, text: &str, signature: Option<&str>, out: &mut Vec<u8>) {
+        if self.done {
+            return;
+        }
         let Some((open, index, open_block)) = self.open.take() else { return };
         if block.is_some() && open_block.is_some() && block != open_block {
             self.open = Some((open, index, open_block));
@@ -901,13 +904,16 @@ impl EventWriter {
 
     /// The open item's closing events; the item joins the held output.
     fn close_item(&mut self, out: &mut Vec<u8>) {
+        if self.done {
+            return;
+        }
         let Some((mut open, index, _)) = self.open.take() else { return };
         if let Open::Call { arguments, .. } = &mut open {
             if arguments.is_empty() {
                 // A call without input deltas has `{}` for input; say so as a delta too.
                 self.open = Some((open, index, None));
                 self.delta(None, "{}", None, out);
-                let Some((reopened, _, _)) = self.open.take() else { return };
+                let Some((reopened, _, _)) = self.open.take().filter(|_| !self.done) else { return };
                 open = reopened;
             }
         }
@@ -1080,11 +1086,14 @@ impl EventWriter {
                     _ => {}
                 }
             }
-            Some("content_block_stop") => {
-                if self.open.as_ref().is_some_and(|(_, _, block)| index.is_none() || *block == index || block.is_none())
-                {
-                    self.close_item(out);
-                }
+            // The stop of the open item's block (a stop naming another block is stale).
+            Some("content_block_stop")
+                if self
+                    .open
+                    .as_ref()
+                    .is_some_and(|(_, _, block)| index.is_none() || block.is_none() || *block == index) =>
+            {
+                self.close_item(out)
             }
             Some("message_delta") => {
                 if let Some(u) = usage {
@@ -1595,6 +1604,33 @@ mod tests {
         assert_eq!(last["response"]["incomplete_details"]["reason"], "max_output_tokens");
         assert_eq!(last["response"]["output"][0]["content"][0]["text"], "Hi");
         assert!(last["response"]["id"].as_str().unwrap().starts_with("resp_"));
+    }
+
+    #[test]
+    fn output_past_the_held_limit_fails_the_stream() {
+        let (_, mut t) = translate(Schema::Anthropic, r#"{"model":"m","input":"hi","stream":true}"#);
+        t.response_headers(200, "text/event-stream");
+        let start = "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n";
+        let mut out = t.response_body(start.as_bytes(), false).replace.unwrap();
+        let delta = format!(
+            "data: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{}\"}}}}\n\n",
+            "x".repeat(1 << 20)
+        );
+        let mut sent = 0;
+        while sent <= MAX_HELD_OUTPUT + (1 << 20) {
+            let chunk = t.response_body(delta.as_bytes(), false).replace.unwrap();
+            // Once failed, nothing more is written (and nothing more is held).
+            if out.ends_with(b"\n\n")
+                && String::from_utf8_lossy(&out[out.len().saturating_sub(4096)..]).contains("response.failed")
+            {
+                assert!(chunk.is_empty());
+            }
+            out.extend(chunk);
+            sent += 1 << 20;
+        }
+        assert!(t.writer.done);
+        let tail = String::from_utf8_lossy(&out[out.len() - 2048..]).into_owned();
+        assert!(tail.contains("response.failed") && tail.contains("bytes the gateway holds"), "{tail}");
     }
 
     #[test]
