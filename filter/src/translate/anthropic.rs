@@ -8,8 +8,8 @@ use std::io::Write;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-mod jsontext;
-mod request;
+pub(super) mod jsontext;
+pub(super) mod request;
 
 use jsontext::{compact, string_body, unescape_small, write_as_string};
 
@@ -160,6 +160,16 @@ pub(super) fn upstream_message(body: &[u8]) -> String {
     }
 }
 
+/// An upstream error body of any shape (Anthropic's, AWS's, a proxy's) → an OpenAI error body.
+pub(super) fn openai_error_from_anthropic(status: u16, body: &[u8]) -> Vec<u8> {
+    let message = if body.iter().all(u8::is_ascii_whitespace) {
+        format!("upstream returned HTTP {status} with an empty body")
+    } else {
+        upstream_message(body)
+    };
+    crate::error::error_json(&message, ErrorKind::for_status(status).as_str(), "upstream_error")
+}
+
 /// Anthropic response → OpenAI `chat.completion` bytes and usage. Read through a borrowed view:
 /// texts are copied as the raw JSON the provider sent, tool inputs are written as strings without
 /// a parsed copy, and the answer is written into a buffer sized exactly, once.
@@ -186,7 +196,7 @@ pub(super) fn completion_body(
 }
 
 /// Counts bytes written.
-struct Count(usize);
+pub(super) struct Count(pub(super) usize);
 
 impl Write for Count {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -199,7 +209,7 @@ impl Write for Count {
 }
 
 /// Calls `f` with each readable content block (blocks of other shapes are skipped).
-fn for_blocks(
+pub(super) fn for_blocks(
     content: Option<&RawValue>,
     mut f: impl FnMut(a::BlockView) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
@@ -215,12 +225,12 @@ fn for_blocks(
     }
 }
 
-fn is_kind(block: &a::BlockView, kind: &str) -> bool {
+pub(super) fn is_kind(block: &a::BlockView, kind: &str) -> bool {
     block.kind.as_deref() == Some(kind)
 }
 
 /// The inside of a string member, when it is a non-empty string.
-fn nonempty(raw: Option<&RawValue>) -> Option<&str> {
+pub(super) fn nonempty(raw: Option<&RawValue>) -> Option<&str> {
     raw.and_then(string_body).filter(|s| !s.is_empty())
 }
 
@@ -322,7 +332,7 @@ pub(super) struct ChunkWriter {
 }
 
 /// A text delta's kind when the delta does not say.
-fn delta_kind<'a>(delta: &'a a::DeltaView) -> &'a str {
+pub(super) fn delta_kind<'a>(delta: &'a a::DeltaView) -> &'a str {
     match delta.kind.as_deref() {
         Some(kind) => kind,
         None if delta.text.is_some() => "text_delta",
@@ -529,6 +539,29 @@ impl ChunkWriter {
     }
 }
 
+/// The plan for a success from a Messages backend to an OpenAI client: a requested stream that
+/// came as a stream (SSE, or AWS eventstream frames) is translated chunk by chunk; anything else
+/// is held and rewritten whole.
+pub(super) fn success_plan(stream_requested: bool, content_type: &str) -> ResponsePlan {
+    let content_type = content_type.to_ascii_lowercase();
+    let streaming = stream_requested
+        && (content_type.starts_with("text/event-stream")
+            || content_type.starts_with("application/vnd.amazon.eventstream"));
+    if streaming {
+        ResponsePlan {
+            mode: BodyMode::Stream,
+            set_headers: vec![("content-type", "text/event-stream".into())],
+            remove_headers: vec!["content-length"],
+        }
+    } else {
+        ResponsePlan {
+            mode: BodyMode::Buffer,
+            set_headers: vec![("content-type", "application/json".into())],
+            remove_headers: vec!["content-length"],
+        }
+    }
+}
+
 pub struct OpenAIToAnthropic {
     model: String,
     created: u64,
@@ -571,23 +604,9 @@ impl Translator for OpenAIToAnthropic {
     }
 
     fn response_headers(&mut self, _status: u16, content_type: &str) -> ResponsePlan {
-        let content_type = content_type.to_ascii_lowercase();
-        self.streaming_response = self.stream
-            && (content_type.starts_with("text/event-stream")
-                || content_type.starts_with("application/vnd.amazon.eventstream"));
-        if self.streaming_response {
-            ResponsePlan {
-                mode: BodyMode::Stream,
-                set_headers: vec![("content-type", "text/event-stream".into())],
-                remove_headers: vec!["content-length"],
-            }
-        } else {
-            ResponsePlan {
-                mode: BodyMode::Buffer,
-                set_headers: vec![("content-type", "application/json".into())],
-                remove_headers: vec!["content-length"],
-            }
-        }
+        let plan = success_plan(self.stream, content_type);
+        self.streaming_response = plan.mode == BodyMode::Stream;
+        plan
     }
 
     fn response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkEdits {
@@ -624,12 +643,7 @@ impl Translator for OpenAIToAnthropic {
     }
 
     fn error_body(&mut self, status: u16, body: &[u8]) -> Option<Vec<u8>> {
-        let message = if body.iter().all(u8::is_ascii_whitespace) {
-            format!("upstream returned HTTP {status} with an empty body")
-        } else {
-            upstream_message(body)
-        };
-        Some(crate::error::error_json(&message, ErrorKind::for_status(status).as_str(), "upstream_error"))
+        Some(openai_error_from_anthropic(status, body))
     }
 }
 

@@ -9,6 +9,7 @@ pub mod aws_anthropic_frames;
 mod bedrock;
 mod gemini;
 mod openai;
+pub mod responses_to_anthropic;
 
 use crate::api::Endpoint;
 use crate::config::{Backend, Schema};

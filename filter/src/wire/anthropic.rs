@@ -695,6 +695,9 @@ pub struct BlockView<'a> {
     pub name: Option<&'a RawValue>,
     #[serde(default, borrow)]
     pub input: Option<&'a RawValue>,
+    /// A thinking block's signature.
+    #[serde(default, borrow)]
+    pub signature: Option<&'a RawValue>,
 }
 
 /// One stream event, flat: `kind` says which members mean something; every member may be missing
@@ -739,6 +742,8 @@ pub struct DeltaView<'a> {
     pub partial_json: Option<Cow<'a, str>>,
     #[serde(default, borrow, deserialize_with = "opt_cow")]
     pub thinking: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
+    pub signature: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "lenient")]
     pub stop_reason: Option<StopReason>,
 }

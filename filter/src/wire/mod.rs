@@ -7,3 +7,4 @@ pub mod chat_view;
 pub(crate) mod de;
 pub mod gemini;
 pub mod openai;
+pub mod responses;

@@ -28,15 +28,15 @@ pub(in crate::translate) struct Written {
     pub include_usage: bool,
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
+pub(in crate::translate) fn bad(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("unsupported_parameter", message)
 }
 
-fn invalid(e: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request("invalid_request", format!("invalid chat completion request: {e}"))
+pub(in crate::translate) fn invalid(e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request("invalid_request", format!("invalid request: {e}"))
 }
 
-fn walked(r: Result<(), EachError<ApiError>>) -> Result<(), ApiError> {
+pub(in crate::translate) fn walked(r: Result<(), EachError<ApiError>>) -> Result<(), ApiError> {
     match r {
         Ok(()) => Ok(()),
         Err(EachError::Json(e)) => Err(invalid(e)),
@@ -45,7 +45,7 @@ fn walked(r: Result<(), EachError<ApiError>>) -> Result<(), ApiError> {
 }
 
 /// A raw value that must be a JSON string (returned as is, quotes included).
-fn string<'a>(raw: &'a RawValue, what: &str) -> Result<&'a [u8], ApiError> {
+pub(in crate::translate) fn string<'a>(raw: &'a RawValue, what: &str) -> Result<&'a [u8], ApiError> {
     match string_body(raw) {
         Some(_) => Ok(raw.get().as_bytes()),
         None => Err(invalid(format!("{what} must be a string"))),
@@ -176,7 +176,7 @@ fn content_of(raw: Option<&RawValue>) -> Result<Content<'_>, ApiError> {
 /// Blocks of one content array. Each block is written without its closing brace, so a
 /// `cache_control` from its message can still be added when the message turns out to end there.
 #[derive(Default)]
-struct Blocks {
+pub(in crate::translate) struct Blocks {
     count: usize,
     open: bool,
     open_cached: bool,
@@ -184,7 +184,7 @@ struct Blocks {
 }
 
 impl Blocks {
-    fn begin(&mut self, out: &mut BodyWriter) {
+    pub(in crate::translate) fn begin(&mut self, out: &mut BodyWriter) {
         self.close(out);
         if self.count > 0 {
             out.extend_from_slice(b",");
@@ -195,7 +195,7 @@ impl Blocks {
     }
 
     /// Adds `cache_control` to the open block (a part's own marker wins over its message's).
-    fn cache_control(&mut self, out: &mut BodyWriter, cc: Option<&RawValue>) {
+    pub(in crate::translate) fn cache_control(&mut self, out: &mut BodyWriter, cc: Option<&RawValue>) {
         if let Some(cc) = cc {
             if self.open && !self.open_cached {
                 out.extend_from_slice(b",\"cache_control\":");
@@ -205,19 +205,19 @@ impl Blocks {
         }
     }
 
-    fn close(&mut self, out: &mut BodyWriter) {
+    pub(in crate::translate) fn close(&mut self, out: &mut BodyWriter) {
         if self.open {
             out.extend_from_slice(b"}");
             self.open = false;
         }
     }
 
-    fn start_message(&mut self) {
+    pub(in crate::translate) fn start_message(&mut self) {
         self.message_start = self.count;
     }
 
     /// The end of one OpenAI message: its `cache_control` goes on its last block.
-    fn end_message(&mut self, out: &mut BodyWriter, cc: Option<&RawValue>) {
+    pub(in crate::translate) fn end_message(&mut self, out: &mut BodyWriter, cc: Option<&RawValue>) {
         if self.count > self.message_start {
             self.cache_control(out, cc);
         } else if cc.is_some() {
@@ -231,7 +231,7 @@ impl Blocks {
 /// message (no `cache_control`) keeps Anthropic's string form, `"content":"..."`, as short as the
 /// client's message; its text is held as a borrow until the turn turns out to have more.
 #[derive(Default)]
-struct Turns<'a> {
+pub(in crate::translate) struct Turns<'a> {
     role: Option<&'static str>,
     any: bool,
     /// `[` of the turn's content was written.
@@ -258,7 +258,7 @@ impl<'a> Turns<'a> {
     }
 
     /// The turn for a message of `role`, its content as an array of blocks.
-    fn enter(&mut self, role: &'static str, out: &mut BodyWriter) -> &mut Blocks {
+    pub(in crate::translate) fn enter(&mut self, role: &'static str, out: &mut BodyWriter) -> &mut Blocks {
         if self.role != Some(role) {
             self.open(role, out);
         }
@@ -274,7 +274,13 @@ impl<'a> Turns<'a> {
     }
 
     /// A message whose content is one string.
-    fn text(&mut self, role: &'static str, text: &'a RawValue, cc: Option<&RawValue>, out: &mut BodyWriter) {
+    pub(in crate::translate) fn text(
+        &mut self,
+        role: &'static str,
+        text: &'a RawValue,
+        cc: Option<&RawValue>,
+        out: &mut BodyWriter,
+    ) {
         if self.role != Some(role) && cc.is_none() {
             self.open(role, out);
             self.pending = Some(text);
@@ -285,7 +291,7 @@ impl<'a> Turns<'a> {
         blocks.end_message(out, cc);
     }
 
-    fn leave(&mut self, out: &mut BodyWriter) {
+    pub(in crate::translate) fn leave(&mut self, out: &mut BodyWriter) {
         if self.role.take().is_some() {
             if let Some(text) = self.pending.take() {
                 out.extend_from_slice(text.get().as_bytes());
@@ -301,7 +307,7 @@ impl<'a> Turns<'a> {
     }
 }
 
-fn text_block(blocks: &mut Blocks, out: &mut BodyWriter, text: &[u8]) {
+pub(in crate::translate) fn text_block(blocks: &mut Blocks, out: &mut BodyWriter, text: &[u8]) {
     blocks.begin(out);
     out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
     out.extend_from_slice(text);
@@ -327,8 +333,17 @@ fn data_url(body: &str) -> Option<Result<(Cow<'_, str>, &str), &'static str>> {
 }
 
 fn image_block(blocks: &mut Blocks, out: &mut BodyWriter, image: &ImageUrl) -> Result<(), ApiError> {
-    let ImageUrl { url } = image;
-    let literal = string(url, "`image_url.url`")?;
+    image_url_block(blocks, out, image.url, "`image_url.url`")
+}
+
+/// An image URL (a base64 `data:` URL or an http(s) URL) → an `image` block.
+pub(in crate::translate) fn image_url_block(
+    blocks: &mut Blocks,
+    out: &mut BodyWriter,
+    url: &RawValue,
+    what: &str,
+) -> Result<(), ApiError> {
+    let literal = string(url, what)?;
     let body = string_body(url).unwrap_or_default();
     blocks.begin(out);
     match data_url(body) {
@@ -354,14 +369,26 @@ fn document_block(blocks: &mut Blocks, out: &mut BodyWriter, file: Option<&File>
     let Some(File { file_data, file_id }) = file else {
         return Err(invalid("a file part needs `file`"));
     };
+    pdf_block(blocks, out, *file_data, file_id.is_some(), "`file.file_data`")
+}
+
+/// File data (a base64 PDF, bare or as a `data:` URL) → a `document` block. `has_file_id`: the
+/// client named a file of OpenAI's Files API instead, which Anthropic cannot reach.
+pub(in crate::translate) fn pdf_block(
+    blocks: &mut Blocks,
+    out: &mut BodyWriter,
+    file_data: Option<&RawValue>,
+    has_file_id: bool,
+    what: &str,
+) -> Result<(), ApiError> {
     let Some(file_data) = file_data else {
-        return Err(bad(if file_id.is_some() {
+        return Err(bad(if has_file_id {
             "a file part with `file_id` (OpenAI's Files API) cannot be sent to Anthropic; send the PDF as `file_data`"
         } else {
             "a file part needs `file_data` (a base64 PDF) for Anthropic"
         }));
     };
-    string(file_data, "`file.file_data`")?;
+    string(file_data, what)?;
     let body = string_body(file_data).unwrap_or_default();
     let data = match data_url(body) {
         Some(Ok((media_type, data))) if media_type == "application/pdf" => data,
@@ -451,7 +478,11 @@ fn write_parts(parts: &RawValue, place: Place, blocks: &mut Blocks, out: &mut Bo
 }
 
 /// Tool call `arguments` (a string holding JSON) → `tool_use.input`, decoded as a stream.
-fn write_arguments(arguments: Option<&RawValue>, id: &RawValue, out: &mut BodyWriter) -> Result<(), ApiError> {
+pub(in crate::translate) fn write_arguments(
+    arguments: Option<&RawValue>,
+    id: &RawValue,
+    out: &mut BodyWriter,
+) -> Result<(), ApiError> {
     let body = match arguments {
         None => "",
         Some(raw) => {
@@ -589,29 +620,40 @@ fn write_tools(tools: &RawValue, out: &mut BodyWriter) -> Result<(), ApiError> {
         let Some(FunctionDef { name, description, parameters }) = function else {
             return Err(invalid("a function tool needs `function`"));
         };
-        let name = string(name, "a tool's `function.name`")?;
         if !std::mem::take(&mut first) {
             out.extend_from_slice(b",");
         }
-        out.extend_from_slice(b"{\"name\":");
-        out.extend_from_slice(name);
-        if let Some(description) = description {
-            out.extend_from_slice(b",\"description\":");
-            out.extend_from_slice(string(description, "a tool's `function.description`")?);
-        }
-        out.extend_from_slice(b",\"input_schema\":");
-        match parameters {
-            Some(schema) => out.extend_from_slice(schema.get().as_bytes()),
-            None => out.extend_from_slice(br#"{"type":"object","properties":{}}"#),
-        }
-        if let Some(cc) = cache_control {
-            out.extend_from_slice(b",\"cache_control\":");
-            out.extend_from_slice(cc.get().as_bytes());
-        }
-        out.extend_from_slice(b"}");
-        Ok(())
+        write_tool_def(name, description, parameters, cache_control, out)
     }))?;
     out.extend_from_slice(b"]");
+    Ok(())
+}
+
+/// One Anthropic tool from a function's name, description and JSON schema (raw, as sent).
+pub(in crate::translate) fn write_tool_def(
+    name: &RawValue,
+    description: Option<&RawValue>,
+    parameters: Option<&RawValue>,
+    cache_control: Option<&RawValue>,
+    out: &mut BodyWriter,
+) -> Result<(), ApiError> {
+    let name = string(name, "a tool's `name`")?;
+    out.extend_from_slice(b"{\"name\":");
+    out.extend_from_slice(name);
+    if let Some(description) = description.filter(|d| d.get() != "null") {
+        out.extend_from_slice(b",\"description\":");
+        out.extend_from_slice(string(description, "a tool's `description`")?);
+    }
+    out.extend_from_slice(b",\"input_schema\":");
+    match parameters.filter(|p| p.get() != "null") {
+        Some(schema) => out.extend_from_slice(schema.get().as_bytes()),
+        None => out.extend_from_slice(br#"{"type":"object","properties":{}}"#),
+    }
+    if let Some(cc) = cache_control {
+        out.extend_from_slice(b",\"cache_control\":");
+        out.extend_from_slice(cc.get().as_bytes());
+    }
+    out.extend_from_slice(b"}");
     Ok(())
 }
 
@@ -633,22 +675,36 @@ fn write_tool_choice(
         },
         Some(o::ToolChoice::Named(named)) => ("tool", Some(named.function.name)),
     };
+    write_anthropic_tool_choice(kind, name.as_deref(), disable_parallel, out);
+    Ok(())
+}
+
+/// Anthropic's `tool_choice` (`,"tool_choice":{...}`): `kind` is auto, any, none or tool (with
+/// `name`).
+pub(in crate::translate) fn write_anthropic_tool_choice(
+    kind: &str,
+    name: Option<&str>,
+    disable_parallel: bool,
+    out: &mut BodyWriter,
+) {
     out.extend_from_slice(b",\"tool_choice\":{\"type\":\"");
     out.extend_from_slice(kind.as_bytes());
     out.extend_from_slice(b"\"");
     if let Some(name) = name {
         out.extend_from_slice(b",\"name\":");
-        out.extend_from_slice(&json_string(&name));
+        out.extend_from_slice(&json_string(name));
     }
     if disable_parallel && kind != "none" {
         out.extend_from_slice(b",\"disable_parallel_tool_use\":true");
     }
     out.extend_from_slice(b"}");
-    Ok(())
 }
 
 /// The thinking budget: an OpenAI-compatible `thinking` object wins over `reasoning_effort`.
-fn thinking_budget(thinking: Option<&RawValue>, effort: Option<&str>) -> Result<Option<u32>, ApiError> {
+pub(in crate::translate) fn thinking_budget(
+    thinking: Option<&RawValue>,
+    effort: Option<&str>,
+) -> Result<Option<u32>, ApiError> {
     let effort = match effort {
         None | Some("none") => None,
         Some(effort) => {
@@ -667,9 +723,57 @@ fn thinking_budget(thinking: Option<&RawValue>, effort: Option<&str>) -> Result<
     }
 }
 
-fn put_number(out: &mut BodyWriter, key: &[u8], value: impl serde::Serialize) -> Result<(), ApiError> {
+/// `max_tokens` for a request with a thinking budget: Anthropic requires the budget to be below it,
+/// so a smaller one gets the budget added.
+pub(in crate::translate) fn max_tokens_with(max_tokens: u32, budget: Option<u32>) -> u32 {
+    match budget {
+        Some(budget) if max_tokens <= budget => max_tokens.saturating_add(budget),
+        _ => max_tokens,
+    }
+}
+
+pub(in crate::translate) fn put_number(
+    out: &mut BodyWriter,
+    key: &[u8],
+    value: impl serde::Serialize,
+) -> Result<(), ApiError> {
     out.extend_from_slice(key);
     serde_json::to_writer(&mut *out, &value).map_err(invalid)
+}
+
+/// How a Messages body differs per platform: AWS and GCP take the model in the path and the API
+/// version in the body; AWS also takes streaming in the path.
+pub(in crate::translate) struct Platform<'b> {
+    pub default_max_tokens: u32,
+    /// `anthropic_version` to write in the body (AWS, GCP).
+    pub body_version: Option<&'b str>,
+    pub stream_in_body: bool,
+}
+
+impl<'b> Platform<'b> {
+    pub(in crate::translate) fn of(backend: &'b Backend) -> Result<Self, ApiError> {
+        Ok(match &backend.api {
+            BackendApi::Anthropic { default_max_tokens, .. } => {
+                Platform { default_max_tokens: *default_max_tokens, body_version: None, stream_in_body: true }
+            }
+            BackendApi::AWSAnthropic { default_max_tokens, anthropic_version, .. } => Platform {
+                default_max_tokens: *default_max_tokens,
+                body_version: Some(anthropic_version),
+                stream_in_body: false,
+            },
+            BackendApi::GCPAnthropic { default_max_tokens, anthropic_version, .. } => Platform {
+                default_max_tokens: *default_max_tokens,
+                body_version: Some(anthropic_version),
+                stream_in_body: true,
+            },
+            BackendApi::OpenAI { .. }
+            | BackendApi::AzureOpenAI { .. }
+            | BackendApi::AWSBedrock { .. }
+            | BackendApi::GCPVertexAI { .. } => {
+                return Err(crate::translate::wrong_backend(backend, "Anthropic Messages"))
+            }
+        })
+    }
 }
 
 /// The whole translation: every top-level member decided, the body written as it is walked.
@@ -680,21 +784,7 @@ pub(in crate::translate) fn write_request(
     stream: bool,
     mut out: BodyWriter<'_>,
 ) -> Result<Written, ApiError> {
-    // AWS and GCP take the model in the path and the API version in the body; AWS also takes
-    // streaming in the path.
-    let (default_max_tokens, body_version, stream_in_body) = match &backend.api {
-        BackendApi::Anthropic { default_max_tokens, .. } => (*default_max_tokens, None, true),
-        BackendApi::AWSAnthropic { default_max_tokens, anthropic_version, .. } => {
-            (*default_max_tokens, Some(anthropic_version), false)
-        }
-        BackendApi::GCPAnthropic { default_max_tokens, anthropic_version, .. } => {
-            (*default_max_tokens, Some(anthropic_version), true)
-        }
-        BackendApi::OpenAI { .. }
-        | BackendApi::AzureOpenAI { .. }
-        | BackendApi::AWSBedrock { .. }
-        | BackendApi::GCPVertexAI { .. } => return Err(crate::translate::wrong_backend(backend, "Anthropic Messages")),
-    };
+    let Platform { default_max_tokens, body_version, stream_in_body } = Platform::of(backend)?;
     let view: ChatRequestView = serde_json::from_slice(body).map_err(invalid)?;
     let ChatRequestView {
         model: _,
@@ -766,14 +856,8 @@ pub(in crate::translate) fn write_request(
     }
     let tool_choice = tool_choice.map(from_raw::<o::ToolChoice>).transpose().map_err(invalid)?;
 
-    let mut max_tokens = max_completion_tokens.or(max_tokens).unwrap_or(default_max_tokens);
     let budget = thinking_budget(thinking, reasoning_effort.as_deref())?;
-    if let Some(budget) = budget {
-        // Anthropic requires the thinking budget to be below max_tokens.
-        if max_tokens <= budget {
-            max_tokens = max_tokens.saturating_add(budget);
-        }
-    }
+    let max_tokens = max_tokens_with(max_completion_tokens.or(max_tokens).unwrap_or(default_max_tokens), budget);
 
     out.extend_from_slice(b"{");
     if body_version.is_none() {
