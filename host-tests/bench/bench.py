@@ -934,7 +934,7 @@ def main(argv: list[str]) -> int:
     prof = dict(PROFILES["smoke" if a.smoke else "full"])
     if a.rounds:
         prof["rounds"] = a.rounds
-    out = a.out or (REPO / "target/bench" / ("smoke" if a.smoke else ""))
+    out = (a.out or (REPO / "target/bench" / ("smoke" if a.smoke else ""))).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "bodies").mkdir(parents=True, exist_ok=True)
     lua = HERE / "post.lua"
@@ -1029,7 +1029,7 @@ def main(argv: list[str]) -> int:
             log(f"round {r + 1}/{prof['rounds']}: starting proxies")
             res: dict[str, dict] = {n: {} for n in active}
             servers = {"direct": mock}
-            for n in active:
+            for n in list(active):  # a peer that does not start is removed
                 if n in ("envoy", "llmgw", "llmgw-anthropic"):
                     servers[n] = start_envoy(f"{n}-r{r}", cfg_plain if n == "envoy" else cfg_llmgw, envoy,
                                              proxy_cpus, out)
