@@ -903,6 +903,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="seconds-long run: checks every configuration works")
     ap.add_argument("--rounds", type=int)
+    ap.add_argument("--rate-rps", type=int, help="request rate of the fixed-load run (default 2,000; smoke 200)")
     ap.add_argument("--out", type=Path, help="output directory (default target/bench, smoke: target/bench/smoke)")
     ap.add_argument("--mock-bin", type=Path, default=Path(os.environ.get("BENCH_MOCK_BIN", REPO / "target/release/bench-mock")))
     ap.add_argument("--wasm", type=Path, default=None)
@@ -934,6 +935,8 @@ def main(argv: list[str]) -> int:
     prof = dict(PROFILES["smoke" if a.smoke else "full"])
     if a.rounds:
         prof["rounds"] = a.rounds
+    if a.rate_rps:
+        prof["rate_rps"] = a.rate_rps
     out = (a.out or (REPO / "target/bench" / ("smoke" if a.smoke else ""))).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "bodies").mkdir(parents=True, exist_ok=True)
@@ -1311,7 +1314,8 @@ def report(result: dict, out: Path) -> int:
     md = "\n".join([
         f"Run {result['date']}: {meta_line}.",
         f"Each cell: median over {len(rounds)} round(s) ± half the min–max range; added figures and ratios "
-        "are computed within each round.",
+        "are computed within each round. The fixed-load run sends "
+        f"{result['params'].get('rate_rps', 0):,} req/s for {result['params'].get('rate_s', 0)} s, open loop.",
         "",
         md_table(summary, names_run),
         "",
