@@ -14,6 +14,7 @@ pub mod headers;
 pub mod host;
 pub mod json;
 pub mod metrics;
+pub mod multipart;
 pub mod plan;
 pub mod request;
 pub mod routing;

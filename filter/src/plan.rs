@@ -60,7 +60,7 @@ pub struct RequestPlan {
 pub struct PlanInput<'a> {
     pub config: &'a Compiled,
     pub endpoint: Endpoint,
-    /// The client's query string, with its `?`, or "".
+    /// What follows the endpoint in the client's path (`Endpoint::path_tail`): its query string.
     pub query: &'a str,
     pub headers: &'a [(String, String)],
     pub body: &'a [u8],
@@ -68,12 +68,15 @@ pub struct PlanInput<'a> {
     pub now_nanos: u64,
     /// On the upstream copy of a fallback rule: the backend Envoy picked for this attempt.
     pub attempt: Option<Attempt>,
+    /// A request no model names (a stored response's call, sent without `x-ai-eg-model`) goes to
+    /// this backend: the only one that can serve it.
+    pub pinned_backend: Option<usize>,
 }
 
 /// Decides a request's destination and edits. A translation that writes a whole new body hands
 /// its full chunks to `sink` as it writes them (so memory holds one chunk, not the new body).
 pub fn plan_request(input: &PlanInput, sink: &mut dyn Sink) -> Result<RequestPlan, ApiError> {
-    let PlanInput { config, endpoint, query, headers, body, info, now_nanos, attempt } = *input;
+    let PlanInput { config, endpoint, query, headers, body, info, now_nanos, attempt, pinned_backend } = *input;
     if info.stream && !endpoint.can_stream() {
         return Err(ApiError::bad_request(
             "invalid_request",
@@ -82,12 +85,13 @@ pub fn plan_request(input: &PlanInput, sink: &mut dyn Sink) -> Result<RequestPla
     }
     let downstream = attempt.is_none();
     let mut edited = Edited::new(headers);
-    if downstream {
+    if downstream && !info.model.is_empty() {
         edited.set(MODEL_HEADER, &info.model);
     }
-    let index = match attempt {
-        Some(attempt) => attempt.backend,
-        None => match choose(config, headers, info)? {
+    let index = match (attempt, pinned_backend) {
+        (Some(attempt), _) => attempt.backend,
+        (None, Some(pinned)) => pinned,
+        (None, None) => match choose(config, headers, info)? {
             Choice::Backend(index) => index,
             Choice::Rule(rule) => {
                 edited.set(RULE_HEADER, &rule.to_string());

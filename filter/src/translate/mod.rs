@@ -72,7 +72,8 @@ pub struct RequestContext<'a> {
     pub info: &'a RequestInfo,
     pub body: &'a [u8],
     pub backend: &'a Backend,
-    /// The client's query string, with its `?`, or "".
+    /// The client's query string, with its `?`, or ""; for a stored response's call, its id and
+    /// call first (`Endpoint::path_tail`).
     pub query: &'a str,
     /// Unix seconds now, for `created` fields the provider does not send.
     pub now_unix: u64,
@@ -116,9 +117,19 @@ pub fn for_backend(endpoint: Endpoint, schema: Schema, include_usage: bool) -> R
     use Endpoint as E;
     use Schema as S;
     Ok(match (endpoint, schema) {
-        (E::ChatCompletions | E::Completions | E::Embeddings, S::OpenAI | S::AzureOpenAI) => {
-            Box::new(openai::Passthrough::new(endpoint, include_usage))
-        }
+        (
+            E::ChatCompletions
+            | E::Completions
+            | E::Embeddings
+            | E::Responses
+            | E::StoredResponse(_)
+            | E::ImageGenerations
+            | E::ImageEdits
+            | E::AudioSpeech
+            | E::AudioTranscriptions
+            | E::AudioTranslations,
+            S::OpenAI | S::AzureOpenAI,
+        ) => Box::new(openai::Passthrough::new(endpoint, include_usage)),
         (E::ChatCompletions, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic) => {
             Box::new(anthropic::OpenAIToAnthropic::new(schema))
         }
@@ -132,6 +143,17 @@ pub fn for_backend(endpoint: Endpoint, schema: Schema, include_usage: bool) -> R
         (E::Messages, S::AWSBedrock | S::GCPVertexAI)
         | (E::Completions | E::Embeddings, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic | S::AWSBedrock)
         | (E::Completions, S::GCPVertexAI)
+        // The OpenAI-only APIs are served by OpenAI-compatible backends only (for now).
+        | (
+            E::Responses
+            | E::StoredResponse(_)
+            | E::ImageGenerations
+            | E::ImageEdits
+            | E::AudioSpeech
+            | E::AudioTranscriptions
+            | E::AudioTranslations,
+            S::Anthropic | S::AWSAnthropic | S::GCPAnthropic | S::AWSBedrock | S::GCPVertexAI,
+        )
         | (E::Models, _) => return Err(unsupported(endpoint, schema)),
     })
 }
