@@ -287,11 +287,17 @@ fn routes(g: &Gateway, fallbacks: &[fallback::Rule]) -> Vec<Value> {
     routes.push(json!({
         "name": "no_backend",
         "match": {"prefix": "/"},
-        "direct_response": {"status": 404, "body": {"inline_string":
-            r#"{"error":{"message":"no route: llmgw handles /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models","type":"invalid_request_error","code":"no_route"}}"#}},
+        "direct_response": {"status": 404, "body": {"inline_string": no_route_body()}},
         "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}],
     }));
     routes
+}
+
+/// What a request no route serves gets (the filter answers `/v1/*` itself, so only paths it passes
+/// through): the served endpoints, from the filter's own list.
+fn no_route_body() -> String {
+    let message = format!("no route: llmgw handles {}", llmgw_filter::api::Endpoint::served_list());
+    json!({"error": {"message": message, "type": "invalid_request_error", "code": "no_route"}}).to_string()
 }
 
 /// The route of fallback rule `r`: `x-llmgw-rule: r` → cluster `llmgw-rule-<r>`, retried there.

@@ -346,7 +346,7 @@ spec:
     contentType: application/json
     body:
       type: Inline
-      inline: '{{\"error\":{{\"message\":\"no route: llmgw handles /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages and /v1/models\",\"type\":\"invalid_request_error\",\"code\":\"no_route\"}}}}'
+      inline: '{{\"error\":{{\"message\":\"no route: llmgw handles {served}\",\"type\":\"invalid_request_error\",\"code\":\"no_route\"}}}}'
 ---
 # One rule per backend of the plugin configuration, matching the {BACKEND_HEADER} header the
 # filter sets, plus a catch-all rule. A request first matches the catch-all (the header is not
@@ -363,7 +363,8 @@ spec:
   parentRefs:
     - name: {name}
   rules:
-"
+",
+        served = llmgw_filter::api::Endpoint::served_list(),
     );
     for ((b, rule), backend_ref) in ordered.iter().zip(&rule_names).zip(&refs) {
         out += &format!(
