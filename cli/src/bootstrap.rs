@@ -718,7 +718,12 @@ rules:
         assert!(routes.iter().all(|r| r["match"]["prefix"] == "/"));
         let no_route = routes.last().unwrap()["direct_response"]["body"]["inline_string"].as_str().unwrap();
         let v: Value = serde_json::from_str(no_route).unwrap();
-        assert!(v["error"]["message"].as_str().unwrap().contains("/claude/v1/messages"), "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        // The filter's one list: OpenAI's paths at the root, Anthropic's under the prefix.
+        for path in ["/v1/responses", "/v1/messages/count_tokens", "/claude/v1/messages", "/claude/v1/models"] {
+            assert!(message.split(", ").any(|p| p.ends_with(path)), "{path}: {message}");
+        }
+        assert!(!message.contains("/anthropic/"), "{message}");
 
         let bad = text.replace("/claude", "/v1");
         let g = crate::formats::load_text("t.yaml", &bad, &MapEnv::default(), None).unwrap();

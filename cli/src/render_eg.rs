@@ -567,15 +567,12 @@ spec:
 }
 
 /// What a request no route takes gets (the filter answers its own paths, Anthropic's under the
-/// configuration's `anthropic_prefix` too, so only other paths get here): where the API is.
+/// configuration's `anthropic_prefix` too, so only other paths get here): the served paths, from
+/// the filter's own list.
 pub fn no_route_body(plugin: &serde_json::Map<String, Value>) -> String {
     let prefix =
         plugin.get("anthropic_prefix").and_then(Value::as_str).unwrap_or(llmgw_filter::api::DEFAULT_ANTHROPIC_PREFIX);
-    let message = format!(
-        "no route: llmgw handles /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, \
-         /v1/messages, /v1/messages/count_tokens, and the Anthropic API under {prefix}/v1 \
-         ({prefix}/v1/messages, {prefix}/v1/messages/count_tokens, {prefix}/v1/models)"
-    );
+    let message = format!("no route: llmgw handles {}", llmgw_filter::api::Endpoint::served_list(prefix));
     serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "code": "no_route"}}).to_string()
 }
 

@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 
-use crate::api::{query_of, ClientApi, Endpoint, PathKind, DEFAULT_ANTHROPIC_PREFIX};
+use crate::api::{query_of, ClientApi, Endpoint, ModelSource, PathKind, DEFAULT_ANTHROPIC_PREFIX};
 use crate::body::{NewBody, Sink};
 use crate::config::{Compiled, Role, Schema, BACKEND_HEADER, MODEL_HEADER, RULE_HEADER};
 use crate::error::{ApiError, ErrorKind};
@@ -133,12 +133,16 @@ impl Exchange {
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
         self.started_at = host.now_nanos();
         // The headers are read once, in one host call; the plan works on this copy.
+        let mut client_model = None;
         let headers = if self.role() == Role::Upstream {
             // Envoy hands a retry the headers the previous attempt left: start from the client's.
             restore_or_keep_request_headers(host)
         } else {
             // Whatever happens next, a client never chooses internal headers.
             let mut headers = host.request_headers();
+            // A call no body names a model for is routed by the model the client names here (read,
+            // checked and set again like a body's model).
+            client_model = header(&headers, MODEL_HEADER).map(str::to_string);
             for name in [MODEL_HEADER, BACKEND_HEADER, RULE_HEADER] {
                 if header(&headers, name).is_some() {
                     host.remove_request_header(name);
@@ -154,17 +158,18 @@ impl Exchange {
             PathKind::Other => return Flow::Continue,
             PathKind::UnknownAnthropic => {
                 let message = format!(
-                    "unknown endpoint {:?}; served: {anthropic_prefix}/v1/messages, \
-                     {anthropic_prefix}/v1/messages/count_tokens, {anthropic_prefix}/v1/models",
-                    path_only(path)
+                    "unknown endpoint {:?}; served: {}",
+                    path_only(path),
+                    Endpoint::anthropic_served_list(anthropic_prefix)
                 );
                 let e = ApiError::new(404, ErrorKind::NotFound, "unknown_endpoint", message);
                 return self.reply_as(host, e, ClientApi::Anthropic);
             }
             PathKind::UnknownV1 => {
                 let message = format!(
-                    "unknown endpoint {:?}; served: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models",
-                    path_only(path)
+                    "unknown endpoint {:?}; served: {}",
+                    path_only(path),
+                    Endpoint::served_list(anthropic_prefix)
                 );
                 return self.reply(host, ApiError::new(404, ErrorKind::NotFound, "unknown_endpoint", message));
             }
@@ -182,14 +187,15 @@ impl Exchange {
             return self.reply_as(host, e, api);
         };
         let method = header(&headers, ":method").unwrap_or_default();
-        if method != endpoint.method() {
+        if !endpoint.methods().contains(&method) {
+            let allowed = endpoint.methods().join(", ");
             let e = ApiError::new(
                 405,
                 ErrorKind::InvalidRequest,
                 "method_not_allowed",
-                format!("{} {} is not supported; use {}", method, path_only(path), endpoint.method()),
+                format!("{} {} is not supported; use {allowed}", method, path_only(path)),
             )
-            .with_header("allow", endpoint.method());
+            .with_header("allow", allowed);
             return self.reply_as(host, e, endpoint.client_api());
         }
         if endpoint == Endpoint::Models {
@@ -208,6 +214,9 @@ impl Exchange {
                 Err(e) => self.reply_as(host, e, api),
             };
         }
+        if endpoint.model_source() == ModelSource::Header {
+            return self.route_without_body_model(host, &shared, endpoint, path, &headers, client_model);
+        }
         if end_of_stream {
             let e = ApiError::bad_request("invalid_request", "request body is empty; expected a JSON object");
             return self.reply_as(host, e, api);
@@ -223,9 +232,54 @@ impl Exchange {
                 Err(e) => return self.reply_as(host, e, api),
             },
         };
-        let query = query_of(path).to_string();
+        let query = endpoint.path_tail(path);
         self.phase = Phase::AwaitingBody { endpoint, query, attempt, headers };
         Flow::Pause
+    }
+
+    /// A call no body names a model for (a stored response's): routed on its headers alone, by the
+    /// client's `x-ai-eg-model`, else to the one backend that can serve it. A body, if any, follows
+    /// unread and unchanged.
+    fn route_without_body_model(
+        &mut self,
+        host: &mut dyn Host,
+        shared: &Shared,
+        endpoint: Endpoint,
+        path: &str,
+        headers: &[(String, String)],
+        client_model: Option<String>,
+    ) -> Flow {
+        let api = endpoint.client_api();
+        let (attempt, info, pinned_backend) = match shared.config.role {
+            Role::Upstream => {
+                let attempt = match attempt_target(host, &shared.config) {
+                    Ok(attempt) => attempt,
+                    Err(e) => return self.reply_as(host, e, api),
+                };
+                let Some(info) = host.property(&[REQUEST_INFO_STATE]).and_then(|b| RequestInfo::decode(&b)) else {
+                    let e = ApiError::new(500, ErrorKind::Server, "internal", "the request's model was not handed on");
+                    return self.reply_as(host, e, api);
+                };
+                (Some(attempt), info, None)
+            }
+            Role::Downstream => match header_route(&shared.config, client_model) {
+                Ok((info, pinned)) => (None, info, pinned),
+                Err(e) => return self.reply_as(host, e, api),
+            },
+        };
+        let query = endpoint.path_tail(path);
+        let input = PlanInput {
+            config: &shared.config,
+            endpoint,
+            query: &query,
+            headers,
+            body: &[],
+            info: &info,
+            now_nanos: self.started_at,
+            attempt,
+            pinned_backend,
+        };
+        self.forward(host, &input, 0)
     }
 
     pub fn on_request_body(&mut self, host: &mut dyn Host, size: usize, end_of_stream: bool) -> Flow {
@@ -256,11 +310,14 @@ impl Exchange {
                 info.model
             );
         }
-        let info = match known.map_or_else(|| request::read(&body), Ok) {
+        let read = |body: &[u8]| match endpoint.model_source() {
+            ModelSource::MultipartOrJsonBody => request::read_upload(body, header(&headers, "content-type")),
+            ModelSource::JsonBody | ModelSource::Header => request::read(body),
+        };
+        let info = match known.map_or_else(|| read(&body), Ok) {
             Ok(info) => info,
             Err(e) => return self.reply_as(host, e, api),
         };
-        self.model = Some(info.model.clone());
         let input = PlanInput {
             config: &shared.config,
             endpoint,
@@ -270,12 +327,22 @@ impl Exchange {
             info: &info,
             now_nanos: self.started_at,
             attempt,
+            pinned_backend: None,
         };
+        self.forward(host, &input, size)
+    }
+
+    /// Plans the request and applies the plan: its header edits, new body (`size`: the client's
+    /// body size in the host) and destination.
+    fn forward(&mut self, host: &mut dyn Host, input: &PlanInput, size: usize) -> Flow {
+        let PlanInput { endpoint, attempt, info, .. } = *input;
+        let api = endpoint.client_api();
+        self.model = Some(info.model.clone());
         let mut sink = HostBodySink { host: &mut *host, original: size, handed_out: 0 };
-        let plan = match plan_request(&input, &mut sink) {
+        let plan = match plan_request(input, &mut sink) {
             Ok(plan) => plan,
             Err(e) => {
-                if attempt.is_none() {
+                if attempt.is_none() && !info.model.is_empty() {
                     // Even a request no rule matches is logged with its model.
                     host.set_request_header(MODEL_HEADER, &info.model);
                 }
@@ -297,11 +364,11 @@ impl Exchange {
         }
         self.phase = match destination {
             Destination::Backend { index, translator } => {
-                Phase::Forwarded(Box::new(Routed::new(endpoint, index, attempt, info, translator)))
+                Phase::Forwarded(Box::new(Routed::new(endpoint, index, attempt, info.clone(), translator)))
             }
             Destination::Rule(_) => {
                 host.set_filter_state(REQUEST_INFO_STATE, &info.encode());
-                Phase::Delegated { endpoint, info }
+                Phase::Delegated { endpoint, info: info.clone() }
             }
         };
         Flow::Continue
@@ -797,6 +864,33 @@ fn replace_request_body(host: &mut dyn Host, size: usize, new_body: &NewBody) {
             }
         }
     }
+}
+
+/// The model and backend of a call no body names a model for: the client's `x-ai-eg-model` (routed
+/// by the rules like a body's model), else the one OpenAI-compatible backend configured.
+fn header_route(config: &Compiled, client_model: Option<String>) -> Result<(RequestInfo, Option<usize>), ApiError> {
+    let info =
+        |model: String| RequestInfo { model, stream: false, client_wants_usage: false, has_stream_options: false };
+    if let Some(model) = client_model {
+        return Ok((info(request::checked_model(model)?), None));
+    }
+    // Rule backends with their own model override are copies under the same name: one backend.
+    let mut serving =
+        config.backends.iter().enumerate().filter(|(_, b)| matches!(b.schema(), Schema::OpenAI | Schema::AzureOpenAI));
+    let only = match serving.next() {
+        Some((index, first)) if serving.all(|(_, b)| b.name == first.name) => Some(index),
+        _ => None,
+    };
+    let index = only.ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_model",
+            format!(
+                "this call names no model and the gateway has more than one (or no) OpenAI-compatible \
+                 backend: send the header `{MODEL_HEADER}: <model>` naming the model that created the response"
+            ),
+        )
+    })?;
+    Ok((info(String::new()), Some(index)))
 }
 
 fn too_large(limit: usize) -> ApiError {
@@ -1450,5 +1544,230 @@ role: upstream
         x.on_response_body(&mut host, 10, true);
         let v: serde_json::Value = serde_json::from_slice(&host.response_body).unwrap();
         assert_eq!(v["error"]["code"], "upstream_response_too_large");
+    }
+
+    fn token_samples(host: &FakeHost) -> Vec<u64> {
+        host.samples.iter().filter(|s| s.name.starts_with("gen_ai.client.token.usage")).map(|s| s.value).collect()
+    }
+
+    #[test]
+    fn responses_pass_through_and_count_json_usage_as_chat() {
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/responses", &[]);
+        let body = br#"{"model":"gpt-4o","input":"hi"}"#;
+        assert_eq!(send(&mut x, &mut host, body), Flow::Continue);
+        assert_eq!(host.header(":path").as_deref(), Some("/v1/responses"));
+        assert_eq!(host.header("x-llmgw-backend").as_deref(), Some("openai"));
+        assert_eq!(host.request_body, body);
+        let answer_body = br#"{"id":"resp_1","object":"response","output":[],"usage":{"input_tokens":5,
+            "input_tokens_details":{"cached_tokens":1},"output_tokens":7,"output_tokens_details":{"reasoning_tokens":2},"total_tokens":12}}"#;
+        answer(&mut x, &mut host, &[(":status", "200"), ("content-type", "application/json")], answer_body);
+        assert_eq!(host.response_body, answer_body);
+        assert_eq!(host.filter_state.get("llm_total_token").map(String::as_str), Some("12"));
+        x.on_log(&mut host);
+        assert_eq!(token_samples(&host), vec![5, 7]);
+        assert!(host.samples.iter().any(|s| s.name.contains("gen_ai_operation_name=.=chat;")));
+    }
+
+    #[test]
+    fn responses_stream_usage_comes_from_the_completed_event_and_bytes_stay() {
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/responses", &[]);
+        let body = br#"{"model":"gpt-4o","input":"hi","stream":true}"#;
+        send(&mut x, &mut host, body);
+        // `stream_options.include_usage` is chat's: a Responses body is never given one.
+        assert_eq!(host.request_body, body);
+        let stream = b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"usage\":null}}\n\n\
+event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hel\"}\n\n\
+event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"usage\":{\"input_tokens\":3,\"output_tokens\":4,\"total_tokens\":7}}}\n\n";
+        host.response_headers =
+            vec![(":status".into(), "200".into()), ("content-type".into(), "text/event-stream".into())];
+        assert_eq!(x.on_response_headers(&mut host, false), Flow::Continue);
+        let (a, b) = stream.split_at(150);
+        host.response_body = a.to_vec();
+        x.on_response_body(&mut host, a.len(), false);
+        assert_eq!(host.response_body, a);
+        host.response_body = b.to_vec();
+        x.on_response_body(&mut host, b.len(), true);
+        assert_eq!(host.response_body, b);
+        x.on_log(&mut host);
+        assert_eq!(token_samples(&host), vec![3, 4]);
+        assert_eq!(host.samples.iter().filter(|s| s.name.starts_with("gen_ai.server.time_to_first_token")).count(), 1);
+    }
+
+    #[test]
+    fn stored_response_calls_route_by_the_model_header_or_the_only_backend() {
+        let mut x = exchange();
+        let mut host =
+            FakeHost::request("GET", "/v1/responses/resp_1/input_items?limit=2", &[("x-ai-eg-model", "gpt-4o")]);
+        assert_eq!(x.on_request_headers(&mut host, true), Flow::Continue);
+        assert!(host.reply.is_none());
+        assert_eq!(host.header(":path").as_deref(), Some("/v1/responses/resp_1/input_items?limit=2"));
+        assert_eq!(host.header("x-llmgw-backend").as_deref(), Some("openai"));
+        assert_eq!(host.header("x-ai-eg-model").as_deref(), Some("gpt-4o"));
+        assert_eq!(host.header("authorization").as_deref(), Some("Bearer sk-upstream"));
+        assert_eq!(host.route_cache_clears, 1);
+        answer(&mut x, &mut host, &[(":status", "200"), ("content-type", "application/json")], b"{\"data\":[]}");
+        x.on_log(&mut host);
+        assert!(host.samples.iter().any(|s| s.name.contains("gen_ai_operation_name=.=stored_response;")));
+
+        // A body on a cancel goes on unread.
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/responses/resp_1/cancel", &[("x-ai-eg-model", "gpt-4o")]);
+        assert_eq!(x.on_request_headers(&mut host, false), Flow::Continue);
+        assert_eq!(x.on_request_body(&mut host, 2, true), Flow::Continue);
+
+        // Two OpenAI-compatible backends and no header: the client is told what to send.
+        let mut x = exchange();
+        let mut host = FakeHost::request("DELETE", "/v1/responses/resp_1", &[]);
+        assert_eq!(x.on_request_headers(&mut host, true), Flow::Pause);
+        let (status, v) = host.reply_json();
+        assert_eq!((status, v["error"]["code"].as_str()), (400, Some("missing_model")));
+        assert!(v["error"]["message"].as_str().unwrap().contains("x-ai-eg-model"), "{v}");
+        // A model no rule serves is not found, as with a body's model.
+        let mut x = exchange();
+        let mut host = FakeHost::request("GET", "/v1/responses/resp_1", &[("x-ai-eg-model", "nope")]);
+        x.on_request_headers(&mut host, true);
+        assert_eq!(host.reply_json().0, 404);
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/responses/resp_1", &[]);
+        x.on_request_headers(&mut host, true);
+        assert_eq!(host.reply_json().0, 405);
+        assert_eq!(host.reply.as_ref().unwrap().1.iter().find(|(n, _)| n == "allow").unwrap().1, "GET, DELETE");
+
+        // One OpenAI-compatible backend (and others of other schemas): it serves the call.
+        let config = "backends:\n  - {name: claude, schema: Anthropic, auth: {x_api_key: k}}\n  - {name: oai, schema: OpenAI}\n\
+rules:\n  - {match: {model: {exact: gpt-4o}}, backends: [{name: oai, model_override: gpt-4o-2024}]}\n  - {backends: [{name: claude}]}\n";
+        let mut x = anthropic_exchange(config);
+        let mut host = FakeHost::request("DELETE", "/v1/responses/resp_9/", &[]);
+        assert_eq!(x.on_request_headers(&mut host, true), Flow::Continue);
+        assert_eq!(host.header(":path").as_deref(), Some("/v1/responses/resp_9"));
+        assert_eq!(host.header("x-llmgw-backend").as_deref(), Some("oai"));
+        assert_eq!(host.header("x-ai-eg-model"), None);
+    }
+
+    #[test]
+    fn openai_only_endpoints_are_refused_for_other_schemas() {
+        let config = "backends: [{name: claude, schema: Anthropic, auth: {x_api_key: k}}]";
+        for (path, body) in [
+            ("/v1/images/generations", &br#"{"model":"claude-x","prompt":"a cat"}"#[..]),
+            ("/v1/audio/speech", br#"{"model":"claude-x","input":"hi","voice":"alloy"}"#),
+        ] {
+            let mut x = anthropic_exchange(config);
+            let mut host = FakeHost::request("POST", path, &[]);
+            send(&mut x, &mut host, body);
+            let (status, v) = host.reply_json();
+            assert_eq!((status, v["error"]["code"].as_str()), (400, Some("unsupported_endpoint")), "{path}");
+            assert!(v["error"]["message"].as_str().unwrap().contains("Anthropic"), "{v}");
+        }
+    }
+
+    #[test]
+    fn responses_reach_anthropic_backends_translated() {
+        let config = "backends: [{name: claude, schema: Anthropic, auth: {x_api_key: k}}]";
+        let mut x = anthropic_exchange(config);
+        let mut host = FakeHost::request("POST", "/v1/responses", &[]);
+        assert_eq!(send(&mut x, &mut host, br#"{"model":"claude-x","input":"hi"}"#), Flow::Continue);
+        assert!(host.reply.is_none());
+        assert_eq!(host.header(":path").as_deref(), Some("/v1/messages"));
+        assert_eq!(host.header("x-api-key").as_deref(), Some("k"));
+        let sent: serde_json::Value = serde_json::from_slice(&host.request_body).unwrap();
+        assert_eq!(sent["messages"][0]["role"], "user", "{sent}");
+        let answer_body = br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x","content":[{"type":"text","text":"Hello"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":2}}"#;
+        answer(&mut x, &mut host, &[(":status", "200"), ("content-type", "application/json")], answer_body);
+        let v: serde_json::Value = serde_json::from_slice(&host.response_body).unwrap();
+        assert_eq!((v["object"].as_str(), v["output"][0]["type"].as_str()), (Some("response"), Some("message")), "{v}");
+        x.on_log(&mut host);
+        assert_eq!(token_samples(&host), vec![3, 2]);
+    }
+
+    fn upload(model: &str) -> Vec<u8> {
+        format!(
+            "--b7\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n\
+ID3\x01\x02\r\n--b7\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n--b7--\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn uploads_are_routed_by_their_model_part_and_never_edited() {
+        let multipart = [("content-type", "multipart/form-data; boundary=b7")];
+        for path in ["/v1/audio/transcriptions", "/v1/audio/translations", "/v1/images/edits"] {
+            let mut x = exchange();
+            let mut host = FakeHost::request("POST", path, &multipart);
+            let body = upload("gpt-4o");
+            assert_eq!(send(&mut x, &mut host, &body), Flow::Continue, "{path}");
+            assert_eq!(host.header("x-llmgw-backend").as_deref(), Some("openai"));
+            assert_eq!(host.header(":path").as_deref(), Some(path));
+            assert_eq!(host.request_body, body);
+        }
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/audio/transcriptions", &multipart);
+        send(&mut x, &mut host, b"--b7\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nx\r\n--b7--");
+        assert_eq!(host.reply_json().1["error"]["code"], "missing_model");
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/audio/transcriptions", &multipart);
+        send(&mut x, &mut host, b"--b7\r\nno end");
+        assert_eq!(host.reply_json().1["error"]["code"], "invalid_request");
+        // A backend that renames the model cannot do it in bytes it never edits.
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/audio/transcriptions", &[multipart[0], ("x-team", "research")]);
+        send(&mut x, &mut host, &upload("llama-3"));
+        assert_eq!(host.reply_json().1["error"]["code"], "unsupported_model_override");
+    }
+
+    #[test]
+    fn speech_and_images_pass_their_bytes_and_count_image_usage() {
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/audio/speech", &[]);
+        send(&mut x, &mut host, br#"{"model":"gpt-4o","input":"hi","voice":"alloy"}"#);
+        assert_eq!(host.header(":path").as_deref(), Some("/v1/audio/speech"));
+        let audio = b"ID3\x04{\"usage\":{\"input_tokens\":9}}\xff\xfb";
+        assert_eq!(
+            answer(&mut x, &mut host, &[(":status", "200"), ("content-type", "audio/mpeg")], audio),
+            Flow::Continue
+        );
+        assert_eq!(host.response_body, audio);
+        x.on_log(&mut host);
+        assert!(token_samples(&host).is_empty());
+
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/images/generations", &[]);
+        send(&mut x, &mut host, br#"{"model":"gpt-4o","prompt":"a cat"}"#);
+        let image = br#"{"created":1,"data":[{"b64_json":"AAAA"}],"usage":{"input_tokens":10,"output_tokens":4160,"total_tokens":4170}}"#;
+        answer(&mut x, &mut host, &[(":status", "200"), ("content-type", "application/json")], image);
+        x.on_log(&mut host);
+        assert_eq!(token_samples(&host), vec![10, 4160]);
+        assert!(host.samples.iter().any(|s| s.name.contains("gen_ai_operation_name=.=image_generation;")));
+    }
+
+    #[test]
+    fn unknown_v1_paths_list_every_served_endpoint() {
+        let mut x = exchange();
+        let mut host = FakeHost::request("GET", "/v1/files?x=1", &[]);
+        x.on_request_headers(&mut host, true);
+        let (status, v) = host.reply_json();
+        assert_eq!(status, 404);
+        let message = v["error"]["message"].as_str().unwrap();
+        let served: Vec<&str> = message.split("served: ").nth(1).unwrap().split(", ").collect();
+        for e in Endpoint::ALL {
+            let prefixed = format!("{DEFAULT_ANTHROPIC_PREFIX}{}", e.pattern());
+            assert!(!e.at_root() || served.contains(&e.pattern()), "{e:?}: {message}");
+            assert!(!e.under_anthropic_prefix() || served.contains(&prefixed.as_str()), "{e:?}: {message}");
+        }
+        let mounts = Endpoint::ALL.iter().map(|e| usize::from(e.at_root()) + usize::from(e.under_anthropic_prefix()));
+        assert_eq!(served.len(), mounts.sum::<usize>(), "each path once: {message}");
+        // An Anthropic client is told Anthropic's paths only.
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/anthropic/v1/complete", &[]);
+        x.on_request_headers(&mut host, false);
+        let (status, v) = host.reply_json();
+        assert_eq!((status, v["type"].as_str()), (404, Some("error")));
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message
+                .ends_with("served: /anthropic/v1/messages, /anthropic/v1/messages/count_tokens, /anthropic/v1/models"),
+            "{message}"
+        );
     }
 }

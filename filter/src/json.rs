@@ -308,6 +308,12 @@ impl<'a> Splice<'a> {
     }
 }
 
+/// Whether `body` looks like a JSON object (its first non-blank byte is `{`): a JSON body, not an
+/// upload's `multipart/form-data`.
+pub fn looks_like_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
 /// `s` as a JSON string literal.
 pub fn json_string(s: &str) -> Vec<u8> {
     serde_json::to_vec(s).unwrap_or_else(|_| b"\"\"".to_vec())

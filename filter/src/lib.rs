@@ -15,6 +15,7 @@ pub mod host;
 pub mod json;
 pub mod metrics;
 pub mod models;
+pub mod multipart;
 pub mod mutation;
 pub mod plan;
 pub mod request;

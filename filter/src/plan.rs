@@ -4,7 +4,7 @@
 //! Header edits are computed on a copy of the client's headers in the order the gateway's rules
 //! apply them, then reduced to the difference: the host is told only what changed.
 
-use crate::api::Endpoint;
+use crate::api::{Endpoint, ModelSource};
 use crate::auth::{self, BodyHash};
 use crate::body::{NewBody, Sink};
 use crate::config::{Compiled, Credential, BACKEND_HEADER, MODEL_HEADER, RULE_HEADER};
@@ -60,7 +60,7 @@ pub struct RequestPlan {
 pub struct PlanInput<'a> {
     pub config: &'a Compiled,
     pub endpoint: Endpoint,
-    /// The client's query string, with its `?`, or "".
+    /// What follows the endpoint in the client's path (`Endpoint::path_tail`): its query string.
     pub query: &'a str,
     pub headers: &'a [(String, String)],
     pub body: &'a [u8],
@@ -68,12 +68,15 @@ pub struct PlanInput<'a> {
     pub now_nanos: u64,
     /// On the upstream copy of a fallback rule: the backend Envoy picked for this attempt.
     pub attempt: Option<Attempt>,
+    /// A request no model names (a stored response's call, sent without `x-ai-eg-model`) goes to
+    /// this backend: the only one that can serve it.
+    pub pinned_backend: Option<usize>,
 }
 
 /// Decides a request's destination and edits. A translation that writes a whole new body hands
 /// its full chunks to `sink` as it writes them (so memory holds one chunk, not the new body).
 pub fn plan_request(input: &PlanInput, sink: &mut dyn Sink) -> Result<RequestPlan, ApiError> {
-    let PlanInput { config, endpoint, query, headers, body, info, now_nanos, attempt } = *input;
+    let PlanInput { config, endpoint, query, headers, body, info, now_nanos, attempt, pinned_backend } = *input;
     if info.stream && !endpoint.can_stream() {
         return Err(ApiError::bad_request(
             "invalid_request",
@@ -82,12 +85,13 @@ pub fn plan_request(input: &PlanInput, sink: &mut dyn Sink) -> Result<RequestPla
     }
     let downstream = attempt.is_none();
     let mut edited = Edited::new(headers);
-    if downstream {
+    if downstream && !info.model.is_empty() {
         edited.set(MODEL_HEADER, &info.model);
     }
-    let index = match attempt {
-        Some(attempt) => attempt.backend,
-        None => match choose(config, headers, info)? {
+    let index = match (attempt, pinned_backend) {
+        (Some(attempt), _) => attempt.backend,
+        (None, Some(pinned)) => pinned,
+        (None, None) => match choose(config, headers, info)? {
             Choice::Backend(index) => index,
             Choice::Rule(rule) => {
                 edited.set(RULE_HEADER, &rule.to_string());
@@ -121,8 +125,26 @@ pub fn plan_request(input: &PlanInput, sink: &mut dyn Sink) -> Result<RequestPla
     let hashed = hashing.hash.take();
     let mut edits = edits?;
     if let Some(mutation) = &backend.body_mutation {
-        // After translation: it applies to what the provider receives.
-        edits.body = mutation.apply(body, edits.body.take())?;
+        match endpoint.model_source() {
+            // A stored response's call sends no body of its own to mutate (a cancel's, if any,
+            // goes on unread, like its query).
+            ModelSource::Header => {}
+            // An upload's bytes are never edited: refused rather than sent without the mutation.
+            ModelSource::MultipartOrJsonBody if !crate::json::looks_like_object(body) => {
+                return Err(ApiError::bad_request(
+                    "unsupported_body_mutation",
+                    format!(
+                        "backend {:?} mutates request bodies, which the gateway cannot do in a \
+                         multipart/form-data body; send this call to a backend without body_mutation",
+                        backend.name
+                    ),
+                ));
+            }
+            // After translation: it applies to what the provider receives.
+            ModelSource::JsonBody | ModelSource::MultipartOrJsonBody => {
+                edits.body = mutation.apply(body, edits.body.take())?;
+            }
+        }
     }
 
     // An allowlist: what nobody decided to forward does not reach the provider.
@@ -421,6 +443,45 @@ rules:
             assert_eq!(v["messages"], serde_json::json!([{"role": "user", "content": "hi"}]), "{v}");
             assert_eq!(host.header("x-api-key").as_deref(), Some("sk-ant-own"));
             assert_eq!(host.header("x-upstream-key"), None);
+        }
+
+        #[test]
+        fn the_openai_only_apis_meet_mutation_and_own_keys() {
+            // Responses → Anthropic: translated, then mutated, with the client's own key.
+            let body = r#"{"model":"claude-x","instructions":"be brief","input":"hi","max_output_tokens":9}"#;
+            let host = send("/v1/responses", &[("x-upstream-key", "sk-ant-own")], body).unwrap();
+            assert_eq!(host.header(":path").as_deref(), Some("/v1/messages"));
+            let v = body_of(&host);
+            assert_eq!(v["top_k"], 3);
+            assert!(v.get("system").is_none(), "{v}");
+            assert_eq!(host.header("x-api-key").as_deref(), Some("sk-ant-own"));
+            assert_eq!(host.header("x-upstream-key"), None);
+
+            // A JSON body of the other APIs is mutated like chat's.
+            let host = send("/v1/audio/speech", &[], r#"{"model":"gpt-4o","input":"hi","user":"u"}"#).unwrap();
+            let v = body_of(&host);
+            assert_eq!((v["temperature"].as_f64(), v.get("user")), (Some(0.5), None));
+
+            // An upload's bytes cannot be: refused, never sent unmutated.
+            let config = parse(CONFIG.as_bytes(), &NoEnv, 0).unwrap();
+            let mut x = Exchange::new(Some(Rc::new(Shared::new(config))));
+            let upload = "--b7\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o\r\n--b7--\r\n";
+            let content_type = [("content-type", "multipart/form-data; boundary=b7")];
+            let mut host = FakeHost::request("POST", "/v1/audio/transcriptions", &content_type);
+            host.request_body = upload.as_bytes().to_vec();
+            assert_eq!(x.on_request_headers(&mut host, false), Flow::Pause);
+            x.on_request_body(&mut host, upload.len(), true);
+            let (status, v) = host.reply_json();
+            assert_eq!((status, v["error"]["code"].as_str()), (400, Some("unsupported_body_mutation")), "{v}");
+
+            // A stored response's call has no body to mutate: it goes on as it came.
+            let config = parse(CONFIG.as_bytes(), &NoEnv, 0).unwrap();
+            let mut x = Exchange::new(Some(Rc::new(Shared::new(config))));
+            let mut host = FakeHost::request("GET", "/v1/responses/resp_1", &[("x-ai-eg-model", "gpt-4o")]);
+            assert_eq!(x.on_request_headers(&mut host, true), Flow::Continue);
+            assert!(host.reply.is_none());
+            assert!(host.request_body.is_empty());
+            assert_eq!(host.header("authorization").as_deref(), Some("Bearer sk-configured"));
         }
 
         #[test]

@@ -5,6 +5,7 @@ use serde_json::value::RawValue;
 
 use crate::config::is_header_value;
 use crate::error::ApiError;
+use crate::multipart;
 
 /// Longer model names are refused: real model ids are short, and the name travels in a header.
 pub const MAX_MODEL_LEN: usize = 256;
@@ -95,25 +96,12 @@ pub fn read(body: &[u8]) -> Result<RequestInfo, ApiError> {
     let fields: Fields = serde_json::from_str(text)
         .map_err(|e| ApiError::bad_request("invalid_request", format!("request body is not valid JSON: {e}")))?;
     let model = match fields.model.map(RawValue::get) {
-        None | Some("null") => {
-            return Err(ApiError::bad_request("missing_model", "you must provide a model parameter"))
-        }
+        None | Some("null") => return Err(missing_model()),
         Some(raw) if raw.starts_with('"') => serde_json::from_str::<String>(raw)
             .map_err(|_| ApiError::bad_request("invalid_model", "`model` must be a string"))?,
         Some(_) => return Err(ApiError::bad_request("invalid_model", "`model` must be a string")),
     };
-    if model.trim().is_empty() {
-        return Err(ApiError::bad_request("invalid_model", "`model` must not be empty"));
-    }
-    if model.len() > MAX_MODEL_LEN {
-        return Err(ApiError::bad_request(
-            "invalid_model",
-            format!("`model` is {} bytes long; the limit is {MAX_MODEL_LEN}", model.len()),
-        ));
-    }
-    if !is_header_value(&model) {
-        return Err(ApiError::bad_request("invalid_model", "`model` must not contain control characters"));
-    }
+    let model = checked_model(model)?;
     let stream = match fields.stream.map(RawValue::get) {
         None | Some("null") | Some("false") => false,
         Some("true") => true,
@@ -127,6 +115,53 @@ pub fn read(body: &[u8]) -> Result<RequestInfo, ApiError> {
         .and_then(|o| o.include_usage)
         .is_some_and(|v| v.get() == "true");
     Ok(RequestInfo { model, stream, client_wants_usage, has_stream_options })
+}
+
+fn missing_model() -> ApiError {
+    ApiError::bad_request("missing_model", "you must provide a model parameter")
+}
+
+/// A model name as the gateway accepts it, wherever it was read: it travels in a header.
+pub fn checked_model(model: String) -> Result<String, ApiError> {
+    if model.trim().is_empty() {
+        return Err(ApiError::bad_request("invalid_model", "`model` must not be empty"));
+    }
+    if model.len() > MAX_MODEL_LEN {
+        return Err(ApiError::bad_request(
+            "invalid_model",
+            format!("`model` is {} bytes long; the limit is {MAX_MODEL_LEN}", model.len()),
+        ));
+    }
+    if !is_header_value(&model) {
+        return Err(ApiError::bad_request("invalid_model", "`model` must not contain control characters"));
+    }
+    Ok(model)
+}
+
+/// Reads the body of an endpoint that takes uploads: a `multipart/form-data` body by its `model`
+/// part (the body itself is never edited), any other by its JSON.
+pub fn read_upload(body: &[u8], content_type: Option<&str>) -> Result<RequestInfo, ApiError> {
+    let malformed = |why: &str| {
+        ApiError::bad_request("invalid_request", format!("request body is not valid multipart/form-data: {why}"))
+    };
+    let boundary = match content_type.map(multipart::boundary) {
+        None | Some(Ok(None)) => return read(body),
+        Some(Err(multipart::Malformed(why))) => return Err(malformed(why)),
+        Some(Ok(Some(boundary))) => boundary,
+    };
+    let part = multipart::field(body, &boundary, "model").map_err(|multipart::Malformed(why)| malformed(why))?;
+    let part = part.ok_or_else(missing_model)?;
+    if part.len() > MAX_MODEL_LEN {
+        return Err(ApiError::bad_request(
+            "invalid_model",
+            format!("`model` is {} bytes long; the limit is {MAX_MODEL_LEN}", part.len()),
+        ));
+    }
+    let model = std::str::from_utf8(part)
+        .map_err(|_| ApiError::bad_request("invalid_model", "`model` must be UTF-8 text"))?
+        .to_string();
+    let model = checked_model(model)?;
+    Ok(RequestInfo { model, stream: false, client_wants_usage: false, has_stream_options: false })
 }
 
 #[cfg(test)]
@@ -189,5 +224,34 @@ mod tests {
         for bad in [&b""[..], b"\x01\x00", b"\x02\x00\x00m", b"\x00\x00\x00", b"\x00\x00\x00a\nb"] {
             assert_eq!(RequestInfo::decode(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn uploads_are_read_by_their_model_part_or_as_json() {
+        let ct = "multipart/form-data; boundary=b0";
+        let body = b"--b0\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF\r\n\
+--b0\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--b0--\r\n";
+        assert_eq!(read_upload(body, Some(ct)).unwrap().model, "whisper-1");
+        assert_eq!(read_upload(br#"{"model":"gpt-image-1"}"#, Some("application/json")).unwrap().model, "gpt-image-1");
+        assert_eq!(read_upload(br#"{"model":"m"}"#, None).unwrap().model, "m");
+        let code = |body: &[u8], ct: &str| read_upload(body, Some(ct)).unwrap_err().code;
+        assert_eq!(code(b"--b0\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b0--", ct), "missing_model");
+        assert_eq!(
+            code(b"--b0\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n \r\n--b0--", ct),
+            "invalid_model"
+        );
+        assert_eq!(
+            code(b"--b0\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\na\nb\r\n--b0--", ct),
+            "invalid_model"
+        );
+        assert_eq!(
+            code(b"--b0\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n\xff\r\n--b0--", ct),
+            "invalid_model"
+        );
+        assert_eq!(code(b"garbage", ct), "invalid_request");
+        assert_eq!(code(b"--b0\r\n", "multipart/form-data"), "invalid_request");
+        let long =
+            format!("--b0\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{}\r\n--b0--", "a".repeat(300));
+        assert_eq!(code(long.as_bytes(), ct), "invalid_model");
     }
 }

@@ -12,6 +12,8 @@ pub struct TokenUsage {
 }
 
 /// OpenAI's `usage` object. Every field is optional: servers that only claim compatibility omit some.
+/// Chat and completions name the counts `prompt_tokens`/`completion_tokens`; the Responses, Images
+/// and Audio APIs name them `input_tokens`/`output_tokens`: both are read.
 #[derive(Debug, Deserialize, Default)]
 pub struct OpenAIUsage {
     #[serde(default)]
@@ -24,6 +26,22 @@ pub struct OpenAIUsage {
     pub prompt_tokens_details: Option<PromptDetails>,
     #[serde(default)]
     pub completion_tokens_details: Option<CompletionDetails>,
+    #[serde(default)]
+    pub input_tokens: Option<u64>,
+    #[serde(default)]
+    pub output_tokens: Option<u64>,
+    #[serde(default)]
+    pub input_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    pub output_tokens_details: Option<CompletionDetails>,
+}
+
+impl OpenAIUsage {
+    /// Whether it counts tokens at all (a transcription billed by duration counts seconds).
+    pub fn counts_tokens(&self) -> bool {
+        self.prompt_tokens.or(self.completion_tokens).or(self.input_tokens).or(self.output_tokens).is_some()
+            || self.total_tokens.is_some()
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -40,14 +58,16 @@ pub struct CompletionDetails {
 
 impl From<&OpenAIUsage> for TokenUsage {
     fn from(u: &OpenAIUsage) -> Self {
-        let input = u.prompt_tokens.unwrap_or(0);
-        let output = u.completion_tokens.unwrap_or(0);
+        let input = u.prompt_tokens.or(u.input_tokens).unwrap_or(0);
+        let output = u.completion_tokens.or(u.output_tokens).unwrap_or(0);
+        let input_details = u.prompt_tokens_details.as_ref().or(u.input_tokens_details.as_ref());
+        let output_details = u.completion_tokens_details.as_ref().or(u.output_tokens_details.as_ref());
         TokenUsage {
             input,
             output,
             total: u.total_tokens.unwrap_or(input.saturating_add(output)),
-            cached_input: u.prompt_tokens_details.as_ref().and_then(|d| d.cached_tokens).unwrap_or(0),
-            reasoning: u.completion_tokens_details.as_ref().and_then(|d| d.reasoning_tokens).unwrap_or(0),
+            cached_input: input_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+            reasoning: output_details.and_then(|d| d.reasoning_tokens).unwrap_or(0),
         }
     }
 }
@@ -84,5 +104,19 @@ mod tests {
         assert_eq!(from_openai_json(br#"{"usage":null}"#), None);
         assert_eq!(from_openai_json(br#"{"choices":[]}"#), None);
         assert_eq!(from_openai_json(b"not json"), None);
+    }
+
+    #[test]
+    fn reads_the_responses_and_images_naming() {
+        let body = br#"{"usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":2},
+            "output_tokens":87,"output_tokens_details":{"reasoning_tokens":5},"total_tokens":123}}"#;
+        assert_eq!(
+            from_openai_json(body),
+            Some(TokenUsage { input: 36, output: 87, total: 123, cached_input: 2, reasoning: 5 })
+        );
+        let image = br#"{"usage":{"input_tokens":50,"output_tokens":4160,"input_tokens_details":{"text_tokens":50}}}"#;
+        assert_eq!(from_openai_json(image).map(|u| u.total), Some(4210));
+        let seconds: OpenAIUsage = serde_json::from_str(r#"{"type":"duration","seconds":3}"#).unwrap();
+        assert!(!seconds.counts_tokens());
     }
 }

@@ -36,6 +36,7 @@ pub const ALL: &[Target] = &[
     ("eventstream", eventstream),
     ("config_parse", config_parse),
     ("json_scan", json_scan),
+    ("multipart", multipart),
 ];
 
 pub fn run(target: &str, data: &[u8]) -> bool {
@@ -942,6 +943,34 @@ fn json_inner(data: &[u8]) {
     }
     check_alloc(body.len() * 2, "json_scan");
     let _ = unbase64;
+}
+
+// ---- multipart/form-data: the model part of an upload ----------------------------------------
+
+pub fn multipart(data: &[u8]) {
+    untracked(|| multipart_inner(data))
+}
+
+fn multipart_inner(data: &[u8]) {
+    use llmgw_filter::multipart::{boundary, field};
+    // Byte 0 picks the boundary; the rest is the body (and, read as text, a content type).
+    let Some((&s, body)) = data.split_first() else { return };
+    let b = pick(&["b0", "----WebKitFormBoundary7MA4YWxkTrZu0gW", "x", "a'(b)+_,-./:=? c"], s);
+    alloc::start();
+    let found = tracked(|| field(body, b, "model"));
+    if let Ok(text) = std::str::from_utf8(body) {
+        let _ = tracked(|| boundary(text));
+    }
+    check_alloc(body.len(), "multipart");
+    if let Ok(Some(part)) = found {
+        // A slice of the body, ended by a delimiter: the gateway never copies or edits the body.
+        let start = (part.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+        let end = start.saturating_add(part.len());
+        let delimiter = format!("\r\n--{b}");
+        if end > body.len() || !body[end..].starts_with(delimiter.as_bytes()) {
+            violation("multipart", || format!("the model part is not a part of the body: {}", show(body)));
+        }
+    }
 }
 
 // ---- for the seed tool ----------------------------------------------------------------------

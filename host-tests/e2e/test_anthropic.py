@@ -1,7 +1,8 @@
 """Anthropic on both sides, on real Envoy with the filter:
 
 - the official `openai` SDK against Anthropic backends (`Anthropic` and Vertex's `GCPAnthropic`): the
-  filter translates chat completions to the Messages API and the answers (streams included) back;
+  filter translates chat completions, and the Responses API (`client.responses.create`), to the
+  Messages API and the answers (streams included) back;
 - the official `anthropic` SDK on `/v1/messages`: natively to Anthropic backends, and translated to an
   OpenAI-compatible backend;
 - the same SDK with `base_url=<gateway>/anthropic` (as Envoy AI Gateway serves Claude-Code-style
@@ -177,6 +178,43 @@ def test_openai_stream_to_anthropic_with_usage(oai, providers):
     assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (2, 8)
     _, body = only_request(providers["anthropic"])
     assert body["stream"] is True and body["max_tokens"] == 100
+
+
+def test_openai_responses_to_anthropic_plain_and_streaming(oai, providers):
+    """`client.responses.create` with a claude model: translated to Messages, the answer a Responses
+    object (or event stream) the SDK parses; nothing stored."""
+    r = oai.responses.create(
+        model="claude-sonnet-mock", instructions="be brief", input="say hello to me", max_output_tokens=64
+    )
+    assert r.object == "response" and r.status == "completed" and r.output_text == REPLY_ANTHROPIC
+    assert r.model == "claude-sonnet-mock" and r.store is False
+    assert (r.usage.input_tokens, r.usage.output_tokens, r.usage.total_tokens) == (6, 8, 14)
+    rec, body = only_request(providers["anthropic"])
+    assert rec["path"] == "/v1/messages" and rec["headers"]["x-api-key"] == ANTHROPIC_KEY
+    assert "authorization" not in rec["headers"]
+    assert body["model"] == "claude-sonnet-mock" and body["max_tokens"] == 64
+    assert body["system"] == [{"type": "text", "text": "be brief"}]
+    assert body["messages"] == [{"role": "user", "content": "say hello to me"}] or body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "say hello to me"}]}
+    ]
+
+    providers["anthropic"].clear()
+    events = list(oai.responses.create(model="claude-haiku-mock", input="stream please", stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed", kinds
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == REPLY_ANTHROPIC
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    done = events[-1].response
+    assert done.output_text == REPLY_ANTHROPIC and (done.usage.input_tokens, done.usage.output_tokens) == (2, 8)
+    _, body = only_request(providers["anthropic"])
+    assert body["stream"] is True
+
+    # What needs OpenAI's stored state is refused in OpenAI's shape before any provider sees it.
+    providers["anthropic"].clear()
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.responses.create(model="claude-sonnet-mock", input="again", previous_response_id="resp_1")
+    assert "previous_response_id" in e.value.message
+    assert providers["anthropic"].requests() == []
 
 
 def test_openai_tool_calls_to_anthropic(oai, providers):

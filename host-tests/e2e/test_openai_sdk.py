@@ -1,5 +1,6 @@
 """The official openai SDK against the gateway: chat (plain and streaming), completions,
-embeddings, the model list, error mapping, body mutation and per-request upstream keys."""
+embeddings, the model list, error mapping, body mutation and per-request upstream keys; the
+Responses, Images and Audio APIs (pass-through)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import struct
 import openai
 import pytest
 
-from conftest import ALPHA_KEY, CLIENT_KEY, PLUGIN
+from conftest import ALPHA_KEY, BETA_KEY, CLIENT_KEY, PLUGIN
 
 REPLY = "Hello from alpha: this is a mock reply."  # mock-provider's reply with --chunks 8 (default)
 MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "say hello to the gateway"}]
@@ -241,3 +242,113 @@ def test_upstream_key_falls_back_to_the_configured_one(client, mocks):
     own.chat.completions.create(model="own-or-configured", messages=MSGS)
     headers = mocks["alpha"].requests()[-1]["headers"]
     assert headers["authorization"] == "Bearer sk-own-2" and "x-upstream-key" not in headers
+
+
+# --- Responses, Images, Audio: passed through to OpenAI-compatible backends -----------------------
+
+INPUT = "say hello to the gateway"  # 5 words: the mock's input_tokens
+
+
+def test_responses_create_plain_and_streaming_count_usage(client, gw, mocks):
+    import llmgw_e2e as e2e
+    from test_observability import _dump, _scrape_until
+
+    model = "alpha-responses"
+    r = client.responses.create(model=model, input=INPUT)
+    assert r.object == "response" and r.status == "completed" and r.output_text == REPLY
+    assert (r.usage.input_tokens, r.usage.output_tokens, r.usage.total_tokens) == (5, 8, 13)
+    assert r.usage.input_tokens_details.cached_tokens == 2
+    assert r.usage.output_tokens_details.reasoning_tokens == 4
+    (req,) = mocks["alpha"].requests()
+    assert req["path"] == "/v1/responses" and req["headers"]["authorization"] == f"Bearer {ALPHA_KEY}"
+    assert json.loads(req["body"]) == {"model": model, "input": INPUT}
+
+    events = list(client.responses.create(model=model, input=INPUT, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == REPLY
+    assert events[-1].response.usage.output_tokens == 8
+    sent = json.loads(mocks["alpha"].requests()[-1]["body"])
+    assert sent == {"model": model, "input": INPUT, "stream": True}, "a Responses body gets no stream_options"
+
+    common = {"llmgw_backend": "alpha", "gen_ai_request_model": model, "gen_ai_operation_name": "chat"}
+    samples, n = _scrape_until(gw, "gen_ai_client_token_usage_count", {**common, "gen_ai_token_type": "output"}, 2)
+    assert n == 2, _dump(samples, model)
+    s_out = e2e.prom_value(samples, "gen_ai_client_token_usage_sum", **common, gen_ai_token_type="output")
+    assert abs(s_out - 16) <= 1, s_out
+    assert e2e.prom_value(samples, "gen_ai_server_time_to_first_token_count", **common) == 1
+
+
+def test_stored_responses_route_by_the_model_header(client, mocks):
+    routed = {"x-ai-eg-model": "beta-stored"}
+    r = client.responses.retrieve("resp_abc123", extra_headers=routed)
+    assert r.id == "resp_abc123" and r.status == "completed"
+    items = client.responses.input_items.list("resp_abc123", limit=2, extra_headers=routed)
+    assert items.data[0].role == "user"
+    assert client.responses.cancel("resp_abc123", extra_headers=routed).status == "cancelled"
+    assert client.responses.delete("resp_abc123", extra_headers=routed) is None
+    got = [(q["method"], q["path"]) for q in mocks["beta"].requests()]
+    assert got == [
+        ("GET", "/beta/v1/responses/resp_abc123"),
+        ("GET", "/beta/v1/responses/resp_abc123/input_items?limit=2"),
+        ("POST", "/beta/v1/responses/resp_abc123/cancel"),
+        ("DELETE", "/beta/v1/responses/resp_abc123"),
+    ]
+    assert all(q["headers"]["authorization"] == f"Bearer {BETA_KEY}" for q in mocks["beta"].requests())
+    # This gateway has several OpenAI backends: without the header, the client is told what to send.
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.responses.retrieve("resp_abc123")
+    assert "x-ai-eg-model" in exc.value.message
+    assert mocks["alpha"].requests() == []
+
+
+def test_images_generate_and_edit(client, mocks):
+    r = client.images.generate(model="alpha-image", prompt="a cat in a hat")
+    assert base64.b64decode(r.data[0].b64_json).startswith(b"\x89PNG")
+    assert (r.usage.input_tokens, r.usage.output_tokens, r.usage.total_tokens) == (5, 272, 277)
+    png = base64.b64decode(r.data[0].b64_json)
+    e = client.images.edit(model="beta-image-edit", image=("cat.png", png, "image/png"), prompt="add a bow tie")
+    assert e.data[0].revised_prompt == "mock edit image: add a bow tie"
+    (req,) = mocks["beta"].requests()
+    assert req["path"] == "/beta/v1/images/edits"
+    assert req["headers"]["content-type"].startswith("multipart/form-data; boundary=")
+
+
+def test_audio_speech_bytes_arrive_intact(client, mocks):
+    speech = client.audio.speech.create(model="alpha-tts", voice="alloy", input="hello there gateway")
+    want = bytes((7 * k + 3) % 256 for k in range(65_536 + 3))
+    assert speech.content == want
+    assert speech.response.headers["content-type"] == "audio/mpeg"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK marks translations deprecated
+def test_audio_transcriptions_and_translations_are_routed_by_their_model_part(client, mocks):
+    audio = b"ID3" + bytes(range(256)) * 64 + b"\r\n--not-a-boundary\r\n"
+    t = client.audio.transcriptions.create(model="beta-whisper", file=("talk.mp3", audio, "audio/mpeg"))
+    assert t.text == f"mock transcription of talk.mp3 ({len(audio)} bytes) by beta-whisper"
+    tr = client.audio.translations.create(model="alpha-whisper", file=("talk.mp3", audio, "audio/mpeg"))
+    assert tr.text.endswith("by alpha-whisper")
+    (beta,) = mocks["beta"].requests()
+    (alpha,) = mocks["alpha"].requests()
+    assert (beta["path"], alpha["path"]) == ("/beta/v1/audio/transcriptions", "/v1/audio/translations")
+    assert beta["body_len"] == int(beta["headers"]["content-length"])
+    # A form without a model part is refused before any backend sees it.
+    import llmgw_e2e as e2e
+
+    no_model = b"--b0\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\n\r\nID3\r\n--b0--\r\n"
+    status, _, body = e2e.http("POST", str(client.base_url) + "audio/transcriptions", no_model,
+                               {"content-type": "multipart/form-data; boundary=b0"})
+    assert (status, json.loads(body)["error"]["code"]) == (400, "missing_model")
+    assert mocks["alpha"].requests() == [alpha] and mocks["beta"].requests() == [beta]
+
+
+def test_unknown_v1_path_lists_every_served_endpoint(gw):
+    import llmgw_e2e as e2e
+
+    status, _, body = e2e.http("POST", gw.url + "/v1/files", {"purpose": "batch"})
+    assert status == 404
+    message = json.loads(body)["error"]["message"]
+    for path in ("/v1/chat/completions", "/v1/responses", "/v1/responses/{id}/input_items", "/v1/images/edits",
+                 "/v1/audio/speech", "/v1/audio/transcriptions", "/v1/messages/count_tokens",
+                 "/anthropic/v1/messages", "/anthropic/v1/models"):
+        assert path in message.split("served: ")[1].split(", "), message

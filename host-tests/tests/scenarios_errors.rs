@@ -121,7 +121,8 @@ fn unknown_endpoints_under_v1_get_404() -> Result<()> {
         ("POST", "/v1"),
         ("POST", "/v1/"),
         ("POST", "/v1/chat/completions/extra"),
-        ("POST", "/v1/responses?x=1"),
+        ("POST", "/v1/batches?x=1"),
+        ("POST", "/v1/responses/r1/unknown"),
         ("DELETE", "/v1/assistants/a1"),
     ] {
         let s = send(&mut p, method, path, &[], &chat("gpt-4o"))?;

@@ -9,7 +9,7 @@ pub mod aws_anthropic_frames;
 mod bedrock;
 mod gemini;
 mod openai;
-pub mod responses_to_anthropic;
+mod responses_to_anthropic;
 
 use crate::api::Endpoint;
 use crate::config::{Backend, Schema};
@@ -73,7 +73,8 @@ pub struct RequestContext<'a> {
     pub info: &'a RequestInfo,
     pub body: &'a [u8],
     pub backend: &'a Backend,
-    /// The client's query string, with its `?`, or "".
+    /// The client's query string, with its `?`, or ""; for a stored response's call, its id and
+    /// call first (`Endpoint::path_tail`).
     pub query: &'a str,
     /// Unix seconds now, for `created` fields the provider does not send.
     pub now_unix: u64,
@@ -117,9 +118,19 @@ pub fn for_backend(endpoint: Endpoint, schema: Schema, include_usage: bool) -> R
     use Endpoint as E;
     use Schema as S;
     Ok(match (endpoint, schema) {
-        (E::ChatCompletions | E::Completions | E::Embeddings, S::OpenAI | S::AzureOpenAI) => {
-            Box::new(openai::Passthrough::new(endpoint, include_usage))
-        }
+        (
+            E::ChatCompletions
+            | E::Completions
+            | E::Embeddings
+            | E::Responses
+            | E::StoredResponse(_)
+            | E::ImageGenerations
+            | E::ImageEdits
+            | E::AudioSpeech
+            | E::AudioTranscriptions
+            | E::AudioTranslations,
+            S::OpenAI | S::AzureOpenAI,
+        ) => Box::new(openai::Passthrough::new(endpoint, include_usage)),
         (E::ChatCompletions, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic) => {
             Box::new(anthropic::OpenAIToAnthropic::new(schema))
         }
@@ -127,6 +138,9 @@ pub fn for_backend(endpoint: Endpoint, schema: Schema, include_usage: bool) -> R
             Box::new(anthropic_native::AnthropicNative::new(schema))
         }
         (E::Messages, S::OpenAI | S::AzureOpenAI) => Box::new(anthropic_to_openai::AnthropicToOpenAI::new()),
+        (E::Responses, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic) => {
+            Box::new(responses_to_anthropic::ResponsesToAnthropic::new(schema))
+        }
         (E::CountTokens, S::Anthropic) => Box::new(anthropic_native::AnthropicNative::count_tokens(schema)),
         (E::CountTokens, _) => return Err(cannot_count_tokens(schema)),
         (E::ChatCompletions, S::GCPVertexAI) => Box::new(gemini::OpenAIToGemini::new()),
@@ -135,6 +149,18 @@ pub fn for_backend(endpoint: Endpoint, schema: Schema, include_usage: bool) -> R
         (E::Messages, S::AWSBedrock | S::GCPVertexAI)
         | (E::Completions | E::Embeddings, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic | S::AWSBedrock)
         | (E::Completions, S::GCPVertexAI)
+        // The OpenAI-only APIs beyond Responses are served by OpenAI-compatible backends only (for
+        // now); a stored response lives at OpenAI, so only an OpenAI-compatible backend has it.
+        | (
+            E::StoredResponse(_)
+            | E::ImageGenerations
+            | E::ImageEdits
+            | E::AudioSpeech
+            | E::AudioTranscriptions
+            | E::AudioTranslations,
+            S::Anthropic | S::AWSAnthropic | S::GCPAnthropic | S::AWSBedrock | S::GCPVertexAI,
+        )
+        | (E::Responses, S::AWSBedrock | S::GCPVertexAI)
         | (E::Models | E::AnthropicModels, _) => return Err(unsupported(endpoint, schema)),
     })
 }

@@ -21,6 +21,8 @@ pub struct Passthrough {
     /// We added `stream_options.include_usage`, so the usage-only chunk is ours to remove.
     strip_usage_chunk: bool,
     streaming: bool,
+    /// The success body is JSON (else it is passed without a look: audio, images).
+    json: bool,
     splitter: Splitter,
     /// Non-streaming answers: `usage` is picked out as the body passes; nothing else is kept.
     usage_capture: TopLevelCapture,
@@ -35,6 +37,7 @@ impl Passthrough {
             include_usage,
             strip_usage_chunk: false,
             streaming: false,
+            json: false,
             splitter: Splitter::default(),
             usage_capture: TopLevelCapture::new("usage", MAX_USAGE_BYTES),
             usage: None,
@@ -50,6 +53,9 @@ fn carries_content(data: &str) -> bool {
     struct Chunk {
         #[serde(default)]
         choices: Vec<ChoiceProbe>,
+        /// Responses API events: `response.output_text.delta`, `response.function_call_arguments.delta`...
+        #[serde(default, rename = "type")]
+        kind: Option<String>,
     }
     #[derive(Deserialize)]
     struct ChoiceProbe {
@@ -69,14 +75,16 @@ fn carries_content(data: &str) -> bool {
         tool_calls: Option<IgnoredAny>,
     }
     let Ok(chunk) = serde_json::from_str::<Chunk>(data) else { return false };
-    chunk.choices.iter().any(|c| {
-        c.text.as_deref().is_some_and(|t| !t.is_empty())
-            || c.delta.as_ref().is_some_and(|d| {
-                d.content.as_deref().is_some_and(|t| !t.is_empty())
-                    || d.reasoning_content.as_deref().is_some_and(|t| !t.is_empty())
-                    || d.tool_calls.is_some()
-            })
-    })
+    let responses_delta = chunk.kind.as_deref().is_some_and(|k| k.starts_with("response.") && k.ends_with(".delta"));
+    responses_delta
+        || chunk.choices.iter().any(|c| {
+            c.text.as_deref().is_some_and(|t| !t.is_empty())
+                || c.delta.as_ref().is_some_and(|d| {
+                    d.content.as_deref().is_some_and(|t| !t.is_empty())
+                        || d.reasoning_content.as_deref().is_some_and(|t| !t.is_empty())
+                        || d.tool_calls.is_some()
+                })
+        })
 }
 
 #[derive(Deserialize)]
@@ -85,15 +93,45 @@ struct ChunkProbe {
     choices: Option<Vec<IgnoredAny>>,
     #[serde(default)]
     usage: Option<OpenAIUsage>,
+    /// Responses API: `response.completed` (or `.incomplete`, `.failed`) carries the response, usage
+    /// included; earlier events carry it with `"usage": null`.
+    #[serde(default)]
+    response: Option<ResponseProbe>,
+}
+
+#[derive(Deserialize)]
+struct ResponseProbe {
+    #[serde(default)]
+    usage: Option<OpenAIUsage>,
 }
 
 impl Translator for Passthrough {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
         let RequestContext { info, body, backend, query, now_unix: _, sink: _ } = request;
-        let inject_usage = self.include_usage && info.stream && self.endpoint.can_stream() && !info.client_wants_usage;
+        let inject_usage =
+            self.include_usage && info.stream && self.endpoint.takes_stream_options() && !info.client_wants_usage;
+        if let Endpoint::StoredResponse(_) = self.endpoint {
+            // The id names the response; no body names a model (one that comes is passed unread).
+            let path = upstream_path(backend, self.endpoint, &info.model, query);
+            return Ok(RequestEdits { path: Some(path), body: None, set_headers: Vec::new() });
+        }
         let model_override = backend.model_override.as_deref().filter(|m| *m != info.model);
+        let is_json = crate::json::looks_like_object(body);
+        if let (Some(model), false) = (model_override, is_json) {
+            // An upload's bytes are never edited: only a path that names the deployment renames it.
+            if !matches!(backend.api, BackendApi::AzureOpenAI { .. }) {
+                return Err(ApiError::bad_request(
+                    "unsupported_model_override",
+                    format!(
+                        "backend {:?} serves this model as {model:?}, which the gateway cannot write into a \
+                         multipart/form-data body; send the model's name as the backend knows it",
+                        backend.name
+                    ),
+                ));
+            }
+        }
         // In place: only the edited members change; every other byte goes upstream as it came.
-        let new_body = if inject_usage || model_override.is_some() {
+        let new_body = if inject_usage || (model_override.is_some() && is_json) {
             let mut splice = Splice::new(body, &["model", "stream_options"])
                 .ok_or_else(|| ApiError::bad_request("invalid_request", "request body must be a JSON object"))?;
             if let Some(model) = model_override {
@@ -122,7 +160,10 @@ impl Translator for Passthrough {
     }
 
     fn response_headers(&mut self, _status: u16, content_type: &str) -> ResponsePlan {
-        self.streaming = content_type.trim_start().to_ascii_lowercase().starts_with("text/event-stream");
+        let content_type = content_type.trim_start().to_ascii_lowercase();
+        self.streaming = content_type.starts_with("text/event-stream");
+        // `application/json`, also with parameters; anything else (audio, images) is not read.
+        self.json = content_type.split(';').next().is_some_and(|t| t.trim().ends_with("json"));
         // Removing the usage chunk changes the length; streams rarely carry one anyway.
         let remove_headers = if self.streaming && self.strip_usage_chunk { vec!["content-length"] } else { vec![] };
         ResponsePlan { mode: BodyMode::Stream, set_headers: Vec::new(), remove_headers }
@@ -145,7 +186,8 @@ impl Translator for Passthrough {
                 }
                 if event.data.contains("\"usage\"") {
                     if let Ok(probe) = serde_json::from_str::<ChunkProbe>(&event.data) {
-                        if let Some(u) = probe.usage.as_ref() {
+                        let found = probe.usage.as_ref().or(probe.response.as_ref().and_then(|r| r.usage.as_ref()));
+                        if let Some(u) = found.filter(|u| u.counts_tokens()) {
                             *usage = Some(TokenUsage::from(u));
                             keep = !(strip && probe.choices.as_ref().is_none_or(|c| c.is_empty()));
                         }
@@ -188,12 +230,19 @@ impl Translator for Passthrough {
 }
 
 /// The upstream path of an OpenAI-style endpoint: prefix + endpoint, or Azure's deployment form.
-pub(super) fn upstream_path(backend: &Backend, endpoint: Endpoint, model: &str, query: &str) -> String {
+/// `tail`: what follows the endpoint (see `Endpoint::path_tail`).
+pub(super) fn upstream_path(backend: &Backend, endpoint: Endpoint, model: &str, tail: &str) -> String {
     match &backend.api {
+        BackendApi::AzureOpenAI { .. } if matches!(endpoint, Endpoint::Responses | Endpoint::StoredResponse(_)) => {
+            // Azure serves the Responses API only on its v1 API (learn.microsoft.com, "Azure OpenAI
+            // Responses API"): `/openai/v1/responses`, the deployment named by the body's `model`
+            // as on OpenAI, and no dated `api-version` (the backend's one dates the deployments API).
+            format!("{}/openai/v1{}{tail}", backend.prefix, endpoint.suffix())
+        }
         BackendApi::AzureOpenAI { api_version: version, .. } => {
             // Azure names the deployment in the path; the body's model is ignored there.
             let deployment = percent_encode(model);
-            let extra = query.strip_prefix('?').map(|q| format!("&{q}")).unwrap_or_default();
+            let extra = tail.strip_prefix('?').map(|q| format!("&{q}")).unwrap_or_default();
             format!(
                 "{}/openai/deployments/{deployment}{}?api-version={version}{extra}",
                 backend.prefix,
@@ -205,7 +254,7 @@ pub(super) fn upstream_path(backend: &Backend, endpoint: Endpoint, model: &str, 
         | BackendApi::AWSBedrock { .. }
         | BackendApi::AWSAnthropic { .. }
         | BackendApi::GCPVertexAI { .. }
-        | BackendApi::GCPAnthropic { .. } => format!("{}{}{}", backend.prefix, endpoint.suffix(), query),
+        | BackendApi::GCPAnthropic { .. } => format!("{}{}{tail}", backend.prefix, endpoint.suffix()),
     }
 }
 
@@ -224,6 +273,9 @@ pub fn percent_encode(segment: &str) -> String {
 
 impl Passthrough {
     fn json_body(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkEdits {
+        if !self.json {
+            return ChunkEdits::default();
+        }
         self.usage_capture.push(chunk);
         let mut edits = ChunkEdits::default();
         if end_of_stream {
@@ -231,6 +283,7 @@ impl Passthrough {
                 .usage_capture
                 .value()
                 .and_then(|raw| serde_json::from_slice::<OpenAIUsage>(raw).ok())
+                .filter(OpenAIUsage::counts_tokens)
                 .map(|u| TokenUsage::from(&u));
         }
         edits
@@ -241,7 +294,7 @@ impl Passthrough {
 mod tests {
     use super::*;
     use crate::config::{Backend, BackendApi, Schema};
-    use crate::request::read;
+    use crate::request::{read, RequestInfo};
 
     fn backend(model_override: Option<&str>) -> Backend {
         let mut b = crate::testing::backend(Schema::OpenAI);
@@ -257,6 +310,48 @@ mod tests {
         let mut t = Passthrough::new(Endpoint::ChatCompletions, true);
         let edits = request(&mut t, br#"{"model":"gpt 4o","messages":[]}"#, &b);
         assert_eq!(edits.path.unwrap(), "/openai/deployments/gpt%204o/chat/completions?api-version=2024-10-21&q=1");
+    }
+
+    #[test]
+    fn azure_serves_responses_on_its_v1_api_and_the_rest_on_deployments() {
+        let mut b = crate::testing::backend(Schema::AzureOpenAI);
+        b.api = BackendApi::AzureOpenAI { api_version: "2025-04-01-preview".into(), credential: None };
+        let stored = Endpoint::StoredResponse(crate::api::StoredCall::InputItems);
+        let path = |e: Endpoint, tail: &str| upstream_path(&b, e, "dep", tail);
+        assert_eq!(path(Endpoint::Responses, ""), "/openai/v1/responses");
+        assert_eq!(path(stored, "/resp_1/input_items?limit=2"), "/openai/v1/responses/resp_1/input_items?limit=2");
+        assert_eq!(
+            path(Endpoint::AudioTranscriptions, ""),
+            "/openai/deployments/dep/audio/transcriptions?api-version=2025-04-01-preview"
+        );
+        assert_eq!(
+            path(Endpoint::ImageGenerations, "?a=1"),
+            "/openai/deployments/dep/images/generations?api-version=2025-04-01-preview&a=1"
+        );
+        assert_eq!(
+            upstream_path(&backend(None), stored, "", "/resp_1/input_items"),
+            "/api/v1/responses/resp_1/input_items"
+        );
+        // Azure's deployment path names the renamed model: an upload needs no edit there.
+        b.model_override = Some("real".into());
+        let mut t = Passthrough::new(Endpoint::AudioTranscriptions, true);
+        let info =
+            RequestInfo { model: "m".into(), stream: false, client_wants_usage: false, has_stream_options: false };
+        let edits = t.request_body(&RequestContext::new(&info, b"--b\r\n", &b)).unwrap();
+        assert_eq!(
+            edits.path.as_deref(),
+            Some("/openai/deployments/real/audio/transcriptions?api-version=2025-04-01-preview")
+        );
+        assert_eq!(edits.body, None);
+    }
+
+    #[test]
+    fn a_renamed_model_is_written_into_a_responses_body() {
+        let mut t = Passthrough::new(Endpoint::Responses, true);
+        let original = br#"{"model":"m","input":"hi","stream":true}"#;
+        let edits = request(&mut t, original, &backend(Some("real")));
+        assert_eq!(edits.body.unwrap().apply_to(original), br#"{"model":"real","input":"hi","stream":true}"#);
+        assert_eq!(edits.path.as_deref(), Some("/api/v1/responses?q=1"));
     }
 
     fn request(t: &mut Passthrough, body: &[u8], b: &Backend) -> RequestEdits {

@@ -13,6 +13,7 @@
 //! * `POST …/completions` — legacy text completions, JSON or SSE likewise.
 //! * `POST …/embeddings` — float vectors (or base64 when `encoding_format: "base64"`).
 //! * `GET …/models` — a model list.
+//! * The Responses, Images and Audio APIs: see `mock_provider/openai_apis.rs`.
 //! * `GET /__mock/requests` — every request received so far (JSON array);
 //!   `DELETE /__mock/requests` clears it. `GET /__mock/health` answers `ok`.
 //!
@@ -41,6 +42,8 @@ mod anthropic;
 mod bedrock;
 #[path = "mock_provider/gemini.rs"]
 mod gemini;
+#[path = "mock_provider/openai_apis.rs"]
+mod openai_apis;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -572,6 +575,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Re
     }
     // Gemini on Vertex AI (`…/publishers/google/models/{model}:{method}`): see mock_provider/gemini.rs.
     if let Some(response) = gemini::route(&state, &parts, &path, &body) {
+        return Ok(response);
+    }
+    // Responses (and stored responses), images, audio: see mock_provider/openai_apis.rs.
+    if let Some(response) = openai_apis::route(&state, &parts, &path, &body) {
         return Ok(response);
     }
     if path.ends_with("/models") {
