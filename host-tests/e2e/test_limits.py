@@ -88,7 +88,7 @@ def test_wrong_method_is_405_with_allow(gw):
 
 
 def test_unknown_v1_endpoint_is_404(gw):
-    status, _, err = _err(e2e.http("POST", gw.url + "/v1/images/generations", {"model": "alpha-x"}))
+    status, _, err = _err(e2e.http("POST", gw.url + "/v1/batches", {"model": "alpha-x"}))
     assert status == 404 and err["code"] == "unknown_endpoint"
 
 
