@@ -261,7 +261,7 @@ impl<'a> Splice<'a> {
             };
             ranges.push(range);
         }
-        ranges.sort_by_key(|r| r.start);
+        ranges.sort_unstable_by_key(|r| (r.start, r.end));
         let mut merged: Vec<Range<usize>> = Vec::new();
         for r in ranges {
             match merged.last_mut() {
@@ -287,7 +287,7 @@ impl<'a> Splice<'a> {
         // A value set on a removed member is dropped with it.
         self.edits.retain(|(r, _)| !removals.iter().any(|d| d.start <= r.start && r.end <= d.end));
         self.edits.extend(removals.into_iter().map(|r| (r, Vec::new())));
-        self.edits.sort_by_key(|(r, _)| r.start);
+        self.edits.sort_unstable_by_key(|(r, _)| (r.start, r.end));
         let head_end = self.edits.last().map_or(self.open + 1, |(r, _)| r.end.max(self.open + 1));
         let mut head = Vec::with_capacity(head_end + self.inserted.len() + 1);
         head.extend_from_slice(self.body.get(..=self.open)?);
@@ -363,7 +363,7 @@ where
     T: Deserialize<'a>,
 {
     let mut stopped = None;
-    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let mut de = serde_json::Deserializer::from_slice(raw.get().as_bytes());
     let result = de.deserialize_seq(EachVisitor { f: &mut f, stopped: &mut stopped, item: PhantomData });
     match (stopped, result) {
         (Some(e), _) => Err(EachError::Stopped(e)),
@@ -523,9 +523,15 @@ impl TopLevelCapture {
     }
 }
 
+/// `crate::json::from_text` on the slice reader: every read in the filter goes through one reader type,
+/// so each view's deserializer is compiled once, not once per reader (about N KiB of .wasm).
+pub fn from_text<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(text.as_bytes())
+}
+
 /// Deserializes `T` from a raw value that borrows from the body.
 pub fn from_raw<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Result<T, serde_json::Error> {
-    T::deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
+    T::deserialize(&mut serde_json::Deserializer::from_slice(raw.get().as_bytes()))
 }
 
 /// Reads an internally tagged enum (`#[serde(tag = "...")]`) without the derive, which buffers the
@@ -551,7 +557,7 @@ where
     K: Deserialize<'de>,
 {
     let text = <&'de RawValue>::deserialize(d)?.get();
-    let mut de = serde_json::Deserializer::from_str(text);
+    let mut de = serde_json::Deserializer::from_slice(text.as_bytes());
     let kind =
         de::Deserializer::deserialize_map(&mut de, TagProbe { tag, expecting, kind: PhantomData }).map_err(relay)?;
     body(kind, text).map_err(relay)
@@ -559,7 +565,7 @@ where
 
 /// A variant's members, from the object's text (for [`by_tag`]).
 pub fn tagged_body<'de, B: Deserialize<'de>>(text: &'de str) -> Result<B, serde_json::Error> {
-    B::deserialize(&mut serde_json::Deserializer::from_str(text))
+    B::deserialize(&mut serde_json::Deserializer::from_slice(text.as_bytes()))
 }
 
 /// An error from reading a value's own text, without its position there: the outer deserializer

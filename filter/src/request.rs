@@ -93,11 +93,11 @@ pub fn read(body: &[u8]) -> Result<RequestInfo, ApiError> {
             format!("request body is not valid UTF-8 (at byte {})", e.valid_up_to()),
         )
     })?;
-    let fields: Fields = serde_json::from_str(text)
+    let fields: Fields = crate::json::from_text(text)
         .map_err(|e| ApiError::bad_request("invalid_request", format!("request body is not valid JSON: {e}")))?;
     let model = match fields.model.map(RawValue::get) {
         None | Some("null") => return Err(missing_model()),
-        Some(raw) if raw.starts_with('"') => serde_json::from_str::<String>(raw)
+        Some(raw) if raw.starts_with('"') => crate::json::from_text::<String>(raw)
             .map_err(|_| ApiError::bad_request("invalid_model", "`model` must be a string"))?,
         Some(_) => return Err(ApiError::bad_request("invalid_model", "`model` must be a string")),
     };
@@ -111,7 +111,7 @@ pub fn read(body: &[u8]) -> Result<RequestInfo, ApiError> {
     let client_wants_usage = fields
         .stream_options
         .filter(|raw| raw.get().starts_with('{'))
-        .and_then(|raw| serde_json::from_str::<StreamOptions>(raw.get()).ok())
+        .and_then(|raw| crate::json::from_text::<StreamOptions>(raw.get()).ok())
         .and_then(|o| o.include_usage)
         .is_some_and(|v| v.get() == "true");
     Ok(RequestInfo { model, stream, client_wants_usage, has_stream_options })

@@ -805,7 +805,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
             .split("\n\n")
             .filter_map(|e| e.strip_prefix("data: "))
             .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).unwrap())
+            .map(|d| crate::json::from_text(d).unwrap())
             .collect()
     }
 

@@ -912,7 +912,7 @@ fn to_messages_response(body: &[u8], fallback_model: &str) -> Result<(Vec<u8>, O
         return Err("the body is empty".into());
     }
     let text = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
-    let c: CompletionView = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let c: CompletionView = crate::json::from_text(text).map_err(|e| e.to_string())?;
     let Some(choices) = c.choices.filter(|c| c.get() != "null") else {
         return Err(match c.error.and_then(error_text) {
             Some(message) => format!("the upstream answered with an error: {message}"),
@@ -1158,7 +1158,7 @@ impl EventWriter {
         if data.is_empty() {
             return;
         }
-        let chunk: ChunkView = match serde_json::from_str(data) {
+        let chunk: ChunkView = match crate::json::from_text(data) {
             Ok(chunk) => chunk,
             Err(e) => {
                 log::warn!("llmgw: an OpenAI stream event is not JSON: {e}");
@@ -1413,7 +1413,7 @@ fn upstream_error_message(status: u16, body: &[u8]) -> String {
         #[serde(default, borrow)]
         detail: Option<&'a RawValue>,
     }
-    let parsed = std::str::from_utf8(body).ok().and_then(|t| serde_json::from_str::<Envelope>(t).ok());
+    let parsed = std::str::from_utf8(body).ok().and_then(|t| crate::json::from_text::<Envelope>(t).ok());
     if let Some(e) = parsed {
         if let Some(m) = [e.error, e.message, e.detail].into_iter().flatten().find_map(error_text) {
             return m;

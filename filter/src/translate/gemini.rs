@@ -632,9 +632,9 @@ pub(super) fn write_request(
 ) -> Result<ChunkedBody, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| bad(format!("invalid chat completion request: {e}")))?;
     let view: ChatRequestView =
-        serde_json::from_str(text).map_err(|e| bad(format!("invalid chat completion request: {e}")))?;
+        crate::json::from_text(text).map_err(|e| bad(format!("invalid chat completion request: {e}")))?;
     let extensions: Extensions =
-        serde_json::from_str(text).map_err(|e| bad(format!("invalid chat completion request: {e}")))?;
+        crate::json::from_text(text).map_err(|e| bad(format!("invalid chat completion request: {e}")))?;
     let ChatRequestView {
         model: _,
         messages,
@@ -1114,7 +1114,7 @@ fn write_contents(
                                     Ok(())
                                 },
                             )?;
-                            match serde_json::from_str::<&RawValue>(&joined) {
+                            match crate::json::from_text::<&RawValue>(&joined) {
                                 Ok(object) if object.get().starts_with('{') => out.raw(object.get().as_bytes()),
                                 _ => {
                                     out.raw(b"{\"output\":");
@@ -1420,7 +1420,7 @@ fn write_choice(
 fn translate_completion(body: &[u8], fallback_id: &str, model: &str, created: u64) -> ChunkEdits {
     let result = (|| -> Result<(Vec<u8>, Option<TokenUsage>), Unreadable> {
         let text = std::str::from_utf8(body).map_err(|e| e.to_string())?;
-        let resp: g::ResponseView = serde_json::from_str(text).map_err(json_err)?;
+        let resp: g::ResponseView = crate::json::from_text(text).map_err(json_err)?;
         let mut counter = Counter::default();
         write_completion(&mut counter, &resp, fallback_id, model, created)?;
         let mut out = Vec::with_capacity(counter.0);
@@ -1576,7 +1576,7 @@ impl ChunkWriter {
             return;
         }
         if data.contains("\"error\"") {
-            if let Ok(e) = serde_json::from_str::<g::ErrorEnvelope>(data) {
+            if let Ok(e) = crate::json::from_text::<g::ErrorEnvelope>(data) {
                 let status = e.error.code.and_then(|c| u16::try_from(c).ok()).unwrap_or(500);
                 let code = e.error.status.map(|s| s.to_ascii_lowercase()).unwrap_or_else(|| "upstream_error".into());
                 self.fail(&e.error.message, ErrorKind::for_status(status).as_str(), &code, out);
@@ -1595,7 +1595,7 @@ impl ChunkWriter {
     }
 
     fn translate_event(&mut self, data: &str, out: &mut Vec<u8>) -> Result<(), Unreadable> {
-        let resp: g::ResponseView = serde_json::from_str(data).map_err(json_err)?;
+        let resp: g::ResponseView = crate::json::from_text(data).map_err(json_err)?;
         // The first event names the response and the model version for every chunk.
         let mut ids = match self.ids.take() {
             Some(ids) => ids,
@@ -2003,7 +2003,7 @@ impl OpenAIToVertexEmbeddings {
 pub(super) fn write_predict(body: &[u8], mut out: BodyWriter<'_>) -> Result<(ChunkedBody, bool), ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| bad(format!("invalid embeddings request: {e}")))?;
     let view: EmbeddingsView =
-        serde_json::from_str(text).map_err(|e| bad(format!("invalid embeddings request: {e}")))?;
+        crate::json::from_text(text).map_err(|e| bad(format!("invalid embeddings request: {e}")))?;
     let EmbeddingsView { model, input, dimensions, encoding_format, user, task_type } = view;
     let string_or_null = |name: &str, raw: Option<&RawValue>| -> Result<(), ApiError> {
         match raw.map(|r| r.get().as_bytes().first()) {
@@ -2208,7 +2208,7 @@ fn write_embeddings(w: &mut dyn Write, resp: &g::PredictView, model: &str, base6
 fn translate_embeddings(body: &[u8], model: &str, base64: bool) -> ChunkEdits {
     let result = (|| -> Result<(Vec<u8>, u64), Unreadable> {
         let text = std::str::from_utf8(body).map_err(|e| e.to_string())?;
-        let resp: g::PredictView = serde_json::from_str(text).map_err(json_err)?;
+        let resp: g::PredictView = crate::json::from_text(text).map_err(json_err)?;
         let mut counter = Counter::default();
         write_embeddings(&mut counter, &resp, model, base64)?;
         let mut out = Vec::with_capacity(counter.0);

@@ -74,7 +74,7 @@ fn carries_content(data: &str) -> bool {
         #[serde(default)]
         tool_calls: Option<IgnoredAny>,
     }
-    let Ok(chunk) = serde_json::from_str::<Chunk>(data) else { return false };
+    let Ok(chunk) = crate::json::from_text::<Chunk>(data) else { return false };
     let responses_delta = chunk.kind.as_deref().is_some_and(|k| k.starts_with("response.") && k.ends_with(".delta"));
     responses_delta
         || chunk.choices.iter().any(|c| {
@@ -185,7 +185,7 @@ impl Translator for Passthrough {
                     edits.first_content = true;
                 }
                 if event.data.contains("\"usage\"") {
-                    if let Ok(probe) = serde_json::from_str::<ChunkProbe>(&event.data) {
+                    if let Ok(probe) = crate::json::from_text::<ChunkProbe>(&event.data) {
                         let found = probe.usage.as_ref().or(probe.response.as_ref().and_then(|r| r.usage.as_ref()));
                         if let Some(u) = found.filter(|u| u.counts_tokens()) {
                             *usage = Some(TokenUsage::from(u));

@@ -350,7 +350,7 @@ fn write_tool_choice(
         return Ok(b"\"auto\"".to_vec());
     };
     if choice.get().starts_with('"') {
-        let mode: Cow<str> = serde_json::from_str(choice.get()).map_err(invalid)?;
+        let mode: Cow<str> = crate::json::from_text(choice.get()).map_err(invalid)?;
         let kind = match mode.as_ref() {
             "auto" => "auto",
             "required" => "any",
@@ -360,7 +360,7 @@ fn write_tool_choice(
         write_anthropic_tool_choice(kind, None, disable_parallel, out);
         return Ok(json_string(&mode));
     }
-    let view: ToolChoiceView = serde_json::from_str(choice.get()).map_err(invalid)?;
+    let view: ToolChoiceView = crate::json::from_text(choice.get()).map_err(invalid)?;
     match (view.kind.as_ref(), view.name) {
         ("function", Some(name)) => {
             write_anthropic_tool_choice("tool", Some(&name), disable_parallel, out);

@@ -754,13 +754,13 @@ fn opt_cow<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::
     #[derive(Deserialize)]
     struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
     let raw: Option<&'de RawValue> = Option::deserialize(d)?;
-    Ok(raw.and_then(|r| serde_json::from_str::<Borrowed<'de>>(r.get()).ok()).map(|b| b.0))
+    Ok(raw.and_then(|r| crate::json::from_text::<Borrowed<'de>>(r.get()).ok()).map(|b| b.0))
 }
 
 /// An optional member whose value, when it has an unexpected shape, counts as absent.
 fn lenient<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
     let raw: Option<&'de RawValue> = Option::deserialize(d)?;
-    Ok(raw.and_then(|r| serde_json::from_str::<T>(r.get()).ok()))
+    Ok(raw.and_then(|r| crate::json::from_text::<T>(r.get()).ok()))
 }
 
 /// Writes one Anthropic SSE event: `event: NAME\ndata: JSON\n\n`.

@@ -151,7 +151,7 @@ pub fn decodes_to_blank(body: &str) -> bool {
 pub fn check_json_inside(body: &str) -> Result<(), serde_json::Error> {
     use serde::Deserialize;
     if !body.contains('\\') {
-        return serde_json::from_str::<serde::de::IgnoredAny>(body).map(|_| ());
+        return crate::json::from_text::<serde::de::IgnoredAny>(body).map(|_| ());
     }
     let mut de = serde_json::Deserializer::from_reader(Unescape::new(body));
     serde::de::IgnoredAny::deserialize(&mut de)?;
