@@ -385,6 +385,13 @@ def test_anthropic_sdk_refusals_and_errors_from_converse(aclient, bedrock):
         aclient.messages.create(model="mock-error-429", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
     assert e.value.body == {"type": "error", "error": {"type": "rate_limit_error",
                                                        "message": "mock error 429 for model mock-error-429"}}
+    # An exception in Bedrock's stream ends the client's stream with an Anthropic `error` event.
+    with pytest.raises(anthropic.APIStatusError) as e:
+        with aclient.messages.stream(model="mock-stream-exception", max_tokens=10,
+                                     messages=[{"role": "user", "content": "hi"}]) as stream:
+            for _ in stream.text_stream:
+                pass
+    assert e.value.body["type"] == "error"
 
 
 def test_openai_responses_to_converse(bclient, bedrock):

@@ -76,11 +76,9 @@ impl Chain {
         };
         let api = match self.intermediate {
             Intermediate::OpenAIChat => BackendApi::OpenAI { credential: None },
-            Intermediate::AnthropicMessages => BackendApi::Anthropic {
-                anthropic_version: "2023-06-01".into(),
-                default_max_tokens,
-                credential: None,
-            },
+            Intermediate::AnthropicMessages => {
+                BackendApi::Anthropic { anthropic_version: "2023-06-01".into(), default_max_tokens, credential: None }
+            }
         };
         Backend {
             name: real.name.clone(),
@@ -219,11 +217,7 @@ impl Chain {
             // A chain within a chain: the innermost translation says it once.
             return e;
         }
-        e.message = format!(
-            "{TRANSLATED} {}, and that request was refused: {}",
-            self.intermediate.name(),
-            e.message
-        );
+        e.message = format!("{TRANSLATED} {}, and that request was refused: {}", self.intermediate.name(), e.message);
         e
     }
 }
@@ -244,7 +238,11 @@ mod tests {
         for_backend(endpoint, schema, false).unwrap_or_else(|e| panic!("{}", e.message))
     }
 
-    fn request(endpoint: Endpoint, schema: Schema, body: &Value) -> Result<(String, Value, Box<dyn Translator>), ApiError> {
+    fn request(
+        endpoint: Endpoint,
+        schema: Schema,
+        body: &Value,
+    ) -> Result<(String, Value, Box<dyn Translator>), ApiError> {
         let backend = crate::testing::backend(schema);
         let mut t = translator(endpoint, schema);
         let bytes = serde_json::to_vec(body).unwrap();
@@ -280,7 +278,10 @@ mod tests {
             v["messages"][0]["content"],
             json!([{"text": "What is here?"}, {"image": {"format": "png", "source": {"bytes": PNG}}}])
         );
-        assert_eq!(v["messages"][1]["content"][0]["toolUse"], json!({"toolUseId": "t1", "name": "look", "input": {"q": "x"}}));
+        assert_eq!(
+            v["messages"][1]["content"][0]["toolUse"],
+            json!({"toolUseId": "t1", "name": "look", "input": {"q": "x"}})
+        );
         assert_eq!(v["messages"][2]["content"][0]["toolResult"]["toolUseId"], "t1");
         assert_eq!(v["toolConfig"]["tools"][0]["toolSpec"]["name"], "look");
         assert_eq!(v["toolConfig"]["toolChoice"], json!({"auto": {}}));
@@ -340,8 +341,11 @@ mod tests {
     /// answer is handed whole, as the exchange does.
     fn respond(t: &mut dyn Translator, content_type: &str, chunks: &[&[u8]]) -> (String, Option<TokenUsage>, usize) {
         let plan = t.response_headers(200, content_type);
-        let chunks: Vec<Vec<u8>> =
-            if plan.mode == BodyMode::Buffer { vec![chunks.concat()] } else { chunks.iter().map(|c| c.to_vec()).collect() };
+        let chunks: Vec<Vec<u8>> = if plan.mode == BodyMode::Buffer {
+            vec![chunks.concat()]
+        } else {
+            chunks.iter().map(|c| c.to_vec()).collect()
+        };
         let (mut out, mut usage, mut firsts) = (Vec::new(), None, 0);
         for (i, c) in chunks.iter().enumerate() {
             let e = t.response_body(c, i + 1 == chunks.len());
@@ -441,10 +445,16 @@ mod tests {
                 "contentBlockStart",
                 r#"{"contentBlockIndex":1,"start":{"toolUse":{"toolUseId":"tu_1","name":"look"}}}"#,
             ),
-            event_for_test("contentBlockDelta", r#"{"contentBlockIndex":1,"delta":{"toolUse":{"input":"{\"q\":\"x\"}"}}}"#),
+            event_for_test(
+                "contentBlockDelta",
+                r#"{"contentBlockIndex":1,"delta":{"toolUse":{"input":"{\"q\":\"x\"}"}}}"#,
+            ),
             event_for_test("contentBlockStop", r#"{"contentBlockIndex":1}"#),
             event_for_test("messageStop", r#"{"stopReason":"tool_use"}"#),
-            event_for_test("metadata", r#"{"usage":{"inputTokens":25,"outputTokens":9,"totalTokens":34},"metrics":{}}"#),
+            event_for_test(
+                "metadata",
+                r#"{"usage":{"inputTokens":25,"outputTokens":9,"totalTokens":34},"metrics":{}}"#,
+            ),
         ]
         .concat()
     }
@@ -481,6 +491,23 @@ mod tests {
         let (events, usage) = stream_everywhere(make, "text/event-stream", GEMINI_SSE.as_bytes());
         check_anthropic_stream(&events, 25, 9);
         assert_eq!((usage.input, usage.output), (25, 9));
+    }
+
+    #[test]
+    fn a_converse_stream_exception_becomes_an_anthropic_error_event() {
+        let mut frames = event_for_test("messageStart", r#"{"role":"assistant"}"#);
+        frames.extend(event_for_test("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"text":"Hel"}}"#));
+        frames.extend(crate::eventstream::encode_for_test(
+            &[(":message-type", "exception"), (":exception-type", "throttlingException")],
+            br#"{"message":"Too many requests"}"#,
+        ));
+        let make = streaming(Endpoint::Messages, Schema::AWSBedrock);
+        let (out, _, _) = respond(&mut *make(), "application/vnd.amazon.eventstream", &[&frames, b""]);
+        let events = events(&out);
+        let last = events.last().unwrap();
+        assert_eq!(last.0, "error", "{out}");
+        assert_eq!(last.1["error"]["message"], "Too many requests");
+        assert!(!names(&events).contains(&"message_stop"), "a broken stream is not a success: {out}");
     }
 
     fn check_message(json_text: &str) {
@@ -534,7 +561,8 @@ mod tests {
         let v: Value = serde_json::from_slice(&e.replace.unwrap()).unwrap();
         assert_eq!(v["type"], "error", "{v}");
 
-        let (_, _, mut t) = request(Endpoint::Responses, Schema::GCPVertexAI, &json!({"model": "m", "input": "hi"})).unwrap();
+        let (_, _, mut t) =
+            request(Endpoint::Responses, Schema::GCPVertexAI, &json!({"model": "m", "input": "hi"})).unwrap();
         let v: Value = serde_json::from_slice(&t.error_body(403, google).unwrap()).unwrap();
         assert!(v["error"]["message"].as_str().unwrap().contains("Invalid argument"), "{v}");
         assert!(v.get("type").is_none(), "OpenAI-shaped: {v}");
@@ -548,7 +576,8 @@ mod tests {
         assert_eq!(v["system"], json!([{"text": "Be brief."}]));
         assert_eq!(v["messages"], json!([{"role": "user", "content": [{"text": "hi"}]}]));
         assert_eq!(v["inferenceConfig"]["maxTokens"], 50);
-        let converse = br#"{"output":{"message":{"role":"assistant","content":[{"text":"Hello"}]}},"stopReason":"end_turn",
+        let converse =
+            br#"{"output":{"message":{"role":"assistant","content":[{"text":"Hello"}]}},"stopReason":"end_turn",
             "usage":{"inputTokens":3,"outputTokens":2,"totalTokens":5}}"#;
         let (out, usage, _) = respond(&mut *t, "application/json", &[converse]);
         let r: Value = serde_json::from_str(&out).unwrap();
@@ -568,7 +597,8 @@ mod tests {
         assert_eq!(r["usage"]["output_tokens"], 2);
 
         // Without `max_output_tokens`, Gemini gets a limit every model takes.
-        let (_, v, _) = request(Endpoint::Responses, Schema::GCPVertexAI, &json!({"model": "m", "input": "hi"})).unwrap();
+        let (_, v, _) =
+            request(Endpoint::Responses, Schema::GCPVertexAI, &json!({"model": "m", "input": "hi"})).unwrap();
         assert_eq!(v["generationConfig"]["maxOutputTokens"], VERTEX_DEFAULT_MAX_TOKENS);
     }
 
@@ -581,7 +611,8 @@ mod tests {
         let completed = &events.last().unwrap().1["response"];
         assert_eq!(completed["usage"]["input_tokens"], 25);
         assert_eq!(completed["usage"]["output_tokens"], 9);
-        let kinds: Vec<&str> = completed["output"].as_array().unwrap().iter().map(|o| o["type"].as_str().unwrap()).collect();
+        let kinds: Vec<&str> =
+            completed["output"].as_array().unwrap().iter().map(|o| o["type"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["message", "function_call"]);
         assert_eq!((usage.input, usage.output), (25, 9));
     }
@@ -606,6 +637,9 @@ mod tests {
         // The client asked for a stream but the backend answered JSON: held whole and rewritten.
         let (_, _, mut t) = request(Endpoint::Messages, Schema::GCPVertexAI, &messages_request(true)).unwrap();
         let plan = t.response_headers(200, "application/json");
-        assert_eq!((plan.mode, plan.set_headers), (BodyMode::Buffer, vec![("content-type", "application/json".into())]));
+        assert_eq!(
+            (plan.mode, plan.set_headers),
+            (BodyMode::Buffer, vec![("content-type", "application/json".into())])
+        );
     }
 }
