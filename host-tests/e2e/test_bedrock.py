@@ -3,12 +3,15 @@ completions to the Bedrock Converse API (`/model/{id}/converse`, `/converse-stre
 request with SigV4, and turns Bedrock's eventstream frames back into OpenAI SSE. mock-provider answers
 as Bedrock does (see mocks/src/bin/mock_provider/bedrock.rs): it knows the secret key, recomputes
 each signature independently and refuses a mismatch. Each test checks what the client got and the
-exact request the mock received. An AWSAnthropic backend (Anthropic body on `/invoke`) is checked too."""
+exact request the mock received. An AWSAnthropic backend (Anthropic body on `/invoke`) is checked too,
+and so are the official `anthropic` SDK (`/v1/messages`) and `client.responses.create` reaching Bedrock
+through the chat translation (the filter chains Messages → chat → Converse)."""
 
 from __future__ import annotations
 
 import json
 
+import anthropic
 import openai
 import pytest
 
@@ -300,3 +303,125 @@ def test_anthropic_sdk_streams_from_aws_anthropic(bgw, bedrock):
     rec, body = only_request(bedrock)
     assert rec["path"] == f"/model/{MODEL_PATH}/invoke-with-response-stream"
     assert body["anthropic_version"] == "bedrock-2023-05-31" and "model" not in body and "stream" not in body
+
+
+# Anthropic Messages and OpenAI Responses clients reach Bedrock through OpenAI chat (translate/chain.rs).
+
+ANTHROPIC_WEATHER = {"name": "get_weather", "description": "Current weather for a city",
+                     "input_schema": WEATHER_TOOL["function"]["parameters"]}
+
+
+@pytest.fixture
+def aclient(bgw, bedrock):
+    bedrock.clear()
+    c = anthropic.Anthropic(base_url=bgw.url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def test_anthropic_sdk_messages_to_converse(aclient, bedrock):
+    m = aclient.messages.create(model=MODEL, max_tokens=100, system="be brief", stop_sequences=["END"],
+                                messages=[{"role": "user", "content": "say hello to the gateway"}])
+    assert m.type == "message" and m.role == "assistant" and m.model == MODEL
+    assert [b.type for b in m.content] == ["text"] and m.content[0].text == REPLY
+    assert m.stop_reason == "end_turn"
+    # Anthropic counts input without cache reads (the mock reads half the prompt from its cache).
+    assert (m.usage.input_tokens + m.usage.cache_read_input_tokens, m.usage.output_tokens) == (PROMPT_WORDS, 8)
+    rec, body = only_request(bedrock)
+    assert rec["path"] == f"/model/{MODEL_PATH}/converse"
+    assert "anthropic-version" not in rec["headers"] and "x-api-key" not in rec["headers"]
+    assert body == {
+        "messages": [{"role": "user", "content": [{"text": "say hello to the gateway"}]}],
+        "system": [{"text": "be brief"}],
+        "inferenceConfig": {"maxTokens": 100, "stopSequences": ["END"]},
+    }
+
+    bedrock.clear()
+    with aclient.messages.stream(model=MODEL, max_tokens=100,
+                                 messages=[{"role": "user", "content": "say hello to the gateway"}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == REPLY and final.stop_reason == "end_turn" and final.usage.output_tokens == 8
+    rec, body = only_request(bedrock)
+    assert rec["path"] == f"/model/{MODEL_PATH}/converse-stream"
+    assert body["messages"] == [{"role": "user", "content": [{"text": "say hello to the gateway"}]}]
+
+
+def test_anthropic_sdk_tool_use_to_converse(aclient, bedrock):
+    msgs = [{"role": "user", "content": "weather in Paris?"}]
+    m = aclient.messages.create(model=MODEL, max_tokens=200, messages=msgs, tools=[ANTHROPIC_WEATHER],
+                                tool_choice={"type": "any"})
+    assert m.stop_reason == "tool_use"
+    assert m.content[0].type == "text" and m.content[0].text == "Calling get_weather."
+    [use] = [b for b in m.content if b.type == "tool_use"]
+    assert use.id.startswith("tooluse_") and use.name == "get_weather"
+    assert use.input == {"location": "mock-location", "days": 1}
+    _, body = only_request(bedrock)
+    assert body["toolConfig"] == {"tools": [WEATHER_SPEC], "toolChoice": {"any": {}}}
+
+    bedrock.clear()
+    history = msgs + [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in m.content]},
+                      {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}]}]
+    with aclient.messages.stream(model=MODEL, max_tokens=200, messages=history, tools=[ANTHROPIC_WEATHER]) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].text == "The tool said: sunny" and final.stop_reason == "end_turn"
+    _, body = only_request(bedrock)
+    assert body["messages"][1] == {"role": "assistant", "content": [
+        {"text": "Calling get_weather."},
+        {"toolUse": {"toolUseId": use.id, "name": "get_weather", "input": use.input}}]}
+    assert body["messages"][2] == {"role": "user", "content": [
+        {"toolResult": {"toolUseId": use.id, "content": [{"text": "sunny"}]}}]}
+
+
+def test_anthropic_sdk_refusals_and_errors_from_converse(aclient, bedrock):
+    remote = {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}
+    with pytest.raises(anthropic.BadRequestError) as e:
+        aclient.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": [remote]}])
+    assert e.value.body["type"] == "error" and "translation to OpenAI chat" in e.value.message
+    assert bedrock.requests() == [], "refused requests must not reach Bedrock"
+    with pytest.raises(anthropic.RateLimitError) as e:
+        aclient.messages.create(model="mock-error-429", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body == {"type": "error", "error": {"type": "rate_limit_error",
+                                                       "message": "mock error 429 for model mock-error-429"}}
+    # An exception in Bedrock's stream ends the client's stream with an Anthropic `error` event.
+    with pytest.raises(anthropic.APIStatusError) as e:
+        with aclient.messages.stream(model="mock-stream-exception", max_tokens=10,
+                                     messages=[{"role": "user", "content": "hi"}]) as stream:
+            for _ in stream.text_stream:
+                pass
+    assert e.value.body["type"] == "error"
+
+
+def test_openai_responses_to_converse(bclient, bedrock):
+    r = bclient.responses.create(model=MODEL, instructions="be brief", input="say hello to the gateway")
+    assert r.object == "response" and r.status == "completed" and r.output_text == REPLY
+    assert r.store is False
+    assert (r.usage.input_tokens, r.usage.output_tokens) == (PROMPT_WORDS, 8)
+    rec, body = only_request(bedrock)
+    assert rec["path"] == f"/model/{MODEL_PATH}/converse"
+    assert body == {
+        "messages": [{"role": "user", "content": [{"text": "say hello to the gateway"}]}],
+        "system": [{"text": "be brief"}],
+        "inferenceConfig": {"maxTokens": 4096},
+    }
+
+    bedrock.clear()
+    events = list(bclient.responses.create(model=MODEL, input="say hello to the gateway", max_output_tokens=50,
+                                           stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed", kinds
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == REPLY
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    done = events[-1].response
+    assert done.output_text == REPLY and done.usage.output_tokens == 8
+    rec, body = only_request(bedrock)
+    assert rec["path"] == f"/model/{MODEL_PATH}/converse-stream"
+    assert body["inferenceConfig"] == {"maxTokens": 50}
+
+    bedrock.clear()
+    with pytest.raises(openai.BadRequestError) as e:
+        bclient.responses.create(model=MODEL, input="again", previous_response_id="resp_1")
+    assert "previous_response_id" in e.value.message
+    assert bedrock.requests() == []

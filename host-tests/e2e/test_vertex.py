@@ -1,13 +1,16 @@
 """The official openai SDK against a GCPVertexAI backend: the gateway translates OpenAI chat
 completions and embeddings to Gemini on Vertex AI (`:generateContent`, `:streamGenerateContent?alt=sse`,
 `:predict`), and mock-provider answers as Vertex does (see mocks/src/bin/mock_provider/gemini.rs).
-Each test checks what the client got and the exact request the mock received."""
+The official `anthropic` SDK (`/v1/messages`) reaches Gemini too, through the chat translation (the
+filter chains Messages → chat → Gemini). Each test checks what the client got and the exact request the
+mock received."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import anthropic
 import openai
 import pytest
 
@@ -356,3 +359,79 @@ def test_unsupported_parameters_are_refused_before_the_upstream(vclient, vertex)
     assert "logprobs" in exc.value.body["message"]
     assert vertex.requests() == []
 
+
+
+# Anthropic Messages clients reach Gemini through OpenAI chat (translate/chain.rs).
+
+@pytest.fixture
+def aclient(vgw, vertex):
+    vertex.clear()
+    c = anthropic.Anthropic(base_url=vgw.url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def test_anthropic_sdk_messages_to_gemini(aclient, vertex):
+    m = aclient.messages.create(model="gemini-2.5-flash", max_tokens=50, system="be brief", stop_sequences=["END"],
+                                messages=[{"role": "user", "content": "say hello"}])
+    assert m.type == "message" and m.model == "gemini-2.5-flash"
+    assert m.content[0].text == REPLY and m.stop_reason == "end_turn"
+    prompt = 2 + 2
+    assert (m.usage.input_tokens + m.usage.cache_read_input_tokens, m.usage.output_tokens) == (prompt, 8)
+    rec, body = only_request(vertex)
+    assert rec["path"] == BASE + "gemini-2.5-flash:generateContent"
+    assert "anthropic-version" not in rec["headers"] and "x-api-key" not in rec["headers"]
+    assert body == {
+        "contents": [{"role": "user", "parts": [{"text": "say hello"}]}],
+        "systemInstruction": {"parts": [{"text": "be brief"}]},
+        "generationConfig": {"maxOutputTokens": 50, "stopSequences": ["END"]},
+    }
+
+    vertex.clear()
+    with aclient.messages.stream(model="gemini-2.5-flash", max_tokens=50,
+                                 messages=[{"role": "user", "content": "stream a hello"}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == REPLY and final.stop_reason == "end_turn" and final.usage.output_tokens == 8
+    rec, body = only_request(vertex)
+    assert rec["path"] == BASE + "gemini-2.5-flash:streamGenerateContent?alt=sse"
+    assert body == {"contents": [{"role": "user", "parts": [{"text": "stream a hello"}]}],
+                    "generationConfig": {"maxOutputTokens": 50}}
+
+
+def test_anthropic_sdk_tool_use_to_gemini(aclient, vertex):
+    tool = {"name": "get_weather", "description": "Current weather for a city",
+            "input_schema": WEATHER_TOOL["function"]["parameters"]}
+    msgs = [{"role": "user", "content": "What is the weather in Paris?"}]
+    m = aclient.messages.create(model="gemini-2.5-flash", max_tokens=100, messages=msgs, tools=[tool],
+                                tool_choice={"type": "any"})
+    assert m.stop_reason == "tool_use"
+    [use] = [b for b in m.content if b.type == "tool_use"]
+    assert use.name == "get_weather" and use.input == {"location": "mock-location", "days": 1}
+    _, body = only_request(vertex)
+    assert body["tools"] == [{"functionDeclarations": [{"name": "get_weather", "description": "Current weather for a city",
+                                                        "parametersJsonSchema": tool["input_schema"]}]}]
+    assert body["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
+
+    vertex.clear()
+    history = msgs + [
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in m.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": '{"temp_c": 18}'}]},
+    ]
+    with aclient.messages.stream(model="gemini-2.5-flash", max_tokens=100, messages=history, tools=[tool]) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].text == 'The tool said: {"temp_c":18}' and final.stop_reason == "end_turn"
+    _, body = only_request(vertex)
+    assert body["contents"][1:] == [
+        {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"location": "mock-location", "days": 1}}}]},
+        {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"temp_c": 18}}}]},
+    ]
+
+
+def test_anthropic_sdk_errors_from_gemini(aclient, vertex):
+    with pytest.raises(anthropic.APIStatusError) as e:
+        aclient.messages.create(model="mock-error-429", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 429
+    assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "rate_limit_error"

@@ -7,6 +7,7 @@ mod anthropic_native;
 mod anthropic_to_openai;
 pub mod aws_anthropic_frames;
 mod bedrock;
+mod chain;
 mod gemini;
 mod openai;
 mod responses_to_anthropic;
@@ -146,8 +147,15 @@ pub fn for_backend(endpoint: Endpoint, schema: Schema, include_usage: bool) -> R
         (E::ChatCompletions, S::GCPVertexAI) => Box::new(gemini::OpenAIToGemini::new()),
         (E::Embeddings, S::GCPVertexAI) => Box::new(gemini::OpenAIToVertexEmbeddings::new()),
         (E::ChatCompletions, S::AWSBedrock) => Box::new(bedrock::OpenAIToBedrock::new()),
-        (E::Messages, S::AWSBedrock | S::GCPVertexAI)
-        | (E::Completions | E::Embeddings, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic | S::AWSBedrock)
+        // No translator speaks these pairs: two are chained through OpenAI chat (and Responses
+        // through Anthropic Messages first). What is lost on the way is tabled in the README.
+        (E::Messages, S::AWSBedrock | S::GCPVertexAI) => Box::new(messages_via_chat(schema)),
+        (E::Responses, S::AWSBedrock | S::GCPVertexAI) => Box::new(chain::Chain::new(
+            Box::new(responses_to_anthropic::ResponsesToAnthropic::new(S::Anthropic)),
+            chain::Intermediate::AnthropicMessages,
+            Box::new(messages_via_chat(schema)),
+        )),
+        (E::Completions | E::Embeddings, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic | S::AWSBedrock)
         | (E::Completions, S::GCPVertexAI)
         // The OpenAI-only APIs beyond Responses are served by OpenAI-compatible backends only (for
         // now); a stored response lives at OpenAI, so only an OpenAI-compatible backend has it.
@@ -160,9 +168,21 @@ pub fn for_backend(endpoint: Endpoint, schema: Schema, include_usage: bool) -> R
             | E::AudioTranslations,
             S::Anthropic | S::AWSAnthropic | S::GCPAnthropic | S::AWSBedrock | S::GCPVertexAI,
         )
-        | (E::Responses, S::AWSBedrock | S::GCPVertexAI)
         | (E::Models | E::AnthropicModels, _) => return Err(unsupported(endpoint, schema)),
     })
+}
+
+/// Anthropic Messages → OpenAI chat → a chat translator's backend (Bedrock Converse or Gemini).
+fn messages_via_chat(schema: Schema) -> chain::Chain {
+    let chat_to_backend: Box<dyn Translator> = match schema {
+        Schema::GCPVertexAI => Box::new(gemini::OpenAIToGemini::new()),
+        _ => Box::new(bedrock::OpenAIToBedrock::new()),
+    };
+    chain::Chain::new(
+        Box::new(anthropic_to_openai::AnthropicToOpenAI::new()),
+        chain::Intermediate::OpenAIChat,
+        chat_to_backend,
+    )
 }
 
 /// A translator handed a backend of a schema it does not speak (`for_backend` pairs them by schema,
