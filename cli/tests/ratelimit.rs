@@ -2,6 +2,8 @@
 //! client. Redis tests start Debian's `redis-server` on a free port (installed by `make deb-tools`;
 //! skipped with a message only when it is not installed).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::net::SocketAddr;
@@ -33,7 +35,7 @@ const LIMITS: &str = r#"
   name: numeric
   max_value: 1
   seconds: 60
-  conditions: ["int(descriptors[0].n) > 3"]
+  conditions: ["has(descriptors[0].n) && int(descriptors[0].n) > 3"]
 "#;
 
 // ---------------------------------------------------------------------------------------------
@@ -222,8 +224,9 @@ fn limits_file_is_read_strictly() {
     // A misspelt max_value must not silently become a limit of 0.
     assert!(err("- {namespace: a, max_values: 3, seconds: 1}").contains("max_values"));
     assert!(err("- {namespace: a, max_value: 3, seconds: 0}").contains("seconds"));
-    assert!(err("- {namespace: a, max_value: 3, seconds: 1, conditions: [\"descriptors[0].x ==\"]}")
-        .contains("condition"));
+    assert!(
+        err("- {namespace: a, max_value: 3, seconds: 1, conditions: [\"descriptors[0].x ==\"]}").contains("condition")
+    );
     assert!(err("- {namespace: a, max_value: 3, seconds: 1, conditions: [\"limit.name == 'x'\"]}")
         .contains("only `descriptors`"));
     assert!(err("- {namespace: '', max_value: 3, seconds: 1}").contains("namespace"));
@@ -277,11 +280,8 @@ async fn under_the_limit_ok_then_over_limit_with_reset() {
     assert!(r.response_headers_to_add.is_empty());
 
     // Several descriptors: one status each, OVER_LIMIT overall when any is.
-    let r = call(
-        &ch,
-        request(vec![descriptor("requests", "team-c", None), descriptor("requests", "team-a", None)], 0),
-    )
-    .await;
+    let r = call(&ch, request(vec![descriptor("requests", "team-c", None), descriptor("requests", "team-a", None)], 0))
+        .await;
     let codes: Vec<i32> = r.statuses.iter().map(|s| s.code).collect();
     assert_eq!(codes, [Code::Ok as i32, Code::OverLimit as i32]);
     assert_eq!(r.overall_code, Code::OverLimit as i32);
@@ -298,14 +298,13 @@ async fn hostile_requests_are_refused_or_answered_without_panicking() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     // A condition that cannot be evaluated on the value (not a number): limitador would panic;
     // the service answers by its failure mode (closed) and keeps serving.
-    let bad = RateLimitDescriptor {
-        entries: vec![Entry { key: "n".into(), value: "abc".into() }],
-        ..Default::default()
-    };
+    let bad =
+        RateLimitDescriptor { entries: vec![Entry { key: "n".into(), value: "abc".into() }], ..Default::default() };
     let r = call(&ch, request(vec![bad], 0)).await;
     assert_eq!(r.overall_code, Code::OverLimit as i32);
     assert_eq!(service.storage_failures(), 1);
-    let good = RateLimitDescriptor { entries: vec![Entry { key: "n".into(), value: "7".into() }], ..Default::default() };
+    let good =
+        RateLimitDescriptor { entries: vec![Entry { key: "n".into(), value: "7".into() }], ..Default::default() };
     assert_eq!(call(&ch, request(vec![good], 0)).await.overall_code, Code::Ok as i32);
 }
 
@@ -341,7 +340,10 @@ async fn hits_addend_charges_tokens_in_redis() {
     assert_eq!(keys, ["retry-after"]);
     assert_eq!(only(&r).current_limit.as_ref().map(|l| l.unit), Some(Unit::Day as i32));
     // Another consumer has its own budget.
-    assert_eq!(call(&ch, request(vec![descriptor("tokens", "team-b", Some(0))], 0)).await.overall_code, Code::Ok as i32);
+    assert_eq!(
+        call(&ch, request(vec![descriptor("tokens", "team-b", Some(0))], 0)).await.overall_code,
+        Code::Ok as i32
+    );
 }
 
 /// Two instances (this process, and the `llmgw ratelimit` binary) on one Redis: one budget.
