@@ -193,6 +193,7 @@ pub struct RateLimitService {
     failure_mode: FailureMode,
     rate_limit_headers: RateLimitHeaders,
     storage_failures: AtomicU64,
+    condition_failures: AtomicU64,
     failing: AtomicBool,
 }
 
@@ -216,7 +217,7 @@ impl RateLimitService {
     pub async fn redis(url: &str, limits: Limits, failure_mode: FailureMode) -> anyhow::Result<RateLimitService> {
         let storage = tokio::time::timeout(Duration::from_secs(5), AsyncRedisStorage::new(url))
             .await
-            .map_err(|_| anyhow::anyhow!("Redis at {}: no answer in 5 s", redact_url(url)))?
+            .map_err(|_| anyhow::anyhow!("Redis at {}: not connected within 5 s", redact_url(url)))?
             .map_err(|e| anyhow::anyhow!("Redis at {}: {e}", redact_url(url)))?;
         let limiter = AsyncRateLimiter::new_with_storage(Box::new(storage));
         limiter.configure_with(limits.limits).await.map_err(|e| anyhow::anyhow!("limits: {e}"))?;
@@ -234,6 +235,7 @@ impl RateLimitService {
             failure_mode,
             rate_limit_headers: RateLimitHeaders::None,
             storage_failures: AtomicU64::new(0),
+            condition_failures: AtomicU64::new(0),
             failing: AtomicBool::new(false),
         }
     }
@@ -243,7 +245,8 @@ impl RateLimitService {
         self
     }
 
-    /// Calls answered by the failure mode since start.
+    /// Descriptors answered by the failure mode since start (storage failures and conditions that
+    /// could not be evaluated).
     pub fn storage_failures(&self) -> u64 {
         self.storage_failures.load(Ordering::Relaxed)
     }
@@ -305,8 +308,15 @@ impl RateLimitService {
     async fn count(&self, namespace: &Namespace, ctx: &Context<'_>, hits: u64) -> Verdict {
         for p in self.conditions.get(namespace).into_iter().flatten() {
             if let Err(e) = p.test(ctx) {
-                eprintln!("llmgw ratelimit: a condition of namespace {namespace:?} cannot be evaluated on this descriptor ({e}); answering per --failure-mode");
+                let n = self.condition_failures.fetch_add(1, Ordering::Relaxed) + 1;
                 self.storage_failures.fetch_add(1, Ordering::Relaxed);
+                // Descriptor values come from clients: log the 1st, 2nd, 4th, 8th... only.
+                if n.is_power_of_two() {
+                    eprintln!(
+                        "llmgw ratelimit: a condition of namespace {:?} cannot be evaluated on a descriptor ({e}); answered per --failure-mode ({n} so far)",
+                        namespace.as_ref()
+                    );
+                }
                 return Verdict::Failed;
             }
         }
