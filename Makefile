@@ -31,7 +31,7 @@ export ENVOY_BIN
 
 
 .PHONY: wasm-trap
-.PHONY: help tools rust-tools py-tools deb-tools build wasm host-bins cli test lint fmt-check clippy unit \
+.PHONY: help tools rust-tools py-tools deb-tools redis-tools build wasm host-bins cli test lint fmt-check clippy unit \
         unit-native unit-wasm harness cli-test e2e validate run run-mocks oci oci-push clean-venv
 
 help:
@@ -163,7 +163,7 @@ harness: wasm
 
 # The CLI's unit, golden (each config format -> plugin config + bootstrap, envoy --mode validate)
 # and e2e tests (`llmgw run` as a subprocess against mock providers).
-cli-test: wasm wasm-trap host-bins py-tools
+cli-test: wasm wasm-trap host-bins py-tools redis-tools
 	$(CARGO) test -p llmgw
 
 e2e: wasm host-bins cli py-tools deb-tools
@@ -214,10 +214,16 @@ oci-push: oci deb-tools
 	skopeo copy --preserve-digests $(SKOPEO_ARGS) oci:$(OCI_DIR):$(VERSION) docker://$(IMAGE)
 
 # skopeo and a registry for the OCI tests, from Debian.
-deb-tools:
+deb-tools: redis-tools
 	@command -v skopeo >/dev/null 2>&1 && command -v docker-registry >/dev/null 2>&1 || { \
 	  echo "installing skopeo and docker-registry (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo docker-registry >/dev/null; }
+
+# Redis for `llmgw ratelimit`'s tests (cli/tests/ratelimit.rs starts its own redis-server on a free port).
+redis-tools:
+	@command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || { \
+	  echo "installing redis-server (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 clean-venv:
 	rm -rf "$(VENV)"

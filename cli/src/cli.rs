@@ -31,6 +31,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Per backend and model: requests, success/failed, average duration, tokens, from a running gateway.
     Stat(StatArgs),
+    /// Envoy's rate limit service (gRPC ShouldRateLimit), counted by limitador in memory or in Redis.
+    Ratelimit(crate::ratelimit::RatelimitArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -166,6 +168,7 @@ pub fn main() -> i32 {
         Command::Render(a) => render(a),
         Command::Check(a) => check::main(a),
         Command::Stat(a) => stat::main(a),
+        Command::Ratelimit(a) => crate::ratelimit::main(a),
     };
     match result {
         Ok(code) => code,

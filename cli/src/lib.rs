@@ -1,6 +1,7 @@
 //! llmgw: the gateway in one command. `run` renders an Envoy bootstrap with the llmgw filter from
 //! the environment or a config file (llmgw's own, Envoy AI Gateway's, AIBrix's), starts Envoy and
-//! serves the admin port; `render`, `check` and `stat` are the companions.
+//! serves the admin port; `render`, `check` and `stat` are the companions; `ratelimit` is Envoy's rate limit service
+//! (limitador, Redis) for token budgets shared by many gateways.
 //!
 //! Flow: (`autoconfig` | `formats::*`) → `model::Gateway` (plugin config + upstreams) →
 //! `validate` (the filter's own parser) → `bootstrap` → `run` (`envoy`, `admin`, `demo`).
@@ -20,6 +21,7 @@ pub mod formats;
 pub mod http;
 pub mod locate;
 pub mod model;
+pub mod ratelimit;
 pub mod render_eg;
 pub mod run;
 pub mod stat;

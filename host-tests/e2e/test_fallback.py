@@ -31,10 +31,10 @@ def env_name(backend: str) -> str:
 
 
 def llmgw_bin() -> Path:
-    p = Path(os.environ.get("LLMGW_BIN", e2e.REPO / "target" / "debug" / "llmgw"))
-    if not p.exists():
-        pytest.skip(f"llmgw binary not found at {p} (make cli)")
-    return p
+    try:
+        return e2e.llmgw_bin()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
 
 
 def closed_port() -> int:

@@ -10,7 +10,8 @@ counter, and the next check answers OVER_LIMIT once the budget is spent.
 Here Envoy 1.40 runs what Envoy Gateway generates from envoy-configs/envoy-gateway/llmgw.yaml
 (eg_xds.py: listener, filters, routes, per-route rate limits, with the manifests' EnvoyPatchPolicy
 applied), the llmgw filter, two mock providers, and a mock RateLimitService (mock_rls.py) that
-records each call's descriptors and hits_addend.
+records each call's descriptors and hits_addend; and, in the last test, the real `llmgw ratelimit`
+(limitador counting in Redis) in its place.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import eg_xds  # noqa: E402
 import llmgw_e2e as e2e  # noqa: E402
-from mock_rls import MockRLS  # noqa: E402
+from mock_rls import OK, OVER_LIMIT, MockRLS, encode_request, should_rate_limit  # noqa: E402
 
 DOCS = eg_xds.load()
 UPSTREAM_KEY = "sk-upstream-from-envoyproxy-env"
@@ -220,3 +221,61 @@ def test_without_the_route_patch_nothing_is_charged(providers, rls):
         assert "Invalid hits_addend" in env.log_tail(200)
     finally:
         env.stop()
+
+
+def test_real_rate_limit_service_with_redis(providers, tmp_path):
+    """The same gateway against the real `llmgw ratelimit` (limitador counting in Redis) instead of
+    the mock: the stream-done call charges the response's tokens through hits_addend, the check
+    before the next request is refused once the budget is spent (429 with Retry-After, nothing
+    sent upstream), and with Redis gone `--failure-mode closed` refuses every request."""
+    name, namespace = budget_key("team-a")[0]
+    domain = f"{name}-{namespace}"  # Envoy Gateway's domain for a shared rule
+    per_request, budget = 5 + 8, 20  # one request fits, the second passes its check, the third not
+    limits = [{"namespace": domain, "name": "tokens-per-client", "max_value": budget, "seconds": 3600,
+               "conditions": [f"descriptors[0]['{name}'] == '{namespace}'"],
+               "variables": ["descriptors[0]['rule-0-match-0']"]}]
+    (tmp_path / "limits.json").write_text(json.dumps(limits))
+    try:
+        redis = e2e.Redis()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    rls = env = None
+    try:
+        rls = e2e.RateLimitService(tmp_path / "limits.json", redis.url, failure_mode="closed")
+        env = gateway(providers, rls, "eg-ratelimit-limitador")
+
+        def check(client):  # what the service says now, at cost 0
+            code, statuses, _ = should_rate_limit(rls.port, encode_request(domain, budget_key(client), 0))
+            return code, statuses[0][1]
+
+        def wait_for(client, want):  # charges are sent after the response: bounded wait
+            deadline = time.monotonic() + 10
+            while (got := check(client)) != want and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return got
+
+        assert check("team-a") == (OK, budget)
+        assert chat(env, "team-a")[0] == 200
+        assert wait_for("team-a", (OK, budget - per_request)) == (OK, budget - per_request)
+        assert chat(env, "team-a")[0] == 200  # 13 spent <= 20 when checked
+        assert wait_for("team-a", (OVER_LIMIT, 0)) == (OVER_LIMIT, 0)
+        # The OVER_LIMIT answer asks Envoy to add Retry-After (seconds to the window's end) to its 429.
+        # (The client does not see it yet: the llmgw filter replaces Envoy's 429 with its own
+        # client-shaped reply, which drops the headers Envoy's rate limit filter set.)
+        _, _, rls_headers = should_rate_limit(rls.port, encode_request(domain, budget_key("team-a"), 0))
+        assert 3500 < int(rls_headers["retry-after"]) <= 3600, rls_headers
+        upstream_before = len(providers["openai"].requests())
+        status, _, body = chat(env, "team-a")
+        assert status == 429, body
+        assert json.loads(body)["error"]["message"], body
+        assert len(providers["openai"].requests()) == upstream_before, "a rejected request must not reach the provider"
+        assert chat(env, "team-b")[0] == 200  # budgets are per client
+
+        redis.stop()
+        assert chat(env, "team-b")[0] == 429  # --failure-mode closed
+        assert len(providers["openai"].requests()) == upstream_before + 1
+        assert "storage failing" in rls.log_tail()
+    finally:
+        for p in (env, rls, redis):
+            if p is not None:
+                p.stop()
