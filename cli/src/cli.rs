@@ -221,7 +221,7 @@ pub fn options(g: &Gateway, listen: &ListenArgs, wasm: &Path, admin_port: u16) -
 }
 
 fn render(a: RenderArgs) -> anyhow::Result<i32> {
-    let Some(g) = load(&a.config, &ProcessEnv)? else {
+    let Some(mut g) = load(&a.config, &ProcessEnv)? else {
         anyhow::bail!(
             "nothing to render: no config file and no provider key ({}). The demo backend exists only inside \
              `llmgw run`.",
@@ -241,6 +241,17 @@ fn render(a: RenderArgs) -> anyhow::Result<i32> {
             PathBuf::from(locate::WASM_NAME)
         }
     };
+    if !g.consumers.is_empty() {
+        g.resolve_consumers(&ProcessEnv)?;
+        // The probe key is `llmgw run`'s: Envoy run by hand has no use for it.
+        g.client_auth.probe_key = None;
+        if !g.client_auth.keys.is_empty() && a.output.is_none() {
+            anyhow::bail!(
+                "the bootstrap holds the consumers' API keys (Envoy's api_key_auth takes them inline): \
+                 pass -o FILE (written 0600) instead of printing it"
+            );
+        }
+    }
     let opts = options(&g, &a.listen, &wasm, a.envoy_admin_port)?;
     let text = bootstrap::to_yaml(&g, &bootstrap::render(&g, &opts));
     let keys = g.env_keys();
