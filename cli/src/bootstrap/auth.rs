@@ -241,3 +241,130 @@ pub fn local_reply_config(g: &Gateway) -> Value {
         },
     ]})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MapEnv;
+
+    fn gateway(consumers: &str, env: &MapEnv) -> Gateway {
+        let text = format!(
+            "anthropic_prefix: /claude\nbackends: [{{name: a, url: 'http://127.0.0.1:8000/v1', schema: OpenAI}}]\nconsumers:\n{consumers}"
+        );
+        let mut g = crate::formats::load_text("t.yaml", &text, env, None).unwrap();
+        g.resolve_consumers(env).unwrap();
+        g
+    }
+
+    fn names(filters: &[Value]) -> Vec<&str> {
+        filters.iter().filter_map(|f| f["name"].as_str()).collect()
+    }
+
+    #[test]
+    fn no_consumers_no_filters() {
+        let g = crate::formats::load_text(
+            "t.yaml",
+            "backends: [{name: a, url: 'http://127.0.0.1:8000/v1', schema: OpenAI}]\n",
+            &MapEnv::default(),
+            None,
+        )
+        .unwrap();
+        assert!(filters(&g).is_empty());
+    }
+
+    #[test]
+    fn key_consumers_strip_the_header_then_check_the_key() {
+        let env = MapEnv::from([("A_KEYS", "sk-a1,sk-a2")]);
+        let g = gateway("  - {name: team-a, api_keys_env: A_KEYS}\n", &env);
+        let f = filters(&g);
+        assert_eq!(
+            names(&f),
+            ["llmgw-consumer-strip", "envoy.filters.http.api_key_auth", "llmgw-consumer-metadata"],
+            "no JWT: no jwt_authn, and the key check is not skippable"
+        );
+        assert_eq!(f[0]["typed_config"]["mutations"]["request_mutations"], json!([{"remove": "x-llmgw-consumer"}]));
+        let auth = &f[1]["typed_config"];
+        assert!(auth["@type"].as_str().unwrap().ends_with("api_key_auth.v3.ApiKeyAuth"));
+        let creds = auth["credentials"].as_array().unwrap();
+        let pairs: Vec<(&str, &str)> =
+            creds.iter().map(|c| (c["key"].as_str().unwrap(), c["client"].as_str().unwrap())).collect();
+        assert_eq!(pairs[..2], [("sk-a1", "team-a"), ("sk-a2", "team-a")]);
+        // The health probe's own random key comes last.
+        assert_eq!(pairs[2].1, "llmgw-health-probe");
+        assert_eq!(pairs[2].0.len(), 32);
+        assert_eq!(auth["key_sources"], json!([{"header": "authorization"}, {"header": "x-api-key"}]));
+        assert_eq!(auth["forwarding"], json!({"header": "x-llmgw-consumer", "hide_credentials": true}));
+    }
+
+    #[test]
+    fn jwt_and_key_consumers_either_passes() {
+        let env = MapEnv::from([("A_KEYS", "sk-a1")]);
+        let g = gateway(
+            "  - {name: team-a, api_keys_env: A_KEYS}\n  - {name: ci-bot, jwt: {issuer: 'https://idp', jwks_uri: 'https://idp/jwks', subject: bot}}\n",
+            &env,
+        );
+        let f = filters(&g);
+        assert_eq!(
+            names(&f),
+            [
+                "llmgw-consumer-strip",
+                "envoy.filters.http.jwt_authn",
+                "llmgw-consumer-jwt",
+                "envoy.filters.http.api_key_auth",
+                "llmgw-consumer-metadata"
+            ]
+        );
+        let jwt = &f[1]["typed_config"];
+        let p = &jwt["providers"]["consumer-ci-bot"];
+        assert_eq!(p["subjects"], json!({"exact": "bot"}));
+        assert_eq!(p["forward"], false, "the token never reaches the provider");
+        assert_eq!(p["remote_jwks"]["http_uri"]["cluster"], "llmgw-jwks-ci-bot");
+        assert_eq!(
+            jwt["rules"][0]["requires"]["requires_any"]["requirements"],
+            json!([{"provider_name": "consumer-ci-bot"}, {"allow_missing_or_failed": {}}])
+        );
+        let value = f[2]["typed_config"]["mutations"]["request_mutations"][0]["append"]["header"]["value"]
+            .as_str()
+            .unwrap();
+        assert!(value.contains("'consumer-ci-bot' in metadata.filter_metadata['envoy.filters.http.jwt_authn'] ? 'ci-bot'"));
+        // The key check is skipped once a token named the consumer (a header no client can send).
+        let wrapped = &f[3]["typed_config"];
+        assert!(wrapped["@type"].as_str().unwrap().ends_with("ExtensionWithMatcher"));
+        let m = &wrapped["xds_matcher"]["matcher_list"]["matchers"][0];
+        assert_eq!(m["predicate"]["single_predicate"]["input"]["typed_config"]["header_name"], "x-llmgw-consumer");
+        assert!(m["on_match"]["action"]["typed_config"]["@type"].as_str().unwrap().ends_with("SkipFilter"));
+        assert_eq!(jwks_upstreams(&g)[0].name, "llmgw-jwks-ci-bot");
+    }
+
+    #[test]
+    fn a_local_jwks_is_inlined_and_jwt_alone_needs_a_valid_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, r#"{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"}]}"#).unwrap();
+        let consumers = format!("  - {{name: ci, jwt: {{issuer: i, jwks_file: '{}'}}}}\n", path.display());
+        let mut g = gateway(&consumers, &MapEnv::default());
+        let p = &filters(&g)[1]["typed_config"]["providers"]["consumer-ci"];
+        assert!(p["local_jwks"]["inline_string"].as_str().unwrap().contains("AQAB"));
+        assert!(p.get("subjects").is_none());
+        // Without the probe key (`llmgw render`): the token is required, no key check.
+        g.client_auth.probe_key = None;
+        let f = filters(&g);
+        assert_eq!(f[1]["typed_config"]["rules"][0]["requires"], json!({"provider_name": "consumer-ci"}));
+        assert!(!names(&f).contains(&"envoy.filters.http.api_key_auth"));
+    }
+
+    #[test]
+    fn rejections_are_mapped_to_the_clients_api_shape() {
+        let g = gateway("  - {name: a, api_keys_env: K}\n", &MapEnv::from([("K", "sk-1")]));
+        let c = local_reply_config(&g);
+        let anthropic = &c["mappers"][0];
+        let expr = anthropic["filter"]["extension_filter"]["typed_config"]["expression"].as_str().unwrap();
+        assert!(expr.starts_with("response.code == 401 && (response.code_details in ['missing_api_key'"), "{expr}");
+        assert!(expr.contains("request.path.startsWith('/v1/messages') || request.path.startsWith('/claude/')"));
+        assert_eq!(anthropic["body_format_override"]["json_format"]["type"], "error");
+        assert_eq!(anthropic["body_format_override"]["json_format"]["error"]["type"], "authentication_error");
+        let openai = &c["mappers"][1]["body_format_override"]["json_format"]["error"];
+        assert_eq!((openai["type"].as_str(), openai["code"].as_str()), (Some("authentication_error"), Some("invalid_api_key")));
+        assert_eq!(c["mappers"][1]["headers_to_add"][0]["append_action"], "ADD_IF_ABSENT");
+    }
+}
