@@ -320,10 +320,9 @@ fn eg_consumers(g: &Gateway) -> anyhow::Result<Option<render_eg::EgConsumers>> {
         match &c.keys {
             // A Secret holds one key per consumer: the first of the variable, or of the file.
             Some(KeySource::Env(var)) => out.api_keys.push((c.name.clone(), format!("\"${{{var}%%,*}}\""))),
-            Some(KeySource::File(path)) => out.api_keys.push((
-                c.name.clone(),
-                format!("\"$(grep -v '^#' {} | grep -m1 .)\"", shell_quote(path)),
-            )),
+            Some(KeySource::File(path)) => {
+                out.api_keys.push((c.name.clone(), format!("\"$(grep -v '^#' {} | grep -m1 .)\"", shell_quote(path))))
+            }
             None => {}
         }
         if let Some(j) = &c.jwt {

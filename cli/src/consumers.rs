@@ -151,7 +151,8 @@ pub fn resolve(consumers: &[Consumer], env: &dyn Env) -> Result<Resolved, String
         if let Some(source) = &c.keys {
             let (text, from) = match source {
                 KeySource::Env(var) => (
-                    env.var(var).ok_or_else(|| format!("consumer {}: environment variable {var} is not set", c.name))?,
+                    env.var(var)
+                        .ok_or_else(|| format!("consumer {}: environment variable {var} is not set", c.name))?,
                     format!("environment variable {var}"),
                 ),
                 KeySource::File(path) => (
@@ -204,7 +205,7 @@ fn random_key() -> std::io::Result<SecretValue> {
 fn split_keys(text: &str, file: bool) -> Vec<String> {
     text.split(|c| c == '\n' || (!file && c == ','))
         .map(str::trim)
-        .filter(|k| !k.is_empty() && !(file && k.starts_with('#')))
+        .filter(|k| !(k.is_empty() || (file && k.starts_with('#'))))
         .map(str::to_string)
         .collect()
 }

@@ -323,10 +323,11 @@ mod tests {
             jwt["rules"][0]["requires"]["requires_any"]["requirements"],
             json!([{"provider_name": "consumer-ci-bot"}, {"allow_missing_or_failed": {}}])
         );
-        let value = f[2]["typed_config"]["mutations"]["request_mutations"][0]["append"]["header"]["value"]
-            .as_str()
-            .unwrap();
-        assert!(value.contains("'consumer-ci-bot' in metadata.filter_metadata['envoy.filters.http.jwt_authn'] ? 'ci-bot'"));
+        let value =
+            f[2]["typed_config"]["mutations"]["request_mutations"][0]["append"]["header"]["value"].as_str().unwrap();
+        assert!(
+            value.contains("'consumer-ci-bot' in metadata.filter_metadata['envoy.filters.http.jwt_authn'] ? 'ci-bot'")
+        );
         // The key check is skipped once a token named the consumer (a header no client can send).
         let wrapped = &f[3]["typed_config"];
         assert!(wrapped["@type"].as_str().unwrap().ends_with("ExtensionWithMatcher"));
@@ -364,7 +365,10 @@ mod tests {
         assert_eq!(anthropic["body_format_override"]["json_format"]["type"], "error");
         assert_eq!(anthropic["body_format_override"]["json_format"]["error"]["type"], "authentication_error");
         let openai = &c["mappers"][1]["body_format_override"]["json_format"]["error"];
-        assert_eq!((openai["type"].as_str(), openai["code"].as_str()), (Some("authentication_error"), Some("invalid_api_key")));
+        assert_eq!(
+            (openai["type"].as_str(), openai["code"].as_str()),
+            (Some("authentication_error"), Some("invalid_api_key"))
+        );
         assert_eq!(c["mappers"][1]["headers_to_add"][0]["append_action"], "ADD_IF_ABSENT");
     }
 }
