@@ -13,7 +13,8 @@
 //!   envoy container from the Secret `<name>-upstream-keys` (the EnvoyExtensionPolicy passes them
 //!   into the VM with `env.hostKeys`);
 //! * SecurityPolicy (API keys from the Secret `<name>-client-keys`, client id forwarded in
-//!   `x-llmgw-client`).
+//!   `x-llmgw-client`); with `consumers:` ([`EgConsumers`]) a typed SecurityPolicy instead
+//!   (`apiKeyAuth` or `jwt`, the consumer in `x-llmgw-consumer`, which the budget then keys on).
 //!
 //! No secret is in the output: the two Secrets are created by the operator (the header comment and
 //! [`secret_commands`] give the `kubectl create secret` commands), and the plugin configuration

@@ -238,11 +238,18 @@ def test_no_key_shows_in_any_output(gw):
     stat = run("stat", "--admin-port", str(gw["admin"]))
     check = run("check", str(gw["cfg"]))
     assert check.returncode == 0 and "consumers OK: 3 consumer(s), 3 API key(s)" in check.stdout, check
-    eg = run("render", str(gw["cfg"]), "--target", "envoy-gateway")
-    assert eg.returncode == 0 and "kind: SecurityPolicy" in eg.stdout, eg.stderr
+    # Envoy Gateway cannot take key and JWT consumers together (refused); the key consumers alone.
+    mixed = run("render", str(gw["cfg"]), "--target", "envoy-gateway")
+    assert mixed.returncode != 0 and "requires every method" in mixed.stderr, mixed.stderr
+    keys_only = yaml.safe_load(gw["cfg"].read_text())
+    keys_only["consumers"] = [c for c in keys_only["consumers"] if "jwt" not in c]
+    keys_cfg = gw["cfg"].with_name("keys-only.yaml")
+    keys_cfg.write_text(yaml.safe_dump(keys_only))
+    eg = run("render", str(keys_cfg), "--target", "envoy-gateway")
+    assert eg.returncode == 0 and "forwardClientIDHeader: x-llmgw-consumer" in eg.stdout, eg.stderr
     printed = run("render", str(gw["cfg"]))
     assert printed.returncode != 0 and "-o FILE" in printed.stderr, "the bootstrap with keys is not printed"
-    for r in (stat, check, eg, printed):
+    for r in (stat, check, mixed, eg, printed):
         text += r.stdout + r.stderr
     for secret in SECRETS:
         assert secret not in text, f"{secret} shows"
