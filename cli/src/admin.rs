@@ -213,9 +213,22 @@ async fn vms_up(t: Targets, watch: &VmWatch) -> Result<(), String> {
     ))
 }
 
+/// The key the probes authenticate with when the gateway has consumers (a random key of the
+/// reserved consumer `llmgw-health-probe`, made per run; see `consumers::resolve`). Process-wide:
+/// one `llmgw run` serves one gateway.
+static PROBE_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn set_probe_key(key: &str) {
+    let _ = PROBE_KEY.set(key.to_string());
+}
+
 /// The filter answers `GET /v1/models` itself with an OpenAI model list.
 pub async fn filter_answers(listener: SocketAddr) -> Result<(), String> {
-    match http::get(listener, "/v1/models", &[(PROBE_HEADER, "1")], TIMEOUT).await {
+    let mut headers = vec![(PROBE_HEADER, "1")];
+    if let Some(key) = PROBE_KEY.get() {
+        headers.push(("x-api-key", key.as_str()));
+    }
+    match http::get(listener, "/v1/models", &headers, TIMEOUT).await {
         Ok((200, body)) if is_model_list(&body) => Ok(()),
         Ok((status, body)) => Err(format!(
             "the llmgw filter did not answer GET /v1/models ({status} {})",

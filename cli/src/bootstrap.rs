@@ -19,6 +19,8 @@ use crate::model::{Ca, Endpoint, Gateway, Tls, Upstream, DEFAULT_BUFFER_LIMIT, D
 use crate::url::is_ip;
 use crate::validate::plugin_json;
 
+mod auth;
+
 /// Request header the admin's health check sends through the listener; excluded from the access log.
 pub const PROBE_HEADER: &str = "x-llmgw-health-probe";
 /// The Wasm plugin's name: Envoy's stats for it are `wasm.<name>.*` (`vm_reload_success`, ...).
@@ -28,7 +30,7 @@ pub const UPSTREAM_PLUGIN_NAME: &str = "llmgw-upstream";
 const BACKEND_HEADER: &str = llmgw_filter::config::BACKEND_HEADER;
 const MODEL_HEADER: &str = llmgw_filter::config::MODEL_HEADER;
 /// Dynamic metadata namespace the gateway's headers are copied to, for the access log.
-const METADATA_NAMESPACE: &str = "io.llmgw";
+pub(crate) const METADATA_NAMESPACE: &str = "io.llmgw";
 const CONNECT_TIMEOUT: &str = "5s";
 /// A fallback cluster's overprovisioning factor (percent): 1000×, so that one healthy host keeps
 /// its priority level (and its locality) at full load.
@@ -52,6 +54,7 @@ pub fn render(g: &Gateway, o: &Options) -> Value {
     let buffer = g.buffer_limit.unwrap_or(DEFAULT_BUFFER_LIMIT);
     let fallbacks = fallback::rules(g);
     let mut clusters: Vec<Value> = g.upstreams.iter().map(|u| cluster(u, o, buffer)).collect();
+    clusters.extend(auth::jwks_upstreams(g).iter().map(|u| cluster(u, o, buffer)));
     if !fallbacks.is_empty() {
         let upstream_filter = wasm_filter(g, o, UPSTREAM_PLUGIN_NAME, &fallback::upstream_plugin(g, &fallbacks));
         clusters.extend(fallbacks.iter().map(|r| rule_cluster(g, r, o, buffer, &upstream_filter)));
@@ -109,26 +112,32 @@ fn stats_config() -> Value {
 }
 
 fn listener(g: &Gateway, o: &Options, buffer: u64, fallbacks: &[fallback::Rule]) -> Value {
+    let mut http_filters = auth::filters(g);
+    http_filters.extend([wasm_filter(g, o, PLUGIN_NAME, &g.plugin), headers_to_metadata(), router(fallbacks)]);
+    let mut hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "llmgw",
+        "codec_type": "AUTO",
+        "stream_idle_timeout": to_envoy(DEFAULT_TIMEOUT),
+        "request_timeout": "0s",
+        "access_log": [access_log(g)],
+        "http_filters": http_filters,
+        "route_config": {"name": "llmgw", "virtual_hosts": [{
+            "name": "llmgw",
+            "domains": ["*"],
+            "routes": routes(g, fallbacks),
+        }]},
+    });
+    if !g.consumers.is_empty() {
+        hcm["local_reply_config"] = auth::local_reply_config(g);
+    }
     json!({
         "name": "llmgw",
         "address": socket(&o.address, o.port),
         "per_connection_buffer_limit_bytes": buffer,
         "filter_chains": [{"filters": [{
             "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": "llmgw",
-                "codec_type": "AUTO",
-                "stream_idle_timeout": to_envoy(DEFAULT_TIMEOUT),
-                "request_timeout": "0s",
-                "access_log": [access_log()],
-                "http_filters": [wasm_filter(g, o, PLUGIN_NAME, &g.plugin), headers_to_metadata(), router(fallbacks)],
-                "route_config": {"name": "llmgw", "virtual_hosts": [{
-                    "name": "llmgw",
-                    "domains": ["*"],
-                    "routes": routes(g, fallbacks),
-                }]},
-            },
+            "typed_config": hcm,
         }]}],
     })
 }
@@ -203,8 +212,8 @@ fn attempt_log() -> Value {
     })
 }
 
-fn access_log() -> Value {
-    json!({
+fn access_log(g: &Gateway) -> Value {
+    let mut log = json!({
         "name": "envoy.access_loggers.stdout",
         "filter": {"header_filter": {"header": {"name": PROBE_HEADER, "present_match": true, "invert_match": true}}},
         "typed_config": {
@@ -230,7 +239,13 @@ fn access_log() -> Value {
                 "request_id": "%REQ(x-request-id)%",
             }},
         },
-    })
+    });
+    if !g.consumers.is_empty() {
+        // The authenticated consumer (copied to the metadata before the filter runs).
+        log["typed_config"]["log_format"]["json_format"]["consumer"] =
+            json!(logged(auth::CONSUMER_METADATA_KEY, crate::consumers::CONSUMER_HEADER));
+    }
+    log
 }
 
 /// The filter: `name` is the plugin's (its stats prefix), `plugin` its configuration. Every copy
@@ -279,7 +294,7 @@ fn routes(g: &Gateway, fallbacks: &[fallback::Rule]) -> Vec<Value> {
                 "match": {"prefix": "/", "headers": [{"name": BACKEND_HEADER, "string_match": {"exact": u.name}}]},
                 "route": route,
                 // The gateway's own headers never reach a provider.
-                "request_headers_to_remove": [BACKEND_HEADER, MODEL_HEADER],
+                "request_headers_to_remove": gateway_headers(g, &[BACKEND_HEADER, MODEL_HEADER]),
             })
         })
         .collect();
@@ -291,6 +306,16 @@ fn routes(g: &Gateway, fallbacks: &[fallback::Rule]) -> Vec<Value> {
         "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}],
     }));
     routes
+}
+
+/// The gateway's own request headers a route removes: `base`, and the consumer's name when there
+/// are consumers.
+fn gateway_headers(g: &Gateway, base: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = base.iter().map(|h| h.to_string()).collect();
+    if !g.consumers.is_empty() {
+        out.push(crate::consumers::CONSUMER_HEADER.to_string());
+    }
+    out
 }
 
 /// The route of fallback rule `r`: `x-llmgw-rule: r` → cluster `llmgw-rule-<r>`, retried there.
@@ -338,7 +363,7 @@ fn rule_route(g: &Gateway, r: &fallback::Rule) -> Value {
         "name": r.cluster(),
         "match": {"prefix": "/", "headers": [{"name": RULE_HEADER, "string_match": {"exact": r.index.to_string()}}]},
         "route": {"cluster": r.cluster(), "timeout": to_envoy(timeout), "retry_policy": retry},
-        "request_headers_to_remove": [RULE_HEADER, BACKEND_HEADER, MODEL_HEADER],
+        "request_headers_to_remove": gateway_headers(g, &[RULE_HEADER, BACKEND_HEADER, MODEL_HEADER]),
         // The router keeps the request body for replays up to this limit (above it, no retry):
         // every body the filter accepts.
         "request_body_buffer_limit": max_body,

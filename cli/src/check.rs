@@ -12,7 +12,7 @@ use crate::model::{Ca, Env, Gateway, ProcessEnv, Source, Upstream, DEFAULT_ADMIN
 use crate::{bootstrap, demo, envoy, locate, table, validate};
 
 pub fn main(args: CheckArgs) -> Result<i32> {
-    let g = match cli::load(&args.config, &ProcessEnv)? {
+    let mut g = match cli::load(&args.config, &ProcessEnv)? {
         Some(g) => g,
         None => {
             println!("no config file and no provider key: `llmgw run` would start in demo mode");
@@ -21,12 +21,22 @@ pub fn main(args: CheckArgs) -> Result<i32> {
     };
     cli::print_warnings(&g);
     validate::validate(&g, &ProcessEnv)?;
+    g.resolve_consumers(&ProcessEnv)?;
     let what = match &g.source {
         Source::Demo => "demo backend".to_string(),
         Source::Env { vars, .. } => format!("environment ({})", vars.join(", ")),
         Source::File { path, format } => format!("{path} ({})", format.label()),
     };
     println!("config OK: {what}: {} backend(s), {} rule(s)", g.upstreams.len(), g.rule_count());
+    if !g.consumers.is_empty() {
+        // Counts only: the keys stay in the (private, removed) bootstrap.
+        println!(
+            "consumers OK: {} consumer(s), {} API key(s), {} JWT issuer(s)",
+            g.consumers.len(),
+            g.client_auth.keys.len(),
+            g.consumers.iter().filter(|c| c.jwt.is_some()).count()
+        );
+    }
 
     let mut code = 0;
     match envoy_check(&g, &args) {

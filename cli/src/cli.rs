@@ -224,7 +224,7 @@ pub fn options(g: &Gateway, listen: &ListenArgs, wasm: &Path, admin_port: u16) -
 }
 
 fn render(a: RenderArgs) -> anyhow::Result<i32> {
-    let Some(g) = load(&a.config, &ProcessEnv)? else {
+    let Some(mut g) = load(&a.config, &ProcessEnv)? else {
         anyhow::bail!(
             "nothing to render: no config file and no provider key ({}). The demo backend exists only inside \
              `llmgw run`.",
@@ -244,6 +244,17 @@ fn render(a: RenderArgs) -> anyhow::Result<i32> {
             PathBuf::from(locate::WASM_NAME)
         }
     };
+    if !g.consumers.is_empty() {
+        g.resolve_consumers(&ProcessEnv)?;
+        // The probe key is `llmgw run`'s: Envoy run by hand has no use for it.
+        g.client_auth.probe_key = None;
+        if !g.client_auth.keys.is_empty() && a.output.is_none() {
+            anyhow::bail!(
+                "the bootstrap holds the consumers' API keys (Envoy's api_key_auth takes them inline): \
+                 pass -o FILE (written 0600) instead of printing it"
+            );
+        }
+    }
     let opts = options(&g, &a.listen, &wasm, a.envoy_admin_port)?;
     let text = bootstrap::to_yaml(&g, &bootstrap::render(&g, &opts));
     let keys = g.env_keys();
@@ -300,6 +311,52 @@ fn output(path: Option<&Path>, text: &str) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The consumers as Envoy Gateway takes them: names and where each key comes from (never a key),
+/// and each JWT consumer's issuer and JWKS (a local file's public keys are inlined).
+fn eg_consumers(g: &Gateway) -> anyhow::Result<Option<render_eg::EgConsumers>> {
+    use crate::consumers::{Jwks, KeySource};
+    if g.consumers.is_empty() {
+        return Ok(None);
+    }
+    let mut out = render_eg::EgConsumers::default();
+    for c in &g.consumers {
+        match &c.keys {
+            // A Secret holds one key per consumer: the first of the variable, or of the file.
+            Some(KeySource::Env(var)) => out.api_keys.push((c.name.clone(), format!("\"${{{var}%%,*}}\""))),
+            Some(KeySource::File(path)) => {
+                out.api_keys.push((c.name.clone(), format!("\"$(grep -v '^#' {} | grep -m1 .)\"", shell_quote(path))))
+            }
+            None => {}
+        }
+        if let Some(j) = &c.jwt {
+            let jwks = match &j.jwks {
+                Jwks::File(path) => render_eg::EgJwks::Inline(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("consumer {}: cannot read jwks_file {path}: {e}", c.name))?,
+                ),
+                Jwks::Uri(_, uri) => render_eg::EgJwks::Remote(uri.clone()),
+            };
+            out.jwt.push(render_eg::EgJwt {
+                name: c.name.clone(),
+                issuer: j.issuer.clone(),
+                audiences: j.audiences.clone(),
+                subject: j.subject.clone(),
+                jwks,
+            });
+        }
+    }
+    Ok(Some(out))
+}
+
+/// A path as one shell word.
+fn shell_quote(s: &str) -> String {
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 fn render_envoy_gateway(g: &Gateway, a: &RenderArgs) -> anyhow::Result<i32> {
     let backends: Vec<EgBackend> = g
         .upstreams
@@ -317,6 +374,7 @@ fn render_envoy_gateway(g: &Gateway, a: &RenderArgs) -> anyhow::Result<i32> {
         image: a.image.clone(),
         digest: a.digest.clone(),
         port: a.listen.port.or(g.port).unwrap_or(EgOptions::default().port),
+        consumers: eg_consumers(g)?,
     };
     let text = render_eg::render(&serde_json::Value::Object(g.plugin.clone()), &backends, &opts)
         .map_err(|e| anyhow::anyhow!("cannot render for Envoy Gateway: {e}"))?;

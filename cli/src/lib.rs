@@ -11,6 +11,7 @@ pub mod autoconfig;
 pub mod bootstrap;
 pub mod check;
 pub mod cli;
+pub mod consumers;
 pub mod demo;
 pub mod diag;
 pub mod duration;

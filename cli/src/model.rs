@@ -151,6 +151,10 @@ pub struct Gateway {
     /// Credentials moved out of the plugin configuration ([`Gateway::externalize_secrets`]):
     /// environment variable → value. `llmgw run` gives them to Envoy's environment only.
     pub secrets: BTreeMap<String, SecretValue>,
+    /// Who may call the gateway (`consumers:`); empty = no client authentication.
+    pub consumers: Vec<crate::consumers::Consumer>,
+    /// The consumers' keys and local JWKS, read at run time ([`crate::consumers::resolve`]).
+    pub client_auth: crate::consumers::Resolved,
 }
 
 /// A credential: compared and moved around, never printed (`Debug` shows its length only).
@@ -194,6 +198,8 @@ impl Gateway {
             warnings: Vec::new(),
             origins: Vec::new(),
             secrets: BTreeMap::new(),
+            consumers: Vec::new(),
+            client_auth: Default::default(),
         }
     }
 
@@ -259,6 +265,13 @@ impl Gateway {
             }
             None => (None, plugin_field.to_string()),
         }
+    }
+
+    /// Reads the consumers' keys and JWKS files into [`Gateway::client_auth`].
+    pub fn resolve_consumers(&mut self, env: &dyn Env) -> Result<(), crate::diag::ConfigError> {
+        self.client_auth = crate::consumers::resolve(&self.consumers, env)
+            .map_err(|e| crate::diag::ConfigError::new(self.source.name(), "consumers", e))?;
+        Ok(())
     }
 
     /// Variables the plugin reads with `*_env`, and the standard AWS variables an `aws` credential

@@ -13,7 +13,8 @@
 //!   envoy container from the Secret `<name>-upstream-keys` (the EnvoyExtensionPolicy passes them
 //!   into the VM with `env.hostKeys`);
 //! * SecurityPolicy (API keys from the Secret `<name>-client-keys`, client id forwarded in
-//!   `x-llmgw-client`).
+//!   `x-llmgw-client`); with `consumers:` ([`EgConsumers`]) a typed SecurityPolicy instead
+//!   (`apiKeyAuth` or `jwt`, the consumer in `x-llmgw-consumer`, which the budget then keys on).
 //!
 //! No secret is in the output: the two Secrets are created by the operator (the header comment and
 //! [`secret_commands`] give the `kubectl create secret` commands), and the plugin configuration
@@ -57,6 +58,37 @@ pub struct EgOptions {
     pub digest: String,
     /// The Gateway listener's port.
     pub port: u16,
+    /// Client authentication from the configuration's `consumers:`; `None` = the default
+    /// SecurityPolicy (API keys of the Secret `<name>-client-keys`, client id in `x-llmgw-client`).
+    pub consumers: Option<EgConsumers>,
+}
+
+/// The consumers, as Envoy Gateway's SecurityPolicy takes them. No key is here: the keys go into
+/// the Secret `<name>-client-keys`, which the operator creates ([`secret_commands`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EgConsumers {
+    /// Consumers with API keys: the name (the Secret's key, i.e. the client id) and the shell
+    /// expression that gives its key in the `kubectl create secret` command.
+    pub api_keys: Vec<(String, String)>,
+    pub jwt: Vec<EgJwt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgJwt {
+    /// The consumer's name (the provider's name).
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    /// The `sub` the token must carry (an authorization rule), any when `None`.
+    pub subject: Option<String>,
+    pub jwks: EgJwks,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EgJwks {
+    /// A JWKS document (public keys), inlined.
+    Inline(String),
+    Remote(String),
 }
 
 impl Default for EgOptions {
@@ -67,6 +99,7 @@ impl Default for EgOptions {
             image: "ghcr.io/llmgw/llmgw-filter:0.1.0".into(),
             digest: "0".repeat(64),
             port: 80,
+            consumers: None,
         }
     }
 }
@@ -77,6 +110,9 @@ pub const BACKEND_HEADER: &str = "x-llmgw-backend";
 pub const MODEL_HEADER: &str = "x-ai-eg-model";
 /// The header the API key check forwards the client id in; the token budget is keyed on it.
 pub const CLIENT_HEADER: &str = "x-llmgw-client";
+/// The header the consumer's name travels in when the configuration has `consumers:` (as with
+/// `llmgw run`).
+pub const CONSUMER_HEADER: &str = "x-llmgw-consumer";
 const DEFAULT_MAX_BODY: u64 = 32 << 20;
 
 /// The manifests, or what is wrong with the input.
@@ -131,6 +167,11 @@ pub fn render(plugin: &Value, backends: &[EgBackend], opts: &EgOptions) -> Resul
     }
 
     let (ns, name) = (opts.namespace.as_str(), opts.name.as_str());
+    let client_header = client_header(opts);
+    let security_policy = match &opts.consumers {
+        Some(c) => consumers_security_policy(c, opts)?,
+        None => default_security_policy(opts),
+    };
     let env_keys = env_keys(plugin);
     let max_body = plugin_map.get("max_request_body_bytes").and_then(Value::as_u64).unwrap_or(DEFAULT_MAX_BODY);
     let buffer = format!("{}Mi", max_body.div_ceil(1 << 20) + 18);
@@ -145,7 +186,7 @@ pub fn render(plugin: &Value, backends: &[EgBackend], opts: &EgOptions) -> Resul
 # new filter version.
 #
 #   client --(API key)--> Gateway {name}, listener http (:{port})
-#     api_key_auth (SecurityPolicy)   checks the key, forwards its client id in {CLIENT_HEADER}
+#     api_key_auth (SecurityPolicy)   checks the key, forwards its client id in {client_header}
 #     wasm llmgw (EnvoyExtensionPolicy) reads the body's model, sets {BACKEND_HEADER}: <backend>
 #     ratelimit (BackendTrafficPolicy) checks the client's token budget, charges it at stream end
 #     router: HTTPRoute rule whose {BACKEND_HEADER} header matches -> that backend
@@ -254,33 +295,7 @@ spec:
   timeout:
     http:
       streamIdleTimeout: 300s
----
-# Client API keys, from the Secret {name}-client-keys that you create (see the top of this
-# file): each key of the Secret is a client id, its value the key the client sends as
-# `Authorization: Bearer <key>` (OpenAI SDKs) or `x-api-key: <key>`.
-# Targets the Gateway, so it applies to every route, including the catch-all one the request
-# first matches (see the HTTPRoute). The client id travels on in {CLIENT_HEADER}, which the
-# token budget below is keyed on; the key itself is removed (sanitize).
-apiVersion: gateway.envoyproxy.io/v1alpha1
-kind: SecurityPolicy
-metadata:
-  name: {name}
-  namespace: {ns}
-spec:
-  targetRefs:
-    - group: gateway.networking.k8s.io
-      kind: Gateway
-      name: {name}
-  apiKeyAuth:
-    credentialRefs:
-      - name: {name}-client-keys
-    extractFrom:
-      - headers:
-          - authorization
-          - x-api-key
-    forwardClientIDHeader: {CLIENT_HEADER}
-    sanitize: true
-",
+{security_policy}",
         port = opts.port,
         max_mib = fmt_mib(max_body),
     );
@@ -462,7 +477,7 @@ spec:
         }
     }
     // JSON (which is YAML too): the filter takes JSON only, and Envoy Gateway passes it on as JSON.
-    let json = serde_json::to_string_pretty(&with_client_header(plugin))
+    let json = serde_json::to_string_pretty(&with_header(plugin, client_header))
         .map_err(|e| format!("the plugin configuration: {e}"))?;
     out += "      config: ";
     for (i, line) in json.lines().enumerate() {
@@ -520,7 +535,7 @@ spec:
         path: /format
         value: \"%FILTER_STATE(wasm.llm_total_token:PLAIN)%\"
 ---
-# Upstream limits and the token budget: each client id ({CLIENT_HEADER}, set by the
+# Upstream limits and the token budget: each client id ({client_header}, set by the
 # SecurityPolicy) may spend `requests` tokens per `unit`, across all backends (shared). The
 # request is checked with cost 0 before it is sent (429 once the budget is spent); when the
 # response ends, its total tokens are charged (response cost; see the EnvoyPatchPolicy). Needs
@@ -546,7 +561,7 @@ spec:
       rules:
         - clientSelectors:
             - headers:
-                - name: {CLIENT_HEADER}
+                - name: {client_header}
                   type: Distinct
           limit:
             requests: 200000
@@ -582,13 +597,18 @@ pub fn no_route_body(plugin: &serde_json::Map<String, Value>) -> String {
 /// request, and again when the response ends to charge it). So the provider sees the client id
 /// (a name such as `team-a`, never the key).
 pub fn with_client_header(plugin: &Value) -> Value {
+    with_header(plugin, CLIENT_HEADER)
+}
+
+/// [`with_client_header`] for any header (the consumer header with `consumers:`).
+pub fn with_header(plugin: &Value, header: &str) -> Value {
     let mut plugin = plugin.clone();
     let backends = plugin.get_mut("backends").and_then(Value::as_array_mut);
     for b in backends.into_iter().flatten().filter_map(Value::as_object_mut) {
         let list = b.entry("forward_headers").or_insert_with(|| Value::Array(Vec::new()));
         if let Some(list) = list.as_array_mut() {
-            if !list.iter().any(|h| h.as_str().is_some_and(|h| h.eq_ignore_ascii_case(CLIENT_HEADER))) {
-                list.push(Value::String(CLIENT_HEADER.into()));
+            if !list.iter().any(|h| h.as_str().is_some_and(|h| h.eq_ignore_ascii_case(header))) {
+                list.push(Value::String(header.into()));
             }
         }
     }
@@ -696,11 +716,270 @@ pub fn secret_commands(plugin: &Value, opts: &EgOptions) -> Vec<String> {
             .collect();
         out.push(format!("kubectl -n {ns} create secret generic {name}-upstream-keys {}", literals.join(" ")));
     }
-    out.push(format!(
-        "kubectl -n {ns} create secret generic {name}-client-keys --from-literal=team-a=\"$(openssl rand -hex 24)\" \
-         --from-literal=team-b=\"$(openssl rand -hex 24)\""
-    ));
+    match &opts.consumers {
+        None => out.push(format!(
+            "kubectl -n {ns} create secret generic {name}-client-keys --from-literal=team-a=\"$(openssl rand -hex 24)\" \
+             --from-literal=team-b=\"$(openssl rand -hex 24)\""
+        )),
+        Some(c) if !c.api_keys.is_empty() => {
+            let literals: Vec<String> =
+                c.api_keys.iter().map(|(client, value)| format!("--from-literal={client}={value}")).collect();
+            out.push(format!("kubectl -n {ns} create secret generic {name}-client-keys {}", literals.join(" ")));
+        }
+        Some(_) => {}
+    }
     out
+}
+
+fn client_header(opts: &EgOptions) -> &'static str {
+    if opts.consumers.is_some() {
+        CONSUMER_HEADER
+    } else {
+        CLIENT_HEADER
+    }
+}
+
+fn default_security_policy(opts: &EgOptions) -> String {
+    let (ns, name, client_header) = (&opts.namespace, &opts.name, CLIENT_HEADER);
+    format!(
+        "---
+# Client API keys, from the Secret {name}-client-keys that you create (see the top of this
+# file): each key of the Secret is a client id, its value the key the client sends as
+# `Authorization: Bearer <key>` (OpenAI SDKs) or `x-api-key: <key>`.
+# Targets the Gateway, so it applies to every route, including the catch-all one the request
+# first matches (see the HTTPRoute). The client id travels on in {client_header}, which the
+# token budget below is keyed on; the key itself is removed (sanitize).
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: SecurityPolicy
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  targetRefs:
+    - group: gateway.networking.k8s.io
+      kind: Gateway
+      name: {name}
+  apiKeyAuth:
+    credentialRefs:
+      - name: {name}-client-keys
+    extractFrom:
+      - headers:
+          - authorization
+          - x-api-key
+    forwardClientIDHeader: {client_header}
+    sanitize: true
+"
+    )
+}
+
+// SecurityPolicy (gateway.envoyproxy.io/v1alpha1), the fields llmgw sets, as in the CRD.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SecurityPolicy<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: Metadata<'a>,
+    spec: SecuritySpec<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct Metadata<'a> {
+    name: &'a str,
+    namespace: &'a str,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SecuritySpec<'a> {
+    target_refs: Vec<TargetRef<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key_auth: Option<ApiKeyAuth<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt: Option<JwtAuth<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authorization: Option<Authorization<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct TargetRef<'a> {
+    group: &'static str,
+    kind: &'static str,
+    name: &'a str,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiKeyAuth<'a> {
+    credential_refs: Vec<SecretRef>,
+    extract_from: Vec<ExtractFrom>,
+    #[serde(rename = "forwardClientIDHeader")]
+    forward_client_id_header: &'a str,
+    sanitize: bool,
+}
+
+#[derive(serde::Serialize)]
+struct SecretRef {
+    name: String,
+}
+
+#[derive(serde::Serialize)]
+struct ExtractFrom {
+    headers: Vec<&'static str>,
+}
+
+#[derive(serde::Serialize)]
+struct JwtAuth<'a> {
+    providers: Vec<JwtProvider<'a>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JwtProvider<'a> {
+    name: &'a str,
+    issuer: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    audiences: &'a [String],
+    #[serde(rename = "localJWKS", skip_serializing_if = "Option::is_none")]
+    local_jwks: Option<LocalJwks<'a>>,
+    #[serde(rename = "remoteJWKS", skip_serializing_if = "Option::is_none")]
+    remote_jwks: Option<RemoteJwks<'a>>,
+    claim_to_headers: Vec<ClaimToHeader<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct LocalJwks<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    inline: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct RemoteJwks<'a> {
+    uri: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct ClaimToHeader<'a> {
+    claim: &'static str,
+    header: &'a str,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Authorization<'a> {
+    default_action: &'static str,
+    rules: Vec<AuthorizationRule<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct AuthorizationRule<'a> {
+    name: String,
+    action: &'static str,
+    principal: Principal<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct Principal<'a> {
+    jwt: JwtPrincipal<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct JwtPrincipal<'a> {
+    provider: &'a str,
+    claims: Vec<Claim<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct Claim<'a> {
+    name: &'static str,
+    values: Vec<&'a str>,
+}
+
+/// The SecurityPolicy of `consumers:`, built as a typed value: API keys from the Secret
+/// `<name>-client-keys` (the consumer names are its keys), or JWT providers whose `sub` goes to
+/// the consumer header, with an authorization rule per provider where a `subject` is required.
+/// Envoy Gateway runs every method a SecurityPolicy names and a request must pass each, so API key
+/// and JWT consumers together (either one passes with `llmgw run`) are refused.
+fn consumers_security_policy(c: &EgConsumers, opts: &EgOptions) -> Result<String, String> {
+    if !c.api_keys.is_empty() && !c.jwt.is_empty() {
+        return Err("consumers with API keys and consumers with JWTs together: Envoy Gateway's SecurityPolicy \
+             requires every method it names (a request would need a key and a token), while `llmgw run` \
+             accepts either. Render one kind of consumer for Envoy Gateway"
+            .into());
+    }
+    let name = opts.name.as_str();
+    let api_key_auth = (!c.api_keys.is_empty()).then(|| ApiKeyAuth {
+        credential_refs: vec![SecretRef { name: format!("{name}-client-keys") }],
+        extract_from: vec![ExtractFrom { headers: vec!["authorization", "x-api-key"] }],
+        forward_client_id_header: CONSUMER_HEADER,
+        sanitize: true,
+    });
+    let providers: Vec<JwtProvider<'_>> = c
+        .jwt
+        .iter()
+        .map(|j| JwtProvider {
+            name: &j.name,
+            issuer: &j.issuer,
+            audiences: &j.audiences,
+            local_jwks: match &j.jwks {
+                EgJwks::Inline(text) => Some(LocalJwks { kind: "Inline", inline: text }),
+                EgJwks::Remote(_) => None,
+            },
+            remote_jwks: match &j.jwks {
+                EgJwks::Remote(uri) => Some(RemoteJwks { uri }),
+                EgJwks::Inline(_) => None,
+            },
+            claim_to_headers: vec![ClaimToHeader { claim: "sub", header: CONSUMER_HEADER }],
+        })
+        .collect();
+    let authorization = c.jwt.iter().any(|j| j.subject.is_some()).then(|| Authorization {
+        default_action: "Deny",
+        rules: c
+            .jwt
+            .iter()
+            .map(|j| AuthorizationRule {
+                name: format!("consumer-{}", j.name),
+                action: "Allow",
+                principal: Principal {
+                    jwt: JwtPrincipal {
+                        provider: &j.name,
+                        // The CRD wants a claim or scope: without a subject, the issuer (which
+                        // every token the provider verified carries) allows the provider's tokens.
+                        claims: vec![match &j.subject {
+                            Some(sub) => Claim { name: "sub", values: vec![sub.as_str()] },
+                            None => Claim { name: "iss", values: vec![j.issuer.as_str()] },
+                        }],
+                    },
+                },
+            })
+            .collect(),
+    });
+    let policy = SecurityPolicy {
+        api_version: "gateway.envoyproxy.io/v1alpha1",
+        kind: "SecurityPolicy",
+        metadata: Metadata { name, namespace: &opts.namespace },
+        spec: SecuritySpec {
+            target_refs: vec![TargetRef { group: "gateway.networking.k8s.io", kind: "Gateway", name }],
+            api_key_auth,
+            jwt: (!providers.is_empty()).then_some(JwtAuth { providers }),
+            authorization,
+        },
+    };
+    let yaml = serde_yaml_ng::to_string(&policy).map_err(|e| format!("cannot serialize the SecurityPolicy: {e}"))?;
+    let comment = if c.jwt.is_empty() {
+        format!(
+            "# Consumers (API keys), from the Secret {name}-client-keys that you create (see the top of this\n\
+             # file): each key of the Secret is a consumer, its value the key the client sends as\n\
+             # `Authorization: Bearer <key>` (OpenAI SDKs) or `x-api-key: <key>`. The consumer's name\n\
+             # travels on in {CONSUMER_HEADER}; the key itself is removed (sanitize).\n"
+        )
+    } else {
+        format!(
+            "# Consumers (JWT): one provider per consumer; the token's `sub` travels on in {CONSUMER_HEADER}\n\
+             # (Envoy Gateway forwards claims, not fixed names: give JWT consumers their subject as name).\n"
+        )
+    };
+    Ok(format!("---\n{comment}{yaml}"))
 }
 
 fn fmt_mib(bytes: u64) -> String {

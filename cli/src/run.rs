@@ -69,6 +69,11 @@ async fn run(args: RunArgs) -> Result<i32> {
     let mut gateway = loaded.unwrap_or_else(|| demo::gateway(0));
     cli::print_warnings(&gateway);
     validate::validate(&gateway, &ProcessEnv)?;
+    // Client keys and JWKS files are read now: into the private bootstrap only.
+    gateway.resolve_consumers(&ProcessEnv)?;
+    if let Some(key) = &gateway.client_auth.probe_key {
+        admin::set_probe_key(&key.0);
+    }
 
     let envoy_bin = locate::envoy_or_install(args.envoy.as_deref())?;
     let wasm = locate::wasm_or_build(args.listen.wasm.as_deref())?;
@@ -189,6 +194,13 @@ fn banner(g: &Gateway, args: &RunArgs, port: u16) {
                 g.rule_count()
             );
         }
+    }
+    if !g.consumers.is_empty() {
+        let names: Vec<&str> = g.consumers.iter().map(|c| c.name.as_str()).collect();
+        eprintln!(
+            "llmgw: clients must authenticate (API key as `Authorization: Bearer` or `x-api-key`, or a JWT); consumers: {}",
+            names.join(", ")
+        );
     }
     eprintln!("llmgw: ready: OpenAI API at {base}/v1 (chat/completions, completions, embeddings, models)");
     eprintln!("llmgw: admin: {admin}/metrics  {admin}/health    Ctrl-C stops");

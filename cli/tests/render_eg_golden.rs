@@ -132,6 +132,7 @@ fn digest_image_and_names_are_options() {
         image: "registry.local:5000/llmgw:1.2.3".into(),
         digest: format!("sha256:{}", "ab".repeat(32)),
         port: 8080,
+        consumers: None,
     };
     let mut backends = demo_backends();
     backends[1].endpoints = vec![("vllm.llmgw.svc.cluster.local".into(), 8000)]; // other namespace: a Backend

@@ -22,6 +22,7 @@ import copy
 import json
 import os
 import re
+import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -522,3 +523,64 @@ def test_inline_plugin_config_is_accepted_by_the_filter_in_envoy():
             env.stop()
         for m in mocks.values():
             m.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# consumers (issue 13): the SecurityPolicy `llmgw render --target envoy-gateway` builds from
+# `consumers:`, checked against the CRD's schema and CEL rules; no key in the output.
+
+CONSUMER_KEY = "sk-consumer-key-never-rendered-42"
+
+
+def render_consumers(tmp_path, consumers: list[dict]) -> subprocess.CompletedProcess:
+    llmgw = Path(os.environ.get("LLMGW_BIN", e2e.REPO / "target" / "debug" / "llmgw"))
+    if not llmgw.exists():
+        pytest.skip(f"llmgw binary not found at {llmgw} (make cli)")
+    cfg = {"backends": [{"name": "openai", "url": "https://api.openai.com/v1", "schema": "OpenAI",
+                         "auth": {"bearer_env": "OPENAI_API_KEY"}}], "consumers": consumers}
+    path = tmp_path / "llmgw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return subprocess.run([str(llmgw), "render", str(path), "--target", "envoy-gateway"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "TEAM_A_KEYS": CONSUMER_KEY})
+
+
+@pytest.mark.parametrize("kind", ["keys", "jwt"])
+def test_consumers_security_policy_matches_the_crd(tmp_path, kind):
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{"kty": "RSA", "kid": "k", "n": "AQAB", "e": "AQAB"}]}))
+    consumers = {
+        "keys": [{"name": "team-a", "api_keys_env": "TEAM_A_KEYS"}],
+        "jwt": [{"name": "ci-bot", "jwt": {"issuer": "https://idp.example", "jwks_file": str(jwks),
+                                           "subject": "ci-bot"}},
+                {"name": "other", "jwt": {"issuer": "https://idp2.example",
+                                          "jwks_uri": "https://idp2.example/jwks.json"}}],
+    }[kind]
+    r = render_consumers(tmp_path, consumers)
+    assert r.returncode == 0, r.stderr
+    assert CONSUMER_KEY not in r.stdout + r.stderr
+    (policy,) = [d for d in yaml.safe_load_all(r.stdout) if d and d["kind"] == "SecurityPolicy"]
+    schema, _, _ = schema_for(policy["apiVersion"], policy["kind"])
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(policy))
+    assert not errors, [e.message for e in errors]
+    failures, evaluated = cel_failures(policy)
+    assert not failures and evaluated > 0, failures
+    spec = policy["spec"]
+    if kind == "keys":
+        assert spec["apiKeyAuth"]["forwardClientIDHeader"] == "x-llmgw-consumer" and spec["apiKeyAuth"]["sanitize"]
+        assert "jwt" not in spec
+        assert 'team-a="${TEAM_A_KEYS%%,*}"' in r.stderr, r.stderr
+    else:
+        providers = {p["name"]: p for p in spec["jwt"]["providers"]}
+        assert providers["ci-bot"]["localJWKS"]["type"] == "Inline"
+        assert providers["other"]["remoteJWKS"]["uri"] == "https://idp2.example/jwks.json"
+        assert all(p["claimToHeaders"] == [{"claim": "sub", "header": "x-llmgw-consumer"}] for p in providers.values())
+        rules = {r["name"]: r for r in spec["authorization"]["rules"]}
+        assert spec["authorization"]["defaultAction"] == "Deny"
+        assert rules["consumer-ci-bot"]["principal"]["jwt"] == {
+            "provider": "ci-bot", "claims": [{"name": "sub", "values": ["ci-bot"]}]}
+
+
+def test_key_and_jwt_consumers_together_are_refused_for_envoy_gateway(tmp_path):
+    r = render_consumers(tmp_path, [{"name": "team-a", "api_keys_env": "TEAM_A_KEYS"},
+                                    {"name": "ci", "jwt": {"issuer": "i", "jwks_uri": "https://i/jwks"}}])
+    assert r.returncode != 0 and "requires every method" in r.stderr, r.stderr

@@ -14,6 +14,8 @@
 //!     endpoints: ["10.0.0.5:8000", "10.0.0.6:8000"]   # or several host:port, balanced
 //!     schema: OpenAI
 //!     timeout: 600s
+//! consumers:               # client authentication (see `consumers.rs`); not the filter's
+//!   - {name: team-a, api_keys_env: TEAM_A_KEYS}
 //! rules: [...]               # as in the plugin config, fallback included:
 //!   # - backends: [{name: openai}, {name: vllm, priority: 1, model_override: llama-3.1-8b}]
 //!   #   retry: {attempts: 2, first_byte_timeout: 10s}
@@ -47,6 +49,7 @@ fn convert_doc(name: &str, doc: &Value) -> NResult<Gateway> {
             "buffer_limit" => g.buffer_limit = Some(quantity_bytes(&at)?),
             "timeout" => default_timeout = Some(duration::parse(at.str()?).map_err(|e| at.err(e))?),
             "backends" => {}
+            "consumers" => g.consumers = crate::consumers::parse(&at)?,
             _ => {
                 g.plugin.insert(key.clone(), to_json(&at)?);
             }
