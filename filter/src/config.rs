@@ -608,7 +608,7 @@ fn deserialize(text: &[u8]) -> Result<raw::Config, ConfigError> {
 #[cfg(any(test, feature = "config-error-paths"))]
 fn from_json(body: &[u8]) -> Result<raw::Config, ConfigError> {
     let mut json = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+    serde_path_to_error::deserialize(crate::json::ObjectsOnly(&mut json)).map_err(|e| {
         let path = e.path().to_string();
         let reason = e.into_inner().to_string();
         ConfigError::new(if path == "." { String::new() } else { path }, reason)
@@ -617,7 +617,7 @@ fn from_json(body: &[u8]) -> Result<raw::Config, ConfigError> {
 
 #[cfg(not(any(test, feature = "config-error-paths")))]
 fn from_json(body: &[u8]) -> Result<raw::Config, ConfigError> {
-    serde_json::from_slice(body).map_err(|e| ConfigError::new("", e.to_string()))
+    crate::json::from_bytes(body).map_err(|e| ConfigError::new("", e.to_string()))
 }
 
 /// The filter takes JSON only (YAML would cost the module a tenth of its size); `llmgw run` and

@@ -17,6 +17,9 @@ use std::ops::Range;
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+mod objects_only;
+pub use objects_only::ObjectsOnly;
+
 /// One top-level member of an object: its key (decoded) and byte ranges in the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member<'a> {
@@ -364,7 +367,8 @@ where
 {
     let mut stopped = None;
     let mut de = serde_json::Deserializer::from_slice(raw.get().as_bytes());
-    let result = de.deserialize_seq(EachVisitor { f: &mut f, stopped: &mut stopped, item: PhantomData });
+    let result =
+        ObjectsOnly(&mut de).deserialize_seq(EachVisitor { f: &mut f, stopped: &mut stopped, item: PhantomData });
     match (stopped, result) {
         (Some(e), _) => Err(EachError::Stopped(e)),
         (None, Err(e)) => Err(EachError::Json(e)),
@@ -523,15 +527,24 @@ impl TopLevelCapture {
     }
 }
 
-/// `crate::json::from_text` on the slice reader: every read in the filter goes through one reader type,
-/// so each view's deserializer is compiled once, not once per reader (about N KiB of .wasm).
+/// Reads `T` from a whole JSON text: serde_json's `from_slice`, read through [`ObjectsOnly`]. Every
+/// read in the filter goes through this one reader type, so each view's deserializer is compiled
+/// once, not once per reader (`from_str` and `from_slice` were two: ~35 KiB of the module).
+pub fn from_bytes<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = T::deserialize(ObjectsOnly(&mut de))?;
+    de.end()?;
+    Ok(value)
+}
+
+/// [`from_bytes`] for text.
 pub fn from_text<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, serde_json::Error> {
-    serde_json::from_slice(text.as_bytes())
+    from_bytes(text.as_bytes())
 }
 
 /// Deserializes `T` from a raw value that borrows from the body.
 pub fn from_raw<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Result<T, serde_json::Error> {
-    T::deserialize(&mut serde_json::Deserializer::from_slice(raw.get().as_bytes()))
+    T::deserialize(ObjectsOnly(&mut serde_json::Deserializer::from_slice(raw.get().as_bytes())))
 }
 
 /// Reads an internally tagged enum (`#[serde(tag = "...")]`) without the derive, which buffers the
@@ -558,14 +571,14 @@ where
 {
     let text = <&'de RawValue>::deserialize(d)?.get();
     let mut de = serde_json::Deserializer::from_slice(text.as_bytes());
-    let kind =
-        de::Deserializer::deserialize_map(&mut de, TagProbe { tag, expecting, kind: PhantomData }).map_err(relay)?;
+    let kind = de::Deserializer::deserialize_map(ObjectsOnly(&mut de), TagProbe { tag, expecting, kind: PhantomData })
+        .map_err(relay)?;
     body(kind, text).map_err(relay)
 }
 
 /// A variant's members, from the object's text (for [`by_tag`]).
 pub fn tagged_body<'de, B: Deserialize<'de>>(text: &'de str) -> Result<B, serde_json::Error> {
-    B::deserialize(&mut serde_json::Deserializer::from_slice(text.as_bytes()))
+    B::deserialize(ObjectsOnly(&mut serde_json::Deserializer::from_slice(text.as_bytes())))
 }
 
 /// An error from reading a value's own text, without its position there: the outer deserializer

@@ -53,7 +53,7 @@ impl FakeHost {
 
     pub fn reply_json(&self) -> (u16, serde_json::Value) {
         let (status, _, body) = self.reply.as_ref().expect("no local reply");
-        (*status, serde_json::from_slice(body).expect("reply is JSON"))
+        (*status, crate::json::from_bytes(body).expect("reply is JSON"))
     }
 }
 

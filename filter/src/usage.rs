@@ -80,7 +80,7 @@ struct WithUsage {
 
 /// The usage of an OpenAI response or stream chunk, if it carries one.
 pub fn from_openai_json(body: &[u8]) -> Option<TokenUsage> {
-    let parsed: WithUsage = serde_json::from_slice(body).ok()?;
+    let parsed: WithUsage = crate::json::from_bytes(body).ok()?;
     parsed.usage.as_ref().map(TokenUsage::from)
 }
 

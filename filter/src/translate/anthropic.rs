@@ -144,7 +144,7 @@ pub(super) fn finish_reason(reason: Option<a::StopReason>) -> Option<String> {
 
 /// A message for errors and other text found in an upstream error body of any shape.
 pub(super) fn upstream_message(body: &[u8]) -> String {
-    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+    if let Ok(v) = crate::json::from_bytes::<Value>(body) {
         let candidates =
             [v.pointer("/error/message"), v.get("message"), v.get("Message"), v.pointer("/0/error/message")];
         if let Some(m) = candidates.into_iter().flatten().find_map(Value::as_str) {
@@ -182,7 +182,7 @@ pub(super) fn completion_body(
         return Err("the Anthropic response is empty".into());
     }
     let view: a::ResponseView =
-        serde_json::from_slice(body).map_err(|e| format!("the Anthropic response could not be read: {e}"))?;
+        crate::json::from_bytes(body).map_err(|e| format!("the Anthropic response could not be read: {e}"))?;
     if view.kind.as_deref() == Some("error") || (view.error.is_some() && view.content.is_none()) {
         return Err(format!("the Anthropic response is an error: {}", upstream_message(body)));
     }
@@ -377,7 +377,7 @@ impl ChunkWriter {
         if self.done {
             return;
         }
-        let event: a::EventView = match serde_json::from_slice(json) {
+        let event: a::EventView = match crate::json::from_bytes(json) {
             Ok(e) => e,
             Err(e) => {
                 log::warn!("llmgw: skipped an Anthropic stream event that did not parse: {e}");
@@ -674,7 +674,7 @@ pub(crate) mod tests {
     }
 
     fn body_json(edits: &RequestEdits) -> Value {
-        serde_json::from_slice(&edits.body.as_ref().unwrap().apply_to(b"")).unwrap()
+        crate::json::from_bytes(&edits.body.as_ref().unwrap().apply_to(b"")).unwrap()
     }
 
     #[test]
@@ -775,7 +775,7 @@ pub(crate) mod tests {
             "stop_reason":"tool_use","stop_sequence":null,
             "usage":{"input_tokens":10,"output_tokens":5,"cache_read_input_tokens":4,"cache_creation_input_tokens":1}}"#;
         let edits = t.response_body(body, true);
-        let v: Value = serde_json::from_slice(&edits.replace.unwrap()).unwrap();
+        let v: Value = crate::json::from_bytes(&edits.replace.unwrap()).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"id":"msg_01","object":"chat.completion","created":1700,"model":"claude-x-2024",
@@ -1001,7 +1001,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
             {"type":"tool_use","id":"t","name":"f","input":{ "q" : [1, "x y"] }},{"type":"text","text":"c"}]}"#;
         let edits = t.response_body(body, true);
         assert_eq!(edits.status, None);
-        let v: Value = serde_json::from_slice(&edits.replace.unwrap()).unwrap();
+        let v: Value = crate::json::from_bytes(&edits.replace.unwrap()).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"id":"","object":"chat.completion","created":1700,"model":"claude-x",
@@ -1011,7 +1011,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
                 "prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}})
         );
         let edits = t.response_body(br#"{"id":"m","content":[{"type":"tool_use","id":"t","name":"f"}],"usage":{"input_tokens":null,"output_tokens":18446744073709551615,"cache_read_input_tokens":5}}"#, true);
-        let v: Value = serde_json::from_slice(&edits.replace.unwrap()).unwrap();
+        let v: Value = crate::json::from_bytes(&edits.replace.unwrap()).unwrap();
         assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
         assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{}");
         assert_eq!(v["usage"]["total_tokens"], u64::MAX);
@@ -1020,7 +1020,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         {
             let edits = t.response_body(bad, true);
             assert_eq!(edits.status, Some(502), "{:?}", String::from_utf8_lossy(bad));
-            let v: Value = serde_json::from_slice(&edits.replace.unwrap()).unwrap();
+            let v: Value = crate::json::from_bytes(&edits.replace.unwrap()).unwrap();
             assert_eq!(v["error"]["code"], "invalid_upstream_response");
         }
     }
@@ -1128,13 +1128,13 @@ data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"}}\n\n"
         let body = t
             .error_body(429, br#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has exceeded your rate limit"}}"#)
             .unwrap();
-        let v: Value = serde_json::from_slice(&body).unwrap();
+        let v: Value = crate::json::from_bytes(&body).unwrap();
         assert_eq!(v["error"]["message"], "Number of requests has exceeded your rate limit");
         assert_eq!(v["error"]["type"], "rate_limit_error");
         let v: Value =
-            serde_json::from_slice(&t.error_body(400, br#"{"message":"Malformed input request"}"#).unwrap()).unwrap();
+            crate::json::from_bytes(&t.error_body(400, br#"{"message":"Malformed input request"}"#).unwrap()).unwrap();
         assert_eq!(v["error"]["message"], "Malformed input request");
-        let v: Value = serde_json::from_slice(&t.error_body(503, b"").unwrap()).unwrap();
+        let v: Value = crate::json::from_bytes(&t.error_body(503, b"").unwrap()).unwrap();
         assert_eq!(v["error"]["message"], "upstream returned HTTP 503 with an empty body");
         assert_eq!(v["error"]["type"], "server_error");
     }

@@ -68,7 +68,7 @@ struct MessageUsage {
 /// Folds one stream event's usage into `usage`; returns whether it carried content. A sloppy
 /// event still counts for what it says: usage is taken wherever it parses.
 pub(super) fn track_event(json: &[u8], usage: &mut a::Usage) -> bool {
-    let Ok(event) = serde_json::from_slice::<EventUsage>(json) else { return false };
+    let Ok(event) = crate::json::from_bytes::<EventUsage>(json) else { return false };
     match (event.kind.as_ref(), event.message, event.usage) {
         ("message_start", Some(MessageUsage { usage: Some(start) }), _) => {
             *usage = start;
@@ -93,7 +93,7 @@ fn event_type(json: &[u8]) -> String {
         #[serde(rename = "type")]
         kind: String,
     }
-    serde_json::from_slice::<Typed>(json).map(|t| t.kind).unwrap_or_else(|_| "message".into())
+    crate::json::from_bytes::<Typed>(json).map(|t| t.kind).unwrap_or_else(|_| "message".into())
 }
 
 impl Translator for AnthropicNative {
@@ -166,7 +166,7 @@ impl Translator for AnthropicNative {
                 edits.usage = self
                     .usage_capture
                     .value()
-                    .and_then(|raw| serde_json::from_slice::<a::Usage>(raw).ok())
+                    .and_then(|raw| crate::json::from_bytes::<a::Usage>(raw).ok())
                     .map(|u| u.to_tokens());
             }
             return edits;
@@ -215,7 +215,7 @@ impl Translator for AnthropicNative {
 
     fn error_body(&mut self, status: u16, body: &[u8]) -> Option<Vec<u8>> {
         if std::str::from_utf8(body).is_ok()
-            && serde_json::from_slice::<a::ErrorEnvelope>(body).is_ok_and(|e| !e.error.kind.is_empty())
+            && crate::json::from_bytes::<a::ErrorEnvelope>(body).is_ok_and(|e| !e.error.kind.is_empty())
         {
             return None;
         }

@@ -886,7 +886,7 @@ fn write_input(out: &mut Vec<u8>, arguments: Option<&RawValue>) {
             let object = decoded
                 && out.get(start..).is_some_and(|d| {
                     d.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
-                        && serde_json::from_slice::<IgnoredAny>(d).is_ok()
+                        && crate::json::from_bytes::<IgnoredAny>(d).is_ok()
                 });
             if !object {
                 out.truncate(start);
@@ -1317,7 +1317,7 @@ impl Translator for AnthropicToOpenAI {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
         let RequestContext { info, body, backend, query, now_unix: _, sink: _ } = request;
         let view: MessagesRequestView =
-            serde_json::from_slice(body).map_err(|e| invalid(format!("invalid Messages request: {e}")))?;
+            crate::json::from_bytes(body).map_err(|e| invalid(format!("invalid Messages request: {e}")))?;
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
         let mut out = request.writer();
         let limit_field = output_limit_field(backend);

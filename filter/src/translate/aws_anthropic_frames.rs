@@ -86,10 +86,11 @@ fn exception(message: &crate::eventstream::Message) -> StreamError {
         message: Option<String>,
     }
     let code = message.header(":exception-type").unwrap_or("upstreamException").to_string();
-    let text = serde_json::from_slice::<Payload>(message.payload()).ok().and_then(|p| p.message).unwrap_or_else(|| {
-        let text = String::from_utf8_lossy(message.payload());
-        text.chars().take(2048).collect()
-    });
+    let text =
+        crate::json::from_bytes::<Payload>(message.payload()).ok().and_then(|p| p.message).unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(message.payload());
+            text.chars().take(2048).collect()
+        });
     StreamError { code, message: text }
 }
 
@@ -118,7 +119,7 @@ impl AnthropicFrames {
                 return;
             }
             match classify(&message) {
-                Kind::Event("chunk") => match serde_json::from_slice::<Chunk>(message.payload()) {
+                Kind::Event("chunk") => match crate::json::from_bytes::<Chunk>(message.payload()) {
                     Ok(c) => match aws_smithy_types::base64::decode(&c.bytes) {
                         Ok(event) => on_event(&event),
                         Err(e) => error = Some(StreamError::invalid(format!("a chunk's bytes are not base64: {e}"))),
@@ -131,7 +132,7 @@ impl AnthropicFrames {
                 Kind::Exception(_) | Kind::Error { .. } => {
                     error = Some(exception(&message));
                 }
-                Kind::Unknown => match serde_json::from_slice::<Chunk>(message.payload()) {
+                Kind::Unknown => match crate::json::from_bytes::<Chunk>(message.payload()) {
                     // No type headers at all: a payload that is a chunk is one.
                     Ok(c) => match aws_smithy_types::base64::decode(&c.bytes) {
                         Ok(event) => on_event(&event),

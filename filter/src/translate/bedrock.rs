@@ -917,7 +917,7 @@ fn to_converse(
     default_max_tokens: u32,
     out: BodyWriter<'_>,
 ) -> Result<(ChunkedBody, bool), ApiError> {
-    let req: v::ChatRequestView = serde_json::from_slice(body).map_err(malformed)?;
+    let req: v::ChatRequestView = crate::json::from_bytes(body).map_err(malformed)?;
     let v::ChatRequestView {
         model: _,
         messages,
@@ -1298,7 +1298,7 @@ fn write_completion<W: Write>(
 
 /// A non-streaming Converse answer → the client's `chat.completion` (exactly sized) and usage.
 fn completion(body: &[u8], answer: &Answer) -> Result<(Vec<u8>, Option<crate::usage::TokenUsage>), String> {
-    let resp: b::ConverseResponseView = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let resp: b::ConverseResponseView = crate::json::from_bytes(body).map_err(|e| e.to_string())?;
     let content = resp.output.message.as_ref().and_then(|m| m.content);
     let sum = summarize(content).map_err(|e| e.to_string())?;
     if sum.opaque_reasoning {
@@ -1329,7 +1329,7 @@ fn truncate(text: &str) -> String {
 
 /// The message of a Bedrock error payload (`{"message": ...}`), or its text.
 fn error_message(payload: &[u8]) -> String {
-    if let Some(m) = serde_json::from_slice::<b::ErrorBodyView>(payload).ok().and_then(|e| e.text()) {
+    if let Some(m) = crate::json::from_bytes::<b::ErrorBodyView>(payload).ok().and_then(|e| e.text()) {
         return truncate(&m);
     }
     let head = payload.get(..MAX_ERROR_MESSAGE * 4).unwrap_or(payload);
@@ -1659,7 +1659,7 @@ impl Translator for OpenAIToBedrock {
 /// The message of an upstream error body: Bedrock JSON, an eventstream exception, or plain text.
 /// Nothing is copied whole: JSON is read through a borrowed view, eventstream in pieces.
 fn upstream_error_message(body: &[u8]) -> Option<String> {
-    if let Some(m) = serde_json::from_slice::<b::ErrorBodyView>(body).ok().and_then(|e| e.text()) {
+    if let Some(m) = crate::json::from_bytes::<b::ErrorBodyView>(body).ok().and_then(|e| e.text()) {
         return Some(truncate(&m));
     }
     let mut decoder = eventstream::Decoder::default();

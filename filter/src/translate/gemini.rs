@@ -137,7 +137,7 @@ fn minified(raw: &str) -> String {
     out.push(b'"');
     let _ = write_minified_escaped(&mut out, raw);
     out.push(b'"');
-    serde_json::from_slice::<String>(&out).unwrap_or_else(|_| "{}".into())
+    crate::json::from_bytes::<String>(&out).unwrap_or_else(|_| "{}".into())
 }
 
 /// A `Write` that only counts: the first pass of a two-pass write, so the real buffer is allocated
@@ -1728,10 +1728,10 @@ impl ChunkWriter {
 /// handled as for OpenAI backends (kept if OpenAI-shaped, else wrapped with its text).
 fn google_error(status: u16, body: &[u8]) -> Option<Vec<u8>> {
     // A struct also deserializes from an array (by position), so the object form must have said something.
-    let envelope = serde_json::from_slice::<g::ErrorEnvelope>(body)
+    let envelope = crate::json::from_bytes::<g::ErrorEnvelope>(body)
         .ok()
         .filter(|e| !e.error.message.is_empty())
-        .or_else(|| serde_json::from_slice::<Vec<g::ErrorEnvelope>>(body).ok().and_then(|v| v.into_iter().next()));
+        .or_else(|| crate::json::from_bytes::<Vec<g::ErrorEnvelope>>(body).ok().and_then(|v| v.into_iter().next()));
     match envelope {
         Some(e) if !e.error.message.is_empty() => {
             let code = e.error.status.map(|s| s.to_ascii_lowercase()).unwrap_or_else(|| "upstream_error".into());

@@ -240,7 +240,7 @@ pub fn openai_error_body(status: u16, body: &[u8]) -> Option<Vec<u8>> {
     }
     // serde_json skips unread strings without checking their UTF-8: check it, or a broken body
     // would pass as OpenAI-shaped.
-    if std::str::from_utf8(body).is_ok() && serde_json::from_slice::<Envelope>(body).is_ok() {
+    if std::str::from_utf8(body).is_ok() && crate::json::from_bytes::<Envelope>(body).is_ok() {
         return None;
     }
     let text = String::from_utf8_lossy(body);

@@ -282,7 +282,7 @@ impl Passthrough {
             edits.usage = self
                 .usage_capture
                 .value()
-                .and_then(|raw| serde_json::from_slice::<OpenAIUsage>(raw).ok())
+                .and_then(|raw| crate::json::from_bytes::<OpenAIUsage>(raw).ok())
                 .filter(OpenAIUsage::counts_tokens)
                 .map(|u| TokenUsage::from(&u));
         }

@@ -423,7 +423,7 @@ fn write_request(
     mut out: BodyWriter<'_>,
 ) -> Result<(ChunkedBody, Echo), ApiError> {
     let Platform { default_max_tokens, body_version, stream_in_body } = Platform::of(backend)?;
-    let view: ResponsesRequestView = serde_json::from_slice(body).map_err(invalid)?;
+    let view: ResponsesRequestView = crate::json::from_bytes(body).map_err(invalid)?;
     refuse_stateful(&view)?;
     let ResponsesRequestView {
         model: _,
@@ -650,7 +650,7 @@ fn response_body(body: &[u8], echo: &Echo) -> Result<(Vec<u8>, TokenUsage), Stri
         return Err("the Anthropic response is empty".into());
     }
     let view: a::ResponseView =
-        serde_json::from_slice(body).map_err(|e| format!("the Anthropic response could not be read: {e}"))?;
+        crate::json::from_bytes(body).map_err(|e| format!("the Anthropic response could not be read: {e}"))?;
     if view.kind.as_deref() == Some("error") || (view.error.is_some() && view.content.is_none()) {
         return Err(format!("the Anthropic response is an error: {}", upstream_message(body)));
     }
@@ -1005,7 +1005,7 @@ impl EventWriter {
         if self.done {
             return;
         }
-        let event: a::EventView = match serde_json::from_slice(json) {
+        let event: a::EventView = match crate::json::from_bytes(json) {
             Ok(e) => e,
             Err(e) => {
                 log::warn!("llmgw: skipped an Anthropic stream event that did not parse: {e}");

@@ -151,17 +151,17 @@ impl StreamEvent {
         };
         Ok(match event_type {
             "messageStart" => {
-                serde_json::from_slice::<serde::de::IgnoredAny>(payload)?;
+                crate::json::from_bytes::<serde::de::IgnoredAny>(payload)?;
                 StreamEvent::MessageStart
             }
-            "contentBlockStart" => StreamEvent::ContentBlockStart(serde_json::from_slice(payload)?),
-            "contentBlockDelta" => StreamEvent::ContentBlockDelta(serde_json::from_slice(payload)?),
+            "contentBlockStart" => StreamEvent::ContentBlockStart(crate::json::from_bytes(payload)?),
+            "contentBlockDelta" => StreamEvent::ContentBlockDelta(crate::json::from_bytes(payload)?),
             "contentBlockStop" => {
-                serde_json::from_slice::<serde::de::IgnoredAny>(payload)?;
+                crate::json::from_bytes::<serde::de::IgnoredAny>(payload)?;
                 StreamEvent::ContentBlockStop
             }
-            "messageStop" => StreamEvent::MessageStop(serde_json::from_slice(payload)?),
-            "metadata" => StreamEvent::Metadata(serde_json::from_slice(payload)?),
+            "messageStop" => StreamEvent::MessageStop(crate::json::from_bytes(payload)?),
+            "metadata" => StreamEvent::Metadata(crate::json::from_bytes(payload)?),
             _ => StreamEvent::Unknown,
         })
     }
@@ -188,7 +188,7 @@ fn guess_event_type(payload: &[u8]) -> Result<&'static str, serde_json::Error> {
         #[serde(default)]
         content_block_index: Option<serde::de::IgnoredAny>,
     }
-    let p: Probe = serde_json::from_slice(payload)?;
+    let p: Probe = crate::json::from_bytes(payload)?;
     Ok(if p.delta.is_some() {
         "contentBlockDelta"
     } else if p.start.is_some() {

@@ -448,7 +448,7 @@ pub struct EmbeddingsRequest {
 pub fn parse_embeddings_request(body: &[u8]) -> Result<EmbeddingsRequest, crate::error::ApiError> {
     let bad = |m: String| crate::error::ApiError::bad_request("invalid_request", m);
     let mut extra: Map<String, Value> =
-        serde_json::from_slice(body).map_err(|e| bad(format!("invalid embeddings request: {e}")))?;
+        crate::json::from_bytes(body).map_err(|e| bad(format!("invalid embeddings request: {e}")))?;
     let mut text = |name: &str| match extra.remove(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -499,7 +499,7 @@ pub struct EmbeddingsUsage {
 
 /// Parses a chat request body, mapping errors to a 400 that names the problem.
 pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, crate::error::ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
+    crate::json::from_bytes(body).map_err(|e| {
         crate::error::ApiError::bad_request("invalid_request", format!("invalid chat completion request: {e}"))
     })
 }

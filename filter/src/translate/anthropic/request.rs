@@ -785,7 +785,7 @@ pub(in crate::translate) fn write_request(
     mut out: BodyWriter<'_>,
 ) -> Result<Written, ApiError> {
     let Platform { default_max_tokens, body_version, stream_in_body } = Platform::of(backend)?;
-    let view: ChatRequestView = serde_json::from_slice(body).map_err(invalid)?;
+    let view: ChatRequestView = crate::json::from_bytes(body).map_err(invalid)?;
     let ChatRequestView {
         model: _,
         messages,
