@@ -31,7 +31,7 @@ impl StreamError {
 
     /// The error kind for the client (`rate_limit_error` for throttling, and so on).
     pub fn kind(&self) -> ErrorKind {
-        super::bedrock::exception_kind(&self.code)
+        super::chat_to_converse::exception_kind(&self.code)
     }
 
     /// An Anthropic `error` stream event carrying this error:
@@ -77,7 +77,7 @@ fn classify(message: &crate::eventstream::Message) -> Kind<'_> {
 
 /// An exception or error message: its code (header) and the message (payload or header).
 fn exception(message: &crate::eventstream::Message) -> StreamError {
-    if let Some((code, text)) = super::bedrock::stream_exception(message) {
+    if let Some((code, text)) = super::chat_to_converse::stream_exception(message) {
         return StreamError { code, message: text };
     }
     #[derive(Deserialize)]

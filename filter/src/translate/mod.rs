@@ -2,15 +2,21 @@
 //! A translator turns each phase's input into edits and usage; it never calls the host. The
 //! exchange applies the edits.
 
-mod anthropic;
-mod anthropic_native;
-mod anthropic_to_openai;
-pub mod aws_anthropic_frames;
-mod bedrock;
+// One module per (client API -> backend schema) pair, as Envoy AI Gateway's internal/translator.
 mod chain;
-mod gemini;
-mod openai;
-mod responses_to_anthropic;
+mod chat_to_anthropic;
+mod chat_to_converse;
+mod chat_to_gemini;
+mod embeddings_to_vertex;
+mod messages_passthrough;
+mod messages_to_chat;
+mod openai_passthrough;
+mod responses_to_messages;
+// What pairs share: Anthropic request writing (chat and Responses clients), JSON string-literal
+// handling, AWS's eventstream framing of Anthropic events.
+mod anthropic_request;
+pub mod aws_anthropic_frames;
+mod jsontext;
 
 use crate::api::Endpoint;
 use crate::config::{Backend, Schema};
@@ -131,27 +137,27 @@ pub fn for_backend(endpoint: Endpoint, schema: Schema, include_usage: bool) -> R
             | E::AudioTranscriptions
             | E::AudioTranslations,
             S::OpenAI | S::AzureOpenAI,
-        ) => Box::new(openai::Passthrough::new(endpoint, include_usage)),
+        ) => Box::new(openai_passthrough::Passthrough::new(endpoint, include_usage)),
         (E::ChatCompletions, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic) => {
-            Box::new(anthropic::OpenAIToAnthropic::new(schema))
+            Box::new(chat_to_anthropic::OpenAIToAnthropic::new(schema))
         }
         (E::Messages, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic) => {
-            Box::new(anthropic_native::AnthropicNative::new(schema))
+            Box::new(messages_passthrough::AnthropicNative::new(schema))
         }
-        (E::Messages, S::OpenAI | S::AzureOpenAI) => Box::new(anthropic_to_openai::AnthropicToOpenAI::new()),
+        (E::Messages, S::OpenAI | S::AzureOpenAI) => Box::new(messages_to_chat::AnthropicToOpenAI::new()),
         (E::Responses, S::Anthropic | S::AWSAnthropic | S::GCPAnthropic) => {
-            Box::new(responses_to_anthropic::ResponsesToAnthropic::new(schema))
+            Box::new(responses_to_messages::ResponsesToAnthropic::new(schema))
         }
-        (E::CountTokens, S::Anthropic) => Box::new(anthropic_native::AnthropicNative::count_tokens(schema)),
+        (E::CountTokens, S::Anthropic) => Box::new(messages_passthrough::AnthropicNative::count_tokens(schema)),
         (E::CountTokens, _) => return Err(cannot_count_tokens(schema)),
-        (E::ChatCompletions, S::GCPVertexAI) => Box::new(gemini::OpenAIToGemini::new()),
-        (E::Embeddings, S::GCPVertexAI) => Box::new(gemini::OpenAIToVertexEmbeddings::new()),
-        (E::ChatCompletions, S::AWSBedrock) => Box::new(bedrock::OpenAIToBedrock::new()),
+        (E::ChatCompletions, S::GCPVertexAI) => Box::new(chat_to_gemini::OpenAIToGemini::new()),
+        (E::Embeddings, S::GCPVertexAI) => Box::new(embeddings_to_vertex::OpenAIToVertexEmbeddings::new()),
+        (E::ChatCompletions, S::AWSBedrock) => Box::new(chat_to_converse::OpenAIToBedrock::new()),
         // No translator speaks these pairs: two are chained through OpenAI chat (and Responses
         // through Anthropic Messages first). What is lost on the way is tabled in the README.
         (E::Messages, S::AWSBedrock | S::GCPVertexAI) => Box::new(messages_via_chat(schema)),
         (E::Responses, S::AWSBedrock | S::GCPVertexAI) => Box::new(chain::Chain::new(
-            Box::new(responses_to_anthropic::ResponsesToAnthropic::new(S::Anthropic)),
+            Box::new(responses_to_messages::ResponsesToAnthropic::new(S::Anthropic)),
             chain::Intermediate::AnthropicMessages,
             Box::new(messages_via_chat(schema)),
         )),
@@ -175,11 +181,11 @@ pub fn for_backend(endpoint: Endpoint, schema: Schema, include_usage: bool) -> R
 /// Anthropic Messages → OpenAI chat → a chat translator's backend (Bedrock Converse or Gemini).
 fn messages_via_chat(schema: Schema) -> chain::Chain {
     let chat_to_backend: Box<dyn Translator> = match schema {
-        Schema::GCPVertexAI => Box::new(gemini::OpenAIToGemini::new()),
-        _ => Box::new(bedrock::OpenAIToBedrock::new()),
+        Schema::GCPVertexAI => Box::new(chat_to_gemini::OpenAIToGemini::new()),
+        _ => Box::new(chat_to_converse::OpenAIToBedrock::new()),
     };
     chain::Chain::new(
-        Box::new(anthropic_to_openai::AnthropicToOpenAI::new()),
+        Box::new(messages_to_chat::AnthropicToOpenAI::new()),
         chain::Intermediate::OpenAIChat,
         chat_to_backend,
     )

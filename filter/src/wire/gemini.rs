@@ -21,7 +21,7 @@ use super::chat_view::opt_text;
 
 /// A media part of a user turn: inline bytes or a file. Text, function call and function response
 /// parts are written by hand by the translator (straight from the client's raw JSON, see
-/// `translate::gemini`): `{"text": ...}`, `{"functionCall": {"name", "args"}, "thoughtSignature"}`,
+/// `translate::chat_to_gemini`): `{"text": ...}`, `{"functionCall": {"name", "args"}, "thoughtSignature"}`,
 /// `{"functionResponse": {"name", "response"}}`.
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]

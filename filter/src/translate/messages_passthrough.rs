@@ -2,7 +2,7 @@
 //! passes through with the platform's path and version; streams are re-framed where needed; usage
 //! is read on the way.
 
-use super::anthropic::{messages_path, platform_headers, upstream_message, Framing};
+use super::chat_to_anthropic::{messages_path, platform_headers, upstream_message, Framing};
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
 use crate::config::{BackendApi, Schema};
 use crate::error::{anthropic_error_json, ApiError, ErrorKind};
@@ -231,7 +231,7 @@ impl Translator for AnthropicNative {
 mod tests {
     use super::*;
     use crate::request::read;
-    use crate::translate::anthropic::tests::STREAM;
+    use crate::translate::chat_to_anthropic::tests::STREAM;
 
     fn translate(schema: Schema, body: &str, model_override: Option<&str>) -> (RequestEdits, AnthropicNative) {
         let mut backend = crate::testing::backend(schema);

@@ -8,10 +8,7 @@ use std::io::Write;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-pub(super) mod jsontext;
-pub(super) mod request;
-
-use jsontext::{compact, string_body, unescape_small, write_as_string};
+use super::jsontext::{compact, string_body, unescape_small, write_as_string};
 
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
 use crate::config::{Backend, BackendApi, Schema};
@@ -19,7 +16,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::json::{each, from_raw, json_string, EachError};
 use crate::sse::{parse_event, Splitter};
 use crate::translate::aws_anthropic_frames::AnthropicFrames;
-use crate::translate::openai::percent_encode;
+use crate::translate::openai_passthrough::percent_encode;
 use crate::usage::TokenUsage;
 use crate::wire::anthropic as a;
 use crate::wire::openai as o;
@@ -590,8 +587,8 @@ impl Translator for OpenAIToAnthropic {
     fn request_body(&mut self, request: &RequestContext) -> Result<RequestEdits, ApiError> {
         let RequestContext { info, body, backend, query: _, now_unix, sink: _ } = request;
         let model = backend.model_override.clone().unwrap_or_else(|| info.model.clone());
-        let request::Written { body: new_body, include_usage } =
-            request::write_request(body, backend, &model, info.stream, request.writer())?;
+        let super::anthropic_request::Written { body: new_body, include_usage } =
+            crate::translate::anthropic_request::write_request(body, backend, &model, info.stream, request.writer())?;
         self.model = model.clone();
         self.created = *now_unix;
         self.stream = info.stream;
@@ -1110,10 +1107,23 @@ data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"}}\n\n"
         let backend = crate::testing::backend(Schema::Anthropic);
         for cut in 0..request.len() {
             for body in [&request.as_bytes()[..cut], &request.as_bytes()[cut..]] {
-                let _ = request::write_request(body, &backend, "m", false, BodyWriter::new(None));
+                let _ = crate::translate::anthropic_request::write_request(
+                    body,
+                    &backend,
+                    "m",
+                    false,
+                    BodyWriter::new(None),
+                );
             }
         }
-        assert!(request::write_request(request.as_bytes(), &backend, "m", false, BodyWriter::new(None)).is_ok());
+        assert!(crate::translate::anthropic_request::write_request(
+            request.as_bytes(),
+            &backend,
+            "m",
+            false,
+            BodyWriter::new(None)
+        )
+        .is_ok());
         let response = br#"{"id":"m","content":[{"type":"text","text":"a\n"},{"type":"tool_use","id":"t","name":"f","input":{"a":["\"",1]}}],"usage":{"input_tokens":1}}"#;
         for cut in 0..response.len() {
             let _ = completion_body(&response[..cut], "m", 0);

@@ -14,19 +14,20 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::jsontext::{check_json_inside, decodes_to_blank, write_decoded};
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
 use crate::body::{BodyWriter, ChunkedBody, NewBody};
 use crate::config::BackendApi;
 use crate::error::{error_json, ApiError, ErrorKind};
 use crate::eventstream::{self, Kind};
 use crate::json::{self, each, EachError};
-use crate::translate::openai::percent_encode;
+use crate::translate::openai_passthrough::percent_encode;
 use crate::wire::bedrock as b;
 use crate::wire::chat_view as v;
 use crate::wire::openai as o;
@@ -505,10 +506,9 @@ impl Converse<'_> {
             None | Some("null") => None,
             Some(literal) if literal.starts_with('"') => {
                 let inner = literal_inner(literal);
-                let mut check = Unescape::new(inner);
-                match serde_json::from_reader::<_, serde::de::IgnoredAny>(&mut check) {
-                    Ok(_) => Some(inner),
-                    Err(_) if !check.saw_content && !check.failed => None,
+                match check_json_inside(inner) {
+                    Ok(()) => Some(inner),
+                    Err(_) if decodes_to_blank(inner) => None,
                     Err(e) => {
                         return Err(invalid(format!("tool call {} has arguments that are not JSON: {e}", call.id)))
                     }
@@ -527,7 +527,7 @@ impl Converse<'_> {
             // An empty string: no arguments.
             None => self.put(b"{}"),
             Some(inner) => {
-                io::copy(&mut Unescape::new(inner), &mut self.out)
+                write_decoded(inner, &mut self.out)
                     .map_err(|e| invalid(format!("tool call {} has arguments that are not JSON: {e}", call.id)))?;
             }
         }
@@ -780,121 +780,6 @@ impl DocumentNames {
         }
         self.next.insert(base, n.saturating_add(1));
         Ok(name)
-    }
-}
-
-/// Reads the inside of a JSON string literal as the text it stands for (escapes decoded), without
-/// copying it: tool arguments are checked and written out through this.
-struct Unescape<'a> {
-    rest: &'a [u8],
-    pending: [u8; 4],
-    pending_len: usize,
-    pending_at: usize,
-    /// A byte other than JSON whitespace was read.
-    saw_content: bool,
-    /// An escape could not be decoded.
-    failed: bool,
-}
-
-impl<'a> Unescape<'a> {
-    fn new(inner: &'a str) -> Self {
-        Unescape {
-            rest: inner.as_bytes(),
-            pending: [0; 4],
-            pending_len: 0,
-            pending_at: 0,
-            saw_content: false,
-            failed: false,
-        }
-    }
-
-    fn hex4(&mut self) -> io::Result<u32> {
-        let digits = self.rest.get(..4).ok_or_else(|| bad_escape("a short \\u escape"))?;
-        let text = std::str::from_utf8(digits).map_err(|_| bad_escape("a bad \\u escape"))?;
-        let code = u32::from_str_radix(text, 16).map_err(|_| bad_escape("a bad \\u escape"))?;
-        self.rest = self.rest.get(4..).unwrap_or_default();
-        Ok(code)
-    }
-
-    /// Decodes the escape after a backslash into `pending`.
-    fn escape(&mut self) -> io::Result<()> {
-        let (&kind, rest) = self.rest.split_first().ok_or_else(|| bad_escape("a lone backslash"))?;
-        self.rest = rest;
-        let c = match kind {
-            b'"' => '"',
-            b'\\' => '\\',
-            b'/' => '/',
-            b'b' => '\u{8}',
-            b'f' => '\u{c}',
-            b'n' => '\n',
-            b'r' => '\r',
-            b't' => '\t',
-            b'u' => {
-                let first = self.hex4()?;
-                let code = if (0xD800..0xDC00).contains(&first) {
-                    if self.rest.get(..2) != Some(b"\\u") {
-                        return Err(bad_escape("a lone surrogate"));
-                    }
-                    self.rest = self.rest.get(2..).unwrap_or_default();
-                    let second = self.hex4()?;
-                    if !(0xDC00..0xE000).contains(&second) {
-                        return Err(bad_escape("a lone surrogate"));
-                    }
-                    0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
-                } else {
-                    first
-                };
-                char::from_u32(code).ok_or_else(|| bad_escape("a lone surrogate"))?
-            }
-            _ => return Err(bad_escape("an unknown escape")),
-        };
-        let encoded = c.encode_utf8(&mut self.pending);
-        self.pending_len = encoded.len();
-        self.pending_at = 0;
-        Ok(())
-    }
-}
-
-fn bad_escape(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("{what} in a JSON string"))
-}
-
-impl Read for Unescape<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut n = 0;
-        while n < buf.len() {
-            if self.pending_at < self.pending_len {
-                let (Some(slot), Some(&byte)) = (buf.get_mut(n), self.pending.get(self.pending_at)) else { break };
-                *slot = byte;
-                self.saw_content |= !byte.is_ascii_whitespace();
-                self.pending_at += 1;
-                n += 1;
-                continue;
-            }
-            match self.rest.first() {
-                None => break,
-                Some(b'\\') => {
-                    self.rest = self.rest.get(1..).unwrap_or_default();
-                    if let Err(e) = self.escape() {
-                        self.failed = true;
-                        return Err(e);
-                    }
-                }
-                Some(_) => {
-                    let run = self.rest.iter().position(|&c| c == b'\\').unwrap_or(self.rest.len());
-                    let room = buf.len() - n;
-                    let take = run.min(room);
-                    let (now, later) = self.rest.split_at(take);
-                    if let Some(dst) = buf.get_mut(n..n + take) {
-                        dst.copy_from_slice(now);
-                    }
-                    self.saw_content |= now.iter().any(|c| !c.is_ascii_whitespace());
-                    self.rest = later;
-                    n += take;
-                }
-            }
-        }
-        Ok(n)
     }
 }
 

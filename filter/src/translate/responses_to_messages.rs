@@ -3,22 +3,22 @@
 //! OpenAI's server state (`previous_response_id`, `conversation`, `background`, stored prompts,
 //! item references) and what Anthropic cannot do (built-in tools, JSON output modes, logprobs) is
 //! refused with a 400 naming it. The request body is written as the client's is walked, reusing
-//! the chat translator's pieces ([`super::anthropic`]); the answer is written as a Responses
+//! the chat translator's pieces ([`super::chat_to_anthropic`]); the answer is written as a Responses
 //! object, or, streamed, as the Responses event sequence.
 
 use std::borrow::Cow;
 
 use serde_json::value::RawValue;
 
-use super::anthropic::jsontext::{compact, string_body, unescape_small, write_as_string};
-use super::anthropic::request::{
+use super::anthropic_request::{
     bad, image_url_block, invalid, max_tokens_with, pdf_block, put_number, string, text_block, thinking_budget, walked,
     write_anthropic_tool_choice, write_arguments, write_tool_def, Blocks, Platform, Turns,
 };
-use super::anthropic::{
+use super::chat_to_anthropic::{
     delta_kind, for_blocks, is_kind, messages_path, nonempty, openai_error_from_anthropic, platform_headers,
     success_plan, upstream_message, Framing,
 };
+use super::jsontext::{compact, string_body, unescape_small, write_as_string};
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
 use crate::body::{BodyWriter, ChunkedBody};
 use crate::config::{Backend, Schema};

@@ -15,7 +15,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::openai::upstream_path;
+use super::openai_passthrough::upstream_path;
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
 use crate::api::Endpoint;
 use crate::body::{BodyWriter, NewBody};

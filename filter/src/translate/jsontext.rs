@@ -130,7 +130,7 @@ pub fn unescape_small(body: &str) -> Cow<'_, str> {
 /// Whether the decoded string is empty or only whitespace (read until the first other byte).
 pub fn decodes_to_blank(body: &str) -> bool {
     if !body.contains('\\') {
-        return body.trim().is_empty();
+        return body.bytes().all(|b| b.is_ascii_whitespace());
     }
     let mut reader = Unescape::new(body);
     let mut buf = [0u8; 256];
