@@ -190,3 +190,37 @@ fn every_rendered_bootstrap_passes_envoy_validate() {
     }
     let _ = std::fs::remove_dir_all(tmp);
 }
+
+/// `llmgw render --target envoy-gateway` renders the budgets of `aigw-quota` back out as a
+/// QuotaPolicy (golden `quota-policy.yaml`, checked against the CRD by the e2e manifests test), and
+/// reading that QuotaPolicy instead of the original gives the same budgets.
+#[test]
+fn budgets_render_back_as_a_quota_policy() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/aigw-quota");
+    let text = std::fs::read_to_string(dir.join("config.yaml")).unwrap();
+    let g = formats::load_text("config.yaml", &text, &MapEnv::default(), None).unwrap();
+    let quotas = llmgw::cli::eg_quotas(&g).unwrap();
+    let names: Vec<String> = g.upstreams.iter().map(|u| u.name.clone()).collect();
+    let opts =
+        llmgw::render_eg::EgOptions { namespace: "default".into(), name: "budgets".into(), ..Default::default() };
+    let rendered = llmgw::render_eg::quota_policy(&quotas, &names, &opts).unwrap();
+    let mut failures = Vec::new();
+    compare(&dir, "quota-policy.yaml", &rendered, &mut failures);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(!rendered.contains("sk-golden"), "no key in the rendered QuotaPolicy");
+
+    let original =
+        text.split("\n---\n").filter(|d| !d.contains("kind: QuotaPolicy")).collect::<Vec<_>>().join("\n---\n");
+    let again = format!("{original}\n{rendered}");
+    let g2 = formats::load_text("config.yaml", &again, &MapEnv::default(), None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(g2.budgets, g.budgets);
+}
+
+/// What a QuotaPolicy cannot express is refused, naming the budget.
+#[test]
+fn budgets_a_quota_policy_cannot_express_are_refused() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/llmgw-budgets");
+    let g = gateway(&dir, &env_of(&dir));
+    let e = llmgw::cli::eg_quotas(&g).unwrap_err().to_string();
+    assert!(e.contains("budget team-a-tokens-per-day") && e.contains("no model"), "{e}");
+}
