@@ -515,8 +515,9 @@ mod tests {
         let names: Vec<&str> = b.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, ["team-a-tokens-per-day", "team-a-tokens-per-day-2", "mine"]);
         assert_eq!(parsed(ISSUE).unwrap(), parsed(ISSUE).unwrap());
-        let e = parsed("- {consumer: team-a, tokens: 1, per: day}\n- {name: team-a-tokens-per-day, consumer: ci-bot, tokens: 1, per: day}\n").unwrap_err();
-        assert!(e.reason.contains("two budgets are named"), "{e:?}");
+        // A given name wins; the generated one steps aside.
+        let b = parsed("- {consumer: team-a, tokens: 1, per: day}\n- {name: team-a-tokens-per-day, consumer: ci-bot, tokens: 1, per: day}\n").unwrap();
+        assert_eq!(b[0].name, "team-a-tokens-per-day-2");
     }
 
     #[test]
