@@ -20,6 +20,7 @@ use crate::url::is_ip;
 use crate::validate::plugin_json;
 
 mod auth;
+pub(crate) use auth::CONSUMER_METADATA_KEY;
 
 /// Request header the admin's health check sends through the listener; excluded from the access log.
 pub const PROBE_HEADER: &str = "x-llmgw-health-probe";
@@ -48,7 +49,13 @@ pub struct Options {
     pub wasm: String,
     /// The system CA bundle, for `Ca::System`.
     pub ca_bundle: String,
+    /// The loopback port of the `llmgw ratelimit` that counts budgets when there is a
+    /// `budget_store` (`llmgw run` starts it).
+    pub rls_port: u16,
 }
+
+/// `rls_port` when nothing starts the service (`llmgw render`): `llmgw ratelimit`'s default.
+pub const DEFAULT_RLS_PORT: u16 = 8081;
 
 pub fn render(g: &Gateway, o: &Options) -> Value {
     let buffer = g.buffer_limit.unwrap_or(DEFAULT_BUFFER_LIMIT);
@@ -58,6 +65,9 @@ pub fn render(g: &Gateway, o: &Options) -> Value {
     if !fallbacks.is_empty() {
         let upstream_filter = wasm_filter(g, o, UPSTREAM_PLUGIN_NAME, &fallback::upstream_plugin(g, &fallbacks));
         clusters.extend(fallbacks.iter().map(|r| rule_cluster(g, r, o, buffer, &upstream_filter)));
+    }
+    if g.budget_store.is_some() && !g.budgets.is_empty() {
+        clusters.push(crate::budgets::rls_cluster(o.rls_port));
     }
     json!({
         "node": {"id": "llmgw", "cluster": "llmgw"},
@@ -113,7 +123,12 @@ fn stats_config() -> Value {
 
 fn listener(g: &Gateway, o: &Options, buffer: u64, fallbacks: &[fallback::Rule]) -> Value {
     let mut http_filters = auth::filters(g);
-    http_filters.extend([wasm_filter(g, o, PLUGIN_NAME, &g.plugin), headers_to_metadata(), router(fallbacks)]);
+    http_filters.extend([wasm_filter(g, o, PLUGIN_NAME, &g.plugin), headers_to_metadata()]);
+    if let Some(store) = g.budget_store.as_ref().filter(|_| !g.budgets.is_empty()) {
+        // After the filter (the model is known) and the metadata copies (read at stream done).
+        http_filters.push(crate::budgets::rate_limit_filter(&g.budgets, store, METADATA_NAMESPACE));
+    }
+    http_filters.push(router(fallbacks));
     let mut hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "llmgw",
@@ -553,6 +568,7 @@ rules:
             admin_port: 9901,
             wasm: "/x/llmgw_filter.wasm".into(),
             ca_bundle: "/ca.pem".into(),
+            rls_port: DEFAULT_RLS_PORT,
         };
         render(&g, &o)
     }
@@ -713,6 +729,7 @@ rules:
             admin_port: 9901,
             wasm: "/x.wasm".into(),
             ca_bundle: "/ca.pem".into(),
+            rls_port: DEFAULT_RLS_PORT,
         };
         let b = render(&g, &o);
         assert_eq!(b["static_resources"]["clusters"].as_array().unwrap().len(), 1);
@@ -732,6 +749,7 @@ rules:
             admin_port: 9901,
             wasm: "/x.wasm".into(),
             ca_bundle: "/ca.pem".into(),
+            rls_port: DEFAULT_RLS_PORT,
         };
         let b = render(&g, &o);
         let hcm = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];

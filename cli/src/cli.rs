@@ -159,6 +159,9 @@ pub struct StatArgs {
     /// Metrics URL [default: http://127.0.0.1:ADMIN_PORT/metrics].
     #[arg(long)]
     pub url: Option<String>,
+    /// The gateway's config file: also show its budgets per consumer (used, remaining, reset).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 pub fn main() -> i32 {
@@ -220,6 +223,7 @@ pub fn options(g: &Gateway, listen: &ListenArgs, wasm: &Path, admin_port: u16) -
         admin_port,
         wasm: wasm.display().to_string(),
         ca_bundle,
+        rls_port: bootstrap::DEFAULT_RLS_PORT,
     })
 }
 
@@ -357,6 +361,41 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
+/// The budgets as QuotaPolicy bucket rules; what a QuotaPolicy cannot express is refused.
+pub fn eg_quotas(g: &Gateway) -> anyhow::Result<Vec<render_eg::EgQuota>> {
+    use crate::budgets::{Limit, ModelMatch, Per};
+    g.budgets
+        .iter()
+        .map(|b| {
+            let Some(ModelMatch::Exact(model)) = &b.model else {
+                anyhow::bail!(
+                    "budget {}: a QuotaPolicy budgets one model by its exact name (perModelQuotas.modelName); \
+                     this budget has {}",
+                    b.name,
+                    if b.model.is_some() { "a model prefix or glob" } else { "no model" }
+                );
+            };
+            let Limit::Tokens(limit) = b.limit else {
+                anyhow::bail!("budget {}: a QuotaPolicy counts tokens, not requests", b.name);
+            };
+            let duration = match b.per {
+                Per::Second => "1s",
+                Per::Minute => "1m",
+                Per::Hour => "1h",
+                Per::Day => "1d",
+            };
+            Ok(render_eg::EgQuota {
+                budget: b.name.clone(),
+                consumer: b.consumer.clone(),
+                model: model.clone(),
+                limit,
+                duration,
+                cost: crate::formats::aigw::quota::cost_expression(b.count),
+            })
+        })
+        .collect()
+}
+
 fn render_envoy_gateway(g: &Gateway, a: &RenderArgs) -> anyhow::Result<i32> {
     let backends: Vec<EgBackend> = g
         .upstreams
@@ -376,8 +415,13 @@ fn render_envoy_gateway(g: &Gateway, a: &RenderArgs) -> anyhow::Result<i32> {
         port: a.listen.port.or(g.port).unwrap_or(EgOptions::default().port),
         consumers: eg_consumers(g)?,
     };
-    let text = render_eg::render(&serde_json::Value::Object(g.plugin.clone()), &backends, &opts)
+    let mut text = render_eg::render(&serde_json::Value::Object(g.plugin.clone()), &backends, &opts)
         .map_err(|e| anyhow::anyhow!("cannot render for Envoy Gateway: {e}"))?;
+    if !g.budgets.is_empty() {
+        let names: Vec<String> = g.upstreams.iter().map(|u| u.name.clone()).collect();
+        text += &render_eg::quota_policy(&eg_quotas(g)?, &names, &opts)
+            .map_err(|e| anyhow::anyhow!("cannot render the budgets as a QuotaPolicy: {e}"))?;
+    }
     for line in render_eg::secret_commands(&serde_json::Value::Object(g.plugin.clone()), &opts) {
         eprintln!("llmgw: {line}");
     }

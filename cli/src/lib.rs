@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod autoconfig;
 pub mod bootstrap;
+pub mod budgets;
 pub mod check;
 pub mod cli;
 pub mod consumers;

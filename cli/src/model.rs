@@ -155,6 +155,11 @@ pub struct Gateway {
     pub consumers: Vec<crate::consumers::Consumer>,
     /// The consumers' keys and local JWKS, read at run time ([`crate::consumers::resolve`]).
     pub client_auth: crate::consumers::Resolved,
+    /// Token and request budgets per consumer (`budgets:`); see [`crate::budgets`].
+    pub budgets: Vec<crate::budgets::Budget>,
+    /// Where budgets are counted when several gateways share them (`budget_store:`); `None` =
+    /// by the filter, in this gateway.
+    pub budget_store: Option<crate::budgets::Store>,
 }
 
 /// A credential: compared and moved around, never printed (`Debug` shows its length only).
@@ -200,6 +205,8 @@ impl Gateway {
             secrets: BTreeMap::new(),
             consumers: Vec::new(),
             client_auth: Default::default(),
+            budgets: Vec::new(),
+            budget_store: None,
         }
     }
 
@@ -269,8 +276,9 @@ impl Gateway {
 
     /// Reads the consumers' keys and JWKS files into [`Gateway::client_auth`].
     pub fn resolve_consumers(&mut self, env: &dyn Env) -> Result<(), crate::diag::ConfigError> {
-        self.client_auth = crate::consumers::resolve(&self.consumers, env)
-            .map_err(|e| crate::diag::ConfigError::new(self.source.name(), "consumers", e))?;
+        // Keys read from a Secret document of the config are moved credentials.
+        let resolved = crate::consumers::resolve(&self.consumers, &self.env(env));
+        self.client_auth = resolved.map_err(|e| crate::diag::ConfigError::new(self.source.name(), "consumers", e))?;
         Ok(())
     }
 

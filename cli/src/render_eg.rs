@@ -1071,3 +1071,127 @@ fn scalar(v: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// A token budget as Envoy AI Gateway's QuotaPolicy expresses it: for one model (exact name), one
+/// consumer (or each: `*`), `limit` tokens per `duration` (`1s`, `1m`, `1h`, `1d`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgQuota {
+    pub budget: String,
+    pub consumer: String,
+    pub model: String,
+    pub limit: u64,
+    pub duration: &'static str,
+    /// `costExpression`; `None` = total tokens (the CRD's default).
+    pub cost: Option<&'static str>,
+}
+
+// QuotaPolicy (aigateway.envoyproxy.io/v1alpha1), the fields llmgw sets, as in the CRD.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct QuotaPolicy<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: Metadata<'a>,
+    spec: QuotaSpec<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct QuotaSpec<'a> {
+    target_refs: Vec<TargetRef<'a>>,
+    per_model_quotas: Vec<PerModelQuota<'a>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PerModelQuota<'a> {
+    model_name: &'a str,
+    quota: QuotaDefinition<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct QuotaDefinition<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost_expression: Option<&'static str>,
+    bucket_rules: Vec<BucketRule<'a>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BucketRule<'a> {
+    client_selectors: Vec<ClientSelector<'a>>,
+    quota: QuotaValue,
+}
+
+#[derive(serde::Serialize)]
+struct ClientSelector<'a> {
+    headers: Vec<HeaderSelector<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct HeaderSelector<'a> {
+    name: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct QuotaValue {
+    duration: &'static str,
+    limit: u64,
+}
+
+/// The budgets as one QuotaPolicy (a YAML document with its comment) targeting every backend as an
+/// AIServiceBackend of the same name; the consumer is matched on [`CONSUMER_HEADER`]. Budgets of
+/// one model must count tokens the same way (a QuotaPolicy has one `costExpression` per model).
+pub fn quota_policy(quotas: &[EgQuota], backends: &[String], opts: &EgOptions) -> Result<String, String> {
+    let mut models: Vec<PerModelQuota<'_>> = Vec::new();
+    for q in quotas {
+        let rule = BucketRule {
+            client_selectors: vec![ClientSelector {
+                headers: vec![if q.consumer == "*" {
+                    HeaderSelector { name: CONSUMER_HEADER, kind: "Distinct", value: None }
+                } else {
+                    HeaderSelector { name: CONSUMER_HEADER, kind: "Exact", value: Some(&q.consumer) }
+                }],
+            }],
+            quota: QuotaValue { duration: q.duration, limit: q.limit },
+        };
+        match models.iter_mut().find(|m| m.model_name == q.model) {
+            Some(m) if m.quota.cost_expression != q.cost => {
+                return Err(format!(
+                    "budget {}: model {} has budgets counting different tokens; a QuotaPolicy counts one way per \
+                     model (costExpression)",
+                    q.budget, q.model
+                ))
+            }
+            Some(m) => m.quota.bucket_rules.push(rule),
+            None => models.push(PerModelQuota {
+                model_name: &q.model,
+                quota: QuotaDefinition { cost_expression: q.cost, bucket_rules: vec![rule] },
+            }),
+        }
+    }
+    let names: Vec<String> = backends.iter().map(|b| dns_label(b)).collect();
+    let policy = QuotaPolicy {
+        api_version: "aigateway.envoyproxy.io/v1alpha1",
+        kind: "QuotaPolicy",
+        metadata: Metadata { name: &opts.name, namespace: &opts.namespace },
+        spec: QuotaSpec {
+            target_refs: names
+                .iter()
+                .map(|n| TargetRef { group: "aigateway.envoyproxy.io", kind: "AIServiceBackend", name: n })
+                .collect(),
+            per_model_quotas: models,
+        },
+    };
+    let yaml = serde_yaml_ng::to_string(&policy).map_err(|e| format!("cannot serialize the QuotaPolicy: {e}"))?;
+    Ok(format!(
+        "---\n# The budgets as Envoy AI Gateway's QuotaPolicy (for its controller, which targets the\n\
+         # AIServiceBackends named like the backends): per model, each bucket rule selects a consumer by\n\
+         # {CONSUMER_HEADER} (Distinct: each consumer separately).\n{yaml}"
+    ))
+}

@@ -78,7 +78,7 @@ async fn run(args: RunArgs) -> Result<i32> {
     let envoy_bin = locate::envoy_or_install(args.envoy.as_deref())?;
     let wasm = locate::wasm_or_build(args.listen.wasm.as_deref())?;
     // Envoy's own admin on an ephemeral loopback port, known to llmgw through --admin-address-path.
-    let opts = cli::options(&gateway, &args.listen, &wasm, 0)?;
+    let mut opts = cli::options(&gateway, &args.listen, &wasm, 0)?;
 
     let ip: IpAddr = args.listen.address.parse().with_context(|| format!("--address {:?}", args.listen.address))?;
     let admin_listener = TcpListener::bind(SocketAddr::new(ip, args.listen.admin_port)).await.with_context(|| {
@@ -96,6 +96,15 @@ async fn run(args: RunArgs) -> Result<i32> {
     let dir = RunDir::create(args.run_dir.clone())?;
     let config_path = dir.path().join("envoy.yaml");
     let admin_file = dir.path().join("admin-address.txt");
+    // Budgets shared by many gateways: our own `llmgw ratelimit` counts them in Redis (killed with us).
+    let _ratelimit = match &gateway.budget_store {
+        Some(store) if !gateway.budgets.is_empty() => {
+            let (child, port) = start_ratelimit(&gateway, store, dir.path())?;
+            opts.rls_port = port;
+            Some(child)
+        }
+        _ => None,
+    };
     write_private(&config_path, &bootstrap::to_yaml(&gateway, &bootstrap::render(&gateway, &opts)))?;
     // Envoy writes its admin address here; created first so that it is private too.
     write_private(&admin_file, "")?;
@@ -288,6 +297,30 @@ impl RunDir {
             RunDir::Given(p) => p,
         }
     }
+}
+
+/// Starts `llmgw ratelimit` (this executable) on a free loopback port with the budgets' limits;
+/// the Redis URL (which may hold a password) goes by environment, not on the command line.
+fn start_ratelimit(g: &Gateway, store: &crate::budgets::Store, dir: &Path) -> Result<(tokio::process::Child, u16)> {
+    let limits = dir.join("limits.json");
+    write_private(&limits, &crate::budgets::limits(&g.budgets).to_string())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let exe = std::env::current_exe().context("cannot find the llmgw executable to start `llmgw ratelimit`")?;
+    let mode = match store.failure_mode {
+        crate::budgets::FailureMode::Open => "open",
+        crate::budgets::FailureMode::Closed => "closed",
+    };
+    let child = tokio::process::Command::new(exe)
+        .arg("ratelimit")
+        .arg("--config")
+        .arg(&limits)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--failure-mode", mode])
+        .env("LLMGW_RATELIMIT_REDIS", &store.redis)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start `llmgw ratelimit` for the budget store")?;
+    eprintln!("llmgw: budgets counted in Redis by `llmgw ratelimit` on 127.0.0.1:{port} (failure mode {mode})");
+    Ok((child, port))
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {

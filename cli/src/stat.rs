@@ -141,18 +141,80 @@ pub fn main(args: StatArgs) -> Result<i32> {
         .map_err(|e| anyhow::anyhow!("{e}"))
         .and_then(|r| r.into_string().context("reading the metrics"))
         .with_context(|| format!("cannot read {url}: is `llmgw run` running there? (--admin-port / --url)"))?;
-    let rows = aggregate(&parse(&text));
+    let samples = parse(&text);
+    let rows = aggregate(&samples);
     if rows.is_empty() {
         println!("no LLM requests recorded yet at {url}");
     } else {
         print!("{}", render(&rows));
     }
+    if let Some(path) = &args.config {
+        let g = crate::formats::load(path, &crate::model::ProcessEnv, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+        print!("{}", budgets(&g.budgets, &samples));
+    }
     Ok(0)
+}
+
+/// The budget gauge the filter is to export: `llmgw_budget_used{budget, consumer}` (tokens or
+/// requests spent in the current window) and `llmgw_budget_reset_seconds{budget, consumer}`.
+pub const BUDGET_USED: &str = "llmgw_budget_used";
+pub const BUDGET_RESET: &str = "llmgw_budget_reset_seconds";
+
+/// The configured budgets, with what the gateway's metrics say was used of each (per consumer);
+/// "unknown" while the filter exports no budget metrics.
+pub fn budgets(budgets: &[crate::budgets::Budget], samples: &[Sample]) -> String {
+    use crate::budgets::Limit;
+    if budgets.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\nbudgets:\n");
+    for b in budgets {
+        let (limit, unit) = match b.limit {
+            Limit::Tokens(n) => (n, format!("{} tokens", b.count.name())),
+            Limit::Requests(n) => (n, "requests".to_string()),
+        };
+        let model = b.model.as_ref().map(|m| format!(" model {m:?}")).unwrap_or_default();
+        out += &format!("  {} (consumer {}{model}): {limit} {unit} per {}\n", b.name, b.consumer, b.per.name());
+        let of = |name: &'static str| {
+            samples.iter().filter(move |s| s.name == name && s.labels.get("budget") == Some(&b.name))
+        };
+        let used: Vec<&Sample> = of(BUDGET_USED).collect();
+        if used.is_empty() {
+            out += "    used: unknown (filter budget metrics not available)\n";
+        }
+        for s in used {
+            let consumer = s.labels.get("consumer").map_or("?", String::as_str);
+            let reset = of(BUDGET_RESET)
+                .find(|r| r.labels.get("consumer") == s.labels.get("consumer"))
+                .map_or("unknown".to_string(), |r| format!("in {}s", r.value));
+            let remaining = (limit as f64 - s.value).max(0.0);
+            out += &format!("    {consumer}: used {} remaining {remaining} reset {reset}\n", s.value);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budgets_show_used_when_the_filter_exports_it_and_unknown_otherwise() {
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+            "[{consumer: '*', requests: 60, per: minute}, {consumer: a, tokens: 10, per: day}]",
+        )
+        .unwrap();
+        let consumers = [crate::consumers::Consumer { name: "a".into(), keys: None, jwt: None }];
+        let b = crate::budgets::parse(&crate::formats::node::At::root(&v), &consumers).unwrap();
+        let samples = parse(
+            "llmgw_budget_used{budget=\"each-requests-per-minute\",consumer=\"a\"} 12\n\
+             llmgw_budget_reset_seconds{budget=\"each-requests-per-minute\",consumer=\"a\"} 30\n",
+        );
+        let text = budgets(&b, &samples);
+        assert!(text.contains("each-requests-per-minute (consumer *): 60 requests per minute"), "{text}");
+        assert!(text.contains("a: used 12 remaining 48 reset in 30s"), "{text}");
+        assert!(text.contains("a-tokens-per-day (consumer a): 10 total tokens per day\n    used: unknown"), "{text}");
+    }
 
     const TEXT: &str = r#"# TYPE llmgw_requests_total counter
 llmgw_requests_total{gen_ai_request_model="gpt-4o",gen_ai_operation_name="chat",outcome="success",llmgw_backend="openai"} 2

@@ -20,6 +20,16 @@ pub fn plugin_json(plugin: &serde_json::Map<String, serde_json::Value>) -> Strin
 /// Checks the plugin configuration with the filter's own parser, reading `*_env` variables from
 /// `env` with the gateway's moved credentials on top (as Envoy's VM will see them).
 pub fn validate(g: &Gateway, env: &dyn Env) -> Result<(), ConfigError> {
+    // Gated until the filter enforces budgets: it refuses unknown fields, and a gateway whose
+    // budgets were not enforced must not start.
+    if g.plugin.contains_key("budgets") && !filter_knows_budgets() {
+        return Err(ConfigError::new(
+            g.source.name(),
+            "budgets",
+            "the filter this llmgw was built with does not enforce budgets yet (plugin config `budgets`); \
+             count them in Redis with `budget_store: {redis: ...}` instead, or remove `budgets:`",
+        ));
+    }
     let text = plugin_text(g);
     if let Err(e) = llmgw_filter::config::parse(text.as_bytes(), &g.env(env), 0) {
         let (document, field) = g.locate(&e.field);
@@ -36,6 +46,16 @@ pub fn validate(g: &Gateway, env: &dyn Env) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// True when the filter build this CLI was compiled with accepts the plugin config's `budgets`
+/// (the filter refuses unknown fields, so its parser says whether it knows the field).
+pub fn filter_knows_budgets() -> bool {
+    let probe = br#"{"budgets": [], "consumer_header": "x-llmgw-consumer", "backends": []}"#;
+    match llmgw_filter::config::parse(probe, &crate::model::AnyEnv, 0) {
+        Ok(_) => true,
+        Err(e) => !e.reason.contains("unknown field"),
+    }
 }
 
 /// True when the filter build this CLI was compiled with knows `schema` (tests use it to skip

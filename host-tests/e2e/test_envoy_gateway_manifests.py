@@ -584,3 +584,24 @@ def test_key_and_jwt_consumers_together_are_refused_for_envoy_gateway(tmp_path):
     r = render_consumers(tmp_path, [{"name": "team-a", "api_keys_env": "TEAM_A_KEYS"},
                                     {"name": "ci", "jwt": {"issuer": "i", "jwks_uri": "https://i/jwks"}}])
     assert r.returncode != 0 and "requires every method" in r.stderr, r.stderr
+
+
+def test_rendered_quota_policy_matches_the_crd():
+    """`llmgw render --target envoy-gateway` renders budgets as Envoy AI Gateway's QuotaPolicy: the
+    CLI's golden rendering (cli/tests/golden/aigw-quota/quota-policy.yaml) passes the CRD's schema
+    and CEL rules, and a wrong field fails."""
+    f = e2e.REPO / "cli" / "tests" / "golden" / "aigw-quota" / "quota-policy.yaml"
+    (d,) = [d for d in yaml.safe_load_all(f.read_text()) if d]
+    schema, scope, _ = schema_for(d["apiVersion"], d["kind"])
+    assert scope == "Namespaced" and d["metadata"]["namespace"]
+    v = jsonschema.Draft202012Validator(schema)
+    errors = list(v.iter_errors(d))
+    assert not errors, [e.message for e in errors]
+    failures, evaluated = cel_failures(d)
+    assert not failures and evaluated > 0, failures
+    bad = copy.deepcopy(d)
+    bad["spec"]["perModelQuotas"][0]["quota"]["bucketRules"][0]["quota"]["duration"] = "2h"
+    assert list(v.iter_errors(bad))
+    bad = copy.deepcopy(d)
+    bad["spec"]["targetRefs"][0]["kind"] = "Backend"
+    assert any("AIServiceBackend" in f for f in cel_failures(bad)[0])

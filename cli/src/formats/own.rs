@@ -16,6 +16,9 @@
 //!     timeout: 600s
 //! consumers:               # client authentication (see `consumers.rs`); not the filter's
 //!   - {name: team-a, api_keys_env: TEAM_A_KEYS}
+//! budgets:                 # per consumer (see `budgets.rs`); written into the plugin config
+//!   - {consumer: team-a, tokens: 2000000, per: day}
+//! budget_store: {redis: "redis://127.0.0.1:6379"}   # optional: budgets shared by many gateways
 //! rules: [...]               # as in the plugin config, fallback included:
 //!   # - backends: [{name: openai}, {name: vllm, priority: 1, model_override: llama-3.1-8b}]
 //!   #   retry: {attempts: 2, first_byte_timeout: 10s}
@@ -43,6 +46,7 @@ fn convert_doc(name: &str, doc: &Value) -> NResult<Gateway> {
     let root = At::root(doc);
     let mut g = Gateway::new(Source::File { path: name.to_string(), format: Format::Llmgw });
     let mut default_timeout = None;
+    let mut budgets = None;
     for (key, at) in root.entries()? {
         match key.as_str() {
             "port" => g.port = Some(at.port()?),
@@ -50,10 +54,19 @@ fn convert_doc(name: &str, doc: &Value) -> NResult<Gateway> {
             "timeout" => default_timeout = Some(duration::parse(at.str()?).map_err(|e| at.err(e))?),
             "backends" => {}
             "consumers" => g.consumers = crate::consumers::parse(&at)?,
+            // Parsed once every consumer is known (a budget names its consumer).
+            "budgets" => budgets = Some(at),
+            "budget_store" => g.budget_store = Some(crate::budgets::parse_store(&at)?),
             _ => {
                 g.plugin.insert(key.clone(), to_json(&at)?);
             }
         }
+    }
+    if let Some(at) = budgets {
+        g.budgets = crate::budgets::parse(&at, &g.consumers)?;
+    }
+    if g.budget_store.is_some() && g.budgets.is_empty() {
+        return Err(root.req("budget_store")?.err("a budget store without `budgets:` counts nothing"));
     }
     let backends = root.req("backends")?.items()?;
     let mut plugin_backends = Vec::with_capacity(backends.len());

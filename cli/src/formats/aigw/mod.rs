@@ -7,6 +7,7 @@
 
 mod backend;
 mod policy;
+pub(crate) mod quota;
 mod route;
 
 use serde_yaml_ng::Value;
@@ -28,6 +29,8 @@ const SUPPORTED: &[&str] = &[
     "BackendTLSPolicy",
     "ClientTrafficPolicy",
     "BackendTrafficPolicy",
+    "SecurityPolicy",
+    "QuotaPolicy",
 ];
 
 /// One Kubernetes object of the file.
@@ -102,6 +105,9 @@ pub fn convert(file: &str, docs: &[Value]) -> Result<Gateway, ConfigError> {
 
     g.port = listener_port(&mut ctx)?;
     g.buffer_limit = buffer_limit(&mut ctx)?;
+    let security = quota::security(&mut ctx)?;
+    let budgets = quota::quotas(&ctx, &security)?;
+    check_consumers(file, &security.consumers)?;
     let policies = policy::convert(&mut ctx)?;
     let routed = route::convert(&mut ctx, &policies)?;
     for (pi, p) in policies.iter().enumerate() {
@@ -136,8 +142,31 @@ pub fn convert(file: &str, docs: &[Value]) -> Result<Gateway, ConfigError> {
     g.plugin.insert("rules".into(), serde_json::Value::Array(rules));
     g.upstreams = upstreams;
     g.origins.extend(origins);
+    g.consumers = security.consumers;
+    g.secrets.extend(security.secrets);
+    g.budgets = budgets;
     g.warnings = ctx.warnings;
     Ok(g)
+}
+
+/// The SecurityPolicies' consumers obey the rules of llmgw's own (`consumers::parse`).
+fn check_consumers(file: &str, consumers: &[crate::consumers::Consumer]) -> Result<(), ConfigError> {
+    for (i, c) in consumers.iter().enumerate() {
+        let bad = |reason: String| Err(ConfigError::new(file, "SecurityPolicy", reason));
+        if c.name.is_empty()
+            || c.name.len() > 64
+            || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+        {
+            return bad(format!("client id {:?}: a consumer name is 1-64 characters of A-Z a-z 0-9 - _ .", c.name));
+        }
+        if c.name == crate::consumers::PROBE_CONSUMER {
+            return bad(format!("client id {:?} is reserved for llmgw's own health probes", c.name));
+        }
+        if consumers.iter().take(i).any(|o| o.name == c.name) {
+            return bad(format!("{:?} is both an API key client id and a JWT provider name", c.name));
+        }
+    }
+    Ok(())
 }
 
 /// Indexes every non-empty document by kind, namespace and name.
