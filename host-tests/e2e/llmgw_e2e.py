@@ -396,6 +396,15 @@ class Envoy:
                 return hits
             time.sleep(0.1)
 
+    def assert_logs_hold_none(self, model: str, status: int, *secrets: str) -> None:
+        """Neither Envoy's log nor its access log holds any of `secrets`, once the access log has the
+        line of a request for `model` answered `status` (it is flushed every 100 ms)."""
+        assert self.wait_access_log(lambda e: e.get("model") == model and e.get("status") == status), \
+            f"no access log line for {model} ({status})"
+        for path in (self.log_path, self.access_log_path):
+            text = path.read_text(errors="replace")
+            assert not [s for s in secrets if s in text], f"a secret is in {path}"
+
     def stats(self, fmt: str = "prometheus") -> str:
         path = "/stats/prometheus" if fmt == "prometheus" else "/stats"
         status, _, body = http("GET", self.admin_url + path)

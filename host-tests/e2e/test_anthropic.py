@@ -25,6 +25,7 @@ CLIENT_KEY = "sk-client-gateway-key-must-not-leak"
 ANTHROPIC_KEY = "sk-ant-upstream-key"
 OPENAI_KEY = "sk-openai-upstream-key"
 VERTEX_TOKEN = "ya29.vertex-token"
+OWN_KEY = "sk-own-per-request-key-must-not-leak"  # a request's own key (`credential_override`)
 REPLY_ANTHROPIC = "Hello from anthropic: this is a mock reply."
 REPLY_OPENAI = "Hello from openai: this is a mock reply."
 
@@ -39,8 +40,14 @@ PLUGIN = {
             "auth": {"bearer": VERTEX_TOKEN},
         },
         {"name": "openai", "schema": "OpenAI", "auth": {"bearer": OPENAI_KEY}},
+        # No `auth`: every request must bring its own key.
+        {"name": "anthropic-own-key", "schema": "Anthropic", "credential_override": {"header": "x-upstream-key"}},
+        {"name": "openai-own-key", "schema": "OpenAI", "credential_override": {"header": "x-upstream-key"}},
     ],
     "rules": [
+        # Prefixes, not exact names: those would join the model list.
+        {"match": {"model": {"prefix": "claude-own-key"}}, "backends": [{"name": "anthropic-own-key"}]},
+        {"match": {"model": {"prefix": "gpt-own-key"}}, "backends": [{"name": "openai-own-key"}]},
         {"match": {"model": {"glob": "claude-*@*"}}, "backends": [{"name": "vertex-claude"}]},
         {"match": {"model": {"prefix": "claude-"}}, "backends": [{"name": "anthropic"}]},
         {"match": {"model": {"prefix": "mock-error-"}}, "backends": [{"name": "anthropic"}]},
@@ -78,7 +85,8 @@ def providers():
 @pytest.fixture(scope="module")
 def agw(providers):
     ports = {"anthropic": providers["anthropic"].port, "vertex-claude": providers["anthropic"].port,
-             "openai": providers["openai"].port}
+             "openai": providers["openai"].port, "anthropic-own-key": providers["anthropic"].port,
+             "openai-own-key": providers["openai"].port}
     env = e2e.Envoy(e2e.render(ports, PLUGIN), name="gw-anthropic")
     try:
         yield env
@@ -394,6 +402,38 @@ def test_anthropic_sdk_sees_anthropic_shaped_errors(ant):
         ant.messages.create(model="claude-x", max_tokens=5, messages=[{"role": "user", "content": "x"}],
                             extra_headers={"content-type": "application/json"}, extra_body={"model": 5})
     assert e.value.body["type"] == "error"
+
+
+def test_anthropic_sdk_missing_own_key_is_an_anthropic_401(ant, providers, agw):
+    for model in ("claude-own-key", "gpt-own-key"):
+        for headers in ({}, {"x-upstream-key": ""}):
+            with pytest.raises(anthropic.AuthenticationError) as e:
+                ant.with_options(default_headers=headers).messages.create(
+                    model=model, max_tokens=5, messages=[{"role": "user", "content": "x"}])
+            assert e.value.status_code == 401
+            body = e.value.body
+            assert body["type"] == "error" and body["error"]["type"] == "authentication_error", body
+            assert "x-upstream-key" in body["error"]["message"] and CLIENT_KEY not in body["error"]["message"]
+    assert providers["anthropic"].requests() == [] and providers["openai"].requests() == []
+    agw.assert_logs_hold_none("gpt-own-key", 401, CLIENT_KEY)
+
+
+def test_anthropic_sdk_own_key_is_the_upstream_credential(ant, providers, agw):
+    own = ant.with_options(default_headers={"x-upstream-key": OWN_KEY})
+    m = own.messages.create(model="claude-own-key", max_tokens=64, messages=[{"role": "user", "content": "hello"}])
+    assert m.content[0].text == REPLY_ANTHROPIC
+    rec, _ = only_request(providers["anthropic"])
+    assert rec["headers"]["x-api-key"] == OWN_KEY  # in place of the SDK's own x-api-key (the gateway key)
+    assert "x-upstream-key" not in rec["headers"] and "authorization" not in rec["headers"]
+    # Streamed, and translated to an OpenAI-schema backend: the key goes as its bearer.
+    with own.messages.stream(model="gpt-own-key", max_tokens=64,
+                             messages=[{"role": "user", "content": "stream it"}]) as stream:
+        assert "".join(stream.text_stream) == REPLY_OPENAI
+    rec, _ = only_request(providers["openai"])
+    assert rec["headers"]["authorization"] == f"Bearer {OWN_KEY}"
+    assert "x-upstream-key" not in rec["headers"] and "x-api-key" not in rec["headers"]
+    assert OPENAI_KEY not in json.dumps(rec["headers"])
+    agw.assert_logs_hold_none("gpt-own-key", 200, OWN_KEY, CLIENT_KEY)
 
 
 # ---- Anthropic SDK under /anthropic ---------------------------------------------------------

@@ -5,15 +5,23 @@ as Bedrock does (see mocks/src/bin/mock_provider/bedrock.rs): it knows the secre
 each signature independently and refuses a mismatch. Each test checks what the client got and the
 exact request the mock received. An AWSAnthropic backend (Anthropic body on `/invoke`) is checked too,
 and so are the official `anthropic` SDK (`/v1/messages`) and `client.responses.create` reaching Bedrock
-through the chat translation (the filter chains Messages → chat → Converse)."""
+through the chat translation (the filter chains Messages → chat → Converse). Per-request AWS keys
+(`credential_override`) must sign the request (checked against botocore), be required or fall back to
+the configured keys, and never reach Bedrock or Envoy's logs."""
 
 from __future__ import annotations
 
+import datetime
 import json
+from unittest import mock as patch
 
 import anthropic
 import openai
 import pytest
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 import llmgw_e2e as e2e
 
@@ -29,6 +37,14 @@ MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "
 PROMPT_WORDS = 2 + 5
 
 AWS = {"access_key_id": KEY_ID, "secret_access_key": SECRET, "session_token": TOKEN}
+# A request's own AWS keys (`credential_override`). The mock knows one secret, so the own secret is
+# the same; the key id and token differ from the configured ones, and a wrong own secret is refused.
+OWN_KEY_ID = "AKIAOWNREQUESTKEY777"
+OWN_TOKEN = "FwoGZXIvYXdzEOwn//////////wEaDOwnRequestSessionToken+/="
+OWN_AWS_HEADERS = {"access_key_id_header": "x-aws-access-key-id",
+                   "secret_access_key_header": "x-aws-secret-access-key",
+                   "session_token_header": "x-aws-session-token"}
+OWN_HEADERS = {"x-aws-access-key-id": OWN_KEY_ID, "x-aws-secret-access-key": SECRET, "x-aws-session-token": OWN_TOKEN}
 PLUGIN = {
     "backends": [
         {"name": "bedrock", "schema": "AWSBedrock", "region": "us-east-1", "auth": {"aws": AWS}},
@@ -36,8 +52,16 @@ PLUGIN = {
          "auth": {"aws": AWS}},
         {"name": "bedrock-wrong-key", "schema": "AWSBedrock", "region": "us-east-1",
          "auth": {"aws": {"access_key_id": KEY_ID, "secret_access_key": "not-the-secret"}}},
+        # Configured keys that must not be used: the request's own are required.
+        {"name": "bedrock-own-keys", "schema": "AWSBedrock", "region": "us-east-1", "auth": {"aws": AWS},
+         "credential_override": {**OWN_AWS_HEADERS, "fallback_to_configured": False}},
+        {"name": "bedrock-own-or-configured", "schema": "AWSBedrock", "region": "us-east-1", "auth": {"aws": AWS},
+         "credential_override": {**OWN_AWS_HEADERS, "fallback_to_configured": True}},
     ],
     "rules": [
+        {"match": {"model": {"exact": "own-aws-keys"}}, "backends": [{"name": "bedrock-own-keys"}]},
+        {"match": {"model": {"exact": "own-or-configured-aws-keys"}},
+         "backends": [{"name": "bedrock-own-or-configured"}]},
         {"match": {"model": {"exact": "aws-claude"}}, "backends": [{"name": "bedrock-anthropic"}]},
         {"match": {"model": {"prefix": "wrong-key-"}}, "backends": [{"name": "bedrock-wrong-key"}]},
         {"backends": [{"name": "bedrock"}]},
@@ -71,7 +95,8 @@ def bedrock():
 
 @pytest.fixture(scope="module")
 def bgw(bedrock):
-    clusters = {name: bedrock.port for name in ("bedrock", "bedrock-anthropic", "bedrock-wrong-key")}
+    clusters = {name: bedrock.port for name in ("bedrock", "bedrock-anthropic", "bedrock-wrong-key", "bedrock-own-keys",
+                                                "bedrock-own-or-configured")}
     env = e2e.Envoy(e2e.render(clusters, PLUGIN), name="gw-bedrock")
     try:
         yield env
@@ -425,3 +450,84 @@ def test_openai_responses_to_converse(bclient, bedrock):
         bclient.responses.create(model=MODEL, input="again", previous_response_id="resp_1")
     assert "previous_response_id" in e.value.message
     assert bedrock.requests() == []
+
+
+# ---- Per-request AWS keys (`credential_override`) ---------------------------------------------
+
+
+def botocore_authorization(rec: dict, key_id: str, secret: str, token: str | None) -> str:
+    """The Authorization botocore computes for the request the mock received (same method, path,
+    host, content-type, body and x-amz-date), signed with these keys."""
+    h = rec["headers"]
+    assert rec["body_len"] == len(rec["body"].encode()), "the recorded body is cut"
+    request = AWSRequest(method=rec["method"], url=f"https://{h['host']}{rec['path']}", data=rec["body"].encode(),
+                         headers={"content-type": h["content-type"]})
+    now = datetime.datetime.strptime(h["x-amz-date"], "%Y%m%dT%H%M%SZ")
+    with patch.patch("botocore.auth.get_current_datetime", return_value=now):
+        SigV4Auth(Credentials(key_id, secret, token), "bedrock", "us-east-1").add_auth(request)
+    return request.headers["Authorization"]
+
+
+def assert_signed_with_own_keys(rec: dict) -> None:
+    h = rec["headers"]
+    assert h["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={OWN_KEY_ID}/"), h["authorization"]
+    assert h["x-amz-security-token"] == OWN_TOKEN
+    assert h["authorization"] == botocore_authorization(rec, OWN_KEY_ID, SECRET, OWN_TOKEN)
+    assert not [n for n in h if n in OWN_HEADERS], "an override header reached the provider"
+    assert KEY_ID not in json.dumps(rec) and TOKEN not in json.dumps(rec), "the configured keys were used"
+    assert CLIENT_KEY not in json.dumps(rec)
+
+
+def test_own_aws_keys_sign_the_request(bclient, bgw, bedrock):
+    own = bclient.with_options(default_headers=OWN_HEADERS)
+    r = own.chat.completions.create(model="own-aws-keys", messages=MSGS)
+    assert r.choices[0].message.content == REPLY
+    [rec] = bedrock.requests()
+    assert rec["path"] == "/model/own-aws-keys/converse"
+    assert_signed_with_own_keys(rec)
+    # Streaming (converse-stream) is signed the same way.
+    bedrock.clear()
+    chunks = list(own.chat.completions.create(model="own-aws-keys", messages=MSGS, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == REPLY
+    [rec] = bedrock.requests()
+    assert rec["path"] == "/model/own-aws-keys/converse-stream"
+    assert_signed_with_own_keys(rec)
+    # Without a session token header the signature has none.
+    bedrock.clear()
+    no_token = {k: v for k, v in OWN_HEADERS.items() if k != "x-aws-session-token"}
+    bclient.with_options(default_headers=no_token).chat.completions.create(model="own-aws-keys", messages=MSGS)
+    [rec] = bedrock.requests()
+    assert "x-amz-security-token" not in rec["headers"]
+    assert "SignedHeaders=content-type;host;x-amz-date, " in rec["headers"]["authorization"]
+    assert rec["headers"]["authorization"] == botocore_authorization(rec, OWN_KEY_ID, SECRET, None)
+    bgw.assert_logs_hold_none("own-aws-keys", 200, SECRET, OWN_TOKEN)
+
+
+def test_own_aws_keys_required_without_fallback(bclient, bgw, bedrock):
+    for headers in ({}, {"x-aws-access-key-id": OWN_KEY_ID}, {"x-aws-secret-access-key": SECRET},
+                    {"x-aws-access-key-id": OWN_KEY_ID, "x-aws-secret-access-key": ""}):
+        with pytest.raises(openai.AuthenticationError) as e:
+            bclient.with_options(default_headers=headers).chat.completions.create(model="own-aws-keys", messages=MSGS)
+        assert e.value.status_code == 401 and e.value.code == "missing_upstream_credential"
+        assert e.value.body["type"] == "authentication_error"
+        assert "x-aws-access-key-id" in e.value.message and "x-aws-secret-access-key" in e.value.message
+        assert SECRET not in e.value.message and OWN_KEY_ID not in e.value.message
+    assert bedrock.requests() == [], "a refused request reached Bedrock"
+    bgw.assert_logs_hold_none("own-aws-keys", 401, SECRET)
+
+
+def test_own_aws_keys_fall_back_to_the_configured_ones(bclient, bgw, bedrock):
+    bclient.chat.completions.create(model="own-or-configured-aws-keys", messages=MSGS)
+    rec, _ = only_request(bedrock)  # the configured key id and token
+    assert rec["headers"]["authorization"] == botocore_authorization(rec, KEY_ID, SECRET, TOKEN)
+    bedrock.clear()
+    bclient.with_options(default_headers=OWN_HEADERS).chat.completions.create(
+        model="own-or-configured-aws-keys", messages=MSGS)
+    [rec] = bedrock.requests()
+    assert_signed_with_own_keys(rec)
+    # The own secret signs: a wrong one fails Bedrock's check although the configured one is right.
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        bclient.with_options(default_headers={**OWN_HEADERS, "x-aws-secret-access-key": "own-wrong-secret"}) \
+            .chat.completions.create(model="own-or-configured-aws-keys", messages=MSGS)
+    assert "signature we calculated does not match" in e.value.message
+    bgw.assert_logs_hold_none("own-or-configured-aws-keys", 403, SECRET, OWN_TOKEN, "own-wrong-secret")
