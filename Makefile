@@ -170,11 +170,8 @@ harness: wasm
 cli-test: wasm wasm-trap host-bins py-tools redis-tools
 	$(CARGO) test -p llmgw
 
-# On pytest-xdist workers, a test file per worker at a time (module fixtures stay with their file; each
-# worker has its own session gateway and log folder). E2E_WORKERS=0 runs them in this process.
-E2E_WORKERS ?= 2
 e2e: wasm host-bins cli py-tools deb-tools
-	cd host-tests/e2e && "$(abspath $(VENV))/bin/python" -m pytest -n $(E2E_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	cd host-tests/e2e && "$(abspath $(VENV))/bin/python" -m pytest $(PYTEST_ARGS)
 
 validate: wasm py-tools
 	LLMGW_DEMO_UPSTREAM_KEY=sk-validate "$(VENV)/bin/python" host-tests/e2e/llmgw_e2e.py validate

@@ -37,9 +37,6 @@ REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "envoy-configs" / "local" / "envoy.yaml"
 MOCK_CONTROL_HEADERS = ["x-mock-chunks", "x-mock-chunk-gap-ms", "x-mock-delay-ms", "x-mock-status", "x-keep"]
 LOGS = Path(os.environ.get("LLMGW_E2E_LOGS", REPO / "host-tests" / "e2e" / ".logs"))
-# Under pytest-xdist (`make e2e` runs two workers) each worker names its files on its own: a folder each.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    LOGS = LOGS / os.environ["PYTEST_XDIST_WORKER"]
 
 
 # ---------------------------------------------------------------------------------------------
