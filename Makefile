@@ -112,15 +112,20 @@ wasm: rust-tools
 	  fi; \
 	fi
 
+# host-tests and mocks are built together (here and in `harness`): on its own, mocks resolves tokio,
+# serde & co. with fewer features than host-tests does, and every one of them was compiled twice.
 host-bins:
-	$(CARGO) build -p llmgw-host-tests --bins
-	$(CARGO) build -p llmgw-mocks --bins
+	$(CARGO) build -p llmgw-host-tests -p llmgw-mocks --bins
 
-# A test-only module that traps on `x-llmgw-test-trap` (FAIL_RELOAD e2e); never shipped.
+# A test-only module that traps on `x-llmgw-test-trap` (FAIL_RELOAD e2e); never shipped. A debug
+# build: it only has to load and trap, and it reuses the wasm32 dependencies unit-wasm compiled (a
+# release build in a target dir of its own recompiled all of them, with LTO). Copied to where
+# LLMGW_WASM_TRAP has always pointed.
 WASM_TRAP := $(TARGET)/wasm-trap/wasm32-wasip1/release/llmgw_filter.wasm
 export LLMGW_WASM_TRAP := $(abspath $(WASM_TRAP))
 wasm-trap: rust-tools
-	CARGO_TARGET_DIR=$(TARGET)/wasm-trap $(CARGO) build --release -p llmgw-filter --target wasm32-wasip1 --features test-trap
+	$(CARGO) build -p llmgw-filter --target wasm32-wasip1 --features test-trap
+	@mkdir -p "$(dir $(WASM_TRAP))" && cp "$(TARGET)/wasm32-wasip1/debug/llmgw_filter.wasm" "$(WASM_TRAP)"
 
 cli:
 	$(CARGO) build -p llmgw
@@ -158,8 +163,7 @@ unit-wasm: rust-tools
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(abspath $(RUNNER))" $(CARGO) test -p llmgw-filter --target wasm32-wasip1 $(FILTER_FAST_TESTS)
 
 harness: wasm
-	$(CARGO) test -p llmgw-host-tests
-	$(CARGO) test -p llmgw-mocks
+	$(CARGO) test -p llmgw-host-tests -p llmgw-mocks
 
 # The CLI's unit, golden (each config format -> plugin config + bootstrap, envoy --mode validate)
 # and e2e tests (`llmgw run` as a subprocess against mock providers).
