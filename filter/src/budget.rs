@@ -303,7 +303,7 @@ pub fn reserve(host: &mut dyn Host, budgets: &[Budget], charges: &[Charge], now_
 }
 
 /// Gives back reservations whole (a refused request).
-fn release(host: &mut dyn Host, charges: &[Charge]) {
+pub fn release(host: &mut dyn Host, charges: &[Charge]) {
     for charge in charges {
         adjust(host, charge, 0);
     }
