@@ -13,8 +13,6 @@
 //! older window counts as 0 and is overwritten, so keys never pile up per window; consumers of a
 //! `"*"` budget are capped by `max_consumers`.
 
-use serde::Deserialize;
-
 use crate::error::{ApiError, ErrorKind};
 use crate::host::Host;
 use crate::routing::ModelMatcher;
@@ -351,19 +349,27 @@ pub fn prepare(host: &mut dyn Host, budgets: &[Budget]) {
     }
 }
 
-#[derive(Deserialize)]
-struct OutputCaps {
-    max_tokens: Option<u64>,
-    max_completion_tokens: Option<u64>,
-    max_output_tokens: Option<u64>,
-}
-
 /// The request's output cap, if its body names one (chat/Anthropic `max_tokens`, chat
-/// `max_completion_tokens`, Responses `max_output_tokens`). A body these cannot be read from
-/// (a duplicate or non-integer cap) gets the budget's default reserve.
+/// `max_completion_tokens`, Responses `max_output_tokens`). A cap named twice or not a plain
+/// integer gets the budget's default reserve. Reads the top-level members only (no new
+/// deserializer in the module).
 pub fn output_cap(body: &[u8]) -> Option<u64> {
-    let caps: OutputCaps = serde_json::from_slice(body).ok()?;
-    caps.max_completion_tokens.or(caps.max_output_tokens).or(caps.max_tokens)
+    // max_completion_tokens, max_output_tokens, max_tokens: the first set wins.
+    let mut caps: [Option<Option<u64>>; 3] = [None; 3];
+    crate::json::for_each_member(body, |_, member| {
+        let slot = match member.key.as_ref() {
+            "max_completion_tokens" => 0,
+            "max_output_tokens" => 1,
+            "max_tokens" => 2,
+            _ => return,
+        };
+        let value = body.get(member.value).and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
+        if let Some(cap) = caps.get_mut(slot) {
+            // Named twice: ambiguous, like a value that is not an integer.
+            *cap = Some(if cap.is_some() { None } else { value });
+        }
+    })?;
+    caps.into_iter().flatten().next().flatten()
 }
 
 #[cfg(test)]
