@@ -447,7 +447,10 @@ mod tests {
         assert_eq!(count(&host, "llmgw.budget.tokens.a"), Some((0, 400)));
         let e = refusal.error(&budgets);
         assert_eq!((e.status, e.kind), (429, ErrorKind::RateLimit));
-        assert!(e.headers.contains(&("retry-after", "30".into())) && e.headers.contains(&("x-llmgw-budget", "tokens".into())));
+        assert!(
+            e.headers.contains(&("retry-after", "30".into()))
+                && e.headers.contains(&("x-llmgw-budget", "tokens".into()))
+        );
         // A request larger than the whole budget can never fit.
         let big = Demand { body_len: 4000, ..demand("b", "m", 0) };
         let alone = [budget("t", Consumers::Each, Limit::Tokens(500), Count::Input)];
@@ -497,7 +500,11 @@ mod tests {
         assert_eq!(count(&host, "llmgw.budget.rpm.a"), Some((1, 1)));
         try_request(&mut host, &tokens, &demand("a", "m", 61)).unwrap();
         settle(&mut host, &tokens, &late, None);
-        assert_eq!(count(&host, "llmgw.budget.t.a"), Some((1, 200)), "the old window's refund is not taken from the new");
+        assert_eq!(
+            count(&host, "llmgw.budget.t.a"),
+            Some((1, 200)),
+            "the old window's refund is not taken from the new"
+        );
         // Retry-After counts to the window's end.
         let refusal = try_request(&mut host, &budgets, &demand("a", "m", 100)).unwrap_err();
         assert_eq!(refusal, Refusal::Exhausted { budget: 0, retry_after: 20 });
@@ -513,7 +520,10 @@ mod tests {
         assert!(try_request(&mut host, &budgets, &demand("a", "m", 0)).is_ok());
         assert!(try_request(&mut host, &budgets, &demand("b", "m", 0)).is_ok());
         assert!(try_request(&mut host, &budgets, &demand("a", "m", 0)).is_err());
-        assert_eq!(try_request(&mut host, &budgets, &demand("c", "m", 0)), Err(Refusal::TooManyConsumers { budget: 0 }));
+        assert_eq!(
+            try_request(&mut host, &budgets, &demand("c", "m", 0)),
+            Err(Refusal::TooManyConsumers { budget: 0 })
+        );
         assert!(host.shared_data("llmgw.budget.rpm.c").is_none(), "no key for a refused consumer");
         let keys = host.shared.keys().filter(|k| k.starts_with("llmgw.budget.rpm.")).count();
         assert_eq!(keys, 2, "keys are bounded by max_consumers, whatever the windows");

@@ -748,9 +748,14 @@ fn compile_budgets(raw: Vec<raw::Budget>) -> Result<Vec<Budget>, ConfigError> {
     for (i, b) in raw.into_iter().enumerate() {
         let field = format!("budgets[{i}]");
         // The name is part of shared-data keys and of a metric label.
-        let valid = |s: &str| !s.is_empty() && s.len() <= 64 && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_".contains(&c));
+        let valid = |s: &str| {
+            !s.is_empty() && s.len() <= 64 && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_".contains(&c))
+        };
         if !valid(&b.name) {
-            return Err(ConfigError::new(format!("{field}.name"), format!("{:?} must be 1-64 of A-Z a-z 0-9 - _", b.name)));
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                format!("{:?} must be 1-64 of A-Z a-z 0-9 - _", b.name),
+            ));
         }
         if budgets.iter().any(|existing| existing.name == b.name) {
             return Err(ConfigError::new(format!("{field}.name"), format!("duplicate budget name {:?}", b.name)));
@@ -771,7 +776,10 @@ fn compile_budgets(raw: Vec<raw::Budget>) -> Result<Vec<Budget>, ConfigError> {
             Some("input") => Count::Input,
             Some("output") => Count::Output,
             Some(other) => {
-                return Err(ConfigError::new(format!("{field}.count"), format!("must be total, input or output, not {other:?}")));
+                return Err(ConfigError::new(
+                    format!("{field}.count"),
+                    format!("must be total, input or output, not {other:?}"),
+                ));
             }
         };
         if b.count.is_some() && matches!(limit, Limit::Requests(_)) {
@@ -782,12 +790,16 @@ fn compile_budgets(raw: Vec<raw::Budget>) -> Result<Vec<Budget>, ConfigError> {
             "minute" => 60,
             "hour" => 3_600,
             "day" => 86_400,
-            other => parse_duration_ms(other).filter(|ms| *ms >= 1000 && ms % 1000 == 0).map(|ms| ms / 1000).ok_or_else(|| {
-                ConfigError::new(
+            other => {
+                parse_duration_ms(other).filter(|ms| *ms >= 1000 && ms % 1000 == 0).map(|ms| ms / 1000).ok_or_else(
+                    || {
+                        ConfigError::new(
                     format!("{field}.per"),
                     format!("{other:?} is not second, minute, hour, day or a whole number of seconds like 90s or 2h"),
                 )
-            })?,
+                    },
+                )?
+            }
         };
         let max_consumers = b.max_consumers.unwrap_or(DEFAULT_MAX_CONSUMERS);
         if max_consumers == 0 {
@@ -1529,14 +1541,26 @@ mod tests {
             ("{name: x, consumer: a, tokens: 0, per: day}", "budgets[0]", "greater than 0"),
             ("{name: x, consumer: a, tokens: 1, per: week}", "budgets[0].per", "not second"),
             ("{name: x, consumer: a, tokens: 1, per: 1500ms}", "budgets[0].per", "whole number"),
-            ("{name: x, consumer: a, tokens: 1, per: day, count: cached}", "budgets[0].count", "total, input or output"),
+            (
+                "{name: x, consumer: a, tokens: 1, per: day, count: cached}",
+                "budgets[0].count",
+                "total, input or output",
+            ),
             ("{name: x, consumer: a, requests: 1, per: day, count: input}", "budgets[0].count", "no count"),
             ("{name: 'a.b', consumer: a, tokens: 1, per: day}", "budgets[0].name", "A-Z"),
             ("{name: x, consumer: '', tokens: 1, per: day}", "budgets[0].consumer", "\"*\""),
             ("{name: x, consumer: a, tokens: 1, per: day, max_consumers: 0}", "budgets[0].max_consumers", "greater"),
-            ("{name: x, consumer: a, tokens: 1, per: day, model: {prefix: a, exact: b}}", "budgets[0].model", "exactly one"),
+            (
+                "{name: x, consumer: a, tokens: 1, per: day, model: {prefix: a, exact: b}}",
+                "budgets[0].model",
+                "exactly one",
+            ),
             ("{name: x, consumer: a, tokens: 1, per: day, limit: 3}", "budgets[0]", "unknown field"),
-            ("{name: x, consumer: a, tokens: 1, per: day}\n  - {name: x, consumer: b, tokens: 1, per: day}", "budgets[1].name", "duplicate"),
+            (
+                "{name: x, consumer: a, tokens: 1, per: day}\n  - {name: x, consumer: b, tokens: 1, per: day}",
+                "budgets[1].name",
+                "duplicate",
+            ),
         ];
         for (budget, field, reason) in bad {
             let e = err(&format!("{base}{budget}"));

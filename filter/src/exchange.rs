@@ -1523,7 +1523,6 @@ role: upstream
         assert_eq!(host.reply_json().1["type"], "error");
     }
 
-
     #[test]
     fn budgets_refuse_before_upstream_in_the_client_shape_and_settle_at_the_end() {
         let config = r#"{"backends":[{"name":"openai","schema":"OpenAI"}],"consumer_header":"x-llmgw-consumer",
@@ -1565,7 +1564,10 @@ role: upstream
         let mut host = request("/v1/messages", &held);
         send(&mut fourth, &mut host, body);
         let (status, v) = host.reply_json();
-        assert_eq!((status, v["type"].as_str(), v["error"]["type"].as_str()), (429, Some("error"), Some("rate_limit_error")));
+        assert_eq!(
+            (status, v["type"].as_str(), v["error"]["type"].as_str()),
+            (429, Some("error"), Some("rate_limit_error"))
+        );
         // The first ends with 12 tokens used, the second with an upstream error: both settle, and a
         // request fits again.
         let mut host = held;
