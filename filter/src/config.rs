@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::api::DEFAULT_ANTHROPIC_PREFIX;
+use crate::budget::{Budget, Consumers, Count, Limit};
 use crate::models::ListedModel;
 use crate::mutation::BodyMutation;
 use crate::routing::{Balancer, Fallback, HeaderMatcher, ModelMatcher, RetryOn, Rule, Target, WeightedBackend};
@@ -60,6 +61,24 @@ mod raw {
         pub max_metric_label_sets: Option<usize>,
         /// `downstream` (default) or `upstream` (the copy running as a cluster filter).
         pub role: Option<String>,
+        /// The request header naming the authenticated consumer (set by Envoy's auth filters).
+        pub consumer_header: Option<String>,
+        #[serde(default)]
+        pub budgets: Vec<Budget>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Budget {
+        pub name: String,
+        pub consumer: String,
+        pub model: Option<StringMatch>,
+        pub tokens: Option<u64>,
+        pub requests: Option<u64>,
+        pub per: String,
+        pub count: Option<String>,
+        pub default_output_reserve: Option<u64>,
+        pub max_consumers: Option<u64>,
     }
 
     /// A listed model: its id, or its id and how the model lists describe it.
@@ -558,6 +577,9 @@ pub struct Compiled {
     pub max_response_body_bytes: usize,
     pub stream_include_usage: bool,
     pub max_metric_label_sets: usize,
+    /// Lower-case name of the header naming the consumer; `None`: every request is consumer `""`.
+    pub consumer_header: Option<String>,
+    pub budgets: Vec<Budget>,
 }
 
 /// Where this copy of the filter runs.
@@ -713,7 +735,88 @@ fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, Co
         max_response_body_bytes,
         stream_include_usage: raw.stream_include_usage.unwrap_or(true),
         max_metric_label_sets,
+        consumer_header: raw.consumer_header.map(|h| header_name(&h, "consumer_header")).transpose()?,
+        budgets: compile_budgets(raw.budgets)?,
     })
+}
+
+const DEFAULT_OUTPUT_RESERVE: u64 = 1024;
+const DEFAULT_MAX_CONSUMERS: u64 = 10_000;
+
+fn compile_budgets(raw: Vec<raw::Budget>) -> Result<Vec<Budget>, ConfigError> {
+    let mut budgets: Vec<Budget> = Vec::with_capacity(raw.len());
+    for (i, b) in raw.into_iter().enumerate() {
+        let field = format!("budgets[{i}]");
+        // The name is part of shared-data keys and of a metric label.
+        let valid = |s: &str| {
+            !s.is_empty() && s.len() <= 64 && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_".contains(&c))
+        };
+        if !valid(&b.name) {
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                format!("{:?} must be 1-64 of A-Z a-z 0-9 - _", b.name),
+            ));
+        }
+        if budgets.iter().any(|existing| existing.name == b.name) {
+            return Err(ConfigError::new(format!("{field}.name"), format!("duplicate budget name {:?}", b.name)));
+        }
+        let consumers = match b.consumer.as_str() {
+            "*" => Consumers::Each,
+            "" => return Err(ConfigError::new(format!("{field}.consumer"), "name a consumer, or \"*\" for each")),
+            name => Consumers::Named(name.to_string()),
+        };
+        let model = b.model.map(|m| compile_model_match(m, &format!("{field}.model"))).transpose()?;
+        let limit = match exactly_one(&field, vec![("tokens", b.tokens), ("requests", b.requests)])? {
+            (_, 0) => return Err(ConfigError::new(&field, "the limit must be greater than 0")),
+            ("tokens", n) => Limit::Tokens(n),
+            (_, n) => Limit::Requests(n),
+        };
+        let count = match b.count.as_deref() {
+            None | Some("total") => Count::Total,
+            Some("input") => Count::Input,
+            Some("output") => Count::Output,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    format!("{field}.count"),
+                    format!("must be total, input or output, not {other:?}"),
+                ));
+            }
+        };
+        if b.count.is_some() && matches!(limit, Limit::Requests(_)) {
+            return Err(ConfigError::new(format!("{field}.count"), "counts tokens: a requests budget has no count"));
+        }
+        let window_secs = match b.per.as_str() {
+            "second" => 1,
+            "minute" => 60,
+            "hour" => 3_600,
+            "day" => 86_400,
+            other => {
+                parse_duration_ms(other).filter(|ms| *ms >= 1000 && ms % 1000 == 0).map(|ms| ms / 1000).ok_or_else(
+                    || {
+                        ConfigError::new(
+                    format!("{field}.per"),
+                    format!("{other:?} is not second, minute, hour, day or a whole number of seconds like 90s or 2h"),
+                )
+                    },
+                )?
+            }
+        };
+        let max_consumers = b.max_consumers.unwrap_or(DEFAULT_MAX_CONSUMERS);
+        if max_consumers == 0 {
+            return Err(ConfigError::new(format!("{field}.max_consumers"), "must be greater than 0"));
+        }
+        budgets.push(Budget {
+            name: b.name,
+            consumers,
+            model,
+            limit,
+            count,
+            window_secs,
+            default_output_reserve: b.default_output_reserve.unwrap_or(DEFAULT_OUTPUT_RESERVE),
+            max_consumers,
+        });
+    }
+    Ok(budgets)
 }
 
 const DEFAULT_MAX_TOKENS: u32 = 4096;
@@ -1411,6 +1514,59 @@ mod tests {
     }
     fn err(text: &str) -> ConfigError {
         parse(text.as_bytes(), &no_env(), 0).unwrap_err()
+    }
+
+    #[test]
+    fn budgets_compile_from_the_cli_schema() {
+        let text = br#"{"backends":[{"name":"a","schema":"OpenAI"}],"consumer_header":"X-LLMGW-Consumer","budgets":[
+            {"name":"team-a-daily","consumer":"team-a","tokens":2000000,"per":"day","count":"total"},
+            {"name":"team-a-gpt4o","consumer":"team-a","model":{"prefix":"gpt-4o"},"tokens":200000,"per":"hour","count":"output"},
+            {"name":"everyone-rpm","consumer":"*","requests":60,"per":"minute"},
+            {"name":"slow","consumer":"*","tokens":5,"per":"90s","default_output_reserve":10,"max_consumers":3}]}"#;
+        let c = parse(text, &no_env(), 0).unwrap();
+        assert_eq!(c.consumer_header.as_deref(), Some("x-llmgw-consumer"));
+        let b = &c.budgets;
+        assert_eq!((b[0].limit, b[0].count, b[0].window_secs), (Limit::Tokens(2_000_000), Count::Total, 86_400));
+        assert_eq!(b[0].consumers, Consumers::Named("team-a".into()));
+        assert!(b[1].model.as_ref().is_some_and(|m| m.matches("gpt-4o-mini") && !m.matches("o1")));
+        assert_eq!((b[1].count, b[1].window_secs, b[1].default_output_reserve), (Count::Output, 3_600, 1024));
+        assert_eq!((b[2].limit, b[2].consumers.clone(), b[2].window_secs), (Limit::Requests(60), Consumers::Each, 60));
+        assert_eq!((b[3].window_secs, b[3].default_output_reserve, b[3].max_consumers), (90, 10, 3));
+        assert_eq!(b[2].max_consumers, 10_000);
+
+        let base = "backends: [{name: a, schema: OpenAI}]\nbudgets:\n  - ";
+        let bad = [
+            ("{name: x, consumer: a, per: day}", "budgets[0]", "exactly one of tokens, requests"),
+            ("{name: x, consumer: a, tokens: 1, requests: 1, per: day}", "budgets[0]", "exactly one"),
+            ("{name: x, consumer: a, tokens: 0, per: day}", "budgets[0]", "greater than 0"),
+            ("{name: x, consumer: a, tokens: 1, per: week}", "budgets[0].per", "not second"),
+            ("{name: x, consumer: a, tokens: 1, per: 1500ms}", "budgets[0].per", "whole number"),
+            (
+                "{name: x, consumer: a, tokens: 1, per: day, count: cached}",
+                "budgets[0].count",
+                "total, input or output",
+            ),
+            ("{name: x, consumer: a, requests: 1, per: day, count: input}", "budgets[0].count", "no count"),
+            ("{name: 'a.b', consumer: a, tokens: 1, per: day}", "budgets[0].name", "A-Z"),
+            ("{name: x, consumer: '', tokens: 1, per: day}", "budgets[0].consumer", "\"*\""),
+            ("{name: x, consumer: a, tokens: 1, per: day, max_consumers: 0}", "budgets[0].max_consumers", "greater"),
+            (
+                "{name: x, consumer: a, tokens: 1, per: day, model: {prefix: a, exact: b}}",
+                "budgets[0].model",
+                "exactly one",
+            ),
+            ("{name: x, consumer: a, tokens: 1, per: day, limit: 3}", "budgets[0]", "unknown field"),
+            (
+                "{name: x, consumer: a, tokens: 1, per: day}\n  - {name: x, consumer: b, tokens: 1, per: day}",
+                "budgets[1].name",
+                "duplicate",
+            ),
+        ];
+        for (budget, field, reason) in bad {
+            let e = err(&format!("{base}{budget}"));
+            assert!(e.field.starts_with(field) && e.to_string().contains(reason), "{budget}: {e}");
+        }
+        assert_eq!(err("backends: [{name: a, schema: OpenAI}]\nconsumer_header: 'a b'").field, "consumer_header");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use crate::api::{query_of, ClientApi, Endpoint, ModelSource, PathKind, DEFAULT_ANTHROPIC_PREFIX};
 use crate::body::{NewBody, Sink};
+use crate::budget;
 use crate::config::{Compiled, Role, Schema, BACKEND_HEADER, MODEL_HEADER, RULE_HEADER};
 use crate::error::{ApiError, ErrorKind};
 use crate::headers;
@@ -118,12 +119,22 @@ pub struct Exchange {
     model: Option<String>,
     /// Metrics were recorded (they are, once per stream).
     logged: bool,
+    /// What this request reserved of its budgets, settled when the stream ends.
+    charges: Vec<budget::Charge>,
 }
 
 impl Exchange {
     /// `shared` is `None` when the plugin has no valid configuration: requests then get a 500.
     pub fn new(shared: Option<Rc<Shared>>) -> Self {
-        Exchange { shared, started_at: 0, phase: Phase::Ignored, operation: "", model: None, logged: false }
+        Exchange {
+            shared,
+            started_at: 0,
+            phase: Phase::Ignored,
+            operation: "",
+            model: None,
+            logged: false,
+            charges: Vec::new(),
+        }
     }
 
     fn role(&self) -> Role {
@@ -338,6 +349,12 @@ impl Exchange {
         let PlanInput { endpoint, attempt, info, .. } = *input;
         let api = endpoint.client_api();
         self.model = Some(info.model.clone());
+        if attempt.is_none() {
+            // Budgets are charged once, by the listener's copy, before anything is planned or sent.
+            if let Err(e) = self.reserve_budgets(host, input) {
+                return self.reply_as(host, e, api);
+            }
+        }
         let mut sink = HostBodySink { host: &mut *host, original: size, handed_out: 0 };
         let plan = match plan_request(input, &mut sink) {
             Ok(plan) => plan,
@@ -346,6 +363,8 @@ impl Exchange {
                     // Even a request no rule matches is logged with its model.
                     host.set_request_header(MODEL_HEADER, &info.model);
                 }
+                // Refused before it went anywhere: it spent nothing.
+                budget::release(host, &std::mem::take(&mut self.charges));
                 return self.reply_as(host, e, api);
             }
         };
@@ -586,8 +605,70 @@ impl Exchange {
         Flow::Continue
     }
 
-    /// End of the stream (also on client aborts): records the request's metrics.
+    /// Charges the request's budgets (its consumer, model, size and output cap), or says why not.
+    fn reserve_budgets(&mut self, host: &mut dyn Host, input: &PlanInput) -> Result<(), ApiError> {
+        let config = input.config;
+        let consumer = config.consumer_header.as_deref().and_then(|name| header(input.headers, name)).unwrap_or("");
+        if !consumer.is_empty() {
+            host.set_filter_state(CONSUMER_STATE, consumer.as_bytes());
+        }
+        if config.budgets.is_empty() {
+            return Ok(());
+        }
+        let demand = budget::Demand {
+            consumer,
+            model: &input.info.model,
+            body_len: input.body.len(),
+            output_cap: budget::output_cap(input.body),
+            now_secs: input.now_nanos / 1_000_000_000,
+        };
+        let charges = budget::plan(&config.budgets, &demand);
+        match budget::reserve(host, &config.budgets, &charges, demand.now_secs) {
+            Ok(()) => {
+                self.charges = charges;
+                Ok(())
+            }
+            Err(refusal) => {
+                let name = config.budgets.get(refusal.budget()).map_or("", |b| b.name.as_str());
+                host.record(&metrics::Sample {
+                    name: format!("{}.llmgw_budget=.={name};.;", metrics::BUDGET_REFUSALS),
+                    kind: metrics::Kind::Counter,
+                    value: 1,
+                });
+                Err(refusal.error(&config.budgets))
+            }
+        }
+    }
+
+    /// Settles the budgets with the usage the provider reported (none: token charges are refunded).
+    fn settle_budgets(&mut self, host: &mut dyn Host) {
+        let charges = std::mem::take(&mut self.charges);
+        let Some(shared) = &self.shared else { return };
+        if charges.is_empty() {
+            return;
+        }
+        let usage = match &self.phase {
+            Phase::Forwarded(routed) => routed.usage,
+            // A fallback rule's attempts are served by the upstream copy, which leaves the usage
+            // in filter state.
+            _ => {
+                let read = |name: &str| {
+                    host.property(&[name]).and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u64>().ok())
+                };
+                match (read("llm_input_token"), read("llm_output_token")) {
+                    (Some(input), Some(output)) => {
+                        Some(TokenUsage { input, output, total: input.saturating_add(output), ..TokenUsage::default() })
+                    }
+                    _ => None,
+                }
+            }
+        };
+        budget::settle(host, &shared.config.budgets, &charges, usage.as_ref());
+    }
+
+    /// End of the stream (also on client aborts): settles budgets and records the request's metrics.
     pub fn on_log(&mut self, host: &mut dyn Host) {
+        self.settle_budgets(host);
         let (Phase::Forwarded(routed), Some(shared)) = (&self.phase, &self.shared) else { return };
         if self.logged || routed.retried {
             // A retried attempt was counted as an attempt; the request is counted where it is served.
@@ -683,6 +764,8 @@ fn empty_stream_error(api: ClientApi, stream: bool, status: u16) -> Vec<u8> {
 
 /// Turns the response into a 502 with `body`, decided while its headers are still held: the
 /// provider's bytes that follow are dropped.
+/// Filter state naming the request's consumer (`wasm.llmgw_consumer` in the access log).
+const CONSUMER_STATE: &str = "llmgw_consumer";
 /// Filter state holding what the downstream copy read from the body, for every attempt.
 const REQUEST_INFO_STATE: &str = "llmgw_request_info";
 /// Filter state holding the client's request headers, for the attempts after the first.
@@ -1438,6 +1521,68 @@ role: upstream
         let mut host = FakeHost::request("POST", "/v1/messages", &[]);
         x.on_request_headers(&mut host, false);
         assert_eq!(host.reply_json().1["type"], "error");
+    }
+
+    #[test]
+    fn budgets_refuse_before_upstream_in_the_client_shape_and_settle_at_the_end() {
+        let config = r#"{"backends":[{"name":"openai","schema":"OpenAI"}],"consumer_header":"x-llmgw-consumer",
+            "budgets":[{"name":"team-a-tokens","consumer":"team-a","tokens":300,"per":"minute"},
+                       {"name":"rpm","consumer":"*","requests":100,"per":"minute"}]}"#;
+        let shared = Rc::new(Shared::new(parse(config.as_bytes(), &NoEnv, 0).unwrap()));
+        let mut store = FakeHost::default();
+        crate::budget::prepare(&mut store, &shared.config.budgets);
+        // 40 bytes of body (10 tokens) + max_tokens 100: 110 reserved per request.
+        let body = br#"{"model":"gpt-4o","max_tokens":100,"x":1}"#;
+        let request = |path: &str, store: &FakeHost| {
+            let mut host = FakeHost::request("POST", path, &[("x-llmgw-consumer", "team-a")]);
+            host.shared = store.shared.clone();
+            host.next_cas = store.next_cas;
+            host.now = 30 * 1_000_000_000;
+            host
+        };
+        let mut first = Exchange::new(Some(shared.clone()));
+        let mut host = request("/v1/chat/completions", &store);
+        assert_eq!(send(&mut first, &mut host, body), Flow::Continue);
+        assert_eq!(host.filter_state.get("llmgw_consumer").map(String::as_str), Some("team-a"));
+        let mut second = Exchange::new(Some(shared.clone()));
+        let mut held = request("/v1/chat/completions", &host);
+        assert_eq!(send(&mut second, &mut held, body), Flow::Continue);
+        // The third does not fit (330 > 300): refused in OpenAI's shape, nothing forwarded.
+        let mut third = Exchange::new(Some(shared.clone()));
+        let mut host = request("/v1/chat/completions", &held);
+        assert_eq!(send(&mut third, &mut host, body), Flow::Pause);
+        let (status, v) = host.reply_json();
+        assert_eq!((status, v["error"]["code"].as_str()), (429, Some("rate_limit_exceeded")), "{v}");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        let headers = &host.reply.as_ref().unwrap().1;
+        let get = |n: &str| headers.iter().find(|(h, _)| h == n).map(|(_, v)| v.as_str());
+        assert_eq!((get("retry-after"), get("x-llmgw-budget")), (Some("30"), Some("team-a-tokens")));
+        assert_eq!(host.header("x-llmgw-backend"), None);
+        assert!(host.samples.iter().any(|s| s.name == "llmgw.budget_refusals_total.llmgw_budget=.=team-a-tokens;.;"));
+        // An Anthropic client is refused in Anthropic's shape.
+        let mut fourth = Exchange::new(Some(shared.clone()));
+        let mut host = request("/v1/messages", &held);
+        send(&mut fourth, &mut host, body);
+        let (status, v) = host.reply_json();
+        assert_eq!(
+            (status, v["type"].as_str(), v["error"]["type"].as_str()),
+            (429, Some("error"), Some("rate_limit_error"))
+        );
+        // The first ends with 12 tokens used, the second with an upstream error: both settle, and a
+        // request fits again.
+        let mut host = held;
+        let usage = br#"{"id":"c","object":"chat.completion","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
+        answer(&mut first, &mut host, &[(":status", "200"), ("content-type", "application/json")], usage);
+        first.on_log(&mut host);
+        answer(&mut second, &mut host, &[(":status", "500"), ("content-type", "application/json")], b"{}");
+        second.on_log(&mut host);
+        let mut fifth = Exchange::new(Some(shared));
+        let mut after = request("/v1/chat/completions", &host);
+        assert_eq!(send(&mut fifth, &mut after, body), Flow::Continue);
+        let (count, _) = after.shared_data("llmgw.budget.team-a-tokens.team-a").unwrap();
+        assert_eq!(count.get(8..16), Some(&(12u64 + 110).to_le_bytes()[..]));
+        let (count, _) = after.shared_data("llmgw.budget.rpm.team-a").unwrap();
+        assert_eq!(count.get(8..16), Some(&3u64.to_le_bytes()[..]), "requests keep their 1; refused ones none");
     }
 
     fn answer(x: &mut Exchange, host: &mut FakeHost, headers: &[(&str, &str)], body: &[u8]) -> Flow {

@@ -64,6 +64,8 @@ impl RootContext for Root {
                     compiled.backends.len(),
                     compiled.rules.len()
                 );
+                // Counters of named consumers exist before any request: requests then only swap them.
+                crate::budget::prepare(&mut WasmHost { metrics: &self.metrics }, &compiled.budgets);
                 self.shared = Some(Rc::new(Shared::new(compiled)));
                 true
             }
@@ -215,6 +217,23 @@ impl Host for WasmHost<'_> {
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), cas)) => Some((value, cas.unwrap_or(0))),
+            _ => None,
+        }
+    }
+    fn set_shared_data(&mut self, key: &str, value: &[u8], cas: u32) -> bool {
+        let cas = if cas == 0 { None } else { Some(cas) };
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => true,
+            Err(proxy_wasm::types::Status::CasMismatch) => false,
+            Err(status) => {
+                log::debug!("llmgw: host call set shared data failed: {status:?}");
+                false
+            }
+        }
     }
     fn define_metric(&mut self, kind: Kind, name: &str) -> Option<u32> {
         self.metrics.id(kind, name)

@@ -35,6 +35,11 @@ pub trait Host {
     /// Makes Envoy choose the route again, after headers it routes on changed.
     fn clear_route_cache(&mut self);
     fn now_nanos(&self) -> u64;
+    /// Shared data (one store for every worker's VM): the value and its CAS token; `None` when absent.
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Stores `value` if the key's CAS token still is `cas` (0: whatever it is); `false` when
+    /// another writer came first (or the host refused).
+    fn set_shared_data(&mut self, key: &str, value: &[u8], cas: u32) -> bool;
     /// The VM's id of a metric (defined on first use), or `None` when the host refuses it.
     fn define_metric(&mut self, kind: Kind, name: &str) -> Option<u32>;
     fn record_metric(&mut self, id: u32, kind: Kind, value: u64);

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod eventstream;

@@ -29,6 +29,9 @@ pub const REQUESTS: &str = "llmgw.requests_total";
 /// Attempts of fallback rules' requests, per backend: `outcome` served or retried.
 pub const ATTEMPTS: &str = "llmgw.attempts_total";
 
+/// Requests a budget refused (429, or 503 when its counter stayed contended), by budget name.
+pub const BUDGET_REFUSALS: &str = "llmgw.budget_refusals_total";
+
 /// The label names, in the order they appear in stat names.
 pub const LABELS: &[&str] = &[
     "llmgw_backend",
@@ -38,6 +41,7 @@ pub const LABELS: &[&str] = &[
     "outcome",
     "http_status",
     "error_code",
+    "llmgw_budget",
 ];
 
 /// Labels common to every metric of a request.

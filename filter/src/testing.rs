@@ -25,6 +25,11 @@ pub struct FakeHost {
     /// Envoy attributes the host answers `property` with (dotted path → value); filter state set
     /// by the exchange is read back too.
     pub properties: Vec<(String, Vec<u8>)>,
+    /// Shared data: value and CAS token by key.
+    pub shared: BTreeMap<String, (Vec<u8>, u32)>,
+    pub next_cas: u32,
+    /// How many of the next compare-and-swaps fail as if another worker wrote first.
+    pub cas_conflicts: usize,
 }
 
 fn get(headers: &[(String, String)], name: &str) -> Option<String> {
@@ -114,6 +119,27 @@ impl Host for FakeHost {
     }
     fn now_nanos(&self) -> u64 {
         self.now
+    }
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.shared.get(key).cloned()
+    }
+    fn set_shared_data(&mut self, key: &str, value: &[u8], cas: u32) -> bool {
+        if self.cas_conflicts > 0 {
+            self.cas_conflicts -= 1;
+            // The other worker's write changes the token.
+            self.next_cas += 1;
+            if let Some(entry) = self.shared.get_mut(key) {
+                entry.1 = self.next_cas;
+            }
+            return false;
+        }
+        let current = self.shared.get(key).map(|(_, c)| *c);
+        if cas != 0 && current != Some(cas) {
+            return false;
+        }
+        self.next_cas += 1;
+        self.shared.insert(key.to_string(), (value.to_vec(), self.next_cas));
+        true
     }
     fn define_metric(&mut self, _kind: Kind, name: &str) -> Option<u32> {
         let id = self.metric_names.iter().position(|n| n == name).unwrap_or_else(|| {

@@ -142,6 +142,13 @@ impl Host for MemHost {
     fn now_nanos(&self) -> u64 {
         self.now
     }
+    /// No budgets are configured here: no shared data.
+    fn shared_data(&self, _key: &str) -> Option<(Vec<u8>, u32)> {
+        None
+    }
+    fn set_shared_data(&mut self, _key: &str, _value: &[u8], _cas: u32) -> bool {
+        true
+    }
     fn define_metric(&mut self, _kind: Kind, name: &str) -> Option<u32> {
         Some(name.len() as u32)
     }

@@ -283,6 +283,13 @@ impl Host for MemHost<'_> {
         self.count(Call::GetCurrentTime, 8, 0);
         self.now
     }
+    /// No budgets are configured here: no shared data.
+    fn shared_data(&self, _key: &str) -> Option<(Vec<u8>, u32)> {
+        None
+    }
+    fn set_shared_data(&mut self, _key: &str, _value: &[u8], _cas: u32) -> bool {
+        true
+    }
     fn define_metric(&mut self, _kind: Kind, name: &str) -> Option<u32> {
         // glue.rs: the metric id by name (defined on first use per plugin).
         let known = self.metric_ids.borrow().get(name).copied();
