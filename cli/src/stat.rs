@@ -150,19 +150,26 @@ pub fn main(args: StatArgs) -> Result<i32> {
     }
     if let Some(path) = &args.config {
         let g = crate::formats::load(path, &crate::model::ProcessEnv, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-        print!("{}", budgets(&g.budgets, &samples));
+        if g.budget_store.is_some() {
+            // The filter does not count these: `llmgw ratelimit` does, in Redis.
+            println!("\nbudgets: counted in Redis by `llmgw ratelimit` (budget_store); not in the gateway's metrics");
+        } else {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            print!("{}", budgets(&g.budgets, &samples, now));
+        }
     }
     Ok(0)
 }
 
-/// The budget gauge the filter is to export: `llmgw_budget_used{budget, consumer}` (tokens or
-/// requests spent in the current window) and `llmgw_budget_reset_seconds{budget, consumer}`.
+/// The filter's budget gauges, per `llmgw_budget` and `llmgw_consumer`: the count of the window
+/// last written (tokens or requests), and that window's end (Unix seconds).
 pub const BUDGET_USED: &str = "llmgw_budget_used";
-pub const BUDGET_RESET: &str = "llmgw_budget_reset_seconds";
+pub const BUDGET_WINDOW_END: &str = "llmgw_budget_window_end_seconds";
 
-/// The configured budgets, with what the gateway's metrics say was used of each (per consumer);
-/// "unknown" while the filter exports no budget metrics.
-pub fn budgets(budgets: &[crate::budgets::Budget], samples: &[Sample]) -> String {
+/// The configured budgets, with what the gateway's metrics say each consumer used in the current
+/// window (`now`: Unix seconds). Budgets counted by `budget_store` (Redis) are not in the filter's
+/// gauges.
+pub fn budgets(budgets: &[crate::budgets::Budget], samples: &[Sample], now: u64) -> String {
     use crate::budgets::Limit;
     if budgets.is_empty() {
         return String::new();
@@ -176,19 +183,25 @@ pub fn budgets(budgets: &[crate::budgets::Budget], samples: &[Sample]) -> String
         let model = b.model.as_ref().map(|m| format!(" model {m:?}")).unwrap_or_default();
         out += &format!("  {} (consumer {}{model}): {limit} {unit} per {}\n", b.name, b.consumer, b.per.name());
         let of = |name: &'static str| {
-            samples.iter().filter(move |s| s.name == name && s.labels.get("budget") == Some(&b.name))
+            samples.iter().filter(move |s| s.name == name && s.labels.get("llmgw_budget") == Some(&b.name))
         };
         let used: Vec<&Sample> = of(BUDGET_USED).collect();
         if used.is_empty() {
-            out += "    used: unknown (filter budget metrics not available)\n";
+            out += "    no request counted yet\n";
         }
         for s in used {
-            let consumer = s.labels.get("consumer").map_or("?", String::as_str);
-            let reset = of(BUDGET_RESET)
-                .find(|r| r.labels.get("consumer") == s.labels.get("consumer"))
-                .map_or("unknown".to_string(), |r| format!("in {}s", r.value));
-            let remaining = (limit as f64 - s.value).max(0.0);
-            out += &format!("    {consumer}: used {} remaining {remaining} reset {reset}\n", s.value);
+            let consumer = s.labels.get("llmgw_consumer").map_or("?", String::as_str);
+            let end = of(BUDGET_WINDOW_END)
+                .find(|r| r.labels.get("llmgw_consumer") == s.labels.get("llmgw_consumer"))
+                .map(|r| r.value as u64);
+            // A count from a window that has ended is 0 now; the next window ends a period later.
+            let period = b.per.seconds().max(1);
+            let (used, reset) = match end {
+                Some(end) if end > now => (s.value as u64, end - now),
+                _ => (0, period - now % period),
+            };
+            let remaining = limit.saturating_sub(used);
+            out += &format!("    {consumer}: used {used} remaining {remaining} reset in {reset}s\n");
         }
     }
     out
@@ -199,7 +212,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn budgets_show_used_when_the_filter_exports_it_and_unknown_otherwise() {
+    fn budgets_show_used_remaining_and_reset_per_consumer() {
         let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(
             "[{consumer: '*', requests: 60, per: minute}, {consumer: a, tokens: 10, per: day}]",
         )
@@ -207,13 +220,20 @@ mod tests {
         let consumers = [crate::consumers::Consumer { name: "a".into(), keys: None, jwt: None }];
         let b = crate::budgets::parse(&crate::formats::node::At::root(&v), &consumers).unwrap();
         let samples = parse(
-            "llmgw_budget_used{budget=\"each-requests-per-minute\",consumer=\"a\"} 12\n\
-             llmgw_budget_reset_seconds{budget=\"each-requests-per-minute\",consumer=\"a\"} 30\n",
+            "llmgw_budget_used{llmgw_budget=\"each-requests-per-minute\",llmgw_consumer=\"a\"} 12\n\
+             llmgw_budget_window_end_seconds{llmgw_budget=\"each-requests-per-minute\",llmgw_consumer=\"a\"} 1800000060\n\
+             llmgw_budget_used{llmgw_budget=\"each-requests-per-minute\",llmgw_consumer=\"b\"} 7\n\
+             llmgw_budget_window_end_seconds{llmgw_budget=\"each-requests-per-minute\",llmgw_consumer=\"b\"} 1800000000\n",
         );
-        let text = budgets(&b, &samples);
+        let text = budgets(&b, &samples, 1_800_000_030);
         assert!(text.contains("each-requests-per-minute (consumer *): 60 requests per minute"), "{text}");
         assert!(text.contains("a: used 12 remaining 48 reset in 30s"), "{text}");
-        assert!(text.contains("a-tokens-per-day (consumer a): 10 total tokens per day\n    used: unknown"), "{text}");
+        // b's count is from a window that has ended.
+        assert!(text.contains("b: used 0 remaining 60 reset in 30s"), "{text}");
+        assert!(
+            text.contains("a-tokens-per-day (consumer a): 10 total tokens per day\n    no request counted yet"),
+            "{text}"
+        );
     }
 
     const TEXT: &str = r#"# TYPE llmgw_requests_total counter

@@ -15,6 +15,7 @@
 
 use crate::error::{ApiError, ErrorKind};
 use crate::host::Host;
+use crate::metrics::{Kind, Sample, BUDGET_USED, BUDGET_WINDOW_END};
 use crate::routing::ModelMatcher;
 use crate::usage::TokenUsage;
 
@@ -66,6 +67,10 @@ pub struct Charge {
     pub key: String,
     pub window: u64,
     pub reserved: u64,
+    /// The counter's metric labels (`llmgw_budget`, `llmgw_consumer`).
+    pub labels: String,
+    /// When the window ends (Unix seconds).
+    pub window_end: u64,
 }
 
 /// The request, as budgets see it.
@@ -96,6 +101,25 @@ fn decode(bytes: &[u8]) -> Option<(u64, u64)> {
 
 pub fn counter_key(budget: &str, consumer: &str) -> String {
     format!("llmgw.budget.{budget}.{consumer}")
+}
+
+/// `llmgw_budget=.=<name>;.;llmgw_consumer=.=<consumer>;.;` (the consumer's `;`, `=` and control
+/// characters replaced, as in every label value).
+fn metric_labels(budget: &str, consumer: &str) -> String {
+    let consumer: String =
+        consumer.chars().map(|c| if c == ';' || c == '=' || c.is_control() { '_' } else { c }).collect();
+    format!("llmgw_budget=.={budget};.;llmgw_consumer=.={consumer};.;")
+}
+
+/// Shows a counter's new count (and its window's end) in the budget gauges. Workers set them in
+/// the order their host calls land, so a gauge can briefly show a neighbouring count; the shared
+/// counter itself is exact.
+fn export(host: &mut dyn Host, charge: &Charge, count: u64, with_window: bool) {
+    host.record(&Sample { name: format!("{BUDGET_USED}.{}", charge.labels), kind: Kind::Gauge, value: count });
+    if with_window {
+        let name = format!("{BUDGET_WINDOW_END}.{}", charge.labels);
+        host.record(&Sample { name, kind: Kind::Gauge, value: charge.window_end });
+    }
 }
 
 /// How many consumers a `"*"` budget tracks (`llmgw.budgets.` cannot clash with a counter key).
@@ -155,11 +179,16 @@ pub fn plan(budgets: &[Budget], demand: &Demand) -> Vec<Charge> {
         .iter()
         .enumerate()
         .filter(|(_, b)| b.applies(demand.consumer, demand.model))
-        .map(|(i, b)| Charge {
-            budget: i,
-            key: counter_key(&b.name, demand.consumer),
-            window: demand.now_secs / b.window_secs.max(1),
-            reserved: b.estimate(demand),
+        .map(|(i, b)| {
+            let window = demand.now_secs / b.window_secs.max(1);
+            Charge {
+                budget: i,
+                key: counter_key(&b.name, demand.consumer),
+                window,
+                reserved: b.estimate(demand),
+                labels: metric_labels(&b.name, demand.consumer),
+                window_end: window.saturating_add(1).saturating_mul(b.window_secs.max(1)),
+            }
         })
         .collect()
 }
@@ -224,7 +253,8 @@ enum Step {
 }
 
 enum Outcome {
-    Done,
+    /// Stored this count.
+    Done(u64),
     Kept,
     Busy,
 }
@@ -243,7 +273,7 @@ fn update(host: &mut dyn Host, key: &str, window: u64, decide: &dyn Fn(u64, bool
             Step::Keep => return Outcome::Kept,
             Step::Store(next) => {
                 if host.set_shared_data(key, &encode(window, next), cas) {
-                    return Outcome::Done;
+                    return Outcome::Done(next);
                 }
             }
         }
@@ -256,7 +286,7 @@ fn update(host: &mut dyn Host, key: &str, window: u64, decide: &dyn Fn(u64, bool
 fn register(host: &mut dyn Host, budget: &Budget) -> Result<(), bool> {
     let max = budget.max_consumers;
     match update(host, &registry_key(&budget.name), 0, &|n, _| if n >= max { Step::Keep } else { Step::Store(n + 1) }) {
-        Outcome::Done => Ok(()),
+        Outcome::Done(_) => Ok(()),
         Outcome::Kept => Err(false),
         Outcome::Busy => Err(true),
     }
@@ -285,7 +315,10 @@ pub fn reserve(host: &mut dyn Host, budgets: &[Budget], charges: &[Charge], now_
                 _ => Step::Keep,
             });
             result = match outcome {
-                Outcome::Done => Ok(()),
+                Outcome::Done(count) => {
+                    export(host, charge, count, true);
+                    Ok(())
+                }
                 Outcome::Kept => {
                     Err(Refusal::Exhausted { budget: charge.budget, retry_after: budget.seconds_to_reset(now_secs) })
                 }
@@ -321,6 +354,9 @@ fn adjust(host: &mut dyn Host, charge: &Charge, actual: u64) {
             Step::Keep
         }
     });
+    if let Outcome::Done(count) = outcome {
+        export(host, charge, count, false);
+    }
     if matches!(outcome, Outcome::Busy) {
         log::warn!("llmgw: budget counter {} stayed contended; this request's settlement is lost", charge.key);
     }
@@ -483,6 +519,23 @@ mod tests {
         let usage = TokenUsage { input: 300, output: 400, total: 700, ..TokenUsage::default() };
         settle(&mut host, &budgets, &charges, Some(&usage));
         assert_eq!(count(&host, "llmgw.budget.total.a"), Some((0, 712)));
+    }
+
+    #[test]
+    fn gauges_follow_each_counter_and_its_window() {
+        let mut host = FakeHost::default();
+        let budgets = [budget("total", Consumers::Each, Limit::Tokens(1000), Count::Total)];
+        let gauge = |host: &FakeHost, metric: &str| {
+            let name = format!("{metric}.llmgw_budget=.=total;.;llmgw_consumer=.=a_b;.;");
+            host.samples.iter().rev().find(|s| s.name == name).map(|s| (s.kind, s.value))
+        };
+        // A consumer's `;`/`=` cannot cut the stat name into other labels.
+        let charges = try_request(&mut host, &budgets, &demand("a;b", "m", 61)).unwrap();
+        assert_eq!(gauge(&host, BUDGET_USED), Some((Kind::Gauge, 200)));
+        assert_eq!(gauge(&host, BUDGET_WINDOW_END), Some((Kind::Gauge, 120)));
+        let usage = TokenUsage { input: 7, output: 5, total: 12, ..TokenUsage::default() };
+        settle(&mut host, &budgets, &charges, Some(&usage));
+        assert_eq!(gauge(&host, BUDGET_USED), Some((Kind::Gauge, 12)));
     }
 
     #[test]

@@ -432,7 +432,9 @@ impl Exchange {
         if end_of_stream {
             // No body will follow: an error gets one, and so does an empty success (no client API
             // has an empty answer).
-            let refusal = if routed.error {
+            let refusal = if routed.error && host.property(CODE_DETAILS_PROPERTY).as_deref() == Some(RATE_LIMITED) {
+                Some((429, gateway_rate_limited().body(api)))
+            } else if routed.error {
                 routed.translator.error_body(routed.status, b"").map(|body| (routed.status, body))
             } else {
                 Some((502, empty_answer(routed.status).body(api)))
@@ -440,7 +442,13 @@ impl Exchange {
             if let Some((status, body)) = refusal {
                 routed.status = status;
                 routed.error = true;
-                host.send_reply(status, &[("content-type", "application/json")], &body);
+                // The reply replaces the answer's headers: the ones telling the client when to come
+                // back (Envoy's rate limit filter sets them on its 429) are carried over.
+                let mut reply_headers = vec![("content-type", "application/json")];
+                reply_headers.extend(
+                    response.iter().filter(|(n, _)| headers::is_retry_hint(n)).map(|(n, v)| (n.as_str(), v.as_str())),
+                );
+                host.send_reply(status, &reply_headers, &body);
                 self.finish(host);
                 return Flow::Pause;
             }
@@ -741,6 +749,17 @@ impl Exchange {
 }
 
 /// A 2xx without a body: no client API has an empty answer.
+/// Envoy's rate limit filter's 429 (budgets shared by many gateways): the gateway's refusal, not
+/// the provider's; nothing was sent upstream.
+fn gateway_rate_limited() -> ApiError {
+    ApiError::new(
+        429,
+        ErrorKind::RateLimit,
+        "rate_limit_exceeded",
+        "a rate limit or budget of this gateway is spent; retry after the time in Retry-After",
+    )
+}
+
 fn empty_answer(status: u16) -> ApiError {
     ApiError::new(
         502,
@@ -777,6 +796,8 @@ const ATTEMPT_PROPERTY: &[&str] = &["upstream", "request_attempt_count"];
 /// Envoy's own (no healthy upstream, timeouts, overflow).
 const CODE_DETAILS_PROPERTY: &[&str] = &["response", "code_details"];
 const VIA_UPSTREAM: &[u8] = b"via_upstream";
+/// Envoy's rate limit filter refused the request (its service said OVER_LIMIT).
+const RATE_LIMITED: &[u8] = b"request_rate_limited";
 
 /// Envoy builds each retry from the headers the previous attempt left (its path, credential,
 /// removed headers): the first attempt saves the client's, later ones start from them again.
@@ -1645,9 +1666,34 @@ role: upstream
         let mut x = exchange();
         let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
         send(&mut x, &mut host, br#"{"model":"gpt-4o"}"#);
-        answer(&mut x, &mut host, &[(":status", "429")], b"");
+        let rate_limited = [
+            (":status", "429"),
+            ("retry-after", "42"),
+            ("x-ratelimit-limit", "20, 20;w=3600"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "42"),
+            ("x-envoy-ratelimited", "true"),
+        ];
+        answer(&mut x, &mut host, &rate_limited, b"");
         let (status, v) = host.reply_json();
         assert_eq!((status, v["error"]["type"].as_str()), (429, Some("rate_limit_error")));
+        assert_eq!(v["error"]["code"], "upstream_error", "a provider's 429: {v}");
+        // Envoy's rate limit filter's hints reach the client; nothing else of the empty answer does.
+        let reply_headers = &host.reply.as_ref().unwrap().1;
+        let names: Vec<&str> = reply_headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["content-type", "retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"]
+        );
+        // Envoy's rate limit filter's own 429 is the gateway's refusal, said so.
+        let mut x = exchange();
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        send(&mut x, &mut host, br#"{"model":"gpt-4o"}"#);
+        host.properties.push(("response.code_details".into(), b"request_rate_limited".to_vec()));
+        answer(&mut x, &mut host, &rate_limited, b"");
+        let (status, v) = host.reply_json();
+        assert_eq!((status, v["error"]["code"].as_str()), (429, Some("rate_limit_exceeded")), "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("budget of this gateway"), "{v}");
         let config = "backends: [{name: claude, schema: Anthropic, auth: {x_api_key: k}}]";
         let mut x = anthropic_exchange(config);
         let mut host = FakeHost::request("POST", "/v1/messages", &[]);

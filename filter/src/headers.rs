@@ -51,6 +51,12 @@ const GATEWAY_HEADERS: &[&str] = &[crate::config::BACKEND_HEADER, crate::config:
 /// Provider response headers that name the operator's account; never shown to clients.
 pub const OPERATOR_RESPONSE_HEADERS: &[&str] = &["openai-organization", "openai-project", "anthropic-organization-id"];
 
+/// Response headers that tell a client when it may try again (`Retry-After`, the IETF draft's
+/// `X-RateLimit-*` that Envoy's rate limit filter writes): kept when the filter rewrites an answer.
+pub fn is_retry_hint(name: &str) -> bool {
+    name.eq_ignore_ascii_case("retry-after") || name.get(..12).is_some_and(|p| p.eq_ignore_ascii_case("x-ratelimit-"))
+}
+
 /// Whether a client request header (lower-case name) may go to `backend`. Envoy's own headers
 /// (`x-forwarded-*`, `x-envoy-*`) are Envoy's to manage: it sanitizes and uses them (routing needs
 /// `x-forwarded-proto`), so the filter leaves them alone.

@@ -11,6 +11,8 @@ use crate::host::Host;
 pub enum Kind {
     Counter,
     Histogram,
+    /// Holds the last value set.
+    Gauge,
 }
 
 /// One measurement to record.
@@ -32,6 +34,11 @@ pub const ATTEMPTS: &str = "llmgw.attempts_total";
 /// Requests a budget refused (429, or 503 when its counter stayed contended), by budget name.
 pub const BUDGET_REFUSALS: &str = "llmgw.budget_refusals_total";
 
+/// Per budget and consumer (gauges, for `llmgw stat`): the count of the window last written, and
+/// that window's end in Unix seconds (a count whose window has ended is 0 in effect).
+pub const BUDGET_USED: &str = "llmgw.budget_used";
+pub const BUDGET_WINDOW_END: &str = "llmgw.budget_window_end_seconds";
+
 /// The label names, in the order they appear in stat names.
 pub const LABELS: &[&str] = &[
     "llmgw_backend",
@@ -42,6 +49,7 @@ pub const LABELS: &[&str] = &[
     "http_status",
     "error_code",
     "llmgw_budget",
+    "llmgw_consumer",
 ];
 
 /// Labels common to every metric of a request.

@@ -314,6 +314,46 @@ class RateLimitService:
         self._err.close()
 
 
+class LlmgwRun:
+    """`llmgw run CONFIG` (Envoy and whatever it starts) on free loopback ports, its output in a log
+    file; ready once it prints `llmgw: ready`."""
+
+    def __init__(self, config: Path, env: dict[str, str], name: str = "llmgw-run", concurrency: int = 1,
+                 timeout: float = 60.0):
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOGS / f"{_unique(name)}.log"
+        self._log = open(self.log_path, "wb")
+        self.config = config
+        self.env = {**os.environ, "LLMGW_WASM": str(wasm_path()), "ENVOY_BIN": str(envoy_bin()), **env}
+        self.port, self.admin = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [str(llmgw_bin()), "run", str(config), "--port", str(self.port), "--admin-port", str(self.admin),
+             "--concurrency", str(concurrency)], stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        try:
+            deadline = time.monotonic() + timeout
+            while b"llmgw: ready" not in self.log_path.read_bytes():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"llmgw run did not get ready:\n{self.log_tail(60)}")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self._log.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Envoy:
     """An Envoy process running a rendered bootstrap; listener and admin on free loopback ports."""
 

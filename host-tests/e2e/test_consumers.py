@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -37,12 +37,6 @@ def llmgw_bin() -> Path:
     if not p.exists():
         pytest.skip(f"llmgw binary not found at {p} (make cli)")
     return p
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Idp:
@@ -80,29 +74,22 @@ def gw(idp, tmp_path_factory):
             {"name": "team-b", "api_keys_file": str(d / "team-b.keys")},
             {"name": "ci-bot", "jwt": {"issuer": ISSUER, "jwks_file": str(d / "jwks.json"), "subject": "ci-bot"}},
         ],
+        # Never reached here (test_budgets.py refuses); counted, for `llmgw stat`.
+        "budgets": [{"consumer": "*", "requests": 100000, "per": "day"}],
     }
     cfg_path = d / "llmgw.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = {**os.environ, "CONS_UPSTREAM_KEY": UPSTREAM_KEY, "CONS_TEAM_A_KEYS": f"{KEY_A},{KEY_A2}",
-           "LLMGW_WASM": str(e2e.wasm_path()), "ENVOY_BIN": str(e2e.envoy_bin())}
-    port, admin = free_port(), free_port()
-    log_path = d / "run.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([str(llmgw_bin()), "run", str(cfg_path), "--port", str(port), "--admin-port",
-                             str(admin), "--concurrency", "1"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    env = {"CONS_UPSTREAM_KEY": UPSTREAM_KEY, "CONS_TEAM_A_KEYS": f"{KEY_A},{KEY_A2}"}
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            if b"llmgw: ready" in log_path.read_bytes():
-                break
-            time.sleep(0.1)
-        yield {"proc": proc, "port": port, "admin": admin, "mock": mock, "log": log_path, "cfg": cfg_path,
-               "env": env, "url": f"http://127.0.0.1:{port}"}
+        run = e2e.LlmgwRun(cfg_path, env, name="consumers")
+    except BaseException:
+        mock.stop()
+        raise
+    try:
+        yield {"proc": run.proc, "port": run.port, "admin": run.admin, "mock": mock, "log": run.log_path,
+               "cfg": cfg_path, "env": run.env, "url": run.url}
     finally:
-        e2e._stop(proc)
-        log.close()
+        run.stop()
         mock.stop()
 
 
@@ -235,7 +222,13 @@ def test_no_key_shows_in_any_output(gw):
         text += body.decode()
     run = lambda *args: subprocess.run([str(llmgw_bin()), *args], capture_output=True, text=True,  # noqa: E731
                                        env=gw["env"], timeout=60)
-    stat = run("stat", "--admin-port", str(gw["admin"]))
+    stat = run("stat", "--admin-port", str(gw["admin"]), "--config", str(gw["cfg"]))
+    # Per consumer, from the filter's budget gauges: what each used today, what remains, the reset.
+    assert stat.returncode == 0, stat.stderr
+    budget = stat.stdout.split("each-requests-per-day (consumer *): 100000 requests per day\n", 1)[1]
+    used = dict(re.findall(r"^    ([\w-]+): used (\d+) remaining \d+ reset in \d+s$", budget, re.M))
+    assert set(used) == {"team-a", "team-b", "ci-bot"} and all(int(n) >= 1 for n in used.values()), stat.stdout
+    assert int(re.search(r"team-a: used (\d+) remaining (\d+)", budget).group(2)) == 100000 - int(used["team-a"])
     check = run("check", str(gw["cfg"]))
     assert check.returncode == 0 and "consumers OK: 3 consumer(s), 3 API key(s)" in check.stdout, check
     # Envoy Gateway cannot take key and JWT consumers together (refused); the key consumers alone.
@@ -243,6 +236,7 @@ def test_no_key_shows_in_any_output(gw):
     assert mixed.returncode != 0 and "requires every method" in mixed.stderr, mixed.stderr
     keys_only = yaml.safe_load(gw["cfg"].read_text())
     keys_only["consumers"] = [c for c in keys_only["consumers"] if "jwt" not in c]
+    del keys_only["budgets"]  # a model-less budget has no QuotaPolicy form (refused, named)
     keys_cfg = gw["cfg"].with_name("keys-only.yaml")
     keys_cfg.write_text(yaml.safe_dump(keys_only))
     eg = run("render", str(keys_cfg), "--target", "envoy-gateway")

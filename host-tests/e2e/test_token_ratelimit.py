@@ -259,15 +259,15 @@ def test_real_rate_limit_service_with_redis(providers, tmp_path):
         assert wait_for("team-a", (OK, budget - per_request)) == (OK, budget - per_request)
         assert chat(env, "team-a")[0] == 200  # 13 spent <= 20 when checked
         assert wait_for("team-a", (OVER_LIMIT, 0)) == (OVER_LIMIT, 0)
-        # The OVER_LIMIT answer asks Envoy to add Retry-After (seconds to the window's end) to its 429.
-        # (The client does not see it yet: the llmgw filter replaces Envoy's 429 with its own
-        # client-shaped reply, which drops the headers Envoy's rate limit filter set.)
+        # The OVER_LIMIT answer asks Envoy to add Retry-After (seconds to the window's end) to its 429,
+        # which the llmgw filter keeps when it puts the 429 in the client's shape.
         _, _, rls_headers = should_rate_limit(rls.port, encode_request(domain, budget_key("team-a"), 0))
         assert 3500 < int(rls_headers["retry-after"]) <= 3600, rls_headers
         upstream_before = len(providers["openai"].requests())
-        status, _, body = chat(env, "team-a")
+        status, headers, body = chat(env, "team-a")
         assert status == 429, body
         assert json.loads(body)["error"]["message"], body
+        assert 3500 < int(headers["retry-after"]) <= 3600, headers
         assert len(providers["openai"].requests()) == upstream_before, "a rejected request must not reach the provider"
         assert chat(env, "team-b")[0] == 200  # budgets are per client
 
