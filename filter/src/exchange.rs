@@ -121,6 +121,8 @@ pub struct Exchange {
     logged: bool,
     /// What this request reserved of its budgets, settled when the stream ends.
     charges: Vec<budget::Charge>,
+    /// The consumer the authentication filters named (`consumer_header`), "" without one.
+    consumer: String,
 }
 
 impl Exchange {
@@ -134,6 +136,7 @@ impl Exchange {
             model: None,
             logged: false,
             charges: Vec::new(),
+            consumer: String::new(),
         }
     }
 
@@ -619,6 +622,7 @@ impl Exchange {
         let consumer = config.consumer_header.as_deref().and_then(|name| header(input.headers, name)).unwrap_or("");
         if !consumer.is_empty() {
             host.set_filter_state(CONSUMER_STATE, consumer.as_bytes());
+            self.consumer = consumer.to_string();
         }
         if config.budgets.is_empty() {
             return Ok(());
@@ -686,7 +690,8 @@ impl Exchange {
         // An answer Envoy made itself (no backend reached) has no backend.
         let backend = shared.config.backends.get(routed.backend).map_or("", |b| b.name.as_str());
         let ended_at = routed.ended_at.unwrap_or_else(|| host.now_nanos());
-        let metrics = shared.metric_sets.get(&shared.limiter, backend, routed.endpoint.operation(), &routed.info.model);
+        let operation = routed.endpoint.operation();
+        let metrics = shared.metric_sets.get(&shared.limiter, backend, operation, &routed.info.model, &self.consumer);
         let success = !routed.error && routed.ended_at.is_some();
         metrics.record(host, if success { Slot::Success } else { Slot::Failure }, 1);
         metrics.record(host, Slot::Duration, ended_at.saturating_sub(self.started_at) / NANOS_PER_MS);
@@ -732,8 +737,11 @@ impl Exchange {
         self.phase = Phase::Answered;
         // Every answer the gateway gives itself is counted, with its status and code.
         if let Some(shared) = &self.shared {
-            let model = self.model.as_deref().map_or_else(String::new, |m| shared.limiter.model_label("", m));
-            let labels = Labels { backend: String::new(), model, operation: self.operation };
+            let (model, consumer) = match self.model.as_deref() {
+                Some(m) => shared.limiter.pair_labels("", m, &self.consumer),
+                None => (String::new(), String::new()),
+            };
+            let labels = Labels { backend: String::new(), model, operation: self.operation, consumer };
             let status = error.status.to_string();
             host.record(&labels.counter(
                 metrics::REQUESTS,
@@ -893,7 +901,7 @@ fn on_attempt_answer(host: &mut dyn Host, shared: &Shared, routed: &mut Routed) 
     }
     let operation = routed.endpoint.operation();
     shared.attempt_metrics.record(host, (attempt.backend, operation, retried, status), 1, || {
-        let labels = Labels { backend: name.to_string(), model: String::new(), operation };
+        let labels = Labels { backend: name.to_string(), model: String::new(), operation, consumer: String::new() };
         let outcome = if retried { "retried" } else { "served" };
         labels.counter(metrics::ATTEMPTS, &[("outcome", outcome), ("http_status", &status.to_string())], 1)
     });

@@ -58,6 +58,8 @@ pub struct Labels {
     pub backend: String,
     pub model: String,
     pub operation: &'static str,
+    /// `llmgw_consumer`, when the request has one (else no such label).
+    pub consumer: String,
 }
 
 impl Labels {
@@ -70,7 +72,9 @@ impl Labels {
             ("gen_ai_request_model", self.model.as_str()),
             ("gen_ai_operation_name", self.operation),
         ];
-        for (label, value) in common.iter().chain(extra) {
+        let consumer = [("llmgw_consumer", self.consumer.as_str())];
+        let consumer = consumer.get(..usize::from(!self.consumer.is_empty())).unwrap_or_default();
+        for (label, value) in common.iter().chain(consumer).chain(extra) {
             name.push_str(label);
             name.push_str("=.=");
             name.extend(value.chars().map(|c| if c == ';' || c == '=' || c.is_control() { '_' } else { c }));
@@ -106,6 +110,20 @@ impl LabelLimiter {
         LabelLimiter { max, seen: Cell::new(HashSet::new()) }
     }
 
+    /// The (model, consumer) labels: themselves, or `other` (both; the consumer stays empty when
+    /// there is none) once the limit is reached. Each pair counts once against the limit.
+    pub fn pair_labels(&self, backend: &str, model: &str, consumer: &str) -> (String, String) {
+        if consumer.is_empty() {
+            return (self.model_label(backend, model), String::new());
+        }
+        let key = pair_key(model, consumer);
+        if self.model_label(backend, &key) == key {
+            (model.to_string(), consumer.to_string())
+        } else {
+            ("other".to_string(), "other".to_string())
+        }
+    }
+
     /// The model label to use: the model itself, or `other` once the limit is reached.
     pub fn model_label(&self, backend: &str, model: &str) -> String {
         let mut seen = self.seen.take();
@@ -120,6 +138,15 @@ impl LabelLimiter {
         };
         self.seen.set(seen);
         label
+    }
+}
+
+/// One key for a (model, consumer) pair. A header value (the consumer's source) cannot hold a NUL.
+fn pair_key(model: &str, consumer: &str) -> String {
+    if consumer.is_empty() {
+        model.to_string()
+    } else {
+        format!("{model}\0{consumer}")
     }
 }
 
@@ -190,37 +217,44 @@ impl MetricSet {
     }
 }
 
-/// The metric sets of a VM, by backend, operation and model. Bounded: model labels are capped by
-/// the `LabelLimiter` (over the cap a request counts under `other`), backends and operations are
-/// the configuration's.
+/// The metric sets of a VM, by backend, operation, model and consumer. Bounded: (model, consumer)
+/// pairs are capped by the `LabelLimiter` (over the cap a request counts under model `other`, and
+/// consumer `other` if it has one), backends and operations are the configuration's.
 type ByModel = HashMap<String, Rc<MetricSet>>;
 
 #[derive(Debug, Default)]
 pub struct MetricSets {
-    /// operation → backend → model (as the client named it) → set.
+    /// operation → backend → model (as the client named it) and consumer → set.
     sets: RefCell<HashMap<&'static str, HashMap<String, ByModel>>>,
 }
 
 impl MetricSets {
-    pub fn get(&self, limiter: &LabelLimiter, backend: &str, operation: &'static str, model: &str) -> Rc<MetricSet> {
+    pub fn get(
+        &self,
+        limiter: &LabelLimiter,
+        backend: &str,
+        operation: &'static str,
+        model: &str,
+        consumer: &str,
+    ) -> Rc<MetricSet> {
+        let key = pair_key(model, consumer);
+        let labels =
+            |(model, consumer): (String, String)| Labels { backend: backend.to_string(), model, operation, consumer };
         let Ok(mut sets) = self.sets.try_borrow_mut() else {
-            let labels = Labels { backend: backend.to_string(), model: limiter.model_label(backend, model), operation };
-            return Rc::new(MetricSet::new(labels));
+            return Rc::new(MetricSet::new(labels(limiter.pair_labels(backend, model, consumer))));
         };
         let by_backend = sets.entry(operation).or_default();
-        if let Some(set) = by_backend.get(backend).and_then(|by_model| by_model.get(model)) {
+        if let Some(set) = by_backend.get(backend).and_then(|by_model| by_model.get(&key)) {
             return set.clone();
         }
-        // First time for this model here: a model over the cap counts under `other`, and is not
+        // First time for this pair here: over the cap it counts under `other`, and is not
         // remembered by name.
-        let label = limiter.model_label(backend, model);
+        let (model, consumer) = limiter.pair_labels(backend, model, consumer);
         by_backend
             .entry(backend.to_string())
             .or_default()
-            .entry(label.clone())
-            .or_insert_with(|| {
-                Rc::new(MetricSet::new(Labels { backend: backend.to_string(), model: label, operation }))
-            })
+            .entry(pair_key(&model, &consumer))
+            .or_insert_with(|| Rc::new(MetricSet::new(labels((model, consumer)))))
             .clone()
     }
 }
@@ -263,13 +297,18 @@ mod tests {
 
     #[test]
     fn names_carry_labels() {
-        let l = Labels { backend: "openai".into(), model: "qwen2.5:0.5b".into(), operation: "chat" };
+        let l = Labels {
+            backend: "openai".into(),
+            model: "qwen2.5:0.5b".into(),
+            operation: "chat",
+            consumer: String::new(),
+        };
         let s = l.histogram(TOKEN_USAGE, &[("gen_ai_token_type", "input")], 5);
         assert_eq!(
             s.name,
             "gen_ai.client.token.usage.llmgw_backend=.=openai;.;gen_ai_request_model=.=qwen2.5:0.5b;.;gen_ai_operation_name=.=chat;.;gen_ai_token_type=.=input;.;"
         );
-        let l = Labels { backend: "b".into(), model: "a;b=c\n".into(), operation: "chat" };
+        let l = Labels { backend: "b".into(), model: "a;b=c\n".into(), operation: "chat", consumer: String::new() };
         assert!(l.counter(REQUESTS, &[], 1).name.contains("gen_ai_request_model=.=a_b_c_;.;"));
     }
 
@@ -288,15 +327,35 @@ mod tests {
         let sets = MetricSets::default();
         let limiter = LabelLimiter::new(1);
         for _ in 0..3 {
-            sets.get(&limiter, "b", "chat", "m1").record(&mut host, Slot::Success, 1);
+            sets.get(&limiter, "b", "chat", "m1", "").record(&mut host, Slot::Success, 1);
         }
         assert_eq!(host.metric_names.len(), 1, "defined once");
         assert_eq!(host.samples.len(), 3);
         assert!(host.samples.iter().all(|s| s.name.contains("gen_ai_request_model=.=m1;.;")));
-        sets.get(&limiter, "b", "chat", "m2").record(&mut host, Slot::Duration, 7);
-        sets.get(&limiter, "b", "chat", "m3").record(&mut host, Slot::Duration, 8);
+        sets.get(&limiter, "b", "chat", "m2", "").record(&mut host, Slot::Duration, 7);
+        sets.get(&limiter, "b", "chat", "m3", "").record(&mut host, Slot::Duration, 8);
         let last = &host.samples[3..];
         assert!(last.iter().all(|s| s.name.contains("gen_ai_request_model=.=other;.;") && s.kind == Kind::Histogram));
         assert_eq!(host.metric_names.len(), 2, "m2 and m3 share `other`");
+    }
+
+    #[test]
+    fn consumers_are_a_label_capped_with_the_model() {
+        let mut host = crate::testing::FakeHost::default();
+        let sets = MetricSets::default();
+        let limiter = LabelLimiter::new(2);
+        sets.get(&limiter, "b", "chat", "m1", "team-a").record(&mut host, Slot::Success, 1);
+        sets.get(&limiter, "b", "chat", "m1", "").record(&mut host, Slot::Success, 1);
+        // A third pair is over the cap: both labels say `other`.
+        sets.get(&limiter, "b", "chat", "m1", "team-b").record(&mut host, Slot::Success, 1);
+        let names: Vec<&str> = host.samples.iter().map(|s| s.name.as_str()).collect();
+        assert!(
+            names[0].contains("gen_ai_request_model=.=m1;.;gen_ai_operation_name=.=chat;.;llmgw_consumer=.=team-a;.;")
+        );
+        assert!(!names[1].contains("llmgw_consumer"), "no consumer, no label: {}", names[1]);
+        assert!(names[2].contains("gen_ai_request_model=.=other;.;") && names[2].contains("llmgw_consumer=.=other;.;"));
+        // A model holding a NUL cannot make up a consumer.
+        let (model, consumer) = LabelLimiter::new(9).pair_labels("b", "m\0x", "team-a");
+        assert_eq!((model.as_str(), consumer.as_str()), ("m\0x", "team-a"));
     }
 }

@@ -220,6 +220,10 @@ def test_no_key_shows_in_any_output(gw):
         status, _, body = e2e.http("GET", f"http://127.0.0.1:{gw['admin']}{path}")
         assert status == 200, body
         text += body.decode()
+    # The request metrics carry the consumer (within the label-set cap).
+    served = [line for line in text.splitlines() if line.startswith("llmgw_requests_total{")]
+    for consumer in ("team-a", "team-b", "ci-bot"):
+        assert any(f'llmgw_consumer="{consumer}"' in line for line in served), served
     run = lambda *args: subprocess.run([str(llmgw_bin()), *args], capture_output=True, text=True,  # noqa: E731
                                        env=gw["env"], timeout=60)
     stat = run("stat", "--admin-port", str(gw["admin"]), "--config", str(gw["cfg"]))
