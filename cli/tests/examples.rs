@@ -32,6 +32,12 @@ fn example_configs_are_valid() {
         assert_eq!(g.upstreams.len(), backends, "{file}");
         validate::validate(&g, &AnyEnv).unwrap_or_else(|e| panic!("{e}"));
     }
+    // Consumers' keys come from the environment and a key file next to the config.
+    let path = root.join("consumers-budgets/config.yaml");
+    let env = MapEnv::from([("OPENAI_API_KEY", "sk-x"), ("TEAM_A_KEYS", "sk-team-a-example-key")]);
+    let g = formats::load(&path, &env, None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((g.consumers.len(), g.budgets.len(), g.warnings.len()), (2, 2, 0), "{:?}", g.warnings);
+    validate::validate(&g, &AnyEnv).unwrap_or_else(|e| panic!("{e}"));
     let every_folder_has_a_readme =
         std::fs::read_dir(&root).unwrap().flatten().filter(|e| e.path().is_dir()).all(|e| {
             let ok = e.path().join("README.md").is_file();
