@@ -286,16 +286,32 @@ class Redis:
         _stop(self.proc)
 
 
-class RateLimitService:
+class LoggedProcess:
+    """A child process whose output goes to a log file under LOGS."""
+
+    proc: subprocess.Popen | None = None
+
+    def _open_log(self, name: str) -> None:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOGS / f"{_unique(name)}.log"
+        self._log = open(self.log_path, "wb")
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self._log.close()
+
+
+class RateLimitService(LoggedProcess):
     """`llmgw ratelimit` (Envoy's RLS API, limitador counting) on a free loopback port."""
 
     def __init__(self, limits_file: Path, redis_url: str | None = None, failure_mode: str = "closed"):
-        LOGS.mkdir(parents=True, exist_ok=True)
-        self.log_path = LOGS / f"{_unique('ratelimit')}.log"
-        self._err = open(self.log_path, "wb")
+        self._open_log("ratelimit")
         args = [str(llmgw_bin()), "ratelimit", "--config", str(limits_file), "--listen", "127.0.0.1:0",
                 "--failure-mode", failure_mode, *(["--redis", redis_url] if redis_url else [])]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._err)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log)
         try:
             line = _read_line(self.proc, 15.0)
             m = re.fullmatch(r"listening (\S+):(\d+)", line.strip())
@@ -306,23 +322,14 @@ class RateLimitService:
             self.stop()
             raise
 
-    def log_tail(self, n: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
-    def stop(self) -> None:
-        _stop(self.proc)
-        self._err.close()
-
-
-class LlmgwRun:
+class LlmgwRun(LoggedProcess):
     """`llmgw run CONFIG` (Envoy and whatever it starts) on free loopback ports, its output in a log
     file; ready once it prints `llmgw: ready`."""
 
     def __init__(self, config: Path, env: dict[str, str], name: str = "llmgw-run", concurrency: int = 1,
                  timeout: float = 60.0):
-        LOGS.mkdir(parents=True, exist_ok=True)
-        self.log_path = LOGS / f"{_unique(name)}.log"
-        self._log = open(self.log_path, "wb")
+        self._open_log(name)
         self.config = config
         self.env = {**os.environ, "LLMGW_WASM": str(wasm_path()), "ENVOY_BIN": str(envoy_bin()), **env}
         self.port, self.admin = free_port(), free_port()
@@ -339,13 +346,6 @@ class LlmgwRun:
         except BaseException:
             self.stop()
             raise
-
-    def log_tail(self, n: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        self._log.close()
 
 
 def free_port() -> int:
