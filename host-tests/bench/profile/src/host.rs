@@ -125,11 +125,13 @@ impl Counts {
 /// hasher: callgrind's counts must not depend on a random seed.
 pub type MetricIds = RefCell<HashMap<String, u32, BuildHasherDefault<DefaultHasher>>>;
 
+type SharedMap = HashMap<String, (Vec<u8>, u32), BuildHasherDefault<DefaultHasher>>;
+
 /// The VM's shared data (budget counters), kept across requests like Envoy's: key → (value, CAS
 /// token). A fixed-key hasher, as for `MetricIds`.
 #[derive(Default)]
 pub struct SharedData {
-    map: RefCell<HashMap<String, (Vec<u8>, u32), BuildHasherDefault<DefaultHasher>>>,
+    map: RefCell<SharedMap>,
     next_cas: Cell<u32>,
 }
 
