@@ -362,3 +362,23 @@ impl Host for MemHost<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_data_swaps_only_with_the_current_cas_token() {
+        let data = SharedData::default();
+        assert!(data.set("k", b"a", 7), "an absent key is created whatever the token");
+        let (value, first) = data.get("k").unwrap();
+        assert_eq!(value, b"a");
+        assert!(data.set("k", b"b", first));
+        let (_, second) = data.get("k").unwrap();
+        assert_ne!(first, second, "a write changes the token");
+        assert!(!data.set("k", b"c", first), "a stale token is refused");
+        assert_eq!(data.get("k").unwrap().0, b"b");
+        assert!(data.set("k", b"d", 0), "0: whatever the token");
+        assert_eq!(data.get("k").unwrap().0, b"d");
+    }
+}
