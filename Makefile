@@ -264,9 +264,13 @@ valgrind-tools:
 # The baseline filter (a no-op proxy-wasm filter and llmgw's skeleton) gives the cost of wasm itself;
 # the ext_proc skeleton the cost of the ext_proc gRPC hop (Envoy AI Gateway's architecture).
 # bench.py also runs the callgrind check (its table and verdict are part of the report).
+# `llmgw run` is built optimized for the llmgw-run and llmgw-auth-budget* configurations (`llmgw
+# ratelimit`, its child, is on their request path: a debug build would misstate its cost).
 bench: wasm cli py-tools bench-tools valgrind-tools
 	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
 	  $(CARGO) build --release -p llmgw-mocks --bin bench-mock
+	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
+	  $(CARGO) build --release -p llmgw
 	CARGO_TARGET_DIR=target/bench/baseline-target $(CARGO) build --release --target wasm32-wasip1 \
 	  --manifest-path host-tests/bench/baseline-filter/Cargo.toml
 	$(PROFILE_ENV) host-tests/bench/profile/profile.sh build
@@ -279,7 +283,8 @@ bench: wasm cli py-tools bench-tools valgrind-tools
 	  cp host-tests/bench/portkey/package.json host-tests/bench/portkey/package-lock.json $(BENCH_PORTKEY)/ && \
 	  cd $(BENCH_PORTKEY) && npm ci --no-audit --no-fund --loglevel=error; } || \
 	  echo "bench: Portkey did not install; its configuration will be skipped" >&2
-	"$(abspath $(VENV))/bin/python" host-tests/bench/bench.py --mock-bin $(TARGET)/release/bench-mock \
+	LLMGW_BIN=$(abspath $(TARGET))/release/llmgw \
+	  "$(abspath $(VENV))/bin/python" host-tests/bench/bench.py --mock-bin $(TARGET)/release/bench-mock \
 	  --portkey-dir $(BENCH_PORTKEY) \
 	  --baseline-wasm target/bench/baseline-target/wasm32-wasip1/release/llmgw_bench_baseline_filter.wasm \
 	  --ext-proc-bin target/bench/ext-proc-target/release/ext-proc-skeleton --profile-bin $(PROFILE_BIN) $(BENCH_ARGS)

@@ -11,6 +11,16 @@ Configurations, all against one `bench-mock serve` (mocks/src/bin/bench_mock.rs)
                    the filter twice per request, downstream (model, rule) and as the rule cluster's
                    upstream filter (translation per attempt); every request is served by priority 0
   litellm          LiteLLM proxy (pinned, one worker) from target/bench/litellm-venv, when installed
+  llmgw-run        `llmgw run` itself (the CLI, Envoy it starts, the same two backends, no consumers): the
+                   reference of the two below
+  llmgw-auth-budget
+                   `llmgw run` with an API key consumer (Envoy's api_key_auth; its key is the
+                   `Authorization: Bearer sk-bench` every request of the bench carries) and local budgets counted by the filter (a tokens budget
+                   for the consumer and a "*" requests budget, limits no request reaches)
+  llmgw-auth-budget-redis
+                   the same with `budget_store: {redis}`: Envoy's rate limit filter and the `llmgw ratelimit`
+                   child of `llmgw run` counting in a redis-server the bench starts (pinned with the proxy; its
+                   CPU counts as the proxy's and is shown apart), skipped when redis-server is not installed
   portkey          Portkey's open-source gateway (npm @portkey-ai/gateway, pinned in host-tests/bench/portkey,
                    on Node, one process) from target/bench/portkey, when installed; the provider and the
                    mock's URL travel in its x-portkey-provider / x-portkey-custom-host request headers
@@ -101,10 +111,19 @@ LABELS = {
     "llmgw": "Envoy + llmgw (OpenAI)",
     "llmgw-anthropic": "Envoy + llmgw → Anthropic",
     "llmgw-fallback": "Envoy + llmgw, fallback rule",
+    "llmgw-run": "llmgw run",
+    "llmgw-auth-budget": "llmgw run + key auth + budgets",
+    "llmgw-auth-budget-redis": "llmgw run + key auth + budgets in Redis",
     "litellm": "LiteLLM proxy",
     "portkey": "Portkey gateway",
 }
 PEERS = ("litellm", "portkey")
+# Configurations run through `llmgw run`; those with a consumer and budgets (compared with llmgw-run).
+LLMGW_RUN = ("llmgw-run", "llmgw-auth-budget", "llmgw-auth-budget-redis")
+BUDGETED = ("llmgw-auth-budget", "llmgw-auth-budget-redis")
+# The consumer's API key: the `Authorization: Bearer sk-bench` every bench client sends (wrk's post.lua,
+# bench-mock's clients, check_json_reply), so the requests are the same bytes in every configuration.
+CLIENT_KEY = "sk-bench"
 
 
 def log(msg: str) -> None:
@@ -168,6 +187,18 @@ def cpu_seconds(pids: list[int]) -> float:
         except (OSError, IndexError, ValueError):
             pass
     return total / TICK
+
+
+def ratelimit_pids(pids: list[int]) -> list[int]:
+    """Those of `pids` that are `llmgw ratelimit` (the child `llmgw run` starts for a budget_store)."""
+    out = []
+    for p in pids:
+        try:
+            if b"\0ratelimit\0" in Path(f"/proc/{p}/cmdline").read_bytes():
+                out.append(p)
+        except OSError:
+            pass
+    return out
 
 
 def rss_kb(pids: list[int]) -> int:
@@ -443,6 +474,109 @@ def start_portkey(root: Path, mock_port: int, cpus, out: Path) -> Server:
     raise TimeoutError(f"portkey not listening in 60s: {log_path.read_text(errors='replace')[-2000:]}")
 
 
+def llmgw_run_config(name: str, mock_port: int, redis_url: str | None) -> dict:
+    """`llmgw run`'s configuration: bench.py's PLUGIN's backends and rules over the mock; for the budget
+    configurations an API key consumer and two budgets no request reaches (every request is checked and
+    charged, none refused), counted by the filter or, with `redis_url`, in Redis."""
+    url = f"http://127.0.0.1:{mock_port}"
+    cfg: dict = {
+        "backends": [
+            {"name": "openai", "url": url + "/v1", "schema": "OpenAI", "auth": {"bearer_env": "BENCH_OPENAI_KEY"}},
+            {"name": "anthropic", "url": url, "schema": "Anthropic", "auth": {"x_api_key_env": "BENCH_ANTHROPIC_KEY"}},
+        ],
+        "rules": [
+            {"name": "openai-models", "match": {"model": {"glob": "gpt-*"}}, "backends": [{"name": "openai"}]},
+            {"name": "anthropic-models", "match": {"model": {"prefix": "claude-"}}, "backends": [{"name": "anthropic"}]},
+        ],
+    }
+    if name in BUDGETED:
+        cfg["consumers"] = [{"name": "team-bench", "api_keys_env": "BENCH_CLIENT_KEYS"}]
+        cfg["budgets"] = [
+            {"name": "bench-tokens", "consumer": "team-bench", "tokens": 10**12, "per": "day"},
+            {"name": "bench-requests", "consumer": "*", "requests": 10**12, "per": "day"},
+        ]
+    if redis_url:
+        cfg["budget_store"] = {"redis": redis_url, "failure_mode": "closed"}
+    return cfg
+
+
+def start_llmgw_run(name: str, cfg: dict, wasm: Path, envoy: Path, cpus, out: Path) -> Server:
+    """`llmgw run CONFIG` pinned to the proxy's core (Envoy and `llmgw ratelimit` inherit it): the CPU
+    and RSS of its whole process tree count as the proxy's."""
+    import yaml
+
+    path = out / "logs" / f"{name}-config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    log_path = out / "logs" / f"{name}.log"
+    port, admin = free_port(), free_port()
+    env = {**os.environ, **FALLBACK_ENV, "BENCH_CLIENT_KEYS": CLIENT_KEY, "LLMGW_WASM": str(wasm),
+           "ENVOY_BIN": str(envoy)}
+    proc = subprocess.Popen(
+        [str(e2e.llmgw_bin()), "run", str(path), "--port", str(port), "--admin-port", str(admin),
+         "--concurrency", "1"],
+        # Envoy's access log (its inherited stdout) is discarded, as for the other proxies.
+        stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"), cwd=out, env=env, preexec_fn=pinner(cpus),
+    )
+    srv = Server(name, proc, f"http://127.0.0.1:{port}", None, log_path)
+    srv.llmgw_admin = f"http://127.0.0.1:{admin}"
+    deadline = time.monotonic() + 60
+    while b"llmgw: ready" not in log_path.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            raise RuntimeError(f"{name}: llmgw run did not get ready: {log_path.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.1)
+    return srv
+
+
+def start_redis(cpus, out: Path) -> tuple[subprocess.Popen, str]:
+    """Debian's redis-server on a free loopback port, nothing saved, pinned like the proxy: (process, URL)."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=open(out / "logs" / "redis.log", "wb"), stderr=subprocess.STDOUT,
+                            preexec_fn=pinner(cpus))
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"redis://127.0.0.1:{port}"
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                stop(proc)
+                raise RuntimeError(f"redis-server did not listen on {port}")
+            time.sleep(0.02)
+
+
+def redis_keys(url: str) -> int:
+    """DBSIZE of the Redis at `url` (RESP over a socket: no client library)."""
+    host, port = urllib.parse.urlparse(url).hostname, urllib.parse.urlparse(url).port
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(b"DBSIZE\r\n")
+        reply = s.recv(64)
+    m = re.match(rb":(\d+)\r\n", reply)
+    return int(m.group(1)) if m else -1
+
+
+def check_budget_config(srv: Server, body: bytes) -> str | None:
+    """None when a request without the consumer's key is refused (401) and the budgets counted the
+    requests so far: the filter's gauge in `llmgw run`'s /metrics, or keys in the bench's Redis."""
+    st, _, resp = e2e.http("POST", srv.url + "/v1/chat/completions", body,
+                           {"content-type": "application/json", "authorization": "Bearer sk-not-a-client-key"},
+                           timeout=30)
+    if st != 401:
+        return f"a request with a wrong key got {st}, not 401: {resp[:300]!r}"
+    redis_url = getattr(srv, "redis_url", None)
+    if redis_url:
+        n = redis_keys(redis_url)
+        return None if n > 0 else f"no budget counters in Redis (DBSIZE {n})"
+    _, _, text = e2e.http("GET", srv.llmgw_admin + "/metrics?filter=llmgw_budget", timeout=10)
+    gauges = [line for line in text.decode(errors="replace").splitlines()
+              if line.startswith("llmgw_budget_used{") and "bench-tokens" in line and "team-bench" in line]
+    if not gauges or gauges[0].rsplit(" ", 1)[-1] in ("0", "0.0"):
+        return f"no (or a zero) llmgw_budget_used gauge of bench-tokens/team-bench in llmgw run's /metrics: {gauges}"
+    return None
+
+
 # ------------------------------------------------------------------------------------------------
 # bodies and measurements
 
@@ -588,6 +722,8 @@ ROWS = [
     (None, "added p50 over plain Envoy", "lat_1k_add_p50_envoy_us", 0, True),
     (None, "added p99 over plain Envoy", "lat_1k_add_p99_envoy_us", 0, True),
     (None, "added p50 over llmgw (OpenAI)", "lat_1k_p50_add_llmgw_us", 0, True),
+    (None, "added p50 over llmgw run (auth + budget check)", "lat_1k_p50_add_run_us", 0, True),
+    (None, "added p99 over llmgw run (auth + budget check)", "lat_1k_p99_add_run_us", 0, True),
     ("Latency at concurrency 1 (µs), 100 KB request", "p50", "lat_100k_p50_us", 0, False),
     (None, "p99", "lat_100k_p99_us", 0, False),
     (None, "added p50 over plain Envoy", "lat_100k_add_p50_envoy_us", 0, True),
@@ -600,8 +736,13 @@ ROWS = [
     (None, "100 KB: × plain Envoy", "thr_100k_ratio_envoy", 2, False),
     (None, "100 KB: × llmgw (OpenAI)", "thr_100k_ratio_llmgw", 2, False),
     (None, "100 KB: proxy CPU s per 1k requests", "thr_100k_cpu_per_1k", 3, False),
-    (None, "1 KB: of which the ext_proc server", "thr_1k_sidecar_cpu_per_1k", 3, False),
-    (None, "100 KB: of which the ext_proc server", "thr_100k_sidecar_cpu_per_1k", 3, False),
+    (None, "1 KB: of which the sidecar (ext_proc server, Redis)", "thr_1k_sidecar_cpu_per_1k", 3, False),
+    (None, "100 KB: of which the sidecar (ext_proc server, Redis)", "thr_100k_sidecar_cpu_per_1k", 3, False),
+    (None, "1 KB: of which llmgw ratelimit", "thr_1k_ratelimit_cpu_per_1k", 3, False),
+    (None, "100 KB: of which llmgw ratelimit", "thr_100k_ratelimit_cpu_per_1k", 3, False),
+    (None, "1 KB: added proxy CPU s per 1k requests over llmgw run (auth + budget check)",
+     "thr_1k_cpu_add_run_per_1k", 3, True),
+    (None, "1 KB: proxy CPU × llmgw run", "thr_1k_cpu_ratio_run", 2, False),
     (None, "1 KB: proxy CPU × wasm skeleton", "thr_1k_cpu_ratio_skeleton", 2, False),
     (None, "100 KB: proxy CPU × wasm skeleton", "thr_100k_cpu_ratio_skeleton", 2, False),
     (None, "1 KB: proxy CPU × llmgw (OpenAI)", "thr_1k_cpu_ratio_llmgw", 2, False),
@@ -619,6 +760,7 @@ ROWS = [
     (None, "fixed load: p99 (µs)", "fixed_p99_us", 0, False),
     (None, "fixed load: added p50 over plain Envoy (µs)", "fixed_p50_add_envoy_us", 0, True),
     (None, "fixed load: added p99 over plain Envoy (µs)", "fixed_p99_add_envoy_us", 0, True),
+    (None, "fixed load: added p50 over llmgw run (µs)", "fixed_p50_add_run_us", 0, True),
     (None, "fixed load: requests not sent (overloaded)", "fixed_unsent", 0, False),
     ("Streaming (µs; 1 KB request, concurrency 1)", "time to first token p50", "ttft_p50_us", 0, False),
     (None, "added TTFT over direct", "ttft_add_direct_us", 0, True),
@@ -629,6 +771,8 @@ ROWS = [
     ("Filter work per request (callgrind, native build: deterministic; see below)",
      "1 KB: filter instructions per request (callgrind)", "prof_1k_instructions", 0, False),
     (None, "1 KB: host calls per request", "prof_1k_host_calls", 0, False),
+    (None, "1 KB: added filter instructions (consumer + budgets) over openai-json-1k", "prof_1k_instructions_add", 0, True),
+    (None, "1 KB: added host calls (consumer + budgets) over openai-json-1k", "prof_1k_host_calls_add", 0, True),
     (None, "100 KB: filter instructions per request (callgrind)", "prof_100k_instructions", 0, False),
     (None, "stream, 1 KB: filter instructions per request (callgrind)", "prof_stream_instructions", 0, False),
     (None, "stream, 1 KB: host calls per request", "prof_stream_host_calls", 0, False),
@@ -647,7 +791,13 @@ PROFILE_SCENARIOS = {
     "llmgw-anthropic": {"1k": "anthropic-json-1k", "100k": "anthropic-json-100k", "stream": "anthropic-stream-1k"},
     "llmgw-fallback": {"1k": "fallback-openai-json-1k", "100k": "fallback-openai-json-100k",
                        "stream": "fallback-openai-stream-1k"},
+    # `llmgw run` renders PLUGIN's backends and rules; with budgets counted by the filter, BUDGETS of
+    # host-tests/bench/profile/src/scenario.rs (a consumer header, a tokens and a "*" requests budget).
+    "llmgw-run": {"1k": "openai-json-1k", "100k": "openai-json-100k", "stream": "openai-stream-1k"},
+    "llmgw-auth-budget": {"1k": "budget-openai-json-1k"},
 }
+# A configuration's scenario against the one it adds to: the `prof_<size>_*_add` rows.
+PROFILE_ADDED = {"llmgw-auth-budget": {"1k": ("budget-openai-json-1k", "openai-json-1k")}}
 
 
 def run_profile(bin_: Path, baseline: Path, out: Path) -> tuple[dict | None, list[str]]:
@@ -691,6 +841,16 @@ def with_profile(summary: dict, profile: dict | None) -> dict:
                                ("host_calls", (s.get("host_calls") or {}).get("total"))):
                 if value is not None:
                     out[config][f"prof_{size}_{key}"] = {"median": value, "min": value, "max": value, "n": 1}
+    for config, sizes in PROFILE_ADDED.items():
+        for size, (name, base) in sizes.items():
+            s, b = by_name.get(name), by_name.get(base)
+            if config not in out or not s or not b:
+                continue
+            for key, get in (("instructions", lambda x: x.get("instructions_per_request")),
+                             ("host_calls", lambda x: (x.get("host_calls") or {}).get("total"))):
+                if get(s) is not None and get(b) is not None:
+                    d = get(s) - get(b)
+                    out[config][f"prof_{size}_{key}_add"] = {"median": d, "min": d, "max": d, "n": 1}
     return out
 
 
@@ -795,6 +955,7 @@ def svg_chart(summary: dict, names: list[str], meta: str) -> str:
     import math
 
     colors = {"direct": "#a7b0ba", "envoy": "#4a7ab7", "wasm-noop": "#8fb3de", "wasm-buffer": "#b9a3d6", "extproc": "#7d6aa8", "llmgw": "#e07b39", "llmgw-anthropic": "#c2553a", "llmgw-fallback": "#8c3b2a",
+              "llmgw-run": "#d9a441", "llmgw-auth-budget": "#b5832a", "llmgw-auth-budget-redis": "#8a6220",
               "litellm": "#6b8e4e", "portkey": "#9aa04a"}
     esc = lambda s: s.replace("&", "&amp;").replace("<", "&lt;")  # noqa: E731
     label_x, bw, text_w, gap_w = 215, 330, 95, 30
@@ -956,7 +1117,8 @@ def main(argv: list[str]) -> int:
     client_cpu = cpu_list[0] if client_cpus else None
     proxy_cpu = cpu_list[1] if proxy_cpus else None
 
-    names = ["direct", "envoy", "wasm-noop", "wasm-buffer", "extproc", "llmgw", "llmgw-anthropic", "llmgw-fallback", "litellm", "portkey"]
+    names = ["direct", "envoy", "wasm-noop", "wasm-buffer", "extproc", "llmgw", "llmgw-anthropic", "llmgw-fallback",
+             *LLMGW_RUN, "litellm", "portkey"]
     skipped: dict[str, str] = {}
     baseline = a.baseline_wasm
     default_baseline = REPO / "target/bench/baseline-target/wasm32-wasip1/release/llmgw_bench_baseline_filter.wasm"
@@ -992,6 +1154,17 @@ def main(argv: list[str]) -> int:
         skipped["portkey"] = (f"Portkey skipped: not installed in {a.portkey_dir} (`make bench` runs npm ci there "
                               "from host-tests/bench/portkey)" if shutil.which("node") else
                               "Portkey skipped: node not found")
+    try:
+        e2e.llmgw_bin()
+    except FileNotFoundError as e:
+        for n in LLMGW_RUN:
+            skipped[n] = f"{n} skipped: {e}"
+    if not (shutil.which("redis-server") or Path("/usr/bin/redis-server").is_file()):
+        skipped.setdefault("llmgw-auth-budget-redis", "llmgw-auth-budget-redis skipped: redis-server not installed "
+                                                      "(`make deb-tools` installs it)")
+    if a.smoke and "llmgw-run" not in (a.only or "").split(","):
+        # Only the reference of the budget configurations' added figures, which a smoke run does not report.
+        skipped.setdefault("llmgw-run", "llmgw-run skipped (--smoke; name it in --only to run it)")
     if a.only:
         keep = set(a.only.split(",")) | {"direct", "envoy"}
         for n in names:
@@ -1050,6 +1223,17 @@ def main(argv: list[str]) -> int:
                         stop(ep)
                         raise
                     servers[n].sidecars.append(ep)
+                elif n in LLMGW_RUN:
+                    redis, redis_url = start_redis(proxy_cpus, out) if n == "llmgw-auth-budget-redis" else (None, None)
+                    try:
+                        servers[n] = start_llmgw_run(f"{n}-r{r}", llmgw_run_config(n, mock_port, redis_url), wasm,
+                                                     envoy, proxy_cpus, out)
+                    except BaseException:
+                        stop(redis)
+                        raise
+                    if redis:
+                        servers[n].sidecars.append(redis)
+                        servers[n].redis_url = redis_url
                 elif n == "portkey":
                     try:
                         servers[n] = start_portkey(a.portkey_dir, mock_port, proxy_cpus, out)
@@ -1076,6 +1260,10 @@ def main(argv: list[str]) -> int:
                 err = check_json_reply(servers[n], bodies[(n, "1k")].read_bytes(), n == "llmgw-anthropic")
                 if err:
                     failures.append(f"round {r + 1} {n}: chat completion: {err}")
+                elif n in BUDGETED:
+                    err = check_budget_config(servers[n], bodies[(n, "1k")].read_bytes())
+                    if err:
+                        failures.append(f"round {r + 1} {n}: auth and budgets: {err}")
                 s = stream_client(mock_bin, servers[n].url + "/v1/chat/completions", bodies[(n, "stream")], 2,
                                   client_cpus, servers[n].headers)
                 if s["errors"] or any(c != prof["chunks"] for c in s["content_chunks"]):
@@ -1126,8 +1314,9 @@ def main(argv: list[str]) -> int:
                     res[n][f"lat_{size}_errors"] = lat["errors"]
                     pids = srv.pids() if n != "direct" else [mock.proc.pid]
                     side = [p for proc in getattr(srv, "sidecars", []) for p in tree(proc.pid)]
+                    rls = ratelimit_pids(pids) if n in LLMGW_RUN else []
                     c0, m0, k0 = cpu_seconds(pids), cpu_seconds([mock.proc.pid]), core_times()
-                    s0 = cpu_seconds(side)
+                    s0, rl0 = cpu_seconds(side), cpu_seconds(rls)
                     peak = [0]
                     stop_ev = threading.Event()
 
@@ -1141,7 +1330,7 @@ def main(argv: list[str]) -> int:
                     stop_ev.set()
                     th.join()
                     c1, m1, k1 = cpu_seconds(pids), cpu_seconds([mock.proc.pid]), core_times()
-                    s1 = cpu_seconds(side)
+                    s1, rl1 = cpu_seconds(side), cpu_seconds(rls)
                     res[n][f"thr_{size}_rps"] = thr["rps"]
                     res[n][f"thr_{size}_errors"] = thr["errors"]
                     res[n][f"thr_{size}_mock_cpu_per_1k"] = (m1 - m0) / thr["requests"] * 1000
@@ -1151,6 +1340,8 @@ def main(argv: list[str]) -> int:
                         res[n][f"thr_{size}_cpu_per_1k"] = (c1 - c0) / thr["requests"] * 1000
                         if side:  # the ext_proc server's share (included above)
                             res[n][f"thr_{size}_sidecar_cpu_per_1k"] = (s1 - s0) / thr["requests"] * 1000
+                        if rls:  # `llmgw ratelimit`'s share (included above)
+                            res[n][f"thr_{size}_ratelimit_cpu_per_1k"] = (rl1 - rl0) / thr["requests"] * 1000
                         res[n]["rss_load_mb"] = max(res[n].get("rss_load_mb", 0), peak[0] / 1024)
                     for kind, d in (("lat", lat), ("thr", thr)):
                         if d["errors"]:
@@ -1213,6 +1404,18 @@ def main(argv: list[str]) -> int:
                 k = "c32_1k_rps"
                 if res.get("envoy", {}).get(k) and res[n].get(k):
                     res[n]["c32_1k_ratio_envoy"] = res[n][k] / res["envoy"][k]
+            # Auth + budget check against `llmgw run` without them, within the round.
+            run = res.get("llmgw-run", {})
+            for n in BUDGETED:
+                if n not in res:
+                    continue
+                for k in ("lat_1k_p50_us", "lat_1k_p99_us", "fixed_p50_us"):
+                    if run.get(k) is not None and res[n].get(k) is not None:
+                        res[n][k.replace("_us", "_add_run_us")] = res[n][k] - run[k]
+                k = "thr_1k_cpu_per_1k"
+                if run.get(k) and res[n].get(k):
+                    res[n]["thr_1k_cpu_add_run_per_1k"] = res[n][k] - run[k]
+                    res[n]["thr_1k_cpu_ratio_run"] = res[n][k] / run[k]
             # Against the Wasm floor (llmgw's skeleton: wasm-buffer) and the no-op Wasm filter.
             sk, noop, plain = res.get("wasm-buffer", {}), res.get("wasm-noop", {}), res.get("envoy", {})
             for n in ("llmgw", "llmgw-anthropic", "llmgw-fallback"):

@@ -41,14 +41,14 @@ command -v valgrind >/dev/null || { echo "valgrind not installed: skipping callg
 strip_paths='s|/root/.cargo/registry/src/[^/]*/||g; s|[^ ]*/filter/src/||g; s|/rustc/[0-9a-f]*/library/||g; s| \[[^]]*\]$||'
 iters=200
 : > "$out/callgrind-summary.txt"
-for name in openai-json-1k anthropic-json-1k openai-stream-1k fallback-openai-json-1k; do
+for name in openai-json-1k anthropic-json-1k openai-stream-1k fallback-openai-json-1k budget-openai-json-1k; do
   file="$out/callgrind-$name.out"
   valgrind --tool=callgrind --callgrind-out-file="$file" --collect-atstart=no \
     '--toggle-collect=llmgw_bench_profile::scenario::in_filter*' "$bin" loop "$name" "$iters" >/dev/null 2>&1
   {
     echo "== $name: instructions per request, inclusive (callgrind, $iters requests)"
     callgrind_annotate --inclusive=yes "$file" 2>/dev/null \
-      | grep -E '(PROGRAM TOTALS|Exchange::on_|request::read|usage::from|Labels::tagged|glob_matches|Translator>::(request|response)_body|format_escaped_str |upstream_path|auth::headers|restore_or_keep|attempt_target|on_attempt_answer)' \
+      | grep -E '(PROGRAM TOTALS|Exchange::on_|request::read|usage::from|Labels::tagged|glob_matches|Translator>::(request|response)_body|format_escaped_str |upstream_path|auth::headers|restore_or_keep|attempt_target|on_attempt_answer|budget::(reserve|settle|plan)|reserve_budgets|settle_budgets)' \
       | sed "$strip_paths" \
       | awk -v n="$iters" 'match($0, /\)  [^ :]*:/) { fn = substr($0, RSTART + RLENGTH); if (seen[fn]++) next;
              v = $1; gsub(",", "", v); printf "%8.0f  %s\n", v / n, fn; next }

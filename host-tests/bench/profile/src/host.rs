@@ -3,7 +3,7 @@
 //! real call (a header lookup and a copy into a new `String`/`Vec`), since it runs inside the
 //! callbacks callgrind measures.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, DefaultHasher};
 
@@ -31,12 +31,14 @@ pub enum Call {
     SetProperty,
     ClearRouteCache,
     GetCurrentTime,
+    GetSharedData,
+    SetSharedData,
     DefineMetric,
     IncrementMetric,
     RecordMetric,
 }
 
-pub const CALLS: usize = 21;
+pub const CALLS: usize = 23;
 
 impl Call {
     pub const ALL: [Call; CALLS] = [
@@ -58,6 +60,8 @@ impl Call {
         Call::SetProperty,
         Call::ClearRouteCache,
         Call::GetCurrentTime,
+        Call::GetSharedData,
+        Call::SetSharedData,
         Call::DefineMetric,
         Call::IncrementMetric,
         Call::RecordMetric,
@@ -84,6 +88,8 @@ impl Call {
             Call::SetProperty => "set_property(filter state)",
             Call::ClearRouteCache => "call_foreign_function(clear_route_cache)",
             Call::GetCurrentTime => "get_current_time_nanoseconds",
+            Call::GetSharedData => "get_shared_data",
+            Call::SetSharedData => "set_shared_data",
             Call::DefineMetric => "define_metric",
             Call::IncrementMetric => "increment_metric",
             Call::RecordMetric => "record_metric",
@@ -119,6 +125,42 @@ impl Counts {
 /// hasher: callgrind's counts must not depend on a random seed.
 pub type MetricIds = RefCell<HashMap<String, u32, BuildHasherDefault<DefaultHasher>>>;
 
+type SharedMap = HashMap<String, (Vec<u8>, u32), BuildHasherDefault<DefaultHasher>>;
+
+/// The VM's shared data (budget counters), kept across requests like Envoy's: key → (value, CAS
+/// token). A fixed-key hasher, as for `MetricIds`.
+#[derive(Default)]
+pub struct SharedData {
+    map: RefCell<SharedMap>,
+    next_cas: Cell<u32>,
+}
+
+impl SharedData {
+    pub fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.map.borrow().get(key).cloned()
+    }
+
+    /// Envoy's `SharedData::set`: a CAS token other than 0 must be the key's current one; a stored
+    /// value gets a new token (an absent key is created whatever the token).
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> bool {
+        let mut map = self.map.borrow_mut();
+        let token = self.next_cas.get().wrapping_add(1).max(1);
+        match map.get_mut(key) {
+            Some((_, current)) if cas != 0 && cas != *current => return false,
+            Some((stored, current)) => {
+                stored.clear();
+                stored.extend_from_slice(value);
+                *current = token;
+            }
+            None => {
+                map.insert(key.to_string(), (value.to_vec(), token));
+            }
+        }
+        self.next_cas.set(token);
+        true
+    }
+}
+
 /// One filter instance's view of a stream.
 pub struct MemHost<'vm> {
     pub req_headers: Vec<(String, String)>,
@@ -136,6 +178,7 @@ pub struct MemHost<'vm> {
     /// The samples recorded, when kept (the warm-up iteration, to check the scenario).
     pub samples: Option<Vec<Sample>>,
     metric_ids: &'vm MetricIds,
+    shared_data: &'vm SharedData,
     counts: RefCell<Counts>,
 }
 
@@ -154,7 +197,7 @@ fn replace(h: &mut Vec<(String, String)>, name: &str, value: &str) {
 }
 
 impl<'vm> MemHost<'vm> {
-    pub fn new(metric_ids: &'vm MetricIds, keep_samples: bool) -> Self {
+    pub fn new(metric_ids: &'vm MetricIds, shared_data: &'vm SharedData, keep_samples: bool) -> Self {
         MemHost {
             req_headers: Vec::new(),
             req_body: Vec::new(),
@@ -167,6 +210,7 @@ impl<'vm> MemHost<'vm> {
             replies: Vec::new(),
             samples: keep_samples.then(Vec::new),
             metric_ids,
+            shared_data,
             counts: RefCell::default(),
         }
     }
@@ -283,12 +327,15 @@ impl Host for MemHost<'_> {
         self.count(Call::GetCurrentTime, 8, 0);
         self.now
     }
-    /// No budgets are configured here: no shared data.
-    fn shared_data(&self, _key: &str) -> Option<(Vec<u8>, u32)> {
-        None
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        let v = self.shared_data.get(key);
+        // The value and its CAS token come back.
+        self.count(Call::GetSharedData, v.as_ref().map_or(0, |(v, _)| v.len() + 4), key.len());
+        v
     }
-    fn set_shared_data(&mut self, _key: &str, _value: &[u8], _cas: u32) -> bool {
-        true
+    fn set_shared_data(&mut self, key: &str, value: &[u8], cas: u32) -> bool {
+        self.count(Call::SetSharedData, 0, key.len() + value.len() + 4);
+        self.shared_data.set(key, value, cas)
     }
     fn define_metric(&mut self, _kind: Kind, name: &str) -> Option<u32> {
         // glue.rs: the metric id by name (defined on first use per plugin).
@@ -305,7 +352,7 @@ impl Host for MemHost<'_> {
     fn record_metric(&mut self, id: u32, kind: Kind, value: u64) {
         let call = match kind {
             Kind::Counter => Call::IncrementMetric,
-            Kind::Histogram => Call::RecordMetric,
+            Kind::Histogram | Kind::Gauge => Call::RecordMetric,
         };
         self.count(call, 0, 8);
         if let Some(samples) = &mut self.samples {
@@ -313,5 +360,25 @@ impl Host for MemHost<'_> {
                 self.metric_ids.borrow().iter().find(|(_, &i)| i == id).map(|(n, _)| n.clone()).unwrap_or_default();
             samples.push(Sample { name, kind, value });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_data_swaps_only_with_the_current_cas_token() {
+        let data = SharedData::default();
+        assert!(data.set("k", b"a", 7), "an absent key is created whatever the token");
+        let (value, first) = data.get("k").unwrap();
+        assert_eq!(value, b"a");
+        assert!(data.set("k", b"b", first));
+        let (_, second) = data.get("k").unwrap();
+        assert_ne!(first, second, "a write changes the token");
+        assert!(!data.set("k", b"c", first), "a stale token is refused");
+        assert_eq!(data.get("k").unwrap().0, b"b");
+        assert!(data.set("k", b"d", 0), "0: whatever the token");
+        assert_eq!(data.get("k").unwrap().0, b"d");
     }
 }

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use llmgw_filter::config;
 use llmgw_filter::exchange::{Exchange, Shared};
 
-use crate::host::{Counts, MemHost, MetricIds};
+use crate::host::{Counts, MemHost, MetricIds, SharedData};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Provider {
@@ -24,6 +24,9 @@ pub struct Scenario {
     /// The two-filter design: a fallback rule, the filter downstream and as the rule cluster's
     /// upstream filter.
     pub fallback: bool,
+    /// Budgets on: bench.py's PLUGIN with `BUDGETS` (a consumer header and two budgets that never
+    /// refuse), and the consumer on the request.
+    pub budgets: bool,
 }
 
 impl Scenario {
@@ -57,6 +60,7 @@ pub const SCENARIOS: &[Scenario] = &[
         stream: false,
         body_bytes: KB,
         fallback: false,
+        budgets: false,
     },
     Scenario {
         name: "openai-json-100k",
@@ -65,6 +69,7 @@ pub const SCENARIOS: &[Scenario] = &[
         stream: false,
         body_bytes: 100 * KB,
         fallback: false,
+        budgets: false,
     },
     Scenario {
         name: "openai-stream-1k",
@@ -73,6 +78,7 @@ pub const SCENARIOS: &[Scenario] = &[
         stream: true,
         body_bytes: KB,
         fallback: false,
+        budgets: false,
     },
     Scenario {
         name: "anthropic-json-1k",
@@ -81,6 +87,7 @@ pub const SCENARIOS: &[Scenario] = &[
         stream: false,
         body_bytes: KB,
         fallback: false,
+        budgets: false,
     },
     Scenario {
         name: "anthropic-json-100k",
@@ -89,6 +96,7 @@ pub const SCENARIOS: &[Scenario] = &[
         stream: false,
         body_bytes: 100 * KB,
         fallback: false,
+        budgets: false,
     },
     Scenario {
         name: "anthropic-stream-1k",
@@ -97,6 +105,7 @@ pub const SCENARIOS: &[Scenario] = &[
         stream: true,
         body_bytes: KB,
         fallback: false,
+        budgets: false,
     },
     Scenario {
         name: "fallback-openai-json-1k",
@@ -105,6 +114,7 @@ pub const SCENARIOS: &[Scenario] = &[
         stream: false,
         body_bytes: KB,
         fallback: true,
+        budgets: false,
     },
     Scenario {
         name: "fallback-openai-stream-1k",
@@ -113,6 +123,7 @@ pub const SCENARIOS: &[Scenario] = &[
         stream: true,
         body_bytes: KB,
         fallback: true,
+        budgets: false,
     },
     Scenario {
         name: "fallback-openai-json-100k",
@@ -121,6 +132,16 @@ pub const SCENARIOS: &[Scenario] = &[
         stream: false,
         body_bytes: 100 * KB,
         fallback: true,
+        budgets: false,
+    },
+    Scenario {
+        name: "budget-openai-json-1k",
+        about: "openai-json-1k with a consumer and two budgets (tokens for it, requests for each consumer)",
+        provider: Provider::OpenAI,
+        stream: false,
+        body_bytes: KB,
+        fallback: false,
+        budgets: true,
     },
 ];
 
@@ -139,6 +160,32 @@ const PLUGIN: &str = r#"{
     {"name": "anthropic-models", "match": {"model": {"prefix": "claude-"}}, "backends": [{"name": "anthropic"}]}
   ]
 }"#;
+
+/// Added to PLUGIN in the budget scenario: what `llmgw run` renders for a consumer with a tokens
+/// budget and a `"*"` requests budget (bench.py's llmgw-auth-budget), limits no request reaches:
+/// every request reserves and settles its counters, none is refused.
+const BUDGETS: &str = r#"{
+  "consumer_header": "x-llmgw-consumer",
+  "budgets": [
+    {"name": "bench-tokens", "consumer": "team-bench", "tokens": 1000000000000, "per": "day"},
+    {"name": "bench-requests", "consumer": "*", "requests": 1000000000000, "per": "day"}
+  ]
+}"#;
+/// The consumer Envoy's api_key_auth names in the consumer header.
+const CONSUMER: &str = "team-bench";
+/// The counters the budget scenario's request charges (`llmgw.budget.<name>.<consumer>`).
+const TOKENS_COUNTER: &str = "llmgw.budget.bench-tokens.team-bench";
+const REQUESTS_COUNTER: &str = "llmgw.budget.bench-requests.team-bench";
+
+/// PLUGIN with BUDGETS' members.
+fn plugin_with_budgets() -> Result<String, String> {
+    let mut plugin: serde_json::Value = serde_json::from_str(PLUGIN).map_err(|e| format!("PLUGIN: {e}"))?;
+    let budgets: serde_json::Value = serde_json::from_str(BUDGETS).map_err(|e| format!("BUDGETS: {e}"))?;
+    if let (Some(p), Some(b)) = (plugin.as_object_mut(), budgets.as_object()) {
+        p.extend(b.clone());
+    }
+    Ok(plugin.to_string())
+}
 
 /// `llmgw render` of bench.py's fallback_config() (mock on 127.0.0.1:19999): the downstream
 /// filter's plugin configuration ...
@@ -184,16 +231,34 @@ impl config::Env for BenchEnv {
     }
 }
 
-/// One plugin (root context): its compiled configuration and its metric ids.
+/// One plugin (root context): its compiled configuration, its metric ids and the VM's shared data
+/// (kept across requests: the steady state, counters existing, is what is measured).
 struct Plugin {
     shared: Rc<Shared>,
     metric_ids: MetricIds,
+    shared_data: SharedData,
 }
 
 impl Plugin {
     fn new(json: &str) -> Result<Self, String> {
         let compiled = config::parse(json.as_bytes(), &BenchEnv, 0).map_err(|e| format!("plugin config: {e}"))?;
-        Ok(Plugin { shared: Rc::new(Shared::new(compiled)), metric_ids: MetricIds::default() })
+        let plugin = Plugin {
+            shared: Rc::new(Shared::new(compiled)),
+            metric_ids: MetricIds::default(),
+            shared_data: SharedData::default(),
+        };
+        // As glue.rs on configure: counters of named consumers exist before any request.
+        let mut host = MemHost::new(&plugin.metric_ids, &plugin.shared_data, false);
+        llmgw_filter::budget::prepare(&mut host, &plugin.shared.config.budgets);
+        Ok(plugin)
+    }
+
+    /// The count a budget counter holds (0 when absent).
+    fn counter(&self, key: &str) -> u64 {
+        self.shared_data
+            .get(key)
+            .and_then(|(v, _)| Some(u64::from_le_bytes(v.get(8..16)?.try_into().ok()?)))
+            .unwrap_or(0)
     }
 }
 
@@ -261,6 +326,8 @@ impl Prepared {
     pub fn new(scenario: &'static Scenario) -> Result<Self, String> {
         let (downstream, upstream) = if scenario.fallback {
             (Plugin::new(FALLBACK_DOWNSTREAM)?, Some(Plugin::new(FALLBACK_UPSTREAM)?))
+        } else if scenario.budgets {
+            (Plugin::new(&plugin_with_budgets()?)?, None)
         } else {
             (Plugin::new(PLUGIN)?, None)
         };
@@ -269,7 +336,7 @@ impl Prepared {
             Provider::Anthropic => "claude-3-5-haiku-latest",
         };
         let body = request_body(model, scenario.body_bytes, scenario.stream);
-        let client_headers = [
+        let mut client_headers: Vec<(String, String)> = [
             (":authority", "127.0.0.1:1975"),
             (":path", "/v1/chat/completions"),
             (":method", "POST"),
@@ -283,6 +350,10 @@ impl Prepared {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+        if scenario.budgets {
+            // Set by Envoy's api_key_auth (forwarded client id) before the filter runs.
+            client_headers.push(("x-llmgw-consumer".into(), CONSUMER.into()));
+        }
         let (content_type, chunks) = mock_reply(scenario.provider == Provider::Anthropic, scenario.stream);
         let mut resp_headers: Vec<(String, String)> = vec![
             (":status".into(), "200".into()),
@@ -313,7 +384,8 @@ impl Prepared {
     fn one_filter(&self, i: u64, collect: Collect, check: bool) -> Result<Outcome, String> {
         let on = collect.downstream();
         let plugin = &self.downstream;
-        let mut h = MemHost::new(&plugin.metric_ids, check);
+        let counters_before = check.then(|| (plugin.counter(TOKENS_COUNTER), plugin.counter(REQUESTS_COUNTER)));
+        let mut h = MemHost::new(&plugin.metric_ids, &plugin.shared_data, check);
         h.req_headers = self.client_headers.clone();
         h.req_body = self.body.clone();
         h.now = i * 1_000_000_000;
@@ -343,13 +415,23 @@ impl Prepared {
         if let Some((headers, body)) = upstream_request {
             self.verify(&headers, &body, &h, &h, &client_body)?;
         }
+        if let (true, Some((tokens, requests))) = (self.scenario.budgets, counters_before) {
+            // Reserved, then settled to the mock's usage (250 + 8 tokens); one request.
+            let charged = (
+                plugin.counter(TOKENS_COUNTER).saturating_sub(tokens),
+                plugin.counter(REQUESTS_COUNTER).saturating_sub(requests),
+            );
+            if charged != (258, 1) {
+                return Err(format!("budgets charged (tokens, requests) {charged:?}, expected (258, 1)"));
+            }
+        }
         Ok(Outcome { downstream: h.counts(), upstream: None })
     }
 
     fn two_filters(&self, up_plugin: &Plugin, i: u64, collect: Collect, check: bool) -> Result<Outcome, String> {
         let (on_dn, on_up) = (collect.downstream(), collect.upstream());
         let dn_plugin = &self.downstream;
-        let mut dn = MemHost::new(&dn_plugin.metric_ids, check);
+        let mut dn = MemHost::new(&dn_plugin.metric_ids, &dn_plugin.shared_data, check);
         dn.req_headers = self.client_headers.clone();
         dn.req_body = self.body.clone();
         dn.now = i * 1_000_000_000;
@@ -361,7 +443,7 @@ impl Prepared {
 
         // The router picks the rule's route (it removes the routing headers) and the endpoint at
         // priority 0; the upstream filter sees what the downstream one left.
-        let mut up = MemHost::new(&up_plugin.metric_ids, check);
+        let mut up = MemHost::new(&up_plugin.metric_ids, &up_plugin.shared_data, check);
         up.req_headers =
             dn.req_headers.iter().filter(|(n, _)| !RULE_ROUTE_REMOVES.contains(&n.as_str())).cloned().collect();
         up.req_body = dn.req_body.clone();
