@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 use super::jsontext::{compact, string_body, unescape_small, write_as_string};
 
@@ -141,12 +140,8 @@ pub(super) fn finish_reason(reason: Option<a::StopReason>) -> Option<String> {
 
 /// A message for errors and other text found in an upstream error body of any shape.
 pub(super) fn upstream_message(body: &[u8]) -> String {
-    if let Ok(v) = crate::json::from_bytes::<Value>(body) {
-        let candidates =
-            [v.pointer("/error/message"), v.get("message"), v.get("Message"), v.pointer("/0/error/message")];
-        if let Some(m) = candidates.into_iter().flatten().find_map(Value::as_str) {
-            return m.to_string();
-        }
+    if let Ok(UpstreamMessage(Some(m))) = crate::json::from_bytes::<UpstreamMessage>(body) {
+        return m;
     }
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
@@ -154,6 +149,110 @@ pub(super) fn upstream_message(body: &[u8]) -> String {
         "the upstream returned an empty error body".into()
     } else {
         text.chars().take(2048).collect()
+    }
+}
+
+/// The message of an upstream error body: `error.message`, `message`, `Message`, `[0].error.message`
+/// (`/0` is also a member named `0`, as in a JSON pointer), the first that is a string. Read as
+/// serde_json's `Value` reads (any JSON, numbers in range, the last of a repeated member counts)
+/// without building one: deserializing a `Value` cost the .wasm about 13 KB for this alone.
+struct UpstreamMessage(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for UpstreamMessage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::DeserializeSeed::deserialize(Probe::Top, d).map(UpstreamMessage)
+    }
+}
+
+/// Where in the body a value is (for [`UpstreamMessage`]); each reads as a string it may hold.
+#[derive(Clone, Copy, PartialEq)]
+enum Probe {
+    /// The whole body.
+    Top,
+    /// `/0`: holds `error.message`.
+    First,
+    /// `error`: holds `message`.
+    Error,
+    /// A string wanted as it is.
+    Text,
+    /// Read, checked and dropped.
+    Skip,
+}
+
+impl Probe {
+    /// What a member of an object at this place is.
+    fn member(self, name: &str) -> Probe {
+        match (self, name) {
+            (Probe::Top, "error") | (Probe::First, "error") => Probe::Error,
+            (Probe::Top, "message" | "Message") | (Probe::Error, "message") => Probe::Text,
+            (Probe::Top, "0") => Probe::First,
+            _ => Probe::Skip,
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Probe {
+    type Value = Option<String>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Probe {
+    type Value = Option<String>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Option<String>, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Option<String>, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Option<String>, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Option<String>, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Option<String>, E> {
+        Ok((self == Probe::Text).then(|| v.to_string()))
+    }
+    fn visit_unit<E>(self) -> Result<Option<String>, E> {
+        Ok(None)
+    }
+    fn visit_none<E>(self) -> Result<Option<String>, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<String>, A::Error> {
+        let mut found = None;
+        let mut first = self == Probe::Top;
+        while let Some(m) = seq.next_element_seed(if first { Probe::First } else { Probe::Skip })? {
+            if first {
+                found = m;
+            }
+            first = false;
+        }
+        Ok(found)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+        // Top: error.message, message, Message, 0 (the first that is a string); else one slot.
+        let mut found: [Option<String>; 4] = Default::default();
+        while let Some(name) = map.next_key::<String>()? {
+            let place = self.member(&name);
+            let value = map.next_value_seed(place)?;
+            let slot = match (self, place, name.as_str()) {
+                (_, Probe::Skip, _) => continue,
+                (Probe::Top, Probe::Text, "message") => 1,
+                (Probe::Top, Probe::Text, _) => 2,
+                (Probe::Top, Probe::First, _) => 3,
+                _ => 0,
+            };
+            if let Some(s) = found.get_mut(slot) {
+                *s = value;
+            }
+        }
+        Ok(found.into_iter().flatten().next())
     }
 }
 
@@ -646,6 +745,8 @@ impl Translator for OpenAIToAnthropic {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use serde_json::Value;
+
     use super::*;
     use crate::body::BodyWriter;
     use crate::request::read;
@@ -1130,6 +1231,49 @@ data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"}}\n\n"
             let _ = completion_body(&response[cut..], "m", 0);
         }
         assert!(completion_body(response, "m", 0).is_ok());
+    }
+
+    /// `UpstreamMessage` replaced reading a `serde_json::Value` and looking in it: same answers.
+    #[test]
+    fn upstream_message_is_found_as_in_a_json_value() {
+        fn by_value(body: &str) -> Option<String> {
+            let v: Value = crate::json::from_text(body).ok()?;
+            let candidates =
+                [v.pointer("/error/message"), v.get("message"), v.get("Message"), v.pointer("/0/error/message")];
+            let found = candidates.into_iter().flatten().find_map(Value::as_str).map(String::from);
+            found
+        }
+        let bodies = [
+            r#"{"error":{"message":"a","type":"x"},"message":"b"}"#,
+            r#"{"message":"b","Message":"c"}"#,
+            r#"{"Message":"c","other":[1,{"message":"no"}]}"#,
+            r#"[{"error":{"message":"d"}},{"error":{"message":"e"}}]"#,
+            r#"{"0":{"error":{"message":"zero"}}}"#,
+            r#"{"error":{"message":"first"},"error":{"message":"last"}}"#,
+            r#"{"error":{"message":"a"},"error":5,"message":"b"}"#,
+            r#"{"message":"a","message":null}"#,
+            r#"{"error":{"message":7},"message":{"message":"x"},"Message":["x"]}"#,
+            r#"{"error":["message"],"0":"x"}"#,
+            r#"[["x"],{"message":"y"}]"#,
+            r#"[{"message":"not under error"}]"#,
+            r#"{"error":{"error":{"message":"deep"}}}"#,
+            r#"{"message":"esc\u00e9\n"}"#,
+            r#"{"message":"m","n":1e400}"#,
+            r#"{"message":"m","n":-12.5e3,"t":true,"f":false,"z":null}"#,
+            r#"{"message":"m"} trailing"#,
+            r#"{"message":"m""#,
+            r#""just a string""#,
+            "42",
+            "null",
+            "[]",
+            "{}",
+        ];
+        for body in bodies {
+            let got = crate::json::from_text::<UpstreamMessage>(body).ok().and_then(|m| m.0);
+            assert_eq!(got, by_value(body), "{body}");
+        }
+        assert_eq!(by_value(r#"{"0":{"error":{"message":"zero"}}}"#).as_deref(), Some("zero"));
+        assert_eq!(by_value(r#"{"message":"m","n":1e400}"#), None, "out-of-range numbers fail, as in a Value");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::io::{self, Write};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::jsontext::{check_json_inside, write_decoded, Unescape};
 use super::openai_passthrough::percent_encode;
 use super::{BodyMode, ChunkEdits, RequestContext, RequestEdits, ResponsePlan, Translator};
 use crate::body::{BodyWriter, ChunkedBody, NewBody};
@@ -329,96 +330,21 @@ fn is_empty_literal(literal: &RawValue) -> bool {
     literal.get() == "\"\""
 }
 
-/// Reads the decoded text of a raw JSON string literal, without decoding it into memory first.
-struct Unescape<'a> {
-    src: &'a [u8],
-    pos: usize,
-    /// One decoded escape (up to 4 UTF-8 bytes) not yet handed out.
-    pending: [u8; 4],
-    start: usize,
-    end: usize,
+/// The decoded text of a raw JSON string literal, read as a stream (no decoded copy in memory).
+/// The literal is one serde_json has read, so its escapes are valid.
+fn unescape(literal: &RawValue) -> Unescape<'_> {
+    Unescape::new(inner_text(literal))
 }
 
-impl<'a> Unescape<'a> {
-    fn new(literal: &'a RawValue) -> Self {
-        Unescape { src: inner(literal), pos: 0, pending: [0; 4], start: 0, end: 0 }
-    }
-
-    fn hex4(&self, at: usize) -> Option<u32> {
-        let digits = std::str::from_utf8(self.src.get(at..at + 4)?).ok()?;
-        u32::from_str_radix(digits, 16).ok()
-    }
-
-    /// Decodes the escape at `pos` (a backslash) into `pending`.
-    fn escape(&mut self) {
-        let (c, len) = match self.src.get(self.pos + 1) {
-            Some(b'b') => ('\u{8}', 2),
-            Some(b'f') => ('\u{c}', 2),
-            Some(b'n') => ('\n', 2),
-            Some(b'r') => ('\r', 2),
-            Some(b't') => ('\t', 2),
-            Some(b'u') => match self.hex4(self.pos + 2) {
-                Some(high @ 0xd800..=0xdbff) => {
-                    let low = (self.src.get(self.pos + 6..self.pos + 8) == Some(b"\\u"))
-                        .then(|| self.hex4(self.pos + 8))
-                        .flatten()
-                        .filter(|low| (0xdc00..=0xdfff).contains(low));
-                    match low {
-                        Some(low) => {
-                            let code = 0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00);
-                            (char::from_u32(code).unwrap_or('\u{fffd}'), 12)
-                        }
-                        None => ('\u{fffd}', 6),
-                    }
-                }
-                Some(code) => (char::from_u32(code).unwrap_or('\u{fffd}'), 6),
-                None => ('\u{fffd}', 2),
-            },
-            Some(&other) => (char::from(other), 2),
-            None => ('\\', 1),
-        };
-        self.pos += len;
-        self.end = c.encode_utf8(&mut self.pending).len();
-        self.start = 0;
-    }
-}
-
-impl io::Read for Unescape<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut n = 0;
-        while n < buf.len() {
-            if self.start < self.end {
-                let k = (self.end - self.start).min(buf.len() - n);
-                if let (Some(to), Some(from)) = (buf.get_mut(n..n + k), self.pending.get(self.start..self.start + k)) {
-                    to.copy_from_slice(from);
-                }
-                self.start += k;
-                n += k;
-                continue;
-            }
-            let rest = self.src.get(self.pos..).unwrap_or_default();
-            match rest.first() {
-                None => break,
-                Some(b'\\') => self.escape(),
-                Some(_) => {
-                    // Only as far as the buffer has room: the scan never runs ahead of the copy.
-                    let room = buf.len() - n;
-                    let k = rest.iter().take(room).position(|&b| b == b'\\').unwrap_or(room.min(rest.len()));
-                    if let (Some(to), Some(from)) = (buf.get_mut(n..n + k), rest.get(..k)) {
-                        to.copy_from_slice(from);
-                    }
-                    self.pos += k;
-                    n += k;
-                }
-            }
-        }
-        Ok(n)
-    }
+/// [`inner`] as text.
+fn inner_text(literal: &RawValue) -> &str {
+    let t = literal.get();
+    t.get(1..t.len().saturating_sub(1)).unwrap_or_default()
 }
 
 /// The first byte of the decoded text that is not JSON whitespace.
 fn first_non_ws(literal: &RawValue) -> Option<u8> {
-    let mut r = Unescape::new(literal);
+    let mut r = unescape(literal);
     let mut buf = [0u8; 64];
     loop {
         let n = io::Read::read(&mut r, &mut buf).ok()?;
@@ -433,16 +359,11 @@ fn first_non_ws(literal: &RawValue) -> Option<u8> {
 
 /// Whether the decoded text is one JSON object, validated in full while it is decoded (no copy).
 fn holds_object(literal: &RawValue) -> bool {
-    first_non_ws(literal) == Some(b'{')
-        && serde_json::from_reader::<_, serde::de::IgnoredAny>(io::BufReader::with_capacity(
-            4096,
-            Unescape::new(literal),
-        ))
-        .is_ok()
+    first_non_ws(literal) == Some(b'{') && check_json_inside(inner_text(literal)).is_ok()
 }
 
 fn write_unescaped(out: &mut Out, literal: &RawValue) -> Result<(), ApiError> {
-    io::copy(&mut Unescape::new(literal), &mut out.body).map(|_| ()).map_err(internal)
+    write_decoded(inner_text(literal), &mut out.body).map_err(internal)
 }
 
 /// Tool call ids are keyed by a 64-bit SipHash of the id: the map holds 24 bytes per tool call

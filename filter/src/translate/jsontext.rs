@@ -103,7 +103,10 @@ impl Read for Unescape<'_> {
                 None => break,
                 Some(b'\\') => self.escape()?,
                 Some(_) => {
-                    let run = rest.iter().position(|&b| b == b'\\').unwrap_or(rest.len()).min(out.len() - n);
+                    // Only as far as `out` has room: a reader asking for one byte at a time (serde_json's
+                    // `from_reader`) must not rescan the rest of the string on every call.
+                    let room = out.len() - n;
+                    let run = rest.iter().take(room).position(|&b| b == b'\\').unwrap_or(room.min(rest.len()));
                     let (Some(dst), Some(src)) = (out.get_mut(n..n + run), rest.get(..run)) else { break };
                     dst.copy_from_slice(src);
                     n += run;
@@ -153,7 +156,10 @@ pub fn check_json_inside(body: &str) -> Result<(), serde_json::Error> {
     if !body.contains('\\') {
         return crate::json::from_text::<serde::de::IgnoredAny>(body).map(|_| ());
     }
-    let mut de = serde_json::Deserializer::from_reader(Unescape::new(body));
+    // serde_json reads a reader one byte at a time: buffered, that is a copy from memory, not a
+    // call into the decoder. The decoded text is never longer than `body`.
+    let reader = io::BufReader::with_capacity(body.len().clamp(1, 4096), Unescape::new(body));
+    let mut de = serde_json::Deserializer::from_reader(reader);
     serde::de::IgnoredAny::deserialize(&mut de)?;
     de.end()
 }
