@@ -1240,6 +1240,7 @@ data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"}}\n\n"
             let v: Value = crate::json::from_text(body).ok()?;
             let candidates =
                 [v.pointer("/error/message"), v.get("message"), v.get("Message"), v.pointer("/0/error/message")];
+            #[allow(clippy::let_and_return)] // `candidates` borrows `v`: the result must be owned first
             let found = candidates.into_iter().flatten().find_map(Value::as_str).map(String::from);
             found
         }
