@@ -234,6 +234,55 @@ mod raw {
         pub matches: Match,
         pub backends: Vec<BackendRef>,
         pub retry: Option<Retry>,
+        pub cache: Option<Cache>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Cache {
+        pub mode: String,
+        pub ttl: Option<String>,
+        pub max_bytes: Option<Size>,
+        pub max_entry_bytes: Option<Size>,
+        pub max_entries: Option<u32>,
+        pub nonzero_temperature: Option<bool>,
+        pub shared: Option<bool>,
+    }
+
+    /// A byte count: a number, or a string with a binary suffix (`64Mi`, `512Ki`, `1Gi`).
+    pub struct Size(pub u64);
+
+    impl<'de> Deserialize<'de> for Size {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl serde::de::Visitor<'_> for Visit {
+                type Value = Size;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a byte count: a number, or a string such as 64Mi, 512Ki, 1Gi")
+                }
+                fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Size, E> {
+                    Ok(Size(n))
+                }
+                fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Size, E> {
+                    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+                    let (number, unit) = text.split_at(digits);
+                    let scale: u64 = match unit {
+                        "" => 1,
+                        "Ki" => 1 << 10,
+                        "Mi" => 1 << 20,
+                        "Gi" => 1 << 30,
+                        _ => return Err(E::custom(format!("{text:?} is not a byte count (e.g. 64Mi, 512Ki, 1Gi)"))),
+                    };
+                    number
+                        .parse::<u64>()
+                        .ok()
+                        .and_then(|n| n.checked_mul(scale))
+                        .map(Size)
+                        .ok_or_else(|| E::custom(format!("{text:?} is not a byte count (e.g. 64Mi, 512Ki, 1Gi)")))
+                }
+            }
+            deserializer.deserialize_any(Visit)
+        }
     }
 
     #[derive(Deserialize)]
@@ -1296,7 +1345,50 @@ fn compile_rule(r: raw::Rule, field: &str, backends: &mut Vec<Backend>) -> Resul
         }),
         None => None,
     };
-    Ok(Rule { name: r.name, model, headers, targets, balancer, fallback })
+    let cache = r.cache.map(|c| compile_cache(c, &format!("{field}.cache"))).transpose()?;
+    Ok(Rule { name: r.name, model, headers, targets, balancer, fallback, cache })
+}
+
+/// Most entries a rule's cache indexes (each costs 64 bytes of index, read on every lookup).
+const MAX_CACHE_ENTRIES: u32 = 16_384;
+
+fn compile_cache(c: raw::Cache, field: &str) -> Result<crate::cache::Policy, ConfigError> {
+    match c.mode.as_str() {
+        "exact" => {}
+        "semantic" => {
+            return Err(ConfigError::new(format!("{field}.mode"), "semantic is not supported by this build; use exact"))
+        }
+        other => return Err(ConfigError::new(format!("{field}.mode"), format!("unknown mode {other:?}; use exact"))),
+    }
+    let ttl_ms = match c.ttl {
+        None => 600_000,
+        Some(text) => parse_duration_ms(&text)
+            .filter(|ms| (1_000..=30 * 86_400_000).contains(ms))
+            .ok_or_else(|| ConfigError::new(format!("{field}.ttl"), format!("{text:?}: give 1s to 720h, e.g. 10m")))?,
+    };
+    let max_bytes = c.max_bytes.map_or(64 << 20, |s| s.0);
+    if !(1024..=(1 << 40)).contains(&max_bytes) {
+        return Err(ConfigError::new(format!("{field}.max_bytes"), "must be 1Ki to 1024Gi"));
+    }
+    let max_entry_bytes = c.max_entry_bytes.map_or(max_bytes.min(1 << 20), |s| s.0);
+    if max_entry_bytes == 0 || max_entry_bytes > max_bytes || max_entry_bytes > u64::from(u32::MAX) {
+        return Err(ConfigError::new(
+            format!("{field}.max_entry_bytes"),
+            "must be 1 byte to max_bytes (and under 4Gi)",
+        ));
+    }
+    let max_entries = c.max_entries.unwrap_or(1024);
+    if !(1..=MAX_CACHE_ENTRIES).contains(&max_entries) {
+        return Err(ConfigError::new(format!("{field}.max_entries"), format!("must be 1 to {MAX_CACHE_ENTRIES}")));
+    }
+    Ok(crate::cache::Policy {
+        ttl_secs: ttl_ms / 1000,
+        max_bytes,
+        max_entry_bytes,
+        max_entries,
+        nonzero_temperature: c.nonzero_temperature.unwrap_or(false),
+        shared: c.shared.unwrap_or(false),
+    })
 }
 
 /// Envoy's priority levels used by a rule's cluster (0 is tried first).

@@ -11,6 +11,8 @@ use crate::host::Host;
 pub enum Kind {
     Counter,
     Histogram,
+    /// Set to the value recorded last.
+    Gauge,
 }
 
 /// One measurement to record.
