@@ -24,9 +24,9 @@ use crate::api::{ClientApi, Endpoint};
 use crate::body::NewBody;
 use crate::config::Compiled;
 use crate::host::Host;
-use crate::json::{for_each_member, json_string, Splice};
+use crate::json::{json_string, Splice};
 use crate::metrics::{Kind, Sample};
-use crate::request::RequestInfo;
+use crate::plan::PlanInput;
 use crate::routing::Rule;
 
 /// Top-level request members left out of the key: who asks and how the answer travels, not what
@@ -37,7 +37,7 @@ pub const EXCLUDED_FIELDS: &[&str] =
 pub const HITS: &str = "llmgw.cache_hits_total";
 pub const MISSES: &str = "llmgw.cache_misses_total";
 pub const EVICTIONS: &str = "llmgw.cache_evictions_total";
-/// Bytes held by the cache entries of all rules (a gauge: set after every store).
+/// Bytes held by the cache entries of all rules (a gauge every store moves by its change).
 pub const BYTES: &str = "llmgw.cache_bytes";
 /// The response header saying `hit` or `miss`.
 pub const CACHE_HEADER: &str = "x-llmgw-cache";
@@ -95,14 +95,17 @@ fn samples(endpoint: Endpoint, body: &[u8]) -> bool {
     if endpoint == Endpoint::Embeddings {
         return false;
     }
-    let mut temperature = None;
-    for_each_member(body, |_, m| {
-        if m.key == "temperature" {
-            temperature = body.get(m.value.clone()).and_then(|v| std::str::from_utf8(v).ok()?.parse::<f64>().ok());
-        }
-    });
+    let members = crate::json::members(body).map(|(_, m)| m).unwrap_or_default();
+    let temperature = members.iter().rev().find(|m| m.key == "temperature").and_then(|m| body.get(m.value.clone()));
     // Absent, or not a number: the provider's default (1).
-    temperature.is_none_or(|t| t != 0.0)
+    !temperature.is_some_and(is_zero)
+}
+
+/// Whether the JSON number `text` is zero (`0`, `-0.0`, `0e5`), without parsing floats.
+fn is_zero(text: &[u8]) -> bool {
+    let text = text.strip_prefix(b"-").unwrap_or(text);
+    let mantissa = text.split(|&b| b == b'e' || b == b'E').next().unwrap_or_default();
+    mantissa.first() == Some(&b'0') && mantissa.iter().all(|&b| b == b'0' || b == b'.')
 }
 
 /// What the client's `Cache-Control` allows: (read, write).
@@ -120,18 +123,10 @@ fn client_allows(cache_control: Option<&str>) -> (bool, bool) {
 
 /// Decides whether and how the cache serves this request (pure). `None`: the rule has no cache,
 /// or this request is not cached (endpoint, sampling, `no-store`, a body the key cannot take).
-pub fn lookup(
-    config: &Compiled,
-    rule_index: usize,
-    rule: &Rule,
-    endpoint: Endpoint,
-    info: &RequestInfo,
-    body: &[u8],
-    cache_control: Option<&str>,
-    consumer: &str,
-) -> Option<Lookup> {
+pub fn lookup(input: &PlanInput, rule_index: usize, rule: &Rule, consumer: &str) -> Option<Lookup> {
+    let PlanInput { config, endpoint, info, body, .. } = *input;
     let policy = rule.cache.as_ref()?;
-    let (read, write) = client_allows(cache_control);
+    let (read, write) = client_allows(crate::plan::header(input.headers, "cache-control"));
     if !cacheable(endpoint) || !(read || write) || (!policy.nonzero_temperature && samples(endpoint, body)) {
         return None;
     }
@@ -176,10 +171,9 @@ pub fn write_canonical(value: &[u8], out: &mut Vec<u8>, depth: usize, skip: &[&s
     let value = value.get(start..)?;
     match value.first()? {
         b'{' => {
-            let mut members = Vec::new();
-            for_each_member(value, |_, m| members.push(m))?;
+            let (_, mut members) = crate::json::members(value)?;
             members.retain(|m| !skip.contains(&m.key.as_ref()));
-            members.sort_by(|a, b| a.key.cmp(&b.key));
+            members.sort_unstable_by(|a, b| a.key.cmp(&b.key));
             out.push(b'{');
             for (i, m) in members.iter().enumerate() {
                 if i > 0 {
@@ -320,8 +314,8 @@ pub fn get(host: &mut dyn Host, lookup: &Lookup, now_secs: u64) -> Option<Entry>
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Stored {
     pub evicted: u64,
-    /// Bytes the rule's entries hold now.
-    pub bytes: u64,
+    /// How the bytes the rule's entries hold changed.
+    pub bytes_delta: i64,
 }
 
 /// Stores `body` under `lookup` (replacing an entry of the same key), evicting expired entries,
@@ -332,6 +326,8 @@ pub fn put(host: &mut dyn Host, policy: &Policy, lookup: &Lookup, body: &[u8], n
     for _ in 0..CAS_ATTEMPTS {
         let (current, cas) = host.shared_data(&key).unwrap_or_default();
         let (next, mut records) = decode_index(&current);
+        let total = |records: &[Record]| records.iter().map(|r| u64::from(r.size)).sum::<u64>();
+        let before = total(&records);
         // Generation 0 stands for an empty slot.
         let next = next.max(1);
         let mut freed: Vec<Record> = Vec::new();
@@ -343,7 +339,6 @@ pub fn put(host: &mut dyn Host, policy: &Policy, lookup: &Lookup, body: &[u8], n
             }
             keep
         });
-        let total = |records: &[Record]| records.iter().map(|r| u64::from(r.size)).sum::<u64>();
         while !records.is_empty()
             && (total(&records) + u64::from(size) > policy.max_bytes || records.len() >= policy.max_entries as usize)
         {
@@ -370,17 +365,18 @@ pub fn put(host: &mut dyn Host, policy: &Policy, lookup: &Lookup, body: &[u8], n
         entry.push(lookup.shape as u8);
         entry.extend_from_slice(body);
         // Another worker may have taken the slot since (a newer generation): leave its entry.
-        write_slot(host, &lookup.store, slot, &entry, |g| g < record.generation);
+        write_slot(host, &lookup.store, slot, &entry, &|g| g < record.generation);
         for gone in freed.iter().filter(|f| f.slot != slot) {
-            write_slot(host, &lookup.store, gone.slot, &[], |g| g == gone.generation);
+            write_slot(host, &lookup.store, gone.slot, &[], &|g| g == gone.generation);
         }
-        return Some(Stored { evicted, bytes: total(&records) });
+        let bytes_delta = total(&records) as i64 - before as i64;
+        return Some(Stored { evicted, bytes_delta });
     }
     None
 }
 
 /// Writes slot `slot` if the generation it holds passes `replaces` (an empty slot holds 0).
-fn write_slot(host: &mut dyn Host, store: &str, slot: u32, value: &[u8], replaces: impl Fn(u64) -> bool) {
+fn write_slot(host: &mut dyn Host, store: &str, slot: u32, value: &[u8], replaces: &dyn Fn(u64) -> bool) {
     let key = slot_key(store, slot);
     let (current, cas) = host.shared_data(&key).unwrap_or_default();
     if replaces(u64_at(&current, 0)) {
@@ -425,13 +421,12 @@ pub fn store(host: &mut dyn Host, config: &Compiled, recorder: Recorder, now_sec
         if stored.evicted > 0 {
             count(host, EVICTIONS, Kind::Counter, stored.evicted);
         }
-        count(host, BYTES, Kind::Gauge, stored.bytes);
+        count(host, BYTES, Kind::GaugeDelta, stored.bytes_delta as u64);
     }
 }
 
 pub fn count(host: &mut dyn Host, name: &str, kind: Kind, value: u64) {
-    let name = format!("{name}.");
-    host.record(&Sample { name, kind, value });
+    host.record(&Sample { name: name.to_string(), kind, value });
 }
 
 /// The answer with its usage reported as read from a cache: OpenAI's
@@ -457,7 +452,7 @@ pub fn mark_usage_cached(body: &[u8], api: ClientApi, stream: bool) -> Vec<u8> {
 }
 
 /// `object` with member `key` replaced by `edit(value)`.
-fn edit_member(object: &[u8], key: &str, edit: impl FnOnce(&[u8]) -> Option<Vec<u8>>) -> Option<Vec<u8>> {
+fn edit_member(object: &[u8], key: &str, edit: &dyn Fn(&[u8]) -> Option<Vec<u8>>) -> Option<Vec<u8>> {
     let mut splice = Splice::new(object, &[key])?;
     let value = edit(splice.get(key)?)?;
     splice.set(key, &value);
@@ -470,9 +465,9 @@ fn number(object: &[u8], key: &str) -> Option<u64> {
 
 fn mark_json(json: &[u8], api: ClientApi) -> Option<Vec<u8>> {
     match api {
-        ClientApi::OpenAI => edit_member(json, "usage", |usage| {
+        ClientApi::OpenAI => edit_member(json, "usage", &|usage| {
             let prompt = number(usage, "prompt_tokens")?.to_string();
-            let with_details = edit_member(usage, "prompt_tokens_details", |details| {
+            let with_details = edit_member(usage, "prompt_tokens_details", &|details| {
                 let mut s = Splice::new(details, &["cached_tokens"])?;
                 s.set("cached_tokens", prompt.as_bytes());
                 edit_member_finish(details, s)
@@ -500,7 +495,8 @@ fn mark_json(json: &[u8], api: ClientApi) -> Option<Vec<u8>> {
                 edit_member_finish(usage, s)
             };
             // `message_start` carries it in its message; a message and `message_delta` at the top.
-            edit_member(json, "usage", mark).or_else(|| edit_member(json, "message", |m| edit_member(m, "usage", mark)))
+            edit_member(json, "usage", &mark)
+                .or_else(|| edit_member(json, "message", &|m| edit_member(m, "usage", &mark)))
         }
     }
 }
@@ -541,13 +537,39 @@ mod tests {
         parse(text.as_bytes(), &NoEnv, 0).unwrap()
     }
 
+    use crate::request::RequestInfo;
+
     fn info(stream: bool) -> RequestInfo {
         RequestInfo { model: "m".into(), stream, client_wants_usage: false, has_stream_options: false }
     }
 
+    fn ask(
+        c: &Compiled,
+        endpoint: Endpoint,
+        stream: bool,
+        body: &str,
+        control: Option<&str>,
+        consumer: &str,
+    ) -> Option<Lookup> {
+        let headers: Vec<(String, String)> =
+            control.map(|v| ("cache-control".to_string(), v.to_string())).into_iter().collect();
+        let info = info(stream);
+        let input = PlanInput {
+            config: c,
+            endpoint,
+            query: "",
+            headers: &headers,
+            body: body.as_bytes(),
+            info: &info,
+            now_nanos: 0,
+            attempt: None,
+            pinned_backend: None,
+        };
+        lookup(&input, 0, c.rules.first().unwrap(), consumer)
+    }
+
     fn key_of(c: &Compiled, body: &str, control: Option<&str>, consumer: &str) -> Option<Lookup> {
-        let rule = c.rules.first().unwrap();
-        lookup(c, 0, rule, Endpoint::ChatCompletions, &info(false), body.as_bytes(), control, consumer)
+        ask(c, Endpoint::ChatCompletions, false, body, control, consumer)
     }
 
     #[test]
@@ -581,10 +603,9 @@ mod tests {
         assert_ne!(a.key, key_of(&c, body, None, "y").unwrap().key, "consumers are isolated");
         let shared = config(r#"{"mode":"exact","shared":true}"#);
         assert_eq!(key_of(&shared, body, None, "x").unwrap().key, key_of(&shared, body, None, "y").unwrap().key);
-        let rule = c.rules.first().unwrap();
-        let streamed = lookup(&c, 0, rule, Endpoint::ChatCompletions, &info(true), body.as_bytes(), None, "x").unwrap();
+        let streamed = ask(&c, Endpoint::ChatCompletions, true, body, None, "x").unwrap();
         assert_ne!((streamed.key, streamed.shape), (a.key, Shape::Json));
-        let messages = lookup(&c, 0, rule, Endpoint::Messages, &info(false), body.as_bytes(), None, "x").unwrap();
+        let messages = ask(&c, Endpoint::Messages, false, body, None, "x").unwrap();
         assert_ne!(messages.key, a.key);
         assert_eq!(a.store, "llmgw.cache.r");
     }
@@ -602,10 +623,14 @@ mod tests {
         let l = key_of(&c, zero, Some("max-age=0, No-Cache"), "").unwrap();
         assert!(!l.read && l.write);
         assert!(key_of(&c, zero, Some("no-store"), "").is_none());
-        let rule = c.rules.first().unwrap();
-        let embed = lookup(&c, 0, rule, Endpoint::Embeddings, &info(false), br#"{"model":"m","input":"x"}"#, None, "");
+        let embed = ask(&c, Endpoint::Embeddings, false, r#"{"model":"m","input":"x"}"#, None, "");
         assert!(embed.is_some(), "embeddings do not sample");
-        assert!(lookup(&c, 0, rule, Endpoint::Responses, &info(false), zero.as_bytes(), None, "").is_none());
+        assert!(ask(&c, Endpoint::Responses, false, zero, None, "").is_none());
+        for (zero, is) in
+            [("0", true), ("-0.00", true), ("0e3", true), ("0.1", false), ("1e-9", false), ("00.5", false)]
+        {
+            assert_eq!(is_zero(zero.as_bytes()), is, "{zero}");
+        }
     }
 
     fn policy(max_bytes: u64, max_entries: u32) -> Policy {
@@ -639,12 +664,12 @@ mod tests {
     fn entries_expire_and_the_least_recently_used_is_evicted_with_slots_reused() {
         let mut host = FakeHost::default();
         let p = policy(300, 8);
-        assert_eq!(put(&mut host, &p, &entry(1), &[b'a'; 100], 10), Some(Stored { evicted: 0, bytes: 100 }));
+        assert_eq!(put(&mut host, &p, &entry(1), &[b'a'; 100], 10), Some(Stored { evicted: 0, bytes_delta: 100 }));
         put(&mut host, &p, &entry(2), &[b'b'; 100], 11).unwrap();
         put(&mut host, &p, &entry(3), &[b'c'; 100], 12).unwrap();
         // Entry 1 is used: entry 2 is now the least recently used.
         assert_eq!(get(&mut host, &entry(1), 13).unwrap().body, [b'a'; 100]);
-        assert_eq!(put(&mut host, &p, &entry(4), &[b'd'; 100], 14), Some(Stored { evicted: 1, bytes: 300 }));
+        assert_eq!(put(&mut host, &p, &entry(4), &[b'd'; 100], 14), Some(Stored { evicted: 1, bytes_delta: 0 }));
         assert!(get(&mut host, &entry(2), 14).is_none());
         assert!(get(&mut host, &entry(1), 14).is_some() && get(&mut host, &entry(4), 14).is_some());
         let slot_keys = host.shared.keys().filter(|k| !k.ends_with(".index")).count();

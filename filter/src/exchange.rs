@@ -640,16 +640,7 @@ impl Exchange {
         let lookup_header = |name: &str| header(input.headers, name);
         let (index, rule) = crate::routing::find_rule(&config.rules, &input.info.model, &lookup_header)?;
         let policy = rule.cache.as_ref()?;
-        let lookup = cache::lookup(
-            config,
-            index,
-            rule,
-            input.endpoint,
-            input.info,
-            input.body,
-            header(input.headers, "cache-control"),
-            consumer_of(config, input.headers),
-        )?;
+        let lookup = cache::lookup(input, index, rule, consumer_of(config, input.headers))?;
         let now_secs = input.now_nanos / 1_000_000_000;
         if let Some(entry) = lookup.read.then(|| cache::get(host, &lookup, now_secs)).flatten() {
             cache::count(host, cache::HITS, metrics::Kind::Counter, 1);
@@ -1692,7 +1683,7 @@ role: upstream
             host.response_headers.iter().find(|(n, _)| n == "x-llmgw-cache").map(|(_, v)| v.as_str()),
             Some("miss")
         );
-        assert!(host.samples.iter().any(|s| s.name == "llmgw.cache_misses_total."));
+        assert!(host.samples.iter().any(|s| s.name == "llmgw.cache_misses_total"));
         let charged = rpm(&host);
         // The same request again: answered here, usage marked cached, no budget charged.
         let mut second = Exchange::new(Some(shared.clone()));
@@ -1708,7 +1699,7 @@ role: upstream
         );
         second.on_log(&mut hit);
         assert_eq!(rpm(&hit), charged, "a hit charges no budget");
-        assert!(hit.samples.iter().any(|s| s.name == "llmgw.cache_hits_total."));
+        assert!(hit.samples.iter().any(|s| s.name == "llmgw.cache_hits_total"));
         // no-cache: not read (forwarded), still recorded; another consumer never gets team-a's.
         let mut third = Exchange::new(Some(shared.clone()));
         let mut fresh = request(&hit, &[("cache-control", "no-cache")]);

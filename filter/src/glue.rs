@@ -33,7 +33,7 @@ impl MetricIds {
         let metric_type = match kind {
             Kind::Counter => MetricType::Counter,
             Kind::Histogram => MetricType::Histogram,
-            Kind::Gauge => MetricType::Gauge,
+            Kind::GaugeDelta => MetricType::Gauge,
         };
         let id = hostcalls::define_metric(metric_type, name).ok()?;
         ids.insert(name.to_string(), id);
@@ -242,7 +242,8 @@ impl Host for WasmHost<'_> {
     fn record_metric(&mut self, id: u32, kind: Kind, value: u64) {
         let result = match kind {
             Kind::Counter => hostcalls::increment_metric(id, i64::try_from(value).unwrap_or(i64::MAX)),
-            Kind::Histogram | Kind::Gauge => hostcalls::record_metric(id, value),
+            Kind::GaugeDelta => hostcalls::increment_metric(id, value as i64),
+            Kind::Histogram => hostcalls::record_metric(id, value),
         };
         checked("record metric", result)
     }

@@ -11,8 +11,9 @@ use crate::host::Host;
 pub enum Kind {
     Counter,
     Histogram,
-    /// Set to the value recorded last.
-    Gauge,
+    /// A gauge moved by a signed delta: the recorded `u64` holds an `i64` (two's complement), so
+    /// every worker's changes add up to the total.
+    GaugeDelta,
 }
 
 /// One measurement to record.
