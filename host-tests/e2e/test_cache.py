@@ -105,7 +105,7 @@ def test_cache_control_and_consumer_isolation(cache_gw):
     unstored = prompt()
     assert chat(a, unstored, extra_headers={"Cache-Control": "no-store"})[0] is None
     assert chat(a, unstored)[0] == "miss"
-    assert upstream_calls(mock) == 5
+    assert upstream_calls(mock) == 6
     a.close()
     b.close()
 
@@ -132,6 +132,11 @@ def test_a_stream_is_replayed_as_a_stream_the_sdk_reads(cache_gw):
     client.close()
 
 
+def all_input(usage) -> int:
+    """Every input token of an Anthropic usage: a hit reports them all as read from the cache."""
+    return usage.input_tokens + (usage.cache_read_input_tokens or 0) + (usage.cache_creation_input_tokens or 0)
+
+
 def test_anthropic_clients_get_cached_messages_and_streams(cache_gw):
     env, mock = cache_gw
     client = anthropic.Anthropic(base_url=env.url, api_key="k", max_retries=0, timeout=30,
@@ -140,23 +145,23 @@ def test_anthropic_clients_get_cached_messages_and_streams(cache_gw):
     mock.clear()
     answers = []
     for _ in range(2):
-        raw = client.messages.with_raw_response.create(model="claude-x", max_tokens=50, temperature=0,
+        raw = client.messages.with_raw_response.create(model="claude-x", max_tokens=50, extra_body={"temperature": 0},
                                                         messages=messages)
         answers.append((raw.headers.get("x-llmgw-cache"), raw.parse()))
     (s1, m1), (s2, m2) = answers
     assert (s1, s2) == ("miss", "hit") and upstream_calls(mock) == 1
     assert m2.content[0].text == m1.content[0].text
-    assert m2.usage.input_tokens == 0 and m2.usage.cache_read_input_tokens == m1.usage.input_tokens > 0
+    assert m2.usage.input_tokens == 0 and m2.usage.cache_read_input_tokens == all_input(m1.usage) > 0
     streamed = []
     for _ in range(2):
-        with client.messages.stream(model="claude-x", max_tokens=50, temperature=0, messages=messages) as s:
+        with client.messages.stream(model="claude-x", max_tokens=50, extra_body={"temperature": 0}, messages=messages) as s:
             text = "".join(s.text_stream)
             final = s.get_final_message()
             streamed.append((s.response.headers.get("x-llmgw-cache"), text, final))
     (s1, t1, f1), (s2, t2, f2) = streamed
     assert (s1, s2) == ("miss", "hit") and upstream_calls(mock) == 2
     assert t2 == t1 == m1.content[0].text and f2.stop_reason == f1.stop_reason
-    assert f2.usage.cache_read_input_tokens == f1.usage.input_tokens
+    assert f2.usage.input_tokens == 0 and f2.usage.cache_read_input_tokens == all_input(f1.usage) > 0
     client.close()
 
 
