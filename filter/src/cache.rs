@@ -44,6 +44,8 @@ pub const CACHE_HEADER: &str = "x-llmgw-cache";
 
 /// Deeper JSON is not cached (the key walks it recursively).
 const MAX_DEPTH: usize = 64;
+/// An object with more members is not cached (its members are sorted by insertion).
+const MAX_MEMBERS: usize = 256;
 const RECORD: usize = 64;
 const ENTRY_HEAD: usize = 8 + 32 + 1;
 /// Compare-and-swap attempts on the index before a store is given up.
@@ -173,7 +175,10 @@ pub fn write_canonical(value: &[u8], out: &mut Vec<u8>, depth: usize, skip: &[&s
         b'{' => {
             let (_, mut members) = crate::json::members(value)?;
             members.retain(|m| !skip.contains(&m.key.as_ref()));
-            members.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+            if members.len() > MAX_MEMBERS {
+                return None;
+            }
+            sort_by_key(&mut members);
             out.push(b'{');
             for (i, m) in members.iter().enumerate() {
                 if i > 0 {
@@ -219,6 +224,17 @@ pub fn write_canonical(value: &[u8], out: &mut Vec<u8>, depth: usize, skip: &[&s
         _ => out.extend_from_slice(value.get(..crate::json::value_len(value)?)?),
     }
     Some(())
+}
+
+/// Insertion sort by key: small code, and objects are capped at `MAX_MEMBERS`.
+fn sort_by_key(members: &mut [crate::json::Member]) {
+    for i in 1..members.len() {
+        let mut j = i;
+        while j > 0 && members.get(j - 1).map(|m| &m.key) > members.get(j).map(|m| &m.key) {
+            members.swap(j - 1, j);
+            j -= 1;
+        }
+    }
 }
 
 /// One index record.
@@ -582,6 +598,9 @@ mod tests {
         let nested = "[".repeat(100) + &"]".repeat(100);
         assert!(write_canonical(nested.as_bytes(), &mut deep, 0, &[]).is_none(), "too deep: not cached");
         assert!(write_canonical(b"{\"a\":}", &mut Vec::new(), 0, &[]).is_none());
+        let wide: Vec<String> = (0..300).map(|i| format!("\"k{i}\":1")).collect();
+        let wide = format!("{{{}}}", wide.join(","));
+        assert!(write_canonical(wide.as_bytes(), &mut Vec::new(), 0, &[]).is_none(), "too wide: not cached");
     }
 
     #[test]
@@ -747,11 +766,13 @@ mod tests {
             (r#"{"mode":"semantic"}"#, "rules[0].cache.mode"),
             (r#"{"mode":"fuzzy"}"#, "rules[0].cache.mode"),
             (r#"{"mode":"exact","ttl":"0s"}"#, "rules[0].cache.ttl"),
-            (r#"{"mode":"exact","max_bytes":"12Xi"}"#, ""),
+            (r#"{"mode":"exact","max_bytes":"12Xi"}"#, "rules[0].cache.max_bytes"),
+            (r#"{"ttl":"1m"}"#, "rules[0].cache.mode"),
+            (r#"{"mode":"exact","shared":"yes"}"#, "rules[0].cache.shared"),
             (r#"{"mode":"exact","max_bytes":10}"#, "rules[0].cache.max_bytes"),
             (r#"{"mode":"exact","max_bytes":"1Mi","max_entry_bytes":"2Mi"}"#, "rules[0].cache.max_entry_bytes"),
             (r#"{"mode":"exact","max_entries":0}"#, "rules[0].cache.max_entries"),
-            (r#"{"mode":"exact","similarity":0.9}"#, ""),
+            (r#"{"mode":"exact","similarity":0.9}"#, "rules[0].cache.similarity"),
         ] {
             let text = format!(
                 "{{\"backends\":[{{\"name\":\"o\",\"schema\":\"OpenAI\"}}],\"rules\":[{{\"backends\":[{{\"name\":\"o\"}}],\"cache\":{cache}}}]}}"

@@ -640,10 +640,14 @@ impl Exchange {
         let lookup_header = |name: &str| header(input.headers, name);
         let (index, rule) = crate::routing::find_rule(&config.rules, &input.info.model, &lookup_header)?;
         let policy = rule.cache.as_ref()?;
-        let lookup = cache::lookup(input, index, rule, consumer_of(config, input.headers))?;
+        let consumer = consumer_of(config, input.headers);
+        let lookup = cache::lookup(input, index, rule, consumer)?;
         let now_secs = input.now_nanos / 1_000_000_000;
         if let Some(entry) = lookup.read.then(|| cache::get(host, &lookup, now_secs)).flatten() {
             cache::count(host, cache::HITS, metrics::Kind::Counter, 1);
+            if !consumer.is_empty() {
+                host.set_filter_state(CONSUMER_STATE, consumer.as_bytes());
+            }
             self.phase = Phase::Answered;
             let headers = [("content-type", cache::content_type(entry.shape)), (cache::CACHE_HEADER, "hit")];
             host.send_reply(200, &headers, &entry.body);
