@@ -773,4 +773,26 @@ rules:
         let e = crate::validate::validate(&g, &MapEnv::default()).unwrap_err();
         assert!(e.to_string().contains("anthropic_prefix"), "{e}");
     }
+
+    #[test]
+    fn a_rules_cache_reaches_the_filter_validated_and_keyed_by_consumer() {
+        let text = "backends: [{name: a, url: 'http://127.0.0.1:8000/v1', schema: OpenAI}]
+consumers: [{name: team-a, api_keys_env: TEAM_A_KEYS}]
+rules: [{backends: [{name: a}], cache: {mode: exact, ttl: 10m, max_bytes: 64Mi}}]
+";
+        let g = crate::formats::load_text("t.yaml", text, &MapEnv::default(), None).unwrap();
+        crate::validate::validate(&g, &MapEnv::default()).unwrap();
+        assert_eq!(g.plugin["rules"][0]["cache"]["max_bytes"], "64Mi");
+        assert_eq!(g.plugin["consumer_header"], crate::consumers::CONSUMER_HEADER, "consumers are isolated");
+        let without = text.replace("consumers: [{name: team-a, api_keys_env: TEAM_A_KEYS}]\n", "");
+        let g = crate::formats::load_text("t.yaml", &without, &MapEnv::default(), None).unwrap();
+        assert!(!g.plugin.contains_key("consumer_header"));
+        for (bad, field) in
+            [("ttl: 10m", "ttl: 10 minutes"), ("mode: exact", "mode: semantic"), ("max_bytes: 64Mi", "max_bytes: 64MB")]
+        {
+            let g = crate::formats::load_text("t.yaml", &text.replace(bad, field), &MapEnv::default(), None).unwrap();
+            let e = crate::validate::validate(&g, &MapEnv::default()).unwrap_err().to_string();
+            assert!(e.contains("cache"), "{field}: {e}");
+        }
+    }
 }

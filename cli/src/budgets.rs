@@ -325,6 +325,18 @@ pub fn add_to_plugin(plugin: &mut serde_json::Map<String, Json>, budgets: &[Budg
     plugin.insert("budgets".into(), plugin_budgets(budgets));
 }
 
+/// Adds `consumer_header` when clients are authenticated and a rule caches answers: each consumer
+/// then only ever gets its own cached answers (unless the rule's cache says `shared: true`).
+pub fn add_cache_consumer(plugin: &mut serde_json::Map<String, Json>, consumers: &[Consumer]) {
+    let caches = plugin
+        .get("rules")
+        .and_then(Json::as_array)
+        .is_some_and(|rules| rules.iter().any(|r| r.get("cache").is_some()));
+    if caches && !consumers.is_empty() && !plugin.contains_key("consumer_header") {
+        plugin.insert("consumer_header".into(), json!(CONSUMER_HEADER));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // many gateways: Envoy's rate limit filter + `llmgw ratelimit` (limitador in Redis)
 

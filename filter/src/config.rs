@@ -234,6 +234,8 @@ mod raw {
         pub matches: Match,
         pub backends: Vec<BackendRef>,
         pub retry: Option<Retry>,
+        /// Read by hand (`compile_cache`): derived deserializers cost the module more.
+        pub cache: Option<Fields>,
     }
 
     #[derive(Deserialize)]
@@ -1296,7 +1298,93 @@ fn compile_rule(r: raw::Rule, field: &str, backends: &mut Vec<Backend>) -> Resul
         }),
         None => None,
     };
-    Ok(Rule { name: r.name, model, headers, targets, balancer, fallback })
+    let cache = r.cache.map(|c| compile_cache(c, &format!("{field}.cache"))).transpose()?;
+    Ok(Rule { name: r.name, model, headers, targets, balancer, fallback, cache })
+}
+
+/// Most entries a rule's cache indexes (each costs 64 bytes of index, read on every lookup).
+const MAX_CACHE_ENTRIES: u32 = 16_384;
+
+fn compile_cache(fields: raw::Fields, field: &str) -> Result<crate::cache::Policy, ConfigError> {
+    let mut policy = crate::cache::Policy {
+        ttl_secs: 600,
+        max_bytes: 64 << 20,
+        max_entry_bytes: 0,
+        max_entries: 1024,
+        nonzero_temperature: false,
+        shared: false,
+    };
+    let mut mode = None;
+    for (name, value) in &fields.0 {
+        let at = format!("{field}.{name}");
+        let text = value.get();
+        let string = || serde_json::from_slice::<String>(text.as_bytes()).ok();
+        let flag = || match text {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(ConfigError::new(&at, "must be true or false")),
+        };
+        let size = || {
+            let quantity = string().unwrap_or_else(|| text.to_string());
+            let digits = quantity.bytes().take_while(u8::is_ascii_digit).count();
+            let (number, unit) = quantity.split_at(digits);
+            let scale: u64 = match unit {
+                "" => 1,
+                "Ki" => 1 << 10,
+                "Mi" => 1 << 20,
+                "Gi" => 1 << 30,
+                _ => 0,
+            };
+            number.parse::<u64>().ok().and_then(|n| n.checked_mul(scale)).filter(|&n| n > 0).ok_or_else(|| {
+                ConfigError::new(&at, format!("{text} is not a byte count (e.g. 65536, 64Mi, 512Ki, 1Gi)"))
+            })
+        };
+        match name.as_str() {
+            "mode" => mode = string(),
+            "ttl" => {
+                policy.ttl_secs = string()
+                    .and_then(|t| parse_duration_ms(&t))
+                    .filter(|ms| (1_000..=30 * 86_400_000).contains(ms))
+                    .ok_or_else(|| ConfigError::new(&at, format!("{text}: give 1s to 720h, e.g. 10m")))?
+                    / 1000
+            }
+            "max_bytes" => policy.max_bytes = size()?,
+            "max_entry_bytes" => policy.max_entry_bytes = size()?,
+            "max_entries" => {
+                policy.max_entries = text
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_CACHE_ENTRIES).contains(n))
+                    .ok_or_else(|| ConfigError::new(&at, format!("must be 1 to {MAX_CACHE_ENTRIES}")))?
+            }
+            "nonzero_temperature" => policy.nonzero_temperature = flag()?,
+            "shared" => policy.shared = flag()?,
+            _ => {
+                return Err(ConfigError::new(
+                    &at,
+                    "unknown field; cache knows mode, ttl, max_bytes, max_entry_bytes, max_entries, \
+                     nonzero_temperature, shared",
+                ))
+            }
+        }
+    }
+    match mode.as_deref() {
+        Some("exact") => {}
+        Some("semantic") => {
+            return Err(ConfigError::new(format!("{field}.mode"), "semantic is not supported by this build; use exact"))
+        }
+        _ => return Err(ConfigError::new(format!("{field}.mode"), "required: exact")),
+    }
+    if !(1024..=(1 << 40)).contains(&policy.max_bytes) {
+        return Err(ConfigError::new(format!("{field}.max_bytes"), "must be 1Ki to 1024Gi"));
+    }
+    if policy.max_entry_bytes == 0 {
+        policy.max_entry_bytes = policy.max_bytes.min(1 << 20);
+    }
+    if policy.max_entry_bytes > policy.max_bytes || policy.max_entry_bytes > u64::from(u32::MAX) {
+        return Err(ConfigError::new(format!("{field}.max_entry_bytes"), "must be at most max_bytes (and under 4Gi)"));
+    }
+    Ok(policy)
 }
 
 /// Envoy's priority levels used by a rule's cluster (0 is tried first).

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use crate::api::{query_of, ClientApi, Endpoint, ModelSource, PathKind, DEFAULT_ANTHROPIC_PREFIX};
 use crate::body::{NewBody, Sink};
 use crate::budget;
+use crate::cache;
 use crate::config::{Compiled, Role, Schema, BACKEND_HEADER, MODEL_HEADER, RULE_HEADER};
 use crate::error::{ApiError, ErrorKind};
 use crate::headers;
@@ -123,6 +124,8 @@ pub struct Exchange {
     charges: Vec<budget::Charge>,
     /// The consumer the authentication filters named (`consumer_header`), "" without one.
     consumer: String,
+    /// A cache miss's answer, recorded for the rule's cache.
+    cache: Option<Box<cache::Recorder>>,
 }
 
 impl Exchange {
@@ -137,6 +140,7 @@ impl Exchange {
             logged: false,
             charges: Vec::new(),
             consumer: String::new(),
+            cache: None,
         }
     }
 
@@ -353,6 +357,9 @@ impl Exchange {
         let api = endpoint.client_api();
         self.model = Some(info.model.clone());
         if attempt.is_none() {
+            if let Some(flow) = self.consult_cache(host, input) {
+                return flow;
+            }
             // Budgets are charged once, by the listener's copy, before anything is planned or sent.
             if let Err(e) = self.reserve_budgets(host, input) {
                 return self.reply_as(host, e, api);
@@ -397,10 +404,17 @@ impl Exchange {
     }
 
     pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
+        if self.cache.is_some() {
+            host.set_response_header(cache::CACHE_HEADER, "miss");
+        }
         if matches!(self.phase, Phase::Delegated { .. }) {
             if host.property(CODE_DETAILS_PROPERTY).as_deref() == Some(VIA_UPSTREAM) {
                 // An attempt's answer: the upstream copy made it client-shaped, and counts it.
                 self.phase = Phase::Ignored;
+                if self.cache.is_some() && (end_of_stream || host.response_header(":status").as_deref() != Some("200"))
+                {
+                    self.cache = None;
+                }
                 return Flow::Continue;
             }
             // Envoy's own answer (no backend reachable, every attempt timed out): made client-shaped
@@ -512,6 +526,14 @@ impl Exchange {
 
     pub fn on_response_body(&mut self, host: &mut dyn Host, size: usize, end_of_stream: bool) -> Flow {
         let max_response = self.shared.as_ref().map_or(usize::MAX, |s| s.config.max_response_body_bytes);
+        if let (Phase::Ignored, Some(recorder)) = (&self.phase, &mut self.cache) {
+            // A fallback rule's answer, client-shaped by the upstream copy: recorded as it passes.
+            recorder.push(&host.response_body(size).unwrap_or_default());
+            if end_of_stream {
+                self.store_cached(host);
+            }
+            return Flow::Continue;
+        }
         let Phase::Forwarded(routed) = &mut self.phase else { return Flow::Continue };
         if routed.ended_at.is_some() {
             return Flow::Continue;
@@ -568,6 +590,9 @@ impl Exchange {
                 routed.first_content_at = Some(host.now_nanos());
             }
             let sent = edits.replace.as_ref().map_or(chunk.len(), Vec::len);
+            if let Some(recorder) = &mut self.cache {
+                recorder.push(edits.replace.as_deref().unwrap_or(&chunk));
+            }
             routed.bytes_to_client = routed.bytes_to_client.saturating_add(sent);
             if let Some(replacement) = edits.replace {
                 if replacement != chunk {
@@ -599,6 +624,9 @@ impl Exchange {
 
     /// Trailers end the response too (an HTTP/2 upstream may end with them).
     pub fn on_response_trailers(&mut self, host: &mut dyn Host) -> Flow {
+        if matches!(self.phase, Phase::Ignored) && self.cache.is_some() {
+            self.store_cached(host);
+        }
         if let Phase::Forwarded(routed) = &mut self.phase {
             if routed.ended_at.is_none() && (routed.mode == BodyMode::Buffer || routed.refusal.is_some()) {
                 // Envoy hands a filter the body it buffered in the trailers callback too: the
@@ -616,10 +644,44 @@ impl Exchange {
         Flow::Continue
     }
 
+    /// Answers from the rule's cache (`Some`: answered), or prepares to record the answer of a miss.
+    /// A hit charges no budget: it never reaches a provider.
+    fn consult_cache(&mut self, host: &mut dyn Host, input: &PlanInput) -> Option<Flow> {
+        let config = input.config;
+        let lookup_header = |name: &str| header(input.headers, name);
+        let (index, rule) = crate::routing::find_rule(&config.rules, &input.info.model, &lookup_header)?;
+        let policy = rule.cache.as_ref()?;
+        let consumer = consumer_of(config, input.headers);
+        let lookup = cache::lookup(input, index, rule, consumer)?;
+        let now_secs = input.now_nanos / 1_000_000_000;
+        if let Some(entry) = lookup.read.then(|| cache::get(host, &lookup, now_secs)).flatten() {
+            cache::count(host, cache::HITS, metrics::Kind::Counter, 1);
+            if !consumer.is_empty() {
+                host.set_filter_state(CONSUMER_STATE, consumer.as_bytes());
+            }
+            self.phase = Phase::Answered;
+            let headers = [("content-type", cache::content_type(entry.shape)), (cache::CACHE_HEADER, "hit")];
+            host.send_reply(200, &headers, &entry.body);
+            return Some(Flow::Pause);
+        }
+        cache::count(host, cache::MISSES, metrics::Kind::Counter, 1);
+        if lookup.write {
+            self.cache = Some(Box::new(cache::Recorder::new(lookup, policy)));
+        }
+        None
+    }
+
+    /// Stores the recorded answer of a miss that ended well.
+    fn store_cached(&mut self, host: &mut dyn Host) {
+        let now_secs = host.now_nanos() / 1_000_000_000;
+        let (Some(recorder), Some(shared)) = (self.cache.take(), &self.shared) else { return };
+        cache::store(host, &shared.config, *recorder, now_secs);
+    }
+
     /// Charges the request's budgets (its consumer, model, size and output cap), or says why not.
     fn reserve_budgets(&mut self, host: &mut dyn Host, input: &PlanInput) -> Result<(), ApiError> {
         let config = input.config;
-        let consumer = config.consumer_header.as_deref().and_then(|name| header(input.headers, name)).unwrap_or("");
+        let consumer = consumer_of(config, input.headers);
         if !consumer.is_empty() {
             host.set_filter_state(CONSUMER_STATE, consumer.as_bytes());
             self.consumer = consumer.to_string();
@@ -722,10 +784,16 @@ impl Exchange {
             return;
         }
         routed.ended_at = Some(host.now_nanos());
+        let served = !routed.error && routed.status == 200 && routed.refusal.is_none() && !routed.retried;
         if let Some(usage) = routed.usage {
             host.set_filter_state("llm_input_token", usage.input.to_string().as_bytes());
             host.set_filter_state("llm_output_token", usage.output.to_string().as_bytes());
             host.set_filter_state("llm_total_token", usage.total.to_string().as_bytes());
+        }
+        if served {
+            self.store_cached(host);
+        } else {
+            self.cache = None;
         }
     }
 
@@ -756,7 +824,11 @@ impl Exchange {
     }
 }
 
-/// A 2xx without a body: no client API has an empty answer.
+/// The consumer the request's consumer header names (`""`: none).
+fn consumer_of<'h>(config: &Compiled, headers: &'h [(String, String)]) -> &'h str {
+    config.consumer_header.as_deref().and_then(|name| header(headers, name)).unwrap_or("")
+}
+
 /// Envoy's rate limit filter's 429 (budgets shared by many gateways): the gateway's refusal, not
 /// the provider's; nothing was sent upstream.
 fn gateway_rate_limited() -> ApiError {
@@ -768,6 +840,7 @@ fn gateway_rate_limited() -> ApiError {
     )
 }
 
+/// A 2xx without a body: no client API has an empty answer.
 fn empty_answer(status: u16) -> ApiError {
     ApiError::new(
         502,
@@ -1612,6 +1685,86 @@ role: upstream
         assert_eq!(count.get(8..16), Some(&(12u64 + 110).to_le_bytes()[..]));
         let (count, _) = after.shared_data("llmgw.budget.rpm.team-a").unwrap();
         assert_eq!(count.get(8..16), Some(&3u64.to_le_bytes()[..]), "requests keep their 1; refused ones none");
+    }
+
+    #[test]
+    fn a_cached_answer_is_replayed_without_upstream_or_budget_and_a_miss_is_recorded() {
+        let config = r#"{"backends":[{"name":"openai","schema":"OpenAI"}],"consumer_header":"x-llmgw-consumer",
+            "rules":[{"backends":[{"name":"openai"}],"cache":{"mode":"exact","ttl":"1m"}}],
+            "budgets":[{"name":"rpm","consumer":"*","requests":100,"per":"minute"}]}"#;
+        let shared = Rc::new(Shared::new(parse(config.as_bytes(), &NoEnv, 0).unwrap()));
+        let body = br#"{"model":"gpt-4o","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#;
+        let request = |store: &FakeHost, extra: &[(&str, &str)]| {
+            let mut headers = vec![("x-llmgw-consumer", "team-a")];
+            headers.extend_from_slice(extra);
+            let mut host = FakeHost::request("POST", "/v1/chat/completions", &headers);
+            host.shared = store.shared.clone();
+            host.next_cas = store.next_cas;
+            host.now = 5 * 1_000_000_000;
+            host
+        };
+        let rpm = |host: &FakeHost| {
+            host.shared_data("llmgw.budget.rpm.team-a").and_then(|(v, _)| v.get(8..16).map(<[u8]>::to_vec))
+        };
+        let mut first = Exchange::new(Some(shared.clone()));
+        let mut host = request(&FakeHost::default(), &[]);
+        assert_eq!(send(&mut first, &mut host, body), Flow::Continue);
+        let json = br#"{"id":"c1","object":"chat.completion","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
+        answer(&mut first, &mut host, &[(":status", "200"), ("content-type", "application/json")], json);
+        first.on_log(&mut host);
+        assert_eq!(
+            host.response_headers.iter().find(|(n, _)| n == "x-llmgw-cache").map(|(_, v)| v.as_str()),
+            Some("miss")
+        );
+        assert!(host.samples.iter().any(|s| s.name == "llmgw.cache_misses_total"));
+        let charged = rpm(&host);
+        // The same request again: answered here, usage marked cached, no budget charged.
+        let mut second = Exchange::new(Some(shared.clone()));
+        let mut hit = request(&host, &[]);
+        assert_eq!(send(&mut second, &mut hit, body), Flow::Pause);
+        let (status, headers, reply) = hit.reply.clone().unwrap();
+        assert_eq!(status, 200);
+        assert!(headers.contains(&("x-llmgw-cache".into(), "hit".into())));
+        let v: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(
+            (v["id"].as_str(), v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64()),
+            (Some("c1"), Some(5))
+        );
+        second.on_log(&mut hit);
+        assert_eq!(rpm(&hit), charged, "a hit charges no budget");
+        assert!(hit.samples.iter().any(|s| s.name == "llmgw.cache_hits_total"));
+        // no-cache: not read (forwarded), still recorded; another consumer never gets team-a's.
+        let mut third = Exchange::new(Some(shared.clone()));
+        let mut fresh = request(&hit, &[("cache-control", "no-cache")]);
+        assert_eq!(send(&mut third, &mut fresh, body), Flow::Continue);
+        let mut fourth = Exchange::new(Some(shared.clone()));
+        let mut other = request(&hit, &[]);
+        other.set_request_header("x-llmgw-consumer", "team-b");
+        assert_eq!(send(&mut fourth, &mut other, body), Flow::Continue);
+        // A streamed request is its own entry, replayed as the stream the client got.
+        let streamed =
+            br#"{"model":"gpt-4o","temperature":0,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let mut fifth = Exchange::new(Some(shared.clone()));
+        let mut host = request(&hit, &[]);
+        assert_eq!(send(&mut fifth, &mut host, streamed), Flow::Continue);
+        let sse =
+            b"data: {\"id\":\"s\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"yo\"}}]}\n\ndata: [DONE]\n\n";
+        answer(&mut fifth, &mut host, &[(":status", "200"), ("content-type", "text/event-stream")], sse);
+        let mut sixth = Exchange::new(Some(shared.clone()));
+        let mut replay = request(&host, &[]);
+        assert_eq!(send(&mut sixth, &mut replay, streamed), Flow::Pause);
+        let (_, headers, reply) = replay.reply.clone().unwrap();
+        assert!(headers.contains(&("content-type".into(), "text/event-stream".into())));
+        assert_eq!(reply, host.response_body, "the client's stream, byte for byte");
+        // An error is never cached.
+        let mut seventh = Exchange::new(Some(shared.clone()));
+        let other_body = br#"{"model":"gpt-4o","temperature":0,"messages":[]}"#;
+        let mut host = request(&replay, &[]);
+        send(&mut seventh, &mut host, other_body);
+        answer(&mut seventh, &mut host, &[(":status", "500"), ("content-type", "application/json")], b"{}");
+        let mut eighth = Exchange::new(Some(shared));
+        let mut again = request(&host, &[]);
+        assert_eq!(send(&mut eighth, &mut again, other_body), Flow::Continue);
     }
 
     fn answer(x: &mut Exchange, host: &mut FakeHost, headers: &[(&str, &str)], body: &[u8]) -> Flow {

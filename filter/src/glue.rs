@@ -34,6 +34,7 @@ impl MetricIds {
             Kind::Counter => MetricType::Counter,
             Kind::Histogram => MetricType::Histogram,
             Kind::Gauge => MetricType::Gauge,
+            Kind::GaugeDelta => MetricType::Gauge,
         };
         let id = hostcalls::define_metric(metric_type, name).ok()?;
         ids.insert(name.to_string(), id);
@@ -242,6 +243,7 @@ impl Host for WasmHost<'_> {
     fn record_metric(&mut self, id: u32, kind: Kind, value: u64) {
         let result = match kind {
             Kind::Counter => hostcalls::increment_metric(id, i64::try_from(value).unwrap_or(i64::MAX)),
+            Kind::GaugeDelta => hostcalls::increment_metric(id, value as i64),
             Kind::Histogram | Kind::Gauge => hostcalls::record_metric(id, value),
         };
         checked("record metric", result)

@@ -84,6 +84,11 @@ fn skip_value(body: &[u8], i: usize) -> Option<usize> {
     }
 }
 
+/// The length of the JSON value `body` starts with (`None` when it starts with none).
+pub fn value_len(body: &[u8]) -> Option<usize> {
+    skip_value(body, 0)
+}
+
 fn decode_key(raw: &[u8]) -> Option<Cow<'_, str>> {
     let inner = raw.get(1..raw.len().checked_sub(1)?)?;
     if inner.contains(&b'\\') {

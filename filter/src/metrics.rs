@@ -13,6 +13,9 @@ pub enum Kind {
     Histogram,
     /// Holds the last value set.
     Gauge,
+    /// A gauge moved by a signed delta: the recorded `u64` holds an `i64` (two's complement), so
+    /// every worker's changes add up to the total.
+    GaugeDelta,
 }
 
 /// One measurement to record.

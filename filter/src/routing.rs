@@ -179,6 +179,8 @@ pub struct Rule {
     pub balancer: Balancer,
     /// Set when Envoy retries the rule's requests across its backends.
     pub fallback: Option<Fallback>,
+    /// The rule's response cache.
+    pub cache: Option<crate::cache::Policy>,
 }
 
 impl Rule {
@@ -190,7 +192,7 @@ impl Rule {
             current: Cell::new(vec![0]),
         };
         let targets = vec![Target { backend: index, priority: 0, weight: 1 }];
-        Rule { name: None, model: None, headers: Vec::new(), targets, balancer, fallback: None }
+        Rule { name: None, model: None, headers: Vec::new(), targets, balancer, fallback: None, cache: None }
     }
 
     /// The backend (index into `Compiled::backends`) for the next request, by weight.

@@ -35,6 +35,7 @@ pub fn load_text(name: &str, raw: &str, env: &dyn Env, forced: Option<Format>) -
     let unset = prepared.warnings.iter().map(|(line, w)| format!("{name}: line {line}: {w}"));
     g.warnings.splice(0..0, unset);
     crate::budgets::add_to_plugin(&mut g.plugin, &g.budgets, g.budget_store.as_ref());
+    crate::budgets::add_cache_consumer(&mut g.plugin, &g.consumers);
     g.externalize_secrets();
     Ok(g)
 }

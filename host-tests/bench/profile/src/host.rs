@@ -351,7 +351,7 @@ impl Host for MemHost<'_> {
     }
     fn record_metric(&mut self, id: u32, kind: Kind, value: u64) {
         let call = match kind {
-            Kind::Counter => Call::IncrementMetric,
+            Kind::Counter | Kind::GaugeDelta => Call::IncrementMetric,
             Kind::Histogram | Kind::Gauge => Call::RecordMetric,
         };
         self.count(call, 0, 8);
