@@ -33,6 +33,7 @@ impl MetricIds {
         let metric_type = match kind {
             Kind::Counter => MetricType::Counter,
             Kind::Histogram => MetricType::Histogram,
+            Kind::Gauge => MetricType::Gauge,
         };
         let id = hostcalls::define_metric(metric_type, name).ok()?;
         ids.insert(name.to_string(), id);
@@ -66,6 +67,7 @@ impl RootContext for Root {
                 );
                 // Counters of named consumers exist before any request: requests then only swap them.
                 crate::budget::prepare(&mut WasmHost { metrics: &self.metrics }, &compiled.budgets);
+                crate::picker::prepare_all(&mut WasmHost { metrics: &self.metrics }, &compiled.backends);
                 self.shared = Some(Rc::new(Shared::new(compiled)));
                 true
             }
@@ -238,10 +240,15 @@ impl Host for WasmHost<'_> {
     fn define_metric(&mut self, kind: Kind, name: &str) -> Option<u32> {
         self.metrics.id(kind, name)
     }
+    fn add_to_gauge(&mut self, name: &str, delta: i64) {
+        if let Some(id) = self.metrics.id(Kind::Gauge, name) {
+            checked("add to gauge", hostcalls::increment_metric(id, delta))
+        }
+    }
     fn record_metric(&mut self, id: u32, kind: Kind, value: u64) {
         let result = match kind {
             Kind::Counter => hostcalls::increment_metric(id, i64::try_from(value).unwrap_or(i64::MAX)),
-            Kind::Histogram => hostcalls::record_metric(id, value),
+            Kind::Histogram | Kind::Gauge => hostcalls::record_metric(id, value),
         };
         checked("record metric", result)
     }

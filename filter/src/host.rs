@@ -43,6 +43,9 @@ pub trait Host {
     /// The VM's id of a metric (defined on first use), or `None` when the host refuses it.
     fn define_metric(&mut self, kind: Kind, name: &str) -> Option<u32>;
     fn record_metric(&mut self, id: u32, kind: Kind, value: u64);
+    /// Adds `delta` to the gauge `name` (defined on first use). The picker's in-flight gauges; hosts
+    /// without gauges ignore it.
+    fn add_to_gauge(&mut self, _name: &str, _delta: i64) {}
     /// Defines (or finds) the sample's metric and records it.
     fn record(&mut self, sample: &Sample) {
         if let Some(id) = self.define_metric(sample.kind, &sample.name) {

@@ -11,6 +11,8 @@ use crate::host::Host;
 pub enum Kind {
     Counter,
     Histogram,
+    /// Only through `Host::add_to_gauge`.
+    Gauge,
 }
 
 /// One measurement to record.
@@ -42,6 +44,7 @@ pub const LABELS: &[&str] = &[
     "http_status",
     "error_code",
     "llmgw_budget",
+    "llmgw_endpoint",
 ];
 
 /// Labels common to every metric of a request.

@@ -305,7 +305,7 @@ impl Host for MemHost<'_> {
     fn record_metric(&mut self, id: u32, kind: Kind, value: u64) {
         let call = match kind {
             Kind::Counter => Call::IncrementMetric,
-            Kind::Histogram => Call::RecordMetric,
+            Kind::Histogram | Kind::Gauge => Call::RecordMetric,
         };
         self.count(call, 0, 8);
         if let Some(samples) = &mut self.samples {
