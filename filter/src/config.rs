@@ -977,6 +977,20 @@ pub const DEFAULT_MAX_PREFIXES: usize = 2048;
 const MAX_PREFIXES: usize = 65_536;
 const MAX_PICKER_ENDPOINTS: usize = 256;
 
+/// `a.b.c.d:port` or `[v6]:port`, checked by hand (std's address parser would cost the module
+/// kilobytes; `llmgw run` checks the addresses strictly).
+fn is_ip_port(text: &str) -> bool {
+    let Some((host, port)) = text.rsplit_once(':') else { return false };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    let v4 = |h: &str| h.split('.').count() == 4 && h.split('.').all(|o| !o.is_empty() && o.len() <= 3 && o.parse::<u8>().is_ok());
+    let v6 = |h: &str| {
+        h.strip_prefix('[').and_then(|h| h.strip_suffix(']')).is_some_and(|inner| {
+            inner.contains(':') && inner.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        })
+    };
+    port_ok && (v4(host) || v6(host))
+}
+
 fn compile_picker(raw: raw::Picker, field: &str) -> Result<crate::picker::Picker, ConfigError> {
     use crate::picker::{Algorithm, Picker};
     let algorithm = Algorithm::parse(&raw.algorithm).ok_or_else(|| {
@@ -993,7 +1007,7 @@ fn compile_picker(raw: raw::Picker, field: &str) -> Result<crate::picker::Picker
     }
     for (i, e) in raw.endpoints.iter().enumerate() {
         // Envoy's ORIGINAL_DST cluster connects to an IP address; it resolves no names.
-        if e.parse::<std::net::SocketAddr>().is_err() || raw.endpoints.get(..i).is_some_and(|seen| seen.contains(e)) {
+        if !is_ip_port(e) || raw.endpoints.get(..i).is_some_and(|seen| seen.contains(e)) {
             return Err(ConfigError::new(
                 format!("{field}.endpoints[{i}]"),
                 format!("{e:?} must be a distinct ip:port (e.g. 10.0.0.5:8000 or [::1]:8000)"),

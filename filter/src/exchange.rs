@@ -687,7 +687,10 @@ impl Exchange {
     fn release_endpoint(&mut self, host: &mut dyn Host) {
         let Some(picked) = self.picked.take() else { return };
         let ttft = match &self.phase {
-            Phase::Forwarded(routed) => routed.first_content_at.map(|at| at.saturating_sub(self.started_at)),
+            // A stream's first token; a whole answer's end (its first token is not seen apart).
+            Phase::Forwarded(routed) if !routed.error => {
+                routed.first_content_at.or(routed.ended_at).map(|at| at.saturating_sub(self.started_at))
+            }
             _ => None,
         };
         picker::release(host, picked, ttft);

@@ -93,36 +93,38 @@ fn mix(seed: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// One of the indices with the lowest `score`, ties broken by `seed`.
-fn lowest(count: usize, seed: u64, score: impl Fn(usize) -> u64) -> usize {
-    let best = (0..count).map(&score).min().unwrap_or(0);
-    let ties: Vec<usize> = (0..count).filter(|&i| score(i) == best).collect();
-    let n = ties.len().max(1) as u64;
-    ties.get((mix(seed) % n) as usize).copied().unwrap_or(0)
+/// One of the indices with the lowest score, ties broken by `seed`.
+fn lowest(scores: &[u64], seed: u64) -> usize {
+    let best = scores.iter().min().copied().unwrap_or(0);
+    let ties = scores.iter().filter(|&&s| s == best).count().max(1) as u64;
+    let nth = (mix(seed) % ties) as usize;
+    scores.iter().enumerate().filter(|(_, &s)| s == best).nth(nth).map_or(0, |(i, _)| i)
 }
 
 /// Chooses an endpoint (pure). `blocks`: the prompt's chained block hashes ([`prompt_blocks`]).
 pub fn decide(picker: &Picker, snap: &Snapshot, blocks: &[u64]) -> Decision {
     let count = picker.endpoints.len();
-    let load = |i: usize| snap.in_flight.get(i).copied().unwrap_or(0);
-    let least_request = || lowest(count, snap.seed, load);
+    let loads: Vec<u64> = (0..count).map(|i| snap.in_flight.get(i).copied().unwrap_or(0)).collect();
     let endpoint = match picker.algorithm {
         Algorithm::Random => (mix(snap.seed) % count.max(1) as u64) as usize,
-        Algorithm::LeastRequest => least_request(),
-        Algorithm::LeastLatency => lowest(count, snap.seed, |i| {
+        Algorithm::LeastRequest => lowest(&loads, snap.seed),
+        Algorithm::LeastLatency => {
             // Unmeasured endpoints score 0 (tried first); measured: EWMA × (1 + in flight).
-            let ttft = snap.ttft_us.get(i).copied().unwrap_or(0);
-            ttft.saturating_mul(1 + load(i))
-        }),
+            let scores: Vec<u64> = loads
+                .iter()
+                .enumerate()
+                .map(|(i, load)| snap.ttft_us.get(i).copied().unwrap_or(0).saturating_mul(1 + load))
+                .collect();
+            lowest(&scores, snap.seed)
+        }
         Algorithm::PrefixCache => {
-            let min_load = (0..count).map(load).min().unwrap_or(0);
+            let min_load = loads.iter().min().copied().unwrap_or(0);
+            let within = |e: usize| loads.get(e).is_some_and(|l| *l <= min_load.saturating_add(picker.imbalance_threshold));
             match snap.prefixes.longest_match(blocks) {
-                Some((endpoint, matched))
-                    if endpoint < count && load(endpoint) <= min_load.saturating_add(picker.imbalance_threshold) =>
-                {
+                Some((endpoint, matched)) if within(endpoint) => {
                     return Decision { endpoint, matched_blocks: matched };
                 }
-                _ => least_request(),
+                _ => lowest(&loads, snap.seed),
             }
         }
     };
@@ -142,17 +144,17 @@ fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
 /// of one conversation share their leading bytes); nothing is parsed beyond locating them.
 pub fn prompt_blocks(body: &[u8], block_size: usize) -> Vec<u64> {
     let block_size = block_size.max(1);
-    let mut ranges = Vec::new();
+    // Indexed by the member's place in PROMPT_MEMBERS (no sort: its code would cost the module).
+    let mut ranges: [Option<std::ops::Range<usize>>; 5] = Default::default();
     crate::json::for_each_member(body, |_, m| {
-        if let Some(order) = PROMPT_MEMBERS.iter().position(|k| *k == m.key) {
-            ranges.push((order, m.value));
+        if let Some(slot) = PROMPT_MEMBERS.iter().position(|k| *k == m.key).and_then(|i| ranges.get_mut(i)) {
+            *slot = Some(m.value);
         }
     });
-    ranges.sort_by_key(|(order, _)| *order);
     let mut blocks = Vec::new();
     let mut hash = 0xcbf2_9ce4_8422_2325;
     let mut pending: Vec<u8> = Vec::with_capacity(block_size);
-    for (_, range) in ranges {
+    for range in ranges.into_iter().flatten() {
         for chunk in body.get(range).unwrap_or_default().chunks(block_size) {
             let room = block_size - pending.len();
             let (now, rest) = chunk.split_at(room.min(chunk.len()));
@@ -257,20 +259,12 @@ impl PrefixTable {
                 Err(at) => self.entries.insert(at, entry(*hash)),
             }
         }
-        if self.entries.len() > max {
-            // Stamps wrap after 4 billion requests: age is measured back from the clock.
-            let clock = self.clock;
-            let mut ages: Vec<u32> = self.entries.iter().map(|e| clock.wrapping_sub(e.stamp)).collect();
-            let keep = max;
-            let nth = keep.saturating_sub(1).min(ages.len().saturating_sub(1));
-            let (_, cutoff, _) = ages.select_nth_unstable(nth);
-            let cutoff = *cutoff;
-            let mut kept = 0;
-            self.entries.retain(|e| {
-                let keep_it = clock.wrapping_sub(e.stamp) <= cutoff && kept < keep;
-                kept += usize::from(keep_it);
-                keep_it
-            });
+        // Evict whole requests, least recently used first (a linear scan each: no sort code in the
+        // module). Stamps wrap after 4 billion requests: age is measured back from the clock.
+        let clock = self.clock;
+        while self.entries.len() > max {
+            let Some(oldest) = self.entries.iter().map(|e| clock.wrapping_sub(e.stamp)).max() else { break };
+            self.entries.retain(|e| clock.wrapping_sub(e.stamp) != oldest);
         }
     }
 }
