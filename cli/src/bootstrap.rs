@@ -768,9 +768,13 @@ rules:
         let routes = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
             ["route_config"]["virtual_hosts"][0]["routes"];
         let route = named(routes, "v");
-        assert_eq!(route["match"]["headers"][1], serde_json::json!({"name": "x-llmgw-destination", "present_match": true}));
+        assert_eq!(
+            route["match"]["headers"][1],
+            serde_json::json!({"name": "x-llmgw-destination", "present_match": true})
+        );
         // Names cannot be picked: ORIGINAL_DST connects to addresses.
-        let text = "backends:\n- {name: v, endpoints: ['vllm.local:8000'], schema: OpenAI, picker: {algorithm: random}}\n";
+        let text =
+            "backends:\n- {name: v, endpoints: ['vllm.local:8000'], schema: OpenAI, picker: {algorithm: random}}\n";
         let e = crate::formats::load_text("t.yaml", text, &MapEnv::default(), None).unwrap_err().to_string();
         assert!(e.contains("backends[0].picker: vllm.local:8000: the picker needs ip:port endpoints"), "{e}");
         let text = "backends:\n- {name: v, endpoints: ['10.0.0.1:1'], schema: OpenAI, picker: {algorithm: random, endpoints: ['10.0.0.2:1']}}\n";

@@ -982,7 +982,9 @@ const MAX_PICKER_ENDPOINTS: usize = 256;
 fn is_ip_port(text: &str) -> bool {
     let Some((host, port)) = text.rsplit_once(':') else { return false };
     let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
-    let v4 = |h: &str| h.split('.').count() == 4 && h.split('.').all(|o| !o.is_empty() && o.len() <= 3 && o.parse::<u8>().is_ok());
+    let v4 = |h: &str| {
+        h.split('.').count() == 4 && h.split('.').all(|o| !o.is_empty() && o.len() <= 3 && o.parse::<u8>().is_ok())
+    };
     let v6 = |h: &str| {
         h.strip_prefix('[').and_then(|h| h.strip_suffix(']')).is_some_and(|inner| {
             inner.contains(':') && inner.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')

@@ -119,7 +119,8 @@ pub fn decide(picker: &Picker, snap: &Snapshot, blocks: &[u64]) -> Decision {
         }
         Algorithm::PrefixCache => {
             let min_load = loads.iter().min().copied().unwrap_or(0);
-            let within = |e: usize| loads.get(e).is_some_and(|l| *l <= min_load.saturating_add(picker.imbalance_threshold));
+            let within =
+                |e: usize| loads.get(e).is_some_and(|l| *l <= min_load.saturating_add(picker.imbalance_threshold));
             match snap.prefixes.longest_match(blocks) {
                 Some((endpoint, matched)) if within(endpoint) => {
                     return Decision { endpoint, matched_blocks: matched };

@@ -19,8 +19,8 @@ use super::node::{At, NResult};
 use super::own::{endpoints, picker_endpoints};
 use crate::diag::ConfigError;
 use crate::model::{cluster_safe, Env, Format, Gateway, Source, Upstream, FILTER_PICKS};
-use llmgw_filter::picker::Algorithm;
 use crate::url;
+use llmgw_filter::picker::Algorithm;
 
 pub fn convert(name: &str, doc: &Value, env: &dyn Env) -> Result<Gateway, ConfigError> {
     convert_doc(name, doc, env).map_err(|e| ConfigError::new(name, e.field, e.reason))
@@ -143,7 +143,11 @@ mod tests {
         assert!(g.upstreams[0].filter_picks());
         // Endpoints by name: Envoy's round robin (no equivalent balancer), said in a warning.
         assert!(g.plugin["backends"][1].get("picker").is_none() && !g.upstreams[1].filter_picks());
-        assert!(g.warnings.iter().any(|w| w.contains("model \"named\"") && w.contains("round-robin")), "{:?}", g.warnings);
+        assert!(
+            g.warnings.iter().any(|w| w.contains("model \"named\"") && w.contains("round-robin")),
+            "{:?}",
+            g.warnings
+        );
         let env = MapEnv::from([("ROUTING_ALGORITHM", "least-request")]);
         let g = crate::formats::load_text("e.yaml", FILE, &env, None).unwrap();
         assert_eq!(g.plugin["backends"][0]["picker"]["algorithm"], "least-request");

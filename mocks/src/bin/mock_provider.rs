@@ -709,7 +709,12 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     println!("listening {local}");
-    let state = Arc::new(State { args, engine: vllm::Engine::default(), recorded: Mutex::new(VecDeque::new()), seq: Mutex::new(0) });
+    let state = Arc::new(State {
+        args,
+        engine: vllm::Engine::default(),
+        recorded: Mutex::new(VecDeque::new()),
+        seq: Mutex::new(0),
+    });
     let shutdown = async {
         #[cfg(unix)]
         {
