@@ -30,6 +30,7 @@ pub const PLUGIN_NAME: &str = "llmgw";
 pub const UPSTREAM_PLUGIN_NAME: &str = "llmgw-upstream";
 const BACKEND_HEADER: &str = llmgw_filter::config::BACKEND_HEADER;
 const MODEL_HEADER: &str = llmgw_filter::config::MODEL_HEADER;
+const DESTINATION_HEADER: &str = llmgw_filter::picker::DESTINATION_HEADER;
 /// Dynamic metadata namespace the gateway's headers are copied to, for the access log.
 pub(crate) const METADATA_NAMESPACE: &str = "io.llmgw";
 const CONNECT_TIMEOUT: &str = "5s";
@@ -304,9 +305,15 @@ fn routes(g: &Gateway, fallbacks: &[fallback::Rule]) -> Vec<Value> {
                 (None, true) => route["auto_host_rewrite"] = json!(true),
                 (None, false) => {}
             }
+            let mut headers = vec![json!({"name": BACKEND_HEADER, "string_match": {"exact": u.name}})];
+            if u.filter_picks() {
+                // Without the filter's pick, ORIGINAL_DST would connect to the listener's own
+                // address: such a request falls through to the 404 instead.
+                headers.push(json!({"name": DESTINATION_HEADER, "present_match": true}));
+            }
             json!({
                 "name": u.name,
-                "match": {"prefix": "/", "headers": [{"name": BACKEND_HEADER, "string_match": {"exact": u.name}}]},
+                "match": {"prefix": "/", "headers": headers},
                 "route": route,
                 // The gateway's own headers never reach a provider.
                 "request_headers_to_remove": gateway_headers(g, &[BACKEND_HEADER, MODEL_HEADER]),
@@ -480,6 +487,9 @@ fn needs_dns(u: &Upstream) -> bool {
 }
 
 fn cluster(u: &Upstream, o: &Options, buffer: u64) -> Value {
+    if u.filter_picks() {
+        return picked_cluster(u, o, buffer);
+    }
     let dns = needs_dns(u);
     let kind = match (dns, u.endpoints.len()) {
         (false, _) => "STATIC",
@@ -501,6 +511,23 @@ fn cluster(u: &Upstream, o: &Options, buffer: u64) -> Value {
         c["lb_policy"] = json!(lb);
     }
     c["load_assignment"] = json!({"cluster_name": u.name, "endpoints": [{"lb_endpoints": endpoints}]});
+    if let Some(tls) = &u.tls {
+        c["transport_socket"] = transport_socket(tls, o);
+    }
+    c
+}
+
+/// The filter's picker chose the endpoint (one of the backend's, by address) and wrote it in the
+/// destination header: Envoy connects there, as the Gateway API Inference Extension does.
+fn picked_cluster(u: &Upstream, o: &Options, buffer: u64) -> Value {
+    let mut c = json!({
+        "name": u.name,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": CONNECT_TIMEOUT,
+        "per_connection_buffer_limit_bytes": buffer,
+        "original_dst_lb_config": {"use_http_header": true, "http_header_name": DESTINATION_HEADER},
+    });
     if let Some(tls) = &u.tls {
         c["transport_socket"] = transport_socket(tls, o);
     }
@@ -710,6 +737,48 @@ rules:
         let compiled =
             llmgw_filter::config::parse(wasm["configuration"]["value"].as_str().unwrap().as_bytes(), &env, 0);
         assert_eq!(compiled.map(|c| c.role).ok(), Some(llmgw_filter::config::Role::Upstream));
+    }
+
+    #[test]
+    fn a_picker_backend_is_an_original_dst_cluster_reached_only_with_the_filters_pick() {
+        let text = "backends:\n- {name: v, endpoints: ['10.0.0.5:8000', '10.0.0.6:8000'], schema: OpenAI,\n   picker: {algorithm: least-request}}\n";
+        let g = crate::formats::load_text("t.yaml", text, &MapEnv::default(), None).unwrap();
+        crate::validate::validate(&g, &crate::model::AnyEnv).unwrap();
+        assert_eq!(
+            g.plugin["backends"][0]["picker"],
+            serde_json::json!({"algorithm": "least-request", "endpoints": ["10.0.0.5:8000", "10.0.0.6:8000"]})
+        );
+        let o = Options {
+            address: "127.0.0.1".into(),
+            port: 1975,
+            admin_address: "127.0.0.1".into(),
+            admin_port: 9901,
+            wasm: "/x.wasm".into(),
+            ca_bundle: "/ca.pem".into(),
+            rls_port: DEFAULT_RLS_PORT,
+        };
+        let b = render(&g, &o);
+        let c = named(&b["static_resources"]["clusters"], "v");
+        assert_eq!((c["type"].as_str(), c["lb_policy"].as_str()), (Some("ORIGINAL_DST"), Some("CLUSTER_PROVIDED")));
+        assert_eq!(
+            c["original_dst_lb_config"],
+            serde_json::json!({"use_http_header": true, "http_header_name": "x-llmgw-destination"})
+        );
+        assert!(c.get("load_assignment").is_none());
+        let routes = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["route_config"]["virtual_hosts"][0]["routes"];
+        let route = named(routes, "v");
+        assert_eq!(
+            route["match"]["headers"][1],
+            serde_json::json!({"name": "x-llmgw-destination", "present_match": true})
+        );
+        // Names cannot be picked: ORIGINAL_DST connects to addresses.
+        let text =
+            "backends:\n- {name: v, endpoints: ['vllm.local:8000'], schema: OpenAI, picker: {algorithm: random}}\n";
+        let e = crate::formats::load_text("t.yaml", text, &MapEnv::default(), None).unwrap_err().to_string();
+        assert!(e.contains("backends[0].picker: vllm.local:8000: the picker needs ip:port endpoints"), "{e}");
+        let text = "backends:\n- {name: v, endpoints: ['10.0.0.1:1'], schema: OpenAI, picker: {algorithm: random, endpoints: ['10.0.0.2:1']}}\n";
+        assert!(crate::formats::load_text("t.yaml", text, &MapEnv::default(), None).is_err());
     }
 
     #[test]

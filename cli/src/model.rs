@@ -103,11 +103,20 @@ pub struct Upstream {
     /// The Host header the provider expects.
     pub host_rewrite: Option<String>,
     pub timeout: Option<Duration>,
-    /// Envoy `lb_policy` across several endpoints; `None` = round robin.
+    /// Envoy `lb_policy` across several endpoints; `None` = round robin; [`FILTER_PICKS`]: the
+    /// filter's picker chooses the endpoint (an ORIGINAL_DST cluster).
     pub lb_policy: Option<String>,
 }
 
+/// The `lb_policy` of an ORIGINAL_DST cluster: the endpoint is the one the filter's picker wrote in
+/// its destination header.
+pub const FILTER_PICKS: &str = "CLUSTER_PROVIDED";
+
 impl Upstream {
+    pub fn filter_picks(&self) -> bool {
+        self.lb_policy.as_deref() == Some(FILTER_PICKS)
+    }
+
     pub fn from_url(name: &str, url: &BaseUrl) -> Upstream {
         Upstream {
             name: name.to_string(),

@@ -143,6 +143,18 @@ mod raw {
         pub allow_gcs_uris: Option<bool>,
         pub body_mutation: Option<BodyMutation>,
         pub credential_override: Option<CredentialOverride>,
+        pub picker: Option<Picker>,
+    }
+
+    /// Which of the backend's endpoints serves each request (`picker.rs`).
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Picker {
+        pub algorithm: String,
+        pub endpoints: Vec<String>,
+        pub prefix_block_size: Option<usize>,
+        pub imbalance_threshold: Option<u64>,
+        pub max_prefixes: Option<usize>,
     }
 
     /// `set`: field name → any JSON value; `remove`: field names.
@@ -403,6 +415,8 @@ pub struct Backend {
     pub body_mutation: Option<BodyMutation>,
     /// Request headers that carry this request's own upstream credential.
     pub credential_override: Option<CredentialOverride>,
+    /// The filter picks one of these endpoints per request (the cluster is ORIGINAL_DST).
+    pub picker: Option<crate::picker::Picker>,
     /// The schema, with the settings only it reads.
     pub api: BackendApi,
 }
@@ -953,7 +967,71 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
         forward_headers,
         body_mutation,
         credential_override,
+        picker: b.picker.map(|p| compile_picker(p, &format!("{field}.picker"))).transpose()?,
         api,
+    })
+}
+
+pub const DEFAULT_PREFIX_BLOCK_SIZE: usize = 128;
+pub const DEFAULT_IMBALANCE_THRESHOLD: u64 = 8;
+pub const DEFAULT_MAX_PREFIXES: usize = 2048;
+/// Shared data holds the prefix table whole (16 bytes an entry): at most 1 MiB of it.
+const MAX_PREFIXES: usize = 65_536;
+const MAX_PICKER_ENDPOINTS: usize = 256;
+
+/// `a.b.c.d:port` or `[v6]:port`, checked by hand (std's address parser would cost the module
+/// kilobytes; `llmgw run` checks the addresses strictly).
+fn is_ip_port(text: &str) -> bool {
+    let Some((host, port)) = text.rsplit_once(':') else { return false };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    let v4 = |h: &str| {
+        h.split('.').count() == 4 && h.split('.').all(|o| !o.is_empty() && o.len() <= 3 && o.parse::<u8>().is_ok())
+    };
+    let v6 = |h: &str| {
+        h.strip_prefix('[').and_then(|h| h.strip_suffix(']')).is_some_and(|inner| {
+            inner.contains(':') && inner.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        })
+    };
+    port_ok && (v4(host) || v6(host))
+}
+
+fn compile_picker(raw: raw::Picker, field: &str) -> Result<crate::picker::Picker, ConfigError> {
+    use crate::picker::{Algorithm, Picker};
+    let algorithm = Algorithm::parse(&raw.algorithm).ok_or_else(|| {
+        ConfigError::new(
+            format!("{field}.algorithm"),
+            format!("unknown algorithm {:?}; supported: {}", raw.algorithm, Algorithm::NAMES),
+        )
+    })?;
+    if raw.endpoints.is_empty() || raw.endpoints.len() > MAX_PICKER_ENDPOINTS {
+        return Err(ConfigError::new(
+            format!("{field}.endpoints"),
+            format!("list 1 to {MAX_PICKER_ENDPOINTS} ip:port endpoints"),
+        ));
+    }
+    for (i, e) in raw.endpoints.iter().enumerate() {
+        // Envoy's ORIGINAL_DST cluster connects to an IP address; it resolves no names.
+        if !is_ip_port(e) || raw.endpoints.get(..i).is_some_and(|seen| seen.contains(e)) {
+            return Err(ConfigError::new(
+                format!("{field}.endpoints[{i}]"),
+                format!("{e:?} must be a distinct ip:port (e.g. 10.0.0.5:8000 or [::1]:8000)"),
+            ));
+        }
+    }
+    let prefix_block_size = raw.prefix_block_size.unwrap_or(DEFAULT_PREFIX_BLOCK_SIZE);
+    if !(1..=1 << 20).contains(&prefix_block_size) {
+        return Err(ConfigError::new(format!("{field}.prefix_block_size"), "must be 1 to 1048576 bytes"));
+    }
+    let max_prefixes = raw.max_prefixes.unwrap_or(DEFAULT_MAX_PREFIXES);
+    if !(1..=MAX_PREFIXES).contains(&max_prefixes) {
+        return Err(ConfigError::new(format!("{field}.max_prefixes"), format!("must be 1 to {MAX_PREFIXES}")));
+    }
+    Ok(Picker {
+        algorithm,
+        endpoints: raw.endpoints,
+        prefix_block_size,
+        imbalance_threshold: raw.imbalance_threshold.unwrap_or(DEFAULT_IMBALANCE_THRESHOLD),
+        max_prefixes,
     })
 }
 
@@ -1602,6 +1680,38 @@ mod tests {
     }
     fn err(text: &str) -> ConfigError {
         parse(text.as_bytes(), &no_env(), 0).unwrap_err()
+    }
+
+    #[test]
+    fn pickers_are_validated_with_their_field() {
+        let ok = parse(
+            br#"{"backends":[{"name":"v","schema":"OpenAI","picker":{"algorithm":"prefix-cache-aware","endpoints":["10.0.0.1:8000","[::1]:9"],"prefix_block_size":64}}]}"#,
+            &no_env(),
+            0,
+        )
+        .unwrap();
+        let p = ok.backends[0].picker.as_ref().unwrap();
+        assert_eq!(
+            (p.algorithm, p.prefix_block_size, p.imbalance_threshold),
+            (crate::picker::Algorithm::PrefixCache, 64, 8)
+        );
+        for (picker, field) in [
+            (r#"{"algorithm":"round-robin","endpoints":["10.0.0.1:1"]}"#, "backends[0].picker.algorithm"),
+            (r#"{"algorithm":"random","endpoints":[]}"#, "backends[0].picker.endpoints"),
+            (r#"{"algorithm":"random","endpoints":["vllm.internal:8000"]}"#, "backends[0].picker.endpoints[0]"),
+            (r#"{"algorithm":"random","endpoints":["10.0.0.1:1","10.0.0.1:1"]}"#, "backends[0].picker.endpoints[1]"),
+            (
+                r#"{"algorithm":"random","endpoints":["10.0.0.1:1"],"max_prefixes":0}"#,
+                "backends[0].picker.max_prefixes",
+            ),
+            (
+                r#"{"algorithm":"random","endpoints":["10.0.0.1:1"],"prefix_block_size":0}"#,
+                "backends[0].picker.prefix_block_size",
+            ),
+        ] {
+            let text = format!(r#"{{"backends":[{{"name":"v","schema":"OpenAI","picker":{picker}}}]}}"#);
+            assert_eq!(err(&text).field, field, "{picker}");
+        }
     }
 
     #[test]

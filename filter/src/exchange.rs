@@ -12,6 +12,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::headers;
 use crate::host::{Flow, Host};
 use crate::metrics::{self, LabelLimiter, Labels, MetricIds, MetricSets, Slot};
+use crate::picker;
 use crate::plan::{header, plan_request, Attempt, Destination, HeaderEdit, HeaderList, PlanInput, RequestPlan};
 use crate::request::{self, RequestInfo};
 use crate::translate::{self, BodyMode, Translator};
@@ -126,6 +127,8 @@ pub struct Exchange {
     consumer: String,
     /// A cache miss's answer, recorded for the rule's cache.
     cache: Option<Box<cache::Recorder>>,
+    /// The endpoint the picker chose, released (in-flight count) once when the stream ends.
+    picked: Option<picker::Picked>,
 }
 
 impl Exchange {
@@ -141,6 +144,7 @@ impl Exchange {
             charges: Vec::new(),
             consumer: String::new(),
             cache: None,
+            picked: None,
         }
     }
 
@@ -161,7 +165,7 @@ impl Exchange {
             // A call no body names a model for is routed by the model the client names here (read,
             // checked and set again like a body's model).
             client_model = header(&headers, MODEL_HEADER).map(str::to_string);
-            for name in [MODEL_HEADER, BACKEND_HEADER, RULE_HEADER] {
+            for name in [MODEL_HEADER, BACKEND_HEADER, RULE_HEADER, picker::DESTINATION_HEADER] {
                 if header(&headers, name).is_some() {
                     host.remove_request_header(name);
                     headers.retain(|(n, _)| n != name);
@@ -393,6 +397,7 @@ impl Exchange {
         }
         self.phase = match destination {
             Destination::Backend { index, translator } => {
+                self.pick_endpoint(host, input, index);
                 Phase::Forwarded(Box::new(Routed::new(endpoint, index, attempt, info.clone(), translator)))
             }
             Destination::Rule(_) => {
@@ -740,9 +745,35 @@ impl Exchange {
         budget::settle(host, &shared.config.budgets, &charges, usage.as_ref());
     }
 
+    /// A backend with a picker: the filter chooses its endpoint (the listener's copy only: an
+    /// upstream copy runs after Envoy chose the host).
+    fn pick_endpoint(&mut self, host: &mut dyn Host, input: &PlanInput, index: usize) {
+        let Some(backend) = input.attempt.is_none().then(|| input.config.backends.get(index)).flatten() else { return };
+        let Some(picker) = &backend.picker else { return };
+        let seed = self.started_at ^ (input.body.len() as u64).rotate_left(32);
+        self.picked = picker::pick(host, &backend.name, picker, input.body, seed);
+        if let Some(picked) = &self.picked {
+            host.set_request_header(picker::DESTINATION_HEADER, &picked.address);
+        }
+    }
+
+    /// Takes the request out of its endpoint's in-flight count, once, however the stream ended.
+    fn release_endpoint(&mut self, host: &mut dyn Host) {
+        let Some(picked) = self.picked.take() else { return };
+        let ttft = match &self.phase {
+            // A stream's first token; a whole answer's end (its first token is not seen apart).
+            Phase::Forwarded(routed) if !routed.error => {
+                routed.first_content_at.or(routed.ended_at).map(|at| at.saturating_sub(self.started_at))
+            }
+            _ => None,
+        };
+        picker::release(host, picked, ttft);
+    }
+
     /// End of the stream (also on client aborts): settles budgets and records the request's metrics.
     pub fn on_log(&mut self, host: &mut dyn Host) {
         self.settle_budgets(host);
+        self.release_endpoint(host);
         let (Phase::Forwarded(routed), Some(shared)) = (&self.phase, &self.shared) else { return };
         if self.logged || routed.retried {
             // A retried attempt was counted as an attempt; the request is counted where it is served.
@@ -773,6 +804,8 @@ impl Exchange {
     /// The stream is gone. Envoy calls `on_log` only for the listener's filters: the upstream copy
     /// records its metrics here.
     pub fn on_done(&mut self, host: &mut dyn Host) {
+        // Envoy may skip on_log (a stream torn down early): the count is released here then.
+        self.release_endpoint(host);
         if self.role() == Role::Upstream {
             self.on_log(host);
         }
@@ -1765,6 +1798,49 @@ role: upstream
         let mut eighth = Exchange::new(Some(shared));
         let mut again = request(&host, &[]);
         assert_eq!(send(&mut eighth, &mut again, other_body), Flow::Continue);
+    }
+
+    #[test]
+    fn the_picker_sets_a_configured_destination_and_releases_it_once() {
+        let config = r#"{"backends":[{"name":"vllm","schema":"OpenAI","picker":{"algorithm":"least-request",
+            "endpoints":["127.0.0.1:8001","127.0.0.1:8002"]}},{"name":"openai","schema":"OpenAI"}],
+            "rules":[{"match":{"model":{"exact":"gpt-4o"}},"backends":[{"name":"openai"}]},{"backends":[{"name":"vllm"}]}]}"#;
+        let shared = Rc::new(Shared::new(parse(config.as_bytes(), &NoEnv, 0).unwrap()));
+        let mut host =
+            FakeHost::request("POST", "/v1/chat/completions", &[("x-llmgw-destination", "169.254.169.254:80")]);
+        crate::picker::prepare_all(&mut host, &shared.config.backends);
+        let in_flight = |host: &FakeHost, addr: &str| {
+            let (bytes, _) = host.shared_data(&format!("llmgw.picker.vllm.inflight.{addr}")).unwrap();
+            u64::from_le_bytes(bytes[..8].try_into().unwrap())
+        };
+        // The client's destination is never honoured: removed, then the picked endpoint is set.
+        let mut first = Exchange::new(Some(shared.clone()));
+        assert_eq!(send(&mut first, &mut host, br#"{"model":"llama","messages":[]}"#), Flow::Continue);
+        let chosen = host.header("x-llmgw-destination").unwrap();
+        assert!(chosen == "127.0.0.1:8001" || chosen == "127.0.0.1:8002", "{chosen}");
+        assert_eq!(in_flight(&host, &chosen), 1);
+        // The next request goes to the idle endpoint.
+        let mut second = Exchange::new(Some(shared.clone()));
+        host.request_headers.retain(|(n, _)| n != "x-llmgw-destination");
+        send(&mut second, &mut host, br#"{"model":"llama","messages":[]}"#);
+        let other = host.header("x-llmgw-destination").unwrap();
+        assert_ne!(other, chosen);
+        // A stream torn down (on_done before, or without, on_log) and a normal end: one release each.
+        second.on_done(&mut host);
+        second.on_log(&mut host);
+        first.on_log(&mut host);
+        first.on_done(&mut host);
+        assert_eq!((in_flight(&host, &chosen), in_flight(&host, &other)), (0, 0));
+        let gauge: i64 = host.gauges.iter().map(|(_, d)| d).sum();
+        assert_eq!((host.gauges.len(), gauge), (4, 0));
+        // A backend without a picker: the client's header is removed and none is set.
+        let mut plain = FakeHost::request("POST", "/v1/chat/completions", &[("x-llmgw-destination", "10.0.0.1:80")]);
+        let mut x = Exchange::new(Some(shared));
+        send(&mut x, &mut plain, br#"{"model":"gpt-4o","messages":[]}"#);
+        assert_eq!(
+            (plain.header("x-llmgw-backend").as_deref(), plain.header("x-llmgw-destination")),
+            (Some("openai"), None)
+        );
     }
 
     fn answer(x: &mut Exchange, host: &mut FakeHost, headers: &[(&str, &str)], body: &[u8]) -> Flow {

@@ -68,6 +68,7 @@ impl RootContext for Root {
                 );
                 // Counters of named consumers exist before any request: requests then only swap them.
                 crate::budget::prepare(&mut WasmHost { metrics: &self.metrics }, &compiled.budgets);
+                crate::picker::prepare_all(&mut WasmHost { metrics: &self.metrics }, &compiled.backends);
                 self.shared = Some(Rc::new(Shared::new(compiled)));
                 true
             }

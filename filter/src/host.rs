@@ -43,6 +43,10 @@ pub trait Host {
     /// The VM's id of a metric (defined on first use), or `None` when the host refuses it.
     fn define_metric(&mut self, kind: Kind, name: &str) -> Option<u32>;
     fn record_metric(&mut self, id: u32, kind: Kind, value: u64);
+    /// Adds `delta` to the gauge `name` (defined on first use): every worker's changes add up.
+    fn add_to_gauge(&mut self, name: &str, delta: i64) {
+        self.record(&Sample { name: name.to_string(), kind: Kind::GaugeDelta, value: delta as u64 });
+    }
     /// Defines (or finds) the sample's metric and records it.
     fn record(&mut self, sample: &Sample) {
         if let Some(id) = self.define_metric(sample.kind, &sample.name) {

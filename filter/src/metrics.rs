@@ -53,6 +53,7 @@ pub const LABELS: &[&str] = &[
     "error_code",
     "llmgw_budget",
     "llmgw_consumer",
+    "llmgw_endpoint",
 ];
 
 /// Labels common to every metric of a request.

@@ -30,6 +30,8 @@ pub struct FakeHost {
     pub next_cas: u32,
     /// How many of the next compare-and-swaps fail as if another worker wrote first.
     pub cas_conflicts: usize,
+    /// `add_to_gauge` calls, in order.
+    pub gauges: Vec<(String, i64)>,
 }
 
 fn get(headers: &[(String, String)], name: &str) -> Option<String> {
@@ -148,6 +150,9 @@ impl Host for FakeHost {
         });
         u32::try_from(id).ok()
     }
+    fn add_to_gauge(&mut self, name: &str, delta: i64) {
+        self.gauges.push((name.to_string(), delta));
+    }
     fn record_metric(&mut self, id: u32, kind: Kind, value: u64) {
         let name = self.metric_names.get(id as usize).cloned().unwrap_or_default();
         self.samples.push(Sample { name, kind, value });
@@ -203,6 +208,7 @@ pub fn backend(schema: Schema) -> Backend {
         forward_headers: vec![],
         body_mutation: None,
         credential_override: None,
+        picker: None,
         api,
     }
 }

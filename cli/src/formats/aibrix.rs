@@ -8,22 +8,26 @@
 //!
 //! Each model becomes one OpenAI backend whose cluster balances over the model's endpoints, and one
 //! rule sending exactly that model name there (as in AIBrix, the request's model must match).
-//! `ROUTING_ALGORITHM` (AIBrix's variable) picks Envoy's balancer where one is equivalent.
+//! `ROUTING_ALGORITHM` (AIBrix's variable): `random`, `least-request`, `prefix-cache` (or
+//! `prefix-cache-aware`) and `least-latency` are the filter's picker (the model's cluster then
+//! connects where the filter says); other algorithms get a warning and round-robin.
 
 use serde_json::{json, Value as Json};
 use serde_yaml_ng::Value;
 
 use super::node::{At, NResult};
-use super::own::endpoints;
+use super::own::{endpoints, picker_endpoints};
 use crate::diag::ConfigError;
-use crate::model::{cluster_safe, Env, Format, Gateway, Source, Upstream};
+use crate::model::{cluster_safe, Env, Format, Gateway, Source, Upstream, FILTER_PICKS};
 use crate::url;
+use llmgw_filter::picker::Algorithm;
 
 pub fn convert(name: &str, doc: &Value, env: &dyn Env) -> Result<Gateway, ConfigError> {
     convert_doc(name, doc, env).map_err(|e| ConfigError::new(name, e.field, e.reason))
 }
 
-/// Envoy's balancer for AIBrix's `ROUTING_ALGORITHM`, when there is an equivalent.
+/// Envoy's balancer for AIBrix's `ROUTING_ALGORITHM`, when there is an equivalent (used where the
+/// picker cannot be: endpoints given by name).
 pub fn lb_policy(algorithm: &str) -> Option<&'static str> {
     match algorithm {
         "random" => Some("RANDOM"),
@@ -39,11 +43,12 @@ fn convert_doc(name: &str, doc: &Value, env: &dyn Env) -> NResult<Gateway> {
         g.warnings.push(format!("{name}: {field}: not part of an AIBrix endpoints file; ignored"));
     }
     let algorithm = env.var("ROUTING_ALGORITHM").filter(|a| !a.is_empty());
-    let lb = algorithm.as_deref().and_then(lb_policy);
-    if let (Some(a), None) = (&algorithm, lb) {
+    let picked = algorithm.as_deref().filter(|a| Algorithm::parse(a).is_some());
+    if let (Some(a), None) = (&algorithm, picked) {
         g.warnings.push(format!(
-            "ROUTING_ALGORITHM={a} is AIBrix's own algorithm; llmgw balances each model's endpoints round-robin \
-             (random and least-request are supported)"
+            "ROUTING_ALGORITHM={a} is not one llmgw implements; it balances each model's endpoints round-robin \
+             (supported: {})",
+            Algorithm::NAMES
         ));
     }
     let models = root.req("models")?.items()?;
@@ -90,6 +95,21 @@ fn convert_doc(name: &str, doc: &Value, env: &dyn Env) -> NResult<Gateway> {
             [one] => Some(url::authority(&one.host, one.port, false)),
             _ => None,
         };
+        let mut plugin_backend = json!({"name": backend, "schema": "OpenAI"});
+        let mut lb = None;
+        if let Some(a) = picked {
+            match picker_endpoints(&eps) {
+                Ok(addresses) => {
+                    plugin_backend["picker"] = json!({"algorithm": a, "endpoints": addresses});
+                    lb = Some(FILTER_PICKS);
+                }
+                Err(e) => {
+                    lb = lb_policy(a);
+                    let instead = lb.map_or("round-robin".to_string(), |p| format!("Envoy's {p}"));
+                    g.warnings.push(format!("{name}: model {model:?}: {e}; balanced by {instead} instead"));
+                }
+            }
+        }
         g.upstreams.push(Upstream {
             name: backend.clone(),
             endpoints: eps,
@@ -98,10 +118,43 @@ fn convert_doc(name: &str, doc: &Value, env: &dyn Env) -> NResult<Gateway> {
             timeout: None,
             lb_policy: lb.map(str::to_string),
         });
-        backends.push(json!({"name": backend, "schema": "OpenAI"}));
+        backends.push(plugin_backend);
         rules.push(json!({"name": model, "match": {"model": {"exact": model}}, "backends": [{"name": backend}]}));
     }
     g.plugin.insert("backends".into(), Json::Array(backends));
     g.plugin.insert("rules".into(), Json::Array(rules));
     Ok(g)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::MapEnv;
+
+    const FILE: &str = "models:\n- name: q\n  endpoints: ['127.0.0.1:8000', '127.0.0.1:8001']\n- name: named\n  endpoints: ['vllm-0:8000']\n";
+
+    #[test]
+    fn routing_algorithm_selects_the_filters_picker() {
+        let env = MapEnv::from([("ROUTING_ALGORITHM", "prefix-cache-aware")]);
+        let g = crate::formats::load_text("e.yaml", FILE, &env, None).unwrap();
+        assert_eq!(
+            g.plugin["backends"][0]["picker"],
+            serde_json::json!({"algorithm": "prefix-cache-aware", "endpoints": ["127.0.0.1:8000", "127.0.0.1:8001"]})
+        );
+        assert!(g.upstreams[0].filter_picks());
+        // Endpoints by name: Envoy's round robin (no equivalent balancer), said in a warning.
+        assert!(g.plugin["backends"][1].get("picker").is_none() && !g.upstreams[1].filter_picks());
+        assert!(
+            g.warnings.iter().any(|w| w.contains("model \"named\"") && w.contains("round-robin")),
+            "{:?}",
+            g.warnings
+        );
+        let env = MapEnv::from([("ROUTING_ALGORITHM", "least-request")]);
+        let g = crate::formats::load_text("e.yaml", FILE, &env, None).unwrap();
+        assert_eq!(g.plugin["backends"][0]["picker"]["algorithm"], "least-request");
+        assert_eq!(g.upstreams[1].lb_policy.as_deref(), Some("LEAST_REQUEST"));
+        let env = MapEnv::from([("ROUTING_ALGORITHM", "throughput")]);
+        let g = crate::formats::load_text("e.yaml", FILE, &env, None).unwrap();
+        assert!(g.upstreams.iter().all(|u| u.lb_policy.is_none()));
+        assert!(g.warnings.iter().any(|w| w.contains("ROUTING_ALGORITHM=throughput")), "{:?}", g.warnings);
+    }
 }

@@ -14,6 +14,7 @@
 //!     endpoints: ["10.0.0.5:8000", "10.0.0.6:8000"]   # or several host:port, balanced
 //!     schema: OpenAI
 //!     timeout: 600s
+//!     picker: {algorithm: prefix-cache}   # optional: the filter picks the endpoint (picker.rs)
 //! consumers:               # client authentication (see `consumers.rs`); not the filter's
 //!   - {name: team-a, api_keys_env: TEAM_A_KEYS}
 //! budgets:                 # per consumer (see `budgets.rs`); written into the plugin config
@@ -124,6 +125,9 @@ fn backend(b: &At<'_>) -> NResult<(Map<String, Json>, Upstream)> {
     if let Some(t) = b.get("timeout") {
         upstream.timeout = Some(duration::parse(t.str()?).map_err(|e| t.err(e))?);
     }
+    if let Some(p) = b.get("picker") {
+        picker(&p, &mut plugin, &mut upstream)?;
+    }
     let is_aws = plugin.get("schema").and_then(Json::as_str).is_some_and(|s| s.starts_with("AWS"));
     if is_aws && !plugin.contains_key("host") {
         if let Some(host) = &upstream.host_rewrite {
@@ -131,6 +135,34 @@ fn backend(b: &At<'_>) -> NResult<(Map<String, Json>, Upstream)> {
         }
     }
     Ok((plugin, upstream))
+}
+
+/// `picker: {algorithm, ...}` on a backend with `endpoints`: the filter picks among them, so the
+/// plugin's picker lists them and the cluster connects where the filter says (ORIGINAL_DST).
+fn picker(p: &At<'_>, plugin: &mut Map<String, Json>, upstream: &mut Upstream) -> NResult<()> {
+    if p.get("endpoints").is_some() {
+        return Err(p.err("the picker chooses among the backend's `endpoints`; list them there, once"));
+    }
+    let addresses = picker_endpoints(&upstream.endpoints).map_err(|e| p.err(e))?;
+    if let Some(Json::Object(picker)) = plugin.get_mut("picker") {
+        picker.insert("endpoints".into(), Json::Array(addresses.into_iter().map(Json::String).collect()));
+    }
+    upstream.lb_policy = Some(crate::model::FILTER_PICKS.to_string());
+    Ok(())
+}
+
+/// The endpoints as the filter's picker takes them: `ip:port` (ORIGINAL_DST resolves no names).
+pub fn picker_endpoints(endpoints: &[Endpoint]) -> Result<Vec<String>, String> {
+    endpoints
+        .iter()
+        .map(|e| match e.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(std::net::SocketAddr::new(ip, e.port).to_string()),
+            Err(_) => Err(format!(
+                "{}:{}: the picker needs ip:port endpoints (Envoy connects to the address it picks)",
+                e.host, e.port
+            )),
+        })
+        .collect()
 }
 
 /// `host:port` strings (AIBrix style); a port is required.

@@ -92,6 +92,7 @@ impl Chain {
             forward_headers: Vec::new(),
             body_mutation: None,
             credential_override: None,
+            picker: None,
             api,
         }
     }

@@ -35,6 +35,12 @@
 //! content chunks then resets the connection. Header `x-mock-delay-ms` delays the response head.
 //! For fallback tests, `--fail-status N [--retry-after S]` answers every API request with N, and
 //! `--delay-ms N` delays every response head.
+//!
+//! vLLM (the picker's tests, `mock_provider/vllm.rs`): `GET /metrics` reports requests running
+//! (`vllm:num_requests_running`, until the response body ends or is dropped) and the simulated
+//! prefix cache; `--prefill-ms N` delays a response head by N ms scaled by the share of the prompt
+//! (`--prefix-block-bytes` blocks) this server has not seen before; `--chunk-gap-ms` is the time
+//! per output token.
 
 #[path = "mock_provider/anthropic.rs"]
 mod anthropic;
@@ -44,6 +50,8 @@ mod bedrock;
 mod gemini;
 #[path = "mock_provider/openai_apis.rs"]
 mod openai_apis;
+#[path = "mock_provider/vllm.rs"]
+mod vllm;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -113,10 +121,17 @@ struct Args {
     /// Delay every API response head by this many milliseconds (a backend that hangs).
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// vLLM: time to first token of a prompt none of whose blocks are cached here, in ms.
+    #[arg(long, default_value_t = 0)]
+    prefill_ms: u64,
+    /// vLLM: bytes of serialized prompt per simulated KV-cache block.
+    #[arg(long, default_value_t = 64)]
+    prefix_block_bytes: usize,
 }
 
 struct State {
     args: Args,
+    engine: vllm::Engine,
     recorded: Mutex<VecDeque<Value>>,
     seq: Mutex<u64>,
 }
@@ -503,6 +518,22 @@ fn record(state: &State, method: &Method, uri: &str, headers: &hyper::HeaderMap,
     rec.push_back(entry);
 }
 
+/// Every request but the mock's own controls and `/metrics` counts as running while it lasts.
+async fn serve(state: Arc<State>, req: Request<Incoming>) -> Result<Response<RespBody>, Infallible> {
+    let path = req.uri().path();
+    if path == "/metrics" {
+        let mut r = Response::new(full(state.engine.metrics(&state.args.name)));
+        r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"));
+        return Ok(r);
+    }
+    if path.starts_with("/__mock/") {
+        return handle(state, req).await;
+    }
+    let running = state.engine.enter();
+    let response = handle(state, req).await?;
+    Ok(response.map(|body| vllm::guarded(body, running)))
+}
+
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<RespBody>, Infallible> {
     let (parts, body) = req.into_parts();
     let uri = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
@@ -523,6 +554,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Re
         tokio::time::sleep(Duration::from_millis(ms.min(MAX_DELAY_MS))).await;
     }
     if !path.starts_with("/__mock/") {
+        if state.args.prefill_ms > 0 && parts.method == Method::POST {
+            let prefill = Duration::from_millis(state.args.prefill_ms.min(MAX_DELAY_MS));
+            tokio::time::sleep(state.engine.prefill(&body, prefill, state.args.prefix_block_bytes)).await;
+        }
         if state.args.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(state.args.delay_ms.min(MAX_DELAY_MS))).await;
         }
@@ -674,7 +709,12 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     println!("listening {local}");
-    let state = Arc::new(State { args, recorded: Mutex::new(VecDeque::new()), seq: Mutex::new(0) });
+    let state = Arc::new(State {
+        args,
+        engine: vllm::Engine::default(),
+        recorded: Mutex::new(VecDeque::new()),
+        seq: Mutex::new(0),
+    });
     let shutdown = async {
         #[cfg(unix)]
         {
@@ -700,7 +740,7 @@ async fn main() -> anyhow::Result<()> {
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                    let svc = hyper::service::service_fn(move |req| serve(state.clone(), req));
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
                 });
