@@ -32,9 +32,8 @@ fn number(env: &dyn Env, name: &str) -> Result<Option<u64>, String> {
 fn resource_attributes(text: &str) -> Result<Map<String, Value>, String> {
     let mut out = Map::new();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (key, value) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("OTEL_RESOURCE_ATTRIBUTES: {pair:?} is not key=value"))?;
+        let (key, value) =
+            pair.split_once('=').ok_or_else(|| format!("OTEL_RESOURCE_ATTRIBUTES: {pair:?} is not key=value"))?;
         out.insert(key.trim().to_string(), json!(percent_decode(value.trim())));
     }
     Ok(out)
@@ -45,10 +44,8 @@ fn percent_decode(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        let hex =
+            (bytes[i] == b'%').then(|| text.get(i + 1..i + 3)).flatten().and_then(|h| u8::from_str_radix(h, 16).ok());
         match hex {
             Some(b) => {
                 out.push(b);

@@ -704,7 +704,7 @@ impl Exchange {
             Phase::Answered => (self.reply.map_or(0, |r| r.0), self.reply.map(|r| r.1), None, None),
             _ => (self.delegated_status, None, usage_from_filter_state(host), None),
         };
-        let encoded = span.end(status, error, usage, ended_at.unwrap_or_else(|| host.now_nanos()));
+        let encoded = (*span).end(status, error, usage, ended_at.unwrap_or_else(|| host.now_nanos()));
         let queued = tracing.exporter.try_borrow_mut().map(|mut e| e.push(&tracing.settings, encoded)).unwrap_or(false);
         if !queued {
             host.record(&metrics::Sample {

@@ -60,11 +60,8 @@ impl Root {
         let Some(tracing) = self.shared.as_ref().and_then(|s| s.tracing.as_ref()) else { return };
         let settings = &tracing.settings;
         let mut dropped = 0;
-        loop {
-            let Some((body, count)) = tracing.exporter.try_borrow_mut().ok().and_then(|mut e| e.next_batch(settings))
-            else {
-                break;
-            };
+        while let Some((body, count)) = tracing.exporter.try_borrow_mut().ok().and_then(|mut e| e.next_batch(settings))
+        {
             let Some(cluster) = settings.cluster.as_deref() else {
                 log::info!("llmgw: spans {}", String::from_utf8_lossy(&body));
                 continue;

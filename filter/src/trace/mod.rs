@@ -321,10 +321,9 @@ impl Span {
 
     /// The span, encoded: ended at `end` with the client's `status` (0: the stream did not end),
     /// `error` naming what went wrong, and the usage the provider reported.
-    pub fn end(mut self: Box<Self>, status: u16, error: Option<&str>, usage: Option<TokenUsage>, end: u64) -> Vec<u8> {
-        let span = &mut *self;
-        span.finish_output();
-        span.encode(status, error, usage, end)
+    pub fn end(mut self, status: u16, error: Option<&str>, usage: Option<TokenUsage>, end: u64) -> Vec<u8> {
+        self.finish_output();
+        self.encode(status, error, usage, end)
     }
 
     fn finish_output(&mut self) {
