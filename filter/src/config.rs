@@ -789,8 +789,7 @@ fn compile_tracing(t: raw::Tracing) -> Result<crate::trace::Settings, ConfigErro
             return Err(ConfigError::new("tracing.exporter", format!("must be otlp or console, not {other:?}")))
         }
     };
-    let resource: Vec<(String, String)> = t.resource_attributes.into_iter().collect();
-    let mut s = Settings::new(cluster, t.service_name.as_deref().unwrap_or("llmgw"), &resource);
+    let mut s = Settings::new(cluster, t.service_name.as_deref().unwrap_or("llmgw"), &t.resource_attributes);
     s.authority = t.authority.unwrap_or_default();
     if let Some(path) = t.path {
         if !path.starts_with('/') || !is_header_value(&path) {

@@ -158,12 +158,17 @@ pub fn for_each_element<'a>(body: &'a [u8], f: &mut dyn FnMut(&'a [u8])) -> Opti
 /// `body` is not an object.
 pub fn member_value<'a>(body: &'a [u8], key: &str) -> Option<&'a [u8]> {
     let mut found = None;
-    for_each_member(body, |_, m| {
+    each_member(body, &mut |m| {
         if found.is_none() && m.key == key {
             found = Some(m.value);
         }
     })?;
     body.get(found?)
+}
+
+/// [`for_each_member`] behind `dyn`: one copy in the module for the callers that use it.
+pub fn each_member<'a>(body: &'a [u8], f: &mut dyn FnMut(Member<'a>)) -> Option<usize> {
+    for_each_member(body, |_, m| f(m)).map(|(_, count)| count)
 }
 
 /// The top-level members of the object `body` (tests and small objects: this one collects).

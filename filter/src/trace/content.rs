@@ -4,7 +4,7 @@
 //! bodies are validated JSON, so copied literals are valid in the span's JSON too. Everything
 //! copied is charged to the span's `room`.
 
-use crate::json::{for_each_element, for_each_member, member_value as member};
+use crate::json::{each_member, for_each_element, member_value as member};
 use crate::translate::jsontext::write_as_string;
 
 use super::otlp::Attrs;
@@ -216,7 +216,7 @@ pub fn input_messages(api: Api, body: &[u8], room: &mut usize) -> Vec<Message> {
 /// object, written as a string literal's inside.
 pub fn invocation_parameters(api: Api, body: &[u8], room: &mut usize) -> Vec<u8> {
     let mut object = vec![b'{'];
-    for_each_member(body, |_, m| {
+    each_member(body, &mut |m| {
         let skip = CONTENT_MEMBERS.contains(&m.key.as_ref()) || (api == Api::Embeddings && m.key == "input");
         if skip || m.span.len() > MAX_PARAMETER_BYTES {
             return;

@@ -11,7 +11,7 @@ mod content;
 mod otlp;
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::api::Endpoint;
 use crate::plan::header;
@@ -66,7 +66,7 @@ impl Settings {
     pub const DEFAULT_MAX_SPAN_CONTENT_BYTES: usize = 64 * 1024;
 
     /// Settings with the defaults, for `service_name` and resource attributes `(key, value)`.
-    pub fn new(cluster: Option<String>, service_name: &str, resource: &[(String, String)]) -> Self {
+    pub fn new(cluster: Option<String>, service_name: &str, resource: &BTreeMap<String, String>) -> Self {
         Settings {
             cluster,
             authority: String::new(),
@@ -167,18 +167,24 @@ pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], u8)> {
     if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
         return None;
     }
-    let trace: [u8; 16] = hex_decode(trace)?;
-    let parent: [u8; 8] = hex_decode(parent)?;
-    let [flags] = hex_decode::<1>(flags)?;
+    if (trace.len(), parent.len(), flags.len()) != (32, 16, 2) {
+        return None;
+    }
+    let mut ids = [0u8; 25];
+    hex_decode(&[trace, parent, flags].concat(), &mut ids)?;
+    let (trace, rest) = ids.split_first_chunk::<16>()?;
+    let (parent, [flags]) = rest.split_first_chunk::<8>()? else { return None };
+    let (trace, parent, flags) = (*trace, *parent, *flags);
     if trace == [0; 16] || parent == [0; 8] {
         return None;
     }
     Some((trace, parent, flags))
 }
 
-fn hex_decode<const N: usize>(text: &str) -> Option<[u8; N]> {
+/// Lower-case hex digits into `out`, exactly filling it.
+fn hex_decode(text: &str, out: &mut [u8]) -> Option<()> {
     let bytes = text.as_bytes();
-    if bytes.len() != 2 * N {
+    if bytes.len() != 2 * out.len() {
         return None;
     }
     let digit = |b: u8| match b {
@@ -186,11 +192,11 @@ fn hex_decode<const N: usize>(text: &str) -> Option<[u8; N]> {
         b'a'..=b'f' => Some(b - b'a' + 10),
         _ => None,
     };
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = digit(*bytes.get(2 * i)?)? << 4 | digit(*bytes.get(2 * i + 1)?)?;
+    for (byte, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let [high, low] = pair else { return None };
+        *byte = digit(*high)? << 4 | digit(*low)?;
     }
-    Some(out)
+    Some(())
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

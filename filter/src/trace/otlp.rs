@@ -1,6 +1,8 @@
 //! OTLP/HTTP JSON (`ExportTraceServiceRequest`), written by hand: ids in hex, times as unix-nano
 //! strings, 64-bit integers as strings (protobuf's JSON mapping).
 
+use std::collections::BTreeMap;
+
 use crate::json::json_string;
 use crate::translate::jsontext::write_as_string;
 
@@ -79,11 +81,13 @@ impl Attrs {
 }
 
 /// The resource's attributes: `service.name`, then the operator's.
-pub fn resource(service_name: &str, extra: &[(String, String)]) -> Vec<u8> {
+pub fn resource(service_name: &str, extra: &BTreeMap<String, String>) -> Vec<u8> {
     let mut attrs = Attrs::default();
     attrs.string("service.name", service_name);
-    for (key, value) in extra.iter().filter(|(k, _)| k != "service.name") {
-        attrs.string(key, value);
+    for (key, value) in extra {
+        if key != "service.name" {
+            attrs.string(key, value);
+        }
     }
     attrs.list().to_vec()
 }
