@@ -70,6 +70,9 @@ pub fn render(g: &Gateway, o: &Options) -> Value {
     if g.budget_store.is_some() && !g.budgets.is_empty() {
         clusters.push(crate::budgets::rls_cluster(o.rls_port));
     }
+    if let Some(collector) = &g.collector {
+        clusters.push(cluster(collector, o, buffer));
+    }
     json!({
         "node": {"id": "llmgw", "cluster": "llmgw"},
         "admin": {"address": socket(&o.admin_address, o.admin_port)},

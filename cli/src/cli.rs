@@ -189,13 +189,18 @@ pub fn load(args: &ConfigArgs, env: &dyn Env) -> Result<Option<Gateway>, ConfigE
         FormatArg::Aigw => Format::EnvoyAIGateway,
         FormatArg::Aibrix => Format::AIBrix,
     });
-    if let Some(p) = &args.endpoints {
-        return formats::load(p, env, Some(Format::AIBrix)).map(Some);
+    let loaded = if let Some(p) = &args.endpoints {
+        formats::load(p, env, Some(Format::AIBrix)).map(Some)
+    } else if let Some(p) = &args.config {
+        formats::load(p, env, forced).map(Some)
+    } else {
+        autoconfig::from_env(env)
+    };
+    let mut loaded = loaded?;
+    if let Some(g) = loaded.as_mut() {
+        crate::otel::apply(g, env).map_err(|e| ConfigError::new("environment", "OTEL_*", e))?;
     }
-    if let Some(p) = &args.config {
-        return formats::load(p, env, forced).map(Some);
-    }
-    autoconfig::from_env(env)
+    Ok(loaded)
 }
 
 pub fn print_warnings(g: &Gateway) {
@@ -415,7 +420,16 @@ fn render_envoy_gateway(g: &Gateway, a: &RenderArgs) -> anyhow::Result<i32> {
         port: a.listen.port.or(g.port).unwrap_or(EgOptions::default().port),
         consumers: eg_consumers(g)?,
     };
-    let mut text = render_eg::render(&serde_json::Value::Object(g.plugin.clone()), &backends, &opts)
+    let mut plugin = g.plugin.clone();
+    if plugin.get("tracing").is_some_and(|t| t.get("cluster").is_some()) {
+        // Envoy Gateway names its clusters itself: the filter could not address the collector.
+        plugin.remove("tracing");
+        eprintln!(
+            "llmgw: note: OTLP tracing is not rendered for Envoy Gateway (the collector would need a cluster \
+             the filter can name); OTEL_TRACES_EXPORTER=console is"
+        );
+    }
+    let mut text = render_eg::render(&serde_json::Value::Object(plugin), &backends, &opts)
         .map_err(|e| anyhow::anyhow!("cannot render for Envoy Gateway: {e}"))?;
     if !g.budgets.is_empty() {
         let names: Vec<String> = g.upstreams.iter().map(|u| u.name.clone()).collect();

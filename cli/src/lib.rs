@@ -23,6 +23,7 @@ pub mod formats;
 pub mod http;
 pub mod locate;
 pub mod model;
+pub mod otel;
 pub mod ratelimit;
 pub mod render_eg;
 pub mod run;

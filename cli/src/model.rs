@@ -169,6 +169,8 @@ pub struct Gateway {
     /// Where budgets are counted when several gateways share them (`budget_store:`); `None` =
     /// by the filter, in this gateway.
     pub budget_store: Option<crate::budgets::Store>,
+    /// The OTLP collector spans go to (`OTEL_EXPORTER_OTLP_*`); see [`crate::otel`].
+    pub collector: Option<Upstream>,
 }
 
 /// A credential: compared and moved around, never printed (`Debug` shows its length only).
@@ -216,6 +218,7 @@ impl Gateway {
             client_auth: Default::default(),
             budgets: Vec::new(),
             budget_store: None,
+            collector: None,
         }
     }
 

@@ -92,6 +92,7 @@ async fn run(args: RunArgs) -> Result<i32> {
     if demo {
         let port = demo::start().await?;
         gateway = demo::gateway(port);
+        crate::otel::apply(&mut gateway, &ProcessEnv).map_err(anyhow::Error::msg)?;
     }
     let dir = RunDir::create(args.run_dir.clone())?;
     let config_path = dir.path().join("envoy.yaml");

@@ -65,6 +65,37 @@ mod raw {
         pub consumer_header: Option<String>,
         #[serde(default)]
         pub budgets: Vec<Budget>,
+        pub tracing: Option<Tracing>,
+    }
+
+    /// OpenTelemetry tracing (OTLP/HTTP JSON to an Envoy cluster), as `llmgw run` renders it from
+    /// the `OTEL_*` and `OPENINFERENCE_*` variables.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Tracing {
+        /// The collector's Envoy cluster; absent with `exporter: console`.
+        pub cluster: Option<String>,
+        /// `otlp` (default) or `console` (spans in the Envoy log).
+        pub exporter: Option<String>,
+        pub authority: Option<String>,
+        pub path: Option<String>,
+        pub service_name: Option<String>,
+        #[serde(default)]
+        pub resource_attributes: BTreeMap<String, String>,
+        pub max_queue_size: Option<usize>,
+        pub max_queue_bytes: Option<usize>,
+        pub max_export_batch_size: Option<usize>,
+        pub schedule_delay_ms: Option<u64>,
+        pub export_timeout_ms: Option<u64>,
+        pub max_span_content_bytes: Option<usize>,
+        #[serde(default)]
+        pub hide_inputs: bool,
+        #[serde(default)]
+        pub hide_outputs: bool,
+        #[serde(default)]
+        pub hide_embeddings_text: bool,
+        #[serde(default)]
+        pub hide_embeddings_vectors: bool,
     }
 
     #[derive(Deserialize)]
@@ -596,6 +627,8 @@ pub struct Compiled {
     /// Lower-case name of the header naming the consumer; `None`: every request is consumer `""`.
     pub consumer_header: Option<String>,
     pub budgets: Vec<Budget>,
+    /// Spans to an OTLP collector; `None`: no tracing.
+    pub tracing: Option<crate::trace::Settings>,
 }
 
 /// Where this copy of the filter runs.
@@ -753,11 +786,52 @@ fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, Co
         max_metric_label_sets,
         consumer_header: raw.consumer_header.map(|h| header_name(&h, "consumer_header")).transpose()?,
         budgets: compile_budgets(raw.budgets)?,
+        tracing: raw.tracing.map(compile_tracing).transpose()?,
     })
 }
 
 const DEFAULT_OUTPUT_RESERVE: u64 = 1024;
 const DEFAULT_MAX_CONSUMERS: u64 = 10_000;
+
+fn compile_tracing(t: raw::Tracing) -> Result<crate::trace::Settings, ConfigError> {
+    use crate::trace::{Hide, Settings};
+    let cluster = match (t.exporter.as_deref(), t.cluster) {
+        (None | Some("otlp"), Some(cluster)) if !cluster.is_empty() => Some(cluster),
+        (None | Some("otlp"), _) => {
+            return Err(ConfigError::new("tracing.cluster", "the collector's cluster is required"))
+        }
+        (Some("console"), _) => None,
+        (Some(other), _) => {
+            return Err(ConfigError::new("tracing.exporter", format!("must be otlp or console, not {other:?}")))
+        }
+    };
+    let mut s = Settings::new(cluster, t.service_name.as_deref().unwrap_or("llmgw"), &t.resource_attributes);
+    s.authority = t.authority.unwrap_or_default();
+    if let Some(path) = t.path {
+        if !path.starts_with('/') || !is_header_value(&path) {
+            return Err(ConfigError::new("tracing.path", "must be a path starting with /"));
+        }
+        s.path = path;
+    }
+    let positive = |value: Option<usize>, default: usize, field: &str| match value {
+        Some(0) => Err(ConfigError::new(format!("tracing.{field}"), "must be greater than 0")),
+        v => Ok(v.unwrap_or(default)),
+    };
+    s.max_queue_size = positive(t.max_queue_size, s.max_queue_size, "max_queue_size")?;
+    s.max_queue_bytes = positive(t.max_queue_bytes, s.max_queue_bytes, "max_queue_bytes")?;
+    s.max_export_batch_size = positive(t.max_export_batch_size, s.max_export_batch_size, "max_export_batch_size")?;
+    s.max_span_content_bytes = t.max_span_content_bytes.unwrap_or(s.max_span_content_bytes);
+    // The tick runs at least every 50 ms and at most every minute.
+    s.schedule_delay_ms = t.schedule_delay_ms.unwrap_or(s.schedule_delay_ms).clamp(50, 60_000);
+    s.export_timeout_ms = t.export_timeout_ms.unwrap_or(s.export_timeout_ms).max(1);
+    s.hide = Hide {
+        inputs: t.hide_inputs,
+        outputs: t.hide_outputs,
+        embeddings_text: t.hide_embeddings_text,
+        embeddings_vectors: t.hide_embeddings_vectors,
+    };
+    Ok(s)
+}
 
 fn compile_budgets(raw: Vec<raw::Budget>) -> Result<Vec<Budget>, ConfigError> {
     let mut budgets: Vec<Budget> = Vec::with_capacity(raw.len());

@@ -15,6 +15,7 @@ use crate::metrics::{self, LabelLimiter, Labels, MetricIds, MetricSets, Slot};
 use crate::picker;
 use crate::plan::{header, plan_request, Attempt, Destination, HeaderEdit, HeaderList, PlanInput, RequestPlan};
 use crate::request::{self, RequestInfo};
+use crate::trace::{self, Tracing};
 use crate::translate::{self, BodyMode, Translator};
 use crate::usage::TokenUsage;
 
@@ -28,12 +29,15 @@ pub struct Shared {
     pub metric_sets: MetricSets,
     /// `llmgw.attempts_total` by backend, operation, outcome and status.
     pub attempt_metrics: MetricIds<(usize, &'static str, bool, u16)>,
+    /// Spans and their export queue, when the configuration traces.
+    pub tracing: Option<Tracing>,
 }
 
 impl Shared {
     pub fn new(config: Compiled) -> Self {
         let limiter = LabelLimiter::new(config.max_metric_label_sets);
-        Shared { config, limiter, metric_sets: MetricSets::default(), attempt_metrics: MetricIds::default() }
+        let tracing = config.tracing.clone().map(Tracing::new);
+        Shared { config, limiter, metric_sets: MetricSets::default(), attempt_metrics: MetricIds::default(), tracing }
     }
 }
 
@@ -129,6 +133,12 @@ pub struct Exchange {
     cache: Option<Box<cache::Recorder>>,
     /// The endpoint the picker chose, released (in-flight count) once when the stream ends.
     picked: Option<picker::Picked>,
+    /// The request's span, when tracing (ended and queued at `on_log`).
+    span: Option<Box<trace::Span>>,
+    /// The status and error code of an answer the gateway gave itself.
+    reply: Option<(u16, &'static str)>,
+    /// The status of a delegated request's answer (the upstream copy served it).
+    delegated_status: u16,
 }
 
 impl Exchange {
@@ -145,6 +155,9 @@ impl Exchange {
             consumer: String::new(),
             cache: None,
             picked: None,
+            span: None,
+            reply: None,
+            delegated_status: 0,
         }
     }
 
@@ -219,6 +232,9 @@ impl Exchange {
             )
             .with_header("allow", allowed);
             return self.reply_as(host, e, endpoint.client_api());
+        }
+        if let (Role::Downstream, Some(tracing)) = (shared.config.role, &shared.tracing) {
+            self.span = trace::Span::begin(tracing, endpoint, &headers, self.started_at);
         }
         if endpoint == Endpoint::Models {
             self.phase = Phase::Answered;
@@ -360,6 +376,9 @@ impl Exchange {
         let PlanInput { endpoint, attempt, info, .. } = *input;
         let api = endpoint.client_api();
         self.model = Some(info.model.clone());
+        if let Some(span) = self.span.as_mut() {
+            span.request(input.body, &info.model, info.stream);
+        }
         if attempt.is_none() {
             if let Some(flow) = self.consult_cache(host, input) {
                 return flow;
@@ -395,6 +414,18 @@ impl Exchange {
         if reroute {
             host.clear_route_cache();
         }
+        if let Some(span) = self.span.as_mut() {
+            // After the plan's edits: the provider gets this span as its parent.
+            host.set_request_header(trace::TRACEPARENT, &span.traceparent());
+            if let Destination::Backend { index, .. } = &destination {
+                let config = input.config;
+                let consumer =
+                    config.consumer_header.as_deref().and_then(|name| header(input.headers, name)).unwrap_or("");
+                if let Some(backend) = config.backends.get(*index) {
+                    span.routed(&backend.name, trace::provider(backend.schema()), consumer);
+                }
+            }
+        }
         self.phase = match destination {
             Destination::Backend { index, translator } => {
                 self.pick_endpoint(host, input, index);
@@ -413,6 +444,10 @@ impl Exchange {
             host.set_response_header(cache::CACHE_HEADER, "miss");
         }
         if matches!(self.phase, Phase::Delegated { .. }) {
+            if self.span.is_some() {
+                self.delegated_status =
+                    host.response_header(":status").and_then(|s| s.parse().ok()).unwrap_or_default();
+            }
             if host.property(CODE_DETAILS_PROPERTY).as_deref() == Some(VIA_UPSTREAM) {
                 // An attempt's answer: the upstream copy made it client-shaped, and counts it.
                 self.phase = Phase::Ignored;
@@ -594,6 +629,9 @@ impl Exchange {
                 // Time to first token is a streaming measure.
                 routed.first_content_at = Some(host.now_nanos());
             }
+            if let Some(span) = self.span.as_mut() {
+                span.response_bytes(edits.replace.as_deref().unwrap_or(&chunk));
+            }
             let sent = edits.replace.as_ref().map_or(chunk.len(), Vec::len);
             if let Some(recorder) = &mut self.cache {
                 recorder.push(edits.replace.as_deref().unwrap_or(&chunk));
@@ -730,17 +768,7 @@ impl Exchange {
             Phase::Forwarded(routed) => routed.usage,
             // A fallback rule's attempts are served by the upstream copy, which leaves the usage
             // in filter state.
-            _ => {
-                let read = |name: &str| {
-                    host.property(&[name]).and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u64>().ok())
-                };
-                match (read("llm_input_token"), read("llm_output_token")) {
-                    (Some(input), Some(output)) => {
-                        Some(TokenUsage { input, output, total: input.saturating_add(output), ..TokenUsage::default() })
-                    }
-                    _ => None,
-                }
-            }
+            _ => usage_from_filter_state(host),
         };
         budget::settle(host, &shared.config.budgets, &charges, usage.as_ref());
     }
@@ -770,10 +798,32 @@ impl Exchange {
         picker::release(host, picked, ttft);
     }
 
+    /// Ends the request's span and queues it for export (a full queue drops it, counted).
+    fn end_span(&mut self, host: &mut dyn Host) {
+        let Some(span) = self.span.take() else { return };
+        let Some(shared) = self.shared.clone() else { return };
+        let Some(tracing) = &shared.tracing else { return };
+        let (status, error, usage, ended_at) = match &self.phase {
+            Phase::Forwarded(r) => (if r.ended_at.is_some() { r.status } else { 0 }, None, r.usage, r.ended_at),
+            Phase::Answered => (self.reply.map_or(0, |r| r.0), self.reply.map(|r| r.1), None, None),
+            _ => (self.delegated_status, None, usage_from_filter_state(host), None),
+        };
+        let encoded = (*span).end(status, error, usage, ended_at.unwrap_or_else(|| host.now_nanos()));
+        let queued = tracing.exporter.try_borrow_mut().map(|mut e| e.push(&tracing.settings, encoded)).unwrap_or(false);
+        if !queued {
+            host.record(&metrics::Sample {
+                name: trace::SPANS_DROPPED.to_string(),
+                kind: metrics::Kind::Counter,
+                value: 1,
+            });
+        }
+    }
+
     /// End of the stream (also on client aborts): settles budgets and records the request's metrics.
     pub fn on_log(&mut self, host: &mut dyn Host) {
         self.settle_budgets(host);
         self.release_endpoint(host);
+        self.end_span(host);
         let (Phase::Forwarded(routed), Some(shared)) = (&self.phase, &self.shared) else { return };
         if self.logged || routed.retried {
             // A retried attempt was counted as an attempt; the request is counted where it is served.
@@ -836,6 +886,7 @@ impl Exchange {
 
     fn reply_as(&mut self, host: &mut dyn Host, error: ApiError, api: ClientApi) -> Flow {
         self.phase = Phase::Answered;
+        self.reply = Some((error.status, error.code));
         // Every answer the gateway gives itself is counted, with its status and code.
         if let Some(shared) = &self.shared {
             let (model, consumer) = match self.model.as_deref() {
@@ -871,6 +922,18 @@ fn gateway_rate_limited() -> ApiError {
         "rate_limit_exceeded",
         "a rate limit or budget of this gateway is spent; retry after the time in Retry-After",
     )
+}
+
+/// The usage the upstream copy left in filter state (a fallback rule's attempts).
+fn usage_from_filter_state(host: &dyn Host) -> Option<TokenUsage> {
+    let read =
+        |name: &str| host.property(&[name]).and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u64>().ok());
+    match (read("llm_input_token"), read("llm_output_token")) {
+        (Some(input), Some(output)) => {
+            Some(TokenUsage { input, output, total: input.saturating_add(output), ..TokenUsage::default() })
+        }
+        _ => None,
+    }
 }
 
 /// A 2xx without a body: no client API has an empty answer.

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -48,7 +48,69 @@ struct Root {
     metrics: Rc<MetricIds>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, _body: usize, _trailers: usize) {
+        self.spans_answered(token);
+    }
+}
+
+impl Root {
+    /// Sends the VM's queued spans (`trace::Exporter`) to the collector: one OTLP/HTTP JSON request
+    /// per batch. A collector that is down costs the requests nothing: their spans are dropped
+    /// and counted.
+    fn export_spans(&self) {
+        let Some(tracing) = self.shared.as_ref().and_then(|s| s.tracing.as_ref()) else { return };
+        let settings = &tracing.settings;
+        let mut dropped = 0;
+        while let Some((body, count)) = tracing.exporter.try_borrow_mut().ok().and_then(|mut e| e.next_batch(settings))
+        {
+            let Some(cluster) = settings.cluster.as_deref() else {
+                log::info!("llmgw: spans {}", String::from_utf8_lossy(&body));
+                continue;
+            };
+            let authority = if settings.authority.is_empty() { cluster } else { settings.authority.as_str() };
+            let headers = vec![
+                (":method", "POST"),
+                (":path", settings.path.as_str()),
+                (":authority", authority),
+                ("content-type", "application/json"),
+            ];
+            let timeout = Duration::from_millis(settings.export_timeout_ms);
+            match hostcalls::dispatch_http_call(cluster, headers, Some(&body), vec![], timeout) {
+                Ok(token) => {
+                    if let Ok(mut exporter) = tracing.exporter.try_borrow_mut() {
+                        exporter.sent(token, count);
+                    }
+                }
+                Err(status) => {
+                    log::debug!("llmgw: span export to {cluster} failed: {status:?}");
+                    dropped += count;
+                }
+            }
+        }
+        self.count_spans(crate::trace::SPANS_DROPPED, dropped);
+    }
+
+    /// The collector answered an export (or it failed): its spans are counted exported or dropped.
+    fn spans_answered(&self, token: u32) {
+        let Some(tracing) = self.shared.as_ref().and_then(|s| s.tracing.as_ref()) else { return };
+        let count = tracing.exporter.try_borrow_mut().map(|mut e| e.answered(token)).unwrap_or(0);
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
+        let ok = status.as_deref().is_some_and(|s| s.starts_with('2'));
+        if !ok && count > 0 {
+            log::debug!("llmgw: the collector refused {count} span(s): status {status:?}");
+        }
+        let metric = if ok { crate::trace::SPANS_EXPORTED } else { crate::trace::SPANS_DROPPED };
+        self.count_spans(metric, count);
+    }
+
+    fn count_spans(&self, metric: &str, count: usize) {
+        if count > 0 {
+            let sample = crate::metrics::Sample { name: metric.to_string(), kind: Kind::Counter, value: count as u64 };
+            WasmHost { metrics: &self.metrics }.record(&sample);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -69,7 +131,11 @@ impl RootContext for Root {
                 // Counters of named consumers exist before any request: requests then only swap them.
                 crate::budget::prepare(&mut WasmHost { metrics: &self.metrics }, &compiled.budgets);
                 crate::picker::prepare_all(&mut WasmHost { metrics: &self.metrics }, &compiled.backends);
-                self.shared = Some(Rc::new(Shared::new(compiled)));
+                let shared = Rc::new(Shared::new(compiled));
+                if let Some(tracing) = &shared.tracing {
+                    self.set_tick_period(Duration::from_millis(tracing.settings.schedule_delay_ms));
+                }
+                self.shared = Some(shared);
                 true
             }
             Err(e) => {
@@ -77,6 +143,10 @@ impl RootContext for Root {
                 false
             }
         }
+    }
+
+    fn on_tick(&mut self) {
+        self.export_spans();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

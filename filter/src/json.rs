@@ -134,6 +134,48 @@ pub fn for_each_member<'a>(body: &'a [u8], mut f: impl FnMut(usize, Member<'a>))
     }
 }
 
+/// Calls `f` with the bytes of each element of the array `body`, in order; `None` when `body` is
+/// not an array. Not generic (`dyn`): one copy serves every caller.
+pub fn for_each_element<'a>(body: &'a [u8], f: &mut dyn FnMut(&'a [u8])) -> Option<usize> {
+    let open = skip_ws(body, 0);
+    if body.get(open) != Some(&b'[') {
+        return None;
+    }
+    let mut i = skip_ws(body, open + 1);
+    if body.get(i) == Some(&b']') {
+        return Some(0);
+    }
+    let mut count = 0usize;
+    loop {
+        let end = skip_value(body, i)?;
+        f(body.get(i..end)?);
+        count += 1;
+        let next = skip_ws(body, end);
+        match body.get(next)? {
+            b',' => i = skip_ws(body, next + 1),
+            b']' => return Some(count),
+            _ => return None,
+        }
+    }
+}
+
+/// The value bytes of the object member `key` (the first of that name); `None` when absent or
+/// `body` is not an object.
+pub fn member_value<'a>(body: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    let mut found = None;
+    each_member(body, &mut |m| {
+        if found.is_none() && m.key == key {
+            found = Some(m.value);
+        }
+    })?;
+    body.get(found?)
+}
+
+/// [`for_each_member`] behind `dyn`: one copy in the module for the callers that use it.
+pub fn each_member<'a>(body: &'a [u8], f: &mut dyn FnMut(Member<'a>)) -> Option<usize> {
+    for_each_member(body, |_, m| f(m)).map(|(_, count)| count)
+}
+
 /// The top-level members of the object `body` (tests and small objects: this one collects).
 pub fn members(body: &[u8]) -> Option<(usize, Vec<Member<'_>>)> {
     let mut out = Vec::new();

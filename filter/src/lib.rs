@@ -24,6 +24,7 @@ pub mod plan;
 pub mod request;
 pub mod routing;
 pub mod sse;
+pub mod trace;
 pub mod translate;
 pub mod usage;
 pub mod utc;

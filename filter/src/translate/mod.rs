@@ -16,7 +16,7 @@ mod responses_to_messages;
 // handling, AWS's eventstream framing of Anthropic events.
 mod anthropic_request;
 pub mod aws_anthropic_frames;
-mod jsontext;
+pub(crate) mod jsontext;
 
 use crate::api::Endpoint;
 use crate::config::{Backend, Schema};

@@ -1,0 +1,388 @@
+//! Spans as a collector decodes them: requests run through the exchange on the in-memory host,
+//! then the queued export is parsed as OTLP/HTTP JSON.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use serde_json::Value;
+
+use super::*;
+use crate::config::{parse, Env};
+use crate::exchange::{Exchange, Shared};
+use crate::host::Flow;
+use crate::testing::FakeHost;
+
+struct NoEnv;
+impl Env for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
+const BACKENDS: &str = "backends:
+  - {name: openai, schema: OpenAI, auth: {bearer: sk-upstream}}
+  - {name: claude, schema: Anthropic, auth: {x_api_key: k}}
+rules:
+  - {match: {model: {prefix: claude}}, backends: [{name: claude}]}
+  - {backends: [{name: openai}]}
+consumer_header: x-consumer
+";
+
+const ANTHROPIC_STREAM: &[u8] = b"event: message_start\n\
+data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n\
+event: content_block_start\n\
+data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" \\\"world\\\"\"}}\n\n\
+event: content_block_stop\n\
+data: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+event: content_block_start\n\
+data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"get_weather\",\"input\":{}}}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\":\"}}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\" \\\"Paris\\\"}\"}}\n\n\
+event: content_block_stop\n\
+data: {\"type\":\"content_block_stop\",\"index\":1}\n\n\
+event: message_delta\n\
+data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":5}}\n\n\
+event: message_stop\n\
+data: {\"type\":\"message_stop\"}\n\n";
+
+fn shared(tracing: &str) -> Rc<Shared> {
+    let text = format!("{BACKENDS}tracing: {tracing}\n");
+    Rc::new(Shared::new(parse(text.as_bytes(), &NoEnv, 0).unwrap()))
+}
+
+fn default_shared() -> Rc<Shared> {
+    shared("{cluster: otel}")
+}
+
+/// One request through the exchange: the client's body, then the provider's answer in chunks.
+fn run(
+    shared: &Rc<Shared>,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    content_type: &str,
+    chunks: &[&[u8]],
+) -> FakeHost {
+    let mut x = Exchange::new(Some(shared.clone()));
+    let mut host = FakeHost::request("POST", path, headers);
+    host.now = 1_000;
+    host.request_body = body.as_bytes().to_vec();
+    if x.on_request_headers(&mut host, false) == Flow::Pause && host.reply.is_none() {
+        x.on_request_body(&mut host, body.len(), true);
+    }
+    if host.reply.is_none() {
+        host.response_headers = vec![(":status".into(), "200".into()), ("content-type".into(), content_type.into())];
+        let buffered = x.on_response_headers(&mut host, false) == Flow::Pause;
+        if buffered {
+            let whole = chunks.concat();
+            host.response_body = whole.clone();
+            x.on_response_body(&mut host, whole.len(), true);
+        } else {
+            for (i, chunk) in chunks.iter().enumerate() {
+                host.response_body = chunk.to_vec();
+                x.on_response_body(&mut host, chunk.len(), i + 1 == chunks.len());
+            }
+        }
+    }
+    host.now = 5_000;
+    x.on_log(&mut host);
+    host
+}
+
+/// The export request's spans, decoded.
+fn exported(shared: &Shared) -> Value {
+    let tracing = shared.tracing.as_ref().unwrap();
+    let (body, count) = tracing.exporter.borrow_mut().next_batch(&tracing.settings).expect("a batch");
+    let export: Value = serde_json::from_slice(&body).expect("the export is JSON");
+    let spans = export["resourceSpans"][0]["scopeSpans"][0]["spans"].clone();
+    assert_eq!(spans.as_array().unwrap().len(), count);
+    export
+}
+
+fn only_span(shared: &Shared) -> Value {
+    let export = exported(shared);
+    export["resourceSpans"][0]["scopeSpans"][0]["spans"][0].clone()
+}
+
+/// Attributes by key: strings as strings, ints as their decimal text, arrays as JSON.
+fn attrs(span: &Value) -> BTreeMap<String, String> {
+    span["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| {
+            let v = &kv["value"];
+            let text = v["stringValue"]
+                .as_str()
+                .or(v["intValue"].as_str())
+                .map_or_else(|| v["arrayValue"].to_string(), str::to_string);
+            (kv["key"].as_str().unwrap().to_string(), text)
+        })
+        .collect()
+}
+
+fn get<'a>(a: &'a BTreeMap<String, String>, key: &str) -> &'a str {
+    a.get(key).map_or_else(|| panic!("no attribute {key} in {a:#?}"), String::as_str)
+}
+
+#[test]
+fn chat_pass_through_joins_the_clients_trace_and_records_messages_and_tokens() {
+    let shared = default_shared();
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let body = r#"{"model":"gpt-4o","temperature":0.2,"messages":[{"role":"system","content":"Be brief."},
+        {"role":"user","content":[{"type":"text","text":"Say \"hi\""},{"type":"image_url","image_url":{"url":"http://x"}}]}]}"#;
+    let answer = br#"{"id":"c1","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"hi \"there\"","tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#;
+    let host = run(
+        &shared,
+        "/v1/chat/completions",
+        &[("traceparent", parent), ("x-consumer", "team-a")],
+        body,
+        "application/json",
+        &[&answer[..40], &answer[40..]],
+    );
+    let span = only_span(&shared);
+    assert_eq!(span["traceId"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(span["parentSpanId"], "b7ad6b7169203331");
+    assert_eq!(span["name"], "ChatCompletion");
+    assert_eq!((span["startTimeUnixNano"].as_str(), span["endTimeUnixNano"].as_str()), (Some("1000"), Some("1000")));
+    assert_eq!(span["status"]["code"], 1);
+    let span_id = span["spanId"].as_str().unwrap();
+    assert_eq!(span_id.len(), 16);
+    assert_eq!(
+        host.header("traceparent").unwrap(),
+        format!("00-0af7651916cd43dd8448eb211c80319c-{span_id}-01"),
+        "the provider's parent is the gateway's span"
+    );
+    let a = attrs(&span);
+    assert_eq!(get(&a, "openinference.span.kind"), "LLM");
+    assert_eq!(get(&a, "llm.model_name"), "gpt-4o");
+    assert_eq!(get(&a, "llm.provider"), "openai");
+    assert_eq!(get(&a, "llmgw.backend"), "openai");
+    assert_eq!(get(&a, "llmgw.consumer"), "team-a");
+    let params: Value = serde_json::from_str(get(&a, "llm.invocation_parameters")).unwrap();
+    assert_eq!(params, serde_json::json!({"model": "gpt-4o", "temperature": 0.2}));
+    let input: Value = serde_json::from_str(get(&a, "input.value")).unwrap();
+    assert_eq!(input["messages"][0]["content"], "Be brief.");
+    assert_eq!(get(&a, "llm.input_messages.0.message.role"), "system");
+    assert_eq!(get(&a, "llm.input_messages.0.message.content"), "Be brief.");
+    assert_eq!(get(&a, "llm.input_messages.1.message.content"), "Say \"hi\"");
+    assert_eq!(get(&a, "llm.output_messages.0.message.role"), "assistant");
+    assert_eq!(get(&a, "llm.output_messages.0.message.content"), "hi \"there\"");
+    assert_eq!(get(&a, "llm.output_messages.0.message.tool_calls.0.tool_call.function.name"), "f");
+    assert_eq!(get(&a, "llm.output_messages.0.message.tool_calls.0.tool_call.function.arguments"), "{\"a\":1}");
+    assert_eq!(get(&a, "output.mime_type"), "application/json");
+    assert_eq!(
+        (get(&a, "llm.token_count.prompt"), get(&a, "llm.token_count.completion"), get(&a, "llm.token_count.total")),
+        ("12", "3", "15")
+    );
+    assert_eq!(get(&a, "http.response.status_code"), "200");
+    assert!(!a.contains_key("error.type"));
+}
+
+#[test]
+fn a_streamed_chat_translated_from_anthropic_is_assembled_from_the_clients_chunks() {
+    let shared = default_shared();
+    let body =
+        r#"{"model":"claude-x","stream":true,"max_tokens":50,"messages":[{"role":"user","content":"Weather?"}]}"#;
+    let chunks: Vec<&[u8]> = ANTHROPIC_STREAM.chunks(37).collect();
+    let host = run(&shared, "/v1/chat/completions", &[], body, "text/event-stream", &chunks);
+    let span = only_span(&shared);
+    assert!(span.get("parentSpanId").is_none(), "a new trace");
+    let trace_id = span["traceId"].as_str().unwrap();
+    assert_eq!(trace_id.len(), 32);
+    assert!(host.header("traceparent").unwrap().starts_with(&format!("00-{trace_id}-")));
+    let a = attrs(&span);
+    assert_eq!(get(&a, "llm.provider"), "anthropic");
+    assert_eq!(get(&a, "llm.output_messages.0.message.role"), "assistant");
+    assert_eq!(get(&a, "llm.output_messages.0.message.content"), "Hello \"world\"");
+    assert_eq!(get(&a, "output.value"), "Hello \"world\"");
+    assert_eq!(get(&a, "llm.output_messages.0.message.tool_calls.0.tool_call.function.name"), "get_weather");
+    assert_eq!(
+        get(&a, "llm.output_messages.0.message.tool_calls.0.tool_call.function.arguments"),
+        "{\"city\": \"Paris\"}"
+    );
+    assert_eq!((get(&a, "llm.token_count.prompt"), get(&a, "llm.token_count.completion")), ("10", "5"));
+}
+
+#[test]
+fn anthropic_messages_streamed_and_whole() {
+    let shared = default_shared();
+    let body = r#"{"model":"claude-x","stream":true,"max_tokens":50,"system":[{"type":"text","text":"Sys"}],
+        "messages":[{"role":"user","content":[{"type":"text","text":"Weather?"}]},
+        {"role":"assistant","content":[{"type":"tool_use","id":"t0","name":"w","input":{"c":"Oslo"}}]},
+        {"role":"user","content":[{"type":"tool_result","tool_use_id":"t0","content":"rain"}]}]}"#;
+    run(&shared, "/v1/messages", &[], body, "text/event-stream", &[ANTHROPIC_STREAM]);
+    let span = only_span(&shared);
+    assert_eq!(span["name"], "Message");
+    let a = attrs(&span);
+    assert_eq!(get(&a, "llm.input_messages.0.message.role"), "system");
+    assert_eq!(get(&a, "llm.input_messages.0.message.content"), "Sys");
+    assert_eq!(get(&a, "llm.input_messages.2.message.tool_calls.0.tool_call.function.arguments"), "{\"c\":\"Oslo\"}");
+    assert_eq!(get(&a, "llm.input_messages.3.message.content"), "rain");
+    assert_eq!(get(&a, "llm.output_messages.0.message.content"), "Hello \"world\"");
+    assert_eq!(get(&a, "llm.output_messages.0.message.tool_calls.0.tool_call.id"), "toolu_1");
+
+    let body = r#"{"model":"claude-x","max_tokens":50,"messages":[{"role":"user","content":"Hi"}]}"#;
+    let answer = br#"{"id":"m","type":"message","role":"assistant","model":"claude-x","content":[{"type":"text","text":"Yo"}],"stop_reason":"end_turn","usage":{"input_tokens":4,"output_tokens":2}}"#;
+    run(&shared, "/v1/messages", &[], body, "application/json", &[answer]);
+    let a = attrs(&only_span(&shared));
+    assert_eq!(get(&a, "llm.output_messages.0.message.content"), "Yo");
+    assert_eq!(get(&a, "llm.token_count.total"), "6");
+}
+
+#[test]
+fn responses_whole_and_streamed() {
+    let shared = default_shared();
+    let body = r#"{"model":"gpt-4o","instructions":"Be terse","input":"Hi there","max_output_tokens":20}"#;
+    let answer = br#"{"id":"r","object":"response","output":[{"type":"message","role":"assistant","content":[{"type":"output_text","text":"Hello"}]},{"type":"function_call","call_id":"c9","name":"g","arguments":"{}"}],"usage":{"input_tokens":5,"output_tokens":1,"total_tokens":6}}"#;
+    run(&shared, "/v1/responses", &[], body, "application/json", &[answer]);
+    let span = only_span(&shared);
+    assert_eq!(span["name"], "Response");
+    let a = attrs(&span);
+    assert_eq!(get(&a, "llm.input_messages.0.message.content"), "Be terse");
+    assert_eq!(
+        (get(&a, "llm.input_messages.1.message.role"), get(&a, "llm.input_messages.1.message.content")),
+        ("user", "Hi there")
+    );
+    assert_eq!(get(&a, "llm.output_messages.0.message.content"), "Hello");
+    assert_eq!(get(&a, "llm.output_messages.0.message.tool_calls.0.tool_call.id"), "c9");
+    assert!(get(&a, "llm.invocation_parameters").contains("max_output_tokens"));
+
+    let body =
+        r#"{"model":"gpt-4o","stream":true,"input":[{"role":"user","content":[{"type":"input_text","text":"Q"}]}]}"#;
+    let stream = b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hel\"}\n\n\
+event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":[{\"type\":\"message\",\"role\":\"assistant\",\"content\":[{\"type\":\"output_text\",\"text\":\"Hello\"}]}],\"usage\":{\"input_tokens\":2,\"output_tokens\":1,\"total_tokens\":3}}}\n\n";
+    run(&shared, "/v1/responses", &[], body, "text/event-stream", &[stream]);
+    let a = attrs(&only_span(&shared));
+    assert_eq!(get(&a, "llm.input_messages.0.message.content"), "Q");
+    assert_eq!(get(&a, "llm.output_messages.0.message.content"), "Hello");
+    assert_eq!(get(&a, "llm.token_count.total"), "3");
+}
+
+#[test]
+fn embeddings_record_texts_and_vectors_unless_hidden() {
+    let body = r#"{"model":"text-embedding-3-small","input":["alpha","beta"]}"#;
+    let answer = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5,-1.25e-3]},{"object":"embedding","index":1,"embedding":[1,2]}],"usage":{"prompt_tokens":4,"total_tokens":4}}"#;
+    let plain = default_shared();
+    run(&plain, "/v1/embeddings", &[], body, "application/json", &[answer]);
+    let span = only_span(&plain);
+    assert_eq!(span["name"], "CreateEmbeddings");
+    let a = attrs(&span);
+    assert_eq!(get(&a, "openinference.span.kind"), "EMBEDDING");
+    assert_eq!(get(&a, "embedding.model_name"), "text-embedding-3-small");
+    assert_eq!(get(&a, "embedding.embeddings.1.embedding.text"), "beta");
+    let vector: Value = serde_json::from_str(get(&a, "embedding.embeddings.0.embedding.vector")).unwrap();
+    assert_eq!(vector["values"][1]["doubleValue"], -0.00125);
+    assert_eq!(get(&a, "llm.token_count.prompt"), "4");
+
+    let hidden = shared("{cluster: otel, hide_embeddings_text: true, hide_embeddings_vectors: true}");
+    run(&hidden, "/v1/embeddings", &[], body, "application/json", &[answer]);
+    let a = attrs(&only_span(&hidden));
+    assert!(!a.keys().any(|k| k.starts_with("embedding.embeddings")), "{a:#?}");
+    assert_eq!(get(&a, "llm.token_count.prompt"), "4");
+}
+
+#[test]
+fn hidden_inputs_and_outputs_never_leave() {
+    let hidden = shared("{cluster: otel, hide_inputs: true, hide_outputs: true}");
+    let body =
+        r#"{"model":"claude-x","stream":true,"max_tokens":50,"messages":[{"role":"user","content":"SECRET-PROMPT"}]}"#;
+    run(&hidden, "/v1/chat/completions", &[], body, "text/event-stream", &[ANTHROPIC_STREAM]);
+    let answer = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"SECRET-ANSWER"}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"SECRET-PROMPT"}]}"#;
+    run(&hidden, "/v1/chat/completions", &[], body, "application/json", &[answer]);
+    let tracing = hidden.tracing.as_ref().unwrap();
+    let (export, count) = tracing.exporter.borrow_mut().next_batch(&tracing.settings).unwrap();
+    assert_eq!(count, 2);
+    let text = String::from_utf8(export.clone()).unwrap();
+    assert!(!text.contains("SECRET") && !text.contains("Hello") && !text.contains("world"), "{text}");
+    let export: Value = serde_json::from_slice(&export).unwrap();
+    let a = attrs(&export["resourceSpans"][0]["scopeSpans"][0]["spans"][1]);
+    assert!(!a.keys().any(|k| k.starts_with("llm.input_messages") || k.starts_with("llm.output_messages")));
+    assert_eq!(get(&a, "llm.token_count.total"), "2");
+    assert_eq!(get(&a, "llm.model_name"), "gpt-4o");
+}
+
+#[test]
+fn content_is_capped_per_span_and_stays_valid_json() {
+    let capped = shared("{cluster: otel, max_span_content_bytes: 300}");
+    let long = "\\u00e9ab\\\"".repeat(200);
+    let body = format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{long}"}}]}}"#);
+    let answer = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"ok"}}]}"#;
+    run(&capped, "/v1/chat/completions", &[], &body, "application/json", &[answer]);
+    let a = attrs(&only_span(&capped));
+    assert!(!a.contains_key("input.value"), "the body does not fit");
+    let content = get(&a, "llm.input_messages.0.message.content");
+    assert!(!content.is_empty() && content.len() < 300 && content.starts_with("éab\""), "{content}");
+}
+
+#[test]
+fn gateway_refusals_and_unsampled_traces() {
+    let shared = default_shared();
+    run(&shared, "/v1/chat/completions", &[], r#"{"model":"gpt-4o","stream":"yes","messages":[]}"#, "", &[]);
+    let span = only_span(&shared);
+    assert_eq!(span["status"]["code"], 2);
+    let a = attrs(&span);
+    assert_eq!(get(&a, "http.response.status_code"), "400");
+    assert_eq!(get(&a, "error.type"), "invalid_request");
+
+    let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+    run(
+        &shared,
+        "/v1/chat/completions",
+        &[("traceparent", unsampled)],
+        r#"{"model":"gpt-4o","messages":[]}"#,
+        "application/json",
+        &[b"{}"],
+    );
+    assert_eq!(shared.tracing.as_ref().unwrap().exporter.borrow().queued(), 0);
+    // Not an LLM call: no span.
+    run(&shared, "/v1/models", &[], "", "", &[]);
+    assert_eq!(shared.tracing.as_ref().unwrap().exporter.borrow().queued(), 0);
+}
+
+#[test]
+fn a_full_queue_drops_and_counts() {
+    let small = shared("{cluster: otel, max_queue_size: 1, max_export_batch_size: 1}");
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}"#;
+    let answer: &[u8] = br#"{"choices":[]}"#;
+    let first = run(&small, "/v1/chat/completions", &[], body, "application/json", &[answer]);
+    assert!(!first.samples.iter().any(|s| s.name == SPANS_DROPPED));
+    let second = run(&small, "/v1/chat/completions", &[], body, "application/json", &[answer]);
+    assert!(second.samples.iter().any(|s| s.name == SPANS_DROPPED && s.value == 1));
+    let tracing = small.tracing.as_ref().unwrap();
+    let mut exporter = tracing.exporter.borrow_mut();
+    let (_, count) = exporter.next_batch(&tracing.settings).unwrap();
+    exporter.sent(7, count);
+    assert_eq!(exporter.answered(7), 1);
+    assert_eq!(exporter.answered(7), 0, "answered once");
+}
+
+#[test]
+fn traceparent_parsing_and_resource() {
+    assert!(parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").is_some());
+    for bad in [
+        "",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+    ] {
+        assert!(parse_traceparent(bad).is_none(), "{bad}");
+    }
+    let s = shared("{cluster: otel, service_name: gw, resource_attributes: {deployment.environment: prod}}");
+    run(&s, "/v1/chat/completions", &[], r#"{"model":"gpt-4o","messages":[]}"#, "application/json", &[b"{}"]);
+    let export = exported(&s);
+    let resource = attrs(&export["resourceSpans"][0]["resource"]);
+    assert_eq!((get(&resource, "service.name"), get(&resource, "deployment.environment")), ("gw", "prod"));
+    assert!(parse(format!("{BACKENDS}tracing: {{}}").as_bytes(), &NoEnv, 0).is_err(), "a cluster is required");
+    assert!(parse(format!("{BACKENDS}tracing: {{exporter: console}}").as_bytes(), &NoEnv, 0).is_ok());
+}
