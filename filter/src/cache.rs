@@ -305,20 +305,20 @@ pub struct Entry {
 }
 
 /// The live entry for `lookup`, if any; records its use (LRU).
-pub fn get(host: &mut dyn Host, lookup: &Lookup, now_secs: u64) -> Option<Entry> {
+pub fn get(host: &mut dyn Host, lookup: &Lookup, now_ms: u64) -> Option<Entry> {
     let (index, cas) = host.shared_data(&index_key(&lookup.store))?;
     let (next, mut records) = decode_index(&index);
-    let position = records.iter().position(|r| r.key == lookup.key && r.expires > now_secs)?;
+    let position = records.iter().position(|r| r.key == lookup.key && r.expires > now_ms)?;
     let record = *records.get(position)?;
     let (mut value, _) = host.shared_data(&slot_key(&lookup.store, record.slot))?;
     if u64_at(&value, 0) != record.generation || value.get(8..40) != Some(&record.key[..]) {
         return None;
     }
     let shape = *value.get(40)?;
-    if record.last_used < now_secs {
-        // One attempt: a lost race only leaves the use a second older.
+    if record.last_used.saturating_add(1000) <= now_ms {
+        // Once a second at most; one attempt: a lost race only leaves the use a second older.
         if let Some(r) = records.get_mut(position) {
-            r.last_used = now_secs;
+            r.last_used = now_ms;
         }
         host.set_shared_data(&index_key(&lookup.store), &encode_index(next, &records), cas);
     }
@@ -336,7 +336,7 @@ pub struct Stored {
 
 /// Stores `body` under `lookup` (replacing an entry of the same key), evicting expired entries,
 /// then least recently used ones, until it fits. `None`: too large, or the index stayed contended.
-pub fn put(host: &mut dyn Host, policy: &Policy, lookup: &Lookup, body: &[u8], now_secs: u64) -> Option<Stored> {
+pub fn put(host: &mut dyn Host, policy: &Policy, lookup: &Lookup, body: &[u8], now_ms: u64) -> Option<Stored> {
     let size = u32::try_from(body.len()).ok().filter(|&s| u64::from(s) <= policy.max_entry_bytes)?;
     let key = index_key(&lookup.store);
     for _ in 0..CAS_ATTEMPTS {
@@ -349,7 +349,7 @@ pub fn put(host: &mut dyn Host, policy: &Policy, lookup: &Lookup, body: &[u8], n
         let mut freed: Vec<Record> = Vec::new();
         let mut evicted = 0;
         records.retain(|r| {
-            let keep = r.key != lookup.key && r.expires > now_secs;
+            let keep = r.key != lookup.key && r.expires > now_ms;
             if !keep {
                 freed.push(*r);
             }
@@ -368,8 +368,8 @@ pub fn put(host: &mut dyn Host, policy: &Policy, lookup: &Lookup, body: &[u8], n
             slot,
             size,
             generation: next,
-            expires: now_secs + policy.ttl_secs,
-            last_used: now_secs,
+            expires: now_ms.saturating_add(policy.ttl_secs.saturating_mul(1000)),
+            last_used: now_ms,
         };
         records.push(record);
         if !host.set_shared_data(&key, &encode_index(next + 1, &records), cas) {
@@ -427,13 +427,13 @@ impl Recorder {
 }
 
 /// Stores a recorded answer (its usage marked as cached) and records the metrics.
-pub fn store(host: &mut dyn Host, config: &Compiled, recorder: Recorder, now_secs: u64) {
+pub fn store(host: &mut dyn Host, config: &Compiled, recorder: Recorder, now_ms: u64) {
     let Some(policy) = config.rules.get(recorder.lookup.rule).and_then(|r| r.cache.as_ref()) else { return };
     if recorder.overflowed || recorder.body.is_empty() {
         return;
     }
     let body = mark_usage_cached(&recorder.body, recorder.lookup.api, recorder.lookup.shape != Shape::Json);
-    if let Some(stored) = put(host, policy, &recorder.lookup, &body, now_secs) {
+    if let Some(stored) = put(host, policy, &recorder.lookup, &body, now_ms) {
         if stored.evicted > 0 {
             count(host, EVICTIONS, Kind::Counter, stored.evicted);
         }
@@ -680,46 +680,57 @@ mod tests {
     }
 
     #[test]
+    fn a_ttl_counts_from_the_store_to_the_millisecond() {
+        let mut host = FakeHost::default();
+        let p = Policy { ttl_secs: 1, ..policy(300, 8) };
+        // Stored late in a second: whole seconds would end it 10 ms later.
+        put(&mut host, &p, &entry(1), b"x", 5_990).unwrap();
+        assert!(get(&mut host, &entry(1), 6_010).is_some());
+        assert!(get(&mut host, &entry(1), 6_989).is_some());
+        assert!(get(&mut host, &entry(1), 6_990).is_none());
+    }
+
+    #[test]
     fn entries_expire_and_the_least_recently_used_is_evicted_with_slots_reused() {
         let mut host = FakeHost::default();
         let p = policy(300, 8);
-        assert_eq!(put(&mut host, &p, &entry(1), &[b'a'; 100], 10), Some(Stored { evicted: 0, bytes_delta: 100 }));
-        put(&mut host, &p, &entry(2), &[b'b'; 100], 11).unwrap();
-        put(&mut host, &p, &entry(3), &[b'c'; 100], 12).unwrap();
+        assert_eq!(put(&mut host, &p, &entry(1), &[b'a'; 100], 10_000), Some(Stored { evicted: 0, bytes_delta: 100 }));
+        put(&mut host, &p, &entry(2), &[b'b'; 100], 11_000).unwrap();
+        put(&mut host, &p, &entry(3), &[b'c'; 100], 12_000).unwrap();
         // Entry 1 is used: entry 2 is now the least recently used.
-        assert_eq!(get(&mut host, &entry(1), 13).unwrap().body, [b'a'; 100]);
-        assert_eq!(put(&mut host, &p, &entry(4), &[b'd'; 100], 14), Some(Stored { evicted: 1, bytes_delta: 0 }));
-        assert!(get(&mut host, &entry(2), 14).is_none());
-        assert!(get(&mut host, &entry(1), 14).is_some() && get(&mut host, &entry(4), 14).is_some());
+        assert_eq!(get(&mut host, &entry(1), 13_000).unwrap().body, [b'a'; 100]);
+        assert_eq!(put(&mut host, &p, &entry(4), &[b'd'; 100], 14_000), Some(Stored { evicted: 1, bytes_delta: 0 }));
+        assert!(get(&mut host, &entry(2), 14_000).is_none());
+        assert!(get(&mut host, &entry(1), 14_000).is_some() && get(&mut host, &entry(4), 14_000).is_some());
         let slot_keys = host.shared.keys().filter(|k| !k.ends_with(".index")).count();
         assert_eq!(slot_keys, 3, "entry 4 reused entry 2's slot");
         // Past its TTL an entry is a miss, and its bytes are freed by the next store.
-        assert!(get(&mut host, &entry(3), 12 + 60).is_none());
-        put(&mut host, &p, &entry(5), b"e", 80).unwrap();
+        assert!(get(&mut host, &entry(3), (12 + 60) * 1000).is_none());
+        put(&mut host, &p, &entry(5), b"e", 80_000).unwrap();
         assert_eq!(slot_bytes(&host), ENTRY_HEAD + 1, "expired entries' slots are emptied");
         // Too large for an entry: not stored. The entry count is bounded too.
-        assert!(put(&mut host, &p, &entry(6), &[0; 301], 80).is_none());
+        assert!(put(&mut host, &p, &entry(6), &[0; 301], 80_000).is_none());
         let one = policy(1000, 1);
         let mut host = FakeHost::default();
-        put(&mut host, &one, &entry(1), b"x", 0).unwrap();
-        assert_eq!(put(&mut host, &one, &entry(2), b"y", 0).map(|s| s.evicted), Some(1));
+        put(&mut host, &one, &entry(1), b"x", 0_000).unwrap();
+        assert_eq!(put(&mut host, &one, &entry(2), b"y", 0_000).map(|s| s.evicted), Some(1));
     }
 
     #[test]
     fn a_slot_taken_by_another_generation_is_a_miss_not_another_answer() {
         let mut host = FakeHost::default();
         let p = policy(1000, 4);
-        put(&mut host, &p, &entry(1), b"one", 0).unwrap();
+        put(&mut host, &p, &entry(1), b"one", 0_000).unwrap();
         // Another worker overwrote the slot with a newer entry the index does not list.
         let (mut value, _) = host.shared_data("llmgw.cache.t.0").unwrap();
         value.splice(0..8, 99u64.to_le_bytes());
         host.set_shared_data("llmgw.cache.t.0", &value, 0);
-        assert!(get(&mut host, &entry(1), 1).is_none());
+        assert!(get(&mut host, &entry(1), 1_000).is_none());
         // A store that loses the compare-and-swap retries.
         host.cas_conflicts = 2;
-        assert!(put(&mut host, &p, &entry(2), b"two", 0).is_some());
+        assert!(put(&mut host, &p, &entry(2), b"two", 0_000).is_some());
         host.cas_conflicts = CAS_ATTEMPTS;
-        assert!(put(&mut host, &p, &entry(3), b"three", 0).is_none());
+        assert!(put(&mut host, &p, &entry(3), b"three", 0_000).is_none());
     }
 
     #[test]

@@ -696,8 +696,9 @@ impl Exchange {
         let policy = rule.cache.as_ref()?;
         let consumer = consumer_of(config, input.headers);
         let lookup = cache::lookup(input, index, rule, consumer)?;
-        let now_secs = input.now_nanos / 1_000_000_000;
-        if let Some(entry) = lookup.read.then(|| cache::get(host, &lookup, now_secs)).flatten() {
+        // Milliseconds: a TTL of 1s must not end a few ms after the store.
+        let now_ms = input.now_nanos / 1_000_000;
+        if let Some(entry) = lookup.read.then(|| cache::get(host, &lookup, now_ms)).flatten() {
             cache::count(host, cache::HITS, metrics::Kind::Counter, 1);
             if !consumer.is_empty() {
                 host.set_filter_state(CONSUMER_STATE, consumer.as_bytes());
@@ -716,9 +717,9 @@ impl Exchange {
 
     /// Stores the recorded answer of a miss that ended well.
     fn store_cached(&mut self, host: &mut dyn Host) {
-        let now_secs = host.now_nanos() / 1_000_000_000;
+        let now_ms = host.now_nanos() / 1_000_000;
         let (Some(recorder), Some(shared)) = (self.cache.take(), &self.shared) else { return };
-        cache::store(host, &shared.config, *recorder, now_secs);
+        cache::store(host, &shared.config, *recorder, now_ms);
     }
 
     /// Charges the request's budgets (its consumer, model, size and output cap), or says why not.
