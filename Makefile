@@ -31,13 +31,13 @@ export ENVOY_BIN
 
 
 .PHONY: wasm-trap
-.PHONY: help tools rust-tools py-tools deb-tools redis-tools build wasm host-bins cli test lint fmt-check clippy unit \
+.PHONY: help tools rust-tools py-tools deb-tools redis-tools build wasm wasm-size host-bins cli test lint fmt-check clippy unit \
         unit-native unit-wasm harness cli-test e2e validate run run-mocks oci oci-push clean-venv
 
 help:
 	@echo "make run       llmgw run: gateway on :1975, admin :1064, configured from the environment (demo mode without keys)"
 	@echo "make run-mocks envoy-configs/local/envoy.yaml with two mock providers"
-	@echo "make test      lint + unit + harness + cli-test + e2e + bench-smoke + bench-check (what .ci/run does)"
+	@echo "make test      lint + wasm-size + unit + harness + cli-test + e2e + bench-smoke + bench-check (what .ci/run does)"
 	@echo "make build     release filter wasm, mock-provider, wasi-runner, llmgw CLI"
 	@echo "make lint      cargo fmt --check and clippy (host and wasm32)"
 	@echo "make unit      filter unit tests, native and on wasmtime (wasm32-wasip1)"
@@ -112,6 +112,14 @@ wasm: rust-tools
 	  fi; \
 	fi
 
+# The optimized module's budget (README "Dependencies"): `make test` fails past it.
+WASM_BUDGET := 1048576
+wasm-size: wasm
+	@size=$$(stat -c %s "$(WASM)"); \
+	if [ "$$size" -gt $(WASM_BUDGET) ]; then \
+	  echo "error: $(WASM) is $$size bytes, over the $(WASM_BUDGET)-byte budget" >&2; exit 1; \
+	else echo "wasm size: $$size of $(WASM_BUDGET) bytes"; fi
+
 # host-tests and mocks are built together (here and in `harness`): on its own, mocks resolves tokio,
 # serde & co. with fewer features than host-tests does, and every one of them was compiled twice.
 host-bins:
@@ -132,7 +140,7 @@ cli:
 
 # --- tests -------------------------------------------------------------------------------------
 
-test: lint unit harness cli-test e2e bench-smoke bench-check
+test: lint wasm-size unit harness cli-test e2e bench-smoke bench-check
 	@echo "make test: all passed"
 
 lint: fmt-check clippy
