@@ -1433,12 +1433,9 @@ fn compile_rule(r: raw::Rule, field: &str, backends: &mut Vec<Backend>) -> Resul
     let weighted = targets.iter().enumerate().map(|(i, t)| WeightedBackend { target: i, weight: t.weight }).collect();
     let balancer = Balancer::new(weighted)
         .ok_or_else(|| ConfigError::new(format!("{field}.backends"), "at least one backend needs a positive weight"))?;
-    let levels = {
-        let mut p: Vec<u32> = targets.iter().map(|t| t.priority).collect();
-        p.sort_unstable();
-        p.dedup();
-        p.len()
-    };
+    // Distinct priorities, counted without a sort (its code would cost the module).
+    let levels =
+        targets.iter().enumerate().filter(|&(i, t)| !targets.iter().take(i).any(|u| u.priority == t.priority)).count();
     let fallback = match r.retry {
         Some(retry) => Some(compile_retry(retry, &format!("{field}.retry"), targets.len())?),
         // Priorities without a retry policy still mean "fall back": one attempt per level.

@@ -75,7 +75,7 @@ pub fn forwarded(name: &str, backend: &Backend) -> bool {
 /// The client request headers to remove before the request goes to `backend`.
 pub fn to_remove(names: Vec<String>, backend: &Backend) -> Vec<String> {
     let mut out: Vec<String> = names.into_iter().filter(|n| !forwarded(n, backend)).collect();
-    out.sort_unstable();
+    crate::sort::sort_unstable(&mut out);
     out.dedup();
     out
 }

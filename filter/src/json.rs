@@ -311,7 +311,7 @@ impl<'a> Splice<'a> {
             };
             ranges.push(range);
         }
-        ranges.sort_unstable_by_key(|r| (r.start, r.end));
+        crate::sort::sort_unstable_by(&mut ranges, |a, b| (a.start, a.end) < (b.start, b.end));
         let mut merged: Vec<Range<usize>> = Vec::new();
         for r in ranges {
             match merged.last_mut() {
@@ -337,7 +337,7 @@ impl<'a> Splice<'a> {
         // A value set on a removed member is dropped with it.
         self.edits.retain(|(r, _)| !removals.iter().any(|d| d.start <= r.start && r.end <= d.end));
         self.edits.extend(removals.into_iter().map(|r| (r, Vec::new())));
-        self.edits.sort_unstable_by_key(|(r, _)| (r.start, r.end));
+        crate::sort::sort_unstable_by(&mut self.edits, |(a, _), (b, _)| (a.start, a.end) < (b.start, b.end));
         let head_end = self.edits.last().map_or(self.open + 1, |(r, _)| r.end.max(self.open + 1));
         let mut head = Vec::with_capacity(head_end + self.inserted.len() + 1);
         head.extend_from_slice(self.body.get(..=self.open)?);

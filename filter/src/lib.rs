@@ -23,6 +23,7 @@ pub mod picker;
 pub mod plan;
 pub mod request;
 pub mod routing;
+pub mod sort;
 pub mod sse;
 pub mod trace;
 pub mod translate;

@@ -43,7 +43,7 @@ pub fn sign(
     if let Some(token) = token {
         headers.push(("x-amz-security-token".into(), token.into()));
     }
-    headers.sort_unstable();
+    crate::sort::sort_unstable(&mut headers);
     let signed_headers = headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(";");
 
     let (path, query) = outgoing.path.split_once('?').unwrap_or((outgoing.path, ""));
@@ -147,7 +147,7 @@ fn canonical_query(query: &str) -> String {
             (key, value)
         })
         .collect();
-    params.sort_unstable();
+    crate::sort::sort_unstable(&mut params);
     params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
 }
 
