@@ -564,6 +564,19 @@ mod tests {
     use super::*;
     use crate::model::MapEnv;
 
+    /// Loopback listener on 1975, admin on 9901, the given module path.
+    fn test_options(wasm: &str) -> Options {
+        Options {
+            address: "127.0.0.1".into(),
+            port: 1975,
+            admin_address: "127.0.0.1".into(),
+            admin_port: 9901,
+            wasm: wasm.into(),
+            ca_bundle: "/ca.pem".into(),
+            rls_port: DEFAULT_RLS_PORT,
+        }
+    }
+
     const FALLBACK: &str = "
 backends:
   - {name: openai, url: https://api.openai.com/v1, schema: OpenAI, auth: {bearer_env: OPENAI_API_KEY}}
@@ -591,15 +604,7 @@ rules:
     fn rendered() -> Value {
         let g = crate::formats::load_text("t.yaml", FALLBACK, &MapEnv::default(), None).unwrap();
         crate::validate::validate(&g, &crate::model::AnyEnv).unwrap();
-        let o = Options {
-            address: "127.0.0.1".into(),
-            port: 1975,
-            admin_address: "127.0.0.1".into(),
-            admin_port: 9901,
-            wasm: "/x/llmgw_filter.wasm".into(),
-            ca_bundle: "/ca.pem".into(),
-            rls_port: DEFAULT_RLS_PORT,
-        };
+        let o = test_options("/x/llmgw_filter.wasm");
         render(&g, &o)
     }
 
@@ -751,15 +756,7 @@ rules:
             g.plugin["backends"][0]["picker"],
             serde_json::json!({"algorithm": "least-request", "endpoints": ["10.0.0.5:8000", "10.0.0.6:8000"]})
         );
-        let o = Options {
-            address: "127.0.0.1".into(),
-            port: 1975,
-            admin_address: "127.0.0.1".into(),
-            admin_port: 9901,
-            wasm: "/x.wasm".into(),
-            ca_bundle: "/ca.pem".into(),
-            rls_port: DEFAULT_RLS_PORT,
-        };
+        let o = test_options("/x.wasm");
         let b = render(&g, &o);
         let c = named(&b["static_resources"]["clusters"], "v");
         assert_eq!((c["type"].as_str(), c["lb_policy"].as_str()), (Some("ORIGINAL_DST"), Some("CLUSTER_PROVIDED")));
@@ -794,15 +791,7 @@ rules:
         )
         .unwrap();
         assert!(fallback::rules(&g).is_empty());
-        let o = Options {
-            address: "127.0.0.1".into(),
-            port: 1975,
-            admin_address: "127.0.0.1".into(),
-            admin_port: 9901,
-            wasm: "/x.wasm".into(),
-            ca_bundle: "/ca.pem".into(),
-            rls_port: DEFAULT_RLS_PORT,
-        };
+        let o = test_options("/x.wasm");
         let b = render(&g, &o);
         assert_eq!(b["static_resources"]["clusters"].as_array().unwrap().len(), 1);
         assert!(!b.to_string().contains("x-llmgw-rule"));
@@ -814,15 +803,7 @@ rules:
             "backends: [{name: a, url: 'http://127.0.0.1:8000/v1', schema: OpenAI}]\nanthropic_prefix: /claude\n";
         let g = crate::formats::load_text("t.yaml", text, &MapEnv::default(), None).unwrap();
         crate::validate::validate(&g, &MapEnv::default()).unwrap();
-        let o = Options {
-            address: "127.0.0.1".into(),
-            port: 1975,
-            admin_address: "127.0.0.1".into(),
-            admin_port: 9901,
-            wasm: "/x.wasm".into(),
-            ca_bundle: "/ca.pem".into(),
-            rls_port: DEFAULT_RLS_PORT,
-        };
+        let o = test_options("/x.wasm");
         let b = render(&g, &o);
         let hcm = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
         let plugin = hcm["http_filters"][0]["typed_config"]["config"]["configuration"]["value"].as_str().unwrap();

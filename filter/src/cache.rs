@@ -536,15 +536,10 @@ pub fn content_type(shape: u8) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse, Env};
+    use crate::config::parse;
     use crate::testing::FakeHost;
 
-    struct NoEnv;
-    impl Env for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
-    }
+    use crate::testing::NoEnv;
 
     fn config(cache: &str) -> Compiled {
         let text = format!(

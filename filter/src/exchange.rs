@@ -1191,15 +1191,10 @@ fn path_only(path: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse, Env};
+    use crate::config::parse;
     use crate::testing::FakeHost;
 
-    struct NoEnv;
-    impl Env for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
-    }
+    use crate::testing::NoEnv;
 
     const CONFIG: &str = "
 backends:

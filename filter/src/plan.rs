@@ -346,17 +346,12 @@ mod tests {
         use std::rc::Rc;
 
         use crate::auth::sigv4;
-        use crate::config::{parse, AwsCredential, Env, Secret};
+        use crate::config::{parse, AwsCredential, Secret};
         use crate::exchange::{Exchange, Shared};
         use crate::host::Flow;
         use crate::testing::FakeHost;
 
-        struct NoEnv;
-        impl Env for NoEnv {
-            fn var(&self, _: &str) -> Option<String> {
-                None
-            }
-        }
+        use crate::testing::NoEnv;
 
         const CONFIG: &str = r#"
 backends:

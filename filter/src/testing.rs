@@ -212,3 +212,12 @@ pub fn backend(schema: Schema) -> Backend {
         api,
     }
 }
+
+/// A process environment with no variables.
+pub struct NoEnv;
+
+impl crate::config::Env for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+}

@@ -15,6 +15,7 @@ Run as a script to render a config:  python llmgw_e2e.py render --help
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -284,6 +285,20 @@ class Redis:
 
     def stop(self) -> None:
         _stop(self.proc)
+
+
+@contextlib.contextmanager
+def gateway_with_mock(name: str, plugin: dict, concurrency: int = 1):
+    """A mock provider `mock` and an Envoy with `plugin` in front of it, both stopped on exit."""
+    mock = Mock(name)
+    try:
+        env = Envoy(render({"mock": mock.port}, plugin), name=name, concurrency=concurrency)
+        try:
+            yield env, mock
+        finally:
+            env.stop()
+    finally:
+        mock.stop()
 
 
 class LoggedProcess:

@@ -30,15 +30,8 @@ PLUGIN = {
 
 @pytest.fixture(scope="module")
 def budget_gw():
-    mock = e2e.Mock("budgets")
-    try:
-        env = e2e.Envoy(e2e.render({"mock": mock.port}, PLUGIN), name="budgets", concurrency=2)
-        try:
-            yield env, mock
-        finally:
-            env.stop()
-    finally:
-        mock.stop()
+    with e2e.gateway_with_mock("budgets", PLUGIN, concurrency=2) as gw:
+        yield gw
 
 
 def chat_requests(mock: e2e.Mock) -> int:

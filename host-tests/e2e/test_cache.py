@@ -31,15 +31,8 @@ PLUGIN = {
 
 @pytest.fixture(scope="module")
 def cache_gw():
-    mock = e2e.Mock("cache")
-    try:
-        env = e2e.Envoy(e2e.render({"mock": mock.port}, PLUGIN), name="cache", concurrency=2)
-        try:
-            yield env, mock
-        finally:
-            env.stop()
-    finally:
-        mock.stop()
+    with e2e.gateway_with_mock("cache", PLUGIN, concurrency=2) as gw:
+        yield gw
 
 
 def upstream_calls(mock: e2e.Mock) -> int:

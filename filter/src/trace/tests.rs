@@ -7,17 +7,12 @@ use std::rc::Rc;
 use serde_json::Value;
 
 use super::*;
-use crate::config::{parse, Env};
+use crate::config::parse;
 use crate::exchange::{Exchange, Shared};
 use crate::host::Flow;
 use crate::testing::FakeHost;
 
-struct NoEnv;
-impl Env for NoEnv {
-    fn var(&self, _: &str) -> Option<String> {
-        None
-    }
-}
+use crate::testing::NoEnv;
 
 const BACKENDS: &str = "backends:
   - {name: openai, schema: OpenAI, auth: {bearer: sk-upstream}}

@@ -1936,17 +1936,12 @@ mod tests {
         use std::rc::Rc;
 
         use crate::auth::{sigv4, Outgoing};
-        use crate::config::{parse, Credential, Env};
+        use crate::config::{parse, Credential};
         use crate::exchange::{Exchange, Shared};
         use crate::host::Host;
         use crate::testing::FakeHost;
 
-        struct NoEnv;
-        impl Env for NoEnv {
-            fn var(&self, _: &str) -> Option<String> {
-                None
-            }
-        }
+        use crate::testing::NoEnv;
         let config = parse(
             b"backends: [{name: bedrock, schema: AWSBedrock, region: eu-west-3, model_override: 'mistral.mistral-large-2407-v1:0',
                auth: {aws: {access_key_id: AKIDEXAMPLE, secret_access_key: secret, session_token: tok}}}]",

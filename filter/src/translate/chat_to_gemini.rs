@@ -2069,12 +2069,7 @@ mod tests {
     fn through_the_exchange_with_bearer_auth() {
         use crate::exchange::{Exchange, Shared};
         use crate::host::{Flow, Host};
-        struct NoEnv;
-        impl crate::config::Env for NoEnv {
-            fn var(&self, _: &str) -> Option<String> {
-                None
-            }
-        }
+        use crate::testing::NoEnv;
         let config = "backends: [{name: vertex, schema: GCPVertexAI, project: proj-1, region: europe-west4, \
                       model_override: gemini-2.5-pro, auth: {bearer: ya29.token}}]";
         let shared = Shared::new(crate::config::parse(config.as_bytes(), &NoEnv, 0).unwrap());
