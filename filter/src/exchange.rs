@@ -704,6 +704,7 @@ impl Exchange {
                 host.set_filter_state(CONSUMER_STATE, consumer.as_bytes());
             }
             self.phase = Phase::Answered;
+            self.reply = Some((200, ""));
             let headers = [("content-type", cache::content_type(entry.shape)), (cache::CACHE_HEADER, "hit")];
             host.send_reply(200, &headers, &entry.body);
             return Some(Flow::Pause);
@@ -806,7 +807,10 @@ impl Exchange {
         let Some(tracing) = &shared.tracing else { return };
         let (status, error, usage, ended_at) = match &self.phase {
             Phase::Forwarded(r) => (if r.ended_at.is_some() { r.status } else { 0 }, None, r.usage, r.ended_at),
-            Phase::Answered => (self.reply.map_or(0, |r| r.0), self.reply.map(|r| r.1), None, None),
+            // A cache hit is an answer without an error code.
+            Phase::Answered => {
+                (self.reply.map_or(0, |r| r.0), self.reply.map(|r| r.1).filter(|c| !c.is_empty()), None, None)
+            }
             _ => (self.delegated_status, None, usage_from_filter_state(host), None),
         };
         let encoded = (*span).end(status, error, usage, ended_at.unwrap_or_else(|| host.now_nanos()));

@@ -343,6 +343,32 @@ fn gateway_refusals_and_unsampled_traces() {
 }
 
 #[test]
+fn a_cache_hit_is_a_successful_span() {
+    let text = "backends: [{name: openai, schema: OpenAI}]\n\
+                rules: [{backends: [{name: openai}], cache: {mode: exact}}]\ntracing: {cluster: otel}\n";
+    let shared = Rc::new(Shared::new(parse(text.as_bytes(), &NoEnv, 0).unwrap()));
+    let body = r#"{"model":"gpt-4o","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#;
+    let answer = br#"{"id":"c1","object":"chat.completion","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+    let first = run(&shared, "/v1/chat/completions", &[], body, "application/json", &[answer]);
+    // The same request again, on a host holding the first one's shared data: a hit.
+    let mut x = Exchange::new(Some(shared.clone()));
+    let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+    (host.shared, host.next_cas, host.now) = (first.shared, first.next_cas, 6_000);
+    host.request_body = body.as_bytes().to_vec();
+    x.on_request_headers(&mut host, false);
+    x.on_request_body(&mut host, body.len(), true);
+    assert_eq!(host.reply.as_ref().map(|r| r.0), Some(200), "a cache hit");
+    x.on_log(&mut host);
+    let export = exported(&shared);
+    let spans = export["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().unwrap().clone();
+    let hit = spans.last().unwrap();
+    assert_eq!(hit["status"]["code"], 1, "{hit}");
+    let a = attrs(hit);
+    assert_eq!(get(&a, "http.response.status_code"), "200");
+    assert!(!a.contains_key("error.type"), "{a:?}");
+}
+
+#[test]
 fn a_full_queue_drops_and_counts() {
     let small = shared("{cluster: otel, max_queue_size: 1, max_export_batch_size: 1}");
     let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}"#;
