@@ -183,6 +183,8 @@ mod raw {
     pub struct Picker {
         pub algorithm: String,
         pub endpoints: Vec<String>,
+        #[serde(default)]
+        pub prefill_endpoints: Vec<String>,
         pub prefix_block_size: Option<usize>,
         pub imbalance_threshold: Option<u64>,
         pub max_prefixes: Option<usize>,
@@ -1069,6 +1071,22 @@ fn is_ip_port(text: &str) -> bool {
     port_ok && (v4(host) || v6(host))
 }
 
+fn check_picker_endpoints(list: &[String], field: &str) -> Result<(), ConfigError> {
+    if list.is_empty() || list.len() > MAX_PICKER_ENDPOINTS {
+        return Err(ConfigError::new(field, format!("list 1 to {MAX_PICKER_ENDPOINTS} ip:port endpoints")));
+    }
+    for (i, e) in list.iter().enumerate() {
+        // Envoy's ORIGINAL_DST cluster connects to an IP address; it resolves no names.
+        if !is_ip_port(e) || list.get(..i).is_some_and(|seen| seen.contains(e)) {
+            return Err(ConfigError::new(
+                format!("{field}[{i}]"),
+                format!("{e:?} must be a distinct ip:port (e.g. 10.0.0.5:8000 or [::1]:8000)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn compile_picker(raw: raw::Picker, field: &str) -> Result<crate::picker::Picker, ConfigError> {
     use crate::picker::{Algorithm, Picker};
     let algorithm = Algorithm::parse(&raw.algorithm).ok_or_else(|| {
@@ -1077,20 +1095,16 @@ fn compile_picker(raw: raw::Picker, field: &str) -> Result<crate::picker::Picker
             format!("unknown algorithm {:?}; supported: {}", raw.algorithm, Algorithm::NAMES),
         )
     })?;
-    if raw.endpoints.is_empty() || raw.endpoints.len() > MAX_PICKER_ENDPOINTS {
-        return Err(ConfigError::new(
-            format!("{field}.endpoints"),
-            format!("list 1 to {MAX_PICKER_ENDPOINTS} ip:port endpoints"),
-        ));
-    }
-    for (i, e) in raw.endpoints.iter().enumerate() {
-        // Envoy's ORIGINAL_DST cluster connects to an IP address; it resolves no names.
-        if !is_ip_port(e) || raw.endpoints.get(..i).is_some_and(|seen| seen.contains(e)) {
+    check_picker_endpoints(&raw.endpoints, &format!("{field}.endpoints"))?;
+    match (algorithm, raw.prefill_endpoints.is_empty()) {
+        (Algorithm::Pd, _) => check_picker_endpoints(&raw.prefill_endpoints, &format!("{field}.prefill_endpoints"))?,
+        (_, false) => {
             return Err(ConfigError::new(
-                format!("{field}.endpoints[{i}]"),
-                format!("{e:?} must be a distinct ip:port (e.g. 10.0.0.5:8000 or [::1]:8000)"),
-            ));
+                format!("{field}.prefill_endpoints"),
+                "only the pd algorithm has prefill endpoints",
+            ))
         }
+        (_, true) => {}
     }
     let prefix_block_size = raw.prefix_block_size.unwrap_or(DEFAULT_PREFIX_BLOCK_SIZE);
     if !(1..=1 << 20).contains(&prefix_block_size) {
@@ -1103,6 +1117,7 @@ fn compile_picker(raw: raw::Picker, field: &str) -> Result<crate::picker::Picker
     Ok(Picker {
         algorithm,
         endpoints: raw.endpoints,
+        prefill: raw.prefill_endpoints,
         prefix_block_size,
         imbalance_threshold: raw.imbalance_threshold.unwrap_or(DEFAULT_IMBALANCE_THRESHOLD),
         max_prefixes,

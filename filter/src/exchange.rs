@@ -12,6 +12,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::headers;
 use crate::host::{Flow, Host};
 use crate::metrics::{self, LabelLimiter, Labels, MetricIds, MetricSets, Slot};
+use crate::pd;
 use crate::picker;
 use crate::plan::{header, plan_request, Attempt, Destination, HeaderEdit, HeaderList, PlanInput, RequestPlan};
 use crate::request::{self, RequestInfo};
@@ -133,6 +134,8 @@ pub struct Exchange {
     cache: Option<Box<cache::Recorder>>,
     /// The endpoint the picker chose, released (in-flight count) once when the stream ends.
     picked: Option<picker::Picked>,
+    /// `pd`: the prefill call the request waits for.
+    prefill: Option<Box<Prefill>>,
     /// The request's span, when tracing (ended and queued at `on_log`).
     span: Option<Box<trace::Span>>,
     /// The status and error code of an answer the gateway gave itself.
@@ -155,6 +158,7 @@ impl Exchange {
             consumer: String::new(),
             cache: None,
             picked: None,
+            prefill: None,
             span: None,
             reply: None,
             delegated_status: 0,
@@ -408,6 +412,7 @@ impl Exchange {
                 HeaderEdit::Remove(name) => host.remove_request_header(name),
             }
         }
+        let body_len = new_body.as_ref().map_or(size, |b| b.len(size));
         if let Some(new_body) = &new_body {
             replace_request_body(host, size, new_body);
         }
@@ -429,7 +434,9 @@ impl Exchange {
         self.phase = match destination {
             Destination::Backend { index, translator } => {
                 self.pick_endpoint(host, input, index);
-                Phase::Forwarded(Box::new(Routed::new(endpoint, index, attempt, info.clone(), translator)))
+                self.phase =
+                    Phase::Forwarded(Box::new(Routed::new(endpoint, index, attempt, info.clone(), translator)));
+                return self.start_prefill(host, input, index, body_len);
             }
             Destination::Rule(_) => {
                 host.set_filter_state(REQUEST_INFO_STATE, &info.encode());
@@ -787,8 +794,74 @@ impl Exchange {
         }
     }
 
+    /// `pd`: sends the prefill (`pd::prefill_body`) to the least loaded prefill endpoint and holds
+    /// the request until it answers ([`Exchange::on_call_response`]). A request that cannot be
+    /// prefilled goes to its decode endpoint whole, without anyone's `kv_transfer_params`.
+    fn start_prefill(&mut self, host: &mut dyn Host, input: &PlanInput, index: usize, body_len: usize) -> Flow {
+        let Some(backend) = input.config.backends.get(index) else { return Flow::Continue };
+        let Some(picker) = backend.picker.as_ref().filter(|p| p.algorithm == picker::Algorithm::Pd) else {
+            return Flow::Continue;
+        };
+        if self.picked.is_none() {
+            return Flow::Continue; // an upstream attempt: the listener's copy did this
+        }
+        let body = host.request_body(body_len).unwrap_or_default();
+        let prefill = pd::prefill_body(&body);
+        let picked = prefill.as_ref().and_then(|_| picker::pick_prefill(host, &backend.name, picker, !self.started_at));
+        if let (Some(prefill), Some(picked)) = (prefill, picked) {
+            let request = host.request_headers();
+            let mut headers: Vec<(&str, &str)> = request
+                .iter()
+                .filter(|(n, _)| {
+                    matches!(n.as_str(), ":method" | ":path" | ":authority" | "content-type" | "authorization")
+                        || n == "x-request-id"
+                        || n == trace::TRACEPARENT
+                })
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            headers.push((picker::DESTINATION_HEADER, &picked.address));
+            match host.dispatch(&backend.name, &headers, &prefill, pd::PREFILL_TIMEOUT_MS) {
+                Some(token) => {
+                    self.prefill = Some(Box::new(Prefill { token, picked, body_len }));
+                    return Flow::Pause;
+                }
+                None => {
+                    log::warn!("llmgw: pd {}: the prefill call to {} was refused", backend.name, picked.address);
+                    picker::release(host, picked, None);
+                }
+            }
+        }
+        if let Some(edit) = pd::decode_body(&body, None) {
+            replace_request_body(host, body_len, &edit);
+        }
+        Flow::Continue
+    }
+
+    /// A callout of this stream answered (`status` 0: it failed or timed out). `pd`: the prefill's
+    /// `kv_transfer_params` go into the request, which then goes on to its decode endpoint.
+    pub fn on_call_response(&mut self, host: &mut dyn Host, token: u32, status: u16, body: &[u8]) {
+        let Some(prefill) = self.prefill.take_if(|p| p.token == token) else { return };
+        let Prefill { picked, body_len, .. } = *prefill;
+        let params = if status == 200 { pd::answered_params(body) } else { None };
+        if params.is_none() {
+            log::warn!(
+                "llmgw: pd: the prefill on {} answered {status} without kv_transfer_params; decoding without",
+                picked.address
+            );
+        }
+        picker::release(host, picked, None);
+        let request = host.request_body(body_len).unwrap_or_default();
+        if let Some(edit) = pd::decode_body(&request, params) {
+            replace_request_body(host, body_len, &edit);
+        }
+        host.resume_request();
+    }
+
     /// Takes the request out of its endpoint's in-flight count, once, however the stream ended.
     fn release_endpoint(&mut self, host: &mut dyn Host) {
+        if let Some(prefill) = self.prefill.take() {
+            picker::release(host, prefill.picked, None);
+        }
         let Some(picked) = self.picked.take() else { return };
         let ttft = match &self.phase {
             // A stream's first token; a whole answer's end (its first token is not seen apart).
@@ -1131,6 +1204,14 @@ impl Sink for HostBodySink<'_> {
         }
         self.handed_out += chunk.len();
     }
+}
+
+/// A `pd` request's prefill call in flight.
+struct Prefill {
+    token: u32,
+    picked: picker::Picked,
+    /// The request body's size in the host (the decode edit replaces it).
+    body_len: usize,
 }
 
 fn replace_request_body(host: &mut dyn Host, size: usize, new_body: &NewBody) {
@@ -1904,6 +1985,71 @@ role: upstream
             (plain.header("x-llmgw-backend").as_deref(), plain.header("x-llmgw-destination")),
             (Some("openai"), None)
         );
+    }
+
+    #[test]
+    fn pd_prefills_then_decodes_with_the_prefills_kv_transfer_params() {
+        let config = r#"{"backends":[{"name":"vllm","schema":"OpenAI","picker":{"algorithm":"pd",
+            "endpoints":["127.0.0.1:8201"],"prefill_endpoints":["127.0.0.1:8101","127.0.0.1:8102"]}}],
+            "rules":[{"backends":[{"name":"vllm"}]}]}"#;
+        let shared = Rc::new(Shared::new(parse(config.as_bytes(), &NoEnv, 0).unwrap()));
+        let mut host = FakeHost::request(
+            "POST",
+            "/v1/chat/completions",
+            &[("authorization", "Bearer k"), ("x-request-id", "r1"), ("cookie", "secret")],
+        );
+        crate::picker::prepare_all(&mut host, &shared.config.backends);
+        let body = br#"{"model":"q","messages":[{"role":"user","content":"hi"}],"stream":true,"kv_transfer_params":{"remote_host":"10.9.9.9"}}"#;
+        let mut x = Exchange::new(Some(shared.clone()));
+        // Held until the prefill answers.
+        assert_eq!(send(&mut x, &mut host, body), Flow::Pause);
+        assert_eq!(host.header("x-llmgw-destination").as_deref(), Some("127.0.0.1:8201"));
+        let (cluster, headers, prefill) = host.calls[0].clone();
+        let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        // The request as the plan left it: the client's key was not the backend's to see.
+        assert_eq!(
+            (cluster.as_str(), get(":path"), get("authorization")),
+            ("vllm", Some("/v1/chat/completions"), None)
+        );
+        assert_eq!((get("x-request-id"), get("cookie")), (Some("r1"), None));
+        let prefill_at = get("x-llmgw-destination").unwrap().to_string();
+        assert!(prefill_at.starts_with("127.0.0.1:81"), "{prefill_at}");
+        let prefill: serde_json::Value = serde_json::from_slice(&prefill).unwrap();
+        assert_eq!((prefill["max_tokens"].clone(), prefill["stream"].clone()), (1.into(), false.into()));
+        assert_eq!(prefill["kv_transfer_params"]["do_remote_decode"], true);
+        let in_flight = |host: &FakeHost, addr: &str| {
+            let (bytes, _) = host.shared_data(&format!("llmgw.picker.vllm.inflight.{addr}")).unwrap();
+            u64::from_le_bytes(bytes[..8].try_into().unwrap())
+        };
+        assert_eq!((in_flight(&host, &prefill_at), in_flight(&host, "127.0.0.1:8201")), (1, 1));
+        // Another stream's answer is not this one's.
+        x.on_call_response(&mut host, 7, 200, b"{}");
+        assert_eq!(host.resumed, 0);
+        let answer = br#"{"choices":[],"kv_transfer_params":{"do_remote_prefill":true,"remote_engine_id":"p1","remote_block_ids":[1]}}"#;
+        x.on_call_response(&mut host, 1, 200, answer);
+        assert_eq!(host.resumed, 1);
+        let decode: serde_json::Value = serde_json::from_slice(&host.request_body).unwrap();
+        assert_eq!(decode["kv_transfer_params"]["remote_engine_id"], "p1");
+        assert_eq!(decode["stream"], true);
+        assert_eq!(in_flight(&host, &prefill_at), 0);
+        x.on_log(&mut host);
+        x.on_done(&mut host);
+        assert_eq!(in_flight(&host, "127.0.0.1:8201"), 0);
+
+        // A failed prefill: decoded whole, the client's kv_transfer_params removed.
+        let mut x = Exchange::new(Some(shared.clone()));
+        assert_eq!(send(&mut x, &mut host, body), Flow::Pause);
+        x.on_call_response(&mut host, 2, 503, b"{}");
+        let decode: serde_json::Value = serde_json::from_slice(&host.request_body).unwrap();
+        assert!(decode.get("kv_transfer_params").is_none(), "{decode}");
+        x.on_done(&mut host);
+        // A client gone while the prefill runs: nothing stays counted.
+        let mut x = Exchange::new(Some(shared));
+        assert_eq!(send(&mut x, &mut host, body), Flow::Pause);
+        x.on_done(&mut host);
+        for addr in ["127.0.0.1:8101", "127.0.0.1:8102", "127.0.0.1:8201"] {
+            assert_eq!(in_flight(&host, addr), 0, "{addr}");
+        }
     }
 
     fn answer(x: &mut Exchange, host: &mut FakeHost, headers: &[(&str, &str)], body: &[u8]) -> Flow {

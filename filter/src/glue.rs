@@ -163,7 +163,23 @@ struct Http {
     metrics: Rc<MetricIds>,
 }
 
+/// The most of a callout's answer the filter reads (a prefill's answer is one token).
+const MAX_CALL_RESPONSE_BYTES: usize = 1 << 20;
+
 impl Context for Http {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
+        let status = status.and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = match body_size {
+            0 => None,
+            n => hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, n.min(MAX_CALL_RESPONSE_BYTES))
+                .ok()
+                .flatten(),
+        };
+        let mut host = WasmHost { metrics: &self.metrics };
+        self.exchange.on_call_response(&mut host, token, status, body.as_deref().unwrap_or_default());
+    }
+
     fn on_done(&mut self) -> bool {
         let mut host = WasmHost { metrics: &self.metrics };
         self.exchange.on_done(&mut host);
@@ -307,6 +323,19 @@ impl Host for WasmHost<'_> {
                 false
             }
         }
+    }
+    fn dispatch(&mut self, cluster: &str, headers: &[(&str, &str)], body: &[u8], timeout_ms: u64) -> Option<u32> {
+        let timeout = Duration::from_millis(timeout_ms);
+        match hostcalls::dispatch_http_call(cluster, headers.to_vec(), Some(body), vec![], timeout) {
+            Ok(token) => Some(token),
+            Err(status) => {
+                log::debug!("llmgw: callout to {cluster} failed: {status:?}");
+                None
+            }
+        }
+    }
+    fn resume_request(&mut self) {
+        checked("resume request", hostcalls::resume_http_request())
     }
     fn define_metric(&mut self, kind: Kind, name: &str) -> Option<u32> {
         self.metrics.id(kind, name)

@@ -47,6 +47,14 @@ pub trait Host {
     fn add_to_gauge(&mut self, name: &str, delta: i64) {
         self.record(&Sample { name: name.to_string(), kind: Kind::GaugeDelta, value: delta as u64 });
     }
+    /// Sends a request of this stream's own (a callout) to `cluster`; its answer comes back to
+    /// `Exchange::on_call_response` with the returned token. `None`: the host refused it.
+    fn dispatch(&mut self, cluster: &str, headers: &[(&str, &str)], body: &[u8], timeout_ms: u64) -> Option<u32> {
+        let _ = (cluster, headers, body, timeout_ms);
+        None
+    }
+    /// Lets a request paused in its body callback go on.
+    fn resume_request(&mut self) {}
     /// Defines (or finds) the sample's metric and records it.
     fn record(&mut self, sample: &Sample) {
         if let Some(id) = self.define_metric(sample.kind, &sample.name) {

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod models;
 pub mod multipart;
 pub mod mutation;
+pub mod pd;
 pub mod picker;
 pub mod plan;
 pub mod request;

@@ -37,10 +37,13 @@ pub enum Algorithm {
     PrefixCache,
     /// The lowest time-to-first-token EWMA weighted by the requests in flight; unmeasured first.
     LeastLatency,
+    /// Prefill/decode disaggregation (`pd.rs`): the least loaded prefill endpoint computes the
+    /// prompt, then the least loaded decode endpoint (`endpoints`) answers.
+    Pd,
 }
 
 impl Algorithm {
-    pub const NAMES: &'static str = "random, least-request, prefix-cache, least-latency";
+    pub const NAMES: &'static str = "random, least-request, prefix-cache, least-latency, pd";
 
     /// Names as AIBrix's `ROUTING_ALGORITHM` spells them too.
     pub fn parse(name: &str) -> Option<Algorithm> {
@@ -49,6 +52,7 @@ impl Algorithm {
             "least-request" => Some(Algorithm::LeastRequest),
             "prefix-cache" | "prefix-cache-aware" => Some(Algorithm::PrefixCache),
             "least-latency" => Some(Algorithm::LeastLatency),
+            "pd" => Some(Algorithm::Pd),
             _ => None,
         }
     }
@@ -57,8 +61,10 @@ impl Algorithm {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Picker {
     pub algorithm: Algorithm,
-    /// `host:port` of each endpoint, as the ORIGINAL_DST cluster takes it.
+    /// `host:port` of each endpoint, as the ORIGINAL_DST cluster takes it (`pd`: the decoders).
     pub endpoints: Vec<String>,
+    /// `pd` only: the prefill endpoints.
+    pub prefill: Vec<String>,
     /// Bytes of prompt per hashed block.
     pub prefix_block_size: usize,
     /// How many more in-flight requests than the least loaded endpoint a prefix hit may have.
@@ -107,7 +113,7 @@ pub fn decide(picker: &Picker, snap: &Snapshot, blocks: &[u64]) -> Decision {
     let loads: Vec<u64> = (0..count).map(|i| snap.in_flight.get(i).copied().unwrap_or(0)).collect();
     let endpoint = match picker.algorithm {
         Algorithm::Random => (mix(snap.seed) % count.max(1) as u64) as usize,
-        Algorithm::LeastRequest => lowest(&loads, snap.seed),
+        Algorithm::LeastRequest | Algorithm::Pd => lowest(&loads, snap.seed),
         Algorithm::LeastLatency => {
             // Unmeasured endpoints score 0 (tried first); measured: EWMA × (1 + in flight).
             let scores: Vec<u64> = loads
@@ -322,7 +328,7 @@ fn update_u64(host: &mut dyn Host, key: &str, change: &dyn Fn(u64) -> u64) -> bo
 /// workers creating a key at once could otherwise lose an increment).
 pub fn prepare(host: &mut dyn Host, backend: &str, picker: &Picker) {
     let base = base_key(backend);
-    for address in &picker.endpoints {
+    for address in picker.endpoints.iter().chain(&picker.prefill) {
         for key in [in_flight_key(&base, address), ttft_key(&base, address)] {
             if host.shared_data(&key).is_none() {
                 host.set_shared_data(&key, &0u64.to_le_bytes(), 0);
@@ -391,6 +397,17 @@ pub fn pick(host: &mut dyn Host, backend: &str, picker: &Picker, body: &[u8], se
     Some(Picked { base, address, counted, gauge })
 }
 
+/// `pd`: the prefill endpoint, least loaded (counted in flight like any pick, until its answer).
+pub fn pick_prefill(host: &mut dyn Host, backend: &str, picker: &Picker, seed: u64) -> Option<Picked> {
+    let prefill = Picker {
+        algorithm: Algorithm::LeastRequest,
+        endpoints: picker.prefill.clone(),
+        prefill: Vec::new(),
+        ..*picker
+    };
+    pick(host, backend, &prefill, &[], seed)
+}
+
 /// The stream ended (completed, failed, reset or aborted): the request leaves the in-flight count;
 /// a measured time to first token joins the endpoint's EWMA.
 pub fn release(host: &mut dyn Host, picked: Picked, ttft_nanos: Option<u64>) {
@@ -416,6 +433,7 @@ mod tests {
         Picker {
             algorithm,
             endpoints: (0..n).map(|i| format!("10.0.0.{i}:8000")).collect(),
+            prefill: Vec::new(),
             prefix_block_size: 16,
             imbalance_threshold: 2,
             max_prefixes: 64,

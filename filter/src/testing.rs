@@ -32,6 +32,10 @@ pub struct FakeHost {
     pub cas_conflicts: usize,
     /// `add_to_gauge` calls, in order.
     pub gauges: Vec<(String, i64)>,
+    /// Callouts sent: cluster, headers, body (the token is the index + 1).
+    pub calls: Vec<(String, Vec<(String, String)>, Vec<u8>)>,
+    /// `resume_request` calls.
+    pub resumed: usize,
 }
 
 fn get(headers: &[(String, String)], name: &str) -> Option<String> {
@@ -152,6 +156,14 @@ impl Host for FakeHost {
     }
     fn add_to_gauge(&mut self, name: &str, delta: i64) {
         self.gauges.push((name.to_string(), delta));
+    }
+    fn dispatch(&mut self, cluster: &str, headers: &[(&str, &str)], body: &[u8], _timeout_ms: u64) -> Option<u32> {
+        let headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        self.calls.push((cluster.to_string(), headers, body.to_vec()));
+        u32::try_from(self.calls.len()).ok()
+    }
+    fn resume_request(&mut self) {
+        self.resumed += 1;
     }
     fn record_metric(&mut self, id: u32, kind: Kind, value: u64) {
         let name = self.metric_names.get(id as usize).cloned().unwrap_or_default();
