@@ -306,10 +306,13 @@ fn substituted_values_keep_the_structure() {
 fn aibrix_errors() {
     let e = error("endpoints.yaml", "models:\n  - name: m\n    endpoints: [localhost]\n", &[], Some(Format::AIBrix));
     assert_eq!(e, "endpoints.yaml: models[0].endpoints[0]: \"localhost\": give host:port, e.g. 127.0.0.1:8000");
-    let text =
-        "models:\n  - name: m\n    rolesets: [{name: pd, prefill: [\"127.0.0.1:1\"], decode: [\"127.0.0.1:2\"]}]\n";
+    // Prefill/decode is the filter's: it connects to addresses, not names.
+    let text = "models:\n  - name: m\n    rolesets: [{name: pd, prefill: [\"vllm-p:1\"], decode: [\"127.0.0.1:2\"]}]\n";
     let e = error("endpoints.yaml", text, &[], Some(Format::AIBrix));
-    assert!(e.starts_with("endpoints.yaml: models[0].rolesets: model \"m\" has only prefill/decode role sets"), "{e}");
+    assert!(e.starts_with("endpoints.yaml: models[0].rolesets: vllm-p:1: the picker needs ip:port endpoints"), "{e}");
+    let text = "models:\n  - name: m\n    rolesets: [{name: pd, decode: [\"127.0.0.1:2\"]}]\n";
+    let e = error("endpoints.yaml", text, &[], Some(Format::AIBrix));
+    assert!(e.starts_with("endpoints.yaml: models[0].rolesets[0]"), "{e}");
 }
 
 #[test]

@@ -832,7 +832,7 @@ impl Exchange {
             }
         }
         if let Some(edit) = pd::decode_body(&body, None) {
-            replace_request_body(host, body_len, &edit);
+            replace_decode_body(host, body_len, &edit);
         }
         Flow::Continue
     }
@@ -852,7 +852,7 @@ impl Exchange {
         picker::release(host, picked, None);
         let request = host.request_body(body_len).unwrap_or_default();
         if let Some(edit) = pd::decode_body(&request, params) {
-            replace_request_body(host, body_len, &edit);
+            replace_decode_body(host, body_len, &edit);
         }
         host.resume_request();
     }
@@ -1203,6 +1203,14 @@ impl Sink for HostBodySink<'_> {
             self.host.append_request_body(chunk);
         }
         self.handed_out += chunk.len();
+    }
+}
+
+/// A body edit after the plan's: its `content-length`, when it has one, follows.
+fn replace_decode_body(host: &mut dyn Host, size: usize, edit: &NewBody) {
+    replace_request_body(host, size, edit);
+    if host.request_headers().iter().any(|(n, _)| n.eq_ignore_ascii_case("content-length")) {
+        host.set_request_header("content-length", &edit.len(size).to_string());
     }
 }
 
@@ -1993,13 +2001,14 @@ role: upstream
             "endpoints":["127.0.0.1:8201"],"prefill_endpoints":["127.0.0.1:8101","127.0.0.1:8102"]}}],
             "rules":[{"backends":[{"name":"vllm"}]}]}"#;
         let shared = Rc::new(Shared::new(parse(config.as_bytes(), &NoEnv, 0).unwrap()));
+        let body = br#"{"model":"q","messages":[{"role":"user","content":"hi"}],"stream":true,"kv_transfer_params":{"remote_host":"10.9.9.9"}}"#;
+        let length = body.len().to_string();
         let mut host = FakeHost::request(
             "POST",
             "/v1/chat/completions",
-            &[("authorization", "Bearer k"), ("x-request-id", "r1"), ("cookie", "secret")],
+            &[("authorization", "Bearer k"), ("x-request-id", "r1"), ("cookie", "secret"), ("content-length", &length)],
         );
         crate::picker::prepare_all(&mut host, &shared.config.backends);
-        let body = br#"{"model":"q","messages":[{"role":"user","content":"hi"}],"stream":true,"kv_transfer_params":{"remote_host":"10.9.9.9"}}"#;
         let mut x = Exchange::new(Some(shared.clone()));
         // Held until the prefill answers.
         assert_eq!(send(&mut x, &mut host, body), Flow::Pause);
@@ -2031,6 +2040,7 @@ role: upstream
         let decode: serde_json::Value = serde_json::from_slice(&host.request_body).unwrap();
         assert_eq!(decode["kv_transfer_params"]["remote_engine_id"], "p1");
         assert_eq!(decode["stream"], true);
+        assert_eq!(host.header("content-length"), Some(host.request_body.len().to_string()));
         assert_eq!(in_flight(&host, &prefill_at), 0);
         x.on_log(&mut host);
         x.on_done(&mut host);

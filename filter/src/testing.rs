@@ -10,6 +10,9 @@ use crate::metrics::{Kind, Sample};
 pub type Reply = (u16, Vec<(String, String)>, Vec<u8>);
 
 #[derive(Debug, Default, Clone)]
+/// A callout the filter sent: cluster, headers, body.
+pub type Callout = (String, Vec<(String, String)>, Vec<u8>);
+
 pub struct FakeHost {
     pub request_headers: Vec<(String, String)>,
     pub request_body: Vec<u8>,
@@ -33,7 +36,7 @@ pub struct FakeHost {
     /// `add_to_gauge` calls, in order.
     pub gauges: Vec<(String, i64)>,
     /// Callouts sent: cluster, headers, body (the token is the index + 1).
-    pub calls: Vec<(String, Vec<(String, String)>, Vec<u8>)>,
+    pub calls: Vec<Callout>,
     /// `resume_request` calls.
     pub resumed: usize,
 }

@@ -9,8 +9,12 @@
 //! Each model becomes one OpenAI backend whose cluster balances over the model's endpoints, and one
 //! rule sending exactly that model name there (as in AIBrix, the request's model must match).
 //! `ROUTING_ALGORITHM` (AIBrix's variable): `random`, `least-request`, `prefix-cache` (or
-//! `prefix-cache-aware`) and `least-latency` are the filter's picker (the model's cluster then
+//! `prefix-cache-aware`), `least-latency` and `pd` are the filter's picker (the model's cluster then
 //! connects where the filter says); other algorithms get a warning and round-robin.
+//!
+//! `rolesets: [{name, prefill: [ip:port], decode: [ip:port]}]` (prefill/decode disaggregation) is
+//! served by the `pd` picker: the filter prefills on one of the sets' prefill endpoints, then the
+//! request decodes on one of their decode endpoints (see the filter's `pd.rs`).
 
 use serde_json::{json, Value as Json};
 use serde_yaml_ng::Value;
@@ -65,26 +69,32 @@ fn convert_doc(name: &str, doc: &Value, env: &dyn Env) -> NResult<Gateway> {
         for field in m.unknown_keys(&["name", "endpoints", "rolesets", "engine"]) {
             g.warnings.push(format!("{name}: {field}: not understood by llmgw; ignored"));
         }
-        let list = match (m.get("endpoints"), m.get("rolesets")) {
+        let use_roles =
+            m.get("rolesets").is_some() && (algorithm.as_deref() == Some("pd") || m.get("endpoints").is_none());
+        let (list, prefill) = match (m.get("endpoints"), m.get("rolesets")) {
+            (_, Some(roles)) if use_roles => {
+                if algorithm.as_deref() != Some("pd") {
+                    g.warnings.push(format!(
+                        "{name}: model {model:?} has only prefill/decode role sets: served with prefill/decode \
+                         routing (ROUTING_ALGORITHM=pd) whatever ROUTING_ALGORITHM says"
+                    ));
+                }
+                let (decode, prefill) = role_endpoints(&roles)?;
+                (decode, Some(prefill))
+            }
             (Some(list), roles) => {
                 if roles.is_some() {
                     g.warnings.push(format!(
-                        "{name}: {}.rolesets: prefill/decode role sets need AIBrix's disaggregated routing; \
-                         model {model:?} is served by its `endpoints` only",
+                        "{name}: {}.rolesets: used with ROUTING_ALGORITHM=pd only; model {model:?} is served by its \
+                         `endpoints`",
                         m.field()
                     ));
                 }
-                list
+                (endpoints(&list)?, None)
             }
-            (None, Some(roles)) => {
-                return Err(roles.err(format!(
-                    "model {model:?} has only prefill/decode role sets, which need AIBrix's disaggregated \
-                     routing; llmgw serves a model from plain `endpoints: [\"host:port\"]`"
-                )))
-            }
-            (None, None) => return Err(m.err(format!("model {model:?} needs `endpoints: [\"host:port\", ...]`"))),
+            (None, _) => return Err(m.err(format!("model {model:?} needs `endpoints: [\"host:port\", ...]`"))),
         };
-        let eps = endpoints(&list)?;
+        let eps = list;
         let mut backend = cluster_safe(model);
         let mut n = 2;
         while g.upstreams.iter().any(|u| u.name == backend) {
@@ -97,7 +107,19 @@ fn convert_doc(name: &str, doc: &Value, env: &dyn Env) -> NResult<Gateway> {
         };
         let mut plugin_backend = json!({"name": backend, "schema": "OpenAI"});
         let mut lb = None;
-        if let Some(a) = picked {
+        if let Some(prefill) = prefill {
+            // Prefill/decode needs the filter's picker: it sends the prefill itself.
+            let at = m.req("rolesets")?;
+            let decode = picker_endpoints(&eps).map_err(|e| at.err(e))?;
+            let prefill = picker_endpoints(&prefill).map_err(|e| at.err(e))?;
+            plugin_backend["picker"] = json!({"algorithm": "pd", "endpoints": decode, "prefill_endpoints": prefill});
+            lb = Some(FILTER_PICKS);
+        } else if picked == Some("pd") {
+            g.warnings.push(format!(
+                "{name}: model {model:?} has no `rolesets` for prefill/decode routing; its endpoints are balanced \
+                 round-robin"
+            ));
+        } else if let Some(a) = picked {
             match picker_endpoints(&eps) {
                 Ok(addresses) => {
                     plugin_backend["picker"] = json!({"algorithm": a, "endpoints": addresses});
@@ -124,6 +146,21 @@ fn convert_doc(name: &str, doc: &Value, env: &dyn Env) -> NResult<Gateway> {
     g.plugin.insert("backends".into(), Json::Array(backends));
     g.plugin.insert("rules".into(), Json::Array(rules));
     Ok(g)
+}
+
+/// AIBrix's `rolesets: [{name, prefill: [..], decode: [..]}]`: every set's decoders, then every
+/// set's prefill endpoints (vLLM's KV connectors pull from any prefill instance they are told of).
+fn role_endpoints(roles: &At<'_>) -> NResult<(Vec<crate::model::Endpoint>, Vec<crate::model::Endpoint>)> {
+    let sets = roles.items()?;
+    if sets.is_empty() {
+        return Err(roles.err("at least one role set {name, prefill: [...], decode: [...]} is required"));
+    }
+    let (mut decode, mut prefill) = (Vec::new(), Vec::new());
+    for set in &sets {
+        prefill.extend(endpoints(&set.req("prefill")?)?);
+        decode.extend(endpoints(&set.req("decode")?)?);
+    }
+    Ok((decode, prefill))
 }
 
 #[cfg(test)]
@@ -156,5 +193,27 @@ mod tests {
         let g = crate::formats::load_text("e.yaml", FILE, &env, None).unwrap();
         assert!(g.upstreams.iter().all(|u| u.lb_policy.is_none()));
         assert!(g.warnings.iter().any(|w| w.contains("ROUTING_ALGORITHM=throughput")), "{:?}", g.warnings);
+    }
+
+    #[test]
+    fn rolesets_are_served_by_the_pd_picker() {
+        const PD: &str = "models:\n- name: q\n  endpoints: ['127.0.0.1:8300']\n  rolesets:\n  - {name: a, prefill: ['127.0.0.1:8100'], decode: ['127.0.0.1:8200']}\n  - {name: b, prefill: ['127.0.0.1:8101'], decode: ['127.0.0.1:8201']}\n";
+        let env = MapEnv::from([("ROUTING_ALGORITHM", "pd")]);
+        let g = crate::formats::load_text("e.yaml", PD, &env, None).unwrap();
+        assert_eq!(
+            g.plugin["backends"][0]["picker"],
+            serde_json::json!({"algorithm": "pd", "endpoints": ["127.0.0.1:8200", "127.0.0.1:8201"],
+                "prefill_endpoints": ["127.0.0.1:8100", "127.0.0.1:8101"]})
+        );
+        assert!(g.upstreams[0].filter_picks());
+        // Another algorithm: the plain endpoints, said in a warning.
+        let env = MapEnv::from([("ROUTING_ALGORITHM", "least-request")]);
+        let g = crate::formats::load_text("e.yaml", PD, &env, None).unwrap();
+        assert_eq!(g.plugin["backends"][0]["picker"]["algorithm"], "least-request");
+        assert!(g.warnings.iter().any(|w| w.contains("ROUTING_ALGORITHM=pd only")), "{:?}", g.warnings);
+        // pd without role sets: round-robin, said.
+        let g = crate::formats::load_text("e.yaml", FILE, &MapEnv::from([("ROUTING_ALGORITHM", "pd")]), None).unwrap();
+        assert!(g.plugin["backends"][0].get("picker").is_none());
+        assert!(g.warnings.iter().any(|w| w.contains("no `rolesets`")), "{:?}", g.warnings);
     }
 }

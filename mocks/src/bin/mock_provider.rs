@@ -40,7 +40,8 @@
 //! (`vllm:num_requests_running`, until the response body ends or is dropped) and the simulated
 //! prefix cache; `--prefill-ms N` delays a response head by N ms scaled by the share of the prompt
 //! (`--prefix-block-bytes` blocks) this server has not seen before; `--chunk-gap-ms` is the time
-//! per output token.
+//! per output token. `--kv-role prefill|decode`: vLLM prefill/decode disaggregation
+//! (`kv_transfer_params`, see `mock_provider/pd.rs`).
 
 #[path = "mock_provider/anthropic.rs"]
 mod anthropic;
@@ -50,6 +51,8 @@ mod bedrock;
 mod gemini;
 #[path = "mock_provider/openai_apis.rs"]
 mod openai_apis;
+#[path = "mock_provider/pd.rs"]
+mod pd;
 #[path = "mock_provider/vllm.rs"]
 mod vllm;
 
@@ -127,10 +130,15 @@ struct Args {
     /// vLLM: bytes of serialized prompt per simulated KV-cache block.
     #[arg(long, default_value_t = 64)]
     prefix_block_bytes: usize,
+    /// vLLM prefill/decode disaggregation role (`mock_provider/pd.rs`).
+    #[arg(long, value_enum)]
+    kv_role: Option<pd::KvRole>,
 }
 
 struct State {
     args: Args,
+    /// The address the mock listens on.
+    local: SocketAddr,
     engine: vllm::Engine,
     recorded: Mutex<VecDeque<Value>>,
     seq: Mutex<u64>,
@@ -554,7 +562,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Re
         tokio::time::sleep(Duration::from_millis(ms.min(MAX_DELAY_MS))).await;
     }
     if !path.starts_with("/__mock/") {
-        if state.args.prefill_ms > 0 && parts.method == Method::POST {
+        // A decoder given a prefill's KV cache does not compute the prompt.
+        let pulled = state.args.kv_role == Some(pd::KvRole::Decode)
+            && serde_json::from_slice::<Value>(&body).is_ok_and(|v| v.get("kv_transfer_params").is_some());
+        if state.args.prefill_ms > 0 && parts.method == Method::POST && !pulled {
             let prefill = Duration::from_millis(state.args.prefill_ms.min(MAX_DELAY_MS));
             tokio::time::sleep(state.engine.prefill(&body, prefill, state.args.prefix_block_bytes)).await;
         }
@@ -689,11 +700,38 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Re
             ),
         ));
     }
-    Ok(match kind {
+    let kv_source = match pd::decode_source(state.args.kv_role, &json) {
+        Ok(source) => source,
+        Err(e) => {
+            return Ok(json_response(&state, StatusCode::BAD_REQUEST, &error_json(&e, "invalid_request_error", None)))
+        }
+    };
+    let kv_params = match pd::prefill_params(state.args.kv_role, &state.args.name, state.local.port(), &json) {
+        Ok(params) => params,
+        Err(e) => {
+            return Ok(json_response(&state, StatusCode::BAD_REQUEST, &error_json(&e, "invalid_request_error", None)))
+        }
+    };
+    if let Some(params) = kv_params {
+        let words = reply_words(&state.args.name, 1);
+        let v = json!({
+            "id": next_id(&state, "chatcmpl"), "object": "chat.completion", "created": now_secs(), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": words.join(" ")},
+                "logprobs": null, "finish_reason": "length"}],
+            "usage": usage(chat_prompt_tokens(&json).max(1), 1),
+            "kv_transfer_params": params,
+        });
+        return Ok(json_response(&state, StatusCode::OK, &v));
+    }
+    let mut response = match kind {
         "chat" => chat(&state, &parts.headers, &json, &model),
         "completions" => completions(&state, &parts.headers, &json, &model),
         _ => embeddings(&state, &json, &model),
-    })
+    };
+    if let Some(v) = kv_source.and_then(|s| hyper::header::HeaderValue::from_str(&s).ok()) {
+        response.headers_mut().insert("x-mock-kv-source", v);
+    }
+    Ok(response)
 }
 
 /// OpenAI's o-series reasoning models (`o1`, `o3-mini`, `o4-mini`, ...).
@@ -711,6 +749,7 @@ async fn main() -> anyhow::Result<()> {
     println!("listening {local}");
     let state = Arc::new(State {
         args,
+        local,
         engine: vllm::Engine::default(),
         recorded: Mutex::new(VecDeque::new()),
         seq: Mutex::new(0),
