@@ -9,10 +9,10 @@ use crate::metrics::{Kind, Sample};
 /// A local reply: status, headers, body.
 pub type Reply = (u16, Vec<(String, String)>, Vec<u8>);
 
-#[derive(Debug, Default, Clone)]
 /// A callout the filter sent: cluster, headers, body.
 pub type Callout = (String, Vec<(String, String)>, Vec<u8>);
 
+#[derive(Debug, Default, Clone)]
 pub struct FakeHost {
     pub request_headers: Vec<(String, String)>,
     pub request_body: Vec<u8>,
