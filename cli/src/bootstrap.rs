@@ -108,9 +108,9 @@ fn socket(address: &str, port: u16) -> Value {
     json!({"socket_address": {"address": address, "port_value": port}})
 }
 
-/// The labels of `metrics.request_header_labels`, as the filter names them in its stats.
+/// The labels of `metrics_request_header_labels`, as the filter names them in its stats.
 pub fn header_labels(g: &Gateway) -> Vec<String> {
-    let labels = g.plugin.get("metrics").and_then(|m| m.get("request_header_labels")).and_then(Value::as_object);
+    let labels = g.plugin.get("metrics_request_header_labels").and_then(Value::as_object);
     labels
         .into_iter()
         .flat_map(|m| m.values().filter_map(Value::as_str).map(llmgw_filter::metrics::label_name))
@@ -623,7 +623,7 @@ rules:
     #[test]
     fn header_labels_are_stats_tags() {
         let mut g = crate::formats::load_text("t.yaml", FALLBACK, &MapEnv::default(), None).unwrap();
-        g.plugin.insert("metrics".into(), json!({"request_header_labels": {"x-team-id": "team.id"}}));
+        g.plugin.insert("metrics_request_header_labels".into(), json!({"x-team-id": "team.id"}));
         let b = render(&g, &test_options("/x/llmgw_filter.wasm"));
         let tags = b["stats_config"]["stats_tags"].as_array().unwrap();
         assert_eq!(tags.len(), llmgw_filter::metrics::LABELS.len() + 1);

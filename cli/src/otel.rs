@@ -76,9 +76,9 @@ fn header_mapping(env: &dyn Env, var: &str) -> Result<Option<Value>, String> {
 }
 
 /// `OTEL_AIGW_METRICS_REQUEST_HEADER_ATTRIBUTES`: request headers as labels of the GenAI metrics
-/// (the plugin's `metrics.request_header_labels`; the bootstrap extracts them as stats tags).
+/// (the plugin's `metrics_request_header_labels`; the bootstrap extracts them as stats tags).
 pub fn metric_labels(env: &dyn Env) -> Result<Option<Value>, String> {
-    Ok(header_mapping(env, METRICS_HEADERS_VAR)?.map(|m| json!({"request_header_labels": m})))
+    header_mapping(env, METRICS_HEADERS_VAR)
 }
 
 pub const SPAN_HEADERS_VAR: &str = "OTEL_AIGW_SPAN_REQUEST_HEADER_ATTRIBUTES";
@@ -181,7 +181,7 @@ pub fn apply(g: &mut Gateway, env: &dyn Env) -> Result<(), String> {
         g.warnings.push(format!("{SPAN_HEADERS_VAR} is ignored: no OTEL_EXPORTER_OTLP_*ENDPOINT, no spans"));
     }
     if let Some(metrics) = metric_labels(env)? {
-        g.plugin.insert("metrics".into(), metrics);
+        g.plugin.insert("metrics_request_header_labels".into(), metrics);
     }
     Ok(())
 }
@@ -237,7 +237,7 @@ mod tests {
             g.plugin["tracing"]["request_header_attributes"],
             json!({"x-session-id": "session.id", "x-user-id": "user.id"})
         );
-        assert_eq!(g.plugin["metrics"], json!({"request_header_labels": {"x-team-id": "team.id"}}));
+        assert_eq!(g.plugin["metrics_request_header_labels"], json!({"x-team-id": "team.id"}));
         let bad = env(&[(METRICS_HEADERS_VAR, "x-team-id")]);
         assert!(apply(&mut g, &bad).unwrap_err().contains("header:name"));
     }

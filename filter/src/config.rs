@@ -66,16 +66,10 @@ mod raw {
         #[serde(default)]
         pub budgets: Vec<Budget>,
         pub tracing: Option<Tracing>,
-        pub metrics: Option<Metrics>,
-    }
-
-    /// The GenAI metrics' extra labels.
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct Metrics {
-        /// Request header → metric label (`OTEL_AIGW_METRICS_REQUEST_HEADER_ATTRIBUTES`).
+        /// Request header → GenAI metric label (`OTEL_AIGW_METRICS_REQUEST_HEADER_ATTRIBUTES`); a
+        /// top-level map, not a section: a new deserialized struct costs the module kilobytes.
         #[serde(default)]
-        pub request_header_labels: BTreeMap<String, String>,
+        pub metrics_request_header_labels: BTreeMap<String, String>,
     }
 
     /// OpenTelemetry tracing (OTLP/HTTP JSON to an Envoy cluster), as `llmgw run` renders it from
@@ -803,8 +797,8 @@ fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, Co
         budgets: compile_budgets(raw.budgets)?,
         tracing: raw.tracing.map(compile_tracing).transpose()?,
         metric_header_labels: header_mappings(
-            raw.metrics.map(|m| m.request_header_labels).unwrap_or_default(),
-            "metrics.request_header_labels",
+            raw.metrics_request_header_labels,
+            "metrics_request_header_labels",
             true,
         )?,
     })

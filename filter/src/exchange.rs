@@ -129,7 +129,7 @@ pub struct Exchange {
     charges: Vec<budget::Charge>,
     /// The consumer the authentication filters named (`consumer_header`), "" without one.
     consumer: String,
-    /// The request's values of `metrics.request_header_labels`: (label, value).
+    /// The request's values of `metrics_request_header_labels`: (label, value).
     header_labels: Vec<(String, String)>,
     /// A cache miss's answer, recorded for the rule's cache.
     cache: Option<Box<cache::Recorder>>,

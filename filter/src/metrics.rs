@@ -64,7 +64,7 @@ pub struct Labels {
     pub operation: &'static str,
     /// `llmgw_consumer`, when the request has one (else no such label).
     pub consumer: String,
-    /// The configured request headers' labels (`metrics.request_header_labels`): (label, value).
+    /// The configured request headers' labels (`metrics_request_header_labels`): (label, value).
     pub headers: Vec<(String, String)>,
 }
 
@@ -73,21 +73,17 @@ impl Labels {
         let mut name = String::with_capacity(metric.len() + 96);
         name.push_str(metric);
         name.push('.');
-        let common = [
-            ("llmgw_backend", self.backend.as_str()),
-            ("gen_ai_request_model", self.model.as_str()),
-            ("gen_ai_operation_name", self.operation),
-        ];
-        let consumer = [("llmgw_consumer", self.consumer.as_str())];
-        let consumer = consumer.get(..usize::from(!self.consumer.is_empty())).unwrap_or_default();
-        let headers = self.headers.iter().map(|(l, v)| (l.as_str(), v.as_str()));
-        for (label, value) in
-            common.iter().copied().chain(consumer.iter().copied()).chain(headers).chain(extra.iter().copied())
-        {
-            name.push_str(label);
-            name.push_str("=.=");
-            name.extend(value.chars().map(|c| if c == ';' || c == '=' || c.is_control() { '_' } else { c }));
-            name.push_str(";.;");
+        push_label(&mut name, "llmgw_backend", &self.backend);
+        push_label(&mut name, "gen_ai_request_model", &self.model);
+        push_label(&mut name, "gen_ai_operation_name", self.operation);
+        if !self.consumer.is_empty() {
+            push_label(&mut name, "llmgw_consumer", &self.consumer);
+        }
+        for (label, value) in &self.headers {
+            push_label(&mut name, label, value);
+        }
+        for (label, value) in extra {
+            push_label(&mut name, label, value);
         }
         name
     }
@@ -99,6 +95,14 @@ impl Labels {
     pub fn histogram(&self, metric: &str, extra: &[(&str, &str)], value: u64) -> Sample {
         Sample { name: self.tagged(metric, extra), kind: Kind::Histogram, value }
     }
+}
+
+/// `<label>=.=<value>;.;`, the value's separators and control characters made `_`.
+fn push_label(name: &mut String, label: &str, value: &str) {
+    name.push_str(label);
+    name.push_str("=.=");
+    name.extend(value.chars().map(|c| if c == ';' || c == '=' || c.is_control() { '_' } else { c }));
+    name.push_str(";.;");
 }
 
 /// Bounds how many distinct label sets a VM creates: clients choose model names, and every new

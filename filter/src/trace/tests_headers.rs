@@ -30,13 +30,13 @@ fn header_mappings_are_bounded_and_checked() {
     let many: Vec<String> = (0..=crate::config::MAX_HEADER_MAPPINGS).map(|i| format!("x-h{i}: a{i}")).collect();
     let tracing = format!("{BACKENDS}tracing: {{cluster: otel, request_header_attributes: {{{}}}}}", many.join(", "));
     assert_eq!(parse(tracing.as_bytes(), &NoEnv, 0).unwrap_err().field, "tracing.request_header_attributes");
-    let labels = format!("{BACKENDS}metrics: {{request_header_labels: {{{}}}}}", many.join(", "));
-    assert_eq!(parse(labels.as_bytes(), &NoEnv, 0).unwrap_err().field, "metrics.request_header_labels");
+    let labels = format!("{BACKENDS}metrics_request_header_labels: {{{}}}", many.join(", "));
+    assert_eq!(parse(labels.as_bytes(), &NoEnv, 0).unwrap_err().field, "metrics_request_header_labels");
     for bad in ["{'a b': x}", "{x-a: llmgw_backend}", "{x-a: t.id, x-b: t_id}", "{x-a: ''}"] {
-        let text = format!("{BACKENDS}metrics: {{request_header_labels: {bad}}}");
+        let text = format!("{BACKENDS}metrics_request_header_labels: {bad}");
         assert!(parse(text.as_bytes(), &NoEnv, 0).is_err(), "{bad}");
     }
-    let text = format!("{BACKENDS}metrics: {{request_header_labels: {{X-Team-Id: team.id, x-n: 9lives}}}}");
+    let text = format!("{BACKENDS}metrics_request_header_labels: {{X-Team-Id: team.id, x-n: 9lives}}");
     let c = parse(text.as_bytes(), &NoEnv, 0).unwrap();
     assert_eq!(
         c.metric_header_labels,
@@ -46,8 +46,7 @@ fn header_mappings_are_bounded_and_checked() {
 
 #[test]
 fn request_headers_become_metric_labels_within_the_cap() {
-    let text =
-        format!("{BACKENDS}max_metric_label_sets: 2\nmetrics: {{request_header_labels: {{x-team-id: team.id}}}}\n");
+    let text = format!("{BACKENDS}max_metric_label_sets: 2\nmetrics_request_header_labels: {{x-team-id: team.id}}\n");
     let shared = Rc::new(Shared::new(parse(text.as_bytes(), &NoEnv, 0).unwrap()));
     let requests = |team: &str| {
         let host = run(&shared, "/v1/chat/completions", &[("x-team-id", team)], CHAT, "application/json", &[ANSWER]);
