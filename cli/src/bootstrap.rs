@@ -76,7 +76,7 @@ pub fn render(g: &Gateway, o: &Options) -> Value {
     json!({
         "node": {"id": "llmgw", "cluster": "llmgw"},
         "admin": {"address": socket(&o.admin_address, o.admin_port)},
-        "stats_config": stats_config(),
+        "stats_config": stats_config(g),
         // Envoy warns at start without a connection limit; the reference bootstrap's value.
         "overload_manager": {"resource_monitors": [{
             "name": "envoy.resource_monitors.global_downstream_max_connections",
@@ -108,9 +108,21 @@ fn socket(address: &str, port: u16) -> Value {
     json!({"socket_address": {"address": address, "port_value": port}})
 }
 
-fn stats_config() -> Value {
+/// The labels of `metrics_request_header_labels`, as the filter names them in its stats.
+pub fn header_labels(g: &Gateway) -> Vec<String> {
+    let labels = g.plugin.get("metrics_request_header_labels").and_then(Value::as_object);
+    labels
+        .into_iter()
+        .flat_map(|m| m.values().filter_map(Value::as_str).map(llmgw_filter::metrics::label_name))
+        .collect()
+}
+
+fn stats_config(g: &Gateway) -> Value {
+    let header_labels = header_labels(g);
     let tags: Vec<Value> = llmgw_filter::metrics::LABELS
         .iter()
+        .copied()
+        .chain(header_labels.iter().map(String::as_str))
         .map(|l| json!({"tag_name": l, "regex": format!(r"(\.?{l}=\.=([^;]*);\.;)")}))
         .collect();
     let buckets = |prefix: &str, b: &[u64]| json!({"match": {"prefix": format!("wasmcustom.{prefix}.")}, "buckets": b});
@@ -606,6 +618,16 @@ rules:
         crate::validate::validate(&g, &crate::model::AnyEnv).unwrap();
         let o = test_options("/x/llmgw_filter.wasm");
         render(&g, &o)
+    }
+
+    #[test]
+    fn header_labels_are_stats_tags() {
+        let mut g = crate::formats::load_text("t.yaml", FALLBACK, &MapEnv::default(), None).unwrap();
+        g.plugin.insert("metrics_request_header_labels".into(), json!({"x-team-id": "team.id"}));
+        let b = render(&g, &test_options("/x/llmgw_filter.wasm"));
+        let tags = b["stats_config"]["stats_tags"].as_array().unwrap();
+        assert_eq!(tags.len(), llmgw_filter::metrics::LABELS.len() + 1);
+        assert_eq!(tags.last().unwrap(), &json!({"tag_name": "team_id", "regex": r"(\.?team_id=\.=([^;]*);\.;)"}));
     }
 
     fn named<'a>(list: &'a Value, name: &str) -> &'a Value {

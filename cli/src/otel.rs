@@ -60,6 +60,30 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `header:name,...` (`OTEL_AIGW_*_REQUEST_HEADER_ATTRIBUTES`) as a `{header: name}` object.
+fn header_mapping(env: &dyn Env, var: &str) -> Result<Option<Value>, String> {
+    let Some(text) = env.var(var).filter(|v| !v.trim().is_empty()) else { return Ok(None) };
+    let mut out = Map::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match pair.split_once(':').map(|(h, n)| (h.trim(), n.trim())) {
+            Some((header, name)) if !header.is_empty() && !name.is_empty() => {
+                out.insert(header.to_string(), json!(name));
+            }
+            _ => return Err(format!("{var}: {pair:?} is not header:name")),
+        }
+    }
+    Ok(Some(Value::Object(out)))
+}
+
+/// `OTEL_AIGW_METRICS_REQUEST_HEADER_ATTRIBUTES`: request headers as labels of the GenAI metrics
+/// (the plugin's `metrics_request_header_labels`; the bootstrap extracts them as stats tags).
+pub fn metric_labels(env: &dyn Env) -> Result<Option<Value>, String> {
+    header_mapping(env, METRICS_HEADERS_VAR)
+}
+
+pub const SPAN_HEADERS_VAR: &str = "OTEL_AIGW_SPAN_REQUEST_HEADER_ATTRIBUTES";
+pub const METRICS_HEADERS_VAR: &str = "OTEL_AIGW_METRICS_REQUEST_HEADER_ATTRIBUTES";
+
 /// Tracing as the environment configures it; `None` when it asks for none (no endpoint, or
 /// `OTEL_TRACES_EXPORTER=none`).
 pub fn from_env(env: &dyn Env, warnings: &mut Vec<String>) -> Result<Option<Tracing>, String> {
@@ -139,6 +163,9 @@ pub fn from_env(env: &dyn Env, warnings: &mut Vec<String>) -> Result<Option<Trac
             plugin.insert(field.into(), json!(true));
         }
     }
+    if let Some(mapping) = header_mapping(env, SPAN_HEADERS_VAR)? {
+        plugin.insert("request_header_attributes".into(), mapping);
+    }
     Ok(Some(Tracing { plugin: Value::Object(plugin), collector }))
 }
 
@@ -150,6 +177,11 @@ pub fn apply(g: &mut Gateway, env: &dyn Env) -> Result<(), String> {
     if let Some(t) = tracing {
         g.plugin.insert("tracing".into(), t.plugin);
         g.collector = t.collector;
+    } else if env.var(SPAN_HEADERS_VAR).is_some_and(|v| !v.trim().is_empty()) {
+        g.warnings.push(format!("{SPAN_HEADERS_VAR} is ignored: no OTEL_EXPORTER_OTLP_*ENDPOINT, no spans"));
+    }
+    if let Some(metrics) = metric_labels(env)? {
+        g.plugin.insert("metrics_request_header_labels".into(), metrics);
     }
     Ok(())
 }
@@ -190,6 +222,24 @@ mod tests {
         let t = from_env(&e, &mut warnings).unwrap().unwrap();
         assert_eq!(t.plugin["path"], "/custom/traces");
         assert!(t.collector.unwrap().tls.is_some());
+    }
+
+    #[test]
+    fn header_mappings_become_span_attributes_and_metric_labels() {
+        let e = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://phoenix:6006"),
+            (SPAN_HEADERS_VAR, "x-session-id:session.id, x-user-id:user.id"),
+            (METRICS_HEADERS_VAR, "x-team-id:team.id"),
+        ]);
+        let mut g = crate::model::Gateway::new(crate::model::Source::Demo);
+        apply(&mut g, &e).unwrap();
+        assert_eq!(
+            g.plugin["tracing"]["request_header_attributes"],
+            json!({"x-session-id": "session.id", "x-user-id": "user.id"})
+        );
+        assert_eq!(g.plugin["metrics_request_header_labels"], json!({"x-team-id": "team.id"}));
+        let bad = env(&[(METRICS_HEADERS_VAR, "x-team-id")]);
+        assert!(apply(&mut g, &bad).unwrap_err().contains("header:name"));
     }
 
     #[test]

@@ -66,6 +66,10 @@ mod raw {
         #[serde(default)]
         pub budgets: Vec<Budget>,
         pub tracing: Option<Tracing>,
+        /// Request header → GenAI metric label (`OTEL_AIGW_METRICS_REQUEST_HEADER_ATTRIBUTES`); a
+        /// top-level map, not a section: a new deserialized struct costs the module kilobytes.
+        #[serde(default)]
+        pub metrics_request_header_labels: BTreeMap<String, String>,
     }
 
     /// OpenTelemetry tracing (OTLP/HTTP JSON to an Envoy cluster), as `llmgw run` renders it from
@@ -96,6 +100,9 @@ mod raw {
         pub hide_embeddings_text: bool,
         #[serde(default)]
         pub hide_embeddings_vectors: bool,
+        /// Request header → span attribute (`OTEL_AIGW_SPAN_REQUEST_HEADER_ATTRIBUTES`).
+        #[serde(default)]
+        pub request_header_attributes: BTreeMap<String, String>,
     }
 
     #[derive(Deserialize)]
@@ -631,6 +638,8 @@ pub struct Compiled {
     pub budgets: Vec<Budget>,
     /// Spans to an OTLP collector; `None`: no tracing.
     pub tracing: Option<crate::trace::Settings>,
+    /// (request header, metric label) pairs the GenAI request metrics carry.
+    pub metric_header_labels: Vec<(String, String)>,
 }
 
 /// Where this copy of the filter runs.
@@ -789,7 +798,38 @@ fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, Co
         consumer_header: raw.consumer_header.map(|h| header_name(&h, "consumer_header")).transpose()?,
         budgets: compile_budgets(raw.budgets)?,
         tracing: raw.tracing.map(compile_tracing).transpose()?,
+        metric_header_labels: header_mappings(
+            raw.metrics_request_header_labels,
+            "metrics_request_header_labels",
+            true,
+        )?,
     })
+}
+
+/// At most this many request headers map to span attributes, and as many to metric labels.
+pub const MAX_HEADER_MAPPINGS: usize = 16;
+
+/// `header → name` mappings, header names lower-cased; a metric label (`label`) is made a valid
+/// Prometheus label name and may not take one of the gateway's own.
+fn header_mappings(
+    raw: std::collections::BTreeMap<String, String>,
+    field: &str,
+    label: bool,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    if raw.len() > MAX_HEADER_MAPPINGS {
+        return Err(ConfigError::new(field, format!("at most {MAX_HEADER_MAPPINGS} headers")));
+    }
+    let mut out: Vec<(String, String)> = Vec::with_capacity(raw.len());
+    for (header, name) in raw {
+        let header = header_name(&header, field)?;
+        let name = if label { crate::metrics::label_name(&name) } else { name };
+        let taken = label && crate::metrics::LABELS.contains(&name.as_str());
+        if name.is_empty() || taken || out.iter().any(|(_, n)| *n == name) {
+            return Err(ConfigError::new(format!("{field}.{header}"), format!("{name:?} is empty or taken")));
+        }
+        out.push((header, name));
+    }
+    Ok(out)
 }
 
 const DEFAULT_OUTPUT_RESERVE: u64 = 1024;
@@ -832,6 +872,8 @@ fn compile_tracing(t: raw::Tracing) -> Result<crate::trace::Settings, ConfigErro
         embeddings_text: t.hide_embeddings_text,
         embeddings_vectors: t.hide_embeddings_vectors,
     };
+    s.request_header_attributes =
+        header_mappings(t.request_header_attributes, "tracing.request_header_attributes", false)?;
     Ok(s)
 }
 

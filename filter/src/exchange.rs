@@ -130,6 +130,8 @@ pub struct Exchange {
     charges: Vec<budget::Charge>,
     /// The consumer the authentication filters named (`consumer_header`), "" without one.
     consumer: String,
+    /// The request's values of `metrics_request_header_labels`: (label, value).
+    header_labels: Vec<(String, String)>,
     /// A cache miss's answer, recorded for the rule's cache.
     cache: Option<Box<cache::Recorder>>,
     /// The endpoint the picker chose, released (in-flight count) once when the stream ends.
@@ -156,6 +158,7 @@ impl Exchange {
             logged: false,
             charges: Vec::new(),
             consumer: String::new(),
+            header_labels: Vec::new(),
             cache: None,
             picked: None,
             prefill: None,
@@ -237,6 +240,7 @@ impl Exchange {
             .with_header("allow", allowed);
             return self.reply_as(host, e, endpoint.client_api());
         }
+        self.header_labels = metrics::header_values(&shared.config.metric_header_labels, &headers);
         if let (Role::Downstream, Some(tracing)) = (shared.config.role, &shared.tracing) {
             self.span = trace::Span::begin(tracing, endpoint, &headers, self.started_at);
         }
@@ -573,11 +577,22 @@ impl Exchange {
 
     pub fn on_response_body(&mut self, host: &mut dyn Host, size: usize, end_of_stream: bool) -> Flow {
         let max_response = self.shared.as_ref().map_or(usize::MAX, |s| s.config.max_response_body_bytes);
-        if let (Phase::Ignored, Some(recorder)) = (&self.phase, &mut self.cache) {
-            // A fallback rule's answer, client-shaped by the upstream copy: recorded as it passes.
-            recorder.push(&host.response_body(size).unwrap_or_default());
-            if end_of_stream {
-                self.store_cached(host);
+        if let Phase::Ignored = self.phase {
+            // A fallback rule's answer, client-shaped by the upstream copy: recorded (cache, span)
+            // as it passes.
+            let span = self.span.as_mut().filter(|_| self.delegated_status / 100 == 2);
+            if self.cache.is_none() && span.is_none() {
+                return Flow::Continue;
+            }
+            let chunk = host.response_body(size).unwrap_or_default();
+            if let Some(span) = span {
+                span.response_bytes(&chunk);
+            }
+            if let Some(recorder) = &mut self.cache {
+                recorder.push(&chunk);
+                if end_of_stream {
+                    self.store_cached(host);
+                }
             }
             return Flow::Continue;
         }
@@ -875,7 +890,7 @@ impl Exchange {
 
     /// Ends the request's span and queues it for export (a full queue drops it, counted).
     fn end_span(&mut self, host: &mut dyn Host) {
-        let Some(span) = self.span.take() else { return };
+        let Some(mut span) = self.span.take() else { return };
         let Some(shared) = self.shared.clone() else { return };
         let Some(tracing) = &shared.tracing else { return };
         let (status, error, usage, ended_at) = match &self.phase {
@@ -884,7 +899,14 @@ impl Exchange {
             Phase::Answered => {
                 (self.reply.map_or(0, |r| r.0), self.reply.map(|r| r.1).filter(|c| !c.is_empty()), None, None)
             }
-            _ => (self.delegated_status, None, usage_from_filter_state(host), None),
+            _ => {
+                // A fallback rule's: its attempts, as the upstream copies recorded them.
+                let backends = &shared.config.backends;
+                let provider =
+                    |name: &str| backends.iter().find(|b| b.name == name).map_or("", |b| trace::provider(b.schema()));
+                span.attempts(&host.property(&[ATTEMPTS_STATE]).unwrap_or_default(), provider);
+                (self.delegated_status, None, usage_from_filter_state(host), None)
+            }
         };
         let encoded = (*span).end(status, error, usage, ended_at.unwrap_or_else(|| host.now_nanos()));
         let queued = tracing.exporter.try_borrow_mut().map(|mut e| e.push(&tracing.settings, encoded)).unwrap_or(false);
@@ -912,7 +934,14 @@ impl Exchange {
         let backend = shared.config.backends.get(routed.backend).map_or("", |b| b.name.as_str());
         let ended_at = routed.ended_at.unwrap_or_else(|| host.now_nanos());
         let operation = routed.endpoint.operation();
-        let metrics = shared.metric_sets.get(&shared.limiter, backend, operation, &routed.info.model, &self.consumer);
+        let metrics = shared.metric_sets.get(
+            &shared.limiter,
+            backend,
+            operation,
+            &routed.info.model,
+            &self.consumer,
+            &self.header_labels,
+        );
         let success = !routed.error && routed.ended_at.is_some();
         metrics.record(host, if success { Slot::Success } else { Slot::Failure }, 1);
         metrics.record(host, Slot::Duration, ended_at.saturating_sub(self.started_at) / NANOS_PER_MS);
@@ -935,6 +964,13 @@ impl Exchange {
         // Envoy may skip on_log (a stream torn down early): the count is released here then.
         self.release_endpoint(host);
         if self.role() == Role::Upstream {
+            if let (Phase::Forwarded(routed), Some(shared)) = (&self.phase, &self.shared) {
+                if routed.status == 0 && shared.tracing.is_some() {
+                    // Envoy gave up on this attempt before any answer (refused, reset, timeout).
+                    let name = shared.config.backends.get(routed.backend).map_or("", |b| b.name.as_str());
+                    record_attempt(host, name, 0, "no_answer");
+                }
+            }
             self.on_log(host);
         }
     }
@@ -967,11 +1003,16 @@ impl Exchange {
         self.reply = Some((error.status, error.code));
         // Every answer the gateway gives itself is counted, with its status and code.
         if let Some(shared) = &self.shared {
-            let (model, consumer) = match self.model.as_deref() {
-                Some(m) => shared.limiter.pair_labels("", m, &self.consumer),
-                None => (String::new(), String::new()),
+            let labels = match self.model.as_deref() {
+                Some(m) => shared.limiter.labels("", self.operation, m, &self.consumer, &self.header_labels),
+                None => Labels {
+                    backend: String::new(),
+                    model: String::new(),
+                    operation: self.operation,
+                    consumer: String::new(),
+                    headers: Vec::new(),
+                },
             };
-            let labels = Labels { backend: String::new(), model, operation: self.operation, consumer };
             let status = error.status.to_string();
             host.record(&labels.counter(
                 metrics::REQUESTS,
@@ -1042,6 +1083,8 @@ fn empty_stream_error(api: ClientApi, stream: bool, status: u16) -> Vec<u8> {
 const CONSUMER_STATE: &str = "llmgw_consumer";
 /// Filter state holding what the downstream copy read from the body, for every attempt.
 const REQUEST_INFO_STATE: &str = "llmgw_request_info";
+/// Filter state holding a fallback rule's attempts (`trace::Attempt`), for the request's span.
+const ATTEMPTS_STATE: &str = "llmgw_attempts";
 /// Filter state holding the client's request headers, for the attempts after the first.
 const CLIENT_HEADERS: &str = "llmgw_client_headers";
 /// The picked endpoint's metadata naming its rule and backend (`"<rule>/<backend in the rule>"`).
@@ -1148,15 +1191,33 @@ fn on_attempt_answer(host: &mut dyn Host, shared: &Shared, routed: &mut Routed) 
     }
     let operation = routed.endpoint.operation();
     shared.attempt_metrics.record(host, (attempt.backend, operation, retried, status), 1, || {
-        let labels = Labels { backend: name.to_string(), model: String::new(), operation, consumer: String::new() };
+        let labels = Labels {
+            backend: name.to_string(),
+            model: String::new(),
+            operation,
+            consumer: String::new(),
+            headers: Vec::new(),
+        };
         let outcome = if retried { "retried" } else { "served" };
         labels.counter(metrics::ATTEMPTS, &[("outcome", outcome), ("http_status", &status.to_string())], 1)
     });
+    if shared.tracing.is_some() {
+        record_attempt(host, name, status, if retried { "retried" } else { "served" });
+    }
     routed.retried = retried;
     if retried {
         AttemptFate::Retried
     } else {
         AttemptFate::Served
+    }
+}
+
+/// Appends this attempt to the request's record for the listener's span (bounded; past
+/// `trace::MAX_ATTEMPTS` attempts are not recorded).
+fn record_attempt(host: &mut dyn Host, backend: &str, status: u16, outcome: &str) {
+    let attempt = trace::Attempt { backend, status, outcome, time: host.now_nanos() };
+    if let Some(record) = attempt.append(host.property(&[ATTEMPTS_STATE]).unwrap_or_default()) {
+        host.set_filter_state(ATTEMPTS_STATE, &record);
     }
 }
 

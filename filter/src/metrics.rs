@@ -64,6 +64,8 @@ pub struct Labels {
     pub operation: &'static str,
     /// `llmgw_consumer`, when the request has one (else no such label).
     pub consumer: String,
+    /// The configured request headers' labels (`metrics_request_header_labels`): (label, value).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Labels {
@@ -71,18 +73,17 @@ impl Labels {
         let mut name = String::with_capacity(metric.len() + 96);
         name.push_str(metric);
         name.push('.');
-        let common = [
-            ("llmgw_backend", self.backend.as_str()),
-            ("gen_ai_request_model", self.model.as_str()),
-            ("gen_ai_operation_name", self.operation),
-        ];
-        let consumer = [("llmgw_consumer", self.consumer.as_str())];
-        let consumer = consumer.get(..usize::from(!self.consumer.is_empty())).unwrap_or_default();
-        for (label, value) in common.iter().chain(consumer).chain(extra) {
-            name.push_str(label);
-            name.push_str("=.=");
-            name.extend(value.chars().map(|c| if c == ';' || c == '=' || c.is_control() { '_' } else { c }));
-            name.push_str(";.;");
+        push_label(&mut name, "llmgw_backend", &self.backend);
+        push_label(&mut name, "gen_ai_request_model", &self.model);
+        push_label(&mut name, "gen_ai_operation_name", self.operation);
+        if !self.consumer.is_empty() {
+            push_label(&mut name, "llmgw_consumer", &self.consumer);
+        }
+        for (label, value) in &self.headers {
+            push_label(&mut name, label, value);
+        }
+        for (label, value) in extra {
+            push_label(&mut name, label, value);
         }
         name
     }
@@ -94,6 +95,14 @@ impl Labels {
     pub fn histogram(&self, metric: &str, extra: &[(&str, &str)], value: u64) -> Sample {
         Sample { name: self.tagged(metric, extra), kind: Kind::Histogram, value }
     }
+}
+
+/// `<label>=.=<value>;.;`, the value's separators and control characters made `_`.
+fn push_label(name: &mut String, label: &str, value: &str) {
+    name.push_str(label);
+    name.push_str("=.=");
+    name.extend(value.chars().map(|c| if c == ';' || c == '=' || c.is_control() { '_' } else { c }));
+    name.push_str(";.;");
 }
 
 /// Bounds how many distinct label sets a VM creates: clients choose model names, and every new
@@ -128,6 +137,29 @@ impl LabelLimiter {
         }
     }
 
+    /// A request's labels: model, consumer and header labels as they are, or all `other` once
+    /// the limit is reached (each distinct set counts once against it).
+    pub fn labels(
+        &self,
+        backend: &str,
+        operation: &'static str,
+        model: &str,
+        consumer: &str,
+        headers: &[(String, String)],
+    ) -> Labels {
+        let (model, consumer, headers) = if headers.is_empty() {
+            let (model, consumer) = self.pair_labels(backend, model, consumer);
+            (model, consumer, Vec::new())
+        } else if self.pair_labels(backend, model, &who_key(consumer, headers)).0 == "other" {
+            let other = |(l, _): &(String, String)| (l.clone(), "other".to_string());
+            let consumer = if consumer.is_empty() { "" } else { "other" };
+            ("other".to_string(), consumer.to_string(), headers.iter().map(other).collect())
+        } else {
+            (model.to_string(), consumer.to_string(), headers.to_vec())
+        };
+        Labels { backend: backend.to_string(), model, operation, consumer, headers }
+    }
+
     /// The model label to use: the model itself, or `other` once the limit is reached.
     pub fn model_label(&self, backend: &str, model: &str) -> String {
         let mut seen = self.seen.take();
@@ -152,6 +184,47 @@ fn pair_key(model: &str, consumer: &str) -> String {
     } else {
         format!("{model}\0{consumer}")
     }
+}
+
+/// The consumer and the header labels' values as one "who" for the limiter: a label set is
+/// (model, who), capped together.
+fn who_key(consumer: &str, headers: &[(String, String)]) -> String {
+    let mut who = consumer.to_string();
+    for (name, value) in headers {
+        who.push('\0');
+        who.push_str(name);
+        who.push('=');
+        who.push_str(value);
+    }
+    who
+}
+
+/// Longest header value a span attribute or metric label takes (longer ones are cut).
+pub const MAX_HEADER_VALUE: usize = 256;
+
+/// The configured headers' (name, value) pairs of a request, values cut at `MAX_HEADER_VALUE`
+/// bytes; a header the request lacks is left out.
+pub fn header_values(mappings: &[(String, String)], headers: &[(String, String)]) -> Vec<(String, String)> {
+    mappings
+        .iter()
+        .filter_map(|(header, name)| {
+            let value = crate::plan::header(headers, header)?;
+            let mut end = value.len().min(MAX_HEADER_VALUE);
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            Some((name.clone(), value.get(..end).unwrap_or_default().to_string()))
+        })
+        .collect()
+}
+
+/// A valid Prometheus label name for an attribute name (`team.id` → `team_id`).
+pub fn label_name(attribute: &str) -> String {
+    let mut name: String = attribute.trim().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert(0, '_');
+    }
+    name
 }
 
 /// The metrics a served request records, one set per label set.
@@ -240,25 +313,24 @@ impl MetricSets {
         operation: &'static str,
         model: &str,
         consumer: &str,
+        headers: &[(String, String)],
     ) -> Rc<MetricSet> {
-        let key = pair_key(model, consumer);
-        let labels =
-            |(model, consumer): (String, String)| Labels { backend: backend.to_string(), model, operation, consumer };
+        let key = pair_key(model, &who_key(consumer, headers));
         let Ok(mut sets) = self.sets.try_borrow_mut() else {
-            return Rc::new(MetricSet::new(labels(limiter.pair_labels(backend, model, consumer))));
+            return Rc::new(MetricSet::new(limiter.labels(backend, operation, model, consumer, headers)));
         };
         let by_backend = sets.entry(operation).or_default();
         if let Some(set) = by_backend.get(backend).and_then(|by_model| by_model.get(&key)) {
             return set.clone();
         }
-        // First time for this pair here: over the cap it counts under `other`, and is not
+        // First time for this set here: over the cap it counts under `other`, and is not
         // remembered by name.
-        let (model, consumer) = limiter.pair_labels(backend, model, consumer);
+        let labels = limiter.labels(backend, operation, model, consumer, headers);
         by_backend
             .entry(backend.to_string())
             .or_default()
-            .entry(pair_key(&model, &consumer))
-            .or_insert_with(|| Rc::new(MetricSet::new(labels((model, consumer)))))
+            .entry(pair_key(&labels.model, &who_key(&labels.consumer, &labels.headers)))
+            .or_insert_with(|| Rc::new(MetricSet::new(labels)))
             .clone()
     }
 }
@@ -306,13 +378,20 @@ mod tests {
             model: "qwen2.5:0.5b".into(),
             operation: "chat",
             consumer: String::new(),
+            headers: Vec::new(),
         };
         let s = l.histogram(TOKEN_USAGE, &[("gen_ai_token_type", "input")], 5);
         assert_eq!(
             s.name,
             "gen_ai.client.token.usage.llmgw_backend=.=openai;.;gen_ai_request_model=.=qwen2.5:0.5b;.;gen_ai_operation_name=.=chat;.;gen_ai_token_type=.=input;.;"
         );
-        let l = Labels { backend: "b".into(), model: "a;b=c\n".into(), operation: "chat", consumer: String::new() };
+        let l = Labels {
+            backend: "b".into(),
+            model: "a;b=c\n".into(),
+            operation: "chat",
+            consumer: String::new(),
+            headers: Vec::new(),
+        };
         assert!(l.counter(REQUESTS, &[], 1).name.contains("gen_ai_request_model=.=a_b_c_;.;"));
     }
 
@@ -331,13 +410,13 @@ mod tests {
         let sets = MetricSets::default();
         let limiter = LabelLimiter::new(1);
         for _ in 0..3 {
-            sets.get(&limiter, "b", "chat", "m1", "").record(&mut host, Slot::Success, 1);
+            sets.get(&limiter, "b", "chat", "m1", "", &[]).record(&mut host, Slot::Success, 1);
         }
         assert_eq!(host.metric_names.len(), 1, "defined once");
         assert_eq!(host.samples.len(), 3);
         assert!(host.samples.iter().all(|s| s.name.contains("gen_ai_request_model=.=m1;.;")));
-        sets.get(&limiter, "b", "chat", "m2", "").record(&mut host, Slot::Duration, 7);
-        sets.get(&limiter, "b", "chat", "m3", "").record(&mut host, Slot::Duration, 8);
+        sets.get(&limiter, "b", "chat", "m2", "", &[]).record(&mut host, Slot::Duration, 7);
+        sets.get(&limiter, "b", "chat", "m3", "", &[]).record(&mut host, Slot::Duration, 8);
         let last = &host.samples[3..];
         assert!(last.iter().all(|s| s.name.contains("gen_ai_request_model=.=other;.;") && s.kind == Kind::Histogram));
         assert_eq!(host.metric_names.len(), 2, "m2 and m3 share `other`");
@@ -348,10 +427,10 @@ mod tests {
         let mut host = crate::testing::FakeHost::default();
         let sets = MetricSets::default();
         let limiter = LabelLimiter::new(2);
-        sets.get(&limiter, "b", "chat", "m1", "team-a").record(&mut host, Slot::Success, 1);
-        sets.get(&limiter, "b", "chat", "m1", "").record(&mut host, Slot::Success, 1);
+        sets.get(&limiter, "b", "chat", "m1", "team-a", &[]).record(&mut host, Slot::Success, 1);
+        sets.get(&limiter, "b", "chat", "m1", "", &[]).record(&mut host, Slot::Success, 1);
         // A third pair is over the cap: both labels say `other`.
-        sets.get(&limiter, "b", "chat", "m1", "team-b").record(&mut host, Slot::Success, 1);
+        sets.get(&limiter, "b", "chat", "m1", "team-b", &[]).record(&mut host, Slot::Success, 1);
         let names: Vec<&str> = host.samples.iter().map(|s| s.name.as_str()).collect();
         assert!(
             names[0].contains("gen_ai_request_model=.=m1;.;gen_ai_operation_name=.=chat;.;llmgw_consumer=.=team-a;.;")

@@ -55,6 +55,8 @@ pub struct Settings {
     pub hide: Hide,
     /// Content (messages, input and output values, vectors) a span carries at most.
     pub max_span_content_bytes: usize,
+    /// (request header, span attribute) pairs copied onto every span.
+    pub request_header_attributes: Vec<(String, String)>,
 }
 
 impl Settings {
@@ -79,6 +81,7 @@ impl Settings {
             export_timeout_ms: Self::DEFAULT_EXPORT_TIMEOUT_MS,
             hide: Hide::default(),
             max_span_content_bytes: Self::DEFAULT_MAX_SPAN_CONTENT_BYTES,
+            request_header_attributes: Vec::new(),
         }
     }
 }
@@ -222,6 +225,8 @@ pub struct Span {
     room: usize,
     /// Encoded attributes so far, each preceded by a comma.
     attrs: otlp::Attrs,
+    /// A fallback rule's attempts, one event each.
+    attempts: Vec<Event>,
     stream: bool,
     output: content::Output,
     /// A stream's events being cut.
@@ -245,6 +250,10 @@ impl Span {
             }
         };
         let settings = &tracing.settings;
+        let mut attrs = otlp::Attrs::default();
+        for (attribute, value) in crate::metrics::header_values(&settings.request_header_attributes, headers) {
+            attrs.string(&attribute, &value);
+        }
         Some(Box::new(Span {
             trace_id,
             span_id: tracing.next_id(now).to_be_bytes(),
@@ -254,7 +263,8 @@ impl Span {
             start: now,
             hide: settings.hide,
             room: settings.max_span_content_bytes,
-            attrs: otlp::Attrs::default(),
+            attrs,
+            attempts: Vec::new(),
             stream: false,
             output: content::Output::default(),
             events: sse::Splitter::default(),
@@ -299,6 +309,25 @@ impl Span {
         self.attrs.string("llmgw.backend", backend);
         if !consumer.is_empty() {
             self.attrs.string("llmgw.consumer", consumer);
+        }
+    }
+
+    /// The attempts of a fallback rule's request (`Attempts` records, oldest first) as events;
+    /// the last one answered: its backend is the span's, `provider` names its `llm.provider`.
+    pub fn attempts(&mut self, record: &[u8], provider: impl Fn(&str) -> &'static str) {
+        let mut last = None;
+        for attempt in record.split(|&b| b == ATTEMPT_END).filter_map(Attempt::parse).take(MAX_ATTEMPTS) {
+            let mut attrs = otlp::Attrs::default();
+            attrs.string("llmgw.backend", attempt.backend);
+            if attempt.status != 0 {
+                attrs.int("http.response.status_code", u64::from(attempt.status));
+            }
+            attrs.string("llmgw.attempt.outcome", attempt.outcome);
+            self.attempts.push(Event { time: attempt.time, name: "llmgw.attempt", attrs });
+            last = Some(attempt.backend);
+        }
+        if let Some(backend) = last {
+            self.routed(backend, provider(backend), "");
         }
     }
 
@@ -393,8 +422,54 @@ impl Span {
             start: self.start,
             end,
             attrs: &self.attrs,
+            events: &self.attempts,
             error: error.as_deref(),
         })
+    }
+}
+
+/// A span event: when, what, and its attributes.
+#[derive(Debug)]
+pub struct Event {
+    pub time: u64,
+    pub name: &'static str,
+    pub attrs: otlp::Attrs,
+}
+
+/// At most this many attempts of one request are recorded.
+pub const MAX_ATTEMPTS: usize = 16;
+const ATTEMPT_END: u8 = 0x1e;
+const ATTEMPT_FIELD: char = '\u{1f}';
+
+/// One attempt of a fallback rule's request, as the upstream copy records it in filter state for
+/// the listener's copy (which owns the span): `backend 0x1f status 0x1f outcome 0x1f time 0x1e`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Attempt<'a> {
+    pub backend: &'a str,
+    /// 0: no answer (connection refused, reset, timeout).
+    pub status: u16,
+    /// `served`, `retried` or `no_answer`.
+    pub outcome: &'a str,
+    pub time: u64,
+}
+
+impl<'a> Attempt<'a> {
+    /// `record` with this attempt appended, or `None` when it holds `MAX_ATTEMPTS` already.
+    pub fn append(&self, mut record: Vec<u8>) -> Option<Vec<u8>> {
+        if record.iter().filter(|&&b| b == ATTEMPT_END).count() >= MAX_ATTEMPTS {
+            return None;
+        }
+        let f = ATTEMPT_FIELD;
+        let backend: String = self.backend.chars().filter(|&c| c != f && c != '\u{1e}').collect();
+        record.extend_from_slice(format!("{backend}{f}{}{f}{}{f}{}", self.status, self.outcome, self.time).as_bytes());
+        record.push(ATTEMPT_END);
+        Some(record)
+    }
+
+    fn parse(bytes: &'a [u8]) -> Option<Attempt<'a>> {
+        let mut fields = std::str::from_utf8(bytes).ok()?.split(ATTEMPT_FIELD);
+        let (backend, status, outcome, time) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+        Some(Attempt { backend, status: status.parse().ok()?, outcome, time: time.parse().ok()? })
     }
 }
 

@@ -121,6 +121,7 @@ pub struct SpanParts<'a> {
     pub start: u64,
     pub end: u64,
     pub attrs: &'a Attrs,
+    pub events: &'a [super::Event],
     pub error: Option<&'a str>,
 }
 
@@ -140,7 +141,9 @@ pub fn span(p: &SpanParts) -> Vec<u8> {
             .as_bytes(),
     );
     out.extend_from_slice(p.attrs.list());
-    out.extend_from_slice(b"],\"status\":");
+    out.push(b']');
+    write_events(&mut out, p.events);
+    out.extend_from_slice(b",\"status\":");
     match p.error {
         None => out.extend_from_slice(b"{\"code\":1}}"),
         Some(message) => {
@@ -150,6 +153,21 @@ pub fn span(p: &SpanParts) -> Vec<u8> {
         }
     }
     out
+}
+
+/// `,"events":[...]` (nothing without events).
+fn write_events(out: &mut Vec<u8>, events: &[super::Event]) {
+    for (i, e) in events.iter().enumerate() {
+        out.extend_from_slice(if i == 0 { b",\"events\":[" } else { b"," });
+        out.extend_from_slice(format!("{{\"timeUnixNano\":\"{}\",\"name\":", e.time).as_bytes());
+        out.extend_from_slice(&json_string(e.name));
+        out.extend_from_slice(b",\"attributes\":[");
+        out.extend_from_slice(e.attrs.list());
+        out.extend_from_slice(b"]}");
+    }
+    if !events.is_empty() {
+        out.push(b']');
+    }
 }
 
 /// The `ExportTraceServiceRequest` carrying `spans` for the resource `resource` (encoded attributes).

@@ -407,3 +407,6 @@ fn traceparent_parsing_and_resource() {
     assert!(parse(format!("{BACKENDS}tracing: {{}}").as_bytes(), &NoEnv, 0).is_err(), "a cluster is required");
     assert!(parse(format!("{BACKENDS}tracing: {{exporter: console}}").as_bytes(), &NoEnv, 0).is_ok());
 }
+
+#[path = "tests_headers.rs"]
+mod headers;
