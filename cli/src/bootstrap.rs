@@ -532,6 +532,23 @@ fn cluster(u: &Upstream, o: &Options, buffer: u64) -> Value {
     c
 }
 
+/// The clusters the filter sends its own requests to (the OTLP collector), as a proxy pod of
+/// Envoy Gateway has them (its system CA bundle): `llmgw render --target envoy-gateway` patches
+/// them in.
+pub fn dispatch_clusters_for_pods(g: &Gateway) -> Vec<Value> {
+    let o = Options {
+        address: String::new(),
+        port: 0,
+        admin_address: String::new(),
+        admin_port: 0,
+        wasm: String::new(),
+        ca_bundle: "/etc/ssl/certs/ca-certificates.crt".into(),
+        rls_port: DEFAULT_RLS_PORT,
+    };
+    let buffer = g.buffer_limit.unwrap_or(DEFAULT_BUFFER_LIMIT);
+    g.collector.iter().map(|c| cluster(c, &o, buffer)).collect()
+}
+
 /// The filter's picker chose the endpoint (one of the backend's, by address) and wrote it in the
 /// destination header: Envoy connects there, as the Gateway API Inference Extension does.
 fn picked_cluster(u: &Upstream, o: &Options, buffer: u64) -> Value {

@@ -419,16 +419,11 @@ fn render_envoy_gateway(g: &Gateway, a: &RenderArgs) -> anyhow::Result<i32> {
         digest: a.digest.clone(),
         port: a.listen.port.or(g.port).unwrap_or(EgOptions::default().port),
         consumers: eg_consumers(g)?,
+        // Envoy Gateway names the clusters it makes; the collector's is patched in under the name
+        // the plugin configuration gives it.
+        clusters: crate::bootstrap::dispatch_clusters_for_pods(g),
     };
-    let mut plugin = g.plugin.clone();
-    if plugin.get("tracing").is_some_and(|t| t.get("cluster").is_some()) {
-        // Envoy Gateway names its clusters itself: the filter could not address the collector.
-        plugin.remove("tracing");
-        eprintln!(
-            "llmgw: note: OTLP tracing is not rendered for Envoy Gateway (the collector would need a cluster \
-             the filter can name); OTEL_TRACES_EXPORTER=console is"
-        );
-    }
+    let plugin = g.plugin.clone();
     let mut text = render_eg::render(&serde_json::Value::Object(plugin), &backends, &opts)
         .map_err(|e| anyhow::anyhow!("cannot render for Envoy Gateway: {e}"))?;
     if !g.budgets.is_empty() {

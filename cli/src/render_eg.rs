@@ -61,6 +61,10 @@ pub struct EgOptions {
     /// Client authentication from the configuration's `consumers:`; `None` = the default
     /// SecurityPolicy (API keys of the Secret `<name>-client-keys`, client id in `x-llmgw-client`).
     pub consumers: Option<EgConsumers>,
+    /// Clusters the filter itself sends requests to (`dispatch_http_call`: the OTLP collector),
+    /// as Envoy cluster JSON: added to the xDS by the EnvoyPatchPolicy, under the names the plugin
+    /// configuration gives them (Envoy Gateway names the clusters it makes itself).
+    pub clusters: Vec<Value>,
 }
 
 /// The consumers, as Envoy Gateway's SecurityPolicy takes them. No key is here: the keys go into
@@ -100,8 +104,31 @@ impl Default for EgOptions {
             digest: "0".repeat(64),
             port: 80,
             consumers: None,
+            clusters: Vec::new(),
         }
     }
+}
+
+/// EnvoyPatchPolicy entries adding `clusters` (whole resources: `op: add` at path "").
+fn extra_clusters(clusters: &[Value]) -> Result<String, String> {
+    let mut out = String::new();
+    for c in clusters {
+        let name = c.get("name").and_then(Value::as_str).ok_or("an added cluster has no name")?;
+        check_name("cluster name", name)?;
+        let json = serde_json::to_string(c).map_err(|e| format!("cluster {name}: {e}"))?;
+        out += &format!(
+            "    # {name}: a cluster the filter sends requests to itself (dispatch_http_call), which no
+    # route references, so Envoy Gateway would not make it.
+    - type: type.googleapis.com/envoy.config.cluster.v3.Cluster
+      name: {name}
+      operation:
+        op: add
+        path: \"\"
+        value: {json}
+"
+        );
+    }
+    Ok(out)
 }
 
 /// The header the filter names the backend in.
@@ -534,7 +561,7 @@ spec:
         jsonPath: \"..rate_limits[?(@.apply_on_stream_done == true)].hits_addend\"
         path: /format
         value: \"%FILTER_STATE(wasm.llm_total_token:PLAIN)%\"
----
+{extra_clusters}---
 # Upstream limits and the token budget: each client id ({client_header}, set by the
 # SecurityPolicy) may spend `requests` tokens per `unit`, across all backends (shared). The
 # request is checked with cost 0 before it is sent (429 once the budget is spent); when the
@@ -576,7 +603,8 @@ spec:
               metadata:
                 namespace: io.llmgw
                 key: llm_total_token
-"
+",
+        extra_clusters = extra_clusters(&opts.clusters)?
     );
     Ok(out)
 }

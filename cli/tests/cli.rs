@@ -150,3 +150,54 @@ fn render_envoy_gateway_matches_the_committed_manifests() {
     assert_eq!(code, 0, "{err}");
     assert!(out == std::fs::read_to_string(&committed).unwrap(), "differs from {}", committed.display());
 }
+
+/// Tracing on Envoy Gateway: the plugin keeps its `tracing` section, and the collector's cluster
+/// (which no route references, so Envoy Gateway would not make it) is added by the
+/// EnvoyPatchPolicy under the name the filter sends spans to.
+#[test]
+fn render_envoy_gateway_patches_in_the_collector_cluster() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let config = root.join("envoy-configs/envoy-gateway/llmgw-config.yaml");
+    if !config.is_file() {
+        common::skip(
+            "render_envoy_gateway_patches_in_the_collector_cluster: envoy-configs/envoy-gateway/ is not there",
+        );
+        return;
+    }
+    let mut cmd = llmgw();
+    cmd.args(["render", "--target", "envoy-gateway"])
+        .arg(&config)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "https://phoenix.observability.svc:6006")
+        .env("OTEL_SERVICE_NAME", "edge");
+    let (code, out, err) = common::output(cmd);
+    assert_eq!(code, 0, "{err}");
+    let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&out)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .filter(|v: &serde_json::Value| !v.is_null())
+        .collect();
+    let eep = docs.iter().find(|d| d["kind"] == "EnvoyExtensionPolicy").unwrap();
+    let plugin: serde_json::Value = match &eep["spec"]["wasm"][0]["config"] {
+        serde_json::Value::String(s) => serde_json::from_str(s).unwrap(),
+        v => v.clone(),
+    };
+    let cluster = plugin["tracing"]["cluster"].as_str().unwrap().to_string();
+    assert_eq!(plugin["tracing"]["service_name"], "edge");
+    let epp = docs.iter().find(|d| d["kind"] == "EnvoyPatchPolicy").unwrap();
+    let patch = epp["spec"]["jsonPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == "type.googleapis.com/envoy.config.cluster.v3.Cluster")
+        .expect("a cluster patch");
+    assert_eq!((patch["name"].as_str(), patch["operation"]["op"].as_str()), (Some(cluster.as_str()), Some("add")));
+    let value = &patch["operation"]["value"];
+    assert_eq!(value["name"], cluster.as_str());
+    let address = &value["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
+    assert_eq!(
+        (address["address"].as_str(), address["port_value"].as_u64()),
+        (Some("phoenix.observability.svc"), Some(6006))
+    );
+    // TLS to the collector, verified against the proxy pod's system CAs.
+    assert!(value["transport_socket"].to_string().contains("/etc/ssl/certs/ca-certificates.crt"), "{value}");
+    assert!(!err.contains("not rendered"), "{err}");
+}

@@ -133,6 +133,7 @@ fn digest_image_and_names_are_options() {
         digest: format!("sha256:{}", "ab".repeat(32)),
         port: 8080,
         consumers: None,
+        clusters: Vec::new(),
     };
     let mut backends = demo_backends();
     backends[1].endpoints = vec![("vllm.llmgw.svc.cluster.local".into(), 8000)]; // other namespace: a Backend
