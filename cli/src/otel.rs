@@ -1,6 +1,7 @@
 //! OpenTelemetry tracing from the environment, as `aigw run` reads it: the `OTEL_*` exporter
 //! variables and OpenInference's `OPENINFERENCE_HIDE_*` become the plugin configuration's
-//! `tracing` section and a cluster for the collector (OTLP/HTTP JSON, `POST /v1/traces`).
+//! `tracing` section and a cluster for the collector (OTLP/HTTP protobuf or JSON, `POST /v1/traces`);
+//! `AI_GATEWAY_TRACING_SEMCONV=gen_ai` switches the spans to OpenTelemetry's GenAI conventions.
 
 use serde_json::{json, Map, Value};
 
@@ -119,9 +120,31 @@ pub fn from_env(env: &dyn Env, warnings: &mut Vec<String>) -> Result<Option<Trac
         }
         other => return Err(format!("OTEL_TRACES_EXPORTER={other:?}: expected otlp, console or none")),
     };
-    for var in ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] {
-        if let Some(p) = env.var(var).filter(|p| !p.trim().is_empty() && p.trim() != "http/json") {
-            warnings.push(format!("{var}={p:?}: the gateway exports spans as OTLP/HTTP JSON (http/json)"));
+    // The traces variable wins over the general one; http/protobuf is the default.
+    let protocol = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
+        .into_iter()
+        .find_map(|var| Some((var, env.var(var).filter(|p| !p.trim().is_empty())?)));
+    if let Some((var, p)) = protocol {
+        match p.trim() {
+            "http/protobuf" | "http/json" => {
+                if collector.is_some() {
+                    plugin.insert("protocol".into(), json!(p.trim()));
+                }
+            }
+            other => {
+                return Err(format!(
+                    "{var}={other:?}: the gateway exports spans over OTLP/HTTP: use http/protobuf (the default) or http/json"
+                ))
+            }
+        }
+    }
+    match env.var("AI_GATEWAY_TRACING_SEMCONV").as_deref().map(str::trim) {
+        None | Some("") => {}
+        Some(s @ ("openinference" | "gen_ai")) => {
+            plugin.insert("semconv".into(), json!(s));
+        }
+        Some(other) => {
+            return Err(format!("AI_GATEWAY_TRACING_SEMCONV={other:?}: expected openinference or gen_ai"));
         }
     }
     for var in ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"] {
@@ -254,7 +277,30 @@ mod tests {
         let bad = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4318"), ("OTEL_BSP_SCHEDULE_DELAY", "soon")]);
         assert!(from_env(&bad, &mut w).unwrap_err().contains("OTEL_BSP_SCHEDULE_DELAY"));
         let grpc = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4317"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]);
-        from_env(&grpc, &mut w).unwrap();
-        assert!(w.iter().any(|w| w.contains("http/json")));
+        let err = from_env(&grpc, &mut w).unwrap_err();
+        assert!(err.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && err.contains("http/protobuf"), "{err}");
+    }
+
+    #[test]
+    fn protocol_and_semantic_conventions() {
+        let mut w = Vec::new();
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://phoenix:6006");
+        let plugin = |pairs: &[(&str, &str)], w: &mut Vec<String>| from_env(&env(pairs), w).unwrap().unwrap().plugin;
+        assert_eq!(plugin(&[base], &mut w).get("protocol"), None, "the filter's default: http/protobuf");
+        assert_eq!(plugin(&[base, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")], &mut w)["protocol"], "http/json");
+        let both = [
+            base,
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+        ];
+        assert_eq!(plugin(&both, &mut w)["protocol"], "http/protobuf", "the traces variable wins");
+        let grpc = [base, ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")];
+        assert!(from_env(&env(&grpc), &mut w).unwrap_err().contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=\"grpc\""));
+        assert_eq!(plugin(&[base, ("AI_GATEWAY_TRACING_SEMCONV", "gen_ai")], &mut w)["semconv"], "gen_ai");
+        assert!(from_env(&env(&[base, ("AI_GATEWAY_TRACING_SEMCONV", "otel")]), &mut w).is_err());
+        let console =
+            plugin(&[("OTEL_TRACES_EXPORTER", "console"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")], &mut w);
+        assert_eq!(console, json!({"exporter": "console"}), "the console logs JSON whatever the protocol");
+        assert!(w.is_empty(), "{w:?}");
     }
 }

@@ -72,7 +72,7 @@ mod raw {
         pub metrics_request_header_labels: BTreeMap<String, String>,
     }
 
-    /// OpenTelemetry tracing (OTLP/HTTP JSON to an Envoy cluster), as `llmgw run` renders it from
+    /// OpenTelemetry tracing (OTLP/HTTP protobuf or JSON to an Envoy cluster), as `llmgw run` renders it from
     /// the `OTEL_*` and `OPENINFERENCE_*` variables.
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -92,6 +92,10 @@ mod raw {
         pub schedule_delay_ms: Option<u64>,
         pub export_timeout_ms: Option<u64>,
         pub max_span_content_bytes: Option<usize>,
+        /// `http/protobuf` (default) or `http/json`.
+        pub protocol: Option<String>,
+        /// `openinference` (default) or `gen_ai`.
+        pub semconv: Option<String>,
         #[serde(default)]
         pub hide_inputs: bool,
         #[serde(default)]
@@ -836,7 +840,7 @@ const DEFAULT_OUTPUT_RESERVE: u64 = 1024;
 const DEFAULT_MAX_CONSUMERS: u64 = 10_000;
 
 fn compile_tracing(t: raw::Tracing) -> Result<crate::trace::Settings, ConfigError> {
-    use crate::trace::{Hide, Settings};
+    use crate::trace::{Encoding, Hide, Semconv, Settings};
     let cluster = match (t.exporter.as_deref(), t.cluster) {
         (None | Some("otlp"), Some(cluster)) if !cluster.is_empty() => Some(cluster),
         (None | Some("otlp"), _) => {
@@ -847,7 +851,25 @@ fn compile_tracing(t: raw::Tracing) -> Result<crate::trace::Settings, ConfigErro
             return Err(ConfigError::new("tracing.exporter", format!("must be otlp or console, not {other:?}")))
         }
     };
-    let mut s = Settings::new(cluster, t.service_name.as_deref().unwrap_or("llmgw"), &t.resource_attributes);
+    // The console exporter logs spans as text: JSON.
+    let encoding = match (t.protocol.as_deref(), &cluster) {
+        (_, None) | (Some("http/json"), _) => Encoding::Json,
+        (None | Some("http/protobuf"), _) => Encoding::Protobuf,
+        (Some(other), _) => {
+            return Err(ConfigError::new(
+                "tracing.protocol",
+                format!("must be http/protobuf (the default) or http/json, not {other:?}"),
+            ))
+        }
+    };
+    let mut s = Settings::new(cluster, encoding, t.service_name.as_deref().unwrap_or("llmgw"), &t.resource_attributes);
+    s.semconv = match t.semconv.as_deref() {
+        None | Some("openinference") => Semconv::OpenInference,
+        Some("gen_ai") => Semconv::GenAi,
+        Some(other) => {
+            return Err(ConfigError::new("tracing.semconv", format!("must be openinference or gen_ai, not {other:?}")))
+        }
+    };
     s.authority = t.authority.unwrap_or_default();
     if let Some(path) = t.path {
         if !path.starts_with('/') || !is_header_value(&path) {

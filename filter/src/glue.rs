@@ -55,7 +55,7 @@ impl Context for Root {
 }
 
 impl Root {
-    /// Sends the VM's queued spans (`trace::Exporter`) to the collector: one OTLP/HTTP JSON request
+    /// Sends the VM's queued spans (`trace::Exporter`) to the collector: one OTLP/HTTP request
     /// per batch. A collector that is down costs the requests nothing: their spans are dropped
     /// and counted.
     fn export_spans(&self) {
@@ -73,7 +73,7 @@ impl Root {
                 (":method", "POST"),
                 (":path", settings.path.as_str()),
                 (":authority", authority),
-                ("content-type", "application/json"),
+                ("content-type", settings.encoding.content_type()),
             ];
             let timeout = Duration::from_millis(settings.export_timeout_ms);
             match hostcalls::dispatch_http_call(cluster, headers, Some(&body), vec![], timeout) {

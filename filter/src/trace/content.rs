@@ -42,6 +42,16 @@ pub struct Output {
     pub seen: bool,
     /// Embedding vectors, encoded as attributes.
     pub vectors: Attrs,
+    /// The answer's `model` and finish reason (string literals' insides), for GenAI attributes.
+    pub model: Vec<u8>,
+    pub finish_reason: Vec<u8>,
+}
+
+/// Notes a short string member once: the answer's model, its finish (stop) reason.
+fn note(dst: &mut Vec<u8>, raw: Option<&[u8]>) {
+    if let Some(text) = raw.and_then(inside).filter(|t| dst.is_empty() && t.len() <= 128) {
+        dst.extend_from_slice(text);
+    }
 }
 
 /// Whether the budget has room for one more entry (and charges it).
@@ -270,11 +280,13 @@ pub fn whole_answer(api: Api, body: &[u8], output: &mut Output, room: &mut usize
 }
 
 fn answer_object(api: Api, body: &[u8], output: &mut Output, room: &mut usize) {
+    note(&mut output.model, member(body, "model"));
     match api {
         Api::Chat => {
             let mut first = true;
             each(member(body, "choices"), &mut |choice| {
                 if std::mem::take(&mut first) {
+                    note(&mut output.finish_reason, member(choice, "finish_reason"));
                     if let Some(m) = member(choice, "message").and_then(|m| message_of(m, room)) {
                         output.message = m;
                         output.seen = true;
@@ -283,12 +295,14 @@ fn answer_object(api: Api, body: &[u8], output: &mut Output, room: &mut usize) {
             });
         }
         Api::Messages => {
+            note(&mut output.finish_reason, member(body, "stop_reason"));
             if let Some(m) = message_of(body, room) {
                 output.message = m;
                 output.seen = true;
             }
         }
         Api::Responses => {
+            note(&mut output.finish_reason, member(body, "status"));
             let message = &mut output.message;
             message.role = b"assistant".to_vec();
             each(member(body, "output"), &mut |item| {
@@ -336,6 +350,9 @@ pub fn stream_event(api: Api, data: &[u8], output: &mut Output, room: &mut usize
     if !is_json(data) {
         return;
     }
+    if api == Api::Chat {
+        note(&mut output.model, member(data, "model"));
+    }
     let message = &mut output.message;
     match api {
         Api::Chat => each(member(data, "choices"), &mut |choice| {
@@ -344,6 +361,7 @@ pub fn stream_event(api: Api, data: &[u8], output: &mut Output, room: &mut usize
                 return;
             }
             output.seen = true;
+            note(&mut output.finish_reason, member(choice, "finish_reason"));
             let Some(delta) = member(choice, "delta") else { return };
             if message.role.is_empty() {
                 push_str(&mut message.role, member(delta, "role"), room);
@@ -372,7 +390,11 @@ pub fn stream_event(api: Api, data: &[u8], output: &mut Output, room: &mut usize
             let kind = member(data, "type");
             output.seen = true;
             if is(kind, "message_start") {
-                push_str(&mut message.role, member(data, "message").and_then(|m| member(m, "role")), room);
+                let start = member(data, "message");
+                push_str(&mut message.role, start.and_then(|m| member(m, "role")), room);
+                note(&mut output.model, start.and_then(|m| member(m, "model")));
+            } else if is(kind, "message_delta") {
+                note(&mut output.finish_reason, member(data, "delta").and_then(|d| member(d, "stop_reason")));
             } else if is(kind, "content_block_start") {
                 let block = member(data, "content_block").unwrap_or_default();
                 if is(member(block, "type"), "tool_use") {

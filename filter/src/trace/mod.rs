@@ -1,5 +1,6 @@
 //! OpenTelemetry tracing with OpenInference attributes: one span per chat completions, Responses,
-//! embeddings or Anthropic Messages request, exported as OTLP/HTTP JSON.
+//! embeddings or Anthropic Messages request (or, opted in, GenAI semantic-convention attributes),
+//! exported as OTLP/HTTP protobuf or JSON.
 //!
 //! Everything here is plain Rust: the exchange feeds a [`Span`] what it sees (request headers and
 //! body, the bytes the client gets, status and usage) and queues the encoded span in the VM's
@@ -8,6 +9,7 @@
 //! every span has a byte budget.
 
 mod content;
+mod genai;
 mod otlp;
 
 use std::cell::{Cell, RefCell};
@@ -18,7 +20,16 @@ use crate::plan::header;
 use crate::sse;
 use crate::usage::TokenUsage;
 
-pub use otlp::export_body;
+pub use otlp::{export_body, Encoding};
+
+/// Which semantic conventions spans follow (`tracing.semconv`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Semconv {
+    #[default]
+    OpenInference,
+    /// OpenTelemetry's GenAI conventions (`gen_ai.*`).
+    GenAi,
+}
 
 /// The request header that carries W3C trace context, in and out.
 pub const TRACEPARENT: &str = "traceparent";
@@ -45,6 +56,9 @@ pub struct Settings {
     pub cluster: Option<String>,
     pub authority: String,
     pub path: String,
+    /// The wire encoding (`http/protobuf` or `http/json`); the resource is encoded in it.
+    pub encoding: Encoding,
+    pub semconv: Semconv,
     /// The resource's attributes, encoded (`service.name` first).
     pub resource: Vec<u8>,
     pub max_queue_size: usize,
@@ -68,12 +82,19 @@ impl Settings {
     pub const DEFAULT_MAX_SPAN_CONTENT_BYTES: usize = 64 * 1024;
 
     /// Settings with the defaults, for `service_name` and resource attributes `(key, value)`.
-    pub fn new(cluster: Option<String>, service_name: &str, resource: &BTreeMap<String, String>) -> Self {
+    pub fn new(
+        cluster: Option<String>,
+        encoding: Encoding,
+        service_name: &str,
+        resource: &BTreeMap<String, String>,
+    ) -> Self {
         Settings {
             cluster,
             authority: String::new(),
             path: "/v1/traces".to_string(),
-            resource: otlp::resource(service_name, resource),
+            encoding,
+            semconv: Semconv::OpenInference,
+            resource: otlp::resource(encoding, service_name, resource),
             max_queue_size: Self::DEFAULT_MAX_QUEUE_SIZE,
             max_queue_bytes: Self::DEFAULT_MAX_QUEUE_BYTES,
             max_export_batch_size: Self::DEFAULT_MAX_EXPORT_BATCH_SIZE,
@@ -219,6 +240,9 @@ pub struct Span {
     parent: Option<[u8; 8]>,
     flags: u8,
     api: Api,
+    semconv: Semconv,
+    /// The requested model (GenAI's span name).
+    model: String,
     start: u64,
     hide: Hide,
     /// Content bytes this span may still take.
@@ -250,7 +274,11 @@ impl Span {
             }
         };
         let settings = &tracing.settings;
-        let mut attrs = otlp::Attrs::default();
+        let encoding = settings.encoding;
+        let mut attrs = otlp::Attrs::new(encoding);
+        if settings.semconv == Semconv::GenAi {
+            attrs.string("gen_ai.operation.name", genai::operation(api));
+        }
         for (attribute, value) in crate::metrics::header_values(&settings.request_header_attributes, headers) {
             attrs.string(&attribute, &value);
         }
@@ -260,13 +288,15 @@ impl Span {
             parent,
             flags,
             api,
+            semconv: settings.semconv,
+            model: String::new(),
             start: now,
             hide: settings.hide,
             room: settings.max_span_content_bytes,
             attrs,
             attempts: Vec::new(),
             stream: false,
-            output: content::Output::default(),
+            output: content::Output { vectors: otlp::Attrs::new(encoding), ..content::Output::default() },
             events: sse::Splitter::default(),
             body: Vec::new(),
             body_overflow: false,
@@ -281,6 +311,18 @@ impl Span {
     /// The client's request body (validated JSON): model, parameters and input content.
     pub fn request(&mut self, body: &[u8], model: &str, stream: bool) {
         self.stream = stream;
+        if self.semconv == Semconv::GenAi {
+            self.model = model.to_string();
+            self.attrs.string("gen_ai.request.model", model);
+            genai::request_parameters(&mut self.attrs, body);
+            if !self.hide.inputs && self.api != Api::Embeddings {
+                let messages = content::input_messages(self.api, body, &mut self.room);
+                if !messages.is_empty() {
+                    self.attrs.json_as_string("gen_ai.input.messages", &genai::messages_json(&messages, b""));
+                }
+            }
+            return;
+        }
         let kind = if self.api == Api::Embeddings { "EMBEDDING" } else { "LLM" };
         self.attrs.string("openinference.span.kind", kind);
         let model_key = if self.api == Api::Embeddings { "embedding.model_name" } else { "llm.model_name" };
@@ -305,7 +347,11 @@ impl Span {
 
     /// Where the request went: backend name, provider (`llm.provider`) and consumer.
     pub fn routed(&mut self, backend: &str, provider: &str, consumer: &str) {
-        self.attrs.string("llm.provider", provider);
+        if self.semconv == Semconv::GenAi {
+            self.attrs.string("gen_ai.provider.name", genai::provider(provider));
+        } else {
+            self.attrs.string("llm.provider", provider);
+        }
         self.attrs.string("llmgw.backend", backend);
         if !consumer.is_empty() {
             self.attrs.string("llmgw.consumer", consumer);
@@ -317,7 +363,7 @@ impl Span {
     pub fn attempts(&mut self, record: &[u8], provider: impl Fn(&str) -> &'static str) {
         let mut last = None;
         for attempt in record.split(|&b| b == ATTEMPT_END).filter_map(Attempt::parse).take(MAX_ATTEMPTS) {
-            let mut attrs = otlp::Attrs::default();
+            let mut attrs = otlp::Attrs::for_event(&self.attrs);
             attrs.string("llmgw.backend", attempt.backend);
             if attempt.status != 0 {
                 attrs.int("http.response.status_code", u64::from(attempt.status));
@@ -366,10 +412,14 @@ impl Span {
             let body = std::mem::take(&mut self.body);
             self.room = self.room.saturating_sub(body.len());
             content::whole_answer(self.api, &body, &mut self.output, &mut self.room);
-            if !self.hide.outputs && self.api != Api::Embeddings {
+            if !self.hide.outputs && self.api != Api::Embeddings && self.semconv == Semconv::OpenInference {
                 self.attrs.string("output.mime_type", "application/json");
                 self.attrs.json_as_string("output.value", &body);
             }
+        }
+        if self.semconv == Semconv::GenAi {
+            self.genai_output();
+            return;
         }
         if self.api == Api::Embeddings {
             if !self.hide.embeddings_vectors && !self.hide.outputs {
@@ -390,8 +440,27 @@ impl Span {
         }
     }
 
+    /// GenAI's response attributes: model, finish reasons and (unless hidden) the output message.
+    fn genai_output(&mut self) {
+        let output = &self.output;
+        if !output.model.is_empty() {
+            self.attrs.str_inside("gen_ai.response.model", &output.model);
+        }
+        if !output.finish_reason.is_empty() {
+            self.attrs.strings_inside("gen_ai.response.finish_reasons", &[&output.finish_reason]);
+        }
+        if !self.hide.outputs && self.api != Api::Embeddings && output.seen {
+            let json = genai::messages_json(std::slice::from_ref(&output.message), &output.finish_reason);
+            self.attrs.json_as_string("gen_ai.output.messages", &json);
+        }
+    }
+
     fn encode(&mut self, status: u16, error: Option<&str>, usage: Option<TokenUsage>, end: u64) -> Vec<u8> {
-        if let Some(u) = usage {
+        let genai = self.semconv == Semconv::GenAi;
+        if let (true, Some(u)) = (genai, usage) {
+            self.attrs.int("gen_ai.usage.input_tokens", u.input);
+            self.attrs.int("gen_ai.usage.output_tokens", u.output);
+        } else if let Some(u) = usage {
             self.attrs.int("llm.token_count.prompt", u.input);
             self.attrs.int("llm.token_count.completion", u.output);
             self.attrs.int("llm.token_count.total", u.total);
@@ -418,7 +487,12 @@ impl Span {
             trace_id: &self.trace_id,
             span_id: &self.span_id,
             parent: self.parent.as_ref().map(|p| p.as_slice()),
-            name: self.api.span_name(),
+            name: &if genai {
+                format!("{} {}", genai::operation(self.api), self.model).trim_end().to_string()
+            } else {
+                self.api.span_name().to_string()
+            },
+            kind: if genai { 3 } else { 2 },
             start: self.start,
             end,
             attrs: &self.attrs,
@@ -507,7 +581,7 @@ impl Exporter {
         let count = self.spans.len().min(settings.max_export_batch_size.max(1));
         let batch: Vec<Vec<u8>> = self.spans.drain(..count).collect();
         self.bytes -= batch.iter().map(Vec::len).sum::<usize>().min(self.bytes);
-        Some((export_body(&settings.resource, &batch), count))
+        Some((export_body(settings.encoding, &settings.resource, &batch), count))
     }
 
     /// An export left with the host's `token`.

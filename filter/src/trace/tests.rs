@@ -1,5 +1,6 @@
 //! Spans as a collector decodes them: requests run through the exchange on the in-memory host,
-//! then the queued export is parsed as OTLP/HTTP JSON.
+//! then the queued export is decoded, protobuf (the default) by a small decoder into protobuf's
+//! JSON mapping, so both encodings are read (and compared) as the same JSON.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -90,11 +91,218 @@ fn run(
     host
 }
 
+/// A strict decoder of the OTLP trace messages the exporter writes, into the OTLP/JSON mapping:
+/// an unknown field or wire type fails the test.
+mod pb {
+    use serde_json::{json, Map, Value};
+
+    enum Field<'a> {
+        Varint(u64),
+        Fixed64([u8; 8]),
+        Bytes(&'a [u8]),
+    }
+
+    fn varint(bytes: &mut &[u8]) -> u64 {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = bytes.split_first().expect("a truncated varint");
+            *bytes = rest;
+            value |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return value;
+            }
+        }
+        panic!("a varint longer than 10 bytes")
+    }
+
+    fn fields(mut bytes: &[u8]) -> Vec<(u64, Field<'_>)> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let key = varint(&mut bytes);
+            let field = match key & 7 {
+                0 => Field::Varint(varint(&mut bytes)),
+                1 => {
+                    let (fixed, rest) = bytes.split_first_chunk::<8>().expect("a truncated fixed64");
+                    bytes = rest;
+                    Field::Fixed64(*fixed)
+                }
+                2 => {
+                    let len = varint(&mut bytes) as usize;
+                    assert!(len <= bytes.len(), "a length past the end");
+                    let (inner, rest) = bytes.split_at(len);
+                    bytes = rest;
+                    Field::Bytes(inner)
+                }
+                wire => panic!("wire type {wire}"),
+            };
+            out.push((key >> 3, field));
+        }
+        out
+    }
+
+    fn text(b: &[u8]) -> Value {
+        Value::String(String::from_utf8(b.to_vec()).expect("strings are UTF-8"))
+    }
+
+    fn hex(b: &[u8]) -> Value {
+        Value::String(super::hex(b))
+    }
+
+    fn any(b: &[u8]) -> Value {
+        let mut out = Map::new();
+        for (n, f) in fields(b) {
+            let (key, value) = match (n, f) {
+                (1, Field::Bytes(s)) => ("stringValue", text(s)),
+                (2, Field::Varint(v)) => ("boolValue", json!(v != 0)),
+                (3, Field::Varint(v)) => ("intValue", json!((v as i64).to_string())),
+                (4, Field::Fixed64(d)) => ("doubleValue", json!(f64::from_le_bytes(d))),
+                (5, Field::Bytes(a)) => ("arrayValue", json!({"values": repeated(a, 1, any)})),
+                (n, _) => panic!("AnyValue field {n}"),
+            };
+            out.insert(key.into(), value);
+        }
+        Value::Object(out)
+    }
+
+    fn key_value(b: &[u8]) -> Value {
+        let mut out = Map::new();
+        for (n, f) in fields(b) {
+            match (n, f) {
+                (1, Field::Bytes(k)) => out.insert("key".into(), text(k)),
+                (2, Field::Bytes(v)) => out.insert("value".into(), any(v)),
+                (n, _) => panic!("KeyValue field {n}"),
+            };
+        }
+        Value::Object(out)
+    }
+
+    /// The messages of field `number` (every other field must be known by the caller).
+    fn repeated(b: &[u8], number: u64, decode: fn(&[u8]) -> Value) -> Vec<Value> {
+        fields(b)
+            .into_iter()
+            .filter(|(n, _)| *n == number)
+            .map(|(_, f)| match f {
+                Field::Bytes(m) => decode(m),
+                _ => panic!("field {number} is not a message"),
+            })
+            .collect()
+    }
+
+    fn event(b: &[u8]) -> Value {
+        let mut out = Map::new();
+        let mut attributes = Vec::new();
+        for (n, f) in fields(b) {
+            match (n, f) {
+                (1, Field::Fixed64(t)) => out.insert("timeUnixNano".into(), json!(u64::from_le_bytes(t).to_string())),
+                (2, Field::Bytes(name)) => out.insert("name".into(), text(name)),
+                (3, Field::Bytes(kv)) => {
+                    attributes.push(key_value(kv));
+                    continue;
+                }
+                (n, _) => panic!("Event field {n}"),
+            };
+        }
+        out.insert("attributes".into(), Value::Array(attributes));
+        Value::Object(out)
+    }
+
+    fn span(b: &[u8]) -> Value {
+        let mut out = Map::new();
+        let mut attributes = Vec::new();
+        let mut events = Vec::new();
+        for (n, f) in fields(b) {
+            let (key, value) = match (n, f) {
+                (1, Field::Bytes(id)) => ("traceId", hex(id)),
+                (2, Field::Bytes(id)) => ("spanId", hex(id)),
+                (4, Field::Bytes(id)) => ("parentSpanId", hex(id)),
+                (5, Field::Bytes(name)) => ("name", text(name)),
+                (6, Field::Varint(kind)) => ("kind", json!(kind)),
+                (7, Field::Fixed64(t)) => ("startTimeUnixNano", json!(u64::from_le_bytes(t).to_string())),
+                (8, Field::Fixed64(t)) => ("endTimeUnixNano", json!(u64::from_le_bytes(t).to_string())),
+                (9, Field::Bytes(kv)) => {
+                    attributes.push(key_value(kv));
+                    continue;
+                }
+                (11, Field::Bytes(e)) => {
+                    events.push(event(e));
+                    continue;
+                }
+                (15, Field::Bytes(status)) => {
+                    let mut st = Map::new();
+                    for (n, f) in fields(status) {
+                        match (n, f) {
+                            (2, Field::Bytes(m)) => st.insert("message".into(), text(m)),
+                            (3, Field::Varint(c)) => st.insert("code".into(), json!(c)),
+                            (n, _) => panic!("Status field {n}"),
+                        };
+                    }
+                    ("status", Value::Object(st))
+                }
+                (n, _) => panic!("Span field {n}"),
+            };
+            assert!(out.insert(key.into(), value).is_none(), "{key} twice");
+        }
+        out.insert("attributes".into(), Value::Array(attributes));
+        if !events.is_empty() {
+            out.insert("events".into(), Value::Array(events));
+        }
+        Value::Object(out)
+    }
+
+    fn scope_spans(b: &[u8]) -> Value {
+        let scope = fields(b).into_iter().find_map(|(n, f)| match (n, f) {
+            (1, Field::Bytes(scope)) => Some(scope),
+            _ => None,
+        });
+        let name = fields(scope.expect("a scope")).into_iter().find_map(|(n, f)| match (n, f) {
+            (1, Field::Bytes(name)) => Some(text(name)),
+            _ => None,
+        });
+        json!({"scope": {"name": name}, "spans": repeated(b, 2, span)})
+    }
+
+    fn resource_spans(b: &[u8]) -> Value {
+        let resource = repeated(b, 1, |r| json!({"attributes": repeated(r, 1, key_value)}));
+        assert_eq!(resource.len(), 1);
+        json!({"resource": resource[0], "scopeSpans": repeated(b, 2, scope_spans)})
+    }
+
+    /// An `ExportTraceServiceRequest`.
+    pub fn export(b: &[u8]) -> Value {
+        assert!(fields(b).iter().all(|(n, _)| *n == 1));
+        json!({"resourceSpans": repeated(b, 1, resource_spans)})
+    }
+}
+
+/// An export request's body, decoded into the OTLP/JSON shape whatever its encoding.
+fn decode(settings: &Settings, body: &[u8]) -> Value {
+    match settings.encoding {
+        Encoding::Json => {
+            let mut export = serde_json::from_slice(body).expect("the export is JSON");
+            doubles_as_f64(&mut export);
+            export
+        }
+        Encoding::Protobuf => pb::export(body),
+    }
+}
+
+/// JSON's `"doubleValue": 1` is protobuf's `1.0`.
+fn doubles_as_f64(value: &mut Value) {
+    match value {
+        Value::Object(map) => map.iter_mut().for_each(|(key, v)| match (key.as_str(), v.as_f64()) {
+            ("doubleValue", Some(d)) => *v = serde_json::json!(d),
+            _ => doubles_as_f64(v),
+        }),
+        Value::Array(items) => items.iter_mut().for_each(doubles_as_f64),
+        _ => {}
+    }
+}
+
 /// The export request's spans, decoded.
 fn exported(shared: &Shared) -> Value {
     let tracing = shared.tracing.as_ref().unwrap();
     let (body, count) = tracing.exporter.borrow_mut().next_batch(&tracing.settings).expect("a batch");
-    let export: Value = serde_json::from_slice(&body).expect("the export is JSON");
+    let export = decode(&tracing.settings, &body);
     let spans = export["resourceSpans"][0]["scopeSpans"][0]["spans"].clone();
     assert_eq!(spans.as_array().unwrap().len(), count);
     export
@@ -295,9 +503,9 @@ fn hidden_inputs_and_outputs_never_leave() {
     let tracing = hidden.tracing.as_ref().unwrap();
     let (export, count) = tracing.exporter.borrow_mut().next_batch(&tracing.settings).unwrap();
     assert_eq!(count, 2);
-    let text = String::from_utf8(export.clone()).unwrap();
+    let text = String::from_utf8_lossy(&export);
     assert!(!text.contains("SECRET") && !text.contains("Hello") && !text.contains("world"), "{text}");
-    let export: Value = serde_json::from_slice(&export).unwrap();
+    let export = decode(&tracing.settings, &export);
     let a = attrs(&export["resourceSpans"][0]["scopeSpans"][0]["spans"][1]);
     assert!(!a.keys().any(|k| k.starts_with("llm.input_messages") || k.starts_with("llm.output_messages")));
     assert_eq!(get(&a, "llm.token_count.total"), "2");
@@ -406,6 +614,150 @@ fn traceparent_parsing_and_resource() {
     assert_eq!((get(&resource, "service.name"), get(&resource, "deployment.environment")), ("gw", "prod"));
     assert!(parse(format!("{BACKENDS}tracing: {{}}").as_bytes(), &NoEnv, 0).is_err(), "a cluster is required");
     assert!(parse(format!("{BACKENDS}tracing: {{exporter: console}}").as_bytes(), &NoEnv, 0).is_ok());
+}
+
+/// Every client API, streamed and whole, through a gateway traced with `tracing`; the export decoded.
+fn all_apis(tracing: &str) -> Value {
+    let s = shared(tracing);
+    let chat = r#"{"model":"gpt-4o","temperature":0.25,"top_p":1,"max_tokens":64,"messages":[{"role":"system","content":"Be \"brief\"\n"},{"role":"user","content":"Hi é"}]}"#;
+    let answer = br#"{"id":"c1","object":"chat.completion","model":"gpt-4o-2024","choices":[{"index":0,"message":{"role":"assistant","content":"Yo \u00e9","tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#;
+    run(&s, "/v1/chat/completions", &[("x-consumer", "team-a")], chat, "application/json", &[answer]);
+    let streamed =
+        r#"{"model":"claude-x","stream":true,"max_tokens":50,"messages":[{"role":"user","content":"Weather?"}]}"#;
+    run(
+        &s,
+        "/v1/chat/completions",
+        &[],
+        streamed,
+        "text/event-stream",
+        &ANTHROPIC_STREAM.chunks(29).collect::<Vec<_>>(),
+    );
+    run(&s, "/v1/messages", &[], streamed, "text/event-stream", &[ANTHROPIC_STREAM]);
+    let responses = r#"{"model":"gpt-4o","instructions":"Be terse","input":"Hi there","max_output_tokens":20}"#;
+    let answer = br#"{"id":"r","object":"response","model":"gpt-4o","status":"completed","output":[{"type":"message","role":"assistant","content":[{"type":"output_text","text":"Hello"}]}],"usage":{"input_tokens":5,"output_tokens":1,"total_tokens":6}}"#;
+    run(&s, "/v1/responses", &[], responses, "application/json", &[answer]);
+    let embeddings = r#"{"model":"text-embedding-3-small","input":["alpha","beta"]}"#;
+    let answer = br#"{"object":"list","model":"text-embedding-3-small","data":[{"object":"embedding","index":0,"embedding":[0.5,-1.25e-3]}],"usage":{"prompt_tokens":4,"total_tokens":4}}"#;
+    run(&s, "/v1/embeddings", &[], embeddings, "application/json", &[answer]);
+    run(&s, "/v1/chat/completions", &[], r#"{"model":"gpt-4o","stream":"yes","messages":[]}"#, "", &[]);
+    let export = exported(&s);
+    assert_eq!(export["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().unwrap().len(), 6);
+    export
+}
+
+#[test]
+fn protobuf_and_json_exports_carry_the_same_spans() {
+    for (extra, semconv) in [
+        ("", ""),
+        (", hide_inputs: true, hide_outputs: true", ""),
+        (", hide_embeddings_vectors: true", ", semconv: openinference"),
+        ("", ", semconv: gen_ai"),
+        (", hide_inputs: true, hide_outputs: true", ", semconv: gen_ai"),
+    ] {
+        let protobuf = all_apis(&format!("{{cluster: otel{extra}{semconv}}}"));
+        let explicit = all_apis(&format!("{{cluster: otel, protocol: http/protobuf{extra}{semconv}}}"));
+        let json = all_apis(&format!("{{cluster: otel, protocol: http/json{extra}{semconv}}}"));
+        assert_eq!(protobuf, explicit);
+        assert_eq!(protobuf, json, "{extra}{semconv}");
+    }
+    let s = shared("{cluster: otel}");
+    let settings = &s.tracing.as_ref().unwrap().settings;
+    assert_eq!(settings.encoding.content_type(), "application/x-protobuf");
+    let s = shared("{exporter: console}");
+    assert_eq!(s.tracing.as_ref().unwrap().settings.encoding, Encoding::Json, "the console logs text");
+    for bad in ["{cluster: otel, protocol: grpc}", "{cluster: otel, semconv: otel}"] {
+        assert!(parse(format!("{BACKENDS}tracing: {bad}").as_bytes(), &NoEnv, 0).is_err(), "{bad}");
+    }
+    let err = parse(format!("{BACKENDS}tracing: {{cluster: otel, protocol: grpc}}").as_bytes(), &NoEnv, 0);
+    assert!(format!("{:?}", err.err().unwrap()).contains("http/protobuf"));
+}
+
+fn spans(export: &Value) -> Vec<Value> {
+    export["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().unwrap().clone()
+}
+
+#[test]
+fn gen_ai_semantic_conventions_for_every_api() {
+    let spans = spans(&all_apis("{cluster: otel, semconv: gen_ai}"));
+    let names: Vec<&str> = spans.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["chat gpt-4o", "chat claude-x", "chat claude-x", "chat gpt-4o", "embeddings text-embedding-3-small", "chat"]
+    );
+    assert!(spans.iter().all(|s| s["kind"] == 3), "CLIENT spans");
+    let all: Vec<BTreeMap<String, String>> = spans.iter().map(attrs).collect();
+    assert!(
+        all.iter()
+            .flat_map(|a| a.keys())
+            .all(|k| !k.starts_with("llm.") && !k.starts_with("openinference") && !k.starts_with("input.")),
+        "no OpenInference attributes: {all:#?}"
+    );
+
+    let chat = &all[0];
+    assert_eq!(get(chat, "gen_ai.operation.name"), "chat");
+    assert_eq!(get(chat, "gen_ai.provider.name"), "openai");
+    assert_eq!(get(chat, "gen_ai.request.model"), "gpt-4o");
+    assert_eq!(get(chat, "gen_ai.response.model"), "gpt-4o-2024");
+    assert_eq!(get(chat, "gen_ai.request.max_tokens"), "64");
+    let doubles = |span: &Value, key: &str| {
+        span["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|kv| kv["key"] == key)
+            .map(|kv| kv["value"]["doubleValue"].clone())
+    };
+    assert_eq!(doubles(&spans[0], "gen_ai.request.temperature"), Some(serde_json::json!(0.25)));
+    assert_eq!(doubles(&spans[0], "gen_ai.request.top_p"), Some(serde_json::json!(1.0)));
+    assert_eq!((get(chat, "gen_ai.usage.input_tokens"), get(chat, "gen_ai.usage.output_tokens")), ("12", "3"));
+    let reasons: Value = serde_json::from_str(get(chat, "gen_ai.response.finish_reasons")).unwrap();
+    assert_eq!(reasons, serde_json::json!({"values": [{"stringValue": "tool_calls"}]}));
+    let input: Value = serde_json::from_str(get(chat, "gen_ai.input.messages")).unwrap();
+    assert_eq!(
+        input,
+        serde_json::json!([{"role": "system", "parts": [{"type": "text", "content": "Be \"brief\"\n"}]},
+                           {"role": "user", "parts": [{"type": "text", "content": "Hi é"}]}])
+    );
+    let output: Value = serde_json::from_str(get(chat, "gen_ai.output.messages")).unwrap();
+    assert_eq!(
+        output,
+        serde_json::json!([{"role": "assistant", "finish_reason": "tool_calls", "parts": [
+            {"type": "text", "content": "Yo é"},
+            {"type": "tool_call", "id": "call_1", "name": "f", "arguments": "{\"a\":1}"}]}])
+    );
+    assert_eq!(get(chat, "llmgw.consumer"), "team-a");
+
+    // A stream translated from Anthropic: the client's chunks give model, reason and text.
+    let streamed = &all[1];
+    assert_eq!(get(streamed, "gen_ai.provider.name"), "anthropic");
+    assert_eq!(get(streamed, "gen_ai.response.model"), "claude-x");
+    let output: Value = serde_json::from_str(get(streamed, "gen_ai.output.messages")).unwrap();
+    assert_eq!(output[0]["parts"][0], serde_json::json!({"type": "text", "content": "Hello \"world\""}));
+    assert_eq!(output[0]["parts"][1]["arguments"], "{\"city\": \"Paris\"}");
+    assert_eq!(output[0]["finish_reason"], "tool_calls");
+    assert_eq!((get(streamed, "gen_ai.usage.input_tokens"), get(streamed, "gen_ai.usage.output_tokens")), ("10", "5"));
+
+    let messages = &all[2];
+    assert_eq!(get(messages, "gen_ai.response.finish_reasons"), r#"{"values":[{"stringValue":"tool_use"}]}"#);
+    let responses = &all[3];
+    assert_eq!(get(responses, "gen_ai.request.max_tokens"), "20");
+    let input: Value = serde_json::from_str(get(responses, "gen_ai.input.messages")).unwrap();
+    assert_eq!(input[1], serde_json::json!({"role": "user", "parts": [{"type": "text", "content": "Hi there"}]}));
+    let embeddings = &all[4];
+    assert_eq!(get(embeddings, "gen_ai.operation.name"), "embeddings");
+    assert_eq!(get(embeddings, "gen_ai.usage.input_tokens"), "4");
+    assert!(!embeddings.keys().any(|k| k.contains("messages")));
+    let refused = &all[5];
+    assert_eq!(get(refused, "gen_ai.operation.name"), "chat", "refused before its body was read");
+    assert_eq!((get(refused, "error.type"), spans[5]["status"]["code"].as_u64()), ("invalid_request", Some(2)));
+
+    let hidden = all_apis("{cluster: otel, semconv: gen_ai, hide_inputs: true, hide_outputs: true}");
+    let text = hidden.to_string();
+    assert!(!text.contains("messages") && !text.contains("Hello") && !text.contains("brief"), "{text}");
+    assert_eq!(
+        get(&attrs(&hidden["resourceSpans"][0]["scopeSpans"][0]["spans"][0]), "gen_ai.usage.input_tokens"),
+        "12"
+    );
 }
 
 #[path = "tests_headers.rs"]
