@@ -109,6 +109,7 @@ def config(m: dict, refused: int) -> dict:
         # Its own cluster: no other test's failures have ejected its primary.
         rule("fb-log", p0("fail500"), p1("ok2")),
         rule("fb-log-429", p0("fail429"), p1("ok2")),
+        rule("fb-trace", p0("fail500"), p1("ok2")),
         rule("fb-abort", p0("ok", model_override="mock-stream-abort"), p1("ok2")),
         rule("claude-fb", p0("claude-down"), p1("ok2", model_override="gpt-fallback")),
         rule("fb-endpoints", p0("pair"), retry={"attempts": 2, "on": ["connect-failure"]}),
@@ -120,10 +121,22 @@ def config(m: dict, refused: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def gw(mocks, tmp_path_factory):
+def receiver():
+    """An OTLP/HTTP JSON receiver: the gateway traces, so fallback attempts show as span events."""
+    from test_tracing import Receiver
+
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(mocks, receiver, tmp_path_factory):
     cfg_path = tmp_path_factory.mktemp("fallback") / "llmgw.yaml"
     cfg_path.write_text(yaml.safe_dump(config(mocks, closed_port()), sort_keys=False))
-    env = {**os.environ, **KEYS, "LLMGW_WASM": str(e2e.wasm_path())}
+    env = {**os.environ, **KEYS, "LLMGW_WASM": str(e2e.wasm_path()),
+           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+           "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json", "OTEL_BSP_SCHEDULE_DELAY": "100"}
     r = subprocess.run([str(llmgw_bin()), "render", str(cfg_path), "--port", "0"], capture_output=True,
                        text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -160,6 +173,31 @@ def test_primary_500_falls_back_to_the_secondary(gw, mocks, stream):
         assert r.usage.prompt_tokens == 4
     assert reply_from(text, "ok2"), text
     assert served_by(mocks["fail500"]) >= before  # tried first, unless ejected by an earlier test
+
+
+def test_a_fallback_requests_span_has_one_event_per_attempt_and_the_answer(gw, mocks, receiver):
+    """The upstream copy records each attempt in filter state; the listener's copy turns them into
+    `llmgw.attempt` events of the request's one span, whose output is the answering attempt's."""
+    from test_tracing import attrs
+
+    trace = "5bf92f3577b34da6a3ce929d0e0e4736"
+    r = oa(gw).chat.completions.create(model="fb-trace", messages=MSGS,
+                                       extra_headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01"})
+    assert reply_from(r.choices[0].message.content, "ok2")
+    deadline = time.monotonic() + 10
+    spans: list[dict] = []
+    while not spans and time.monotonic() < deadline:
+        spans = [s for s in receiver.spans if s["traceId"] == trace]
+        time.sleep(0.05)
+    [span] = spans
+    events = [(e["name"], attrs(e)) for e in span.get("events", [])]
+    # Its own rule cluster: the primary answers 500 (retried), then the secondary serves.
+    assert [(n, a["llmgw.backend"], a["llmgw.attempt.outcome"]) for n, a in events] == [
+        ("llmgw.attempt", "fail500", "retried"), ("llmgw.attempt", "ok2", "served")], events
+    assert events[0][1]["http.response.status_code"] in ("500", 500), events
+    a = attrs(span)
+    assert a["llmgw.backend"] == "ok2"
+    assert "Hello from ok2" in a["llm.output_messages.0.message.content"], a
 
 
 def test_primary_429_falls_back_and_is_ejected(gw, mocks):
