@@ -164,6 +164,11 @@ struct Http {
 }
 
 impl Context for Http {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let mut host = WasmHost { metrics: &self.metrics };
+        self.exchange.on_embedding(&mut host, token, body_size);
+    }
+
     fn on_done(&mut self) -> bool {
         let mut host = WasmHost { metrics: &self.metrics };
         self.exchange.on_done(&mut host);
@@ -228,6 +233,29 @@ fn checked<T: Default>(what: &str, result: Result<T, proxy_wasm::types::Status>)
 }
 
 impl Host for WasmHost<'_> {
+    fn cache_embeddings_call(
+        &mut self,
+        cluster: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Option<u32> {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let timeout = Duration::from_millis(timeout_ms);
+        hostcalls::dispatch_http_call(cluster, headers, Some(body), vec![], timeout)
+            .map_err(|status| log::debug!("llmgw: embeddings call to {cluster} failed: {status:?}"))
+            .ok()
+    }
+    fn cache_embeddings_answer(&self, body_size: usize) -> Option<Vec<u8>> {
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
+        if !status.is_some_and(|s| s.starts_with('2')) {
+            return None;
+        }
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten()
+    }
+    fn cache_resume_request(&mut self) {
+        checked("resume request", hostcalls::resume_http_request())
+    }
     fn set_request_header(&mut self, name: &str, value: &str) {
         checked("set request header", hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)))
     }

@@ -43,6 +43,19 @@ pub trait Host {
     /// The VM's id of a metric (defined on first use), or `None` when the host refuses it.
     fn define_metric(&mut self, kind: Kind, name: &str) -> Option<u32>;
     fn record_metric(&mut self, id: u32, kind: Kind, value: u64);
+    /// Semantic cache: sends the embeddings call (a `dispatch_http_call`); its token, `None` when
+    /// the host refused it. The answer arrives through `Exchange::on_embedding`.
+    fn cache_embeddings_call(
+        &mut self,
+        cluster: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Option<u32>;
+    /// The embeddings call's answer body, when its status is 2xx (`None`: failed or timed out).
+    fn cache_embeddings_answer(&self, body_size: usize) -> Option<Vec<u8>>;
+    /// Resumes the request paused for the embeddings call.
+    fn cache_resume_request(&mut self);
     /// Adds `delta` to the gauge `name` (defined on first use): every worker's changes add up.
     fn add_to_gauge(&mut self, name: &str, delta: i64) {
         self.record(&Sample { name: name.to_string(), kind: Kind::GaugeDelta, value: delta as u64 });

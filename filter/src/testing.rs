@@ -32,6 +32,14 @@ pub struct FakeHost {
     pub cas_conflicts: usize,
     /// `add_to_gauge` calls, in order.
     pub gauges: Vec<(String, i64)>,
+    /// Embeddings calls sent: cluster, headers, body.
+    pub embeddings_calls: Vec<(String, Vec<(String, String)>, Vec<u8>)>,
+    /// The answer `cache_embeddings_answer` gives (`None`: the call failed).
+    pub embeddings_answer: Option<Vec<u8>>,
+    /// The host refuses to send calls.
+    pub refuse_calls: bool,
+    /// `cache_resume_request` calls.
+    pub resumed: usize,
 }
 
 fn get(headers: &[(String, String)], name: &str) -> Option<String> {
@@ -65,6 +73,22 @@ impl FakeHost {
 }
 
 impl Host for FakeHost {
+    fn cache_embeddings_call(
+        &mut self,
+        cluster: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+        _: u64,
+    ) -> Option<u32> {
+        self.embeddings_calls.push((cluster.to_string(), headers.to_vec(), body.to_vec()));
+        (!self.refuse_calls).then_some(self.embeddings_calls.len() as u32)
+    }
+    fn cache_embeddings_answer(&self, _body_size: usize) -> Option<Vec<u8>> {
+        self.embeddings_answer.clone()
+    }
+    fn cache_resume_request(&mut self) {
+        self.resumed += 1;
+    }
     fn set_request_header(&mut self, name: &str, value: &str) {
         set(&mut self.request_headers, name, value)
     }
