@@ -1513,8 +1513,7 @@ fn compile_cache(fields: raw::Fields, field: &str, backends: &[Backend]) -> Resu
             "shared" => policy.shared = flag()?,
             "similarity" => {
                 similarity = Some(
-                    text.parse::<f32>()
-                        .ok()
+                    crate::cache::number_f32(text)
                         .filter(|s| *s > 0.0 && *s <= 1.0)
                         .ok_or_else(|| ConfigError::new(&at, "must be a cosine similarity above 0, at most 1"))?,
                 )
@@ -1561,13 +1560,14 @@ fn compile_cache(fields: raw::Fields, field: &str, backends: &[Backend]) -> Resu
 /// A semantic cache's `embeddings: {backend, model, timeout}`: the (OpenAI-schema) backend whose
 /// cluster answers `POST {prefix}/embeddings`, the model it is asked for, the call's timeout.
 fn compile_embeddings(text: &str, field: &str, backends: &[Backend]) -> Result<(usize, String, u64), ConfigError> {
-    let fields: raw::Fields =
-        serde_json::from_str(text).map_err(|_| ConfigError::new(field, "must be {backend, model, timeout}"))?;
+    let (_, members) = crate::json::members(text.as_bytes())
+        .ok_or_else(|| ConfigError::new(field, "must be {backend, model, timeout}"))?;
     let (mut backend, mut model, mut timeout_ms) = (None, None, 1_000);
-    for (name, value) in &fields.0 {
-        let at = format!("{field}.{name}");
-        let string = serde_json::from_str::<String>(value.get()).ok().filter(|s| !s.is_empty());
-        match name.as_str() {
+    for m in &members {
+        let at = format!("{field}.{}", m.key);
+        let value = text.as_bytes().get(m.value.clone()).unwrap_or_default();
+        let string = serde_json::from_slice::<String>(value).ok().filter(|s| !s.is_empty());
+        match m.key.as_ref() {
             "backend" => {
                 let name = string.unwrap_or_default();
                 backend = Some(

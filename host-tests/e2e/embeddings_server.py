@@ -5,7 +5,8 @@ sentence-transformers/torch dependency): its safetensors weights are read with n
 encoder, mean pooling and normalisation are written out below (the sentence-transformers pipeline
 of that model), with a WordPiece tokenizer over its `vocab.txt`. numpy is the only dependency.
 
-    python embeddings_server.py PORT    # serves until stdin closes (the test's pipe) or SIGTERM
+    python embeddings_server.py [PORT]   # prints "listening PORT"; serves until stdin closes (the
+                                         # pipe of the test that started it) or SIGTERM
 """
 
 import json
@@ -230,9 +231,9 @@ def serve(port: int) -> ThreadingHTTPServer:
 
 
 def main():
-    server = serve(int(sys.argv[1]))
+    server = serve(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    print("ready", flush=True)
+    print(f"listening {server.server_address[1]}", flush=True)
     # Stops itself when the test that started it goes away (its stdin pipe closes).
     sys.stdin.read()
     server.shutdown()
