@@ -180,7 +180,15 @@ class MiniLM:
 
 
 def serve(port: int) -> ThreadingHTTPServer:
-    model = MiniLM(model_dir())
+    # The port is open at once; the model loads meanwhile (while the test starts Envoy), calls wait.
+    loaded = threading.Event()
+    box = {}
+
+    def load():
+        box["model"] = MiniLM(model_dir())
+        loaded.set()
+
+    threading.Thread(target=load, daemon=True).start()
     lock = threading.Lock()
     stats = {"requests": 0}
 
@@ -210,6 +218,10 @@ def serve(port: int) -> ThreadingHTTPServer:
                 inputs = [inputs] if isinstance(inputs, str) else list(inputs)
             except (ValueError, KeyError, TypeError):
                 return self._reply(400, {"error": {"message": "expected {input: string | [string]}"}})
+            loaded.wait(60)
+            model = box.get("model")
+            if model is None:
+                return self._reply(503, {"error": {"message": "the model did not load"}})
             with lock:
                 stats["requests"] += 1
                 vectors = [model.embed(str(text)) for text in inputs]
