@@ -44,18 +44,17 @@ pub trait Host {
     fn define_metric(&mut self, kind: Kind, name: &str) -> Option<u32>;
     fn record_metric(&mut self, id: u32, kind: Kind, value: u64);
     /// Semantic cache: sends the embeddings call (a `dispatch_http_call`); its token, `None` when
-    /// the host refused it. The answer arrives through `Exchange::on_embedding`.
-    fn cache_embeddings_call(
-        &mut self,
-        cluster: &str,
-        headers: &[(String, String)],
-        body: &[u8],
-        timeout_ms: u64,
-    ) -> Option<u32>;
+    /// the host refused it (a host without calls: the request goes uncached). The answer arrives
+    /// through `Exchange::on_embedding`.
+    fn cache_embeddings_call(&mut self, _: &str, _: &[(String, String)], _: &[u8], _timeout_ms: u64) -> Option<u32> {
+        None
+    }
     /// The embeddings call's answer body, when its status is 2xx (`None`: failed or timed out).
-    fn cache_embeddings_answer(&self, body_size: usize) -> Option<Vec<u8>>;
+    fn cache_embeddings_answer(&self, _body_size: usize) -> Option<Vec<u8>> {
+        None
+    }
     /// Resumes the request paused for the embeddings call.
-    fn cache_resume_request(&mut self);
+    fn cache_resume_request(&mut self) {}
     /// Adds `delta` to the gauge `name` (defined on first use): every worker's changes add up.
     fn add_to_gauge(&mut self, name: &str, delta: i64) {
         self.record(&Sample { name: name.to_string(), kind: Kind::GaugeDelta, value: delta as u64 });
