@@ -8,6 +8,8 @@ use crate::metrics::{Kind, Sample};
 
 /// A local reply: status, headers, body.
 pub type Reply = (u16, Vec<(String, String)>, Vec<u8>);
+/// An embeddings call: cluster, headers, body.
+pub type Call = (String, Vec<(String, String)>, Vec<u8>);
 
 #[derive(Debug, Default, Clone)]
 pub struct FakeHost {
@@ -33,7 +35,7 @@ pub struct FakeHost {
     /// `add_to_gauge` calls, in order.
     pub gauges: Vec<(String, i64)>,
     /// Embeddings calls sent: cluster, headers, body.
-    pub embeddings_calls: Vec<(String, Vec<(String, String)>, Vec<u8>)>,
+    pub embeddings_calls: Vec<Call>,
     /// The answer `cache_embeddings_answer` gives (`None`: the call failed).
     pub embeddings_answer: Option<Vec<u8>>,
     /// The host refuses to send calls.
