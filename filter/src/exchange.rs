@@ -144,6 +144,8 @@ pub struct Exchange {
     reply: Option<(u16, &'static str)>,
     /// The status of a delegated request's answer (the upstream copy served it).
     delegated_status: u16,
+    /// A cache hit's tokens (its answer's usage), counted as cached by the request metrics.
+    cache_hit_tokens: Option<u64>,
 }
 
 impl Exchange {
@@ -165,6 +167,7 @@ impl Exchange {
             span: None,
             reply: None,
             delegated_status: 0,
+            cache_hit_tokens: None,
         }
     }
 
@@ -440,14 +443,76 @@ impl Exchange {
                 self.pick_endpoint(host, input, index);
                 self.phase =
                     Phase::Forwarded(Box::new(Routed::new(endpoint, index, attempt, info.clone(), translator)));
-                return self.start_prefill(host, input, index, body_len);
+                // A prefill/decode request is not also held for a semantic lookup (its exact one ran).
+                if self.start_prefill(host, input, index, body_len) == Flow::Pause {
+                    return Flow::Pause;
+                }
+                return self.embed_prompt(host, input.config);
             }
             Destination::Rule(_) => {
                 host.set_filter_state(REQUEST_INFO_STATE, &info.encode());
                 Phase::Delegated { endpoint, info: info.clone() }
             }
         };
-        Flow::Continue
+        self.embed_prompt(host, input.config)
+    }
+
+    /// Semantic cache: asks the embeddings backend for the prompt's vector, the request paused
+    /// until it answers (`on_embedding`). A call that cannot be made leaves the request uncached.
+    fn embed_prompt(&mut self, host: &mut dyn Host, config: &Compiled) -> Flow {
+        let Some(recorder) = self.cache.as_mut() else { return Flow::Continue };
+        let semantic = config.rules.get(recorder.lookup.rule).and_then(|r| r.cache.as_ref()?.semantic.as_ref());
+        let (Some(semantic), Some(probe)) = (semantic, &recorder.lookup.probe) else { return Flow::Continue };
+        let call = cache::embedding_call(config, semantic, &probe.prompt);
+        let token = call.and_then(|c| {
+            let headers: Vec<(&str, &str)> = c.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            host.dispatch(&c.cluster, &headers, &c.body, semantic.timeout_ms)
+        });
+        if token.is_none() {
+            cache::count(host, cache::EMBEDDING_FAILURES, metrics::Kind::Counter, 1);
+            recorder.abandon();
+            return Flow::Continue;
+        }
+        recorder.embedding_call = token;
+        Flow::Pause
+    }
+
+    /// The embeddings backend answered (or the call failed): a cached answer to a prompt near
+    /// enough is served; else the request goes on, its answer stored with the prompt's vector.
+    /// A failed call leaves the request uncached (counted).
+    /// `true` when `token` was the embeddings call's.
+    fn on_embedding(&mut self, host: &mut dyn Host, token: u32, status: u16, body: &[u8]) -> bool {
+        let Some(recorder) = self.cache.as_mut().filter(|r| r.embedding_call == Some(token)) else { return false };
+        recorder.embedding_call = None;
+        let vector = if (200..300).contains(&status) { cache::read_embedding(body) } else { None };
+        let Some(vector) = vector else {
+            cache::count(host, cache::EMBEDDING_FAILURES, metrics::Kind::Counter, 1);
+            recorder.abandon();
+            host.resume_request();
+            return true;
+        };
+        let similarity = self.shared.as_ref().and_then(|s| {
+            s.config.rules.get(recorder.lookup.rule)?.cache.as_ref()?.semantic.as_ref().map(|m| m.similarity)
+        });
+        let now_ms = host.now_nanos() / 1_000_000;
+        let hit = similarity
+            .filter(|_| recorder.lookup.read)
+            .and_then(|similarity| cache::get_similar(host, &recorder.lookup, &vector, similarity, now_ms));
+        match hit {
+            Some(entry) => {
+                self.cache = None;
+                // Reserved before the call: a hit spends nothing.
+                budget::release(host, &std::mem::take(&mut self.charges));
+                let consumer = std::mem::take(&mut self.consumer);
+                self.answer_from_cache(host, entry, &consumer);
+                self.consumer = consumer;
+            }
+            None => {
+                recorder.vector = Some(vector);
+                host.resume_request();
+            }
+        }
+        true
     }
 
     pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
@@ -721,14 +786,8 @@ impl Exchange {
         // Milliseconds: a TTL of 1s must not end a few ms after the store.
         let now_ms = input.now_nanos / 1_000_000;
         if let Some(entry) = lookup.read.then(|| cache::get(host, &lookup, now_ms)).flatten() {
-            cache::count(host, cache::HITS, metrics::Kind::Counter, 1);
-            if !consumer.is_empty() {
-                host.set_filter_state(CONSUMER_STATE, consumer.as_bytes());
-            }
-            self.phase = Phase::Answered;
-            self.reply = Some((200, ""));
-            let headers = [("content-type", cache::content_type(entry.shape)), (cache::CACHE_HEADER, "hit")];
-            host.send_reply(200, &headers, &entry.body);
+            self.consumer = consumer.to_string();
+            self.answer_from_cache(host, entry, consumer);
             return Some(Flow::Pause);
         }
         cache::count(host, cache::MISSES, metrics::Kind::Counter, 1);
@@ -736,6 +795,19 @@ impl Exchange {
             self.cache = Some(Box::new(cache::Recorder::new(lookup, policy)));
         }
         None
+    }
+
+    /// Replays a cached answer: the request goes no further.
+    fn answer_from_cache(&mut self, host: &mut dyn Host, entry: cache::Entry, consumer: &str) {
+        cache::count(host, cache::HITS, metrics::Kind::Counter, 1);
+        if !consumer.is_empty() {
+            host.set_filter_state(CONSUMER_STATE, consumer.as_bytes());
+        }
+        self.phase = Phase::Answered;
+        self.reply = Some((200, ""));
+        self.cache_hit_tokens = Some(entry.tokens);
+        let headers = [("content-type", cache::content_type(entry.shape)), (cache::CACHE_HEADER, "hit")];
+        host.send_reply(200, &headers, &entry.body);
     }
 
     /// Stores the recorded answer of a miss that ended well.
@@ -855,6 +927,9 @@ impl Exchange {
     /// A callout of this stream answered (`status` 0: it failed or timed out). `pd`: the prefill's
     /// `kv_transfer_params` go into the request, which then goes on to its decode endpoint.
     pub fn on_call_response(&mut self, host: &mut dyn Host, token: u32, status: u16, body: &[u8]) {
+        if self.on_embedding(host, token, status, body) {
+            return;
+        }
         let Some(prefill) = self.prefill.take_if(|p| p.token == token) else { return };
         let Prefill { picked, body_len, .. } = *prefill;
         let params = if status == 200 { pd::answered_params(body) } else { None };
@@ -924,6 +999,16 @@ impl Exchange {
         self.settle_budgets(host);
         self.release_endpoint(host);
         self.end_span(host);
+        if let (Some(tokens), Some(shared)) = (self.cache_hit_tokens.take(), &self.shared) {
+            // A hit is a request served (by no backend), its tokens all cached.
+            let model = self.model.as_deref().unwrap_or_default();
+            let metrics =
+                shared.metric_sets.get(&shared.limiter, "", self.operation, model, &self.consumer, &self.header_labels);
+            metrics.record(host, Slot::Success, 1);
+            let elapsed = host.now_nanos().saturating_sub(self.started_at);
+            metrics.record(host, Slot::Duration, elapsed / NANOS_PER_MS);
+            metrics.record(host, Slot::CachedTokens, tokens);
+        }
         let (Phase::Forwarded(routed), Some(shared)) = (&self.phase, &self.shared) else { return };
         if self.logged || routed.retried {
             // A retried attempt was counted as an attempt; the request is counted where it is served.
@@ -986,6 +1071,9 @@ impl Exchange {
             host.set_filter_state("llm_input_token", usage.input.to_string().as_bytes());
             host.set_filter_state("llm_output_token", usage.output.to_string().as_bytes());
             host.set_filter_state("llm_total_token", usage.total.to_string().as_bytes());
+        }
+        if let (Some(recorder), Some(usage)) = (self.cache.as_mut(), routed.usage) {
+            recorder.tokens = usage.input.saturating_add(usage.output);
         }
         if served {
             self.store_cached(host);
@@ -2011,6 +2099,87 @@ role: upstream
         let mut eighth = Exchange::new(Some(shared));
         let mut again = request(&host, &[]);
         assert_eq!(send(&mut eighth, &mut again, other_body), Flow::Continue);
+    }
+
+    #[test]
+    fn a_semantic_rule_embeds_the_prompt_and_serves_a_near_one_from_the_cache() {
+        let config = r#"{"backends":[{"name":"openai","schema":"OpenAI"},{"name":"emb","schema":"OpenAI"}],
+            "consumer_header":"x-llmgw-consumer",
+            "rules":[{"backends":[{"name":"openai"}],"cache":{"mode":"semantic","similarity":0.9,
+              "embeddings":{"backend":"emb","model":"mini"}}}],
+            "budgets":[{"name":"rpm","consumer":"*","requests":100,"per":"minute"}]}"#;
+        let shared = Rc::new(Shared::new(parse(config.as_bytes(), &NoEnv, 0).unwrap()));
+        let body =
+            |q: &str| format!(r#"{{"model":"gpt-4o","temperature":0,"messages":[{{"role":"user","content":"{q}"}}]}}"#);
+        let embedding = |v: &str| format!(r#"{{"data":[{{"embedding":[{v}]}}]}}"#).into_bytes();
+        let request = |store: &FakeHost| {
+            let mut host = FakeHost::request("POST", "/v1/chat/completions", &[("x-llmgw-consumer", "team-a")]);
+            host.shared = store.shared.clone();
+            host.next_cas = store.next_cas;
+            host.now = 5 * 1_000_000_000;
+            host
+        };
+        let rpm = |host: &FakeHost| {
+            host.shared_data("llmgw.budget.rpm.team-a").and_then(|(v, _)| v.get(8..16).map(<[u8]>::to_vec))
+        };
+        // A miss: paused for the embedding, resumed, its answer stored with the vector.
+        let mut first = Exchange::new(Some(shared.clone()));
+        let mut host = request(&FakeHost::default());
+        assert_eq!(send(&mut first, &mut host, body("capital of France?").as_bytes()), Flow::Pause);
+        let (cluster, _, call) = host.calls.first().cloned().unwrap();
+        assert_eq!(
+            (cluster.as_str(), call.as_slice()),
+            ("emb", &br#"{"model":"mini","input":"capital of France?"}"#[..])
+        );
+        first.on_call_response(&mut host, 99, 200, &embedding("0.9,0.1,0"));
+        assert_eq!(host.resumed, 0, "another call's answer is not this one's");
+        first.on_call_response(&mut host, 1, 200, &embedding("0.9,0.1,0"));
+        assert_eq!((host.resumed, host.reply.is_none()), (1, true));
+        let json = br#"{"id":"c1","object":"chat.completion","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
+        answer(&mut first, &mut host, &[(":status", "200"), ("content-type", "application/json")], json);
+        first.on_log(&mut host);
+        let charged = rpm(&host);
+        // A paraphrase (a near vector): answered from the cache, its budget released.
+        let mut second = Exchange::new(Some(shared.clone()));
+        let mut hit = request(&host);
+        assert_eq!(send(&mut second, &mut hit, body("France's capital city?").as_bytes()), Flow::Pause);
+        second.on_call_response(&mut hit, 1, 200, &embedding("0.88,0.12,0.01"));
+        let (status, headers, reply) = hit.reply.clone().unwrap();
+        assert_eq!((status, hit.resumed), (200, 0));
+        assert!(headers.contains(&("x-llmgw-cache".into(), "hit".into())));
+        assert!(String::from_utf8_lossy(&reply).contains(r#""id":"c1""#));
+        second.on_log(&mut hit);
+        assert_eq!(rpm(&hit), charged, "a hit charges no budget");
+        // The hit is a request in the gen_ai metrics, its tokens counted as cached.
+        let named = |host: &FakeHost, part: &str| host.samples.iter().filter(|s| s.name.contains(part)).count();
+        assert_eq!(named(&hit, "llmgw.requests_total.llmgw_backend=.=;.;"), 1);
+        assert!(hit.samples.iter().any(|s| s.name.contains("gen_ai_token_type=.=cached") && s.value == 12));
+        // The same prompt again is an exact hit: no embedding call at all.
+        let mut third = Exchange::new(Some(shared.clone()));
+        let mut exact = request(&hit);
+        assert_eq!(send(&mut third, &mut exact, body("capital of France?").as_bytes()), Flow::Pause);
+        assert!(exact.calls.is_empty() && exact.reply.is_some());
+        // Unrelated: forwarded. The embeddings backend failing: forwarded, a miss, not stored.
+        for answer_of_backend in [Some(embedding("0,0,1")), None] {
+            let mut fourth = Exchange::new(Some(shared.clone()));
+            let mut miss = request(&hit);
+            assert_eq!(send(&mut fourth, &mut miss, body("how to bake bread").as_bytes()), Flow::Pause);
+            match &answer_of_backend {
+                Some(vector) => fourth.on_call_response(&mut miss, 1, 200, vector),
+                None => fourth.on_call_response(&mut miss, 1, 503, b"upstream connect error"),
+            }
+            assert_eq!((miss.resumed, miss.reply.is_none()), (1, true));
+            answer(&mut fourth, &mut miss, &[(":status", "200"), ("content-type", "application/json")], json);
+            assert_eq!(miss.response_header("x-llmgw-cache").as_deref(), Some("miss"));
+            let failures = named(&miss, "llmgw.cache_embedding_failures_total");
+            assert_eq!(failures, usize::from(answer_of_backend.is_none()));
+        }
+        // A host that refuses the call: forwarded at once.
+        let mut fifth = Exchange::new(Some(shared));
+        let mut refused = request(&hit);
+        refused.refuse_calls = true;
+        assert_eq!(send(&mut fifth, &mut refused, body("something else").as_bytes()), Flow::Continue);
+        assert_eq!(named(&refused, "llmgw.cache_embedding_failures_total"), 1);
     }
 
     #[test]

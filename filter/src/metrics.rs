@@ -237,9 +237,11 @@ pub enum Slot {
     OutputTokens,
     TimeToFirstToken,
     TimePerOutputToken,
+    /// A cache hit's tokens: its answer's usage, none of it spent at a provider.
+    CachedTokens,
 }
 
-const SLOTS: usize = 7;
+const SLOTS: usize = 8;
 
 impl Slot {
     fn index(self) -> usize {
@@ -262,6 +264,7 @@ impl Slot {
             Slot::OutputTokens => labels.histogram(TOKEN_USAGE, &[("gen_ai_token_type", "output")], value),
             Slot::TimeToFirstToken => labels.histogram(TIME_TO_FIRST_TOKEN, &[], value),
             Slot::TimePerOutputToken => labels.histogram(TIME_PER_OUTPUT_TOKEN, &[], value),
+            Slot::CachedTokens => labels.histogram(TOKEN_USAGE, &[("gen_ai_token_type", "cached")], value),
         }
     }
 }

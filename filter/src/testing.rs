@@ -37,6 +37,8 @@ pub struct FakeHost {
     pub gauges: Vec<(String, i64)>,
     /// Callouts sent: cluster, headers, body (the token is the index + 1).
     pub calls: Vec<Callout>,
+    /// The host refuses to send callouts.
+    pub refuse_calls: bool,
     /// `resume_request` calls.
     pub resumed: usize,
 }
@@ -163,7 +165,7 @@ impl Host for FakeHost {
     fn dispatch(&mut self, cluster: &str, headers: &[(&str, &str)], body: &[u8], _timeout_ms: u64) -> Option<u32> {
         let headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
         self.calls.push((cluster.to_string(), headers, body.to_vec()));
-        u32::try_from(self.calls.len()).ok()
+        u32::try_from(self.calls.len()).ok().filter(|_| !self.refuse_calls)
     }
     fn resume_request(&mut self) {
         self.resumed += 1;

@@ -10,6 +10,10 @@ Configurations, all against one `bench-mock serve` (mocks/src/bin/bench_mock.rs)
   llmgw-fallback   a fallback rule (OpenAI at priority 0, Anthropic at 1) rendered by `llmgw render`:
                    the filter twice per request, downstream (model, rule) and as the rule cluster's
                    upstream filter (translation per attempt); every request is served by priority 0
+  llmgw-cache-hit  llmgw with the exact response cache on the OpenAI rule (CACHE): after the first, every
+                   request is answered from the cache (shared data; no upstream call)
+  llmgw-cache-miss the same Envoy, every request with `Cache-Control: no-cache`: the provider answers, the
+                   answer is recorded and stored (the cost a miss adds over llmgw)
   litellm          LiteLLM proxy (pinned, one worker) from target/bench/litellm-venv, when installed
   llmgw-run        `llmgw run` itself (the CLI, Envoy it starts, the same two backends, no consumers): the
                    reference of the two below
@@ -94,6 +98,11 @@ PLUGIN = {
     ],
 }
 
+# The response cache of llmgw-cache-hit/-miss, on PLUGIN's OpenAI rule. The bench's requests carry no
+# temperature (the providers' default of 1): `nonzero_temperature` caches them.
+CACHE = {"mode": "exact", "nonzero_temperature": True}
+CACHED = ("llmgw-cache-hit", "llmgw-cache-miss")
+
 PROFILES = {
     # seconds per wrk run, rounds, saturation connections, streams per round, open streams held
     "full": dict(rounds=5, lat_s=3, thr_s=3, warm_s=1, conns=64, streams=60, hold=100, chunks=8, gap_ms=2,
@@ -111,6 +120,8 @@ LABELS = {
     "llmgw": "Envoy + llmgw (OpenAI)",
     "llmgw-anthropic": "Envoy + llmgw → Anthropic",
     "llmgw-fallback": "Envoy + llmgw, fallback rule",
+    "llmgw-cache-hit": "Envoy + llmgw, cache hit",
+    "llmgw-cache-miss": "Envoy + llmgw, cache miss",
     "llmgw-run": "llmgw run",
     "llmgw-auth-budget": "llmgw run + key auth + budgets",
     "llmgw-auth-budget-redis": "llmgw run + key auth + budgets in Redis",
@@ -274,8 +285,11 @@ def start_mock(bin_: Path, prof: dict, cpus, out: Path) -> Server:
     return Server("mock", proc, f"http://127.0.0.1:{m.group(2)}")
 
 
-def envoy_config(mock_port: int, wasm: Path, plain: bool) -> dict:
-    cfg = e2e.render({"openai": mock_port, "anthropic": mock_port}, PLUGIN, wasm=wasm, stats_flush_interval=None)
+def envoy_config(mock_port: int, wasm: Path, plain: bool, cache: bool = False) -> dict:
+    plugin = json.loads(json.dumps(PLUGIN))
+    if cache:
+        plugin["rules"][0]["cache"] = CACHE
+    cfg = e2e.render({"openai": mock_port, "anthropic": mock_port}, plugin, wasm=wasm, stats_flush_interval=None)
     if plain:
         hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
         hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
@@ -557,6 +571,18 @@ def redis_keys(url: str) -> int:
     return int(m.group(1)) if m else -1
 
 
+def check_cache(srv: Server, body: bytes, hit: bool) -> str | None:
+    """llmgw-cache-hit answers the bench's request from the cache (after the correctness check's
+    miss); llmgw-cache-miss (no-cache) never does."""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"}
+    headers.update(h.split(": ", 1) for h in srv.headers)
+    status, got, reply = e2e.http("POST", srv.url + "/v1/chat/completions", body, headers=headers, timeout=10)
+    want = "hit" if hit else "miss"
+    if status != 200 or got.get("x-llmgw-cache") != want:
+        return f"expected x-llmgw-cache: {want}, got {status} {got.get('x-llmgw-cache')}: {reply[:200]!r}"
+    return None
+
+
 def check_budget_config(srv: Server, body: bytes) -> str | None:
     """None when a request without the consumer's key is refused (401) and the budgets counted the
     requests so far: the filter's gauge in `llmgw run`'s /metrics, or keys in the bench's Redis."""
@@ -722,6 +748,8 @@ ROWS = [
     (None, "added p50 over plain Envoy", "lat_1k_add_p50_envoy_us", 0, True),
     (None, "added p99 over plain Envoy", "lat_1k_add_p99_envoy_us", 0, True),
     (None, "added p50 over llmgw (OpenAI)", "lat_1k_p50_add_llmgw_us", 0, True),
+    (None, "added p50 over a cache miss", "lat_1k_p50_add_miss_us", 0, True),
+    (None, "added p99 over a cache miss", "lat_1k_p99_add_miss_us", 0, True),
     (None, "added p50 over llmgw run (auth + budget check)", "lat_1k_p50_add_run_us", 0, True),
     (None, "added p99 over llmgw run (auth + budget check)", "lat_1k_p99_add_run_us", 0, True),
     ("Latency at concurrency 1 (µs), 100 KB request", "p50", "lat_100k_p50_us", 0, False),
@@ -746,6 +774,8 @@ ROWS = [
     (None, "1 KB: proxy CPU × wasm skeleton", "thr_1k_cpu_ratio_skeleton", 2, False),
     (None, "100 KB: proxy CPU × wasm skeleton", "thr_100k_cpu_ratio_skeleton", 2, False),
     (None, "1 KB: proxy CPU × llmgw (OpenAI)", "thr_1k_cpu_ratio_llmgw", 2, False),
+    (None, "1 KB: proxy CPU × plain Envoy", "thr_1k_cpu_ratio_envoy", 2, False),
+    (None, "1 KB: proxy CPU × a cache miss", "thr_1k_cpu_ratio_miss", 2, False),
     (None, "100 KB: proxy CPU × llmgw (OpenAI)", "thr_100k_cpu_ratio_llmgw", 2, False),
     (None, "1 KB: proxy CPU × ext_proc skeleton", "thr_1k_cpu_ratio_extproc", 2, False),
     (None, "100 KB: proxy CPU × ext_proc skeleton", "thr_100k_cpu_ratio_extproc", 2, False),
@@ -795,6 +825,8 @@ PROFILE_SCENARIOS = {
     # host-tests/bench/profile/src/scenario.rs (a consumer header, a tokens and a "*" requests budget).
     "llmgw-run": {"1k": "openai-json-1k", "100k": "openai-json-100k", "stream": "openai-stream-1k"},
     "llmgw-auth-budget": {"1k": "budget-openai-json-1k"},
+    "llmgw-cache-hit": {"1k": "cache-hit-openai-json-1k"},
+    "llmgw-cache-miss": {"1k": "cache-miss-openai-json-1k"},
 }
 # A configuration's scenario against the one it adds to: the `prof_<size>_*_add` rows.
 PROFILE_ADDED = {"llmgw-auth-budget": {"1k": ("budget-openai-json-1k", "openai-json-1k")}}
@@ -955,6 +987,7 @@ def svg_chart(summary: dict, names: list[str], meta: str) -> str:
     import math
 
     colors = {"direct": "#a7b0ba", "envoy": "#4a7ab7", "wasm-noop": "#8fb3de", "wasm-buffer": "#b9a3d6", "extproc": "#7d6aa8", "llmgw": "#e07b39", "llmgw-anthropic": "#c2553a", "llmgw-fallback": "#8c3b2a",
+              "llmgw-cache-hit": "#3a9c8c", "llmgw-cache-miss": "#2a6f64",
               "llmgw-run": "#d9a441", "llmgw-auth-budget": "#b5832a", "llmgw-auth-budget-redis": "#8a6220",
               "litellm": "#6b8e4e", "portkey": "#9aa04a"}
     esc = lambda s: s.replace("&", "&amp;").replace("<", "&lt;")  # noqa: E731
@@ -1118,7 +1151,7 @@ def main(argv: list[str]) -> int:
     proxy_cpu = cpu_list[1] if proxy_cpus else None
 
     names = ["direct", "envoy", "wasm-noop", "wasm-buffer", "extproc", "llmgw", "llmgw-anthropic", "llmgw-fallback",
-             *LLMGW_RUN, "litellm", "portkey"]
+             *CACHED, *LLMGW_RUN, "litellm", "portkey"]
     skipped: dict[str, str] = {}
     baseline = a.baseline_wasm
     default_baseline = REPO / "target/bench/baseline-target/wasm32-wasip1/release/llmgw_bench_baseline_filter.wasm"
@@ -1200,6 +1233,7 @@ def main(argv: list[str]) -> int:
         cfg_plain = envoy_config(mock_port, wasm, plain=True)
         cfg_llmgw = envoy_config(mock_port, wasm, plain=False)
         cfg_fallback = fallback_config(mock_port, wasm, out) if "llmgw-fallback" in active else None
+        cfg_cache = envoy_config(mock_port, wasm, plain=False, cache=True)
 
         for r in range(prof["rounds"]):
             log(f"round {r + 1}/{prof['rounds']}: starting proxies")
@@ -1211,6 +1245,10 @@ def main(argv: list[str]) -> int:
                                              proxy_cpus, out)
                 elif n == "llmgw-fallback":
                     servers[n] = start_envoy(f"{n}-r{r}", cfg_fallback, envoy, proxy_cpus, out, env=FALLBACK_ENV)
+                elif n in CACHED:
+                    servers[n] = start_envoy(f"{n}-r{r}", cfg_cache, envoy, proxy_cpus, out)
+                    if n == "llmgw-cache-miss":
+                        servers[n].headers = ["Cache-Control: no-cache"]
                 elif n in ("wasm-noop", "wasm-buffer"):
                     servers[n] = start_envoy(f"{n}-r{r}", baseline_config(mock_port, baseline, n), envoy,
                                              proxy_cpus, out)
@@ -1260,6 +1298,10 @@ def main(argv: list[str]) -> int:
                 err = check_json_reply(servers[n], bodies[(n, "1k")].read_bytes(), n == "llmgw-anthropic")
                 if err:
                     failures.append(f"round {r + 1} {n}: chat completion: {err}")
+                elif n in CACHED:
+                    err = check_cache(servers[n], bodies[(n, "1k")].read_bytes(), n == "llmgw-cache-hit")
+                    if err:
+                        failures.append(f"round {r + 1} {n}: cache: {err}")
                 elif n in BUDGETED:
                     err = check_budget_config(servers[n], bodies[(n, "1k")].read_bytes())
                     if err:
@@ -1404,6 +1446,17 @@ def main(argv: list[str]) -> int:
                 k = "c32_1k_rps"
                 if res.get("envoy", {}).get(k) and res[n].get(k):
                     res[n]["c32_1k_ratio_envoy"] = res[n][k] / res["envoy"][k]
+            # A cache hit against a miss (and plain Envoy), within the round.
+            hit, miss, plain = res.get("llmgw-cache-hit", {}), res.get("llmgw-cache-miss", {}), res.get("envoy", {})
+            for k in ("lat_1k_p50_us", "lat_1k_p99_us"):
+                if hit.get(k) is not None and miss.get(k) is not None:
+                    hit[k.replace("_us", "_add_miss_us")] = hit[k] - miss[k]
+            k = "thr_1k_cpu_per_1k"
+            if hit.get(k) and miss.get(k):
+                hit["thr_1k_cpu_ratio_miss"] = hit[k] / miss[k]
+            for n in CACHED:
+                if n in res and res[n].get(k) and plain.get(k):
+                    res[n]["thr_1k_cpu_ratio_envoy"] = res[n][k] / plain[k]
             # Auth + budget check against `llmgw run` without them, within the round.
             run = res.get("llmgw-run", {})
             for n in BUDGETED:

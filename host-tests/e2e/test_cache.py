@@ -2,12 +2,17 @@
 answered by the gateway (`x-llmgw-cache: hit`, the mock sees no new request), as JSON or as a replayed
 stream each SDK parses, with usage reported as cached. TTL, eviction, `Cache-Control` and consumer
 isolation too. The consumer header is set by the test (its authentication is test_consumers.py's).
-One Envoy with two workers for the module: entries live in shared data, every worker sees them."""
+One Envoy with two workers for the module: entries live in shared data, every worker sees them.
+Semantic mode too: all-MiniLM-L6-v2 behind embeddings_server.py (a real model, on CPU)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import anthropic
 import openai
@@ -16,10 +21,19 @@ import pytest
 import llmgw_e2e as e2e
 
 CONSUMER = "x-llmgw-consumer"
+# all-MiniLM-L6-v2 puts "What is the capital of France?" at 0.91 of "Tell me France's capital city"
+# and 0.66 of "What is the capital of Germany?" (cosine).
+SIMILARITY = 0.85
 PLUGIN = {
-    "backends": [{"name": "mock", "schema": "OpenAI"}],
+    "backends": [{"name": "mock", "schema": "OpenAI"}, {"name": "embedder", "schema": "OpenAI"},
+                 {"name": "embedder-down", "schema": "OpenAI"}],
     "consumer_header": CONSUMER,
     "rules": [
+        {"name": "semantic", "match": {"model": {"exact": "semantic-model"}}, "backends": [{"name": "mock"}],
+         "cache": {"mode": "semantic", "similarity": SIMILARITY,
+                   "embeddings": {"backend": "embedder", "model": "all-MiniLM-L6-v2", "timeout": "5s"}}},
+        {"name": "semantic-down", "match": {"model": {"exact": "semantic-down-model"}}, "backends": [{"name": "mock"}],
+         "cache": {"mode": "semantic", "embeddings": {"backend": "embedder-down", "model": "all-MiniLM-L6-v2"}}},
         {"name": "tiny", "match": {"model": {"exact": "tiny-model"}}, "backends": [{"name": "mock"}],
          "cache": {"mode": "exact", "max_bytes": "1Ki"}},
         {"name": "short", "match": {"model": {"exact": "short-model"}}, "backends": [{"name": "mock"}],
@@ -29,10 +43,41 @@ PLUGIN = {
 }
 
 
+class Embedder:
+    """embeddings_server.py on a free port; it stops itself when its stdin (this pipe) closes."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("embeddings_server.py"))],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            self.port = int(e2e._read_line(self.proc, 60.0).split()[1])
+        except BaseException:
+            self.stop()
+            raise
+
+    def calls(self) -> int:
+        return json.loads(e2e.http("GET", f"http://127.0.0.1:{self.port}/stats")[2])["requests"]
+
+    def stop(self):
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        e2e._stop(self.proc)
+
+
 @pytest.fixture(scope="module")
 def cache_gw():
-    with e2e.gateway_with_mock("cache", PLUGIN, concurrency=2) as gw:
-        yield gw
+    embedder, mock, env = Embedder(), None, None
+    try:
+        mock = e2e.Mock("cache")
+        # `embedder-down`: a port nothing listens on.
+        clusters = {"mock": mock.port, "embedder": embedder.port, "embedder-down": e2e.free_port()}
+        env = e2e.Envoy(e2e.render(clusters, PLUGIN), name="cache", concurrency=2)
+        env.embedder = embedder
+        yield env, mock
+    finally:
+        for process in (env, mock, embedder):
+            if process is not None:
+                process.stop()
 
 
 def upstream_calls(mock: e2e.Mock) -> int:
@@ -184,4 +229,54 @@ def test_the_least_recently_used_entry_is_evicted_past_max_bytes(cache_gw):
     assert (e2e.prom_value(samples, "llmgw_cache_hits_total") or 0) >= 1
     assert (e2e.prom_value(samples, "llmgw_cache_misses_total") or 0) >= 1
     assert (e2e.prom_value(samples, "llmgw_cache_bytes") or 0) > 0
+    client.close()
+
+
+def test_semantic_mode_serves_a_paraphrase_but_not_another_question(cache_gw):
+    env, mock = cache_gw
+    # A consumer of its own: nothing cached by an earlier run of this test is in its partition.
+    client = oai(env, consumer=f"semantic-{uuid.uuid4().hex}")
+    ask = lambda text, **kw: chat(client, [{"role": "user", "content": text}], model="semantic-model", **kw)
+    mock.clear()
+    before = env.embedder.calls()
+    state, first = ask("What is the capital of France?")
+    assert state == "miss" and upstream_calls(mock) == 1
+    state, second = ask("Tell me France's capital city")
+    assert state == "hit" and upstream_calls(mock) == 1, "a paraphrase is answered from the cache"
+    assert second.id == first.id and second.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens
+    # Near in words, not in meaning; and unrelated: both go to the provider.
+    assert ask("What is the capital of Germany?")[0] == "miss"
+    assert ask("How do I bake sourdough bread?")[0] == "miss"
+    assert upstream_calls(mock) == 3
+    assert env.embedder.calls() - before == 4
+    # The exact same prompt is an exact hit: no embedding call.
+    assert ask("What is the capital of France?")[0] == "hit" and env.embedder.calls() - before == 4
+    # Another consumer has its own partition.
+    other = oai(env, consumer=f"semantic-{uuid.uuid4().hex}")
+    raw = other.chat.completions.with_raw_response.create(
+        model="semantic-model", temperature=0, messages=[{"role": "user", "content": "Tell me France's capital city"}])
+    assert raw.headers.get("x-llmgw-cache") == "miss"
+    # A hit is a request in the gen_ai metrics, its tokens counted as cached (histograms show once
+    # Envoy flushed them: every second here).
+    deadline, cached = time.monotonic() + 3, 0.0
+    while cached < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        cached = sum(v for name, labels, v in e2e.parse_prometheus(env.stats())
+                     if name == "gen_ai_client_token_usage_count" and labels.get("gen_ai_token_type") == "cached")
+    assert cached >= 2
+    client.close()
+    other.close()
+
+
+def test_semantic_mode_serves_requests_when_the_embeddings_backend_is_down(cache_gw):
+    env, mock = cache_gw
+    client = oai(env)
+    messages = prompt()
+    mock.clear()
+    for _ in range(2):
+        state, answer = chat(client, messages, model="semantic-down-model")
+        assert state == "miss" and answer.choices[0].message.content, "served, not cached"
+    assert upstream_calls(mock) == 2
+    samples = e2e.parse_prometheus(env.stats())
+    assert (e2e.prom_value(samples, "llmgw_cache_embedding_failures_total") or 0) >= 2
     client.close()

@@ -27,6 +27,18 @@ pub struct Scenario {
     /// Budgets on: bench.py's PLUGIN with `BUDGETS` (a consumer header and two budgets that never
     /// refuse), and the consumer on the request.
     pub budgets: bool,
+    /// The response cache on the OpenAI rule (bench.py's CACHE_RULE), and what the request gets.
+    pub cache: Cache,
+}
+
+/// A scenario's response cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cache {
+    Off,
+    /// Every measured request is answered from the cache (one request filled it first).
+    Hit,
+    /// `Cache-Control: no-cache`: the provider answers, and the answer is recorded and stored.
+    Miss,
 }
 
 impl Scenario {
@@ -61,6 +73,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: KB,
         fallback: false,
         budgets: false,
+        cache: Cache::Off,
     },
     Scenario {
         name: "openai-json-100k",
@@ -70,6 +83,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: 100 * KB,
         fallback: false,
         budgets: false,
+        cache: Cache::Off,
     },
     Scenario {
         name: "openai-stream-1k",
@@ -79,6 +93,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: KB,
         fallback: false,
         budgets: false,
+        cache: Cache::Off,
     },
     Scenario {
         name: "anthropic-json-1k",
@@ -88,6 +103,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: KB,
         fallback: false,
         budgets: false,
+        cache: Cache::Off,
     },
     Scenario {
         name: "anthropic-json-100k",
@@ -97,6 +113,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: 100 * KB,
         fallback: false,
         budgets: false,
+        cache: Cache::Off,
     },
     Scenario {
         name: "anthropic-stream-1k",
@@ -106,6 +123,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: KB,
         fallback: false,
         budgets: false,
+        cache: Cache::Off,
     },
     Scenario {
         name: "fallback-openai-json-1k",
@@ -115,6 +133,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: KB,
         fallback: true,
         budgets: false,
+        cache: Cache::Off,
     },
     Scenario {
         name: "fallback-openai-stream-1k",
@@ -124,6 +143,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: KB,
         fallback: true,
         budgets: false,
+        cache: Cache::Off,
     },
     Scenario {
         name: "fallback-openai-json-100k",
@@ -133,6 +153,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: 100 * KB,
         fallback: true,
         budgets: false,
+        cache: Cache::Off,
     },
     Scenario {
         name: "budget-openai-json-1k",
@@ -142,6 +163,27 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: KB,
         fallback: false,
         budgets: true,
+        cache: Cache::Off,
+    },
+    Scenario {
+        name: "cache-hit-openai-json-1k",
+        about: "openai-json-1k answered from the exact response cache (key, index, entry read, local reply)",
+        provider: Provider::OpenAI,
+        stream: false,
+        body_bytes: KB,
+        fallback: false,
+        budgets: false,
+        cache: Cache::Hit,
+    },
+    Scenario {
+        name: "cache-miss-openai-json-1k",
+        about: "openai-json-1k through a cached rule with Cache-Control: no-cache (key, answer recorded and stored)",
+        provider: Provider::OpenAI,
+        stream: false,
+        body_bytes: KB,
+        fallback: false,
+        budgets: false,
+        cache: Cache::Miss,
     },
 ];
 
@@ -160,6 +202,20 @@ const PLUGIN: &str = r#"{
     {"name": "anthropic-models", "match": {"model": {"prefix": "claude-"}}, "backends": [{"name": "anthropic"}]}
   ]
 }"#;
+
+/// The cache bench.py's llmgw-cache-hit/-miss put on the OpenAI rule: the bench's requests carry no
+/// temperature (the providers' default of 1), so sampled requests are cached.
+const CACHE_RULE: &str = r#"{"mode": "exact", "nonzero_temperature": true}"#;
+
+/// PLUGIN with CACHE_RULE on its first (OpenAI) rule.
+fn plugin_with_cache() -> Result<String, String> {
+    let mut plugin: serde_json::Value = serde_json::from_str(PLUGIN).map_err(|e| format!("PLUGIN: {e}"))?;
+    let cache: serde_json::Value = serde_json::from_str(CACHE_RULE).map_err(|e| format!("CACHE_RULE: {e}"))?;
+    if let Some(rule) = plugin.get_mut("rules").and_then(|r| r.get_mut(0)).and_then(|r| r.as_object_mut()) {
+        rule.insert("cache".into(), cache);
+    }
+    Ok(plugin.to_string())
+}
 
 /// Added to PLUGIN in the budget scenario: what `llmgw run` renders for a consumer with a tokens
 /// budget and a `"*"` requests budget (bench.py's llmgw-auth-budget), limits no request reaches:
@@ -328,6 +384,8 @@ impl Prepared {
             (Plugin::new(FALLBACK_DOWNSTREAM)?, Some(Plugin::new(FALLBACK_UPSTREAM)?))
         } else if scenario.budgets {
             (Plugin::new(&plugin_with_budgets()?)?, None)
+        } else if scenario.cache != Cache::Off {
+            (Plugin::new(&plugin_with_cache()?)?, None)
         } else {
             (Plugin::new(PLUGIN)?, None)
         };
@@ -354,6 +412,9 @@ impl Prepared {
             // Set by Envoy's api_key_auth (forwarded client id) before the filter runs.
             client_headers.push(("x-llmgw-consumer".into(), CONSUMER.into()));
         }
+        if scenario.cache == Cache::Miss {
+            client_headers.push(("cache-control".into(), "no-cache".into()));
+        }
         let (content_type, chunks) = mock_reply(scenario.provider == Provider::Anthropic, scenario.stream);
         let mut resp_headers: Vec<(String, String)> = vec![
             (":status".into(), "200".into()),
@@ -365,7 +426,12 @@ impl Prepared {
         } else {
             resp_headers.push(("content-length".into(), chunks.iter().map(Vec::len).sum::<usize>().to_string()));
         }
-        Ok(Prepared { scenario, downstream, upstream, client_headers, body, resp_headers, chunks })
+        let prepared = Prepared { scenario, downstream, upstream, client_headers, body, resp_headers, chunks };
+        if scenario.cache == Cache::Hit {
+            // The miss that stores the answer every measured request then gets.
+            prepared.one_filter(0, Collect::None, false)?;
+        }
+        Ok(prepared)
     }
 
     pub fn body_len(&self) -> usize {
@@ -393,6 +459,15 @@ impl Prepared {
         call(on, || ex.on_request_headers(&mut h, false));
         no_reply("downstream", &h)?;
         call(on, || ex.on_request_body(&mut h, self.body.len(), true));
+        if self.scenario.cache == Cache::Hit && !h.replies.is_empty() {
+            call(on, || ex.on_log(&mut h));
+            call(on, || ex.on_done(&mut h));
+            call(on, || drop(ex));
+            if check {
+                verify_hit(&h)?;
+            }
+            return Ok(Outcome { downstream: h.counts(), upstream: None });
+        }
         no_reply("downstream", &h)?;
         let upstream_request = check.then(|| (h.req_headers.clone(), h.req_body.clone()));
         h.resp_headers = self.resp_headers.clone();
@@ -573,6 +648,23 @@ impl Prepared {
         }
         Ok(())
     }
+}
+
+/// A cache hit: the mock's answer with every prompt token reported cached, counted as a request.
+fn verify_hit(h: &MemHost) -> Result<(), String> {
+    let (status, body) = h.replies.first().ok_or("no local reply")?;
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("hit is not JSON ({e})"))?;
+    let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
+    if *status != 200 || v["id"] != "chatcmpl-bench" || cached != Some(250) {
+        return Err(format!("not the cached answer ({status}): {}", String::from_utf8_lossy(body)));
+    }
+    let samples = h.samples.as_deref().unwrap_or_default();
+    let counted = samples.iter().any(|s| s.name.starts_with("llmgw.requests_total") && s.name.contains("success"));
+    let hit = samples.iter().any(|s| s.name == "llmgw.cache_hits_total");
+    if !counted || !hit {
+        return Err(format!("a hit not counted: {:?}", samples.iter().map(|s| &s.name).collect::<Vec<_>>()));
+    }
+    Ok(())
 }
 
 fn no_reply(which: &str, h: &MemHost) -> Result<(), String> {
