@@ -40,18 +40,21 @@ impl fmt::Display for ConfigError {
     }
 }
 
+mod read;
+
+/// The configuration as written, read by hand (`read.rs`): the same fields, defaults and errors
+/// as serde's derive gave, without its code.
 mod raw {
     use std::collections::BTreeMap;
 
-    use serde::Deserialize;
+    use super::read::{done, Json};
+    use super::ConfigError;
 
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
+    type Result<T> = std::result::Result<T, ConfigError>;
+
     pub struct Config {
         pub backends: Vec<Backend>,
-        #[serde(default)]
         pub rules: Vec<Rule>,
-        #[serde(default)]
         pub models: Vec<ModelEntry>,
         /// Where Anthropic's API is also served (`{prefix}/v1/messages`, ...).
         pub anthropic_prefix: Option<String>,
@@ -63,19 +66,57 @@ mod raw {
         pub role: Option<String>,
         /// The request header naming the authenticated consumer (set by Envoy's auth filters).
         pub consumer_header: Option<String>,
-        #[serde(default)]
         pub budgets: Vec<Budget>,
         pub tracing: Option<Tracing>,
-        /// Request header → GenAI metric label (`OTEL_AIGW_METRICS_REQUEST_HEADER_ATTRIBUTES`); a
-        /// top-level map, not a section: a new deserialized struct costs the module kilobytes.
-        #[serde(default)]
+        /// Request header → GenAI metric label (`OTEL_AIGW_METRICS_REQUEST_HEADER_ATTRIBUTES`).
         pub metrics_request_header_labels: BTreeMap<String, String>,
+    }
+
+    impl Config {
+        #[inline(never)]
+        pub fn read(json: Json<'_>) -> Result<Config> {
+            let mut o = json.object(
+                String::new(),
+                "struct Config",
+                &[
+                    "backends",
+                    "rules",
+                    "models",
+                    "anthropic_prefix",
+                    "max_request_body_bytes",
+                    "max_response_body_bytes",
+                    "stream_include_usage",
+                    "max_metric_label_sets",
+                    "role",
+                    "consumer_header",
+                    "budgets",
+                    "tracing",
+                    "metrics_request_header_labels",
+                ],
+            )?;
+            done(
+                Config {
+                    backends: o.list("backends", true, Backend::read),
+                    rules: o.list("rules", false, Rule::read),
+                    models: o.list("models", false, ModelEntry::read),
+                    anthropic_prefix: o.opt_string("anthropic_prefix"),
+                    max_request_body_bytes: o.opt_usize("max_request_body_bytes"),
+                    max_response_body_bytes: o.opt_usize("max_response_body_bytes"),
+                    stream_include_usage: o.opt_bool("stream_include_usage"),
+                    max_metric_label_sets: o.opt_usize("max_metric_label_sets"),
+                    role: o.opt_string("role"),
+                    consumer_header: o.opt_string("consumer_header"),
+                    budgets: o.list("budgets", false, Budget::read),
+                    tracing: o.opt("tracing", Tracing::read),
+                    metrics_request_header_labels: o.string_map("metrics_request_header_labels"),
+                },
+                o,
+            )
+        }
     }
 
     /// OpenTelemetry tracing (OTLP/HTTP protobuf or JSON to an Envoy cluster), as `llmgw run` renders it from
     /// the `OTEL_*` and `OPENINFERENCE_*` variables.
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
     pub struct Tracing {
         /// The collector's Envoy cluster; absent with `exporter: console`.
         pub cluster: Option<String>,
@@ -84,7 +125,6 @@ mod raw {
         pub authority: Option<String>,
         pub path: Option<String>,
         pub service_name: Option<String>,
-        #[serde(default)]
         pub resource_attributes: BTreeMap<String, String>,
         pub max_queue_size: Option<usize>,
         pub max_queue_bytes: Option<usize>,
@@ -96,21 +136,69 @@ mod raw {
         pub protocol: Option<String>,
         /// `openinference` (default) or `gen_ai`.
         pub semconv: Option<String>,
-        #[serde(default)]
         pub hide_inputs: bool,
-        #[serde(default)]
         pub hide_outputs: bool,
-        #[serde(default)]
         pub hide_embeddings_text: bool,
-        #[serde(default)]
         pub hide_embeddings_vectors: bool,
         /// Request header → span attribute (`OTEL_AIGW_SPAN_REQUEST_HEADER_ATTRIBUTES`).
-        #[serde(default)]
         pub request_header_attributes: BTreeMap<String, String>,
     }
 
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
+    impl Tracing {
+        #[inline(never)]
+        fn read(json: Json<'_>, path: String) -> Result<Tracing> {
+            let mut o = json.object(
+                path,
+                "struct Tracing",
+                &[
+                    "cluster",
+                    "exporter",
+                    "authority",
+                    "path",
+                    "service_name",
+                    "resource_attributes",
+                    "max_queue_size",
+                    "max_queue_bytes",
+                    "max_export_batch_size",
+                    "schedule_delay_ms",
+                    "export_timeout_ms",
+                    "max_span_content_bytes",
+                    "protocol",
+                    "semconv",
+                    "hide_inputs",
+                    "hide_outputs",
+                    "hide_embeddings_text",
+                    "hide_embeddings_vectors",
+                    "request_header_attributes",
+                ],
+            )?;
+            done(
+                Tracing {
+                    cluster: o.opt_string("cluster"),
+                    exporter: o.opt_string("exporter"),
+                    authority: o.opt_string("authority"),
+                    path: o.opt_string("path"),
+                    service_name: o.opt_string("service_name"),
+                    resource_attributes: o.string_map("resource_attributes"),
+                    max_queue_size: o.opt_usize("max_queue_size"),
+                    max_queue_bytes: o.opt_usize("max_queue_bytes"),
+                    max_export_batch_size: o.opt_usize("max_export_batch_size"),
+                    schedule_delay_ms: o.opt_u64("schedule_delay_ms"),
+                    export_timeout_ms: o.opt_u64("export_timeout_ms"),
+                    max_span_content_bytes: o.opt_usize("max_span_content_bytes"),
+                    protocol: o.opt_string("protocol"),
+                    semconv: o.opt_string("semconv"),
+                    hide_inputs: o.flag("hide_inputs"),
+                    hide_outputs: o.flag("hide_outputs"),
+                    hide_embeddings_text: o.flag("hide_embeddings_text"),
+                    hide_embeddings_vectors: o.flag("hide_embeddings_vectors"),
+                    request_header_attributes: o.string_map("request_header_attributes"),
+                },
+                o,
+            )
+        }
+    }
+
     pub struct Budget {
         pub name: String,
         pub consumer: String,
@@ -123,36 +211,69 @@ mod raw {
         pub max_consumers: Option<u64>,
     }
 
+    impl Budget {
+        #[inline(never)]
+        fn read(json: Json<'_>, path: String) -> Result<Budget> {
+            let mut o = json.object(
+                path,
+                "struct Budget",
+                &[
+                    "name",
+                    "consumer",
+                    "model",
+                    "tokens",
+                    "requests",
+                    "per",
+                    "count",
+                    "default_output_reserve",
+                    "max_consumers",
+                ],
+            )?;
+            done(
+                Budget {
+                    name: o.string("name"),
+                    consumer: o.string("consumer"),
+                    model: o.opt("model", StringMatch::read),
+                    tokens: o.opt_u64("tokens"),
+                    requests: o.opt_u64("requests"),
+                    per: o.string("per"),
+                    count: o.opt_string("count"),
+                    default_output_reserve: o.opt_u64("default_output_reserve"),
+                    max_consumers: o.opt_u64("max_consumers"),
+                },
+                o,
+            )
+        }
+    }
+
     /// A listed model: its id, or its id and how the model lists describe it.
     pub enum ModelEntry {
         Id(String),
         Described(DescribedModel),
     }
 
-    /// By hand: serde's `untagged` buffers the value and costs the module ~15 KB; this also
-    /// names the field at fault in an object entry.
-    impl<'de> Deserialize<'de> for ModelEntry {
-        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            struct Entry;
-            impl<'de> serde::de::Visitor<'de> for Entry {
-                type Value = ModelEntry;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("a model id, or {id, owned_by, created, display_name}")
-                }
-                fn visit_str<E: serde::de::Error>(self, id: &str) -> Result<ModelEntry, E> {
-                    Ok(ModelEntry::Id(id.to_string()))
-                }
-                fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<ModelEntry, M::Error> {
-                    DescribedModel::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                        .map(ModelEntry::Described)
-                }
+    impl ModelEntry {
+        #[inline(never)]
+        fn read(json: Json<'_>, path: String) -> Result<ModelEntry> {
+            if json.is_string() {
+                return json.string(&path).map(ModelEntry::Id);
             }
-            deserializer.deserialize_any(Entry)
+            if !json.is_object() {
+                return Err(json.invalid_type(&path, "a model id, or {id, owned_by, created, display_name}"));
+            }
+            let mut o = json.object(path, "struct DescribedModel", &["id", "owned_by", "created", "display_name"])?;
+            done(
+                ModelEntry::Described(DescribedModel {
+                    id: o.string("id"),
+                    owned_by: o.opt_string("owned_by"),
+                    created: o.opt_u64("created"),
+                    display_name: o.opt_string("display_name"),
+                }),
+                o,
+            )
         }
     }
 
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
     pub struct DescribedModel {
         pub id: String,
         pub owned_by: Option<String>,
@@ -160,17 +281,13 @@ mod raw {
         pub display_name: Option<String>,
     }
 
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
     pub struct Backend {
         pub name: String,
         pub schema: String,
         pub prefix: Option<String>,
         pub model_override: Option<String>,
-        #[serde(default)]
         pub headers: HeaderMutations,
         pub auth: Option<Auth>,
-        #[serde(default)]
         pub pass_through_authorization: bool,
         pub host: Option<String>,
         pub api_version: Option<String>,
@@ -178,9 +295,7 @@ mod raw {
         pub region: Option<String>,
         pub project: Option<String>,
         pub default_max_tokens: Option<u32>,
-        #[serde(default)]
         pub forward_billing_headers: bool,
-        #[serde(default)]
         pub forward_headers: Vec<String>,
         pub allow_gcs_uris: Option<bool>,
         pub body_mutation: Option<BodyMutation>,
@@ -188,27 +303,113 @@ mod raw {
         pub picker: Option<Picker>,
     }
 
+    impl Backend {
+        #[inline(never)]
+        fn read(json: Json<'_>, path: String) -> Result<Backend> {
+            let mut o = json.object(
+                path,
+                "struct Backend",
+                &[
+                    "name",
+                    "schema",
+                    "prefix",
+                    "model_override",
+                    "headers",
+                    "auth",
+                    "pass_through_authorization",
+                    "host",
+                    "api_version",
+                    "anthropic_version",
+                    "region",
+                    "project",
+                    "default_max_tokens",
+                    "forward_billing_headers",
+                    "forward_headers",
+                    "allow_gcs_uris",
+                    "body_mutation",
+                    "credential_override",
+                    "picker",
+                ],
+            )?;
+            done(
+                Backend {
+                    name: o.string("name"),
+                    schema: o.string("schema"),
+                    prefix: o.opt_string("prefix"),
+                    model_override: o.opt_string("model_override"),
+                    headers: o.or_default("headers", HeaderMutations::read),
+                    auth: o.opt("auth", Auth::read),
+                    pass_through_authorization: o.flag("pass_through_authorization"),
+                    host: o.opt_string("host"),
+                    api_version: o.opt_string("api_version"),
+                    anthropic_version: o.opt_string("anthropic_version"),
+                    region: o.opt_string("region"),
+                    project: o.opt_string("project"),
+                    default_max_tokens: o.opt_u32("default_max_tokens"),
+                    forward_billing_headers: o.flag("forward_billing_headers"),
+                    forward_headers: o.strings("forward_headers"),
+                    allow_gcs_uris: o.opt_bool("allow_gcs_uris"),
+                    body_mutation: o.opt("body_mutation", BodyMutation::read),
+                    credential_override: o.opt("credential_override", CredentialOverride::read),
+                    picker: o.opt("picker", Picker::read),
+                },
+                o,
+            )
+        }
+    }
+
     /// Which of the backend's endpoints serves each request (`picker.rs`).
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
     pub struct Picker {
         pub algorithm: String,
         pub endpoints: Vec<String>,
-        #[serde(default)]
         pub prefill_endpoints: Vec<String>,
         pub prefix_block_size: Option<usize>,
         pub imbalance_threshold: Option<u64>,
         pub max_prefixes: Option<usize>,
     }
 
+    impl Picker {
+        #[inline(never)]
+        fn read(json: Json<'_>, path: String) -> Result<Picker> {
+            let mut o = json.object(
+                path,
+                "struct Picker",
+                &[
+                    "algorithm",
+                    "endpoints",
+                    "prefill_endpoints",
+                    "prefix_block_size",
+                    "imbalance_threshold",
+                    "max_prefixes",
+                ],
+            )?;
+            done(
+                Picker {
+                    algorithm: o.string("algorithm"),
+                    endpoints: o.list("endpoints", true, super::read::string_at),
+                    prefill_endpoints: o.strings("prefill_endpoints"),
+                    prefix_block_size: o.opt_usize("prefix_block_size"),
+                    imbalance_threshold: o.opt_u64("imbalance_threshold"),
+                    max_prefixes: o.opt_usize("max_prefixes"),
+                },
+                o,
+            )
+        }
+    }
+
     /// `set`: field name → any JSON value; `remove`: field names.
-    #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields)]
+    #[derive(Default)]
     pub struct BodyMutation {
-        #[serde(default)]
         pub set: Fields,
-        #[serde(default)]
         pub remove: Vec<String>,
+    }
+
+    impl BodyMutation {
+        #[inline(never)]
+        fn read(json: Json<'_>, path: String) -> Result<BodyMutation> {
+            let mut o = json.object(path, "struct BodyMutation", &["set", "remove"])?;
+            done(BodyMutation { set: o.or_default("set", Fields::read), remove: o.strings("remove") }, o)
+        }
     }
 
     /// An object's members in order, refusing a name given twice (a map would keep the last).
@@ -216,32 +417,22 @@ mod raw {
     #[derive(Default)]
     pub struct Fields(pub Vec<(String, Box<serde_json::value::RawValue>)>);
 
-    impl<'de> Deserialize<'de> for Fields {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct Visit;
-            impl<'de> serde::de::Visitor<'de> for Visit {
-                type Value = Fields;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("an object of field names and JSON values")
+    impl Fields {
+        #[inline(never)]
+        fn read(json: Json<'_>, path: String) -> Result<Fields> {
+            let mut out: Vec<(String, Box<serde_json::value::RawValue>)> = Vec::new();
+            for m in json.members(&path, "an object of field names and JSON values")? {
+                let name = m.name;
+                if out.iter().any(|(n, _)| *n == name) {
+                    return Err(m.value.custom(&path, format_args!("field {name:?} is set twice")));
                 }
-                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
-                    let mut out: Vec<(String, Box<serde_json::value::RawValue>)> = Vec::new();
-                    while let Some((name, value)) = map.next_entry::<String, Box<serde_json::value::RawValue>>()? {
-                        if out.iter().any(|(n, _)| *n == name) {
-                            return Err(serde::de::Error::custom(format!("field {name:?} is set twice")));
-                        }
-                        out.push((name, value));
-                    }
-                    Ok(Fields(out))
-                }
+                out.push((name.into_owned(), m.value.raw()?));
             }
-            d.deserialize_map(Visit)
+            Ok(Fields(out))
         }
     }
 
     /// Request headers a request's own upstream credential comes from.
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
     pub struct CredentialOverride {
         pub header: Option<String>,
         pub access_key_id_header: Option<String>,
@@ -250,17 +441,47 @@ mod raw {
         pub fallback_to_configured: Option<bool>,
     }
 
-    #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields)]
+    impl CredentialOverride {
+        #[inline(never)]
+        fn read(json: Json<'_>, path: String) -> Result<CredentialOverride> {
+            let mut o = json.object(
+                path,
+                "struct CredentialOverride",
+                &[
+                    "header",
+                    "access_key_id_header",
+                    "secret_access_key_header",
+                    "session_token_header",
+                    "fallback_to_configured",
+                ],
+            )?;
+            done(
+                CredentialOverride {
+                    header: o.opt_string("header"),
+                    access_key_id_header: o.opt_string("access_key_id_header"),
+                    secret_access_key_header: o.opt_string("secret_access_key_header"),
+                    session_token_header: o.opt_string("session_token_header"),
+                    fallback_to_configured: o.opt_bool("fallback_to_configured"),
+                },
+                o,
+            )
+        }
+    }
+
+    #[derive(Default)]
     pub struct HeaderMutations {
-        #[serde(default)]
         pub set: BTreeMap<String, String>,
-        #[serde(default)]
         pub remove: Vec<String>,
     }
 
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
+    impl HeaderMutations {
+        #[inline(never)]
+        fn read(json: Json<'_>, path: String) -> Result<HeaderMutations> {
+            let mut o = json.object(path, "struct HeaderMutations", &["set", "remove"])?;
+            done(HeaderMutations { set: o.string_map("set"), remove: o.strings("remove") }, o)
+        }
+    }
+
     pub struct Auth {
         pub bearer: Option<String>,
         pub bearer_env: Option<String>,
@@ -271,8 +492,29 @@ mod raw {
         pub aws: Option<AwsAuth>,
     }
 
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
+    impl Auth {
+        #[inline(never)]
+        fn read(json: Json<'_>, path: String) -> Result<Auth> {
+            let mut o = json.object(
+                path,
+                "struct Auth",
+                &["bearer", "bearer_env", "api_key", "api_key_env", "x_api_key", "x_api_key_env", "aws"],
+            )?;
+            done(
+                Auth {
+                    bearer: o.opt_string("bearer"),
+                    bearer_env: o.opt_string("bearer_env"),
+                    api_key: o.opt_string("api_key"),
+                    api_key_env: o.opt_string("api_key_env"),
+                    x_api_key: o.opt_string("x_api_key"),
+                    x_api_key_env: o.opt_string("x_api_key_env"),
+                    aws: o.opt("aws", AwsAuth::read),
+                },
+                o,
+            )
+        }
+    }
+
     pub struct AwsAuth {
         pub access_key_id: Option<String>,
         pub access_key_id_env: Option<String>,
@@ -282,20 +524,61 @@ mod raw {
         pub session_token_env: Option<String>,
     }
 
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
+    impl AwsAuth {
+        #[inline(never)]
+        fn read(json: Json<'_>, path: String) -> Result<AwsAuth> {
+            let mut o = json.object(
+                path,
+                "struct AwsAuth",
+                &[
+                    "access_key_id",
+                    "access_key_id_env",
+                    "secret_access_key",
+                    "secret_access_key_env",
+                    "session_token",
+                    "session_token_env",
+                ],
+            )?;
+            done(
+                AwsAuth {
+                    access_key_id: o.opt_string("access_key_id"),
+                    access_key_id_env: o.opt_string("access_key_id_env"),
+                    secret_access_key: o.opt_string("secret_access_key"),
+                    secret_access_key_env: o.opt_string("secret_access_key_env"),
+                    session_token: o.opt_string("session_token"),
+                    session_token_env: o.opt_string("session_token_env"),
+                },
+                o,
+            )
+        }
+    }
+
     pub struct Rule {
         pub name: Option<String>,
-        #[serde(rename = "match", default)]
         pub matches: Match,
         pub backends: Vec<BackendRef>,
         pub retry: Option<Retry>,
-        /// Read by hand (`compile_cache`): derived deserializers cost the module more.
+        /// Read by hand (`compile_cache`).
         pub cache: Option<Fields>,
     }
 
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
+    impl Rule {
+        #[inline(never)]
+        fn read(json: Json<'_>, path: String) -> Result<Rule> {
+            let mut o = json.object(path, "struct Rule", &["name", "match", "backends", "retry", "cache"])?;
+            done(
+                Rule {
+                    name: o.opt_string("name"),
+                    matches: o.or_default("match", Match::read),
+                    backends: o.list("backends", true, BackendRef::read),
+                    retry: o.opt("retry", Retry::read),
+                    cache: o.opt("cache", Fields::read),
+                },
+                o,
+            )
+        }
+    }
+
     pub struct Retry {
         pub attempts: Option<u32>,
         pub on: Option<Vec<String>>,
@@ -303,16 +586,43 @@ mod raw {
         pub first_byte_timeout: Option<String>,
     }
 
-    #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields)]
+    impl Retry {
+        #[inline(never)]
+        fn read(json: Json<'_>, path: String) -> Result<Retry> {
+            let mut o =
+                json.object(path, "struct Retry", &["attempts", "on", "per_try_timeout", "first_byte_timeout"])?;
+            done(
+                Retry {
+                    attempts: o.opt_u32("attempts"),
+                    on: o.opt_strings("on"),
+                    per_try_timeout: o.opt_string("per_try_timeout"),
+                    first_byte_timeout: o.opt_string("first_byte_timeout"),
+                },
+                o,
+            )
+        }
+    }
+
+    #[derive(Default)]
     pub struct Match {
         pub model: Option<StringMatch>,
-        #[serde(default)]
         pub headers: Vec<HeaderMatch>,
     }
 
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
+    impl Match {
+        #[inline(never)]
+        fn read(json: Json<'_>, path: String) -> Result<Match> {
+            let mut o = json.object(path, "struct Match", &["model", "headers"])?;
+            done(
+                Match {
+                    model: o.opt("model", StringMatch::read),
+                    headers: o.list("headers", false, HeaderMatch::read),
+                },
+                o,
+            )
+        }
+    }
+
     pub struct StringMatch {
         pub exact: Option<String>,
         pub prefix: Option<String>,
@@ -320,8 +630,22 @@ mod raw {
         pub regex: Option<String>,
     }
 
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
+    impl StringMatch {
+        #[inline(never)]
+        fn read(json: Json<'_>, path: String) -> Result<StringMatch> {
+            let mut o = json.object(path, "struct StringMatch", &["exact", "prefix", "glob", "regex"])?;
+            done(
+                StringMatch {
+                    exact: o.opt_string("exact"),
+                    prefix: o.opt_string("prefix"),
+                    glob: o.opt_string("glob"),
+                    regex: o.opt_string("regex"),
+                },
+                o,
+            )
+        }
+    }
+
     pub struct HeaderMatch {
         pub name: String,
         pub exact: Option<String>,
@@ -330,14 +654,50 @@ mod raw {
         pub present: Option<bool>,
     }
 
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
+    impl HeaderMatch {
+        #[inline(never)]
+        fn read(json: Json<'_>, path: String) -> Result<HeaderMatch> {
+            let mut o = json.object(path, "struct HeaderMatch", &["name", "exact", "prefix", "regex", "present"])?;
+            done(
+                HeaderMatch {
+                    name: o.string("name"),
+                    exact: o.opt_string("exact"),
+                    prefix: o.opt_string("prefix"),
+                    regex: o.opt_string("regex"),
+                    present: o.opt_bool("present"),
+                },
+                o,
+            )
+        }
+    }
+
     pub struct BackendRef {
         pub name: String,
         pub weight: Option<u32>,
         pub priority: Option<u32>,
         pub model_override: Option<String>,
         pub body_mutation: Option<BodyMutation>,
+    }
+
+    impl BackendRef {
+        #[inline(never)]
+        fn read(json: Json<'_>, path: String) -> Result<BackendRef> {
+            let mut o = json.object(
+                path,
+                "struct BackendRef",
+                &["name", "weight", "priority", "model_override", "body_mutation"],
+            )?;
+            done(
+                BackendRef {
+                    name: o.string("name"),
+                    weight: o.opt_u32("weight"),
+                    priority: o.opt_u32("priority"),
+                    model_override: o.opt_string("model_override"),
+                    body_mutation: o.opt("body_mutation", BodyMutation::read),
+                },
+                o,
+            )
+        }
     }
 }
 
@@ -687,23 +1047,10 @@ fn deserialize(text: &[u8]) -> Result<raw::Config, ConfigError> {
     }
 }
 
-/// serde_path_to_error names the field at fault (`rules[0].backends[1].weight`). Only where the
-/// size does not matter (`llmgw check`/`run`/`render`, which validate every configuration before
-/// Envoy sees it, and tests): in the .wasm it would cost ~60 KiB, and serde_json's line and column
-/// locate the fault.
-#[cfg(any(test, feature = "config-error-paths"))]
+/// Every error names the field at fault (`rules[0].backends[1].weight`), in the module as in the
+/// CLI (`llmgw check`/`run`/`render`), and serde_json's line and column locate it.
 fn from_json(body: &[u8]) -> Result<raw::Config, ConfigError> {
-    let mut json = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(crate::json::ObjectsOnly(&mut json)).map_err(|e| {
-        let path = e.path().to_string();
-        let reason = e.into_inner().to_string();
-        ConfigError::new(if path == "." { String::new() } else { path }, reason)
-    })
-}
-
-#[cfg(not(any(test, feature = "config-error-paths")))]
-fn from_json(body: &[u8]) -> Result<raw::Config, ConfigError> {
-    crate::json::from_bytes(body).map_err(|e| ConfigError::new("", e.to_string()))
+    raw::Config::read(read::document(body)?)
 }
 
 /// The filter takes JSON only (YAML would cost the module a tenth of its size); `llmgw run` and
