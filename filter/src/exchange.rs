@@ -797,7 +797,13 @@ impl Exchange {
             }
             _ => None,
         };
-        picker::release(host, picked, ttft);
+        // Envoy's own 503 when the connection failed or was reset before any answer: ORIGINAL_DST
+        // has no health checks, so the picker learns the endpoint is gone from this.
+        let unreachable = ttft.is_none()
+            && host
+                .property(&["response", "code_details"])
+                .is_some_and(|d| d.starts_with(b"upstream_reset_before_response_started"));
+        picker::release(host, picked, ttft, unreachable);
     }
 
     /// Ends the request's span and queues it for export (a full queue drops it, counted).

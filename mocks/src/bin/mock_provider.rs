@@ -40,7 +40,7 @@
 //! (`vllm:num_requests_running`, until the response body ends or is dropped) and the simulated
 //! prefix cache; `--prefill-ms N` delays a response head by N ms scaled by the share of the prompt
 //! (`--prefix-block-bytes` blocks) this server has not seen before; `--chunk-gap-ms` is the time
-//! per output token.
+//! per output token; `--gpu-cache-usage F` fixes the reported `vllm:gpu_cache_usage_perc`.
 
 #[path = "mock_provider/anthropic.rs"]
 mod anthropic;
@@ -127,6 +127,9 @@ struct Args {
     /// vLLM: bytes of serialized prompt per simulated KV-cache block.
     #[arg(long, default_value_t = 64)]
     prefix_block_bytes: usize,
+    /// vLLM: the `vllm:gpu_cache_usage_perc` reported (0 to 1) instead of the simulated cache's.
+    #[arg(long)]
+    gpu_cache_usage: Option<f64>,
 }
 
 struct State {
@@ -522,7 +525,7 @@ fn record(state: &State, method: &Method, uri: &str, headers: &hyper::HeaderMap,
 async fn serve(state: Arc<State>, req: Request<Incoming>) -> Result<Response<RespBody>, Infallible> {
     let path = req.uri().path();
     if path == "/metrics" {
-        let mut r = Response::new(full(state.engine.metrics(&state.args.name)));
+        let mut r = Response::new(full(state.engine.metrics(&state.args.name, state.args.gpu_cache_usage)));
         r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"));
         return Ok(r);
     }
