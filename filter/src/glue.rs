@@ -46,14 +46,18 @@ impl MetricIds {
 struct Root {
     shared: Option<Rc<Shared>>,
     metrics: Rc<MetricIds>,
-    /// Picker `/metrics` scrapes under way: call token → (backend, endpoint) indexes.
-    scrapes: HashMap<u32, (usize, usize)>,
+    /// Picker `/metrics` scrapes under way: call token, (backend, endpoint) indexes. A Vec: a
+    /// second HashMap type would cost the module more than a scan of a few entries.
+    scrapes: Vec<(u32, (usize, usize))>,
 }
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _trailers: usize) {
-        match self.scrapes.remove(&token) {
-            Some(target) => self.scrape_answered(target, body),
+        match self.scrapes.iter().position(|(t, _)| *t == token) {
+            Some(at) => {
+                let target = self.scrapes.swap_remove(at).1;
+                self.scrape_answered(target, body)
+            }
             None => self.spans_answered(token),
         }
     }
@@ -127,9 +131,9 @@ impl Root {
             let timeout = Duration::from_millis(picker.metrics_scrape_interval_ms);
             match hostcalls::dispatch_http_call(&backend.name, headers, None, vec![], timeout) {
                 Ok(token) => {
-                    self.scrapes.insert(token, (b, e));
+                    self.scrapes.push((token, (b, e)));
                 }
-                Err(_) => crate::picker::scraped(&mut WasmHost { metrics: &self.metrics }, backend, e, 0, b""),
+                Err(_) => crate::picker::scraped(&mut WasmHost { metrics: &self.metrics }, &backend.name, e, 0, b""),
             }
         }
     }
@@ -140,7 +144,7 @@ impl Root {
         let status = status.and_then(|s| s.parse().ok()).unwrap_or(0);
         let size = body_size.min(crate::picker::MAX_METRICS_BYTES);
         let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size).ok().flatten().unwrap_or_default();
-        crate::picker::scraped(&mut WasmHost { metrics: &self.metrics }, backend, e, status, &body);
+        crate::picker::scraped(&mut WasmHost { metrics: &self.metrics }, &backend.name, e, status, &body);
     }
 
     fn count_spans(&self, metric: &str, count: usize) {

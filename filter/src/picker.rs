@@ -157,18 +157,21 @@ pub fn decide(picker: &Picker, snap: &Snapshot, blocks: &[u64]) -> Decision {
         }
         Algorithm::LeastKvCache => {
             // Whole percents: finer differences are noise a second old; the queue decides them.
-            let scores: Option<Vec<u64>> = loads
-                .iter()
-                .enumerate()
-                .map(|(i, &load)| match (load, snap.load.get(i).copied().flatten()) {
-                    (u64::MAX, _) => Some(u64::MAX),
+            // Any endpoint's load stale or missing: least-request.
+            let mut scores = loads.clone();
+            for (i, score) in scores.iter_mut().enumerate() {
+                match (*score, snap.load.get(i).copied().flatten()) {
+                    (u64::MAX, _) => {}
                     (load, Some(l)) => {
-                        Some(u64::from(l.kv_ppm / 10_000) << 40 | (u64::from(l.queued) + load).min((1 << 40) - 1))
+                        *score = u64::from(l.kv_ppm / 10_000) << 40 | (u64::from(l.queued) + load).min((1 << 40) - 1)
                     }
-                    (_, None) => None,
-                })
-                .collect();
-            lowest(scores.as_deref().unwrap_or(&loads), snap.seed)
+                    (_, None) => {
+                        scores = loads.clone();
+                        break;
+                    }
+                }
+            }
+            lowest(&scores, snap.seed)
         }
         Algorithm::PrefixCache => {
             let min_load = loads.iter().min().copied().unwrap_or(0);
@@ -483,6 +486,9 @@ fn write_record(host: &mut dyn Host, key: &str, index: usize, record: &[u8]) {
 
 /// Skips `address` for [`DOWN_COOLDOWN_MS`] (a failed connection or scrape), or clears that.
 fn mark_down(host: &mut dyn Host, base: &str, index: usize, down: bool, now_ms: u64) {
+    if down {
+        log::info!("llmgw: {base}: endpoint {index} failed; skipped for {DOWN_COOLDOWN_MS} ms");
+    }
     let until = if down { now_ms + DOWN_COOLDOWN_MS } else { 0 };
     write_record(host, &format!("{base}.down"), index, &until.to_le_bytes());
 }
@@ -535,11 +541,13 @@ pub fn pick(host: &mut dyn Host, backend: &str, picker: &Picker, body: &[u8], se
             Algorithm::LeastKvCache => {
                 let bytes = host.shared_data(&format!("{base}.load")).unwrap_or_default().0;
                 let fresh_ms = picker.metrics_scrape_interval_ms * FRESH_INTERVALS;
-                (0..picker.endpoints.len())
-                    .map(|i| bytes.get(i * LOAD_BYTES..(i + 1) * LOAD_BYTES))
-                    .map(|r| r.filter(|r| now_ms.saturating_sub(u64_at(r, 0)) <= fresh_ms && u64_at(r, 0) > 0))
-                    .map(|r| r.map(|r| Load { kv_ppm: u32_at(r, 8).unwrap_or(0), queued: u32_at(r, 12).unwrap_or(0) }))
-                    .collect()
+                let mut load = Vec::new();
+                for i in 0..picker.endpoints.len() {
+                    let (at, record) = (u64_at(&bytes, i * LOAD_BYTES), u64_at(&bytes, i * LOAD_BYTES + 8));
+                    let fresh = at > 0 && now_ms.saturating_sub(at) <= fresh_ms;
+                    load.push(fresh.then_some(Load { kv_ppm: record as u32, queued: (record >> 32) as u32 }));
+                }
+                load
             }
             _ => Vec::new(),
         },
@@ -582,7 +590,6 @@ pub fn pick(host: &mut dyn Host, backend: &str, picker: &Picker, body: &[u8], se
 /// (`unreachable`) is skipped by picks for a while.
 pub fn release(host: &mut dyn Host, picked: Picked, ttft_nanos: Option<u64>, unreachable: bool) {
     if unreachable {
-        log::info!("llmgw: picker: {} unreachable; skipped for {DOWN_COOLDOWN_MS} ms", picked.address);
         let now_ms = host.now_nanos() / 1_000_000;
         mark_down(host, &picked.base, picked.index, true, now_ms);
     }
@@ -627,23 +634,16 @@ pub fn scrapes_due(host: &mut dyn Host, backends: &[crate::config::Backend]) -> 
 
 /// A scrape's answer (`status` 0 and no body: no answer): the load is recorded; an endpoint that
 /// did not answer, or answered 5xx, is marked down, and one that answered is up again.
-pub fn scraped(host: &mut dyn Host, backend: &crate::config::Backend, endpoint: usize, status: u16, body: &[u8]) {
-    let Some(picker) = &backend.picker else { return };
-    let base = base_key(&backend.name);
+pub fn scraped(host: &mut dyn Host, backend: &str, endpoint: usize, status: u16, body: &[u8]) {
+    let base = base_key(backend);
     let now_ms = host.now_nanos() / 1_000_000;
     let load = (200..300).contains(&status).then(|| parse_vllm_metrics(body)).flatten();
     if let Some(load) = load {
-        let record = [&now_ms.to_le_bytes()[..], &load.kv_ppm.to_le_bytes(), &load.queued.to_le_bytes()].concat();
+        let mut record = now_ms.to_le_bytes().to_vec();
+        record.extend_from_slice(&(u64::from(load.kv_ppm) | u64::from(load.queued) << 32).to_le_bytes());
         write_record(host, &format!("{base}.load"), endpoint, &record);
     }
     let down = status == 0 || status >= 500;
-    if down {
-        let address = picker.endpoints.get(endpoint).map_or("", String::as_str);
-        log::info!(
-            "llmgw: picker {}: {address} /metrics failed ({status}); skipped for {DOWN_COOLDOWN_MS} ms",
-            backend.name
-        );
-    }
     mark_down(host, &base, endpoint, down, now_ms);
 }
 
@@ -897,7 +897,7 @@ vllm:num_requests_running 1
             {"name":"w","schema":"OpenAI","picker":{"algorithm":"random","endpoints":["10.0.0.3:1"]}}],
             "rules":[{"backends":[{"name":"v"}]}]}"#;
         let backends = crate::config::parse(config, &crate::testing::NoEnv, 0).unwrap().backends;
-        let (v, p) = (&backends[0], backends[0].picker.as_ref().unwrap());
+        let p = backends[0].picker.as_ref().unwrap();
         assert_eq!(tick_ms(&backends), Some(500));
         let mut host = FakeHost { now: 10_000_000_000, ..FakeHost::default() };
         prepare_all(&mut host, &backends);
@@ -910,18 +910,18 @@ vllm:num_requests_running 1
             release(host, picked.clone(), None, false);
             picked.address
         };
-        scraped(&mut host, v, 0, 200, b"vllm:gpu_cache_usage_perc 0.9\nvllm:num_requests_running 0\n");
-        scraped(&mut host, v, 1, 200, b"vllm:gpu_cache_usage_perc 0.2\nvllm:num_requests_running 4\n");
+        scraped(&mut host, "v", 0, 200, b"vllm:gpu_cache_usage_perc 0.9\nvllm:num_requests_running 0\n");
+        scraped(&mut host, "v", 1, 200, b"vllm:gpu_cache_usage_perc 0.2\nvllm:num_requests_running 4\n");
         assert_eq!(pick_one(&mut host), "10.0.0.2:8000");
         // The second endpoint stops answering: skipped until its cool-down ends or it answers.
-        scraped(&mut host, v, 1, 0, b"");
+        scraped(&mut host, "v", 1, 0, b"");
         assert_eq!(pick_one(&mut host), "10.0.0.1:8000");
         host.now += DOWN_COOLDOWN_MS * 1_000_000 + 1;
         // Its load is stale by now too: least-request, either endpoint.
-        scraped(&mut host, v, 0, 503, b"");
+        scraped(&mut host, "v", 0, 503, b"");
         assert_eq!(pick_one(&mut host), "10.0.0.2:8000");
-        scraped(&mut host, v, 0, 200, b"vllm:gpu_cache_usage_perc 0.1\n");
-        scraped(&mut host, v, 1, 200, b"vllm:gpu_cache_usage_perc 0.3\n");
+        scraped(&mut host, "v", 0, 200, b"vllm:gpu_cache_usage_perc 0.1\n");
+        scraped(&mut host, "v", 1, 200, b"vllm:gpu_cache_usage_perc 0.3\n");
         assert_eq!(pick_one(&mut host), "10.0.0.1:8000", "back up: answered");
     }
 

@@ -27,6 +27,8 @@ pub struct Scenario {
     /// Budgets on: bench.py's PLUGIN with `BUDGETS` (a consumer header and two budgets that never
     /// refuse), and the consumer on the request.
     pub budgets: bool,
+    /// The OpenAI backend's endpoint picker (issue 14): this algorithm over [`PICKER_ENDPOINTS`].
+    pub picker: Option<&'static str>,
 }
 
 impl Scenario {
@@ -61,6 +63,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: KB,
         fallback: false,
         budgets: false,
+        picker: None,
     },
     Scenario {
         name: "openai-json-100k",
@@ -70,6 +73,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: 100 * KB,
         fallback: false,
         budgets: false,
+        picker: None,
     },
     Scenario {
         name: "openai-stream-1k",
@@ -79,6 +83,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: KB,
         fallback: false,
         budgets: false,
+        picker: None,
     },
     Scenario {
         name: "anthropic-json-1k",
@@ -88,6 +93,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: KB,
         fallback: false,
         budgets: false,
+        picker: None,
     },
     Scenario {
         name: "anthropic-json-100k",
@@ -97,6 +103,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: 100 * KB,
         fallback: false,
         budgets: false,
+        picker: None,
     },
     Scenario {
         name: "anthropic-stream-1k",
@@ -106,6 +113,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: KB,
         fallback: false,
         budgets: false,
+        picker: None,
     },
     Scenario {
         name: "fallback-openai-json-1k",
@@ -115,6 +123,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: KB,
         fallback: true,
         budgets: false,
+        picker: None,
     },
     Scenario {
         name: "fallback-openai-stream-1k",
@@ -124,6 +133,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: KB,
         fallback: true,
         budgets: false,
+        picker: None,
     },
     Scenario {
         name: "fallback-openai-json-100k",
@@ -133,6 +143,7 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: 100 * KB,
         fallback: true,
         budgets: false,
+        picker: None,
     },
     Scenario {
         name: "budget-openai-json-1k",
@@ -142,6 +153,57 @@ pub const SCENARIOS: &[Scenario] = &[
         body_bytes: KB,
         fallback: false,
         budgets: true,
+        picker: None,
+    },
+    Scenario {
+        name: "picker-random-json-1k",
+        about: "openai-json-1k with the endpoint picker `random` over 4 endpoints",
+        provider: Provider::OpenAI,
+        stream: false,
+        body_bytes: KB,
+        fallback: false,
+        budgets: false,
+        picker: Some("random"),
+    },
+    Scenario {
+        name: "picker-least-request-json-1k",
+        about: "openai-json-1k with the endpoint picker `least-request` over 4 endpoints",
+        provider: Provider::OpenAI,
+        stream: false,
+        body_bytes: KB,
+        fallback: false,
+        budgets: false,
+        picker: Some("least-request"),
+    },
+    Scenario {
+        name: "picker-prefix-cache-json-1k",
+        about: "openai-json-1k with the endpoint picker `prefix-cache` over 4 endpoints",
+        provider: Provider::OpenAI,
+        stream: false,
+        body_bytes: KB,
+        fallback: false,
+        budgets: false,
+        picker: Some("prefix-cache"),
+    },
+    Scenario {
+        name: "picker-least-latency-json-1k",
+        about: "openai-json-1k with the endpoint picker `least-latency` over 4 endpoints",
+        provider: Provider::OpenAI,
+        stream: false,
+        body_bytes: KB,
+        fallback: false,
+        budgets: false,
+        picker: Some("least-latency"),
+    },
+    Scenario {
+        name: "picker-least-kv-cache-json-1k",
+        about: "openai-json-1k with the endpoint picker `least-kv-cache` over 4 endpoints",
+        provider: Provider::OpenAI,
+        stream: false,
+        body_bytes: KB,
+        fallback: false,
+        budgets: false,
+        picker: Some("least-kv-cache"),
     },
 ];
 
@@ -171,6 +233,20 @@ const BUDGETS: &str = r#"{
     {"name": "bench-requests", "consumer": "*", "requests": 1000000000000, "per": "day"}
   ]
 }"#;
+/// The picker scenarios' endpoints (the OpenAI backend's).
+const PICKER_ENDPOINTS: &[&str] = &["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000", "10.0.0.4:8000"];
+/// What each endpoint's vLLM `/metrics` answers in the least-kv-cache scenario (scraped once a
+/// second by the root context, not per request: recorded outside the measured callbacks).
+const PICKER_METRICS: &[u8] = b"vllm:num_requests_running{model_name=\"m\"} 2.0\n\
+    vllm:num_requests_waiting{model_name=\"m\"} 0.0\nvllm:gpu_cache_usage_perc{model_name=\"m\"} 0.25\n";
+
+/// PLUGIN with `algorithm`'s picker on the OpenAI backend.
+fn plugin_with_picker(algorithm: &str) -> Result<String, String> {
+    let mut plugin: serde_json::Value = serde_json::from_str(PLUGIN).map_err(|e| format!("PLUGIN: {e}"))?;
+    plugin["backends"][0]["picker"] = serde_json::json!({"algorithm": algorithm, "endpoints": PICKER_ENDPOINTS});
+    Ok(plugin.to_string())
+}
+
 /// The consumer Envoy's api_key_auth names in the consumer header.
 const CONSUMER: &str = "team-bench";
 /// The counters the budget scenario's request charges (`llmgw.budget.<name>.<consumer>`).
@@ -250,6 +326,7 @@ impl Plugin {
         // As glue.rs on configure: counters of named consumers exist before any request.
         let mut host = MemHost::new(&plugin.metric_ids, &plugin.shared_data, false);
         llmgw_filter::budget::prepare(&mut host, &plugin.shared.config.budgets);
+        llmgw_filter::picker::prepare_all(&mut host, &plugin.shared.config.backends);
         Ok(plugin)
     }
 
@@ -328,6 +405,8 @@ impl Prepared {
             (Plugin::new(FALLBACK_DOWNSTREAM)?, Some(Plugin::new(FALLBACK_UPSTREAM)?))
         } else if scenario.budgets {
             (Plugin::new(&plugin_with_budgets()?)?, None)
+        } else if let Some(algorithm) = scenario.picker {
+            (Plugin::new(&plugin_with_picker(algorithm)?)?, None)
         } else {
             (Plugin::new(PLUGIN)?, None)
         };
@@ -389,6 +468,11 @@ impl Prepared {
         h.req_headers = self.client_headers.clone();
         h.req_body = self.body.clone();
         h.now = i * 1_000_000_000;
+        if self.scenario.picker == Some("least-kv-cache") {
+            for e in 0..PICKER_ENDPOINTS.len() {
+                llmgw_filter::picker::scraped(&mut h, "openai", e, 200, PICKER_METRICS);
+            }
+        }
         let mut ex = call(on, || Exchange::new(Some(plugin.shared.clone())));
         call(on, || ex.on_request_headers(&mut h, false));
         no_reply("downstream", &h)?;
@@ -536,6 +620,10 @@ impl Prepared {
             serde_json::from_slice(body).map_err(|e| format!("upstream request body is not JSON: {e}"))?;
         if self.scenario.provider == Provider::Anthropic && sent.get("system").is_none() {
             return Err("upstream request body is not an Anthropic Messages request (no `system`)".into());
+        }
+        if self.scenario.picker.is_some() && !get("x-llmgw-destination").is_some_and(|d| PICKER_ENDPOINTS.contains(&d))
+        {
+            return Err(format!("upstream request: x-llmgw-destination {:?}", get("x-llmgw-destination")));
         }
         if client.response_header_value(":status") != Some("200") {
             return Err(format!("client got status {:?}", client.response_header_value(":status")));
