@@ -469,8 +469,11 @@ impl Prepared {
         h.req_body = self.body.clone();
         h.now = i * 1_000_000_000;
         if self.scenario.picker == Some("least-kv-cache") {
+            // The root context's scrape: its own host, so its host calls are not the request's.
+            let mut root = MemHost::new(&plugin.metric_ids, &plugin.shared_data, false);
+            root.now = h.now;
             for e in 0..PICKER_ENDPOINTS.len() {
-                llmgw_filter::picker::scraped(&mut h, "openai", e, 200, PICKER_METRICS);
+                llmgw_filter::picker::scraped(&mut root, "openai", e, 200, PICKER_METRICS);
             }
         }
         let mut ex = call(on, || Exchange::new(Some(plugin.shared.clone())));
