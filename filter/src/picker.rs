@@ -585,14 +585,16 @@ pub fn pick(host: &mut dyn Host, backend: &str, picker: &Picker, body: &[u8], se
     Some(Picked { base, address, index: decision.endpoint, counted, gauge })
 }
 
+/// Envoy could not reach the picked endpoint (its connection failed or was reset before any
+/// answer): picks skip it for a while.
+pub fn unreachable(host: &mut dyn Host, picked: &Picked) {
+    let now_ms = host.now_nanos() / 1_000_000;
+    mark_down(host, &picked.base, picked.index, true, now_ms);
+}
+
 /// The stream ended (completed, failed, reset or aborted): the request leaves the in-flight count;
-/// a measured time to first token joins the endpoint's EWMA; an endpoint Envoy could not reach
-/// (`unreachable`) is skipped by picks for a while.
-pub fn release(host: &mut dyn Host, picked: Picked, ttft_nanos: Option<u64>, unreachable: bool) {
-    if unreachable {
-        let now_ms = host.now_nanos() / 1_000_000;
-        mark_down(host, &picked.base, picked.index, true, now_ms);
-    }
+/// a measured time to first token joins the endpoint's EWMA.
+pub fn release(host: &mut dyn Host, picked: Picked, ttft_nanos: Option<u64>) {
     if picked.counted {
         update_u64(host, &in_flight_key(&picked.base, &picked.address), &|n| n.saturating_sub(1));
         host.add_to_gauge(&picked.gauge, -1);
@@ -764,8 +766,8 @@ mod tests {
         assert_ne!(a.address, b.address, "the second goes to the idle endpoint");
         let count = |host: &FakeHost, addr: &str| read_u64(host, &in_flight_key("llmgw.picker.vllm", addr)).0;
         assert_eq!((count(&host, &a.address), count(&host, &b.address)), (1, 1));
-        release(&mut host, a.clone(), Some(5_000_000), false);
-        release(&mut host, b.clone(), None, false);
+        release(&mut host, a.clone(), Some(5_000_000));
+        release(&mut host, b.clone(), None);
         assert_eq!((count(&host, &a.address), count(&host, &b.address)), (0, 0));
         assert_eq!(read_u64(&host, &ttft_key("llmgw.picker.vllm", &a.address)).0, 5000);
         let gauge: i64 = host.gauges.iter().filter(|(n, _)| n.contains(&a.address)).map(|(_, d)| d).sum();
@@ -774,7 +776,7 @@ mod tests {
         host.cas_conflicts = CAS_ATTEMPTS * 3;
         let lost = pick(&mut host, "vllm", &p, b"{}", 1).unwrap();
         assert!(!lost.counted);
-        release(&mut host, lost, None, false);
+        release(&mut host, lost, None);
         assert_eq!((count(&host, &a.address), count(&host, &b.address)), (0, 0));
     }
 
@@ -785,11 +787,11 @@ mod tests {
         prepare(&mut host, "vllm", &p);
         let body = br#"{"messages":[{"role":"system","content":"You are a careful assistant. Answer briefly."}]}"#;
         let first = pick(&mut host, "vllm", &p, body, 3).unwrap();
-        release(&mut host, first.clone(), None, false);
+        release(&mut host, first.clone(), None);
         for seed in 0..20 {
             let again = pick(&mut host, "vllm", &p, body, seed).unwrap();
             assert_eq!(again.address, first.address);
-            release(&mut host, again, None, false);
+            release(&mut host, again, None);
         }
     }
 
@@ -907,7 +909,7 @@ vllm:num_requests_running 1
         assert_eq!(scrapes_due(&mut host, &backends).len(), 2, "a tick a little early is on time");
         let pick_one = |host: &mut FakeHost| {
             let picked = pick(host, "v", p, b"{}", 7).unwrap();
-            release(host, picked.clone(), None, false);
+            release(host, picked.clone(), None);
             picked.address
         };
         scraped(&mut host, "v", 0, 200, b"vllm:gpu_cache_usage_perc 0.9\nvllm:num_requests_running 0\n");
@@ -932,17 +934,18 @@ vllm:num_requests_running 1
         prepare(&mut host, "vllm", &p);
         let first = pick(&mut host, "vllm", &p, b"{}", 0).unwrap();
         let dead = first.address.clone();
-        release(&mut host, first, None, true);
+        unreachable(&mut host, &first);
+        release(&mut host, first, None);
         for seed in 0..16 {
             let next = pick(&mut host, "vllm", &p, b"{}", seed).unwrap();
             assert_ne!(next.address, dead);
-            release(&mut host, next, None, false);
+            release(&mut host, next, None);
         }
         host.now += DOWN_COOLDOWN_MS * 1_000_000 + 1;
         let seen: std::collections::BTreeSet<String> = (0..16)
             .map(|seed| {
                 let next = pick(&mut host, "vllm", &p, b"{}", seed).unwrap();
-                release(&mut host, next.clone(), None, false);
+                release(&mut host, next.clone(), None);
                 next.address
             })
             .collect();
