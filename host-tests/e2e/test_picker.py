@@ -254,6 +254,6 @@ def test_a_killed_endpoint_costs_at_most_one_failed_request(gw):
             # Envoy's 503 for the refused connection: the filter marks the endpoint down.
             assert e.status_code == 503, e
             outcomes.append("failed")
-    assert outcomes.count("failed") <= 1, outcomes
-    assert set(outcomes[-15:]) <= {"e1", "e3"}, outcomes
+    # The first pick of the dead endpoint fails and marks it down; every other request is served.
+    assert outcomes.count("failed") <= 1 and set(outcomes) <= {"e1", "e3", "failed"}, outcomes
     wait_all_zero(gw)
