@@ -290,7 +290,7 @@ valgrind-tools:
 # ratelimit`, its child, is on their request path: a debug build would misstate its cost).
 bench: wasm cli py-tools bench-tools valgrind-tools
 	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
-	  $(CARGO) build --release -p llmgw-mocks --bin bench-mock
+	  $(CARGO) build --release -p llmgw-mocks --bin bench-mock --bin mock-provider
 	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
 	  $(CARGO) build --release -p llmgw
 	CARGO_TARGET_DIR=target/bench/baseline-target $(CARGO) build --release --target wasm32-wasip1 \
@@ -310,6 +310,9 @@ bench: wasm cli py-tools bench-tools valgrind-tools
 	  --portkey-dir $(BENCH_PORTKEY) \
 	  --baseline-wasm target/bench/baseline-target/wasm32-wasip1/release/llmgw_bench_baseline_filter.wasm \
 	  --ext-proc-bin target/bench/ext-proc-target/release/ext-proc-skeleton --profile-bin $(PROFILE_BIN) $(BENCH_ARGS)
+	@# The picker run (issue 14, about 50 s): TTFT and throughput per algorithm over 4 mock vLLM servers.
+	LLMGW_WASM=$(abspath $(WASM)) "$(abspath $(VENV))/bin/python" host-tests/bench/picker_bench.py \
+	  --mock-bin $(TARGET)/release/mock-provider --llmgw-bin $(TARGET)/release/llmgw --out $(TARGET)/bench
 
 bench-smoke: wasm host-bins cli py-tools bench-tools
 	$(EXT_PROC_BUILD)

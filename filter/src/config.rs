@@ -366,6 +366,7 @@ mod raw {
         pub prefix_block_size: Option<usize>,
         pub imbalance_threshold: Option<u64>,
         pub max_prefixes: Option<usize>,
+        pub metrics_scrape_interval_ms: Option<u64>,
     }
 
     impl Picker {
@@ -381,6 +382,7 @@ mod raw {
                     "prefix_block_size",
                     "imbalance_threshold",
                     "max_prefixes",
+                    "metrics_scrape_interval_ms",
                 ],
             )?;
             done(
@@ -391,6 +393,7 @@ mod raw {
                     prefix_block_size: o.opt_usize("prefix_block_size"),
                     imbalance_threshold: o.opt_u64("imbalance_threshold"),
                     max_prefixes: o.opt_usize("max_prefixes"),
+                    metrics_scrape_interval_ms: o.opt_u64("metrics_scrape_interval_ms"),
                 },
                 o,
             )
@@ -1525,6 +1528,10 @@ fn compile_picker(raw: raw::Picker, field: &str) -> Result<crate::picker::Picker
     if !(1..=MAX_PREFIXES).contains(&max_prefixes) {
         return Err(ConfigError::new(format!("{field}.max_prefixes"), format!("must be 1 to {MAX_PREFIXES}")));
     }
+    let metrics_scrape_interval_ms = raw.metrics_scrape_interval_ms.unwrap_or(1000);
+    if !(100..=60_000).contains(&metrics_scrape_interval_ms) {
+        return Err(ConfigError::new(format!("{field}.metrics_scrape_interval_ms"), "must be 100 to 60000"));
+    }
     Ok(Picker {
         algorithm,
         endpoints: raw.endpoints,
@@ -1532,6 +1539,7 @@ fn compile_picker(raw: raw::Picker, field: &str) -> Result<crate::picker::Picker
         prefix_block_size,
         imbalance_threshold: raw.imbalance_threshold.unwrap_or(DEFAULT_IMBALANCE_THRESHOLD),
         max_prefixes,
+        metrics_scrape_interval_ms,
     })
 }
 
@@ -2256,6 +2264,10 @@ mod tests {
             (
                 r#"{"algorithm":"random","endpoints":["10.0.0.1:1"],"max_prefixes":0}"#,
                 "backends[0].picker.max_prefixes",
+            ),
+            (
+                r#"{"algorithm":"least-kv-cache","endpoints":["10.0.0.1:1"],"metrics_scrape_interval_ms":5}"#,
+                "backends[0].picker.metrics_scrape_interval_ms",
             ),
             (
                 r#"{"algorithm":"random","endpoints":["10.0.0.1:1"],"prefix_block_size":0}"#,

@@ -516,6 +516,18 @@ impl Exchange {
     }
 
     pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
+        if let Some(picked) = &self.picked {
+            // Envoy's own 503 when the connection failed or was reset before any answer:
+            // ORIGINAL_DST has no health checks, so the picker learns the endpoint is gone from
+            // this, before the client sees the answer (its next request already avoids it).
+            if host.response_header(":status").as_deref() == Some("503")
+                && host
+                    .property(CODE_DETAILS_PROPERTY)
+                    .is_some_and(|d| d.starts_with(b"upstream_reset_before_response_started"))
+            {
+                picker::unreachable(host, picked);
+            }
+        }
         if self.cache.is_some() {
             host.set_response_header(cache::CACHE_HEADER, "miss");
         }
@@ -2289,6 +2301,41 @@ role: upstream
         x.on_done(&mut host);
         for addr in ["127.0.0.1:8101", "127.0.0.1:8102", "127.0.0.1:8201"] {
             assert_eq!(in_flight(&host, addr), 0, "{addr}");
+        }
+    }
+
+    #[test]
+    fn an_endpoint_envoy_could_not_connect_to_is_skipped_by_the_next_picks() {
+        let config = r#"{"backends":[{"name":"vllm","schema":"OpenAI","picker":{"algorithm":"random",
+            "endpoints":["127.0.0.1:8001","127.0.0.1:8002"]}}]}"#;
+        let shared = Rc::new(Shared::new(parse(config.as_bytes(), &NoEnv, 0).unwrap()));
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &[]);
+        crate::picker::prepare_all(&mut host, &shared.config.backends);
+        let body = br#"{"model":"llama","messages":[]}"#;
+        let mut failed = Exchange::new(Some(shared.clone()));
+        send(&mut failed, &mut host, body);
+        // A 503 the endpoint itself sent is an answer, not a dead endpoint.
+        host.properties.push(("response.code_details".into(), b"via_upstream".to_vec()));
+        answer(&mut failed, &mut host, &[(":status", "503")], b"{}");
+        assert!(host.shared_data("llmgw.picker.vllm.down").is_none());
+        host.properties.clear();
+        host.properties.push((
+            "response.code_details".into(),
+            b"upstream_reset_before_response_started{remote_connection_failure}".to_vec(),
+        ));
+        let mut refused = Exchange::new(Some(shared.clone()));
+        host.request_headers.retain(|(n, _)| n != "x-llmgw-destination");
+        host.now = 1;
+        send(&mut refused, &mut host, body);
+        let first_dead = host.header("x-llmgw-destination").unwrap();
+        answer(&mut refused, &mut host, &[(":status", "503")], b"upstream connect error");
+        for i in 0..16 {
+            let mut next = Exchange::new(Some(shared.clone()));
+            host.request_headers.retain(|(n, _)| n != "x-llmgw-destination");
+            host.now = 2 + i;
+            send(&mut next, &mut host, body);
+            assert_ne!(host.header("x-llmgw-destination").unwrap(), first_dead);
+            next.on_log(&mut host);
         }
     }
 

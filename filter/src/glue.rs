@@ -46,11 +46,20 @@ impl MetricIds {
 struct Root {
     shared: Option<Rc<Shared>>,
     metrics: Rc<MetricIds>,
+    /// Picker `/metrics` scrapes under way: call token, (backend, endpoint) indexes. A Vec: a
+    /// second HashMap type would cost the module more than a scan of a few entries.
+    scrapes: Vec<(u32, (usize, usize))>,
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, _body: usize, _trailers: usize) {
-        self.spans_answered(token);
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _trailers: usize) {
+        match self.scrapes.iter().position(|(t, _)| *t == token) {
+            Some(at) => {
+                let target = self.scrapes.swap_remove(at).1;
+                self.scrape_answered(target, body)
+            }
+            None => self.spans_answered(token),
+        }
     }
 }
 
@@ -104,6 +113,40 @@ impl Root {
         self.count_spans(metric, count);
     }
 
+    /// Scrapes the vLLM `/metrics` of least-kv-cache pickers' endpoints, through the backend's
+    /// ORIGINAL_DST cluster (the destination header says which endpoint).
+    fn scrape_endpoints(&mut self) {
+        let Some(shared) = self.shared.clone() else { return };
+        let backends = &shared.config.backends;
+        for (b, e) in crate::picker::scrapes_due(&mut WasmHost { metrics: &self.metrics }, backends) {
+            let Some(backend) = backends.get(b) else { continue };
+            let Some(picker) = &backend.picker else { continue };
+            let Some(address) = picker.endpoints.get(e) else { continue };
+            let headers = vec![
+                (":method", "GET"),
+                (":path", crate::picker::METRICS_PATH),
+                (":authority", address.as_str()),
+                (crate::picker::DESTINATION_HEADER, address.as_str()),
+            ];
+            let timeout = Duration::from_millis(picker.metrics_scrape_interval_ms);
+            match hostcalls::dispatch_http_call(&backend.name, headers, None, vec![], timeout) {
+                Ok(token) => {
+                    self.scrapes.push((token, (b, e)));
+                }
+                Err(_) => crate::picker::scraped(&mut WasmHost { metrics: &self.metrics }, &backend.name, e, 0, b""),
+            }
+        }
+    }
+
+    fn scrape_answered(&self, (b, e): (usize, usize), body_size: usize) {
+        let Some(backend) = self.shared.as_ref().and_then(|s| s.config.backends.get(b)) else { return };
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
+        let status = status.and_then(|s| s.parse().ok()).unwrap_or(0);
+        let size = body_size.min(crate::picker::MAX_METRICS_BYTES);
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size).ok().flatten().unwrap_or_default();
+        crate::picker::scraped(&mut WasmHost { metrics: &self.metrics }, &backend.name, e, status, &body);
+    }
+
     fn count_spans(&self, metric: &str, count: usize) {
         if count > 0 {
             let sample = crate::metrics::Sample { name: metric.to_string(), kind: Kind::Counter, value: count as u64 };
@@ -132,8 +175,10 @@ impl RootContext for Root {
                 crate::budget::prepare(&mut WasmHost { metrics: &self.metrics }, &compiled.budgets);
                 crate::picker::prepare_all(&mut WasmHost { metrics: &self.metrics }, &compiled.backends);
                 let shared = Rc::new(Shared::new(compiled));
-                if let Some(tracing) = &shared.tracing {
-                    self.set_tick_period(Duration::from_millis(tracing.settings.schedule_delay_ms));
+                let tracing_ms = shared.tracing.as_ref().map(|t| t.settings.schedule_delay_ms);
+                let scrape_ms = crate::picker::tick_ms(&shared.config.backends);
+                if let Some(ms) = tracing_ms.into_iter().chain(scrape_ms).min() {
+                    self.set_tick_period(Duration::from_millis(ms));
                 }
                 self.shared = Some(shared);
                 true
@@ -147,6 +192,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         self.export_spans();
+        self.scrape_endpoints();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -8,7 +8,11 @@
 //!   by compare-and-swap on pick and decremented exactly once when the stream ends, however it ends;
 //! - a bounded prefix table per backend (`llmgw.picker.<backend>.prefixes`): hashes of prompt
 //!   blocks → the endpoint that last served them, least recently used entries evicted first;
-//! - a time-to-first-token EWMA per endpoint (`llmgw.picker.<backend>.ttft.<endpoint>`).
+//! - a time-to-first-token EWMA per endpoint (`llmgw.picker.<backend>.ttft.<endpoint>`);
+//! - endpoints marked down until a time (`llmgw.picker.<backend>.down`, one record per endpoint),
+//!   by a failed connection or scrape: ORIGINAL_DST has no health checks, so picks skip them;
+//! - vLLM's load per endpoint (`llmgw.picker.<backend>.load`), scraped from its `/metrics` by the
+//!   root context's tick (least-kv-cache).
 //!
 //! Only configured endpoints are ever chosen; the client's own destination header is removed by
 //! the exchange before anything else.
@@ -27,6 +31,14 @@ pub const MAX_BLOCKS: usize = 256;
 const PROMPT_MEMBERS: &[&str] = &["system", "instructions", "messages", "prompt", "input"];
 /// EWMA weight of a new latency sample, in 1/8ths.
 const EWMA_NEW_EIGHTHS: u64 = 2;
+/// How long an endpoint whose connection (or scrape) failed is skipped.
+pub const DOWN_COOLDOWN_MS: u64 = 10_000;
+/// Scraped load older than this many scrape intervals is stale (least-kv-cache falls back).
+const FRESH_INTERVALS: u64 = 3;
+/// Most bytes of a `/metrics` answer read (vLLM's is tens of KB).
+pub const MAX_METRICS_BYTES: usize = 1 << 20;
+/// The path vLLM serves its Prometheus metrics on.
+pub const METRICS_PATH: &str = "/metrics";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
@@ -37,13 +49,16 @@ pub enum Algorithm {
     PrefixCache,
     /// The lowest time-to-first-token EWMA weighted by the requests in flight; unmeasured first.
     LeastLatency,
+    /// The lowest scraped KV-cache usage (whole percents), ties by waiting + running + in flight;
+    /// least-request while any endpoint's load is stale or missing.
+    LeastKvCache,
     /// Prefill/decode disaggregation (`pd.rs`): the least loaded prefill endpoint computes the
     /// prompt, then the least loaded decode endpoint (`endpoints`) answers.
     Pd,
 }
 
 impl Algorithm {
-    pub const NAMES: &'static str = "random, least-request, prefix-cache, least-latency, pd";
+    pub const NAMES: &'static str = "random, least-request, prefix-cache, least-latency, least-kv-cache, pd";
 
     /// Names as AIBrix's `ROUTING_ALGORITHM` spells them too.
     pub fn parse(name: &str) -> Option<Algorithm> {
@@ -52,6 +67,7 @@ impl Algorithm {
             "least-request" => Some(Algorithm::LeastRequest),
             "prefix-cache" | "prefix-cache-aware" => Some(Algorithm::PrefixCache),
             "least-latency" => Some(Algorithm::LeastLatency),
+            "least-kv-cache" | "least-gpu-cache" => Some(Algorithm::LeastKvCache),
             "pd" => Some(Algorithm::Pd),
             _ => None,
         }
@@ -71,6 +87,8 @@ pub struct Picker {
     pub imbalance_threshold: u64,
     /// Entries of the prefix table.
     pub max_prefixes: usize,
+    /// How often each endpoint's `/metrics` is scraped (least-kv-cache).
+    pub metrics_scrape_interval_ms: u64,
 }
 
 /// What a decision reads: shared state, copied once per request.
@@ -82,6 +100,19 @@ pub struct Snapshot {
     pub prefixes: PrefixTable,
     /// Randomness for `random` and for ties (proxy-wasm has no RNG; the clock and a counter mix).
     pub seed: u64,
+    /// Fresh scraped load per endpoint (`None`: stale or never scraped).
+    pub load: Vec<Option<Load>>,
+    /// Endpoints marked down (a failed connection or scrape, within its cool-down).
+    pub down: Vec<bool>,
+}
+
+/// An endpoint's load as vLLM reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// KV-cache usage, in millionths.
+    pub kv_ppm: u32,
+    /// Requests running plus waiting.
+    pub queued: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,19 +139,44 @@ fn lowest(scores: &[u64], seed: u64) -> usize {
 }
 
 /// Chooses an endpoint (pure). `blocks`: the prompt's chained block hashes ([`prompt_blocks`]).
+/// Endpoints marked down are passed over, unless all are (then trying one beats refusing).
 pub fn decide(picker: &Picker, snap: &Snapshot, blocks: &[u64]) -> Decision {
     let count = picker.endpoints.len();
-    let loads: Vec<u64> = (0..count).map(|i| snap.in_flight.get(i).copied().unwrap_or(0)).collect();
+    let down = |i: usize| snap.down.get(i).copied().unwrap_or(false);
+    let all_down = (0..count).all(down);
+    // A skipped endpoint scores the most, so `lowest` takes it only if every endpoint is skipped.
+    let score = |i: usize, s: u64| if !all_down && down(i) { u64::MAX } else { s };
+    let loads: Vec<u64> = (0..count).map(|i| score(i, snap.in_flight.get(i).copied().unwrap_or(0))).collect();
     let endpoint = match picker.algorithm {
-        Algorithm::Random => (mix(snap.seed) % count.max(1) as u64) as usize,
+        Algorithm::Random => lowest(&(0..count).map(|i| score(i, 0)).collect::<Vec<_>>(), snap.seed),
         Algorithm::LeastRequest | Algorithm::Pd => lowest(&loads, snap.seed),
         Algorithm::LeastLatency => {
             // Unmeasured endpoints score 0 (tried first); measured: EWMA × (1 + in flight).
             let scores: Vec<u64> = loads
                 .iter()
                 .enumerate()
-                .map(|(i, load)| snap.ttft_us.get(i).copied().unwrap_or(0).saturating_mul(1 + load))
+                .map(|(i, load)| {
+                    score(i, snap.ttft_us.get(i).copied().unwrap_or(0).saturating_mul(load.saturating_add(1)))
+                })
                 .collect();
+            lowest(&scores, snap.seed)
+        }
+        Algorithm::LeastKvCache => {
+            // Whole percents: finer differences are noise a second old; the queue decides them.
+            // Any endpoint's load stale or missing: least-request.
+            let mut scores = loads.clone();
+            for (i, score) in scores.iter_mut().enumerate() {
+                match (*score, snap.load.get(i).copied().flatten()) {
+                    (u64::MAX, _) => {}
+                    (load, Some(l)) => {
+                        *score = u64::from(l.kv_ppm / 10_000) << 40 | (u64::from(l.queued) + load).min((1 << 40) - 1)
+                    }
+                    (_, None) => {
+                        scores = loads.clone();
+                        break;
+                    }
+                }
+            }
             lowest(&scores, snap.seed)
         }
         Algorithm::PrefixCache => {
@@ -136,6 +192,89 @@ pub fn decide(picker: &Picker, snap: &Snapshot, blocks: &[u64]) -> Decision {
         }
     };
     Decision { endpoint, matched_blocks: 0 }
+}
+
+/// A Prometheus sample value, times a million (saturating); `None` for what is not a
+/// non-negative decimal number (NaN, Inf, negatives, garbage).
+fn parse_micro(text: &[u8]) -> Option<u64> {
+    let (mut mantissa, mut scale, mut digits, mut dot) = (0u64, 6i64, 0, false);
+    let mut at = usize::from(text.first() == Some(&b'+'));
+    while let Some(&b) = text.get(at) {
+        match b {
+            b'0'..=b'9' if mantissa < 1 << 56 => {
+                mantissa = mantissa * 10 + u64::from(b - b'0');
+                scale -= i64::from(dot);
+            }
+            b'0'..=b'9' => scale += i64::from(!dot),
+            b'.' if !dot => dot = true,
+            _ => break,
+        }
+        digits += usize::from(b != b'.');
+        at += 1;
+    }
+    if matches!(text.get(at), Some(b'e' | b'E')) {
+        let rest = text.get(at + 1..).unwrap_or_default();
+        let (negative, rest) = match rest.first() {
+            Some(b'-') => (true, rest.get(1..).unwrap_or_default()),
+            Some(b'+') => (false, rest.get(1..).unwrap_or_default()),
+            _ => (false, rest),
+        };
+        if rest.is_empty() || rest.len() > 4 || !rest.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let exp = rest.iter().fold(0i64, |e, d| e * 10 + i64::from(d - b'0'));
+        scale += if negative { -exp } else { exp };
+        at = text.len();
+    }
+    if digits == 0 || at != text.len() {
+        return None;
+    }
+    Some(match u32::try_from(scale.unsigned_abs()) {
+        Ok(s) if scale >= 0 => mantissa.saturating_mul(10u64.saturating_pow(s)),
+        Ok(s) if s < 20 => mantissa / 10u64.pow(s),
+        _ => 0,
+    })
+}
+
+/// vLLM's load from its Prometheus text (`GET /metrics`): requests running and waiting (summed
+/// over label sets) and the KV-cache usage (the highest; `vllm:kv_cache_usage_perc` in newer
+/// vLLM). `None` when it reports no KV-cache usage. Malformed lines are skipped.
+pub fn parse_vllm_metrics(text: &[u8]) -> Option<Load> {
+    let (mut kv, mut queued) = (None, 0u64);
+    for line in text.get(..MAX_METRICS_BYTES).unwrap_or(text).split(|&b| b == b'\n') {
+        let name_end = line.iter().position(|&b| b == b'{' || b == b' ').unwrap_or(line.len());
+        let (name, mut rest) = line.split_at(name_end);
+        let kind = match name {
+            b"vllm:num_requests_running" | b"vllm:num_requests_waiting" => 0,
+            b"vllm:gpu_cache_usage_perc" | b"vllm:kv_cache_usage_perc" => 1,
+            _ => continue,
+        };
+        if rest.first() == Some(&b'{') {
+            // Skip the labels; a `}` inside a quoted label value does not end them.
+            let (mut quoted, mut escaped) = (false, false);
+            let end = rest.iter().position(|&b| {
+                let closes = b == b'}' && !quoted;
+                (quoted, escaped) = match b {
+                    _ if escaped => (quoted, false),
+                    b'\\' => (quoted, true),
+                    b'"' => (!quoted, false),
+                    _ => (quoted, false),
+                };
+                closes
+            });
+            let Some(end) = end else { continue };
+            rest = rest.get(end + 1..).unwrap_or_default();
+        }
+        let Some(value) = rest.split(|b| b.is_ascii_whitespace()).find(|t| !t.is_empty()).and_then(parse_micro) else {
+            continue;
+        };
+        if kind == 0 {
+            queued = queued.saturating_add(value / 1_000_000);
+        } else {
+            kv = kv.max(Some(value.min(1_000_000)));
+        }
+    }
+    Some(Load { kv_ppm: kv? as u32, queued: u32::try_from(queued).unwrap_or(u32::MAX) })
 }
 
 /// FNV-1a over `bytes`, continuing from `hash`.
@@ -282,6 +421,8 @@ pub struct Picked {
     /// Shared-data key prefix of the backend (`llmgw.picker.<backend>`).
     base: String,
     pub address: String,
+    /// The endpoint's place in the picker's list (its record in `<base>.down`).
+    index: usize,
     /// The in-flight counter was incremented (so it is decremented once).
     counted: bool,
     gauge: String,
@@ -324,6 +465,40 @@ fn update_u64(host: &mut dyn Host, key: &str, change: &dyn Fn(u64) -> u64) -> bo
     false
 }
 
+/// Width of an endpoint's record in `<base>.load`: scraped at (ms), KV usage (ppm), queued.
+const LOAD_BYTES: usize = 16;
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    bytes.get(at..at + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes)
+}
+
+/// Writes endpoint `index`'s fixed-width record into a shared value holding one per endpoint (one
+/// read per request instead of one per endpoint). A record lost to a race is a stale hint.
+fn write_record(host: &mut dyn Host, key: &str, index: usize, record: &[u8]) {
+    for _ in 0..CAS_ATTEMPTS {
+        let (mut bytes, cas) = host.shared_data(key).unwrap_or_default();
+        let at = index * record.len();
+        if bytes.len() < at + record.len() {
+            bytes.resize(at + record.len(), 0);
+        }
+        if let Some(slot) = bytes.get_mut(at..at + record.len()) {
+            slot.copy_from_slice(record);
+        }
+        if host.set_shared_data(key, &bytes, cas) {
+            return;
+        }
+    }
+}
+
+/// Skips `address` for [`DOWN_COOLDOWN_MS`] (a failed connection or scrape), or clears that.
+fn mark_down(host: &mut dyn Host, base: &str, index: usize, down: bool, now_ms: u64) {
+    if down {
+        log::info!("llmgw: {base}: endpoint {index} failed; skipped for {DOWN_COOLDOWN_MS} ms");
+    }
+    let until = if down { now_ms + DOWN_COOLDOWN_MS } else { 0 };
+    write_record(host, &format!("{base}.down"), index, &until.to_le_bytes());
+}
+
 /// Creates the backend's counters before any request, so every later write is a real CAS (two
 /// workers creating a key at once could otherwise lose an increment).
 pub fn prepare(host: &mut dyn Host, backend: &str, picker: &Picker) {
@@ -349,6 +524,7 @@ pub fn prepare_all(host: &mut dyn Host, backends: &[crate::config::Backend]) {
 /// Reads the shared state, decides, then counts the request in flight and records its prefix.
 pub fn pick(host: &mut dyn Host, backend: &str, picker: &Picker, body: &[u8], seed: u64) -> Option<Picked> {
     let base = base_key(backend);
+    let now_ms = host.now_nanos() / 1_000_000;
     let blocks = if picker.algorithm == Algorithm::PrefixCache {
         prompt_blocks(body, picker.prefix_block_size)
     } else {
@@ -367,6 +543,24 @@ pub fn pick(host: &mut dyn Host, backend: &str, picker: &Picker, body: &[u8], se
         },
         prefixes: PrefixTable::decode(&table_bytes, picker.max_prefixes),
         seed,
+        load: match picker.algorithm {
+            Algorithm::LeastKvCache => {
+                let bytes = host.shared_data(&format!("{base}.load")).unwrap_or_default().0;
+                let fresh_ms = picker.metrics_scrape_interval_ms * FRESH_INTERVALS;
+                let mut load = Vec::new();
+                for i in 0..picker.endpoints.len() {
+                    let (at, record) = (u64_at(&bytes, i * LOAD_BYTES), u64_at(&bytes, i * LOAD_BYTES + 8));
+                    let fresh = at > 0 && now_ms.saturating_sub(at) <= fresh_ms;
+                    load.push(fresh.then_some(Load { kv_ppm: record as u32, queued: (record >> 32) as u32 }));
+                }
+                load
+            }
+            _ => Vec::new(),
+        },
+        down: {
+            let bytes = host.shared_data(&format!("{base}.down")).unwrap_or_default().0;
+            (0..picker.endpoints.len()).map(|i| u64_at(&bytes, i * 8) > now_ms).collect()
+        },
     };
     let decision = decide(picker, &snapshot, &blocks);
     let address = picker.endpoints.get(decision.endpoint)?.clone();
@@ -394,7 +588,14 @@ pub fn pick(host: &mut dyn Host, backend: &str, picker: &Picker, body: &[u8], se
         picker.algorithm,
         decision.matched_blocks
     );
-    Some(Picked { base, address, counted, gauge })
+    Some(Picked { base, address, index: decision.endpoint, counted, gauge })
+}
+
+/// Envoy could not reach the picked endpoint (its connection failed or was reset before any
+/// answer): picks skip it for a while.
+pub fn unreachable(host: &mut dyn Host, picked: &Picked) {
+    let now_ms = host.now_nanos() / 1_000_000;
+    mark_down(host, &picked.base, picked.index, true, now_ms);
 }
 
 /// `pd`: the prefill endpoint, least loaded (counted in flight like any pick, until its answer).
@@ -424,6 +625,47 @@ pub fn release(host: &mut dyn Host, picked: Picked, ttft_nanos: Option<u64>) {
     }
 }
 
+/// The tick period the pickers need (the shortest scrape interval of a least-kv-cache picker).
+pub fn tick_ms(backends: &[crate::config::Backend]) -> Option<u64> {
+    let scraped = backends.iter().filter_map(|b| b.picker.as_ref()).filter(|p| p.algorithm == Algorithm::LeastKvCache);
+    scraped.map(|p| p.metrics_scrape_interval_ms).min()
+}
+
+/// The `/metrics` scrapes this worker makes now, as (backend, endpoint) indexes: for each
+/// least-kv-cache backend whose last round is an interval old, the first worker to claim the
+/// round (CAS on `<base>.scraped`) scrapes every endpoint; the others skip it.
+pub fn scrapes_due(host: &mut dyn Host, backends: &[crate::config::Backend]) -> Vec<(usize, usize)> {
+    let now_ms = host.now_nanos() / 1_000_000;
+    let mut due = Vec::new();
+    for (b, backend) in backends.iter().enumerate() {
+        let Some(picker) = backend.picker.as_ref().filter(|p| p.algorithm == Algorithm::LeastKvCache) else { continue };
+        let key = format!("{}.scraped", base_key(&backend.name));
+        let (last, cas) = read_u64(host, &key);
+        // Ticks jitter: a round a tenth early is on time.
+        if now_ms.saturating_sub(last) >= picker.metrics_scrape_interval_ms * 9 / 10
+            && host.set_shared_data(&key, &now_ms.to_le_bytes(), cas)
+        {
+            due.extend((0..picker.endpoints.len()).map(|e| (b, e)));
+        }
+    }
+    due
+}
+
+/// A scrape's answer (`status` 0 and no body: no answer): the load is recorded; an endpoint that
+/// did not answer, or answered 5xx, is marked down, and one that answered is up again.
+pub fn scraped(host: &mut dyn Host, backend: &str, endpoint: usize, status: u16, body: &[u8]) {
+    let base = base_key(backend);
+    let now_ms = host.now_nanos() / 1_000_000;
+    let load = (200..300).contains(&status).then(|| parse_vllm_metrics(body)).flatten();
+    if let Some(load) = load {
+        let mut record = now_ms.to_le_bytes().to_vec();
+        record.extend_from_slice(&(u64::from(load.kv_ppm) | u64::from(load.queued) << 32).to_le_bytes());
+        write_record(host, &format!("{base}.load"), endpoint, &record);
+    }
+    let down = status == 0 || status >= 500;
+    mark_down(host, &base, endpoint, down, now_ms);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,6 +679,7 @@ mod tests {
             prefix_block_size: 16,
             imbalance_threshold: 2,
             max_prefixes: 64,
+            metrics_scrape_interval_ms: 1000,
         }
     }
 
@@ -568,5 +811,162 @@ mod tests {
             assert_eq!(again.address, first.address);
             release(&mut host, again, None);
         }
+    }
+
+    #[test]
+    fn prometheus_values_parse_to_millionths_and_garbage_does_not() {
+        for (text, want) in [
+            ("0", Some(0)),
+            ("1", Some(1_000_000)),
+            ("0.25", Some(250_000)),
+            ("+3.0", Some(3_000_000)),
+            ("1.5e-05", Some(15)),
+            ("2E2", Some(200_000_000)),
+            ("0.1234567", Some(123_456)),
+            ("1e400", Some(u64::MAX)),
+            ("1e-400", Some(0)),
+            ("99999999999999999999999999", Some(u64::MAX)),
+        ] {
+            assert_eq!(parse_micro(text.as_bytes()), want, "{text}");
+        }
+        for bad in ["", "-1", "NaN", "+Inf", ".", "1.2.3", "1e", "1e-", "3x", "1e99999"] {
+            assert_eq!(parse_micro(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn vllm_metrics_yield_kv_usage_and_queue() {
+        let text = br#"# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="Qwen/Qwen2.5-1.5B-Instruct"} 3.0
+vllm:num_requests_waiting{engine="0",model_name="a } b \" {"} 2.0 1700000000000
+vllm:num_requests_waiting_by_reason{reason="capacity"} 50.0
+vllm:gpu_cache_usage_perc{model_name="m"} 0.4273
+vllm:gpu_cache_usage_perc{model_name="n"} 1.5e-01
+vllm:num_requests_running 1
+"#;
+        assert_eq!(parse_vllm_metrics(text), Some(Load { kv_ppm: 427_300, queued: 6 }));
+        // Newer vLLM's name; usage past 100% is clamped.
+        assert_eq!(
+            parse_vllm_metrics(b"vllm:kv_cache_usage_perc{a=\"b\"} 7\n"),
+            Some(Load { kv_ppm: 1_000_000, queued: 0 })
+        );
+        // No KV-cache usage (not vLLM, or an error page): no load.
+        assert_eq!(parse_vllm_metrics(b"vllm:num_requests_running 4\n"), None);
+        assert_eq!(parse_vllm_metrics(b"<html>502</html>"), None);
+        // Hostile lines are skipped, never a panic: unclosed labels, no value, NaN, huge counts.
+        let hostile = b"vllm:gpu_cache_usage_perc{a=\"}\nvllm:gpu_cache_usage_perc\nvllm:gpu_cache_usage_perc NaN\n\
+            vllm:num_requests_running 1e30\nvllm:num_requests_waiting 1e30\nvllm:gpu_cache_usage_perc 0.5\n";
+        assert_eq!(parse_vllm_metrics(hostile), Some(Load { kv_ppm: 500_000, queued: u32::MAX }));
+    }
+
+    fn kv(kv_ppm: u32, queued: u32) -> Option<Load> {
+        Some(Load { kv_ppm, queued })
+    }
+
+    #[test]
+    fn least_kv_cache_takes_the_emptiest_cache_then_the_shortest_queue() {
+        let p = picker(Algorithm::LeastKvCache, 3);
+        let s = Snapshot { load: vec![kv(500_000, 0), kv(100_000, 9), kv(300_000, 0)], ..snap(&[0, 0, 0]) };
+        assert_eq!(decide(&p, &s, &[]).endpoint, 1);
+        // Within one percent the queue decides: scraped waiting + running, plus our in-flight.
+        let s = Snapshot { load: vec![kv(101_000, 1), kv(105_000, 0), kv(900_000, 0)], ..snap(&[0, 3, 0]) };
+        assert_eq!(decide(&p, &s, &[]).endpoint, 0);
+        // One endpoint's load stale or missing: least-request over all of them.
+        let s = Snapshot { load: vec![kv(0, 0), None, kv(0, 0)], ..snap(&[2, 1, 3]) };
+        assert_eq!(decide(&p, &s, &[]).endpoint, 1);
+        assert_eq!(decide(&p, &snap(&[2, 1, 3]), &[]).endpoint, 1);
+    }
+
+    #[test]
+    fn every_algorithm_skips_endpoints_marked_down_unless_all_are() {
+        let mut table = PrefixTable::default();
+        table.record(&[1, 2], 0, 64);
+        for algorithm in [
+            Algorithm::Random,
+            Algorithm::LeastRequest,
+            Algorithm::LeastLatency,
+            Algorithm::PrefixCache,
+            Algorithm::LeastKvCache,
+        ] {
+            let p = picker(algorithm, 3);
+            for seed in 0..32 {
+                // Endpoint 0 is idle, measured fastest, holds the prefix and the emptiest cache.
+                let s = Snapshot {
+                    in_flight: vec![0, 5, 6],
+                    ttft_us: vec![1, 50, 60],
+                    prefixes: table.clone(),
+                    seed,
+                    load: vec![kv(0, 0), kv(500_000, 0), kv(600_000, 0)],
+                    down: vec![true, false, false],
+                };
+                assert_ne!(decide(&p, &s, &[1, 2]).endpoint, 0, "{algorithm:?}");
+                let all = Snapshot { down: vec![true; 3], ..s };
+                assert!(decide(&p, &all, &[1, 2]).endpoint < 3, "{algorithm:?}");
+            }
+        }
+        let p = picker(Algorithm::LeastRequest, 2);
+        let s = Snapshot { down: vec![true, true], ..snap(&[3, 1]) };
+        assert_eq!(decide(&p, &s, &[]).endpoint, 1, "all down: the usual choice");
+    }
+
+    #[test]
+    fn one_worker_scrapes_each_round_and_the_answers_steer_picks() {
+        let config = br#"{"backends":[{"name":"v","schema":"OpenAI","picker":{"algorithm":"least-kv-cache",
+            "endpoints":["10.0.0.1:8000","10.0.0.2:8000"],"metrics_scrape_interval_ms":500}},
+            {"name":"w","schema":"OpenAI","picker":{"algorithm":"random","endpoints":["10.0.0.3:1"]}}],
+            "rules":[{"backends":[{"name":"v"}]}]}"#;
+        let backends = crate::config::parse(config, &crate::testing::NoEnv, 0).unwrap().backends;
+        let p = backends[0].picker.as_ref().unwrap();
+        assert_eq!(tick_ms(&backends), Some(500));
+        let mut host = FakeHost { now: 10_000_000_000, ..FakeHost::default() };
+        prepare_all(&mut host, &backends);
+        assert_eq!(scrapes_due(&mut host, &backends), vec![(0, 0), (0, 1)]);
+        assert_eq!(scrapes_due(&mut host, &backends), vec![], "another worker's tick: already claimed");
+        host.now += 460_000_000;
+        assert_eq!(scrapes_due(&mut host, &backends).len(), 2, "a tick a little early is on time");
+        let pick_one = |host: &mut FakeHost| {
+            let picked = pick(host, "v", p, b"{}", 7).unwrap();
+            release(host, picked.clone(), None);
+            picked.address
+        };
+        scraped(&mut host, "v", 0, 200, b"vllm:gpu_cache_usage_perc 0.9\nvllm:num_requests_running 0\n");
+        scraped(&mut host, "v", 1, 200, b"vllm:gpu_cache_usage_perc 0.2\nvllm:num_requests_running 4\n");
+        assert_eq!(pick_one(&mut host), "10.0.0.2:8000");
+        // The second endpoint stops answering: skipped until its cool-down ends or it answers.
+        scraped(&mut host, "v", 1, 0, b"");
+        assert_eq!(pick_one(&mut host), "10.0.0.1:8000");
+        host.now += DOWN_COOLDOWN_MS * 1_000_000 + 1;
+        // Its load is stale by now too: least-request, either endpoint.
+        scraped(&mut host, "v", 0, 503, b"");
+        assert_eq!(pick_one(&mut host), "10.0.0.2:8000");
+        scraped(&mut host, "v", 0, 200, b"vllm:gpu_cache_usage_perc 0.1\n");
+        scraped(&mut host, "v", 1, 200, b"vllm:gpu_cache_usage_perc 0.3\n");
+        assert_eq!(pick_one(&mut host), "10.0.0.1:8000", "back up: answered");
+    }
+
+    #[test]
+    fn an_unreachable_endpoint_is_skipped_after_its_failed_request() {
+        let p = picker(Algorithm::LeastRequest, 2);
+        let mut host = FakeHost { now: 1_000_000_000, ..FakeHost::default() };
+        prepare(&mut host, "vllm", &p);
+        let first = pick(&mut host, "vllm", &p, b"{}", 0).unwrap();
+        let dead = first.address.clone();
+        unreachable(&mut host, &first);
+        release(&mut host, first, None);
+        for seed in 0..16 {
+            let next = pick(&mut host, "vllm", &p, b"{}", seed).unwrap();
+            assert_ne!(next.address, dead);
+            release(&mut host, next, None);
+        }
+        host.now += DOWN_COOLDOWN_MS * 1_000_000 + 1;
+        let seen: std::collections::BTreeSet<String> = (0..16)
+            .map(|seed| {
+                let next = pick(&mut host, "vllm", &p, b"{}", seed).unwrap();
+                release(&mut host, next.clone(), None);
+                next.address
+            })
+            .collect();
+        assert!(seen.contains(&dead), "tried again after the cool-down");
     }
 }

@@ -45,6 +45,15 @@ def gw(tmp_path_factory):
         for name in ("a", "b", "c"):
             mocks[name] = e2e.Mock(name, "--prefill-ms", "150", "--prefix-block-bytes", "64")
         mocks["slow"] = e2e.Mock("slow", "--delay-ms", "400")
+        # least-kv-cache: the KV-cache usage each reports on /metrics.
+        for name, usage in (("kv90", "0.9"), ("kv10", "0.1"), ("kv50", "0.5")):
+            mocks[name] = e2e.Mock(name, "--gpu-cache-usage", usage)
+        # least-latency: one fast, one answering 250 ms late.
+        mocks["fast"] = e2e.Mock("fast")
+        mocks["late"] = e2e.Mock("late", "--delay-ms", "250")
+        # Ejection without scrapes: "doomed" is killed mid-module.
+        for name in ("e1", "doomed", "e3"):
+            mocks[name] = e2e.Mock(name)
         # Never configured: a client naming it must not reach it.
         mocks["outsider"] = e2e.Mock("outsider")
         ep = lambda *names: [f"127.0.0.1:{mocks[n].port}" for n in names]  # noqa: E731
@@ -56,10 +65,19 @@ def gw(tmp_path_factory):
                 {"name": "pc", "endpoints": ep("a", "b", "c"), "schema": "OpenAI", "prefix": "/v1",
                  "picker": {"algorithm": "prefix-cache", "prefix_block_size": 64, "imbalance_threshold": 4},
                  "forward_headers": forward},
+                {"name": "kv", "endpoints": ep("kv90", "kv10", "kv50"), "schema": "OpenAI", "prefix": "/v1",
+                 "picker": {"algorithm": "least-kv-cache", "metrics_scrape_interval_ms": 200}},
+                {"name": "ll", "endpoints": ep("fast", "late"), "schema": "OpenAI", "prefix": "/v1",
+                 "picker": {"algorithm": "least-latency"}},
+                {"name": "ej", "endpoints": ep("e1", "doomed", "e3"), "schema": "OpenAI", "prefix": "/v1",
+                 "picker": {"algorithm": "least-request"}},
             ],
             "rules": [
                 {"match": {"model": {"exact": "lr-model"}}, "backends": [{"name": "lr"}]},
                 {"match": {"model": {"exact": "pc-model"}}, "backends": [{"name": "pc"}]},
+                {"match": {"model": {"exact": "kv-model"}}, "backends": [{"name": "kv"}]},
+                {"match": {"model": {"exact": "ll-model"}}, "backends": [{"name": "ll"}]},
+                {"match": {"model": {"exact": "ej-model"}}, "backends": [{"name": "ej"}]},
             ],
         }
         cfg_path = d / "llmgw.yaml"
@@ -189,4 +207,53 @@ def test_a_client_sent_destination_is_never_honoured(gw):
     seen = {r["headers"].get("x-llmgw-destination") for n in ("a", "b", "c") for r in gw["mocks"][n].requests()}
     configured = {f"127.0.0.1:{gw['mocks'][n].port}" for n in ("a", "b", "c", "slow")}
     assert seen and seen <= configured | {None}, seen
+    wait_all_zero(gw)
+
+
+def ask(c, model: str, i: int = 0) -> str:
+    return served_by(c.chat.completions.create(model=model, messages=[{"role": "user", "content": f"q{i}"}]))
+
+
+def test_least_kv_cache_goes_to_the_emptiest_cache_and_skips_a_dead_endpoint(gw):
+    c = client(gw)
+    # The root context scrapes each endpoint's /metrics every 200 ms through the ORIGINAL_DST
+    # cluster; until the first answers arrive the picker is least-request.
+    deadline = time.monotonic() + 3
+    while ask(c, "kv-model") != "kv10":
+        assert time.monotonic() < deadline, "the scraped KV-cache usage never steered a pick"
+        time.sleep(0.1)
+    counts = Counter(ask(c, "kv-model", i) for i in range(10))
+    assert counts == {"kv10": 10}, counts
+    # The emptiest endpoint dies: its next scrape fails and marks it down (no request needed to
+    # find out), so every later request succeeds on the next emptiest.
+    gw["mocks"]["kv10"].stop()
+    time.sleep(0.6)
+    counts = Counter(ask(c, "kv-model", i) for i in range(10))
+    assert counts == {"kv50": 10}, counts
+    wait_all_zero(gw)
+
+
+def test_least_latency_learns_which_endpoint_answers_first(gw):
+    c = client(gw)
+    served = [ask(c, "ll-model", i) for i in range(12)]
+    # Each unmeasured endpoint is tried first; then the measured-faster one takes the rest.
+    assert "late" in served[:4], served
+    assert served[4:] == ["fast"] * 8, served
+    wait_all_zero(gw)
+
+
+def test_a_killed_endpoint_costs_at_most_one_failed_request(gw):
+    c = client(gw)
+    assert {ask(c, "ej-model", i) for i in range(24)} == {"e1", "doomed", "e3"}
+    gw["mocks"]["doomed"].stop()
+    outcomes = []
+    for i in range(20):
+        try:
+            outcomes.append(ask(c, "ej-model", i))
+        except openai.APIStatusError as e:
+            # Envoy's 503 for the refused connection: the filter marks the endpoint down.
+            assert e.status_code == 503, e
+            outcomes.append("failed")
+    # The first pick of the dead endpoint fails and marks it down; every other request is served.
+    assert outcomes.count("failed") <= 1 and set(outcomes) <= {"e1", "e3", "failed"}, outcomes
     wait_all_zero(gw)

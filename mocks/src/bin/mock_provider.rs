@@ -42,6 +42,7 @@
 //! (`--prefix-block-bytes` blocks) this server has not seen before; `--chunk-gap-ms` is the time
 //! per output token. `--kv-role prefill|decode`: vLLM prefill/decode disaggregation
 //! (`kv_transfer_params`, see `mock_provider/pd.rs`).
+//! per output token; `--gpu-cache-usage F` fixes the reported `vllm:gpu_cache_usage_perc`.
 
 #[path = "mock_provider/anthropic.rs"]
 mod anthropic;
@@ -133,6 +134,9 @@ struct Args {
     /// vLLM prefill/decode disaggregation role (`mock_provider/pd.rs`).
     #[arg(long, value_enum)]
     kv_role: Option<pd::KvRole>,
+    /// vLLM: the `vllm:gpu_cache_usage_perc` reported (0 to 1) instead of the simulated cache's.
+    #[arg(long)]
+    gpu_cache_usage: Option<f64>,
 }
 
 struct State {
@@ -530,7 +534,7 @@ fn record(state: &State, method: &Method, uri: &str, headers: &hyper::HeaderMap,
 async fn serve(state: Arc<State>, req: Request<Incoming>) -> Result<Response<RespBody>, Infallible> {
     let path = req.uri().path();
     if path == "/metrics" {
-        let mut r = Response::new(full(state.engine.metrics(&state.args.name)));
+        let mut r = Response::new(full(state.engine.metrics(&state.args.name, state.args.gpu_cache_usage)));
         r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"));
         return Ok(r);
     }

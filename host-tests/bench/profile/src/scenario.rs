@@ -39,6 +39,8 @@ pub enum Cache {
     Hit,
     /// `Cache-Control: no-cache`: the provider answers, and the answer is recorded and stored.
     Miss,
+    /// The OpenAI backend's endpoint picker (issue 14): this algorithm over [`PICKER_ENDPOINTS`].
+    pub picker: Option<&'static str>,
 }
 
 impl Scenario {
@@ -74,6 +76,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fallback: false,
         budgets: false,
         cache: Cache::Off,
+        picker: None,
     },
     Scenario {
         name: "openai-json-100k",
@@ -84,6 +87,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fallback: false,
         budgets: false,
         cache: Cache::Off,
+        picker: None,
     },
     Scenario {
         name: "openai-stream-1k",
@@ -94,6 +98,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fallback: false,
         budgets: false,
         cache: Cache::Off,
+        picker: None,
     },
     Scenario {
         name: "anthropic-json-1k",
@@ -104,6 +109,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fallback: false,
         budgets: false,
         cache: Cache::Off,
+        picker: None,
     },
     Scenario {
         name: "anthropic-json-100k",
@@ -114,6 +120,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fallback: false,
         budgets: false,
         cache: Cache::Off,
+        picker: None,
     },
     Scenario {
         name: "anthropic-stream-1k",
@@ -124,6 +131,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fallback: false,
         budgets: false,
         cache: Cache::Off,
+        picker: None,
     },
     Scenario {
         name: "fallback-openai-json-1k",
@@ -134,6 +142,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fallback: true,
         budgets: false,
         cache: Cache::Off,
+        picker: None,
     },
     Scenario {
         name: "fallback-openai-stream-1k",
@@ -144,6 +153,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fallback: true,
         budgets: false,
         cache: Cache::Off,
+        picker: None,
     },
     Scenario {
         name: "fallback-openai-json-100k",
@@ -154,6 +164,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fallback: true,
         budgets: false,
         cache: Cache::Off,
+        picker: None,
     },
     Scenario {
         name: "budget-openai-json-1k",
@@ -164,6 +175,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fallback: false,
         budgets: true,
         cache: Cache::Off,
+        picker: None,
     },
     Scenario {
         name: "cache-hit-openai-json-1k",
@@ -174,6 +186,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fallback: false,
         budgets: false,
         cache: Cache::Hit,
+        picker: None,
     },
     Scenario {
         name: "cache-miss-openai-json-1k",
@@ -184,6 +197,62 @@ pub const SCENARIOS: &[Scenario] = &[
         fallback: false,
         budgets: false,
         cache: Cache::Miss,
+        picker: None,
+    },
+    Scenario {
+        name: "picker-random-json-1k",
+        about: "openai-json-1k with the endpoint picker `random` over 4 endpoints",
+        provider: Provider::OpenAI,
+        stream: false,
+        body_bytes: KB,
+        fallback: false,
+        budgets: false,
+        cache: Cache::Off,
+        picker: Some("random"),
+    },
+    Scenario {
+        name: "picker-least-request-json-1k",
+        about: "openai-json-1k with the endpoint picker `least-request` over 4 endpoints",
+        provider: Provider::OpenAI,
+        stream: false,
+        body_bytes: KB,
+        fallback: false,
+        budgets: false,
+        cache: Cache::Off,
+        picker: Some("least-request"),
+    },
+    Scenario {
+        name: "picker-prefix-cache-json-1k",
+        about: "openai-json-1k with the endpoint picker `prefix-cache` over 4 endpoints",
+        provider: Provider::OpenAI,
+        stream: false,
+        body_bytes: KB,
+        fallback: false,
+        budgets: false,
+        cache: Cache::Off,
+        picker: Some("prefix-cache"),
+    },
+    Scenario {
+        name: "picker-least-latency-json-1k",
+        about: "openai-json-1k with the endpoint picker `least-latency` over 4 endpoints",
+        provider: Provider::OpenAI,
+        stream: false,
+        body_bytes: KB,
+        fallback: false,
+        budgets: false,
+        cache: Cache::Off,
+        picker: Some("least-latency"),
+    },
+    Scenario {
+        name: "picker-least-kv-cache-json-1k",
+        about: "openai-json-1k with the endpoint picker `least-kv-cache` over 4 endpoints",
+        provider: Provider::OpenAI,
+        stream: false,
+        body_bytes: KB,
+        fallback: false,
+        budgets: false,
+        cache: Cache::Off,
+        picker: Some("least-kv-cache"),
     },
 ];
 
@@ -227,6 +296,20 @@ const BUDGETS: &str = r#"{
     {"name": "bench-requests", "consumer": "*", "requests": 1000000000000, "per": "day"}
   ]
 }"#;
+/// The picker scenarios' endpoints (the OpenAI backend's).
+const PICKER_ENDPOINTS: &[&str] = &["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000", "10.0.0.4:8000"];
+/// What each endpoint's vLLM `/metrics` answers in the least-kv-cache scenario (scraped once a
+/// second by the root context, not per request: recorded outside the measured callbacks).
+const PICKER_METRICS: &[u8] = b"vllm:num_requests_running{model_name=\"m\"} 2.0\n\
+    vllm:num_requests_waiting{model_name=\"m\"} 0.0\nvllm:gpu_cache_usage_perc{model_name=\"m\"} 0.25\n";
+
+/// PLUGIN with `algorithm`'s picker on the OpenAI backend.
+fn plugin_with_picker(algorithm: &str) -> Result<String, String> {
+    let mut plugin: serde_json::Value = serde_json::from_str(PLUGIN).map_err(|e| format!("PLUGIN: {e}"))?;
+    plugin["backends"][0]["picker"] = serde_json::json!({"algorithm": algorithm, "endpoints": PICKER_ENDPOINTS});
+    Ok(plugin.to_string())
+}
+
 /// The consumer Envoy's api_key_auth names in the consumer header.
 const CONSUMER: &str = "team-bench";
 /// The counters the budget scenario's request charges (`llmgw.budget.<name>.<consumer>`).
@@ -306,6 +389,7 @@ impl Plugin {
         // As glue.rs on configure: counters of named consumers exist before any request.
         let mut host = MemHost::new(&plugin.metric_ids, &plugin.shared_data, false);
         llmgw_filter::budget::prepare(&mut host, &plugin.shared.config.budgets);
+        llmgw_filter::picker::prepare_all(&mut host, &plugin.shared.config.backends);
         Ok(plugin)
     }
 
@@ -386,6 +470,8 @@ impl Prepared {
             (Plugin::new(&plugin_with_budgets()?)?, None)
         } else if scenario.cache != Cache::Off {
             (Plugin::new(&plugin_with_cache()?)?, None)
+        } else if let Some(algorithm) = scenario.picker {
+            (Plugin::new(&plugin_with_picker(algorithm)?)?, None)
         } else {
             (Plugin::new(PLUGIN)?, None)
         };
@@ -455,6 +541,14 @@ impl Prepared {
         h.req_headers = self.client_headers.clone();
         h.req_body = self.body.clone();
         h.now = i * 1_000_000_000;
+        if self.scenario.picker == Some("least-kv-cache") {
+            // The root context's scrape: its own host, so its host calls are not the request's.
+            let mut root = MemHost::new(&plugin.metric_ids, &plugin.shared_data, false);
+            root.now = h.now;
+            for e in 0..PICKER_ENDPOINTS.len() {
+                llmgw_filter::picker::scraped(&mut root, "openai", e, 200, PICKER_METRICS);
+            }
+        }
         let mut ex = call(on, || Exchange::new(Some(plugin.shared.clone())));
         call(on, || ex.on_request_headers(&mut h, false));
         no_reply("downstream", &h)?;
@@ -611,6 +705,10 @@ impl Prepared {
             serde_json::from_slice(body).map_err(|e| format!("upstream request body is not JSON: {e}"))?;
         if self.scenario.provider == Provider::Anthropic && sent.get("system").is_none() {
             return Err("upstream request body is not an Anthropic Messages request (no `system`)".into());
+        }
+        if self.scenario.picker.is_some() && !get("x-llmgw-destination").is_some_and(|d| PICKER_ENDPOINTS.contains(&d))
+        {
+            return Err(format!("upstream request: x-llmgw-destination {:?}", get("x-llmgw-destination")));
         }
         if client.response_header_value(":status") != Some("200") {
             return Err(format!("client got status {:?}", client.response_header_value(":status")));

@@ -82,14 +82,15 @@ impl Engine {
     }
 
     /// `GET /metrics`: Prometheus text with vLLM's metric names.
-    pub fn metrics(&self, model: &str) -> String {
+    pub fn metrics(&self, model: &str, gpu_cache_usage: Option<f64>) -> String {
         let cached = self.cached.lock().map(|c| c.len()).unwrap_or(0);
+        let usage = gpu_cache_usage.unwrap_or(cached as f64 / MAX_CACHED_BLOCKS as f64);
         let label = format!("{{model_name=\"{}\"}}", model.replace(['"', '\\', '\n'], "_"));
         let mut out = String::new();
         for (name, kind, value) in [
             ("vllm:num_requests_running", "gauge", self.running.load(Ordering::SeqCst).to_string()),
             ("vllm:num_requests_waiting", "gauge", "0".to_string()),
-            ("vllm:gpu_cache_usage_perc", "gauge", format!("{:.4}", cached as f64 / MAX_CACHED_BLOCKS as f64)),
+            ("vllm:gpu_cache_usage_perc", "gauge", format!("{usage:.4}")),
             ("vllm:prefix_cache_queries_total", "counter", self.queries.load(Ordering::Relaxed).to_string()),
             ("vllm:prefix_cache_hits_total", "counter", self.hits.load(Ordering::Relaxed).to_string()),
             ("vllm:request_success_total", "counter", self.served.load(Ordering::Relaxed).to_string()),
