@@ -165,12 +165,25 @@ fn message_of(obj: &[u8], room: &mut usize) -> Option<Message> {
     if !take_entry(room) {
         return None;
     }
+    // One pass over the message's members (the first of each name, as `member` reads them).
+    let (mut role, mut content, mut calls) = (None, None, None);
+    each_member(obj, &mut |member| {
+        let slot = match member.key.as_ref() {
+            "role" => &mut role,
+            "content" => &mut content,
+            "tool_calls" => &mut calls,
+            _ => return,
+        };
+        if slot.is_none() {
+            *slot = obj.get(member.value);
+        }
+    });
     let mut m = Message::default();
-    push_str(&mut m.role, member(obj, "role"), room);
-    if let Some(content) = member(obj, "content") {
+    push_str(&mut m.role, role, room);
+    if let Some(content) = content {
         content_of(content, &mut m, room, 0);
     }
-    each(member(obj, "tool_calls"), &mut |call| m.tool_calls.extend(tool_call(call, room)));
+    each(calls, &mut |call| m.tool_calls.extend(tool_call(call, room)));
     Some(m)
 }
 

@@ -29,6 +29,11 @@ pub struct Scenario {
     pub budgets: bool,
     /// The response cache on the OpenAI rule (bench.py's CACHE_RULE), and what the request gets.
     pub cache: Cache,
+    /// The OpenAI backend's endpoint picker (issue 14): this algorithm over [`PICKER_ENDPOINTS`].
+    pub picker: Option<&'static str>,
+    /// Tracing on (issue 15): PLUGIN with TRACING, one span per request built and queued (the
+    /// export, on the root context's tick, is not the request's work).
+    pub tracing: bool,
 }
 
 /// A scenario's response cache.
@@ -39,8 +44,6 @@ pub enum Cache {
     Hit,
     /// `Cache-Control: no-cache`: the provider answers, and the answer is recorded and stored.
     Miss,
-    /// The OpenAI backend's endpoint picker (issue 14): this algorithm over [`PICKER_ENDPOINTS`].
-    pub picker: Option<&'static str>,
 }
 
 impl Scenario {
@@ -77,6 +80,7 @@ pub const SCENARIOS: &[Scenario] = &[
         budgets: false,
         cache: Cache::Off,
         picker: None,
+        tracing: false,
     },
     Scenario {
         name: "openai-json-100k",
@@ -88,6 +92,7 @@ pub const SCENARIOS: &[Scenario] = &[
         budgets: false,
         cache: Cache::Off,
         picker: None,
+        tracing: false,
     },
     Scenario {
         name: "openai-stream-1k",
@@ -99,6 +104,7 @@ pub const SCENARIOS: &[Scenario] = &[
         budgets: false,
         cache: Cache::Off,
         picker: None,
+        tracing: false,
     },
     Scenario {
         name: "anthropic-json-1k",
@@ -110,6 +116,7 @@ pub const SCENARIOS: &[Scenario] = &[
         budgets: false,
         cache: Cache::Off,
         picker: None,
+        tracing: false,
     },
     Scenario {
         name: "anthropic-json-100k",
@@ -121,6 +128,7 @@ pub const SCENARIOS: &[Scenario] = &[
         budgets: false,
         cache: Cache::Off,
         picker: None,
+        tracing: false,
     },
     Scenario {
         name: "anthropic-stream-1k",
@@ -132,6 +140,7 @@ pub const SCENARIOS: &[Scenario] = &[
         budgets: false,
         cache: Cache::Off,
         picker: None,
+        tracing: false,
     },
     Scenario {
         name: "fallback-openai-json-1k",
@@ -143,6 +152,7 @@ pub const SCENARIOS: &[Scenario] = &[
         budgets: false,
         cache: Cache::Off,
         picker: None,
+        tracing: false,
     },
     Scenario {
         name: "fallback-openai-stream-1k",
@@ -154,6 +164,7 @@ pub const SCENARIOS: &[Scenario] = &[
         budgets: false,
         cache: Cache::Off,
         picker: None,
+        tracing: false,
     },
     Scenario {
         name: "fallback-openai-json-100k",
@@ -165,6 +176,7 @@ pub const SCENARIOS: &[Scenario] = &[
         budgets: false,
         cache: Cache::Off,
         picker: None,
+        tracing: false,
     },
     Scenario {
         name: "budget-openai-json-1k",
@@ -176,6 +188,7 @@ pub const SCENARIOS: &[Scenario] = &[
         budgets: true,
         cache: Cache::Off,
         picker: None,
+        tracing: false,
     },
     Scenario {
         name: "cache-hit-openai-json-1k",
@@ -187,6 +200,7 @@ pub const SCENARIOS: &[Scenario] = &[
         budgets: false,
         cache: Cache::Hit,
         picker: None,
+        tracing: false,
     },
     Scenario {
         name: "cache-miss-openai-json-1k",
@@ -198,6 +212,7 @@ pub const SCENARIOS: &[Scenario] = &[
         budgets: false,
         cache: Cache::Miss,
         picker: None,
+        tracing: false,
     },
     Scenario {
         name: "picker-random-json-1k",
@@ -209,6 +224,7 @@ pub const SCENARIOS: &[Scenario] = &[
         budgets: false,
         cache: Cache::Off,
         picker: Some("random"),
+        tracing: false,
     },
     Scenario {
         name: "picker-least-request-json-1k",
@@ -220,6 +236,7 @@ pub const SCENARIOS: &[Scenario] = &[
         budgets: false,
         cache: Cache::Off,
         picker: Some("least-request"),
+        tracing: false,
     },
     Scenario {
         name: "picker-prefix-cache-json-1k",
@@ -231,6 +248,7 @@ pub const SCENARIOS: &[Scenario] = &[
         budgets: false,
         cache: Cache::Off,
         picker: Some("prefix-cache"),
+        tracing: false,
     },
     Scenario {
         name: "picker-least-latency-json-1k",
@@ -242,6 +260,7 @@ pub const SCENARIOS: &[Scenario] = &[
         budgets: false,
         cache: Cache::Off,
         picker: Some("least-latency"),
+        tracing: false,
     },
     Scenario {
         name: "picker-least-kv-cache-json-1k",
@@ -253,6 +272,31 @@ pub const SCENARIOS: &[Scenario] = &[
         budgets: false,
         cache: Cache::Off,
         picker: Some("least-kv-cache"),
+        tracing: false,
+    },
+    Scenario {
+        name: "traced-openai-json-1k",
+        about: "openai-json-1k with OTLP tracing (OpenInference attributes, protobuf), the span queued",
+        provider: Provider::OpenAI,
+        stream: false,
+        body_bytes: KB,
+        fallback: false,
+        budgets: false,
+        cache: Cache::Off,
+        picker: None,
+        tracing: true,
+    },
+    Scenario {
+        name: "traced-anthropic-stream-1k",
+        about: "anthropic-stream-1k with OTLP tracing: the translated stream's output assembled into the span",
+        provider: Provider::Anthropic,
+        stream: true,
+        body_bytes: KB,
+        fallback: false,
+        budgets: false,
+        cache: Cache::Off,
+        picker: None,
+        tracing: true,
     },
 ];
 
@@ -307,6 +351,17 @@ const PICKER_METRICS: &[u8] = b"vllm:num_requests_running{model_name=\"m\"} 2.0\
 fn plugin_with_picker(algorithm: &str) -> Result<String, String> {
     let mut plugin: serde_json::Value = serde_json::from_str(PLUGIN).map_err(|e| format!("PLUGIN: {e}"))?;
     plugin["backends"][0]["picker"] = serde_json::json!({"algorithm": algorithm, "endpoints": PICKER_ENDPOINTS});
+    Ok(plugin.to_string())
+}
+
+/// Added to PLUGIN in the traced scenarios: what `llmgw run` renders for
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (OTLP/HTTP protobuf to the collector's cluster).
+const TRACING: &str = r#"{"cluster": "llmgw-otel-collector", "path": "/v1/traces", "service_name": "llmgw"}"#;
+
+/// PLUGIN with TRACING.
+fn plugin_with_tracing() -> Result<String, String> {
+    let mut plugin: serde_json::Value = serde_json::from_str(PLUGIN).map_err(|e| format!("PLUGIN: {e}"))?;
+    plugin["tracing"] = serde_json::from_str(TRACING).map_err(|e| format!("TRACING: {e}"))?;
     Ok(plugin.to_string())
 }
 
@@ -472,6 +527,8 @@ impl Prepared {
             (Plugin::new(&plugin_with_cache()?)?, None)
         } else if let Some(algorithm) = scenario.picker {
             (Plugin::new(&plugin_with_picker(algorithm)?)?, None)
+        } else if scenario.tracing {
+            (Plugin::new(&plugin_with_tracing()?)?, None)
         } else {
             (Plugin::new(PLUGIN)?, None)
         };
@@ -583,6 +640,13 @@ impl Prepared {
         no_reply("downstream", &h)?;
         if let Some((headers, body)) = upstream_request {
             self.verify(&headers, &body, &h, &h, &client_body)?;
+        }
+        if let Some(tracing) = plugin.shared.tracing.as_ref().filter(|_| self.scenario.tracing) {
+            // The root context's tick: the queued span leaves (its host calls are not the request's).
+            let batch = tracing.exporter.borrow_mut().next_batch(&tracing.settings);
+            if check && batch.is_none_or(|(body, count)| count != 1 || body.is_empty()) {
+                return Err("tracing: the request queued no span".into());
+            }
         }
         if let (true, Some((tokens, requests))) = (self.scenario.budgets, counters_before) {
             // Reserved, then settled to the mock's usage (250 + 8 tokens); one request.
