@@ -322,9 +322,16 @@ fn routes(g: &Gateway, fallbacks: &[fallback::Rule]) -> Vec<Value> {
             }
             let mut headers = vec![json!({"name": BACKEND_HEADER, "string_match": {"exact": u.name}})];
             if u.filter_picks() {
-                // Without the filter's pick, ORIGINAL_DST would connect to the listener's own
-                // address: such a request falls through to the 404 instead.
+                // Only the filter's pick is served (without it the cluster's fallback policy would
+                // choose): such a request falls through to the 404 instead.
                 headers.push(json!({"name": DESTINATION_HEADER, "present_match": true}));
+                // An endpoint that refuses the connection: the same request goes to the next
+                // endpoint the filter listed in its header (override-host policy).
+                let retries = picker_endpoints(g, &u.name).saturating_sub(1).min(PICKED_RETRIES);
+                if retries > 0 {
+                    route["retry_policy"] =
+                        json!({"retry_on": "connect-failure,reset-before-request,refused-stream", "num_retries": retries});
+                }
             }
             json!({
                 "name": u.name,
@@ -549,16 +556,40 @@ pub fn dispatch_clusters_for_pods(g: &Gateway) -> Vec<Value> {
     g.collector.iter().map(|c| cluster(c, &o, buffer)).collect()
 }
 
+/// Retries of a request whose picked endpoint refused it, at most (each to the next one listed:
+/// the filter lists up to this many more, so the fallback policy never chooses).
+const PICKED_RETRIES: usize = llmgw_filter::picker::MAX_DESTINATIONS - 1;
+
+/// How many endpoints a backend's picker chooses among (for `pd`, the decoders).
+fn picker_endpoints(g: &Gateway, backend: &str) -> usize {
+    let backends = g.plugin.get("backends").and_then(Value::as_array);
+    let backend = backends.into_iter().flatten().find(|b| b["name"] == backend);
+    backend.and_then(|b| b["picker"]["endpoints"].as_array()).map_or(0, Vec::len)
+}
+
 /// The filter's picker chose the endpoint (one of the backend's, by address) and wrote it in the
-/// destination header: Envoy connects there, as the Gateway API Inference Extension does.
+/// destination header, followed by the ones to retry on: Envoy's override-host policy connects
+/// there, as the Gateway API Inference Extension does. The hosts must be in the cluster, so it
+/// lists every endpoint; least-request chooses only when no listed host is left.
 fn picked_cluster(u: &Upstream, o: &Options, buffer: u64) -> Value {
+    let endpoints: Vec<Value> =
+        u.endpoints.iter().map(|e| json!({"endpoint": {"address": socket(&e.host, e.port)}})).collect();
+    let policy = |name: &str, config: Value| json!({"policies": [{"typed_extension_config": {"name": name, "typed_config": config}}]});
+    let least_request = policy(
+        "envoy.load_balancing_policies.least_request",
+        json!({"@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest"}),
+    );
     let mut c = json!({
         "name": u.name,
-        "type": "ORIGINAL_DST",
-        "lb_policy": "CLUSTER_PROVIDED",
+        "type": "STATIC",
         "connect_timeout": CONNECT_TIMEOUT,
         "per_connection_buffer_limit_bytes": buffer,
-        "original_dst_lb_config": {"use_http_header": true, "http_header_name": DESTINATION_HEADER},
+        "load_assignment": {"cluster_name": u.name, "endpoints": [{"lb_endpoints": endpoints}]},
+        "load_balancing_policy": policy("envoy.load_balancing_policies.override_host", json!({
+            "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost",
+            "override_host_sources": [{"header": DESTINATION_HEADER}],
+            "fallback_policy": least_request,
+        })),
     });
     if let Some(tls) = &u.tls {
         c["transport_socket"] = transport_socket(tls, o);
@@ -787,7 +818,7 @@ rules:
     }
 
     #[test]
-    fn a_picker_backend_is_an_original_dst_cluster_reached_only_with_the_filters_pick() {
+    fn a_picker_backend_is_reached_only_with_the_filters_pick_and_retried_on_the_next_one_listed() {
         let text = "backends:\n- {name: v, endpoints: ['10.0.0.5:8000', '10.0.0.6:8000'], schema: OpenAI,\n   picker: {algorithm: least-request}}\n";
         let g = crate::formats::load_text("t.yaml", text, &MapEnv::default(), None).unwrap();
         crate::validate::validate(&g, &crate::model::AnyEnv).unwrap();
@@ -798,12 +829,21 @@ rules:
         let o = test_options("/x.wasm");
         let b = render(&g, &o);
         let c = named(&b["static_resources"]["clusters"], "v");
-        assert_eq!((c["type"].as_str(), c["lb_policy"].as_str()), (Some("ORIGINAL_DST"), Some("CLUSTER_PROVIDED")));
+        assert_eq!(c["type"], "STATIC");
+        let hosts: Vec<&Value> = c["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["endpoint"]["address"]["socket_address"]["port_value"])
+            .collect();
+        assert_eq!(hosts.len(), 2, "override-host only selects hosts of the cluster");
+        let lb = &c["load_balancing_policy"]["policies"][0]["typed_extension_config"];
+        assert_eq!(lb["name"], "envoy.load_balancing_policies.override_host");
+        assert_eq!(lb["typed_config"]["override_host_sources"], serde_json::json!([{"header": "x-llmgw-destination"}]));
         assert_eq!(
-            c["original_dst_lb_config"],
-            serde_json::json!({"use_http_header": true, "http_header_name": "x-llmgw-destination"})
+            lb["typed_config"]["fallback_policy"]["policies"][0]["typed_extension_config"]["name"],
+            "envoy.load_balancing_policies.least_request"
         );
-        assert!(c.get("load_assignment").is_none());
         let routes = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
             ["route_config"]["virtual_hosts"][0]["routes"];
         let route = named(routes, "v");
@@ -811,7 +851,24 @@ rules:
             route["match"]["headers"][1],
             serde_json::json!({"name": "x-llmgw-destination", "present_match": true})
         );
-        // Names cannot be picked: ORIGINAL_DST connects to addresses.
+        assert_eq!(
+            route["route"]["retry_policy"],
+            serde_json::json!({"retry_on": "connect-failure,reset-before-request,refused-stream", "num_retries": 1})
+        );
+        // pd: the prefill endpoints are in the cluster too (the filter's prefill calls name them);
+        // one decoder: nothing to retry on.
+        let text = "backends:\n- {name: v, endpoints: ['10.0.0.5:8000'], schema: OpenAI,\n   picker: {algorithm: pd, prefill_endpoints: ['10.0.0.7:8000']}}\n";
+        let g = crate::formats::load_text("t.yaml", text, &MapEnv::default(), None).unwrap();
+        let b = render(&g, &o);
+        let c = named(&b["static_resources"]["clusters"], "v");
+        assert_eq!(
+            c["load_assignment"]["endpoints"][0]["lb_endpoints"][1]["endpoint"]["address"]["socket_address"]["address"],
+            "10.0.0.7"
+        );
+        let routes = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["route_config"]["virtual_hosts"][0]["routes"];
+        assert!(named(routes, "v")["route"].get("retry_policy").is_none());
+        // Names cannot be picked: the filter names endpoints by address.
         let text =
             "backends:\n- {name: v, endpoints: ['vllm.local:8000'], schema: OpenAI, picker: {algorithm: random}}\n";
         let e = crate::formats::load_text("t.yaml", text, &MapEnv::default(), None).unwrap_err().to_string();

@@ -104,11 +104,11 @@ pub struct Upstream {
     pub host_rewrite: Option<String>,
     pub timeout: Option<Duration>,
     /// Envoy `lb_policy` across several endpoints; `None` = round robin; [`FILTER_PICKS`]: the
-    /// filter's picker chooses the endpoint (an ORIGINAL_DST cluster).
+    /// filter's picker chooses the endpoint (an override-host policy).
     pub lb_policy: Option<String>,
 }
 
-/// The `lb_policy` of an ORIGINAL_DST cluster: the endpoint is the one the filter's picker wrote in
+/// The `lb_policy` of a picked cluster: the endpoint is the one the filter's picker wrote in
 /// its destination header.
 pub const FILTER_PICKS: &str = "CLUSTER_PROVIDED";
 

@@ -822,7 +822,7 @@ pub struct Backend {
     pub body_mutation: Option<BodyMutation>,
     /// Request headers that carry this request's own upstream credential.
     pub credential_override: Option<CredentialOverride>,
-    /// The filter picks one of these endpoints per request (the cluster is ORIGINAL_DST).
+    /// The filter picks one of these endpoints per request (Envoy's override-host policy connects to it).
     pub picker: Option<crate::picker::Picker>,
     /// The schema, with the settings only it reads.
     pub api: BackendApi,
@@ -1490,7 +1490,7 @@ fn check_picker_endpoints(list: &[String], field: &str) -> Result<(), ConfigErro
         return Err(ConfigError::new(field, format!("list 1 to {MAX_PICKER_ENDPOINTS} ip:port endpoints")));
     }
     for (i, e) in list.iter().enumerate() {
-        // Envoy's ORIGINAL_DST cluster connects to an IP address; it resolves no names.
+        // Envoy's override-host policy matches hosts by IP address; it resolves no names.
         if !is_ip_port(e) || list.get(..i).is_some_and(|seen| seen.contains(e)) {
             return Err(ConfigError::new(
                 format!("{field}[{i}]"),

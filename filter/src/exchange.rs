@@ -517,13 +517,17 @@ impl Exchange {
 
     pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
         if let Some(picked) = &self.picked {
-            // Envoy's own 503 when the connection failed or was reset before any answer:
-            // ORIGINAL_DST has no health checks, so the picker learns the endpoint is gone from
-            // this, before the client sees the answer (its next request already avoids it).
-            if host.response_header(":status").as_deref() == Some("503")
-                && host
-                    .property(CODE_DETAILS_PROPERTY)
-                    .is_some_and(|d| d.starts_with(b"upstream_reset_before_response_started"))
+            // Envoy's own 503 when the connection failed or was reset before any answer, or an
+            // answer from another endpoint (Envoy retried on the next one listed): without health
+            // checks, the picker learns the endpoint is gone from this, before the client sees the
+            // answer (its next request already avoids it). The request stays counted in flight
+            // on the picked endpoint until it ends.
+            let served_by = host.property(UPSTREAM_ADDRESS_PROPERTY);
+            if served_by.is_some_and(|a| a != picked.address.as_bytes())
+                || host.response_header(":status").as_deref() == Some("503")
+                    && host
+                        .property(CODE_DETAILS_PROPERTY)
+                        .is_some_and(|d| d.starts_with(b"upstream_reset_before_response_started"))
             {
                 picker::unreachable(host, picked);
             }
@@ -889,7 +893,7 @@ impl Exchange {
         let seed = self.started_at ^ (input.body.len() as u64).rotate_left(32);
         self.picked = picker::pick(host, &backend.name, picker, input.body, seed);
         if let Some(picked) = &self.picked {
-            host.set_request_header(picker::DESTINATION_HEADER, &picked.address);
+            host.set_request_header(picker::DESTINATION_HEADER, &picked.destinations);
         }
     }
 
@@ -1193,6 +1197,8 @@ const ATTEMPT_PROPERTY: &[&str] = &["upstream", "request_attempt_count"];
 /// Why the response is what it is: `via_upstream` for a provider's (an attempt's) answer, else
 /// Envoy's own (no healthy upstream, timeouts, overflow).
 const CODE_DETAILS_PROPERTY: &[&str] = &["response", "code_details"];
+/// The `ip:port` of the upstream host that answered (after Envoy's retries).
+const UPSTREAM_ADDRESS_PROPERTY: &[&str] = &["upstream", "address"];
 const VIA_UPSTREAM: &[u8] = b"via_upstream";
 /// Envoy's rate limit filter refused the request (its service said OVER_LIMIT).
 const RATE_LIMITED: &[u8] = b"request_rate_limited";
@@ -2210,15 +2216,19 @@ role: upstream
         // The client's destination is never honoured: removed, then the picked endpoint is set.
         let mut first = Exchange::new(Some(shared.clone()));
         assert_eq!(send(&mut first, &mut host, br#"{"model":"llama","messages":[]}"#), Flow::Continue);
-        let chosen = host.header("x-llmgw-destination").unwrap();
+        // The pick first, then the endpoint Envoy retries on if the pick refuses the connection.
+        let listed = host.header("x-llmgw-destination").unwrap();
+        let (chosen, retry) = listed.split_once(',').map(|(a, b)| (a.to_string(), b.to_string())).unwrap();
         assert!(chosen == "127.0.0.1:8001" || chosen == "127.0.0.1:8002", "{chosen}");
+        assert!(retry != chosen && (retry == "127.0.0.1:8001" || retry == "127.0.0.1:8002"), "{listed}");
         assert_eq!(in_flight(&host, &chosen), 1);
         // The next request goes to the idle endpoint.
         let mut second = Exchange::new(Some(shared.clone()));
         host.request_headers.retain(|(n, _)| n != "x-llmgw-destination");
         send(&mut second, &mut host, br#"{"model":"llama","messages":[]}"#);
         let other = host.header("x-llmgw-destination").unwrap();
-        assert_ne!(other, chosen);
+        assert_eq!(other, format!("{retry},{chosen}"));
+        let other = retry;
         // A stream torn down (on_done before, or without, on_log) and a normal end: one release each.
         second.on_done(&mut host);
         second.on_log(&mut host);
@@ -2328,14 +2338,37 @@ role: upstream
         host.now = 1;
         send(&mut refused, &mut host, body);
         let first_dead = host.header("x-llmgw-destination").unwrap();
+        let first_dead = first_dead.split(',').next().unwrap().to_string();
         answer(&mut refused, &mut host, &[(":status", "503")], b"upstream connect error");
-        for i in 0..16 {
+        let listed_after = |host: &mut FakeHost, now: u64| {
             let mut next = Exchange::new(Some(shared.clone()));
             host.request_headers.retain(|(n, _)| n != "x-llmgw-destination");
-            host.now = 2 + i;
-            send(&mut next, &mut host, body);
-            assert_ne!(host.header("x-llmgw-destination").unwrap(), first_dead);
-            next.on_log(&mut host);
+            host.now = now;
+            send(&mut next, host, body);
+            let listed = host.header("x-llmgw-destination").unwrap();
+            next.on_log(host);
+            listed
+        };
+        let alive = if first_dead == "127.0.0.1:8001" { "127.0.0.1:8002" } else { "127.0.0.1:8001" };
+        for i in 0..16 {
+            assert_eq!(listed_after(&mut host, 2 + i), format!("{alive},{first_dead}"), "retried on last");
+        }
+        // Served by the endpoint retried on: the picked one refused, so it is skipped too.
+        host.properties.clear();
+        let later = 2 * crate::picker::DOWN_COOLDOWN_MS * 1_000_000;
+        let mut retried = Exchange::new(Some(shared.clone()));
+        host.request_headers.retain(|(n, _)| n != "x-llmgw-destination");
+        host.now = later;
+        send(&mut retried, &mut host, body);
+        let listed = host.header("x-llmgw-destination").unwrap();
+        let (picked, served) = listed.split_once(',').unwrap();
+        let (picked, served) = (picked.to_string(), served.to_string());
+        host.properties.push(("upstream.address".into(), served.clone().into_bytes()));
+        answer(&mut retried, &mut host, &[(":status", "200")], b"{}");
+        retried.on_log(&mut host);
+        host.properties.clear();
+        for i in 1..16 {
+            assert_eq!(listed_after(&mut host, later + i), format!("{served},{picked}"), "{picked} skipped");
         }
     }
 

@@ -114,7 +114,7 @@ impl Root {
     }
 
     /// Scrapes the vLLM `/metrics` of least-kv-cache pickers' endpoints, through the backend's
-    /// ORIGINAL_DST cluster (the destination header says which endpoint).
+    /// cluster (the destination header says which endpoint).
     fn scrape_endpoints(&mut self) {
         let Some(shared) = self.shared.clone() else { return };
         let backends = &shared.config.backends;

@@ -1,6 +1,7 @@
 //! Endpoint picking for self-hosted model fleets (vLLM and the like): the filter chooses which of a
-//! backend's endpoints serves a request, and Envoy's ORIGINAL_DST cluster connects to the address
-//! the filter writes in [`DESTINATION_HEADER`].
+//! backend's endpoints serves a request and writes it in [`DESTINATION_HEADER`], followed by the
+//! endpoints to retry on; Envoy's override-host load-balancing policy connects to the first, and a
+//! retry (the connection failed) to the next.
 //!
 //! Decisions are pure functions of a [`Snapshot`] of the state every worker shares (proxy-wasm
 //! shared data, one store per Envoy process):
@@ -10,7 +11,7 @@
 //!   blocks → the endpoint that last served them, least recently used entries evicted first;
 //! - a time-to-first-token EWMA per endpoint (`llmgw.picker.<backend>.ttft.<endpoint>`);
 //! - endpoints marked down until a time (`llmgw.picker.<backend>.down`, one record per endpoint),
-//!   by a failed connection or scrape: ORIGINAL_DST has no health checks, so picks skip them;
+//!   by a failed connection or scrape: the cluster has no health checks, so picks skip them;
 //! - vLLM's load per endpoint (`llmgw.picker.<backend>.load`), scraped from its `/metrics` by the
 //!   root context's tick (least-kv-cache).
 //!
@@ -19,8 +20,10 @@
 
 use crate::host::Host;
 
-/// The request header Envoy's ORIGINAL_DST cluster (`use_http_header`) connects to.
+/// The request header Envoy's override-host policy reads: `ip:port` hosts, comma-separated.
 pub const DESTINATION_HEADER: &str = "x-llmgw-destination";
+/// Most hosts in [`DESTINATION_HEADER`]: the pick and the endpoints to retry on.
+pub const MAX_DESTINATIONS: usize = 4;
 /// Gauge of in-flight requests per endpoint, mirroring the shared counters (admin `/stats`).
 pub const IN_FLIGHT_GAUGE: &str = "llmgw.picker_in_flight";
 /// CAS attempts per shared value; past them the update is skipped (see the callers).
@@ -77,7 +80,7 @@ impl Algorithm {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Picker {
     pub algorithm: Algorithm,
-    /// `host:port` of each endpoint, as the ORIGINAL_DST cluster takes it (`pd`: the decoders).
+    /// `host:port` of each endpoint, as the override-host policy takes it (`pd`: the decoders).
     pub endpoints: Vec<String>,
     /// `pd` only: the prefill endpoints.
     pub prefill: Vec<String>,
@@ -120,6 +123,29 @@ pub struct Decision {
     pub endpoint: usize,
     /// Leading prompt blocks the endpoint already served (prefix-cache).
     pub matched_blocks: usize,
+}
+
+/// The [`DESTINATION_HEADER`] value (pure): the chosen endpoint, then the others, least in flight
+/// first (ties in configured order), those marked down last: where Envoy retries a refused
+/// connection, in order (listed, a down endpoint beats the cluster's fallback policy).
+pub fn destinations(picker: &Picker, snap: &Snapshot, chosen: usize) -> String {
+    let rank = |i: usize| (snap.down.get(i).copied().unwrap_or(false), snap.in_flight.get(i).copied().unwrap_or(0));
+    // Selection, not a sort: a handful of endpoints, and no sort code in the module.
+    let mut listed = vec![chosen];
+    while listed.len() < MAX_DESTINATIONS {
+        match (0..picker.endpoints.len()).filter(|i| !listed.contains(i)).min_by_key(|&i| rank(i)) {
+            Some(next) => listed.push(next),
+            None => break,
+        }
+    }
+    let mut value = String::new();
+    for address in listed.iter().filter_map(|&i| picker.endpoints.get(i)) {
+        if !value.is_empty() {
+            value.push(',');
+        }
+        value.push_str(address);
+    }
+    value
 }
 
 /// splitmix64: a good spread from a weak seed.
@@ -421,6 +447,8 @@ pub struct Picked {
     /// Shared-data key prefix of the backend (`llmgw.picker.<backend>`).
     base: String,
     pub address: String,
+    /// The [`DESTINATION_HEADER`] value: `address`, then the endpoints to retry on.
+    pub destinations: String,
     /// The endpoint's place in the picker's list (its record in `<base>.down`).
     index: usize,
     /// The in-flight counter was incremented (so it is decremented once).
@@ -564,6 +592,7 @@ pub fn pick(host: &mut dyn Host, backend: &str, picker: &Picker, body: &[u8], se
     };
     let decision = decide(picker, &snapshot, &blocks);
     let address = picker.endpoints.get(decision.endpoint)?.clone();
+    let destinations = destinations(picker, &snapshot, decision.endpoint);
     if !blocks.is_empty() {
         // A lost race leaves the table one request behind: it is a hint, not a count.
         let mut table = snapshot.prefixes;
@@ -588,11 +617,11 @@ pub fn pick(host: &mut dyn Host, backend: &str, picker: &Picker, body: &[u8], se
         picker.algorithm,
         decision.matched_blocks
     );
-    Some(Picked { base, address, index: decision.endpoint, counted, gauge })
+    Some(Picked { base, address, destinations, index: decision.endpoint, counted, gauge })
 }
 
 /// Envoy could not reach the picked endpoint (its connection failed or was reset before any
-/// answer): picks skip it for a while.
+/// answer, or the answer came from an endpoint retried on): picks skip it for a while.
 pub fn unreachable(host: &mut dyn Host, picked: &Picked) {
     let now_ms = host.now_nanos() / 1_000_000;
     mark_down(host, &picked.base, picked.index, true, now_ms);
@@ -943,6 +972,20 @@ vllm:num_requests_running 1
         scraped(&mut host, "v", 0, 200, b"vllm:gpu_cache_usage_perc 0.1\n");
         scraped(&mut host, "v", 1, 200, b"vllm:gpu_cache_usage_perc 0.3\n");
         assert_eq!(pick_one(&mut host), "10.0.0.1:8000", "back up: answered");
+    }
+
+    #[test]
+    fn the_destination_lists_the_pick_then_the_live_endpoints_least_loaded_first_at_most_four() {
+        let p = picker(Algorithm::LeastRequest, 6);
+        let order = |s: &Snapshot, chosen: usize| -> Vec<Option<usize>> {
+            let listed = destinations(&p, s, chosen);
+            listed.split(',').map(|h| p.endpoints.iter().position(|e| e == h)).collect()
+        };
+        let s = Snapshot { down: vec![false, false, true, false, false, false], ..snap(&[5, 3, 0, 1, 1, 9]) };
+        assert_eq!(order(&s, 1), [Some(1), Some(3), Some(4), Some(0)]);
+        let s = Snapshot { down: vec![false, false, true, true, true, false], ..snap(&[5, 3, 0, 1, 1, 9]) };
+        assert_eq!(order(&s, 1), [Some(1), Some(0), Some(5), Some(2)], "the down ones last");
+        assert_eq!(destinations(&picker(Algorithm::Random, 1), &snap(&[0]), 0), "10.0.0.0:8000");
     }
 
     #[test]

@@ -94,7 +94,7 @@ fn convert_doc(name: &str, doc: &Value, env: &dyn Env) -> NResult<Gateway> {
             }
             (None, _) => return Err(m.err(format!("model {model:?} needs `endpoints: [\"host:port\", ...]`"))),
         };
-        let eps = list;
+        let mut eps = list;
         let mut backend = cluster_safe(model);
         let mut n = 2;
         while g.upstreams.iter().any(|u| u.name == backend) {
@@ -111,9 +111,16 @@ fn convert_doc(name: &str, doc: &Value, env: &dyn Env) -> NResult<Gateway> {
             // Prefill/decode needs the filter's picker: it sends the prefill itself.
             let at = m.req("rolesets")?;
             let decode = picker_endpoints(&eps).map_err(|e| at.err(e))?;
-            let prefill = picker_endpoints(&prefill).map_err(|e| at.err(e))?;
-            plugin_backend["picker"] = json!({"algorithm": "pd", "endpoints": decode, "prefill_endpoints": prefill});
+            let prefill_addresses = picker_endpoints(&prefill).map_err(|e| at.err(e))?;
+            plugin_backend["picker"] =
+                json!({"algorithm": "pd", "endpoints": decode, "prefill_endpoints": prefill_addresses});
             lb = Some(FILTER_PICKS);
+            // The cluster holds every endpoint the filter may name, the prefill ones too.
+            for p in prefill {
+                if !eps.contains(&p) {
+                    eps.push(p);
+                }
+            }
         } else if picked == Some("pd") {
             g.warnings.push(format!(
                 "{name}: model {model:?} has no `rolesets` for prefill/decode routing; its endpoints are balanced \
@@ -206,6 +213,8 @@ mod tests {
                 "prefill_endpoints": ["127.0.0.1:8100", "127.0.0.1:8101"]})
         );
         assert!(g.upstreams[0].filter_picks());
+        let cluster: Vec<u16> = g.upstreams[0].endpoints.iter().map(|e| e.port).collect();
+        assert_eq!(cluster, [8200, 8201, 8100, 8101], "the cluster holds the prefill endpoints too");
         // Another algorithm: the plain endpoints, said in a warning.
         let env = MapEnv::from([("ROUTING_ALGORITHM", "least-request")]);
         let g = crate::formats::load_text("e.yaml", PD, &env, None).unwrap();

@@ -138,7 +138,7 @@ fn backend(b: &At<'_>) -> NResult<(Map<String, Json>, Upstream)> {
 }
 
 /// `picker: {algorithm, ...}` on a backend with `endpoints`: the filter picks among them, so the
-/// plugin's picker lists them and the cluster connects where the filter says (ORIGINAL_DST).
+/// plugin's picker lists them and the cluster connects where the filter says (override-host).
 fn picker(p: &At<'_>, plugin: &mut Map<String, Json>, upstream: &mut Upstream) -> NResult<()> {
     if p.get("endpoints").is_some() {
         return Err(p.err("the picker chooses among the backend's `endpoints`; list them there, once"));
@@ -147,11 +147,20 @@ fn picker(p: &At<'_>, plugin: &mut Map<String, Json>, upstream: &mut Upstream) -
     if let Some(Json::Object(picker)) = plugin.get_mut("picker") {
         picker.insert("endpoints".into(), Json::Array(addresses.into_iter().map(Json::String).collect()));
     }
+    // `pd`'s prefill endpoints: the cluster holds every endpoint the filter may name.
+    if let Some(prefill) = p.get("prefill_endpoints") {
+        for e in endpoints(&prefill)? {
+            if !upstream.endpoints.contains(&e) {
+                upstream.endpoints.push(e);
+            }
+        }
+    }
     upstream.lb_policy = Some(crate::model::FILTER_PICKS.to_string());
     Ok(())
 }
 
-/// The endpoints as the filter's picker takes them: `ip:port` (ORIGINAL_DST resolves no names).
+/// The endpoints as the filter's picker takes them: `ip:port` (Envoy's override-host policy
+/// matches hosts by address).
 pub fn picker_endpoints(endpoints: &[Endpoint]) -> Result<Vec<String>, String> {
     endpoints
         .iter()
