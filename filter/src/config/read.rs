@@ -25,7 +25,7 @@ pub struct Json<'a> {
 /// The configuration text as a value, once serde_json has found it to be one JSON text (so the
 /// scanners below only ever see valid JSON).
 pub fn document(doc: &[u8]) -> Result<Json<'_>, ConfigError> {
-    crate::json::from_bytes::<&serde_json::value::RawValue>(doc).map_err(|e| ConfigError::new("", e.to_string()))?;
+    crate::json::from_bytes::<&serde_json::value::RawValue>(doc).map_err(|e| ConfigError::new("", &e.to_string()))?;
     Ok(Json { doc, text: doc })
 }
 
@@ -67,7 +67,7 @@ impl<'a> Json<'a> {
         let before = self.doc.get(..at).unwrap_or(self.doc);
         let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
-        ConfigError::new(path, format!("{message} at line {line} column {}", at - line_start))
+        ConfigError::new_fmt(path, format_args!("{message} at line {line} column {}", at - line_start))
     }
 
     /// serde's "invalid type: string \"x\", expected u32" for this value.
@@ -186,7 +186,7 @@ impl<'a> Json<'a> {
     pub fn raw(&self) -> Result<Box<serde_json::value::RawValue>, ConfigError> {
         crate::json::from_bytes::<&serde_json::value::RawValue>(self.text)
             .map(ToOwned::to_owned)
-            .map_err(|e| ConfigError::new("", e.to_string()))
+            .map_err(|e| ConfigError::new("", &e.to_string()))
     }
 }
 
