@@ -30,30 +30,30 @@ pub struct ConfigError {
 impl ConfigError {
     #[cold]
     #[inline(never)]
-    fn new(field: &str, reason: &str) -> Self {
+    fn new(field: &str, reason: &str) -> Box<Self> {
         Self::build(field, "", reason.to_string())
     }
 
     #[cold]
     #[inline(never)]
-    fn new_fmt(field: &str, reason: fmt::Arguments<'_>) -> Self {
+    fn new_fmt(field: &str, reason: fmt::Arguments<'_>) -> Box<Self> {
         Self::build(field, "", fmt::format(reason))
     }
 
     #[cold]
     #[inline(never)]
-    fn at(field: &str, key: &str, reason: &str) -> Self {
+    fn at(field: &str, key: &str, reason: &str) -> Box<Self> {
         Self::build(field, key, reason.to_string())
     }
 
     #[cold]
     #[inline(never)]
-    fn at_fmt(field: &str, key: &str, reason: fmt::Arguments<'_>) -> Self {
+    fn at_fmt(field: &str, key: &str, reason: fmt::Arguments<'_>) -> Box<Self> {
         Self::build(field, key, fmt::format(reason))
     }
 
-    fn build(field: &str, key: &str, reason: String) -> Self {
-        ConfigError { field: join(field, key), reason }
+    fn build(field: &str, key: &str, reason: String) -> Box<Self> {
+        Box::new(ConfigError { field: join(field, key), reason })
     }
 }
 
@@ -94,7 +94,7 @@ mod raw {
     use super::read::{done, Json};
     use super::ConfigError;
 
-    type Result<T> = std::result::Result<T, ConfigError>;
+    type Result<T> = std::result::Result<T, Box<ConfigError>>;
 
     pub struct Config {
         pub backends: Vec<Backend>,
@@ -1081,11 +1081,11 @@ impl Env for ProcessEnv {
 /// Parses JSON configuration text and compiles it.
 /// `created` is the unix time reported for models by `GET /v1/models`.
 pub fn parse(text: &[u8], env: &dyn Env, created: u64) -> Result<Compiled, ConfigError> {
-    let raw = deserialize(text)?;
-    compile(raw, env, created)
+    let raw = deserialize(text).map_err(|e| *e)?;
+    compile(raw, env, created).map_err(|e| *e)
 }
 
-fn deserialize(text: &[u8]) -> Result<raw::Config, ConfigError> {
+fn deserialize(text: &[u8]) -> Result<raw::Config, Box<ConfigError>> {
     let trimmed = text.iter().position(|b| !b.is_ascii_whitespace()).and_then(|i| text.get(i..));
     match trimmed {
         None => Err(ConfigError::new("", "configuration is empty; at least `backends` is required")),
@@ -1096,26 +1096,26 @@ fn deserialize(text: &[u8]) -> Result<raw::Config, ConfigError> {
 
 /// Every error names the field at fault (`rules[0].backends[1].weight`), in the module as in the
 /// CLI (`llmgw check`/`run`/`render`), and serde_json's line and column locate it.
-fn from_json(body: &[u8]) -> Result<raw::Config, ConfigError> {
+fn from_json(body: &[u8]) -> Result<raw::Config, Box<ConfigError>> {
     raw::Config::read(read::document(body)?)
 }
 
 /// The filter takes JSON only (YAML would cost the module a tenth of its size); `llmgw run` and
 /// `llmgw render` convert YAML configurations.
 #[cfg(not(test))]
-fn not_json(_: &[u8]) -> Result<raw::Config, ConfigError> {
+fn not_json(_: &[u8]) -> Result<raw::Config, Box<ConfigError>> {
     Err(ConfigError::new("", "the plugin configuration must be a JSON object (llmgw run / llmgw render convert YAML)"))
 }
 
 /// Unit tests write configurations in YAML for brevity.
 #[cfg(test)]
-fn not_json(body: &[u8]) -> Result<raw::Config, ConfigError> {
+fn not_json(body: &[u8]) -> Result<raw::Config, Box<ConfigError>> {
     let value: serde_json::Value =
         serde_yaml_ng::from_slice(body).map_err(|e| ConfigError::new_fmt("", format_args!("test YAML: {e}")))?;
     from_json(&serde_json::to_vec(&value).unwrap_or_default())
 }
 
-fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, ConfigError> {
+fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, Box<ConfigError>> {
     if raw.backends.is_empty() {
         return Err(ConfigError::new("backends", "at least one backend is required"));
     }
@@ -1214,7 +1214,7 @@ fn header_mappings(
     raw: std::collections::BTreeMap<String, String>,
     field: &str,
     label: bool,
-) -> Result<Vec<(String, String)>, ConfigError> {
+) -> Result<Vec<(String, String)>, Box<ConfigError>> {
     if raw.len() > MAX_HEADER_MAPPINGS {
         return Err(ConfigError::new_fmt(field, format_args!("at most {MAX_HEADER_MAPPINGS} headers")));
     }
@@ -1234,7 +1234,7 @@ fn header_mappings(
 const DEFAULT_OUTPUT_RESERVE: u64 = 1024;
 const DEFAULT_MAX_CONSUMERS: u64 = 10_000;
 
-fn compile_tracing(t: raw::Tracing) -> Result<crate::trace::Settings, ConfigError> {
+fn compile_tracing(t: raw::Tracing) -> Result<crate::trace::Settings, Box<ConfigError>> {
     use crate::trace::{Encoding, Hide, Semconv, Settings};
     let cluster = match (t.exporter.as_deref(), t.cluster) {
         (None | Some("otlp"), Some(cluster)) if !cluster.is_empty() => Some(cluster),
@@ -1300,7 +1300,7 @@ fn compile_tracing(t: raw::Tracing) -> Result<crate::trace::Settings, ConfigErro
     Ok(s)
 }
 
-fn compile_budgets(raw: Vec<raw::Budget>) -> Result<Vec<Budget>, ConfigError> {
+fn compile_budgets(raw: Vec<raw::Budget>) -> Result<Vec<Budget>, Box<ConfigError>> {
     let mut budgets: Vec<Budget> = Vec::with_capacity(raw.len());
     for (i, b) in raw.into_iter().enumerate() {
         let field = format!("budgets[{i}]");
@@ -1383,7 +1383,7 @@ fn compile_budgets(raw: Vec<raw::Budget>) -> Result<Vec<Budget>, ConfigError> {
 const DEFAULT_MAX_TOKENS: u32 = 4096;
 const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
-fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backend, ConfigError> {
+fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backend, Box<ConfigError>> {
     if b.name.is_empty() || !is_header_value(&b.name) {
         return Err(ConfigError::at(
             field,
@@ -1540,7 +1540,7 @@ fn is_ip_port(text: &str) -> bool {
     port_ok && (v4(host) || v6(host))
 }
 
-fn check_picker_endpoints(list: &[String], field: &str) -> Result<(), ConfigError> {
+fn check_picker_endpoints(list: &[String], field: &str) -> Result<(), Box<ConfigError>> {
     if list.is_empty() || list.len() > MAX_PICKER_ENDPOINTS {
         return Err(ConfigError::new_fmt(field, format_args!("list 1 to {MAX_PICKER_ENDPOINTS} ip:port endpoints")));
     }
@@ -1556,7 +1556,7 @@ fn check_picker_endpoints(list: &[String], field: &str) -> Result<(), ConfigErro
     Ok(())
 }
 
-fn compile_picker(raw: raw::Picker, field: &str) -> Result<crate::picker::Picker, ConfigError> {
+fn compile_picker(raw: raw::Picker, field: &str) -> Result<crate::picker::Picker, Box<ConfigError>> {
     use crate::picker::{Algorithm, Picker};
     let algorithm = Algorithm::parse(&raw.algorithm).ok_or_else(|| {
         ConfigError::at_fmt(
@@ -1597,7 +1597,10 @@ fn compile_picker(raw: raw::Picker, field: &str) -> Result<crate::picker::Picker
 }
 
 /// A `body_mutation`, validated (`None` when it changes nothing).
-fn compile_body_mutation(raw: Option<raw::BodyMutation>, field: &str) -> Result<Option<BodyMutation>, ConfigError> {
+fn compile_body_mutation(
+    raw: Option<raw::BodyMutation>,
+    field: &str,
+) -> Result<Option<BodyMutation>, Box<ConfigError>> {
     let Some(raw) = raw else { return Ok(None) };
     let mutation = BodyMutation::compile(raw.set.0, raw.remove)
         .map_err(|e| ConfigError::new(&member(field, &e.field), &e.reason))?;
@@ -1616,7 +1619,7 @@ fn compile_credential_override(
     raw: raw::CredentialOverride,
     field: &str,
     api: &BackendApi,
-) -> Result<CredentialOverride, ConfigError> {
+) -> Result<CredentialOverride, Box<ConfigError>> {
     let configured = match api {
         BackendApi::OpenAI { credential }
         | BackendApi::AzureOpenAI { credential, .. }
@@ -1634,7 +1637,7 @@ fn compile_credential_override(
         Some(v) => v,
         None => configured.is_some(),
     };
-    let name = |value: Option<String>, key: &str| -> Result<Option<String>, ConfigError> {
+    let name = |value: Option<String>, key: &str| -> Result<Option<String>, Box<ConfigError>> {
         let Some(value) = value else { return Ok(None) };
         let at = member(field, key);
         let name = header_name(&value, &at)?;
@@ -1688,7 +1691,7 @@ enum AnyCredential {
     Aws(AwsCredential),
 }
 
-fn header_credential(auth: Option<AnyCredential>, field: &str) -> Result<Option<HeaderCredential>, ConfigError> {
+fn header_credential(auth: Option<AnyCredential>, field: &str) -> Result<Option<HeaderCredential>, Box<ConfigError>> {
     match auth {
         None => Ok(None),
         Some(AnyCredential::Header(header)) => Ok(Some(header)),
@@ -1702,7 +1705,7 @@ fn aws_credential(
     auth: Option<AnyCredential>,
     field: &str,
     per_request: bool,
-) -> Result<Option<AwsCredential>, ConfigError> {
+) -> Result<Option<AwsCredential>, Box<ConfigError>> {
     match auth {
         Some(AnyCredential::Aws(aws)) => Ok(Some(aws)),
         // Each request brings its own keys.
@@ -1729,11 +1732,11 @@ struct SchemaFields<'a> {
 }
 
 impl SchemaFields<'_> {
-    fn required(field: &str, value: Option<String>, name: &str, why: &str) -> Result<String, ConfigError> {
+    fn required(field: &str, value: Option<String>, name: &str, why: &str) -> Result<String, Box<ConfigError>> {
         value.filter(|v| !v.trim().is_empty()).ok_or_else(|| ConfigError::new(&member(field, name), why))
     }
 
-    fn plain_name(&self, value: String, is_plain: fn(&str) -> bool) -> Result<String, ConfigError> {
+    fn plain_name(&self, value: String, is_plain: fn(&str) -> bool) -> Result<String, Box<ConfigError>> {
         if is_plain(&value) {
             Ok(value)
         } else {
@@ -1741,28 +1744,28 @@ impl SchemaFields<'_> {
         }
     }
 
-    fn api_version(&mut self) -> Result<String, ConfigError> {
+    fn api_version(&mut self) -> Result<String, Box<ConfigError>> {
         let why = "is required for AzureOpenAI (e.g. 2024-10-21)";
         Self::required(self.field, self.api_version.take(), "api_version", why)
     }
 
-    fn region(&mut self) -> Result<String, ConfigError> {
+    fn region(&mut self) -> Result<String, Box<ConfigError>> {
         let why = "is required for this schema (e.g. us-east-1 or us-central1)";
         let region = Self::required(self.field, self.region.take(), "region", why)?;
         self.plain_name(region, is_path_segment)
     }
 
-    fn project(&mut self) -> Result<String, ConfigError> {
+    fn project(&mut self) -> Result<String, Box<ConfigError>> {
         let project = Self::required(self.field, self.project.take(), "project", "is required for GCP schemas")?;
         self.plain_name(project, is_path_segment)
     }
 
-    fn anthropic_version(&mut self, default: &str) -> Result<String, ConfigError> {
+    fn anthropic_version(&mut self, default: &str) -> Result<String, Box<ConfigError>> {
         let version = self.anthropic_version.take().unwrap_or_else(|| default.to_string());
         self.plain_name(version, is_header_value)
     }
 
-    fn default_max_tokens(&mut self) -> Result<u32, ConfigError> {
+    fn default_max_tokens(&mut self) -> Result<u32, Box<ConfigError>> {
         match self.default_max_tokens.take().unwrap_or(DEFAULT_MAX_TOKENS) {
             0 => Err(ConfigError::at(self.field, ".default_max_tokens", "must be greater than 0")),
             n => Ok(n),
@@ -1774,7 +1777,7 @@ impl SchemaFields<'_> {
     }
 
     /// An error naming the first field `schema` did not take.
-    fn none_left(self, schema: Schema) -> Result<(), ConfigError> {
+    fn none_left(self, schema: Schema) -> Result<(), Box<ConfigError>> {
         let left = [
             ("api_version", self.api_version.is_some(), "AzureOpenAI"),
             ("anthropic_version", self.anthropic_version.is_some(), "Anthropic, AWSAnthropic and GCPAnthropic"),
@@ -1801,7 +1804,7 @@ fn is_path_segment(v: &str) -> bool {
     v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-fn compile_auth(a: raw::Auth, field: &str, env: &dyn Env) -> Result<AnyCredential, ConfigError> {
+fn compile_auth(a: raw::Auth, field: &str, env: &dyn Env) -> Result<AnyCredential, Box<ConfigError>> {
     let options: [(&str, Option<String>, &'static str, &str); 6] = [
         ("bearer", a.bearer, "authorization", "Bearer "),
         ("bearer_env", a.bearer_env, "authorization", "Bearer "),
@@ -1833,7 +1836,7 @@ fn compile_auth(a: raw::Auth, field: &str, env: &dyn Env) -> Result<AnyCredentia
 }
 
 /// A literal value, or the value of the environment variable it names.
-fn secret_value(value: Option<String>, from_env: bool, field: &str, env: &dyn Env) -> Result<String, ConfigError> {
+fn secret_value(value: Option<String>, from_env: bool, field: &str, env: &dyn Env) -> Result<String, Box<ConfigError>> {
     let Some(value) = value else { return Err(ConfigError::new(field, "is required")) };
     let secret = if from_env {
         env.var(&value).ok_or_else(|| {
@@ -1850,7 +1853,7 @@ fn secret_value(value: Option<String>, from_env: bool, field: &str, env: &dyn En
 }
 
 /// AWS keys: literal, from named variables, or by default from the standard AWS variables.
-fn compile_aws(a: raw::AwsAuth, field: &str, env: &dyn Env) -> Result<AwsCredential, ConfigError> {
+fn compile_aws(a: raw::AwsAuth, field: &str, env: &dyn Env) -> Result<AwsCredential, Box<ConfigError>> {
     let pick = |literal: Option<String>, var: Option<String>, default_var: &str, name: &str| match (literal, var) {
         (Some(_), Some(_)) => Err(ConfigError::new(&member(field, name), "set the value or its _env form, not both")),
         (Some(v), None) => secret_value(Some(v), false, &member(field, name), env).map(Some),
@@ -1867,7 +1870,7 @@ fn compile_aws(a: raw::AwsAuth, field: &str, env: &dyn Env) -> Result<AwsCredent
     Ok(AwsCredential { access_key_id, secret_access_key: Secret(secret), session_token: session_token.map(Secret) })
 }
 
-fn compile_rule(r: raw::Rule, field: &str, backends: &mut Vec<Backend>) -> Result<Rule, ConfigError> {
+fn compile_rule(r: raw::Rule, field: &str, backends: &mut Vec<Backend>) -> Result<Rule, Box<ConfigError>> {
     let model = match r.matches.model {
         None => None,
         Some(m) => Some(compile_model_match(m, &join(&field, ".match.model"))?),
@@ -1935,7 +1938,11 @@ fn compile_rule(r: raw::Rule, field: &str, backends: &mut Vec<Backend>) -> Resul
 /// Most entries a rule's cache indexes (each costs 64 bytes of index, read on every lookup).
 const MAX_CACHE_ENTRIES: u32 = 16_384;
 
-fn compile_cache(fields: raw::Fields, field: &str, backends: &[Backend]) -> Result<crate::cache::Policy, ConfigError> {
+fn compile_cache(
+    fields: raw::Fields,
+    field: &str,
+    backends: &[Backend],
+) -> Result<crate::cache::Policy, Box<ConfigError>> {
     let mut policy = crate::cache::Policy {
         ttl_secs: 600,
         max_bytes: 64 << 20,
@@ -2034,7 +2041,7 @@ fn compile_cache(fields: raw::Fields, field: &str, backends: &[Backend]) -> Resu
 
 /// A semantic cache's `embeddings: {backend, model, timeout}`: the (OpenAI-schema) backend whose
 /// cluster answers `POST {prefix}/embeddings`, the model it is asked for, the call's timeout.
-fn compile_embeddings(text: &str, field: &str, backends: &[Backend]) -> Result<(usize, String, u64), ConfigError> {
+fn compile_embeddings(text: &str, field: &str, backends: &[Backend]) -> Result<(usize, String, u64), Box<ConfigError>> {
     let (_, members) = crate::json::members(text.as_bytes())
         .ok_or_else(|| ConfigError::new(field, "must be {backend, model, timeout}"))?;
     let (mut backend, mut model, mut timeout_ms) = (None, None, 1_000);
@@ -2072,7 +2079,7 @@ pub const MAX_PRIORITY: u32 = 9;
 /// Attempts per request, the first included.
 pub const MAX_ATTEMPTS: u32 = 10;
 
-fn compile_retry(r: raw::Retry, field: &str, targets: usize) -> Result<Fallback, ConfigError> {
+fn compile_retry(r: raw::Retry, field: &str, targets: usize) -> Result<Fallback, Box<ConfigError>> {
     let attempts = match r.attempts {
         None => u32::try_from(targets).unwrap_or(MAX_ATTEMPTS).clamp(2, MAX_ATTEMPTS),
         Some(n) if (1..=MAX_ATTEMPTS).contains(&n) => n,
@@ -2134,7 +2141,7 @@ pub fn parse_duration_ms(text: &str) -> Option<u64> {
     n.checked_mul(scale)
 }
 
-fn exactly_one<T>(field: &str, options: Vec<(&'static str, Option<T>)>) -> Result<(&'static str, T), ConfigError> {
+fn exactly_one<T>(field: &str, options: Vec<(&'static str, Option<T>)>) -> Result<(&'static str, T), Box<ConfigError>> {
     let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
     let mut set = options.into_iter().filter_map(|(n, v)| v.map(|v| (n, v)));
     match (set.next(), set.next()) {
@@ -2143,7 +2150,7 @@ fn exactly_one<T>(field: &str, options: Vec<(&'static str, Option<T>)>) -> Resul
     }
 }
 
-fn compile_model_match(m: raw::StringMatch, field: &str) -> Result<ModelMatcher, ConfigError> {
+fn compile_model_match(m: raw::StringMatch, field: &str) -> Result<ModelMatcher, Box<ConfigError>> {
     let (kind, value) =
         exactly_one(field, vec![("exact", m.exact), ("prefix", m.prefix), ("glob", m.glob), ("regex", m.regex)])?;
     match kind {
@@ -2154,7 +2161,7 @@ fn compile_model_match(m: raw::StringMatch, field: &str) -> Result<ModelMatcher,
     }
 }
 
-fn compile_header_match(h: raw::HeaderMatch, field: &str) -> Result<HeaderMatcher, ConfigError> {
+fn compile_header_match(h: raw::HeaderMatch, field: &str) -> Result<HeaderMatcher, Box<ConfigError>> {
     let name = header_name(&h.name, &join(&field, ".name"))?;
     let present = h.present.map(|p| p.to_string());
     let (kind, value) =
@@ -2168,12 +2175,12 @@ fn compile_header_match(h: raw::HeaderMatch, field: &str) -> Result<HeaderMatche
     Ok(HeaderMatcher { name, matcher })
 }
 
-fn anchored_regex(pattern: &str, field: &str) -> Result<regex_lite::Regex, ConfigError> {
+fn anchored_regex(pattern: &str, field: &str) -> Result<regex_lite::Regex, Box<ConfigError>> {
     regex_lite::Regex::new(&format!("^(?:{pattern})$"))
         .map_err(|e| ConfigError::new_fmt(field, format_args!("invalid regex {pattern:?}: {e}")))
 }
 
-fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
+fn header_name(name: &str, field: &str) -> Result<String, Box<ConfigError>> {
     let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if !valid {
         return Err(ConfigError::new_fmt(field, format_args!("{name:?} is not a valid header name")));
@@ -2197,7 +2204,7 @@ fn list_models(
     backends: &[Backend],
     entries: Vec<raw::ModelEntry>,
     created: u64,
-) -> Result<Vec<ListedModel>, ConfigError> {
+) -> Result<Vec<ListedModel>, Box<ConfigError>> {
     let mut models: Vec<ListedModel> = Vec::new();
     for rule in rules {
         if let Some(ModelMatcher::Exact(id)) = &rule.model {
@@ -2244,7 +2251,7 @@ fn list_models(
 }
 
 /// `anthropic_prefix`: a path of its own, outside `/v1` (which OpenAI's API holds).
-fn check_anthropic_prefix(prefix: String) -> Result<String, ConfigError> {
+fn check_anthropic_prefix(prefix: String) -> Result<String, Box<ConfigError>> {
     let ok = prefix.len() > 1
         && prefix.starts_with('/')
         && !prefix.ends_with('/')
