@@ -1424,7 +1424,7 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
     }
     let mut set_headers = Vec::with_capacity(b.headers.set.len());
     for (name, value) in b.headers.set {
-        let name = header_name(&name, &join(&field, ".headers.set"))?;
+        let name = header_name(&name, &join(field, ".headers.set"))?;
         if !is_header_value(&value) {
             return Err(ConfigError::new(
                 &format!("{field}.headers.set.{name}"),
@@ -1439,10 +1439,10 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
     }
     let credential = match b.auth {
         None => None,
-        Some(auth) => Some(compile_auth(auth, &join(&field, ".auth"), env)?),
+        Some(auth) => Some(compile_auth(auth, &join(field, ".auth"), env)?),
     };
     let per_request = b.credential_override.is_some();
-    let body_mutation = compile_body_mutation(b.body_mutation, &join(&field, ".body_mutation"))?;
+    let body_mutation = compile_body_mutation(b.body_mutation, &join(field, ".body_mutation"))?;
 
     // What each schema reads beyond the common fields; what it leaves does not apply to it.
     let mut fields = SchemaFields {
@@ -1493,7 +1493,7 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
     fields.none_left(schema)?;
     let credential_override = match b.credential_override {
         None => None,
-        Some(o) => Some(compile_credential_override(o, &join(&field, ".credential_override"), &api)?),
+        Some(o) => Some(compile_credential_override(o, &join(field, ".credential_override"), &api)?),
     };
     let authority = b.host.or_else(|| api.default_authority());
     let mut forward_headers = Vec::with_capacity(b.forward_headers.len());
@@ -1512,7 +1512,7 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
         forward_headers,
         body_mutation,
         credential_override,
-        picker: b.picker.map(|p| compile_picker(p, &join(&field, ".picker"))).transpose()?,
+        picker: b.picker.map(|p| compile_picker(p, &join(field, ".picker"))).transpose()?,
         api,
     })
 }
@@ -1565,9 +1565,9 @@ fn compile_picker(raw: raw::Picker, field: &str) -> Result<crate::picker::Picker
             format_args!("unknown algorithm {:?}; supported: {}", raw.algorithm, Algorithm::NAMES),
         )
     })?;
-    check_picker_endpoints(&raw.endpoints, &join(&field, ".endpoints"))?;
+    check_picker_endpoints(&raw.endpoints, &join(field, ".endpoints"))?;
     match (algorithm, raw.prefill_endpoints.is_empty()) {
-        (Algorithm::Pd, _) => check_picker_endpoints(&raw.prefill_endpoints, &join(&field, ".prefill_endpoints"))?,
+        (Algorithm::Pd, _) => check_picker_endpoints(&raw.prefill_endpoints, &join(field, ".prefill_endpoints"))?,
         (_, false) => {
             return Err(ConfigError::at(field, ".prefill_endpoints", "only the pd algorithm has prefill endpoints"))
         }
@@ -1826,7 +1826,7 @@ fn compile_auth(a: raw::Auth, field: &str, env: &dyn Env) -> Result<AnyCredentia
         if chosen.is_some() {
             return Err(ConfigError::new(field, ONE_OF));
         }
-        return compile_aws(aws, &join(&field, ".aws"), env).map(AnyCredential::Aws);
+        return compile_aws(aws, &join(field, ".aws"), env).map(AnyCredential::Aws);
     }
     let Some((key, value, header, value_prefix)) = chosen else {
         return Err(ConfigError::new(field, ONE_OF));
@@ -1873,7 +1873,7 @@ fn compile_aws(a: raw::AwsAuth, field: &str, env: &dyn Env) -> Result<AwsCredent
 fn compile_rule(r: raw::Rule, field: &str, backends: &mut Vec<Backend>) -> Result<Rule, Box<ConfigError>> {
     let model = match r.matches.model {
         None => None,
-        Some(m) => Some(compile_model_match(m, &join(&field, ".match.model"))?),
+        Some(m) => Some(compile_model_match(m, &join(field, ".match.model"))?),
     };
     let mut headers = Vec::with_capacity(r.matches.headers.len());
     for (i, h) in r.matches.headers.into_iter().enumerate() {
@@ -1921,7 +1921,7 @@ fn compile_rule(r: raw::Rule, field: &str, backends: &mut Vec<Backend>) -> Resul
     let levels =
         targets.iter().enumerate().filter(|&(i, t)| !targets.iter().take(i).any(|u| u.priority == t.priority)).count();
     let fallback = match r.retry {
-        Some(retry) => Some(compile_retry(retry, &join(&field, ".retry"), targets.len())?),
+        Some(retry) => Some(compile_retry(retry, &join(field, ".retry"), targets.len())?),
         // Priorities without a retry policy still mean "fall back": one attempt per level.
         None if levels > 1 => Some(Fallback {
             attempts: u32::try_from(levels).unwrap_or(MAX_ATTEMPTS).min(MAX_ATTEMPTS),
@@ -1931,7 +1931,7 @@ fn compile_rule(r: raw::Rule, field: &str, backends: &mut Vec<Backend>) -> Resul
         }),
         None => None,
     };
-    let cache = r.cache.map(|c| compile_cache(c, &join(&field, ".cache"), backends)).transpose()?;
+    let cache = r.cache.map(|c| compile_cache(c, &join(field, ".cache"), backends)).transpose()?;
     Ok(Rule { name: r.name, model, headers, targets, balancer, fallback, cache })
 }
 
@@ -2157,19 +2157,19 @@ fn compile_model_match(m: raw::StringMatch, field: &str) -> Result<ModelMatcher,
         "exact" => Ok(ModelMatcher::Exact(value)),
         "prefix" => Ok(ModelMatcher::Prefix(value)),
         "glob" => Ok(ModelMatcher::Glob(crate::routing::Glob::new(&value))),
-        _ => anchored_regex(&value, &join(&field, ".regex")).map(ModelMatcher::Regex),
+        _ => anchored_regex(&value, &join(field, ".regex")).map(ModelMatcher::Regex),
     }
 }
 
 fn compile_header_match(h: raw::HeaderMatch, field: &str) -> Result<HeaderMatcher, Box<ConfigError>> {
-    let name = header_name(&h.name, &join(&field, ".name"))?;
+    let name = header_name(&h.name, &join(field, ".name"))?;
     let present = h.present.map(|p| p.to_string());
     let (kind, value) =
         exactly_one(field, vec![("exact", h.exact), ("prefix", h.prefix), ("regex", h.regex), ("present", present)])?;
     let matcher = match kind {
         "exact" => crate::routing::ValueMatcher::Exact(value),
         "prefix" => crate::routing::ValueMatcher::Prefix(value),
-        "regex" => crate::routing::ValueMatcher::Regex(anchored_regex(&value, &join(&field, ".regex"))?),
+        "regex" => crate::routing::ValueMatcher::Regex(anchored_regex(&value, &join(field, ".regex"))?),
         _ => crate::routing::ValueMatcher::Present(value == "true"),
     };
     Ok(HeaderMatcher { name, matcher })
