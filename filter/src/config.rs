@@ -24,10 +24,54 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// The constructors are cold, out of line and non-generic, and take borrowed parts (`at`: the
+/// field's path as a parent and a suffix, `backends[0]` and `.name`; `_fmt`: a reason still to be
+/// formatted): building each error's strings at its call site cost the module kilobytes.
 impl ConfigError {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError { field: field.into(), reason: reason.into() }
+    #[cold]
+    #[inline(never)]
+    fn new(field: &str, reason: &str) -> Box<Self> {
+        Self::build(field, "", reason.to_string())
     }
+
+    #[cold]
+    #[inline(never)]
+    fn new_fmt(field: &str, reason: fmt::Arguments<'_>) -> Box<Self> {
+        Self::build(field, "", fmt::format(reason))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn at(field: &str, key: &str, reason: &str) -> Box<Self> {
+        Self::build(field, key, reason.to_string())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn at_fmt(field: &str, key: &str, reason: fmt::Arguments<'_>) -> Box<Self> {
+        Self::build(field, key, fmt::format(reason))
+    }
+
+    fn build(field: &str, key: &str, reason: String) -> Box<Self> {
+        Box::new(ConfigError { field: join(field, key), reason })
+    }
+}
+
+/// `parent.name`.
+#[inline(never)]
+fn member(parent: &str, name: &str) -> String {
+    let mut path = join(parent, ".");
+    path.push_str(name);
+    path
+}
+
+/// `parent` + `key` (`backends[0]` + `.auth`): one out-of-line function for every field path.
+#[inline(never)]
+fn join(parent: &str, key: &str) -> String {
+    let mut path = String::with_capacity(parent.len() + key.len());
+    path.push_str(parent);
+    path.push_str(key);
+    path
 }
 
 impl fmt::Display for ConfigError {
@@ -50,7 +94,7 @@ mod raw {
     use super::read::{done, Json};
     use super::ConfigError;
 
-    type Result<T> = std::result::Result<T, ConfigError>;
+    type Result<T> = std::result::Result<T, Box<ConfigError>>;
 
     pub struct Config {
         pub backends: Vec<Backend>,
@@ -1037,11 +1081,11 @@ impl Env for ProcessEnv {
 /// Parses JSON configuration text and compiles it.
 /// `created` is the unix time reported for models by `GET /v1/models`.
 pub fn parse(text: &[u8], env: &dyn Env, created: u64) -> Result<Compiled, ConfigError> {
-    let raw = deserialize(text)?;
-    compile(raw, env, created)
+    let raw = deserialize(text).map_err(|e| *e)?;
+    compile(raw, env, created).map_err(|e| *e)
 }
 
-fn deserialize(text: &[u8]) -> Result<raw::Config, ConfigError> {
+fn deserialize(text: &[u8]) -> Result<raw::Config, Box<ConfigError>> {
     let trimmed = text.iter().position(|b| !b.is_ascii_whitespace()).and_then(|i| text.get(i..));
     match trimmed {
         None => Err(ConfigError::new("", "configuration is empty; at least `backends` is required")),
@@ -1052,26 +1096,26 @@ fn deserialize(text: &[u8]) -> Result<raw::Config, ConfigError> {
 
 /// Every error names the field at fault (`rules[0].backends[1].weight`), in the module as in the
 /// CLI (`llmgw check`/`run`/`render`), and serde_json's line and column locate it.
-fn from_json(body: &[u8]) -> Result<raw::Config, ConfigError> {
+fn from_json(body: &[u8]) -> Result<raw::Config, Box<ConfigError>> {
     raw::Config::read(read::document(body)?)
 }
 
 /// The filter takes JSON only (YAML would cost the module a tenth of its size); `llmgw run` and
 /// `llmgw render` convert YAML configurations.
 #[cfg(not(test))]
-fn not_json(_: &[u8]) -> Result<raw::Config, ConfigError> {
+fn not_json(_: &[u8]) -> Result<raw::Config, Box<ConfigError>> {
     Err(ConfigError::new("", "the plugin configuration must be a JSON object (llmgw run / llmgw render convert YAML)"))
 }
 
 /// Unit tests write configurations in YAML for brevity.
 #[cfg(test)]
-fn not_json(body: &[u8]) -> Result<raw::Config, ConfigError> {
+fn not_json(body: &[u8]) -> Result<raw::Config, Box<ConfigError>> {
     let value: serde_json::Value =
-        serde_yaml_ng::from_slice(body).map_err(|e| ConfigError::new("", format!("test YAML: {e}")))?;
+        serde_yaml_ng::from_slice(body).map_err(|e| ConfigError::new_fmt("", format_args!("test YAML: {e}")))?;
     from_json(&serde_json::to_vec(&value).unwrap_or_default())
 }
 
-fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, ConfigError> {
+fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, Box<ConfigError>> {
     if raw.backends.is_empty() {
         return Err(ConfigError::new("backends", "at least one backend is required"));
     }
@@ -1080,9 +1124,10 @@ fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, Co
         let field = format!("backends[{i}]");
         let backend = compile_backend(b, &field, env)?;
         if backends.iter().any(|existing: &Backend| existing.name == backend.name) {
-            return Err(ConfigError::new(
-                format!("{field}.name"),
-                format!("duplicate backend name {:?}", backend.name),
+            return Err(ConfigError::at_fmt(
+                &field,
+                ".name",
+                format_args!("duplicate backend name {:?}", backend.name),
             ));
         }
         backends.push(backend);
@@ -1092,7 +1137,7 @@ fn compile(raw: raw::Config, env: &dyn Env, created: u64) -> Result<Compiled, Co
         None | Some("downstream") => Role::Downstream,
         Some("upstream") => Role::Upstream,
         Some(other) => {
-            return Err(ConfigError::new("role", format!("must be downstream or upstream, not {other:?}")));
+            return Err(ConfigError::new_fmt("role", format_args!("must be downstream or upstream, not {other:?}")));
         }
     };
     let mut rules = Vec::with_capacity(raw.rules.len());
@@ -1169,9 +1214,9 @@ fn header_mappings(
     raw: std::collections::BTreeMap<String, String>,
     field: &str,
     label: bool,
-) -> Result<Vec<(String, String)>, ConfigError> {
+) -> Result<Vec<(String, String)>, Box<ConfigError>> {
     if raw.len() > MAX_HEADER_MAPPINGS {
-        return Err(ConfigError::new(field, format!("at most {MAX_HEADER_MAPPINGS} headers")));
+        return Err(ConfigError::new_fmt(field, format_args!("at most {MAX_HEADER_MAPPINGS} headers")));
     }
     let mut out: Vec<(String, String)> = Vec::with_capacity(raw.len());
     for (header, name) in raw {
@@ -1179,7 +1224,7 @@ fn header_mappings(
         let name = if label { crate::metrics::label_name(&name) } else { name };
         let taken = label && crate::metrics::LABELS.contains(&name.as_str());
         if name.is_empty() || taken || out.iter().any(|(_, n)| *n == name) {
-            return Err(ConfigError::new(format!("{field}.{header}"), format!("{name:?} is empty or taken")));
+            return Err(ConfigError::new_fmt(&member(field, &header), format_args!("{name:?} is empty or taken")));
         }
         out.push((header, name));
     }
@@ -1189,7 +1234,7 @@ fn header_mappings(
 const DEFAULT_OUTPUT_RESERVE: u64 = 1024;
 const DEFAULT_MAX_CONSUMERS: u64 = 10_000;
 
-fn compile_tracing(t: raw::Tracing) -> Result<crate::trace::Settings, ConfigError> {
+fn compile_tracing(t: raw::Tracing) -> Result<crate::trace::Settings, Box<ConfigError>> {
     use crate::trace::{Encoding, Hide, Semconv, Settings};
     let cluster = match (t.exporter.as_deref(), t.cluster) {
         (None | Some("otlp"), Some(cluster)) if !cluster.is_empty() => Some(cluster),
@@ -1198,7 +1243,10 @@ fn compile_tracing(t: raw::Tracing) -> Result<crate::trace::Settings, ConfigErro
         }
         (Some("console"), _) => None,
         (Some(other), _) => {
-            return Err(ConfigError::new("tracing.exporter", format!("must be otlp or console, not {other:?}")))
+            return Err(ConfigError::new_fmt(
+                "tracing.exporter",
+                format_args!("must be otlp or console, not {other:?}"),
+            ))
         }
     };
     // The console exporter logs spans as text: JSON.
@@ -1206,9 +1254,9 @@ fn compile_tracing(t: raw::Tracing) -> Result<crate::trace::Settings, ConfigErro
         (_, None) | (Some("http/json"), _) => Encoding::Json,
         (None | Some("http/protobuf"), _) => Encoding::Protobuf,
         (Some(other), _) => {
-            return Err(ConfigError::new(
+            return Err(ConfigError::new_fmt(
                 "tracing.protocol",
-                format!("must be http/protobuf (the default) or http/json, not {other:?}"),
+                format_args!("must be http/protobuf (the default) or http/json, not {other:?}"),
             ))
         }
     };
@@ -1217,7 +1265,10 @@ fn compile_tracing(t: raw::Tracing) -> Result<crate::trace::Settings, ConfigErro
         None | Some("openinference") => Semconv::OpenInference,
         Some("gen_ai") => Semconv::GenAi,
         Some(other) => {
-            return Err(ConfigError::new("tracing.semconv", format!("must be openinference or gen_ai, not {other:?}")))
+            return Err(ConfigError::new_fmt(
+                "tracing.semconv",
+                format_args!("must be openinference or gen_ai, not {other:?}"),
+            ))
         }
     };
     s.authority = t.authority.unwrap_or_default();
@@ -1228,7 +1279,7 @@ fn compile_tracing(t: raw::Tracing) -> Result<crate::trace::Settings, ConfigErro
         s.path = path;
     }
     let positive = |value: Option<usize>, default: usize, field: &str| match value {
-        Some(0) => Err(ConfigError::new(format!("tracing.{field}"), "must be greater than 0")),
+        Some(0) => Err(ConfigError::at("tracing.", field, "must be greater than 0")),
         v => Ok(v.unwrap_or(default)),
     };
     s.max_queue_size = positive(t.max_queue_size, s.max_queue_size, "max_queue_size")?;
@@ -1249,7 +1300,7 @@ fn compile_tracing(t: raw::Tracing) -> Result<crate::trace::Settings, ConfigErro
     Ok(s)
 }
 
-fn compile_budgets(raw: Vec<raw::Budget>) -> Result<Vec<Budget>, ConfigError> {
+fn compile_budgets(raw: Vec<raw::Budget>) -> Result<Vec<Budget>, Box<ConfigError>> {
     let mut budgets: Vec<Budget> = Vec::with_capacity(raw.len());
     for (i, b) in raw.into_iter().enumerate() {
         let field = format!("budgets[{i}]");
@@ -1258,20 +1309,21 @@ fn compile_budgets(raw: Vec<raw::Budget>) -> Result<Vec<Budget>, ConfigError> {
             !s.is_empty() && s.len() <= 64 && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_".contains(&c))
         };
         if !valid(&b.name) {
-            return Err(ConfigError::new(
-                format!("{field}.name"),
-                format!("{:?} must be 1-64 of A-Z a-z 0-9 - _", b.name),
+            return Err(ConfigError::at_fmt(
+                &field,
+                ".name",
+                format_args!("{:?} must be 1-64 of A-Z a-z 0-9 - _", b.name),
             ));
         }
         if budgets.iter().any(|existing| existing.name == b.name) {
-            return Err(ConfigError::new(format!("{field}.name"), format!("duplicate budget name {:?}", b.name)));
+            return Err(ConfigError::at_fmt(&field, ".name", format_args!("duplicate budget name {:?}", b.name)));
         }
         let consumers = match b.consumer.as_str() {
             "*" => Consumers::Each,
-            "" => return Err(ConfigError::new(format!("{field}.consumer"), "name a consumer, or \"*\" for each")),
+            "" => return Err(ConfigError::at(&field, ".consumer", "name a consumer, or \"*\" for each")),
             name => Consumers::Named(name.to_string()),
         };
-        let model = b.model.map(|m| compile_model_match(m, &format!("{field}.model"))).transpose()?;
+        let model = b.model.map(|m| compile_model_match(m, &join(&field, ".model"))).transpose()?;
         let limit = match exactly_one(&field, vec![("tokens", b.tokens), ("requests", b.requests)])? {
             (_, 0) => return Err(ConfigError::new(&field, "the limit must be greater than 0")),
             ("tokens", n) => Limit::Tokens(n),
@@ -1282,34 +1334,37 @@ fn compile_budgets(raw: Vec<raw::Budget>) -> Result<Vec<Budget>, ConfigError> {
             Some("input") => Count::Input,
             Some("output") => Count::Output,
             Some(other) => {
-                return Err(ConfigError::new(
-                    format!("{field}.count"),
-                    format!("must be total, input or output, not {other:?}"),
+                return Err(ConfigError::at_fmt(
+                    &field,
+                    ".count",
+                    format_args!("must be total, input or output, not {other:?}"),
                 ));
             }
         };
         if b.count.is_some() && matches!(limit, Limit::Requests(_)) {
-            return Err(ConfigError::new(format!("{field}.count"), "counts tokens: a requests budget has no count"));
+            return Err(ConfigError::at(&field, ".count", "counts tokens: a requests budget has no count"));
         }
         let window_secs = match b.per.as_str() {
             "second" => 1,
             "minute" => 60,
             "hour" => 3_600,
             "day" => 86_400,
-            other => {
-                parse_duration_ms(other).filter(|ms| *ms >= 1000 && ms % 1000 == 0).map(|ms| ms / 1000).ok_or_else(
-                    || {
-                        ConfigError::new(
-                    format!("{field}.per"),
-                    format!("{other:?} is not second, minute, hour, day or a whole number of seconds like 90s or 2h"),
-                )
-                    },
-                )?
-            }
+            other => parse_duration_ms(other)
+                .filter(|ms| *ms >= 1000 && ms % 1000 == 0)
+                .map(|ms| ms / 1000)
+                .ok_or_else(|| {
+                    ConfigError::at_fmt(
+                        &field,
+                        ".per",
+                        format_args!(
+                            "{other:?} is not second, minute, hour, day or a whole number of seconds like 90s or 2h"
+                        ),
+                    )
+                })?,
         };
         let max_consumers = b.max_consumers.unwrap_or(DEFAULT_MAX_CONSUMERS);
         if max_consumers == 0 {
-            return Err(ConfigError::new(format!("{field}.max_consumers"), "must be greater than 0"));
+            return Err(ConfigError::at(&field, ".max_consumers", "must be greater than 0"));
         }
         budgets.push(Budget {
             name: b.name,
@@ -1328,35 +1383,35 @@ fn compile_budgets(raw: Vec<raw::Budget>) -> Result<Vec<Budget>, ConfigError> {
 const DEFAULT_MAX_TOKENS: u32 = 4096;
 const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
-fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backend, ConfigError> {
+fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backend, Box<ConfigError>> {
     if b.name.is_empty() || !is_header_value(&b.name) {
-        return Err(ConfigError::new(
-            format!("{field}.name"),
+        return Err(ConfigError::at(
+            field,
+            ".name",
             "must be a non-empty Envoy cluster name without control characters",
         ));
     }
     let schema = Schema::parse(&b.schema).ok_or_else(|| {
-        ConfigError::new(
-            format!("{field}.schema"),
-            format!("unknown schema {:?}; supported: {}", b.schema, Schema::SUPPORTED.join(", ")),
+        ConfigError::at_fmt(
+            field,
+            ".schema",
+            format_args!("unknown schema {:?}; supported: {}", b.schema, Schema::SUPPORTED.join(", ")),
         )
     })?;
     let prefix = match b.prefix {
         None => schema.default_prefix().to_string(),
         Some(p) if p.starts_with('/') && is_header_value(&p) && !p.contains('?') => p.trim_end_matches('/').to_string(),
         Some(p) => {
-            return Err(ConfigError::new(
-                format!("{field}.prefix"),
-                format!("{p:?} must be a path starting with '/' and without a query"),
+            return Err(ConfigError::at_fmt(
+                field,
+                ".prefix",
+                format_args!("{p:?} must be a path starting with '/' and without a query"),
             ))
         }
     };
     if let Some(m) = &b.model_override {
         if m.is_empty() || !is_header_value(m) {
-            return Err(ConfigError::new(
-                format!("{field}.model_override"),
-                "must be a model name without control characters",
-            ));
+            return Err(ConfigError::at(field, ".model_override", "must be a model name without control characters"));
         }
     }
     for (name, value) in [("host", &b.host), ("api_version", &b.api_version)] {
@@ -1364,15 +1419,15 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
             .as_deref()
             .is_some_and(|v| v.is_empty() || !is_header_value(v) || v.contains(['/', '?', '#', ' ', '&']))
         {
-            return Err(ConfigError::new(format!("{field}.{name}"), format!("{value:?} is not a valid {name}")));
+            return Err(ConfigError::new_fmt(&member(field, name), format_args!("{value:?} is not a valid {name}")));
         }
     }
     let mut set_headers = Vec::with_capacity(b.headers.set.len());
     for (name, value) in b.headers.set {
-        let name = header_name(&name, &format!("{field}.headers.set"))?;
+        let name = header_name(&name, &join(field, ".headers.set"))?;
         if !is_header_value(&value) {
             return Err(ConfigError::new(
-                format!("{field}.headers.set.{name}"),
+                &format!("{field}.headers.set.{name}"),
                 "value must not contain control characters",
             ));
         }
@@ -1384,10 +1439,10 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
     }
     let credential = match b.auth {
         None => None,
-        Some(auth) => Some(compile_auth(auth, &format!("{field}.auth"), env)?),
+        Some(auth) => Some(compile_auth(auth, &join(field, ".auth"), env)?),
     };
     let per_request = b.credential_override.is_some();
-    let body_mutation = compile_body_mutation(b.body_mutation, &format!("{field}.body_mutation"))?;
+    let body_mutation = compile_body_mutation(b.body_mutation, &join(field, ".body_mutation"))?;
 
     // What each schema reads beyond the common fields; what it leaves does not apply to it.
     let mut fields = SchemaFields {
@@ -1438,7 +1493,7 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
     fields.none_left(schema)?;
     let credential_override = match b.credential_override {
         None => None,
-        Some(o) => Some(compile_credential_override(o, &format!("{field}.credential_override"), &api)?),
+        Some(o) => Some(compile_credential_override(o, &join(field, ".credential_override"), &api)?),
     };
     let authority = b.host.or_else(|| api.default_authority());
     let mut forward_headers = Vec::with_capacity(b.forward_headers.len());
@@ -1457,7 +1512,7 @@ fn compile_backend(b: raw::Backend, field: &str, env: &dyn Env) -> Result<Backen
         forward_headers,
         body_mutation,
         credential_override,
-        picker: b.picker.map(|p| compile_picker(p, &format!("{field}.picker"))).transpose()?,
+        picker: b.picker.map(|p| compile_picker(p, &join(field, ".picker"))).transpose()?,
         api,
     })
 }
@@ -1485,52 +1540,50 @@ fn is_ip_port(text: &str) -> bool {
     port_ok && (v4(host) || v6(host))
 }
 
-fn check_picker_endpoints(list: &[String], field: &str) -> Result<(), ConfigError> {
+fn check_picker_endpoints(list: &[String], field: &str) -> Result<(), Box<ConfigError>> {
     if list.is_empty() || list.len() > MAX_PICKER_ENDPOINTS {
-        return Err(ConfigError::new(field, format!("list 1 to {MAX_PICKER_ENDPOINTS} ip:port endpoints")));
+        return Err(ConfigError::new_fmt(field, format_args!("list 1 to {MAX_PICKER_ENDPOINTS} ip:port endpoints")));
     }
     for (i, e) in list.iter().enumerate() {
         // Envoy's override-host policy matches hosts by IP address; it resolves no names.
         if !is_ip_port(e) || list.get(..i).is_some_and(|seen| seen.contains(e)) {
-            return Err(ConfigError::new(
-                format!("{field}[{i}]"),
-                format!("{e:?} must be a distinct ip:port (e.g. 10.0.0.5:8000 or [::1]:8000)"),
+            return Err(ConfigError::new_fmt(
+                &format!("{field}[{i}]"),
+                format_args!("{e:?} must be a distinct ip:port (e.g. 10.0.0.5:8000 or [::1]:8000)"),
             ));
         }
     }
     Ok(())
 }
 
-fn compile_picker(raw: raw::Picker, field: &str) -> Result<crate::picker::Picker, ConfigError> {
+fn compile_picker(raw: raw::Picker, field: &str) -> Result<crate::picker::Picker, Box<ConfigError>> {
     use crate::picker::{Algorithm, Picker};
     let algorithm = Algorithm::parse(&raw.algorithm).ok_or_else(|| {
-        ConfigError::new(
-            format!("{field}.algorithm"),
-            format!("unknown algorithm {:?}; supported: {}", raw.algorithm, Algorithm::NAMES),
+        ConfigError::at_fmt(
+            field,
+            ".algorithm",
+            format_args!("unknown algorithm {:?}; supported: {}", raw.algorithm, Algorithm::NAMES),
         )
     })?;
-    check_picker_endpoints(&raw.endpoints, &format!("{field}.endpoints"))?;
+    check_picker_endpoints(&raw.endpoints, &join(field, ".endpoints"))?;
     match (algorithm, raw.prefill_endpoints.is_empty()) {
-        (Algorithm::Pd, _) => check_picker_endpoints(&raw.prefill_endpoints, &format!("{field}.prefill_endpoints"))?,
+        (Algorithm::Pd, _) => check_picker_endpoints(&raw.prefill_endpoints, &join(field, ".prefill_endpoints"))?,
         (_, false) => {
-            return Err(ConfigError::new(
-                format!("{field}.prefill_endpoints"),
-                "only the pd algorithm has prefill endpoints",
-            ))
+            return Err(ConfigError::at(field, ".prefill_endpoints", "only the pd algorithm has prefill endpoints"))
         }
         (_, true) => {}
     }
     let prefix_block_size = raw.prefix_block_size.unwrap_or(DEFAULT_PREFIX_BLOCK_SIZE);
     if !(1..=1 << 20).contains(&prefix_block_size) {
-        return Err(ConfigError::new(format!("{field}.prefix_block_size"), "must be 1 to 1048576 bytes"));
+        return Err(ConfigError::at(field, ".prefix_block_size", "must be 1 to 1048576 bytes"));
     }
     let max_prefixes = raw.max_prefixes.unwrap_or(DEFAULT_MAX_PREFIXES);
     if !(1..=MAX_PREFIXES).contains(&max_prefixes) {
-        return Err(ConfigError::new(format!("{field}.max_prefixes"), format!("must be 1 to {MAX_PREFIXES}")));
+        return Err(ConfigError::at_fmt(field, ".max_prefixes", format_args!("must be 1 to {MAX_PREFIXES}")));
     }
     let metrics_scrape_interval_ms = raw.metrics_scrape_interval_ms.unwrap_or(1000);
     if !(100..=60_000).contains(&metrics_scrape_interval_ms) {
-        return Err(ConfigError::new(format!("{field}.metrics_scrape_interval_ms"), "must be 100 to 60000"));
+        return Err(ConfigError::at(field, ".metrics_scrape_interval_ms", "must be 100 to 60000"));
     }
     Ok(Picker {
         algorithm,
@@ -1544,10 +1597,13 @@ fn compile_picker(raw: raw::Picker, field: &str) -> Result<crate::picker::Picker
 }
 
 /// A `body_mutation`, validated (`None` when it changes nothing).
-fn compile_body_mutation(raw: Option<raw::BodyMutation>, field: &str) -> Result<Option<BodyMutation>, ConfigError> {
+fn compile_body_mutation(
+    raw: Option<raw::BodyMutation>,
+    field: &str,
+) -> Result<Option<BodyMutation>, Box<ConfigError>> {
     let Some(raw) = raw else { return Ok(None) };
     let mutation = BodyMutation::compile(raw.set.0, raw.remove)
-        .map_err(|e| ConfigError::new(format!("{field}.{}", e.field), e.reason))?;
+        .map_err(|e| ConfigError::new(&member(field, &e.field), &e.reason))?;
     Ok((!mutation.is_empty()).then_some(mutation))
 }
 
@@ -1563,7 +1619,7 @@ fn compile_credential_override(
     raw: raw::CredentialOverride,
     field: &str,
     api: &BackendApi,
-) -> Result<CredentialOverride, ConfigError> {
+) -> Result<CredentialOverride, Box<ConfigError>> {
     let configured = match api {
         BackendApi::OpenAI { credential }
         | BackendApi::AzureOpenAI { credential, .. }
@@ -1576,20 +1632,17 @@ fn compile_credential_override(
     };
     let fallback_to_configured = match raw.fallback_to_configured {
         Some(true) if configured.is_none() => {
-            return Err(ConfigError::new(
-                format!("{field}.fallback_to_configured"),
-                "the backend has no `auth` to fall back to",
-            ))
+            return Err(ConfigError::at(field, ".fallback_to_configured", "the backend has no `auth` to fall back to"))
         }
         Some(v) => v,
         None => configured.is_some(),
     };
-    let name = |value: Option<String>, key: &str| -> Result<Option<String>, ConfigError> {
+    let name = |value: Option<String>, key: &str| -> Result<Option<String>, Box<ConfigError>> {
         let Some(value) = value else { return Ok(None) };
-        let at = format!("{field}.{key}");
+        let at = member(field, key);
         let name = header_name(&value, &at)?;
         if reserved_for_credentials(&name) {
-            return Err(ConfigError::new(at, format!("{name} cannot carry a credential")));
+            return Err(ConfigError::new_fmt(&at, format_args!("{name} cannot carry a credential")));
         }
         Ok(Some(name))
     };
@@ -1600,7 +1653,7 @@ fn compile_credential_override(
     let aws = matches!(api, BackendApi::AWSBedrock { .. } | BackendApi::AWSAnthropic { .. });
     if !aws {
         let Some(from) = header else {
-            return Err(ConfigError::new(format!("{field}.header"), "is required: the request header with the key"));
+            return Err(ConfigError::at(field, ".header", "is required: the request header with the key"));
         };
         if access_key_id.is_some() || secret_access_key.is_some() || session_token.is_some() {
             return Err(ConfigError::new(field, "the *_header fields are for AWS backends; this one takes `header`"));
@@ -1615,8 +1668,9 @@ fn compile_credential_override(
         return Ok(CredentialOverride::Header { from, to, prefix, fallback_to_configured });
     }
     if header.is_some() {
-        return Err(ConfigError::new(
-            format!("{field}.header"),
+        return Err(ConfigError::at(
+            field,
+            ".header",
             "AWS backends sign each request: give access_key_id_header and secret_access_key_header",
         ));
     }
@@ -1637,14 +1691,13 @@ enum AnyCredential {
     Aws(AwsCredential),
 }
 
-fn header_credential(auth: Option<AnyCredential>, field: &str) -> Result<Option<HeaderCredential>, ConfigError> {
+fn header_credential(auth: Option<AnyCredential>, field: &str) -> Result<Option<HeaderCredential>, Box<ConfigError>> {
     match auth {
         None => Ok(None),
         Some(AnyCredential::Header(header)) => Ok(Some(header)),
-        Some(AnyCredential::Aws(_)) => Err(ConfigError::new(
-            format!("{field}.auth"),
-            "`aws` credentials only apply to AWSBedrock and AWSAnthropic",
-        )),
+        Some(AnyCredential::Aws(_)) => {
+            Err(ConfigError::at(field, ".auth", "`aws` credentials only apply to AWSBedrock and AWSAnthropic"))
+        }
     }
 }
 
@@ -1652,13 +1705,14 @@ fn aws_credential(
     auth: Option<AnyCredential>,
     field: &str,
     per_request: bool,
-) -> Result<Option<AwsCredential>, ConfigError> {
+) -> Result<Option<AwsCredential>, Box<ConfigError>> {
     match auth {
         Some(AnyCredential::Aws(aws)) => Ok(Some(aws)),
         // Each request brings its own keys.
         None if per_request => Ok(None),
-        None | Some(AnyCredential::Header(_)) => Err(ConfigError::new(
-            format!("{field}.auth"),
+        None | Some(AnyCredential::Header(_)) => Err(ConfigError::at(
+            field,
+            ".auth",
             "AWS schemas need `auth: {aws: {...}}` (SigV4), or a credential_override",
         )),
     }
@@ -1678,11 +1732,11 @@ struct SchemaFields<'a> {
 }
 
 impl SchemaFields<'_> {
-    fn required(field: &str, value: Option<String>, name: &str, why: &str) -> Result<String, ConfigError> {
-        value.filter(|v| !v.trim().is_empty()).ok_or_else(|| ConfigError::new(format!("{field}.{name}"), why))
+    fn required(field: &str, value: Option<String>, name: &str, why: &str) -> Result<String, Box<ConfigError>> {
+        value.filter(|v| !v.trim().is_empty()).ok_or_else(|| ConfigError::new(&member(field, name), why))
     }
 
-    fn plain_name(&self, value: String, is_plain: fn(&str) -> bool) -> Result<String, ConfigError> {
+    fn plain_name(&self, value: String, is_plain: fn(&str) -> bool) -> Result<String, Box<ConfigError>> {
         if is_plain(&value) {
             Ok(value)
         } else {
@@ -1690,30 +1744,30 @@ impl SchemaFields<'_> {
         }
     }
 
-    fn api_version(&mut self) -> Result<String, ConfigError> {
+    fn api_version(&mut self) -> Result<String, Box<ConfigError>> {
         let why = "is required for AzureOpenAI (e.g. 2024-10-21)";
         Self::required(self.field, self.api_version.take(), "api_version", why)
     }
 
-    fn region(&mut self) -> Result<String, ConfigError> {
+    fn region(&mut self) -> Result<String, Box<ConfigError>> {
         let why = "is required for this schema (e.g. us-east-1 or us-central1)";
         let region = Self::required(self.field, self.region.take(), "region", why)?;
         self.plain_name(region, is_path_segment)
     }
 
-    fn project(&mut self) -> Result<String, ConfigError> {
+    fn project(&mut self) -> Result<String, Box<ConfigError>> {
         let project = Self::required(self.field, self.project.take(), "project", "is required for GCP schemas")?;
         self.plain_name(project, is_path_segment)
     }
 
-    fn anthropic_version(&mut self, default: &str) -> Result<String, ConfigError> {
+    fn anthropic_version(&mut self, default: &str) -> Result<String, Box<ConfigError>> {
         let version = self.anthropic_version.take().unwrap_or_else(|| default.to_string());
         self.plain_name(version, is_header_value)
     }
 
-    fn default_max_tokens(&mut self) -> Result<u32, ConfigError> {
+    fn default_max_tokens(&mut self) -> Result<u32, Box<ConfigError>> {
         match self.default_max_tokens.take().unwrap_or(DEFAULT_MAX_TOKENS) {
-            0 => Err(ConfigError::new(format!("{}.default_max_tokens", self.field), "must be greater than 0")),
+            0 => Err(ConfigError::at(self.field, ".default_max_tokens", "must be greater than 0")),
             n => Ok(n),
         }
     }
@@ -1723,7 +1777,7 @@ impl SchemaFields<'_> {
     }
 
     /// An error naming the first field `schema` did not take.
-    fn none_left(self, schema: Schema) -> Result<(), ConfigError> {
+    fn none_left(self, schema: Schema) -> Result<(), Box<ConfigError>> {
         let left = [
             ("api_version", self.api_version.is_some(), "AzureOpenAI"),
             ("anthropic_version", self.anthropic_version.is_some(), "Anthropic, AWSAnthropic and GCPAnthropic"),
@@ -1738,9 +1792,9 @@ impl SchemaFields<'_> {
         ];
         match left.into_iter().find(|(_, set, _)| *set) {
             None => Ok(()),
-            Some((name, _, applies_to)) => Err(ConfigError::new(
-                format!("{}.{name}", self.field),
-                format!("does not apply to {} backends (only to {applies_to}); remove it", schema.name()),
+            Some((name, _, applies_to)) => Err(ConfigError::new_fmt(
+                &member(self.field, name),
+                format_args!("does not apply to {} backends (only to {applies_to}); remove it", schema.name()),
             )),
         }
     }
@@ -1750,7 +1804,7 @@ fn is_path_segment(v: &str) -> bool {
     v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-fn compile_auth(a: raw::Auth, field: &str, env: &dyn Env) -> Result<AnyCredential, ConfigError> {
+fn compile_auth(a: raw::Auth, field: &str, env: &dyn Env) -> Result<AnyCredential, Box<ConfigError>> {
     let options: [(&str, Option<String>, &'static str, &str); 6] = [
         ("bearer", a.bearer, "authorization", "Bearer "),
         ("bearer_env", a.bearer_env, "authorization", "Bearer "),
@@ -1772,21 +1826,21 @@ fn compile_auth(a: raw::Auth, field: &str, env: &dyn Env) -> Result<AnyCredentia
         if chosen.is_some() {
             return Err(ConfigError::new(field, ONE_OF));
         }
-        return compile_aws(aws, &format!("{field}.aws"), env).map(AnyCredential::Aws);
+        return compile_aws(aws, &join(field, ".aws"), env).map(AnyCredential::Aws);
     }
     let Some((key, value, header, value_prefix)) = chosen else {
         return Err(ConfigError::new(field, ONE_OF));
     };
-    let secret = secret_value(Some(value), key.ends_with("_env"), &format!("{field}.{key}"), env)?;
+    let secret = secret_value(Some(value), key.ends_with("_env"), &member(field, key), env)?;
     Ok(AnyCredential::Header(HeaderCredential { header, value: Secret(format!("{value_prefix}{secret}")) }))
 }
 
 /// A literal value, or the value of the environment variable it names.
-fn secret_value(value: Option<String>, from_env: bool, field: &str, env: &dyn Env) -> Result<String, ConfigError> {
+fn secret_value(value: Option<String>, from_env: bool, field: &str, env: &dyn Env) -> Result<String, Box<ConfigError>> {
     let Some(value) = value else { return Err(ConfigError::new(field, "is required")) };
     let secret = if from_env {
         env.var(&value).ok_or_else(|| {
-            ConfigError::new(field, format!("environment variable {value:?} is not set in the Wasm VM"))
+            ConfigError::new_fmt(field, format_args!("environment variable {value:?} is not set in the Wasm VM"))
         })?
     } else {
         value
@@ -1799,38 +1853,34 @@ fn secret_value(value: Option<String>, from_env: bool, field: &str, env: &dyn En
 }
 
 /// AWS keys: literal, from named variables, or by default from the standard AWS variables.
-fn compile_aws(a: raw::AwsAuth, field: &str, env: &dyn Env) -> Result<AwsCredential, ConfigError> {
+fn compile_aws(a: raw::AwsAuth, field: &str, env: &dyn Env) -> Result<AwsCredential, Box<ConfigError>> {
     let pick = |literal: Option<String>, var: Option<String>, default_var: &str, name: &str| match (literal, var) {
-        (Some(_), Some(_)) => {
-            Err(ConfigError::new(format!("{field}.{name}"), "set the value or its _env form, not both"))
-        }
-        (Some(v), None) => secret_value(Some(v), false, &format!("{field}.{name}"), env).map(Some),
+        (Some(_), Some(_)) => Err(ConfigError::new(&member(field, name), "set the value or its _env form, not both")),
+        (Some(v), None) => secret_value(Some(v), false, &member(field, name), env).map(Some),
         (None, Some(var)) => secret_value(Some(var), true, &format!("{field}.{name}_env"), env).map(Some),
         (None, None) => Ok(env.var(default_var).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())),
     };
-    let access_key_id =
-        pick(a.access_key_id, a.access_key_id_env, "AWS_ACCESS_KEY_ID", "access_key_id")?.ok_or_else(|| {
-            ConfigError::new(format!("{field}.access_key_id"), "no access key (set it, or AWS_ACCESS_KEY_ID)")
-        })?;
+    let access_key_id = pick(a.access_key_id, a.access_key_id_env, "AWS_ACCESS_KEY_ID", "access_key_id")?
+        .ok_or_else(|| ConfigError::at(field, ".access_key_id", "no access key (set it, or AWS_ACCESS_KEY_ID)"))?;
     let secret = pick(a.secret_access_key, a.secret_access_key_env, "AWS_SECRET_ACCESS_KEY", "secret_access_key")?
         .ok_or_else(|| {
-            ConfigError::new(format!("{field}.secret_access_key"), "no secret key (set it, or AWS_SECRET_ACCESS_KEY)")
+            ConfigError::at(field, ".secret_access_key", "no secret key (set it, or AWS_SECRET_ACCESS_KEY)")
         })?;
     let session_token = pick(a.session_token, a.session_token_env, "AWS_SESSION_TOKEN", "session_token")?;
     Ok(AwsCredential { access_key_id, secret_access_key: Secret(secret), session_token: session_token.map(Secret) })
 }
 
-fn compile_rule(r: raw::Rule, field: &str, backends: &mut Vec<Backend>) -> Result<Rule, ConfigError> {
+fn compile_rule(r: raw::Rule, field: &str, backends: &mut Vec<Backend>) -> Result<Rule, Box<ConfigError>> {
     let model = match r.matches.model {
         None => None,
-        Some(m) => Some(compile_model_match(m, &format!("{field}.match.model"))?),
+        Some(m) => Some(compile_model_match(m, &join(field, ".match.model"))?),
     };
     let mut headers = Vec::with_capacity(r.matches.headers.len());
     for (i, h) in r.matches.headers.into_iter().enumerate() {
         headers.push(compile_header_match(h, &format!("{field}.match.headers[{i}]"))?);
     }
     if r.backends.is_empty() {
-        return Err(ConfigError::new(format!("{field}.backends"), "at least one backend is required"));
+        return Err(ConfigError::at(field, ".backends", "at least one backend is required"));
     }
     let mut targets = Vec::with_capacity(r.backends.len());
     for (i, br) in r.backends.into_iter().enumerate() {
@@ -1838,17 +1888,17 @@ fn compile_rule(r: raw::Rule, field: &str, backends: &mut Vec<Backend>) -> Resul
         let mut index = backends
             .iter()
             .position(|b| b.name == br.name)
-            .ok_or_else(|| ConfigError::new(format!("{at}.name"), format!("unknown backend {:?}", br.name)))?;
+            .ok_or_else(|| ConfigError::at_fmt(&at, ".name", format_args!("unknown backend {:?}", br.name)))?;
         let priority = br.priority.unwrap_or(0);
         if priority > MAX_PRIORITY {
-            return Err(ConfigError::new(format!("{at}.priority"), format!("must be 0 to {MAX_PRIORITY}")));
+            return Err(ConfigError::at_fmt(&at, ".priority", format_args!("must be 0 to {MAX_PRIORITY}")));
         }
         if let Some(model) = &br.model_override {
             if model.is_empty() || !is_header_value(model) {
-                return Err(ConfigError::new(format!("{at}.model_override"), "must be a non-empty model name"));
+                return Err(ConfigError::at(&at, ".model_override", "must be a non-empty model name"));
             }
         }
-        let mutation = compile_body_mutation(br.body_mutation, &format!("{at}.body_mutation"))?;
+        let mutation = compile_body_mutation(br.body_mutation, &join(&at, ".body_mutation"))?;
         if br.model_override.is_some() || mutation.is_some() {
             // A copy of the backend with the reference's settings (its mutation over the backend's).
             let mut variant = backends.get(index).cloned().ok_or_else(|| ConfigError::new(&at, "unknown backend"))?;
@@ -1866,12 +1916,12 @@ fn compile_rule(r: raw::Rule, field: &str, backends: &mut Vec<Backend>) -> Resul
     }
     let weighted = targets.iter().enumerate().map(|(i, t)| WeightedBackend { target: i, weight: t.weight }).collect();
     let balancer = Balancer::new(weighted)
-        .ok_or_else(|| ConfigError::new(format!("{field}.backends"), "at least one backend needs a positive weight"))?;
+        .ok_or_else(|| ConfigError::at(field, ".backends", "at least one backend needs a positive weight"))?;
     // Distinct priorities, counted without a sort (its code would cost the module).
     let levels =
         targets.iter().enumerate().filter(|&(i, t)| !targets.iter().take(i).any(|u| u.priority == t.priority)).count();
     let fallback = match r.retry {
-        Some(retry) => Some(compile_retry(retry, &format!("{field}.retry"), targets.len())?),
+        Some(retry) => Some(compile_retry(retry, &join(field, ".retry"), targets.len())?),
         // Priorities without a retry policy still mean "fall back": one attempt per level.
         None if levels > 1 => Some(Fallback {
             attempts: u32::try_from(levels).unwrap_or(MAX_ATTEMPTS).min(MAX_ATTEMPTS),
@@ -1881,14 +1931,18 @@ fn compile_rule(r: raw::Rule, field: &str, backends: &mut Vec<Backend>) -> Resul
         }),
         None => None,
     };
-    let cache = r.cache.map(|c| compile_cache(c, &format!("{field}.cache"), backends)).transpose()?;
+    let cache = r.cache.map(|c| compile_cache(c, &join(field, ".cache"), backends)).transpose()?;
     Ok(Rule { name: r.name, model, headers, targets, balancer, fallback, cache })
 }
 
 /// Most entries a rule's cache indexes (each costs 64 bytes of index, read on every lookup).
 const MAX_CACHE_ENTRIES: u32 = 16_384;
 
-fn compile_cache(fields: raw::Fields, field: &str, backends: &[Backend]) -> Result<crate::cache::Policy, ConfigError> {
+fn compile_cache(
+    fields: raw::Fields,
+    field: &str,
+    backends: &[Backend],
+) -> Result<crate::cache::Policy, Box<ConfigError>> {
     let mut policy = crate::cache::Policy {
         ttl_secs: 600,
         max_bytes: 64 << 20,
@@ -1902,7 +1956,7 @@ fn compile_cache(fields: raw::Fields, field: &str, backends: &[Backend]) -> Resu
     let mut similarity = None;
     let mut embeddings = None;
     for (name, value) in &fields.0 {
-        let at = format!("{field}.{name}");
+        let at = member(field, name);
         let text = value.get();
         let string = || serde_json::from_slice::<String>(text.as_bytes()).ok();
         let flag = || match text {
@@ -1922,7 +1976,7 @@ fn compile_cache(fields: raw::Fields, field: &str, backends: &[Backend]) -> Resu
                 _ => 0,
             };
             number.parse::<u64>().ok().and_then(|n| n.checked_mul(scale)).filter(|&n| n > 0).ok_or_else(|| {
-                ConfigError::new(&at, format!("{text} is not a byte count (e.g. 65536, 64Mi, 512Ki, 1Gi)"))
+                ConfigError::new_fmt(&at, format_args!("{text} is not a byte count (e.g. 65536, 64Mi, 512Ki, 1Gi)"))
             })
         };
         match name.as_str() {
@@ -1931,7 +1985,7 @@ fn compile_cache(fields: raw::Fields, field: &str, backends: &[Backend]) -> Resu
                 policy.ttl_secs = string()
                     .and_then(|t| parse_duration_ms(&t))
                     .filter(|ms| (1_000..=30 * 86_400_000).contains(ms))
-                    .ok_or_else(|| ConfigError::new(&at, format!("{text}: give 1s to 720h, e.g. 10m")))?
+                    .ok_or_else(|| ConfigError::new_fmt(&at, format_args!("{text}: give 1s to 720h, e.g. 10m")))?
                     / 1000
             }
             "max_bytes" => policy.max_bytes = size()?,
@@ -1941,7 +1995,7 @@ fn compile_cache(fields: raw::Fields, field: &str, backends: &[Backend]) -> Resu
                     .parse::<u32>()
                     .ok()
                     .filter(|n| (1..=MAX_CACHE_ENTRIES).contains(n))
-                    .ok_or_else(|| ConfigError::new(&at, format!("must be 1 to {MAX_CACHE_ENTRIES}")))?
+                    .ok_or_else(|| ConfigError::new_fmt(&at, format_args!("must be 1 to {MAX_CACHE_ENTRIES}")))?
             }
             "nonzero_temperature" => policy.nonzero_temperature = flag()?,
             "shared" => policy.shared = flag()?,
@@ -1964,41 +2018,35 @@ fn compile_cache(fields: raw::Fields, field: &str, backends: &[Backend]) -> Resu
     }
     match (mode.as_deref(), similarity, embeddings) {
         (Some("exact"), None, None) => {}
-        (Some("exact"), Some(_), _) => {
-            return Err(ConfigError::new(format!("{field}.similarity"), "semantic mode only"))
-        }
-        (Some("exact"), _, Some(_)) => {
-            return Err(ConfigError::new(format!("{field}.embeddings"), "semantic mode only"))
-        }
+        (Some("exact"), Some(_), _) => return Err(ConfigError::at(field, ".similarity", "semantic mode only")),
+        (Some("exact"), _, Some(_)) => return Err(ConfigError::at(field, ".embeddings", "semantic mode only")),
         (Some("semantic"), similarity, Some((backend, model, timeout_ms))) => {
             policy.semantic =
                 Some(crate::cache::Semantic { similarity: similarity.unwrap_or(0.95), backend, model, timeout_ms })
         }
-        (Some("semantic"), _, None) => {
-            return Err(ConfigError::new(format!("{field}.embeddings"), "required: {backend, model}"))
-        }
-        _ => return Err(ConfigError::new(format!("{field}.mode"), "required: exact or semantic")),
+        (Some("semantic"), _, None) => return Err(ConfigError::at(field, ".embeddings", "required: {backend, model}")),
+        _ => return Err(ConfigError::at(field, ".mode", "required: exact or semantic")),
     }
     if !(1024..=(1 << 40)).contains(&policy.max_bytes) {
-        return Err(ConfigError::new(format!("{field}.max_bytes"), "must be 1Ki to 1024Gi"));
+        return Err(ConfigError::at(field, ".max_bytes", "must be 1Ki to 1024Gi"));
     }
     if policy.max_entry_bytes == 0 {
         policy.max_entry_bytes = policy.max_bytes.min(1 << 20);
     }
     if policy.max_entry_bytes > policy.max_bytes || policy.max_entry_bytes > u64::from(u32::MAX) {
-        return Err(ConfigError::new(format!("{field}.max_entry_bytes"), "must be at most max_bytes (and under 4Gi)"));
+        return Err(ConfigError::at(field, ".max_entry_bytes", "must be at most max_bytes (and under 4Gi)"));
     }
     Ok(policy)
 }
 
 /// A semantic cache's `embeddings: {backend, model, timeout}`: the (OpenAI-schema) backend whose
 /// cluster answers `POST {prefix}/embeddings`, the model it is asked for, the call's timeout.
-fn compile_embeddings(text: &str, field: &str, backends: &[Backend]) -> Result<(usize, String, u64), ConfigError> {
+fn compile_embeddings(text: &str, field: &str, backends: &[Backend]) -> Result<(usize, String, u64), Box<ConfigError>> {
     let (_, members) = crate::json::members(text.as_bytes())
         .ok_or_else(|| ConfigError::new(field, "must be {backend, model, timeout}"))?;
     let (mut backend, mut model, mut timeout_ms) = (None, None, 1_000);
     for m in &members {
-        let at = format!("{field}.{}", m.key);
+        let at = member(field, &m.key);
         let value = text.as_bytes().get(m.value.clone()).unwrap_or_default();
         let string = serde_json::from_slice::<String>(value).ok().filter(|s| !s.is_empty());
         match m.key.as_ref() {
@@ -2008,7 +2056,7 @@ fn compile_embeddings(text: &str, field: &str, backends: &[Backend]) -> Result<(
                     backends
                         .iter()
                         .position(|b| b.name == name && matches!(b.api, BackendApi::OpenAI { .. }))
-                        .ok_or_else(|| ConfigError::new(&at, format!("no OpenAI-schema backend {name:?}")))?,
+                        .ok_or_else(|| ConfigError::new_fmt(&at, format_args!("no OpenAI-schema backend {name:?}")))?,
                 );
             }
             "model" => model = Some(string.ok_or_else(|| ConfigError::new(&at, "must be a model name"))?),
@@ -2021,8 +2069,8 @@ fn compile_embeddings(text: &str, field: &str, backends: &[Backend]) -> Result<(
             _ => return Err(ConfigError::new(&at, "unknown field; embeddings knows backend, model, timeout")),
         }
     }
-    let backend = backend.ok_or_else(|| ConfigError::new(format!("{field}.backend"), "required"))?;
-    let model = model.ok_or_else(|| ConfigError::new(format!("{field}.model"), "required"))?;
+    let backend = backend.ok_or_else(|| ConfigError::at(field, ".backend", "required"))?;
+    let model = model.ok_or_else(|| ConfigError::at(field, ".model", "required"))?;
     Ok((backend, model, timeout_ms))
 }
 
@@ -2031,11 +2079,11 @@ pub const MAX_PRIORITY: u32 = 9;
 /// Attempts per request, the first included.
 pub const MAX_ATTEMPTS: u32 = 10;
 
-fn compile_retry(r: raw::Retry, field: &str, targets: usize) -> Result<Fallback, ConfigError> {
+fn compile_retry(r: raw::Retry, field: &str, targets: usize) -> Result<Fallback, Box<ConfigError>> {
     let attempts = match r.attempts {
         None => u32::try_from(targets).unwrap_or(MAX_ATTEMPTS).clamp(2, MAX_ATTEMPTS),
         Some(n) if (1..=MAX_ATTEMPTS).contains(&n) => n,
-        Some(_) => return Err(ConfigError::new(format!("{field}.attempts"), format!("must be 1 to {MAX_ATTEMPTS}"))),
+        Some(_) => return Err(ConfigError::at_fmt(field, ".attempts", format_args!("must be 1 to {MAX_ATTEMPTS}"))),
     };
     let retry_on = match r.on {
         None => RetryOn::DEFAULT.to_vec(),
@@ -2043,9 +2091,9 @@ fn compile_retry(r: raw::Retry, field: &str, targets: usize) -> Result<Fallback,
             let mut out = Vec::with_capacity(list.len());
             for (i, name) in list.iter().enumerate() {
                 let on = RetryOn::parse(name).ok_or_else(|| {
-                    ConfigError::new(
-                        format!("{field}.on[{i}]"),
-                        format!(
+                    ConfigError::new_fmt(
+                        &format!("{field}.on[{i}]"),
+                        format_args!(
                             "unknown condition {name:?}: use connect-failure, reset, 5xx, gateway-error, \
                              or an HTTP status from 400 to 599 (e.g. 429)"
                         ),
@@ -2061,7 +2109,10 @@ fn compile_retry(r: raw::Retry, field: &str, targets: usize) -> Result<Fallback,
     let duration = |v: Option<String>, name: &str| {
         v.map(|text| {
             parse_duration_ms(&text).filter(|&ms| ms > 0).ok_or_else(|| {
-                ConfigError::new(format!("{field}.{name}"), format!("{text:?} is not a duration like 500ms, 30s or 2m"))
+                ConfigError::new_fmt(
+                    &member(field, name),
+                    format_args!("{text:?} is not a duration like 500ms, 30s or 2m"),
+                )
             })
         })
         .transpose()
@@ -2090,53 +2141,53 @@ pub fn parse_duration_ms(text: &str) -> Option<u64> {
     n.checked_mul(scale)
 }
 
-fn exactly_one<T>(field: &str, options: Vec<(&'static str, Option<T>)>) -> Result<(&'static str, T), ConfigError> {
+fn exactly_one<T>(field: &str, options: Vec<(&'static str, Option<T>)>) -> Result<(&'static str, T), Box<ConfigError>> {
     let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
     let mut set = options.into_iter().filter_map(|(n, v)| v.map(|v| (n, v)));
     match (set.next(), set.next()) {
         (Some(one), None) => Ok(one),
-        _ => Err(ConfigError::new(field, format!("set exactly one of {}", names.join(", ")))),
+        _ => Err(ConfigError::new_fmt(field, format_args!("set exactly one of {}", names.join(", ")))),
     }
 }
 
-fn compile_model_match(m: raw::StringMatch, field: &str) -> Result<ModelMatcher, ConfigError> {
+fn compile_model_match(m: raw::StringMatch, field: &str) -> Result<ModelMatcher, Box<ConfigError>> {
     let (kind, value) =
         exactly_one(field, vec![("exact", m.exact), ("prefix", m.prefix), ("glob", m.glob), ("regex", m.regex)])?;
     match kind {
         "exact" => Ok(ModelMatcher::Exact(value)),
         "prefix" => Ok(ModelMatcher::Prefix(value)),
         "glob" => Ok(ModelMatcher::Glob(crate::routing::Glob::new(&value))),
-        _ => anchored_regex(&value, &format!("{field}.regex")).map(ModelMatcher::Regex),
+        _ => anchored_regex(&value, &join(field, ".regex")).map(ModelMatcher::Regex),
     }
 }
 
-fn compile_header_match(h: raw::HeaderMatch, field: &str) -> Result<HeaderMatcher, ConfigError> {
-    let name = header_name(&h.name, &format!("{field}.name"))?;
+fn compile_header_match(h: raw::HeaderMatch, field: &str) -> Result<HeaderMatcher, Box<ConfigError>> {
+    let name = header_name(&h.name, &join(field, ".name"))?;
     let present = h.present.map(|p| p.to_string());
     let (kind, value) =
         exactly_one(field, vec![("exact", h.exact), ("prefix", h.prefix), ("regex", h.regex), ("present", present)])?;
     let matcher = match kind {
         "exact" => crate::routing::ValueMatcher::Exact(value),
         "prefix" => crate::routing::ValueMatcher::Prefix(value),
-        "regex" => crate::routing::ValueMatcher::Regex(anchored_regex(&value, &format!("{field}.regex"))?),
+        "regex" => crate::routing::ValueMatcher::Regex(anchored_regex(&value, &join(field, ".regex"))?),
         _ => crate::routing::ValueMatcher::Present(value == "true"),
     };
     Ok(HeaderMatcher { name, matcher })
 }
 
-fn anchored_regex(pattern: &str, field: &str) -> Result<regex_lite::Regex, ConfigError> {
+fn anchored_regex(pattern: &str, field: &str) -> Result<regex_lite::Regex, Box<ConfigError>> {
     regex_lite::Regex::new(&format!("^(?:{pattern})$"))
-        .map_err(|e| ConfigError::new(field, format!("invalid regex {pattern:?}: {e}")))
+        .map_err(|e| ConfigError::new_fmt(field, format_args!("invalid regex {pattern:?}: {e}")))
 }
 
-fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
+fn header_name(name: &str, field: &str) -> Result<String, Box<ConfigError>> {
     let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if !valid {
-        return Err(ConfigError::new(field, format!("{name:?} is not a valid header name")));
+        return Err(ConfigError::new_fmt(field, format_args!("{name:?} is not a valid header name")));
     }
     let lower = name.to_ascii_lowercase();
     if lower == BACKEND_HEADER || lower == MODEL_HEADER {
-        return Err(ConfigError::new(field, format!("{lower} is set by the gateway itself")));
+        return Err(ConfigError::new_fmt(field, format_args!("{lower} is set by the gateway itself")));
     }
     Ok(lower)
 }
@@ -2153,7 +2204,7 @@ fn list_models(
     backends: &[Backend],
     entries: Vec<raw::ModelEntry>,
     created: u64,
-) -> Result<Vec<ListedModel>, ConfigError> {
+) -> Result<Vec<ListedModel>, Box<ConfigError>> {
     let mut models: Vec<ListedModel> = Vec::new();
     for rule in rules {
         if let Some(ModelMatcher::Exact(id)) = &rule.model {
@@ -2176,14 +2227,11 @@ fn list_models(
             ("display_name", described.display_name.as_ref()),
         ] {
             if value.is_some_and(|v| v.is_empty() || !is_header_value(v)) {
-                return Err(ConfigError::new(
-                    format!("{field}.{name}"),
-                    "must be non-empty, without control characters",
-                ));
+                return Err(ConfigError::new(&member(&field, name), "must be non-empty, without control characters"));
             }
         }
         if described.created.is_some_and(|c| c > crate::utc::MAX_RFC3339_SECONDS) {
-            return Err(ConfigError::new(format!("{field}.created"), "must be unix seconds before the year 10000"));
+            return Err(ConfigError::at(&field, ".created", "must be unix seconds before the year 10000"));
         }
         let at = match models.iter().position(|m| m.id == described.id) {
             Some(at) => at,
@@ -2203,7 +2251,7 @@ fn list_models(
 }
 
 /// `anthropic_prefix`: a path of its own, outside `/v1` (which OpenAI's API holds).
-fn check_anthropic_prefix(prefix: String) -> Result<String, ConfigError> {
+fn check_anthropic_prefix(prefix: String) -> Result<String, Box<ConfigError>> {
     let ok = prefix.len() > 1
         && prefix.starts_with('/')
         && !prefix.ends_with('/')
@@ -2215,9 +2263,9 @@ fn check_anthropic_prefix(prefix: String) -> Result<String, ConfigError> {
     if ok {
         Ok(prefix)
     } else {
-        Err(ConfigError::new(
+        Err(ConfigError::new_fmt(
             "anthropic_prefix",
-            format!(
+            format_args!(
                 "{prefix:?} must be a path like \"/anthropic\": starting with '/', without a trailing '/', \
                  a query or spaces, and not /v1 or under it"
             ),

@@ -24,8 +24,8 @@ pub struct Json<'a> {
 
 /// The configuration text as a value, once serde_json has found it to be one JSON text (so the
 /// scanners below only ever see valid JSON).
-pub fn document(doc: &[u8]) -> Result<Json<'_>, ConfigError> {
-    crate::json::from_bytes::<&serde_json::value::RawValue>(doc).map_err(|e| ConfigError::new("", e.to_string()))?;
+pub fn document(doc: &[u8]) -> Result<Json<'_>, Box<ConfigError>> {
+    crate::json::from_bytes::<&serde_json::value::RawValue>(doc).map_err(|e| ConfigError::new("", &e.to_string()))?;
     Ok(Json { doc, text: doc })
 }
 
@@ -52,26 +52,26 @@ impl<'a> Json<'a> {
     }
 
     /// An error of the configuration's own wording at `path`, located at this value.
-    pub fn custom(&self, path: &str, message: std::fmt::Arguments<'_>) -> ConfigError {
+    pub fn custom(&self, path: &str, message: std::fmt::Arguments<'_>) -> Box<ConfigError> {
         self.fail(path, serde_json::Error::custom(message))
     }
 
     /// `message` at `path`, located after this value as serde_json locates most errors.
-    fn fail(&self, path: &str, message: serde_json::Error) -> ConfigError {
+    fn fail(&self, path: &str, message: serde_json::Error) -> Box<ConfigError> {
         self.fail_at(path, message, self.text.len())
     }
 
     /// `message` at `path`, located `offset` bytes into this value.
-    fn fail_at(&self, path: &str, message: serde_json::Error, offset: usize) -> ConfigError {
+    fn fail_at(&self, path: &str, message: serde_json::Error, offset: usize) -> Box<ConfigError> {
         let at = (self.text.as_ptr() as usize + offset).saturating_sub(self.doc.as_ptr() as usize);
         let before = self.doc.get(..at).unwrap_or(self.doc);
         let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
-        ConfigError::new(path, format!("{message} at line {line} column {}", at - line_start))
+        ConfigError::new_fmt(path, format_args!("{message} at line {line} column {}", at - line_start))
     }
 
     /// serde's "invalid type: string \"x\", expected u32" for this value.
-    pub fn invalid_type(&self, path: &str, expected: &str) -> ConfigError {
+    pub fn invalid_type(&self, path: &str, expected: &str) -> Box<ConfigError> {
         let decoded;
         let unexpected = match self.text.first() {
             Some(b'"') => {
@@ -107,14 +107,14 @@ impl<'a> Json<'a> {
         }
     }
 
-    pub fn string(&self, path: &str) -> Result<String, ConfigError> {
+    pub fn string(&self, path: &str) -> Result<String, Box<ConfigError>> {
         if !self.is_string() {
             return Err(self.invalid_type(path, "a string"));
         }
         Ok(self.decoded_string())
     }
 
-    pub fn boolean(&self, path: &str) -> Result<bool, ConfigError> {
+    pub fn boolean(&self, path: &str) -> Result<bool, Box<ConfigError>> {
         match self.text {
             b"true" => Ok(true),
             b"false" => Ok(false),
@@ -123,7 +123,7 @@ impl<'a> Json<'a> {
     }
 
     /// A whole number up to `max`; `expected` names its type in errors (`u32`, `usize`).
-    pub fn unsigned(&self, path: &str, max: u64, expected: &str) -> Result<u64, ConfigError> {
+    pub fn unsigned(&self, path: &str, max: u64, expected: &str) -> Result<u64, Box<ConfigError>> {
         if !matches!(self.text.first(), Some(b'-' | b'0'..=b'9')) {
             return Err(self.invalid_type(path, expected));
         }
@@ -136,7 +136,7 @@ impl<'a> Json<'a> {
     }
 
     /// The elements of an array, each with its path (`path[i]`).
-    pub fn elements(&self, path: &str) -> Result<Vec<(String, Json<'a>)>, ConfigError> {
+    pub fn elements(&self, path: &str) -> Result<Vec<(String, Json<'a>)>, Box<ConfigError>> {
         let mut out = Vec::new();
         let doc = self.doc;
         let mut index = 0usize;
@@ -149,7 +149,7 @@ impl<'a> Json<'a> {
     }
 
     /// The members of an object in order, names decoded (a name given twice appears twice).
-    pub fn members(&self, path: &str, expected: &str) -> Result<Vec<Member<'a>>, ConfigError> {
+    pub fn members(&self, path: &str, expected: &str) -> Result<Vec<Member<'a>>, Box<ConfigError>> {
         let mut out = Vec::new();
         let (doc, text) = (self.doc, self.text);
         crate::json::each_member(text, &mut |m| {
@@ -168,7 +168,7 @@ impl<'a> Json<'a> {
 
     /// An object read as the struct `name` (`expected` in errors: `struct Backend`) with the
     /// members `fields`: an unknown or repeated member is an error, as serde's derive makes it.
-    pub fn object(self, path: String, expected: &str, fields: &[&str]) -> Result<Object<'a>, ConfigError> {
+    pub fn object(self, path: String, expected: &str, fields: &[&str]) -> Result<Object<'a>, Box<ConfigError>> {
         let members = self.members(&path, expected)?;
         for (i, m) in members.iter().enumerate() {
             if !fields.contains(&m.name.as_ref()) {
@@ -183,10 +183,10 @@ impl<'a> Json<'a> {
     }
 
     /// The raw text, for values kept as JSON (`body_mutation.set`, `cache`).
-    pub fn raw(&self) -> Result<Box<serde_json::value::RawValue>, ConfigError> {
+    pub fn raw(&self) -> Result<Box<serde_json::value::RawValue>, Box<ConfigError>> {
         crate::json::from_bytes::<&serde_json::value::RawValue>(self.text)
             .map(ToOwned::to_owned)
-            .map_err(|e| ConfigError::new("", e.to_string()))
+            .map_err(|e| ConfigError::new("", &e.to_string()))
     }
 }
 
@@ -215,7 +215,7 @@ fn unknown_field(name: &str, fields: &[&str]) -> serde_json::Error {
 
 /// The struct read from `object` (built first, so its getters' borrows have ended), or the first
 /// error met while reading it.
-pub fn done<T>(value: T, object: Object<'_>) -> Result<T, ConfigError> {
+pub fn done<T>(value: T, object: Object<'_>) -> Result<T, Box<ConfigError>> {
     match object.error {
         Some(e) => Err(e),
         None => Ok(value),
@@ -236,12 +236,12 @@ pub struct Object<'a> {
     json: Json<'a>,
     pub path: String,
     members: Vec<Member<'a>>,
-    error: Option<ConfigError>,
+    error: Option<Box<ConfigError>>,
 }
 
 impl<'a> Object<'a> {
     /// `read`'s value, or the default after keeping its error.
-    fn keep<T: Default>(&mut self, read: Result<T, ConfigError>) -> T {
+    fn keep<T: Default>(&mut self, read: Result<T, Box<ConfigError>>) -> T {
         read.unwrap_or_else(|e| {
             self.error.get_or_insert(e);
             T::default()
@@ -350,13 +350,17 @@ impl<'a> Object<'a> {
     }
 
     /// The member `name` (not null) read by `read`.
-    pub fn opt<T>(&mut self, name: &str, read: fn(Json<'a>, String) -> Result<T, ConfigError>) -> Option<T> {
+    pub fn opt<T>(&mut self, name: &str, read: fn(Json<'a>, String) -> Result<T, Box<ConfigError>>) -> Option<T> {
         let read = self.optional(name).map(|(path, value)| read(value, path)).transpose();
         self.keep(read)
     }
 
     /// `#[serde(default)]` of a struct: absent is the default, `null` is a wrong type.
-    pub fn or_default<T: Default>(&mut self, name: &str, read: fn(Json<'a>, String) -> Result<T, ConfigError>) -> T {
+    pub fn or_default<T: Default>(
+        &mut self,
+        name: &str,
+        read: fn(Json<'a>, String) -> Result<T, Box<ConfigError>>,
+    ) -> T {
         let read = self.take(name).map(|(path, value)| read(value, path)).transpose();
         self.keep(read).unwrap_or_default()
     }
@@ -366,7 +370,7 @@ impl<'a> Object<'a> {
         &mut self,
         name: &str,
         needed: bool,
-        read: fn(Json<'a>, String) -> Result<T, ConfigError>,
+        read: fn(Json<'a>, String) -> Result<T, Box<ConfigError>>,
     ) -> Vec<T> {
         let Some((path, value)) = self.take(name) else {
             if needed {
@@ -386,6 +390,6 @@ impl<'a> Object<'a> {
 }
 
 /// A string element, for [`Object::list`].
-pub fn string_at(value: Json<'_>, path: String) -> Result<String, ConfigError> {
+pub fn string_at(value: Json<'_>, path: String) -> Result<String, Box<ConfigError>> {
     value.string(&path)
 }
