@@ -2046,18 +2046,8 @@ role: upstream
             "budgets":[{"name":"rpm","consumer":"*","requests":100,"per":"minute"}]}"#;
         let shared = Rc::new(Shared::new(parse(config.as_bytes(), &NoEnv, 0).unwrap()));
         let body = br#"{"model":"gpt-4o","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#;
-        let request = |store: &FakeHost, extra: &[(&str, &str)]| {
-            let mut headers = vec![("x-llmgw-consumer", "team-a")];
-            headers.extend_from_slice(extra);
-            let mut host = FakeHost::request("POST", "/v1/chat/completions", &headers);
-            host.shared = store.shared.clone();
-            host.next_cas = store.next_cas;
-            host.now = 5 * 1_000_000_000;
-            host
-        };
-        let rpm = |host: &FakeHost| {
-            host.shared_data("llmgw.budget.rpm.team-a").and_then(|(v, _)| v.get(8..16).map(<[u8]>::to_vec))
-        };
+        let request = team_a_request;
+        let rpm = team_a_rpm;
         let mut first = Exchange::new(Some(shared.clone()));
         let mut host = request(&FakeHost::default(), &[]);
         assert_eq!(send(&mut first, &mut host, body), Flow::Continue);
@@ -2130,16 +2120,8 @@ role: upstream
         let body =
             |q: &str| format!(r#"{{"model":"gpt-4o","temperature":0,"messages":[{{"role":"user","content":"{q}"}}]}}"#);
         let embedding = |v: &str| format!(r#"{{"data":[{{"embedding":[{v}]}}]}}"#).into_bytes();
-        let request = |store: &FakeHost| {
-            let mut host = FakeHost::request("POST", "/v1/chat/completions", &[("x-llmgw-consumer", "team-a")]);
-            host.shared = store.shared.clone();
-            host.next_cas = store.next_cas;
-            host.now = 5 * 1_000_000_000;
-            host
-        };
-        let rpm = |host: &FakeHost| {
-            host.shared_data("llmgw.budget.rpm.team-a").and_then(|(v, _)| v.get(8..16).map(<[u8]>::to_vec))
-        };
+        let request = |store: &FakeHost| team_a_request(store, &[]);
+        let rpm = team_a_rpm;
         // A miss: paused for the embedding, resumed, its answer stored with the vector.
         let mut first = Exchange::new(Some(shared.clone()));
         let mut host = request(&FakeHost::default());
@@ -2370,6 +2352,22 @@ role: upstream
         for i in 1..16 {
             assert_eq!(listed_after(&mut host, later + i), format!("{served},{picked}"), "{picked} skipped");
         }
+    }
+
+    /// A chat request of consumer team-a, on the shared data (and clock) of `store`.
+    fn team_a_request(store: &FakeHost, extra: &[(&str, &str)]) -> FakeHost {
+        let mut headers = vec![("x-llmgw-consumer", "team-a")];
+        headers.extend_from_slice(extra);
+        let mut host = FakeHost::request("POST", "/v1/chat/completions", &headers);
+        host.shared = store.shared.clone();
+        host.next_cas = store.next_cas;
+        host.now = 5 * 1_000_000_000;
+        host
+    }
+
+    /// The `rpm` budget's counter of team-a.
+    fn team_a_rpm(host: &FakeHost) -> Option<Vec<u8>> {
+        host.shared_data("llmgw.budget.rpm.team-a").and_then(|(v, _)| v.get(8..16).map(<[u8]>::to_vec))
     }
 
     fn answer(x: &mut Exchange, host: &mut FakeHost, headers: &[(&str, &str)], body: &[u8]) -> Flow {

@@ -770,7 +770,9 @@ impl Prepared {
         if self.scenario.provider == Provider::Anthropic && sent.get("system").is_none() {
             return Err("upstream request body is not an Anthropic Messages request (no `system`)".into());
         }
-        if self.scenario.picker.is_some() && !get("x-llmgw-destination").is_some_and(|d| PICKER_ENDPOINTS.contains(&d))
+        // The pick, then the other endpoints Envoy's override_host retries in order: all configured.
+        if self.scenario.picker.is_some()
+            && !get("x-llmgw-destination").is_some_and(|d| d.split(',').all(|e| PICKER_ENDPOINTS.contains(&e)))
         {
             return Err(format!("upstream request: x-llmgw-destination {:?}", get("x-llmgw-destination")));
         }
